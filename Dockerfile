@@ -1,0 +1,19 @@
+# One image for the web server and the workers (docker-compose.yml picks the command).
+# TORCH_SPEC: which PyTorch to install (PyPI's Linux wheels are CUDA builds, which also run on CPU).
+FROM python:3.11-slim
+ARG TORCH_SPEC="torch"
+ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DJANGO_SETTINGS_MODULE=explorer.settings
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY engine ./engine
+COPY explorer ./explorer
+RUN pip install --no-cache-dir "$TORCH_SPEC" && pip install --no-cache-dir .
+COPY manage.py ./
+COPY templates ./templates
+COPY static ./static
+RUN EXPLORER_VAR_DIR=/tmp/build-var DJANGO_SECRET_KEY=build-only python manage.py collectstatic --noinput -v 0
+RUN useradd --create-home --uid 1000 explorer && mkdir -p /data && chown explorer /data
+USER explorer
+ENV EXPLORER_VAR_DIR=/data EXPLORER_MEDIA_ROOT=/data/media
+EXPOSE 8000
+CMD ["uvicorn", "explorer.asgi:application", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,44 @@
+# Two commands do all set-up on a fresh Linux machine with Python 3.11+:
+#   make run    the app at http://127.0.0.1:8000 (embedded Redis when REDIS_URL is unset)
+#   make test   unit, Django, integration (real worker + ASGI server) and browser tests
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# The CPU build of PyTorch where there is no GPU (on this workplace's machines the pinned wheel
+# lies on disk; from PyPI, Linux wheels are CUDA builds). On a GPU host: make TORCH_SPEC=torch
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
+
+.PHONY: run test test-fast bench venv system-deps clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m explorer.devserver
+
+# Chromium for the browser tests and docker-compose for the compose-file test, from Debian.
+system-deps:
+	@bash tools/system-deps.sh
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest tests
+	@if [ -n "$$TEST_DATABASE_URL" ]; then \
+		echo "== again on PostgreSQL ($$TEST_DATABASE_URL): Django and integration tests"; \
+		DATABASE_URL="$$TEST_DATABASE_URL" $(PY) -m pytest tests/explorer tests/integration; \
+	fi
+
+test-fast: $(STAMP)
+	$(PY) -m pytest tests/engine tests/explorer
+
+bench: $(STAMP)
+	$(PY) bench/train_throughput.py
+
+clean:
+	rm -rf $(VENV) var staticfiles

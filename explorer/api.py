@@ -1,0 +1,234 @@
+"""REST API under /api/v1/ (django-ninja; OpenAPI schema at /api/v1/openapi.json, docs at
+/api/v1/docs). Authenticated by the browser session (with CSRF) or a personal API token sent as
+``Authorization: Bearer lae_...``. Every job query goes through ``jobs_visible_to``."""
+from typing import Any, Optional
+
+from django.conf import settings
+from django.http import Http404
+from ninja import File, Form, NinjaAPI, Router, Schema
+from ninja.errors import HttpError, ValidationError
+from ninja.files import UploadedFile
+from ninja.security import HttpBearer, django_auth
+
+from explorer import services
+from explorer.datasets import DatasetError, save_upload
+from explorer.models import ApiToken, Dataset, JobEvent
+from explorer.teams import get_job_or_404, jobs_visible_to, resolve_team, user_teams
+
+
+class TokenAuth(HttpBearer):
+    def authenticate(self, request, token):
+        user = ApiToken.authenticate(token)
+        if user is not None:
+            request.user = user
+        return user
+
+
+api = NinjaAPI(
+    title="LLM Architecture Explorer API",
+    version="1",
+    auth=[TokenAuth(), django_auth],
+    urls_namespace="api",
+    docs_url="/docs",
+)
+
+
+@api.exception_handler(ValidationError)
+def validation_error(request, exc):
+    errors = {}
+    for err in exc.errors:
+        loc = [str(p) for p in err.get("loc", []) if p not in ("body", "query", "path", "form", "payload")]
+        errors[".".join(loc) or "request"] = err.get("msg", "invalid")
+    return api.create_response(request, {"detail": "Invalid request", "errors": errors}, status=400)
+
+
+@api.exception_handler(services.SpecError)
+def spec_error(request, exc):
+    return api.create_response(request, {"detail": "Invalid job", "errors": exc.errors}, status=400)
+
+
+@api.exception_handler(Http404)
+def not_found(request, exc):
+    return api.create_response(request, {"detail": str(exc) or "Not found"}, status=404)
+
+
+# ---------------------------------------------------------------------------- schemas
+class JobIn(Schema):
+    name: str = ""
+    team: Optional[str] = None
+    model: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+
+
+class TeamRef(Schema):
+    id: int
+    name: str
+
+
+class JobOut(Schema):
+    id: int
+    name: str
+    team: TeamRef
+    owner: str
+    status: str
+    queue: str
+    position: Optional[int]
+    params: int
+    step: int
+    total_steps: int
+    last_seq: int
+    summary: dict[str, Any]
+    worker: str
+    device: str
+    error: str
+    cancel_requested: bool
+    created_at: str
+    started_at: Optional[str]
+    finished_at: Optional[str]
+    spec: dict[str, Any]
+    dataset: Optional[str]
+    url: str
+
+
+class JobList(Schema):
+    count: int
+    jobs: list[JobOut]
+
+
+class EventOut(Schema):
+    seq: int
+    kind: str
+    ts: float
+    data: dict[str, Any]
+
+
+class EventList(Schema):
+    job: int
+    last_seq: int
+    events: list[EventOut]
+
+
+class ErrorOut(Schema):
+    detail: str
+    errors: dict[str, str] = {}
+
+
+class EstimateOut(Schema):
+    valid: bool
+    errors: dict[str, str]
+    analysis: Optional[dict[str, Any]] = None
+    data: Optional[dict[str, Any]] = None
+    queue: Optional[str] = None
+    vocab_size: Optional[int] = None
+
+
+class DatasetOut(Schema):
+    id: int
+    name: str
+    size_bytes: int
+    n_chars: int
+    created_at: str
+
+
+def _team(request, ref=None):
+    team = resolve_team(request.user, ref, session=getattr(request, "session", None))
+    if team is None:
+        raise HttpError(400, "You belong to no team; ask an admin to add you to one")
+    return team
+
+
+def _dataset_out(d):
+    return {"id": d.pk, "name": d.name, "size_bytes": d.size_bytes, "n_chars": d.n_chars, "created_at": d.created_at.isoformat()}
+
+
+# ---------------------------------------------------------------------------- jobs
+jobs = Router(tags=["jobs"])
+
+
+@jobs.post("", response={201: JobOut, 400: ErrorOut}, summary="Submit a training job")
+def create_job(request, payload: JobIn):
+    team = _team(request, payload.team)
+    job = services.create_job(request.user, team, payload.dict(include={"model", "data", "train"}), name=payload.name)
+    return 201, services.job_to_dict(job, position=services.queue_positions([job])[job.pk])
+
+
+@jobs.get("", response=JobList, summary="Jobs of your teams, newest first")
+def list_jobs(request, team: Optional[str] = None, status: Optional[str] = None, limit: int = 50, offset: int = 0):
+    qs = jobs_visible_to(request.user)
+    if team:
+        qs = qs.filter(team=_team(request, team))
+    if status:
+        qs = qs.filter(status__in=status.split(","))
+    limit = max(1, min(limit, 200))
+    page = list(qs[offset : offset + limit])
+    positions = services.queue_positions(page)
+    return {"count": qs.count(), "jobs": [services.job_to_dict(j, positions[j.pk]) for j in page]}
+
+
+@jobs.get("/{int:job_id}", response=JobOut, summary="One job")
+def get_job(request, job_id: int):
+    job = get_job_or_404(request.user, job_id)
+    return services.job_to_dict(job, services.queue_positions([job])[job.pk])
+
+
+@jobs.get("/{int:job_id}/events", response=EventList, summary="A job's events after a sequence number")
+def job_events(request, job_id: int, after: int = 0, limit: int = 5000):
+    job = get_job_or_404(request.user, job_id)
+    rows = JobEvent.objects.filter(job=job, seq__gt=max(0, after)).order_by("seq")[: max(1, min(limit, 20000))]
+    return {"job": job.pk, "last_seq": job.last_seq, "events": [r.as_message() for r in rows]}
+
+
+@jobs.post("/{int:job_id}/cancel", response={200: JobOut, 409: ErrorOut}, summary="Cancel a queued or running job")
+def cancel_job(request, job_id: int):
+    job = get_job_or_404(request.user, job_id)
+    if not services.cancel_job(job):
+        return 409, {"detail": f"Job {job.pk} has already ended ({job.status})"}
+    job.refresh_from_db()
+    return services.job_to_dict(job, services.queue_positions([job])[job.pk])
+
+
+# ---------------------------------------------------------------------------- composer helpers
+composer = Router(tags=["composer"])
+
+
+@composer.get("/options", summary="Fields, registry choices and datasets for the composer")
+def options(request, team: Optional[str] = None):
+    return services.composer_options(_team(request, team))
+
+
+@composer.post("/estimate", response=EstimateOut, summary="Validate a job spec and analyse its cost")
+def estimate(request, payload: JobIn):
+    return services.estimate(_team(request, payload.team), payload.dict(include={"model", "data", "train"}))
+
+
+# ---------------------------------------------------------------------------- datasets
+datasets = Router(tags=["datasets"])
+
+
+@datasets.get("", response=list[DatasetOut], summary="Text files uploaded to your team")
+def list_datasets(request, team: Optional[str] = None):
+    return [_dataset_out(d) for d in Dataset.objects.filter(team=_team(request, team))]
+
+
+@datasets.post("", response={201: DatasetOut, 400: ErrorOut}, summary="Upload a UTF-8 text file")
+def upload_dataset(request, file: File[UploadedFile], name: Form[str] = "", team: Form[Optional[str]] = None):
+    try:
+        dataset = save_upload(_team(request, team), request.user, file, name)
+    except DatasetError as exc:
+        return 400, {"detail": str(exc), "errors": {"file": str(exc)}}
+    return 201, _dataset_out(dataset)
+
+
+api.add_router("/jobs", jobs)
+api.add_router("/", composer)
+api.add_router("/datasets", datasets)
+
+
+@api.get("/me", tags=["account"], summary="Who you are and your teams")
+def me(request):
+    return {
+        "username": request.user.get_username(),
+        "teams": [{"id": t.pk, "name": t.name, "slug": t.slug} for t in user_teams(request.user)],
+        "upload_max_bytes": settings.UPLOAD_MAX_BYTES,
+    }

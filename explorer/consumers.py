@@ -1,0 +1,105 @@
+"""Websockets. ``/ws/jobs/<id>/?after=<seq>``: a job's events, replayed from the database after
+``seq`` and then live, with no gap and no duplicate. ``/ws/teams/<id>/``: live job changes for the
+queue page. Both refuse users outside the team (close code 4403) and anonymous users (4401)."""
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from explorer import services
+from explorer.models import JobEvent
+from explorer.teams import jobs_visible_to, user_teams
+
+REPLAY_CHUNK = 2000
+
+
+class JobConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self):
+        user = self.scope["user"]
+        self.job_id = self.scope["url_route"]["kwargs"]["job_id"]
+        self.last_seq = 0
+        if not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        job = await database_sync_to_async(lambda: jobs_visible_to(user).filter(pk=self.job_id).first())()
+        if job is None:
+            await self.close(code=4403)
+            return
+        # Join the group before reading the log: an event saved meanwhile arrives live too, and
+        # ``last_seq`` drops the duplicate.
+        self.group = services.job_group(self.job_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        await self.send_job()
+        await self.replay(_int(query.get("after", ["0"])[0]))
+
+    async def disconnect(self, code):
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive_json(self, content, **kwargs):
+        if content.get("action") == "resume":
+            await self.replay(_int(content.get("after")))
+
+    async def replay(self, after):
+        self.last_seq = max(self.last_seq, after)
+        while True:
+            batch = await self.read_events(self.last_seq)
+            if not batch:
+                return
+            await self.send_json({"type": "events", "events": batch})
+            self.last_seq = batch[-1]["seq"]
+            if len(batch) < REPLAY_CHUNK:
+                return
+
+    @database_sync_to_async
+    def read_events(self, after):
+        rows = JobEvent.objects.filter(job_id=self.job_id, seq__gt=after).order_by("seq")[:REPLAY_CHUNK]
+        return [row.as_message() for row in rows]
+
+    async def send_job(self):
+        job = await database_sync_to_async(services.job_brief_by_id)(self.job_id)
+        await self.send_json({"type": "job", "job": job})
+
+    async def job_events(self, message):
+        events = [e for e in message["events"] if e["seq"] > self.last_seq]
+        if not events:
+            return
+        if events[0]["seq"] != self.last_seq + 1:
+            await self.replay(self.last_seq)  # a message was missed: the log has it
+            return
+        await self.send_json({"type": "events", "events": events})
+        self.last_seq = events[-1]["seq"]
+        if any(e["kind"] == "status" for e in events):
+            await self.send_job()
+
+
+class TeamConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self):
+        user = self.scope["user"]
+        team_id = self.scope["url_route"]["kwargs"]["team_id"]
+        if not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        member = await database_sync_to_async(lambda: user_teams(user).filter(pk=team_id).exists())()
+        if not member:
+            await self.close(code=4403)
+            return
+        self.group = services.team_group(team_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def team_job(self, message):
+        await self.send_json({"type": "job", "job": message["job"]})
+
+
+def _int(value):
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0

@@ -1,0 +1,87 @@
+"""``make run``: the whole app as one foreground command.
+
+Starts (or uses) Redis, migrates the database, makes sure a demo login exists, then runs the ASGI
+server, a ``cpu`` Celery worker, a ``gpu`` worker when torch sees a GPU, and Celery beat (the
+stale-job reaper). Ctrl-C stops them all; if one dies, the rest are stopped too. For a real
+deployment run each process on its own (see docker-compose.yml).
+"""
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=os.environ.get("EXPLORER_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("EXPLORER_PORT", "8000")))
+    args = parser.parse_args(argv)
+
+    var_dir = Path(os.environ.get("EXPLORER_VAR_DIR", BASE_DIR / "var"))
+    var_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="explorer.settings", PYTHONUNBUFFERED="1")
+    redis = None
+    if not env.get("REDIS_URL"):
+        from explorer.embedded_redis import EmbeddedRedis
+
+        redis = EmbeddedRedis(var_dir)
+        env["REDIS_URL"] = redis.start()
+        print(f"• embedded Redis on {env['REDIS_URL']}", flush=True)
+    else:
+        print(f"• Redis at {env['REDIS_URL']}", flush=True)
+
+    py = sys.executable
+    procs = {}
+    try:
+        subprocess.run([py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=BASE_DIR, env=env, check=True)
+        login = subprocess.run([py, "manage.py", "ensure_demo_user"], cwd=BASE_DIR, env=env, check=True,
+                               capture_output=True, text=True).stdout.strip()
+        has_gpu = subprocess.run([py, "-c", "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"],
+                                 env=env).returncode == 0
+        celery = [py, "-m", "celery", "-A", "explorer"]
+        commands = {
+            "web": [py, "-m", "uvicorn", "explorer.asgi:application", "--host", args.host, "--port", str(args.port),
+                    "--log-level", "warning"],
+            "worker-cpu": celery + ["worker", "-Q", "cpu", "-c", "1", "-n", "cpu@%h", "-l", "info"],
+            "beat": celery + ["beat", "-l", "warning", "-s", str(var_dir / "celerybeat-schedule")],
+        }
+        if has_gpu:
+            commands["worker-gpu"] = celery + ["worker", "-Q", "gpu", "-c", "1", "-n", "gpu@%h", "-l", "info"]
+        for name, cmd in commands.items():
+            procs[name] = subprocess.Popen(cmd, cwd=BASE_DIR, env=env, start_new_session=True)
+        time.sleep(1.0)
+        url = f"http://{args.host}:{args.port}"
+        print(f"\n  LLM Architecture Explorer is running at {url}\n  {login}\n"
+              f"  Workers: cpu{' + gpu' if has_gpu else ''}.  Press Ctrl-C to stop everything.\n", flush=True)
+        stopping = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stopping.append(True))
+        while not stopping:
+            dead = [n for n, p in procs.items() if p.poll() is not None]
+            if dead:
+                print(f"• {', '.join(dead)} exited (code {procs[dead[0]].returncode}); stopping the rest", flush=True)
+                return 1
+            time.sleep(0.5)
+        print("\n• stopping…", flush=True)
+        return 0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for p in procs.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        if redis:
+            redis.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The composer form, generated from the engine's field specs (no hand-written option lists)."""
+from django import forms
+from django.contrib.auth.forms import UserCreationForm
+
+import engine
+from explorer import services
+from explorer.models import Dataset
+
+SECTIONS = [
+    ("model", "Architecture", "The transformer: depth, width, attention heads, context."),
+    ("data", "Data", "What it learns from, and how text becomes tokens."),
+    ("train", "Training", "Optimiser, schedule, evaluation and device."),
+]
+
+
+def _field_for(spec):
+    attrs = {"data-field": spec["name"], "data-type": spec["type"]}
+    kw = {"label": spec["label"], "help_text": spec.get("help", ""), "initial": spec.get("default")}
+    kind = spec["type"]
+    if kind in ("int", "float"):
+        # Bounds go to the browser as hints only; the engine's messages are the ones users read.
+        for key in ("min", "max"):
+            if spec.get(key) is not None:
+                attrs[key] = spec[key]
+        attrs["step"] = spec.get("step") or (1 if kind == "int" else "any")
+        field_cls = forms.IntegerField if kind == "int" else forms.FloatField
+        return field_cls(required=True, widget=forms.NumberInput(attrs=attrs), **kw)
+    if kind == "bool":
+        return forms.BooleanField(required=False, widget=forms.CheckboxInput(attrs=attrs), **kw)
+    if kind == "choice":
+        return forms.ChoiceField(choices=[(c, c) for c in spec["choices"]], widget=forms.Select(attrs=attrs), **kw)
+    return forms.CharField(required=False, widget=forms.TextInput(attrs=attrs), **kw)
+
+
+class ComposeForm(forms.Form):
+    name = forms.CharField(required=False, max_length=200, label="Job name",
+                           widget=forms.TextInput(attrs={"placeholder": "optional, e.g. copy-task 2 layers"}))
+
+    def __init__(self, team, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.team = team
+        self.specs = engine.field_specs()
+        for spec in self.specs:
+            self.fields[spec["name"]] = _field_for(spec)
+            if spec["name"] == "data.source":
+                self.fields["data.dataset"] = forms.ChoiceField(
+                    label="Uploaded text", required=False,
+                    choices=[("", "—")] + [(str(d.pk), d.name) for d in Dataset.objects.filter(team=team)],
+                    help_text="Used when the source is 'text'. Upload files on the Datasets page.",
+                    widget=forms.Select(attrs={"data-field": "data.dataset", "data-type": "choice"}),
+                )
+        self.spec = self.dataset = None
+
+    def sections(self):
+        out = []
+        for key, title, blurb in SECTIONS:
+            fields = [self[name] for name in self.fields if name.startswith(key + ".")]
+            out.append({"key": key, "title": title, "blurb": blurb, "fields": fields})
+        return out
+
+    def payload(self):
+        payload = {"model": {}, "data": {}, "train": {}}
+        for name, value in self.cleaned_data.items():
+            section, _, key = name.partition(".")
+            if section in payload and value is not None and value != "":
+                payload[section][key] = value
+        return payload
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        try:
+            self.spec, self.dataset, _ = services.validate_spec(self.team, self.payload())
+        except services.SpecError as exc:
+            for key, message in exc.errors.items():
+                self.add_error(key if key in self.fields else None, message if key in self.fields else f"{key}: {message}")
+        return cleaned
+
+
+class DatasetUploadForm(forms.Form):
+    name = forms.CharField(required=False, max_length=200, widget=forms.TextInput(attrs={"placeholder": "defaults to the file name"}))
+    file = forms.FileField(help_text="A UTF-8 text file.")
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, widget=forms.TextInput(attrs={"placeholder": "e.g. laptop script"}))
+
+
+class SignupForm(UserCreationForm):
+    pass

@@ -1,0 +1,446 @@
+"""The one place where the web app meets the engine.
+
+Views, the API, tasks and consumers call these functions; only this module imports ``engine``.
+A job's life: ``create_job`` validates the spec with the engine, refuses what cannot fit, saves
+the row and enqueues a Celery task; the task calls ``run_job``, which runs ``engine.train`` with
+callbacks that append numbered events to the database and broadcast them on the channel layer.
+"""
+import logging
+import threading
+import time
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.utils import timezone
+
+import engine
+from explorer.models import Dataset, Job, JobEvent
+
+log = logging.getLogger(__name__)
+
+
+class SpecError(Exception):
+    """A job spec the engine or the app refused; ``errors`` maps dotted field names to messages."""
+
+    def __init__(self, errors):
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+def job_group(job_id):
+    return f"job.{job_id}"
+
+
+def team_group(team_id):
+    return f"team.{team_id}"
+
+
+def fmt_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+
+
+# ---------------------------------------------------------------------------- options
+def composer_options(team):
+    """What the composer offers: the engine's fields and registries, and the team's datasets."""
+    return {
+        "fields": engine.field_specs(),
+        "choices": engine.choices(),
+        "datasets": [
+            {"id": d.pk, "name": d.name, "size_bytes": d.size_bytes, "n_chars": d.n_chars}
+            for d in Dataset.objects.filter(team=team)
+        ],
+        "memory_budget_bytes": {q: mb * 2**20 for q, mb in settings.WORKER_MEMORY_BUDGET_MB.items()},
+    }
+
+
+# ---------------------------------------------------------------------------- validation
+def _split_payload(team, payload):
+    """Turn the user's payload into the engine's spec dict; user input never names a file path."""
+    errors = {}
+    if not isinstance(payload, dict):
+        raise SpecError({"spec": "expected a JSON object with 'model', 'data' and 'train'"})
+    sections = {}
+    for section in ("model", "data", "train"):
+        value = payload.get(section) or {}
+        if not isinstance(value, dict):
+            errors[section] = f"'{section}' must be an object"
+            value = {}
+        sections[section] = dict(value)
+    data = sections["data"]
+    data.pop("path", None)  # only the app sets paths, from a dataset of the user's team
+    dataset_id = data.pop("dataset", None)
+    dataset = None
+    if data.get("source") == "text":
+        if dataset_id in (None, ""):
+            errors["data.dataset"] = "choose an uploaded text file for source 'text' (upload one under Datasets)"
+        else:
+            try:
+                dataset = Dataset.objects.filter(team=team, pk=int(dataset_id)).first()
+            except (TypeError, ValueError):
+                dataset = None
+            if dataset is None:
+                errors["data.dataset"] = f"no dataset {dataset_id!r} in team {team.name}"
+            else:
+                data["path"] = dataset.file.path
+    return sections, dataset, errors
+
+
+def queue_for(spec):
+    return "gpu" if spec.train.device == "cuda" else "cpu"
+
+
+def validate_spec(team, payload):
+    """Return ``(spec, dataset, analysis)`` or raise ``SpecError`` with every problem found."""
+    sections, dataset, errors = _split_payload(team, payload)
+    spec = None
+    try:
+        spec = engine.parse_spec(sections)
+    except engine.ConfigError as exc:
+        for key, message in exc.errors.items():
+            errors.setdefault("data.dataset" if key == "data.path" else key, message)
+    if spec is None or errors:
+        raise SpecError(errors)
+    if spec.train.steps > settings.MAX_STEPS:
+        errors["train.steps"] = f"steps ({spec.train.steps}) exceeds this deployment's limit of {settings.MAX_STEPS}"
+    analysis = engine.analyze(spec.model, batch_size=spec.train.batch_size)
+    queue = queue_for(spec)
+    need = analysis["memory"]["train_total"]
+    budget = settings.WORKER_MEMORY_BUDGET_MB[queue] * 2**20
+    if need > budget:
+        errors["train.batch_size"] = (
+            f"estimated training memory {fmt_bytes(need)} exceeds the {queue} workers' budget of "
+            f"{fmt_bytes(budget)}; lower batch_size, block_size, n_embd or n_layer"
+        )
+    if errors:
+        raise SpecError(errors)
+    return spec, dataset, analysis
+
+
+def estimate(team, payload):
+    """The composer's live panel: errors by field, and the analysis whenever the model is valid."""
+    try:
+        spec, _, analysis = validate_spec(team, payload)
+    except SpecError as exc:
+        return {"valid": False, "errors": exc.errors, **_partial_analysis(team, payload)}
+    return {
+        "valid": True,
+        "errors": {},
+        "analysis": analysis,
+        "data": engine.describe_data(spec.data),
+        "queue": queue_for(spec),
+        "vocab_size": spec.model.vocab_size,
+    }
+
+
+def _partial_analysis(team, payload):
+    """Best effort for an invalid spec: the parameter count still updates while the user types."""
+    try:
+        sections, _, _ = _split_payload(team, payload)
+        data_cfg = engine.DataConfig.from_dict(sections["data"])
+        described = engine.describe_data(data_cfg)
+        model_cfg = engine.ModelConfig.from_dict({**sections["model"], "vocab_size": described["vocab_size"]})
+        train_cfg = engine.TrainConfig.from_dict(sections["train"])
+        return {
+            "analysis": engine.analyze(model_cfg, batch_size=train_cfg.batch_size),
+            "data": described,
+            "vocab_size": model_cfg.vocab_size,
+        }
+    except Exception:  # noqa: BLE001 - any invalid part just means no partial numbers
+        return {"analysis": None}
+
+
+# ---------------------------------------------------------------------------- jobs
+def create_job(user, team, payload, name=""):
+    spec, dataset, analysis = validate_spec(team, payload)
+    with transaction.atomic():
+        job = Job.objects.create(
+            team=team,
+            owner=user,
+            name=name[:200],
+            spec=spec.to_dict(),
+            dataset=dataset,
+            queue=queue_for(spec),
+            params=analysis["params"]["total"],
+            total_steps=spec.train.steps,
+        )
+        append_events(job.pk, [("status", {"status": "queued", "queue": job.queue})])
+        transaction.on_commit(lambda: enqueue(job.pk))
+    return job
+
+
+def enqueue(job_id):
+    from explorer import tasks  # tasks import this module
+
+    job = Job.objects.get(pk=job_id)
+    result = tasks.run_job.apply_async(args=[job.pk], queue=job.queue)
+    Job.objects.filter(pk=job.pk).update(celery_task_id=result.id)
+    broadcast_team(job.pk)
+
+
+def append_events(job_id, events, **job_fields):
+    """Append ``(kind, data)`` events to a job's log and update the job row, atomically.
+
+    Sequence numbers come from the job row inside the transaction, so every writer (worker, web,
+    reaper) numbers events without gaps or collisions. Returns the messages to broadcast.
+    """
+    now = time.time()
+    with transaction.atomic():
+        last_seq = Job.objects.select_for_update().filter(pk=job_id).values_list("last_seq", flat=True).get()
+        rows = [
+            JobEvent(job_id=job_id, seq=last_seq + i, kind=kind, payload=data, ts=data.pop("_ts", now))
+            for i, (kind, data) in enumerate(events, start=1)
+        ]
+        JobEvent.objects.bulk_create(rows)
+        Job.objects.filter(pk=job_id).update(last_seq=last_seq + len(rows), **job_fields)
+    return [row.as_message() for row in rows]
+
+
+def publish(job_id, messages, team_id=None):
+    """Send a batch of events to the job's websocket group in one message (one event-loop hop)."""
+    if not messages and team_id is None:
+        return
+
+    async def send():
+        layer = get_channel_layer()
+        if messages:
+            await layer.group_send(job_group(job_id), {"type": "job.events", "events": messages})
+        if team_id is not None:
+            job = await _job_brief_async(job_id)
+            await layer.group_send(team_group(team_id), {"type": "team.job", "job": job})
+
+    try:
+        async_to_sync(send)()
+    except Exception:  # noqa: BLE001 - events are saved; clients catch up from the log on reconnect
+        log.warning("could not broadcast %d events of job %s", len(messages), job_id, exc_info=True)
+
+
+async def _job_brief_async(job_id):
+    from channels.db import database_sync_to_async
+
+    return await database_sync_to_async(job_brief_by_id)(job_id)
+
+
+def job_brief_by_id(job_id):
+    job = Job.objects.select_related("owner", "team").get(pk=job_id)
+    return job_to_dict(job, position=queue_positions([job]).get(job.pk))
+
+
+def broadcast_team(job_id):
+    job = Job.objects.only("team_id").get(pk=job_id)
+    publish(job_id, [], team_id=job.team_id)
+
+
+def record_status(job_id, status, *, expect=None, **fields):
+    """Move a job to a new status, log it as an event and tell the job's and team's watchers.
+
+    With ``expect`` (statuses), the move happens only from one of them; returns whether it did.
+    """
+    data = {"status": status}
+    for key in ("error", "worker", "device"):
+        if fields.get(key):
+            data[key] = fields[key]
+    if status in Job.TERMINAL:
+        fields.setdefault("finished_at", timezone.now())
+    with transaction.atomic():
+        if expect is not None and not Job.objects.select_for_update().filter(pk=job_id, status__in=expect).exists():
+            return False
+        messages = append_events(job_id, [("status", data)], status=status, **fields)
+    team_id = Job.objects.values_list("team_id", flat=True).get(pk=job_id)
+    publish(job_id, messages, team_id=team_id)
+    return True
+
+
+def cancel_job(job):
+    """Cancel a queued job at once; ask a running one to stop at its next step.
+
+    Returns False when the job had already ended. A queued job's task, when a worker takes it,
+    finds the job cancelled and returns without running.
+    """
+    if record_status(job.pk, Job.Status.CANCELLED, expect=[Job.Status.QUEUED], cancel_requested=True):
+        return True
+    return bool(Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(cancel_requested=True))
+
+
+def queue_positions(jobs):
+    """Place in line (1 = next) of each queued job among all queued jobs of its queue."""
+    queues = {j.queue for j in jobs if j.status == Job.Status.QUEUED}
+    positions = {}
+    for queue in queues:
+        ids = Job.objects.filter(queue=queue, status=Job.Status.QUEUED).order_by("created_at", "pk").values_list("pk", flat=True)
+        positions.update({pk: i for i, pk in enumerate(ids, start=1)})
+    return {j.pk: positions.get(j.pk) for j in jobs}
+
+
+def job_to_dict(job, position=None):
+    return {
+        "id": job.pk,
+        "name": job.display_name,
+        "team": {"id": job.team_id, "name": job.team.name},
+        "owner": job.owner.get_username(),
+        "status": job.status,
+        "queue": job.queue,
+        "position": position,
+        "params": job.params,
+        "step": job.step,
+        "total_steps": job.total_steps,
+        "last_seq": job.last_seq,
+        "summary": job.summary,
+        "worker": job.worker,
+        "device": job.device,
+        "error": job.error,
+        "cancel_requested": job.cancel_requested,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "spec": job.spec,
+        "dataset": job.dataset.name if job.dataset_id else None,
+        "url": f"/jobs/{job.pk}/",
+    }
+
+
+# ---------------------------------------------------------------------------- running (in a worker)
+SUMMARY_KEYS = {
+    "step": ("loss", "lr", "grad_norm", "tokens_per_s", "elapsed", "eta"),
+    "eval": ("train_loss", "val_loss", "accuracy"),
+    "start": ("params", "vocab_size", "tokens_per_step"),
+}
+
+
+class EventRecorder:
+    """The engine's ``on_event`` callback: buffers events and flushes them in batches.
+
+    A flush writes the batch in one transaction and broadcasts it in one channel-layer message,
+    at most every ``flush_interval`` seconds for step events and at once for anything else.
+    """
+
+    def __init__(self, job, flush_interval=0.1, team_interval=1.0):
+        self.job_id, self.team_id = job.pk, job.team_id
+        self.flush_interval, self.team_interval = flush_interval, team_interval
+        self.buffer, self.summary = [], dict(job.summary)
+        self.step, self.total_steps, self.device = job.step, job.total_steps, job.device
+        self.last_flush = self.last_team = 0.0
+        self.lock = threading.Lock()
+
+    def __call__(self, event):
+        event = dict(event)
+        kind = event.pop("kind")
+        event["_ts"] = time.time()
+        for key in SUMMARY_KEYS.get(kind, ()):
+            if key in event:
+                self.summary[key] = event[key]
+        if "step" in event:
+            self.step = event["step"]
+        if kind == "start":
+            self.total_steps, self.device = event.get("total_steps", self.total_steps), event.get("device", self.device)
+        with self.lock:
+            self.buffer.append((kind, event))
+        if kind != "step" or time.monotonic() - self.last_flush >= self.flush_interval:
+            self.flush()
+
+    def flush(self):
+        with self.lock:
+            batch, self.buffer = self.buffer, []
+        if not batch:
+            return
+        self.last_flush = now = time.monotonic()
+        messages = append_events(
+            self.job_id, batch, step=self.step, total_steps=self.total_steps, summary=self.summary,
+            device=self.device, heartbeat_at=timezone.now(),
+        )
+        send_team = now - self.last_team >= self.team_interval
+        if send_team:
+            self.last_team = now
+        publish(self.job_id, messages, team_id=self.team_id if send_team else None)
+
+
+class Heartbeat(threading.Thread):
+    """Marks the job alive every few seconds and notices a cancel request from the web."""
+
+    def __init__(self, job_id, interval=5.0, poll=0.5):
+        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
+        self.job_id, self.interval, self.poll = job_id, interval, poll
+        self.cancelled, self.stopped = threading.Event(), threading.Event()
+
+    def run(self):
+        last_beat = time.monotonic()
+        try:
+            while not self.stopped.wait(self.poll):
+                try:
+                    row = Job.objects.filter(pk=self.job_id).values("status", "cancel_requested").first()
+                    # Stop on a cancel request, or when the job was ended elsewhere (the reaper).
+                    if row is None or row["cancel_requested"] or row["status"] != Job.Status.RUNNING:
+                        self.cancelled.set()
+                    if time.monotonic() - last_beat >= self.interval:
+                        Job.objects.filter(pk=self.job_id).update(heartbeat_at=timezone.now())
+                        last_beat = time.monotonic()
+                except Exception:  # noqa: BLE001 - a database blip must not kill the job
+                    log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+                    close_old_connections()
+        finally:
+            connection.close()
+
+    def stop(self):
+        self.stopped.set()
+        self.join(timeout=5)
+
+
+def run_job(job_id, worker_name):
+    """Run one queued job to its end. Every outcome leaves the job in a terminal status."""
+    now = timezone.now()
+    started = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED, cancel_requested=False).update(
+        status=Job.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker_name
+    )
+    if not started:
+        log.info("job %s is no longer queued; skipping", job_id)
+        return None
+    job = Job.objects.get(pk=job_id)
+    record_status(job.pk, Job.Status.RUNNING, worker=worker_name)
+    recorder, heartbeat = EventRecorder(job), Heartbeat(job.pk)
+    heartbeat.start()
+    status, error = Job.Status.FAILED, ""
+    try:
+        spec = engine.parse_spec(job.spec)  # again: the data file may have changed since submission
+        result = engine.train(spec, on_event=recorder, should_stop=heartbeat.cancelled.is_set)
+        status = Job.Status.CANCELLED if result.cancelled else Job.Status.SUCCEEDED
+    except engine.ConfigError as exc:
+        error = "Invalid job: " + "; ".join(f"{k}: {v}" for k, v in exc.errors.items())
+    except Exception as exc:  # noqa: BLE001 - the reason goes on the job; the worker lives on
+        log.exception("job %s failed", job_id)
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        heartbeat.stop()
+    try:
+        recorder.flush()
+    except Exception:  # noqa: BLE001
+        log.exception("could not save the last events of job %s", job_id)
+    record_status(job_id, status, expect=[Job.Status.RUNNING], error=error)
+    return status
+
+
+def reap_stale_jobs(timeout_s=None):
+    """Fail running jobs whose worker stopped sending heartbeats (killed, lost its host...)."""
+    timeout_s = timeout_s or settings.JOB_HEARTBEAT_TIMEOUT_S
+    cutoff = timezone.now() - timezone.timedelta(seconds=timeout_s)
+    reaped = []
+    for job in Job.objects.filter(status=Job.Status.RUNNING, heartbeat_at__lt=cutoff):
+        error = (
+            f"Worker {job.worker or '?'} stopped responding: no heartbeat for over {timeout_s} s. "
+            "The events up to then are kept."
+        )
+        if record_status(job.pk, Job.Status.FAILED, expect=[Job.Status.RUNNING], error=error):
+            reaped.append(job.pk)
+    return reaped
+
+
+def fail_orphaned_jobs(worker_name):
+    """At worker start: jobs this worker (by name) was running died with its previous process."""
+    orphans = list(Job.objects.filter(status=Job.Status.RUNNING, worker=worker_name).values_list("pk", flat=True))
+    for job_id in orphans:
+        error = f"Worker {worker_name} restarted while running this job."
+        record_status(job_id, Job.Status.FAILED, expect=[Job.Status.RUNNING], error=error)
+    return orphans

@@ -1,0 +1,53 @@
+"""Which teams a user belongs to, and which one they are working in."""
+from django.db.models import Q
+from django.http import Http404
+from django.utils.text import slugify
+
+from explorer.models import Job, Membership, Team
+
+
+def user_teams(user):
+    if not user.is_authenticated:
+        return Team.objects.none()
+    return Team.objects.filter(memberships__user=user).order_by("name")
+
+
+def jobs_visible_to(user):
+    """Jobs of the user's teams: the only jobs a user may see anywhere."""
+    if not user.is_authenticated:
+        return Job.objects.none()
+    return Job.objects.filter(team__memberships__user=user).select_related("team", "owner", "dataset")
+
+
+def get_job_or_404(user, job_id):
+    job = jobs_visible_to(user).filter(pk=job_id).first()
+    if job is None:
+        raise Http404("No such job")  # the same answer whether it exists in another team or not
+    return job
+
+
+def resolve_team(user, team_ref=None, session=None):
+    """The team named by id or slug, else the session's current team, else the user's first."""
+    teams = user_teams(user)
+    if team_ref not in (None, ""):
+        ref = str(team_ref)
+        team = teams.filter(Q(slug=ref) | Q(pk=int(ref)) if ref.isdigit() else Q(slug=ref)).first()
+        if team is None:
+            raise Http404(f"You are not a member of team {team_ref!r}")
+        return team
+    if session is not None and session.get("team_id"):
+        team = teams.filter(pk=session["team_id"]).first()
+        if team is not None:
+            return team
+    return teams.first()
+
+
+def create_personal_team(user):
+    base = slugify(user.get_username()) or "team"
+    slug, n = base, 1
+    while Team.objects.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    team = Team.objects.create(name=f"{user.get_username()}'s team", slug=slug)
+    Membership.objects.create(user=user, team=team, role=Membership.Role.ADMIN)
+    return team

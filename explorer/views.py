@@ -1,0 +1,146 @@
+"""Pages. Structure is in templates/, behaviour in static/js/; data comes from services."""
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from explorer import services
+from explorer.datasets import DatasetError, save_upload
+from explorer.forms import ApiTokenForm, ComposeForm, DatasetUploadForm, SignupForm
+from explorer.models import ApiToken, Dataset
+from explorer.teams import create_personal_team, get_job_or_404, jobs_visible_to, user_teams
+
+
+def _team_or_404(request):
+    if request.team is None:
+        raise Http404("You belong to no team yet; ask an admin to add you to one.")
+    return request.team
+
+
+def home(request):
+    return redirect("compose" if request.user.is_authenticated else "login")
+
+
+def signup(request):
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        create_personal_team(user)
+        login(request, user)
+        messages.success(request, "Welcome! Your personal team is ready.")
+        return redirect("compose")
+    return render(request, "registration/signup.html", {"form": form})
+
+
+@login_required
+def compose(request):
+    team = _team_or_404(request)
+    if request.method == "POST":
+        form = ComposeForm(team, request.POST)
+        if form.is_valid():
+            job = services.create_job(request.user, team, form.payload(), name=form.cleaned_data["name"])
+            messages.success(request, f"{job.display_name} queued.")
+            return redirect("job", job_id=job.pk)
+    else:
+        # Every experiment is a shareable link: the query string pre-fills the form.
+        form = ComposeForm(team, initial=request.GET.dict())
+    return render(request, "explorer/compose.html", {
+        "form": form,
+        "options": services.composer_options(team),
+        "nav": "compose",
+    })
+
+
+@login_required
+def queue(request):
+    team = _team_or_404(request)
+    jobs = jobs_visible_to(request.user).filter(team=team)
+    status = request.GET.get("status", "")
+    if status:
+        jobs = jobs.filter(status=status)
+    page = Paginator(jobs, 50).get_page(request.GET.get("page"))
+    positions = services.queue_positions(list(page))
+    rows = [services.job_to_dict(j, positions[j.pk]) for j in page]
+    return render(request, "explorer/queue.html", {
+        "jobs": rows, "page": page, "status": status, "team": team, "nav": "queue",
+        "statuses": ["queued", "running", "succeeded", "failed", "cancelled"],
+    })
+
+
+@login_required
+def job_detail(request, job_id):
+    job = get_job_or_404(request.user, job_id)
+    data = services.job_to_dict(job, services.queue_positions([job])[job.pk])
+    return render(request, "explorer/job.html", {"job": job, "job_data": data, "nav": "queue"})
+
+
+@login_required
+@require_POST
+def job_cancel(request, job_id):
+    job = get_job_or_404(request.user, job_id)
+    if services.cancel_job(job):
+        messages.info(request, f"Cancelling {job.display_name}.")
+    else:
+        messages.warning(request, f"{job.display_name} has already ended.")
+    nxt = request.POST.get("next", "")
+    return redirect(nxt) if nxt.startswith("/") and not nxt.startswith("//") else redirect("job", job_id=job.pk)
+
+
+@login_required
+def datasets(request):
+    team = _team_or_404(request)
+    form = DatasetUploadForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            dataset = save_upload(team, request.user, form.cleaned_data["file"], form.cleaned_data["name"])
+        except DatasetError as exc:
+            form.add_error("file", str(exc))
+        else:
+            messages.success(request, f"Uploaded {dataset.name} ({dataset.n_chars:,} characters).")
+            return redirect("datasets")
+    return render(request, "explorer/datasets.html", {
+        "form": form, "datasets": Dataset.objects.filter(team=team), "nav": "datasets",
+        "upload_max_mb": settings.UPLOAD_MAX_BYTES // 2**20,
+    })
+
+
+@login_required
+def account(request):
+    form = ApiTokenForm(request.POST or None)
+    new_token = None
+    if request.method == "POST" and form.is_valid():
+        _, new_token = ApiToken.issue(request.user, form.cleaned_data["name"])
+        form = ApiTokenForm()
+    return render(request, "explorer/account.html", {
+        "form": form, "new_token": new_token, "nav": "account",
+        "tokens": ApiToken.objects.filter(user=request.user, revoked_at=None),
+        "teams": user_teams(request.user),
+    })
+
+
+@login_required
+@require_POST
+def token_revoke(request, token_id):
+    token = get_object_or_404(ApiToken, pk=token_id, user=request.user, revoked_at=None)
+    token.revoked_at = timezone.now()
+    token.save(update_fields=["revoked_at"])
+    messages.info(request, f"Token “{token.name}” revoked.")
+    return redirect("account")
+
+
+@login_required
+@require_POST
+def switch_team(request):
+    team = user_teams(request.user).filter(pk=request.POST.get("team")).first()
+    if team is None:
+        raise Http404("No such team")
+    request.session["team_id"] = team.pk
+    return redirect(request.POST.get("next") or "queue")
+
+
