@@ -2,7 +2,8 @@
 # TORCH_SPEC: which PyTorch to install (PyPI's Linux wheels are CUDA builds, which also run on CPU).
 FROM python:3.11-slim
 ARG TORCH_SPEC="torch"
-ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DJANGO_SETTINGS_MODULE=explorer.settings
+ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DJANGO_SETTINGS_MODULE=explorer.settings \
+    EXPLORER_STATIC_ROOT=/app/staticfiles
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY engine ./engine

@@ -14,6 +14,7 @@ SECTIONS = [
 
 
 def _field_for(spec):
+    # Not required: a field left out takes the engine's default, as in the API.
     attrs = {"data-field": spec["name"], "data-type": spec["type"]}
     kw = {"label": spec["label"], "help_text": spec.get("help", ""), "initial": spec.get("default")}
     kind = spec["type"]
@@ -24,11 +25,11 @@ def _field_for(spec):
                 attrs[key] = spec[key]
         attrs["step"] = spec.get("step") or (1 if kind == "int" else "any")
         field_cls = forms.IntegerField if kind == "int" else forms.FloatField
-        return field_cls(required=True, widget=forms.NumberInput(attrs=attrs), **kw)
+        return field_cls(required=False, widget=forms.NumberInput(attrs=attrs), **kw)
     if kind == "bool":
         return forms.BooleanField(required=False, widget=forms.CheckboxInput(attrs=attrs), **kw)
     if kind == "choice":
-        return forms.ChoiceField(choices=[(c, c) for c in spec["choices"]], widget=forms.Select(attrs=attrs), **kw)
+        return forms.ChoiceField(required=False, choices=[(c, c) for c in spec["choices"]], widget=forms.Select(attrs=attrs), **kw)
     return forms.CharField(required=False, widget=forms.TextInput(attrs=attrs), **kw)
 
 

@@ -204,25 +204,19 @@ def publish(job_id, messages, team_id=None):
     """Send a batch of events to the job's websocket group in one message (one event-loop hop)."""
     if not messages and team_id is None:
         return
+    brief = job_brief_by_id(job_id) if team_id is not None else None
 
     async def send():
         layer = get_channel_layer()
         if messages:
             await layer.group_send(job_group(job_id), {"type": "job.events", "events": messages})
-        if team_id is not None:
-            job = await _job_brief_async(job_id)
-            await layer.group_send(team_group(team_id), {"type": "team.job", "job": job})
+        if brief is not None:
+            await layer.group_send(team_group(team_id), {"type": "team.job", "job": brief})
 
     try:
         async_to_sync(send)()
     except Exception:  # noqa: BLE001 - events are saved; clients catch up from the log on reconnect
         log.warning("could not broadcast %d events of job %s", len(messages), job_id, exc_info=True)
-
-
-async def _job_brief_async(job_id):
-    from channels.db import database_sync_to_async
-
-    return await database_sync_to_async(job_brief_by_id)(job_id)
 
 
 def job_brief_by_id(job_id):

@@ -167,7 +167,8 @@ LOGOUT_REDIRECT_URL = "login"
 
 # ---------------------------------------------------------------------------- static files
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(os.environ.get("EXPLORER_STATIC_ROOT", VAR_DIR / "static"))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 import plotly  # noqa: E402  (plotly.js ships inside the Python package: served locally, no CDN)
 
 STATICFILES_DIRS = [

@@ -1,0 +1,104 @@
+"""Job lifecycle through the service layer with the real engine (tiny shapes) and real Redis."""
+import threading
+import time
+
+import pytest
+from django.utils import timezone
+
+from explorer import services
+from explorer.models import Job
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def kinds(job):
+    return list(job.events.order_by("seq").values_list("kind", flat=True))
+
+
+def test_run_job_trains_and_logs_every_event(alice, tiny_spec):
+    job = services.create_job(alice[0], alice[1], tiny_spec, name="copy")
+    assert services.run_job(job.pk, "test-worker") == Job.Status.SUCCEEDED
+    job.refresh_from_db()
+    assert job.status == "succeeded" and job.worker == "test-worker" and job.finished_at
+    assert job.step == 30 and job.device == "cpu"
+    seqs = list(job.events.order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, len(seqs) + 1)) and job.last_seq == seqs[-1]  # no gaps
+    k = kinds(job)
+    assert k[:3] == ["status", "status", "start"] and k[-2:] == ["end", "status"]
+    assert k.count("step") == 30 and k.count("eval") == 3
+    assert job.events.last().payload == {"status": "succeeded"}
+    assert job.summary["loss"] > 0 and "val_loss" in job.summary and "tokens_per_s" in job.summary
+
+
+def test_run_job_skips_a_job_that_is_not_queued(alice, tiny_spec):
+    job = services.create_job(alice[0], alice[1], tiny_spec)
+    services.cancel_job(job)
+    assert services.run_job(job.pk, "w") is None
+    job.refresh_from_db()
+    assert job.status == "cancelled" and "step" not in kinds(job)
+
+
+def test_cancel_running_job_stops_it_and_keeps_events(alice, tiny_spec):
+    tiny_spec["train"]["steps"] = 5000
+    job = services.create_job(alice[0], alice[1], tiny_spec)
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("status", services.run_job(job.pk, "w")))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while Job.objects.get(pk=job.pk).step < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert services.cancel_job(Job.objects.get(pk=job.pk))
+    thread.join(30)
+    job.refresh_from_db()
+    assert result["status"] == job.status == "cancelled"
+    assert 5 <= job.step < 5000
+    assert kinds(job).count("step") == job.step and kinds(job)[-2:] == ["end", "status"]
+
+
+def test_failure_is_recorded_with_the_reason(alice, tiny_spec):
+    job = services.create_job(alice[0], alice[1], tiny_spec)
+    Job.objects.filter(pk=job.pk).update(spec={**job.spec, "model": {**job.spec["model"], "n_head": 3}})
+    assert services.run_job(job.pk, "w") == "failed"
+    job.refresh_from_db()
+    assert job.status == "failed" and "n_head" in job.error
+    assert job.events.last().payload["status"] == "failed"
+
+
+def test_cuda_job_without_gpu_fails_cleanly(alice, tiny_spec):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    tiny_spec["train"]["device"] = "cuda"
+    job = services.create_job(alice[0], alice[1], tiny_spec)
+    assert job.queue == "gpu"
+    assert services.run_job(job.pk, "w") == "failed"
+    job.refresh_from_db()
+    assert "CUDA" in job.error or "cuda" in job.error
+
+
+def test_reaper_fails_jobs_whose_worker_vanished(alice, tiny_spec):
+    job = services.create_job(alice[0], alice[1], tiny_spec)
+    stale = timezone.now() - timezone.timedelta(seconds=600)
+    Job.objects.filter(pk=job.pk).update(status="running", worker="gone@host", heartbeat_at=stale, started_at=stale)
+    fresh = services.create_job(alice[0], alice[1], tiny_spec)
+    Job.objects.filter(pk=fresh.pk).update(status="running", heartbeat_at=timezone.now())
+    assert services.reap_stale_jobs(timeout_s=60) == [job.pk]
+    job.refresh_from_db()
+    assert job.status == "failed" and "gone@host" in job.error and "heartbeat" in job.error
+    assert Job.objects.get(pk=fresh.pk).status == "running"
+
+
+def test_worker_restart_fails_its_orphans(alice, tiny_spec):
+    job = services.create_job(alice[0], alice[1], tiny_spec)
+    Job.objects.filter(pk=job.pk).update(status="running", worker="cpu@box", heartbeat_at=timezone.now())
+    assert services.fail_orphaned_jobs("cpu@box") == [job.pk]
+    assert Job.objects.get(pk=job.pk).status == "failed"
+
+
+def test_queue_positions_follow_submission_order(alice, bob, tiny_spec):
+    a1 = services.create_job(alice[0], alice[1], tiny_spec)
+    b1 = services.create_job(bob[0], bob[1], tiny_spec)
+    a2 = services.create_job(alice[0], alice[1], tiny_spec)
+    positions = services.queue_positions([a1, b1, a2])
+    assert positions == {a1.pk: 1, b1.pk: 2, a2.pk: 3}
