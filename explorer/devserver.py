@@ -8,12 +8,28 @@ deployment run each process on its own (see docker-compose.yml).
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def wait_for_port(host, port, procs, timeout=120):
+    """Print the address only once the server answers, so the first click works."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dead = [n for n, p in procs.items() if p.poll() is not None]
+        if dead:
+            raise SystemExit(f"{', '.join(dead)} exited during start-up")
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"the web server did not listen on {host}:{port} within {timeout}s")
 
 
 def main(argv=None):
@@ -54,7 +70,7 @@ def main(argv=None):
             commands["worker-gpu"] = celery + ["worker", "-Q", "gpu", "-c", "1", "-n", "gpu@%h", "-l", "info"]
         for name, cmd in commands.items():
             procs[name] = subprocess.Popen(cmd, cwd=BASE_DIR, env=env, start_new_session=True)
-        time.sleep(1.0)
+        wait_for_port(args.host, args.port, procs)
         url = f"http://{args.host}:{args.port}"
         print(f"\n  LLM Architecture Explorer is running at {url}\n  {login}\n"
               f"  Workers: cpu{' + gpu' if has_gpu else ''}.  Press Ctrl-C to stop everything.\n", flush=True)
