@@ -21,5 +21,3 @@ if not os.environ.get("REDIS_URL"):
         atexit.register(_redis.stop)
 
 from explorer.settings import *  # noqa: E402,F401,F403
-
-PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
