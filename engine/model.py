@@ -96,7 +96,7 @@ class Decoder(nn.Module):
         loss = None
         if targets is not None:
             # positions whose target is -1 (prompt, padding) carry no loss
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     @torch.no_grad()

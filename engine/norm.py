@@ -1,4 +1,5 @@
-"""Normalisation layers. Every entry takes ``(ndim, *, bias)`` and maps (B, T, C) -> (B, T, C)."""
+"""Normalisation layers. Every entry takes ``(ndim, *, bias)`` and maps (B, T, C) -> (B, T, C);
+``num_params`` and ``n_saved`` let ``analysis`` count its parameters and activations."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import torch.nn.functional as F
 
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's has no ``bias=False`` before 2.1; nanoGPT)."""
+
+    n_saved = 1  # (B, T, C) tensors autograd keeps: the input (the fused kernel recomputes the rest)
 
     def __init__(self, ndim: int, *, bias: bool):
         super().__init__()
@@ -26,6 +29,8 @@ class LayerNorm(nn.Module):
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Zhang & Sennrich 2019, used by LLaMA): no mean subtraction and,
     by definition, no bias, so ``bias`` is accepted for a uniform signature and ignored."""
+
+    n_saved = 2  # written as separate ops, autograd keeps the input and the normalised output
 
     def __init__(self, ndim: int, *, bias: bool, eps: float = 1e-6):
         super().__init__()

@@ -94,7 +94,7 @@ class ModAdd(Task):
         return self.modulus**2
 
     def _digits(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([x // 10, x % 10], dim=1)  # (B, 2) digit ids: "0".."9" are ids 0..9
+        return torch.stack([x // 10, x % 10], dim=1)  # (B, 2) digit values, fixed width so "5" is "05"
 
     def sample(self, batch: int, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         a = torch.randint(self.modulus, (batch,), generator=generator)

@@ -50,6 +50,10 @@ class ComposeForm(forms.Form):
                     help_text="Used when the source is 'text'. Upload files on the Datasets page.",
                     widget=forms.Select(attrs={"data-field": "data.dataset", "data-type": "choice"}),
                 )
+        # Shareable links carry booleans as text: "?model.bias=false" must render unchecked.
+        for name, field in self.fields.items():
+            if isinstance(field, forms.BooleanField) and isinstance(self.initial.get(name), str):
+                self.initial[name] = self.initial[name].strip().lower() not in ("", "0", "false", "off", "no")
         self.spec = self.dataset = None
 
     def sections(self):

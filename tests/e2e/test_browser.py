@@ -35,26 +35,35 @@ def fill(page, values):
             field.fill(value)
 
 
+def settled(page):
+    """Wait out the composer's debounce and its estimate request."""
+    page.wait_for_timeout(500)
+    page.wait_for_function("() => document.getElementById('est-state').dataset.state !== 'busy'")
+
+
 def test_compose_launch_watch_and_cancel(stack, page, shots):
     user, team = make_user("erin")
     log_in(page, stack, "erin")
 
     # The live cost panel follows the form: 1 layer fewer means fewer parameters.
     fill(page, TINY)
-    total = page.locator('[data-out="params.total"]')
-    page.wait_for_function("() => /\\d/.test(document.querySelector('[data-out=\"params.total\"]').textContent)")
+    settled(page)
+    total = page.locator('[data-out="params.note"]')  # the exact count, "12,345 parameters · ..."
     before = total.text_content()
+    assert re.search(r"\d", before), before
     fill(page, {"model.n_layer": "1"})
-    page.wait_for_function("(b) => document.querySelector('[data-out=\"params.total\"]').textContent !== b", arg=before)
+    settled(page)
+    assert total.text_content() != before
     fill(page, {"model.n_layer": "2"})
-    page.wait_for_function("(b) => document.querySelector('[data-out=\"params.total\"]').textContent === b", arg=before)
+    settled(page)
+    assert total.text_content() == before
 
     # A bad value is shown at its field before anything is queued.
     fill(page, {"model.n_head": "3"})
     page.wait_for_selector("text=must divide")
     fill(page, {"model.n_head": "2"})
     page.locator('[name="name"]').fill("browser copy task")
-    page.wait_for_timeout(600)
+    settled(page)
     page.screenshot(path=str(shots / "compose.png"), full_page=True)
 
     page.click("#launch")

@@ -96,3 +96,9 @@ def test_signup_creates_a_personal_team(client):
     from explorer.models import Team
 
     assert Team.objects.filter(memberships__user__username="carol").count() == 1
+
+
+def test_shared_link_with_a_false_boolean_renders_unchecked(alice_client):
+    html = alice_client.get("/compose/?model.bias=false").content.decode()
+    tag = next(t for t in html.split("<input") if 'name="model.bias"' in t)
+    assert "checked" not in tag.split(">")[0]

@@ -1,0 +1,76 @@
+"""The LLM Architecture Explorer's engine: pure PyTorch, no web framework.
+
+Config in, events out::
+
+    from engine import parse_spec, train, analyze
+
+    spec = parse_spec({"model": {"n_layer": 2}, "data": {"task": "reverse"}, "train": {"steps": 200}})
+    costs = analyze(spec.model, batch_size=spec.train.batch_size)   # params, FLOPs, memory
+    result = train(spec, on_event=print, should_stop=lambda: False)
+
+Configuration
+    ``ModelConfig``, ``DataConfig``, ``TrainConfig`` (dataclasses with ``to_dict``/``from_dict``),
+    bundled in a ``JobSpec``. ``parse_spec(dict)`` validates every field and the data-dependent
+    limits, raising ``ConfigError`` whose ``errors`` maps "section.field" to a message.
+    ``choices()`` lists the registry keys of every choice field; ``field_specs()`` describes
+    each user-settable field (label, type, bounds, help) for form generation.
+
+Data
+    ``describe_data(DataConfig)`` -> vocab_size, n_tokens, train/val tokens, name, description
+    (cached, cheap to call repeatedly). Sources, tasks and tokenizers: ``DATA_SOURCES``,
+    ``TASKS``, ``TOKENIZERS``.
+
+Model
+    ``build_model(ModelConfig)`` -> ``nn.Module`` with ``forward(idx, targets) -> (logits, loss)``,
+    ``num_params()`` and ``generate(idx, max_new_tokens, temperature, top_k)``; components come
+    from ``NORMS``, ``POSITIONS``, ``FFNS``. ``generate(model, tokenizer, prompt, ...)`` -> str.
+
+Training
+    ``train(spec, on_event=..., should_stop=..., progress=False)`` -> ``TrainResult``; events are
+    plain dicts of kind "start", "step", "eval" and "end" (see ``engine.train``).
+
+Analysis
+    ``analyze(ModelConfig, vocab_size=, batch_size=, seq_len=, dtype=, optimizer=)`` -> params,
+    FLOPs and memory estimates, without building the model.
+"""
+
+import warnings
+
+from .analysis import analyze
+from .config import ConfigError, DataConfig, JobSpec, ModelConfig, TrainConfig, choices, field_specs, parse_spec
+from .data import DATA_SOURCES, describe_data
+from .ffn import FFNS
+from .model import build_model, generate
+from .norm import NORMS
+from .position import POSITIONS
+from .tasks import TASKS
+from .tokenizers import TOKENIZERS
+from .train import TrainResult, train
+
+__all__ = [
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "JobSpec",
+    "ConfigError",
+    "parse_spec",
+    "build_model",
+    "train",
+    "TrainResult",
+    "analyze",
+    "describe_data",
+    "choices",
+    "field_specs",
+    "generate",
+    "TOKENIZERS",
+    "DATA_SOURCES",
+    "TASKS",
+    "NORMS",
+    "POSITIONS",
+    "FFNS",
+]
+
+# ``python -m engine.train`` runs a module this package has already imported (for ``train``);
+# runpy warns about that after importing the package, harmlessly since the module only
+# defines things, so hush that one warning
+warnings.filterwarnings("ignore", message=r"'engine\.train' found in sys\.modules", category=RuntimeWarning)

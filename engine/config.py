@@ -1,0 +1,387 @@
+"""Job configuration: three small dataclasses (model, data, train) bundled in a ``JobSpec``.
+
+Each field carries its form metadata (label, help, bounds, registry of choices), so one
+declaration drives validation, ``field_specs()`` for the web form and the error messages.
+``parse_spec`` turns a JSON-like dict into a validated ``JobSpec`` or raises a ``ConfigError``
+listing every problem, keyed by dotted field name ("model.n_head").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar, Self
+
+from .attention import ATTENTION_FUNCTIONS
+from .data import DATA_SOURCES, load_data
+from .device import DEVICES
+from .errors import ConfigError
+from .ffn import FFNS
+from .model import FAMILIES
+from .norm import NORMS
+from .position import POSITIONS
+from .tasks import TASKS
+from .tokenizers import TOKENIZERS
+
+MAX_SEED = 2**32 - 1
+
+# ---------------------------------------------------------------------------- field declarations
+
+
+def _field(kind, default, label, help, *, min=None, max=None, min_open=False, max_open=False,
+           step=None, choices=None, optional=False, form=True):
+    meta = dict(kind=kind, label=label, help=help, min=min, max=max, min_open=min_open, max_open=max_open,
+                step=step, choices=choices, optional=optional, form=form)
+    return field(default=default, metadata=meta)
+
+
+def integer(default, label, help, **kw):
+    return _field("int", default, label, help, **kw)
+
+
+def number(default, label, help, **kw):
+    return _field("float", default, label, help, **kw)
+
+
+def boolean(default, label, help, **kw):
+    return _field("bool", default, label, help, **kw)
+
+
+def choice(default, registry, label, help, **kw):
+    return _field("choice", default, label, help, choices=registry, **kw)
+
+
+def string(default, label, help, **kw):
+    return _field("str", default, label, help, **kw)
+
+
+# ---------------------------------------------------------------------------- the three sections
+
+
+class Section:
+    """What the three config dataclasses share: JSON round-trip and validation."""
+
+    section: ClassVar[str]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Self:
+        """Build from JSON (missing keys take defaults, values are coerced to the field types);
+        raises ``ConfigError`` for unknown keys and untypeable values. Ranges and choices are
+        checked by ``validate()`` and ``parse_spec``, so a half-typed form can still be analysed."""
+        cfg, errors = _parse_section(cls, d, check_values=False)
+        if errors:
+            raise ConfigError(errors)
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` listing every out-of-range value, unknown choice and
+        inconsistent pair of fields (the checks that do not need the data)."""
+        _, errors = _parse_section(type(self), self.to_dict(), check_values=True)
+        if errors:
+            raise ConfigError(errors)
+
+
+@dataclass
+class ModelConfig(Section):
+    section: ClassVar[str] = "model"
+
+    family: str = choice("decoder", FAMILIES, "Family", "Architecture family; decoder-only language models so far.")
+    n_layer: int = integer(4, "Layers", "Number of transformer blocks.", min=1, max=64)
+    n_head: int = integer(4, "Heads", "Attention heads per block; must divide the width.", min=1, max=64)
+    n_embd: int = integer(128, "Width", "Width of the residual stream (d_model).", min=1, max=4096)
+    block_size: int = integer(64, "Context length", "Longest sequence the model reads, in tokens.", min=1, max=8192)
+    dropout: float = number(0.0, "Dropout", "Dropout rate on attention weights and residual branches; 0 is off.",
+                            min=0.0, max=1.0, max_open=True, step=0.05)
+    bias: bool = boolean(True, "Biases", "Bias vectors in linear layers and LayerNorms (LLaMA drops them).")
+    norm: str = choice("layernorm", NORMS, "Normalisation", "Norm applied before each sublayer (pre-norm).")
+    position: str = choice("learned", POSITIONS, "Positions",
+                           "How token positions are encoded: a learned table, fixed sinusoids or none at all.")
+    ffn: str = choice("gelu", FFNS, "Feed-forward", "Feed-forward network: GPT-2's GELU MLP or LLaMA's gated SwiGLU.")
+    ffn_mult: float = number(4.0, "FFN expansion",
+                             "Feed-forward hidden width as a multiple of the width (SwiGLU uses 2/3 of that, "
+                             "rounded up to a multiple of 8, for a similar parameter count).",
+                             min=0.0, min_open=True, max=16.0, step=0.25)
+    tie_embeddings: bool = boolean(True, "Tie embeddings",
+                                   "Reuse the token embedding matrix as the output layer "
+                                   "(saves vocab × width parameters).")
+    vocab_size: int | None = integer(None, "Vocabulary size", "Set from the data's tokenizer when left empty.",
+                                     min=1, max=1_000_000, optional=True, form=False)
+    attn_impl: str = choice("sdpa", ATTENTION_FUNCTIONS, "Attention kernel",
+                            "Same maths either way: PyTorch's fused kernel (sdpa) or the readable reference (eager).")
+
+
+@dataclass
+class DataConfig(Section):
+    section: ClassVar[str] = "data"
+
+    source: str = choice("synthetic", DATA_SOURCES, "Data source",
+                         "Where tokens come from: a synthetic task, the local Python standard library's "
+                         "source code, or an uploaded UTF-8 text file.")
+    task: str = choice("copy", TASKS, "Task", "Synthetic task to learn (used when the data source is synthetic).")
+    task_length: int = integer(8, "Task length",
+                               "Items per synthetic example (key-value pairs for recall, at most 16); "
+                               "ignored by modadd, which always adds two-digit numbers mod 97.", min=1, max=64)
+    tokenizer: str = choice("char", TOKENIZERS, "Tokenizer",
+                            "One token per character or per UTF-8 byte; synthetic tasks ignore it and use "
+                            "their own fixed alphabet.")
+    path: str | None = string(None, "Text file", "UTF-8 text file to train on (source 'text').",
+                              optional=True, form=False)
+    val_fraction: float = number(0.1, "Held-out fraction",
+                                 "Share held out for validation: the end of a text, or of the possible synthetic "
+                                 "examples (at most 256 of them).", min=0.01, max=0.5, step=0.01)
+    seed: int = integer(0, "Data seed",
+                        "Seed of the held-out synthetic examples; training batches follow the training seed.",
+                        min=0, max=MAX_SEED)
+
+
+@dataclass
+class TrainConfig(Section):
+    section: ClassVar[str] = "train"
+
+    steps: int = integer(300, "Steps", "Optimizer steps to train for.", min=1, max=1_000_000)
+    batch_size: int = integer(32, "Batch size", "Sequences per optimizer step.", min=1, max=4096)
+    lr: float = number(1e-3, "Learning rate", "Peak AdamW learning rate, reached at the end of warm-up.",
+                       min=0.0, min_open=True, max=1.0, step=1e-4)
+    min_lr_ratio: float = number(0.1, "Final LR ratio",
+                                 "The cosine schedule ends at this fraction of the peak learning rate.",
+                                 min=0.0, max=1.0, step=0.05)
+    warmup_steps: int = integer(30, "Warm-up steps", "Steps of linear learning-rate warm-up before the cosine decay.",
+                                min=0, max=1_000_000)
+    weight_decay: float = number(0.1, "Weight decay", "AdamW weight decay on matrices (not on biases or norm gains).",
+                                 min=0.0, max=10.0, step=0.01)
+    grad_clip: float = number(1.0, "Gradient clip", "Largest global gradient norm before clipping; 0 turns it off.",
+                              min=0.0, max=1000.0, step=0.1)
+    eval_interval: int = integer(50, "Eval interval",
+                                 "Evaluate on held-out data every this many steps, and at the end.",
+                                 min=1)
+    eval_iters: int = integer(10, "Eval batches",
+                              "Batches averaged per loss estimate (synthetic tasks score their whole held-out set).",
+                              min=1, max=10_000)
+    log_interval: int = integer(1, "Log interval", "Report training progress every this many steps.", min=1)
+    seed: int = integer(1337, "Seed", "Seed of initialisation, dropout and batch order: same seed, same run.",
+                        min=0, max=MAX_SEED)
+    device: str = choice("cpu", DEVICES, "Device",
+                         "Where to train: the CPU, a CUDA GPU (with bf16 autocast), or a GPU when there is one.")
+    sample_tokens: int = integer(120, "Sample length",
+                                 "Tokens generated from a held-out prompt at each evaluation "
+                                 "(synthetic tasks generate their answer instead).", min=0, max=10_000)
+
+
+@dataclass
+class JobSpec:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.to_dict(), "data": self.data.to_dict(), "train": self.train.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> JobSpec:
+        return parse_spec(d)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _fmt(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _coerce(name: str, meta: dict, value):
+    """Turn a JSON or form value into the field's type; returns (value, error message or None)."""
+    kind = meta["kind"]
+    if value is None or (value == "" and kind != "str"):
+        if meta["optional"]:
+            return None, None
+        return None, f"{name} is required"
+    if kind == "int":
+        if isinstance(value, bool):
+            return None, f"{name} must be a whole number (got {value!r})"
+        if isinstance(value, float) and value.is_integer():
+            return int(value), None
+        if isinstance(value, str):
+            try:
+                return int(value.strip()), None
+            except ValueError:
+                pass
+        if isinstance(value, int):
+            return value, None
+        return None, f"{name} must be a whole number (got {value!r})"
+    if kind == "float":
+        if isinstance(value, bool):
+            return None, f"{name} must be a number (got {value!r})"
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            return None, f"{name} must be a number (got {value!r})"
+        if not math.isfinite(x):
+            return None, f"{name} must be a finite number (got {value!r})"
+        return x, None
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value, None
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value), None
+        if isinstance(value, str) and value.strip().lower() in ("true", "1", "on", "yes", "false", "0", "off", "no"):
+            return value.strip().lower() in ("true", "1", "on", "yes"), None
+        return None, f"{name} must be true or false (got {value!r})"
+    if not isinstance(value, str):  # "choice" and "str"
+        return None, f"{name} must be a string (got {value!r})"
+    return value, None
+
+
+def _check_value(name: str, meta: dict, value) -> str | None:
+    """Bounds and registry membership of one already-typed value."""
+    if value is None:
+        return None
+    if meta["kind"] == "choice":
+        if value not in meta["choices"]:
+            return f"unknown {name} {value!r}; choose from {list(meta['choices'])}"
+        return None
+    lo, hi = meta["min"], meta["max"]
+    if lo is not None and (value <= lo if meta["min_open"] else value < lo):
+        return f"{name} must be {'>' if meta['min_open'] else '≥'} {_fmt(lo)} (got {_fmt(value)})"
+    if hi is not None and (value >= hi if meta["max_open"] else value > hi):
+        return f"{name} must be {'<' if meta['max_open'] else '≤'} {_fmt(hi)} (got {_fmt(value)})"
+    return None
+
+
+def _cross_checks(section: str, cfg, bad: set[str]) -> dict[str, str]:
+    """Checks that involve two fields of one section; ``bad`` names fields already in error."""
+    def ok(*names):
+        return not bad.intersection(names)
+
+    errors = {}
+    if section == "model" and ok("n_head", "n_embd") and cfg.n_embd % cfg.n_head:
+        errors["n_head"] = f"n_head ({cfg.n_head}) must divide n_embd ({cfg.n_embd})"
+    if section == "train" and ok("warmup_steps", "steps") and cfg.warmup_steps > cfg.steps:
+        errors["warmup_steps"] = f"warmup_steps ({cfg.warmup_steps}) must be ≤ steps ({cfg.steps})"
+    if section == "data":
+        if ok("source", "path") and cfg.source == "text" and not cfg.path:
+            errors["path"] = "path is required when source is 'text'"
+        limit = TASKS[cfg.task].max_length if ok("task") else None
+        if ok("source", "task_length") and limit and cfg.source == "synthetic" and cfg.task_length > limit:
+            errors["task_length"] = f"task_length ({cfg.task_length}) must be ≤ {limit} for {cfg.task}"
+    return errors
+
+
+def _parse_section(cls: type[Section], d, check_values: bool = True) -> tuple[Section, dict[str, str]]:
+    """Build one section's config from a dict; returns (config, errors keyed "section.field").
+    Fields with errors keep their defaults so that the remaining checks can still run."""
+    section = cls.section
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        return cls(), {section: f"{section} must be an object of fields (got {type(d).__name__})"}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    errors, values = {}, {}
+    for key in d:
+        if key not in fields:
+            errors[f"{section}.{key}"] = f"unknown {section} field {key!r}; choose from {list(fields)}"
+    for name, f in fields.items():
+        if name not in d:
+            continue
+        value, err = _coerce(name, f.metadata, d[name])
+        if check_values:
+            err = err or _check_value(name, f.metadata, value)
+        if err:
+            errors[f"{section}.{name}"] = err
+        else:
+            values[name] = value
+    cfg = cls(**values)
+    if not check_values:
+        return cfg, errors
+    bad = {name for name in fields if f"{section}.{name}" in errors}
+    errors.update({f"{section}.{k}": v for k, v in _cross_checks(section, cfg, bad).items()})
+    return cfg, errors
+
+
+def parse_spec(d: dict) -> JobSpec:
+    """Validate a ``{"model": {...}, "data": {...}, "train": {...}}`` dict (missing sections and
+    keys take defaults) into a ``JobSpec``, including the checks that need the data: the text
+    file must be readable UTF-8, each split must be longer than the context, a synthetic
+    example must fit in the context. Sets ``model.vocab_size`` from the data when it is None.
+    Raises ``ConfigError`` with every problem found."""
+    if not isinstance(d, dict):
+        raise ConfigError({"spec": f"a job spec must be an object with sections {list(SECTIONS)}"})
+    errors = {key: f"unknown section {key!r}; choose from {list(SECTIONS)}" for key in d if key not in SECTIONS}
+    parsed = {}
+    for section, cls in SECTIONS.items():
+        parsed[section], section_errors = _parse_section(cls, d.get(section))
+        errors.update(section_errors)
+    model, data, train = parsed["model"], parsed["data"], parsed["train"]
+
+    if not any(k.startswith("data") for k in errors):
+        try:
+            dataset = load_data(data)
+        except ConfigError as e:
+            errors.update(e.errors)
+        else:
+            if model.vocab_size is None:
+                model.vocab_size = dataset.vocab_size
+            elif model.vocab_size < dataset.vocab_size and "model.vocab_size" not in errors:
+                errors["model.vocab_size"] = (
+                    f"vocab_size ({model.vocab_size}) is smaller than the data's vocabulary "
+                    f"({dataset.vocab_size} symbols); leave it empty to use the data's"
+                )
+            if "model.block_size" not in errors:
+                problem = dataset.check_block_size(model.block_size)
+                if problem:
+                    errors["model.block_size"] = problem
+    if errors:
+        raise ConfigError(errors)
+    return JobSpec(model=model, data=data, train=train)
+
+
+# ---------------------------------------------------------------------------- form description
+
+
+def field_specs() -> list[dict]:
+    """One dict per user-settable field, in form order, for generating the web form:
+    ``{"name", "section", "key", "label", "type", "default", "min", "max", "step", "choices", "help"}``.
+    ``model.vocab_size`` and ``data.path`` are left out: the app sets them."""
+    specs = []
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if not meta["form"]:
+                continue
+            spec = {
+                "name": f"{section}.{f.name}",
+                "section": section,
+                "key": f.name,
+                "label": meta["label"],
+                "type": meta["kind"],
+                "default": f.default,
+                "min": meta["min"],
+                "max": meta["max"],
+                "help": meta["help"],
+            }
+            if meta["kind"] == "float":
+                spec["step"] = meta["step"]
+            if meta["kind"] == "choice":
+                spec["choices"] = list(meta["choices"])
+            specs.append(spec)
+    return specs
+
+
+def choices() -> dict[str, list[str]]:
+    """The option lists of every choice field, straight from the registries."""
+    return {
+        "family": list(FAMILIES),
+        "norm": list(NORMS),
+        "position": list(POSITIONS),
+        "ffn": list(FFNS),
+        "attn_impl": list(ATTENTION_FUNCTIONS),
+        "tokenizer": list(TOKENIZERS),
+        "source": list(DATA_SOURCES),
+        "task": list(TASKS),
+        "device": list(DEVICES),
+    }

@@ -1,0 +1,112 @@
+// A Plotly line chart fed point by point: points are buffered and drawn at most once per frame
+// (Plotly.extendTraces), so a replay of thousands of events costs one redraw, not thousands.
+
+const MAX_DRAWN = 20000; // beyond this many points a trace is drawn thinned (every k-th point)
+
+export const COLORS = { accent: "#4f46e5", pink: "#db2777", teal: "#0d9488", amber: "#d97706", grey: "#94a3b8" };
+
+export function baseLayout(extra = {}) {
+  const axis = { gridcolor: "#eef0f3", zerolinecolor: "#e3e6eb", linecolor: "#e3e6eb", tickfont: { size: 11 }, automargin: true };
+  return {
+    margin: { l: 48, r: 12, t: 8, b: 34 },
+    font: { family: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size: 11, color: "#4b5565" },
+    paper_bgcolor: "rgba(0,0,0,0)",
+    plot_bgcolor: "rgba(0,0,0,0)",
+    hovermode: "x unified",
+    showlegend: false,
+    xaxis: { ...axis, title: { text: "step", font: { size: 11 } }, rangemode: "tozero" },
+    yaxis: { ...axis },
+    ...extra,
+  };
+}
+
+export const CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d", "autoScale2d"] };
+
+export class SeriesChart {
+  /** traces: Plotly trace objects without x/y. */
+  constructor(el, traces, layout, { emptyText = "Waiting for data…" } = {}) {
+    this.el = el;
+    this.traces = traces;
+    this.layout = layout;
+    this.xs = traces.map(() => []);
+    this.ys = traces.map(() => []);
+    this.pending = traces.map(() => ({ x: [], y: [] }));
+    this.drawn = false;
+    this.scheduled = false;
+    this.thinned = false;
+    this.onDraw = () => {};
+    el.classList.add("chart-empty");
+    el.textContent = window.Plotly ? emptyText : "Charts are unavailable (plotly.js did not load).";
+  }
+
+  /** Add one point to trace `i`; drawing happens on the next frame. */
+  addDataPoint(i, x, y) {
+    if (y === null || y === undefined || !Number.isFinite(y)) return;
+    this.xs[i].push(x);
+    this.ys[i].push(y);
+    this.pending[i].x.push(x);
+    this.pending[i].y.push(y);
+    this.schedule();
+  }
+
+  count(i) {
+    return this.xs[i].length;
+  }
+
+  schedule() {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    const run = () => this.flush();
+    requestAnimationFrame(run);
+    setTimeout(run, 300); // a hidden tab gets no animation frames; draw anyway
+  }
+
+  flush() {
+    if (!this.scheduled) return;
+    this.scheduled = false;
+    if (!window.Plotly) return;
+    const needThinning = this.xs.some((x) => x.length > MAX_DRAWN);
+    if (!this.drawn || needThinning || this.thinned) {
+      this.redraw(needThinning);
+    } else {
+      const idx = [];
+      const update = { x: [], y: [] };
+      this.pending.forEach((p, i) => {
+        if (!p.x.length) return;
+        idx.push(i);
+        update.x.push(p.x);
+        update.y.push(p.y);
+      });
+      if (idx.length) window.Plotly.extendTraces(this.el, update, idx);
+    }
+    this.pending = this.traces.map(() => ({ x: [], y: [] }));
+    this.onDraw();
+  }
+
+  redraw(thin) {
+    const data = this.traces.map((t, i) => {
+      let x = this.xs[i];
+      let y = this.ys[i];
+      if (thin && x.length > MAX_DRAWN) {
+        const k = Math.ceil(x.length / MAX_DRAWN);
+        x = x.filter((_, j) => j % k === 0 || j === x.length - 1);
+        y = y.filter((_, j) => j % k === 0 || j === y.length - 1);
+      }
+      return { ...t, x: x.slice(), y: y.slice() };
+    });
+    if (!this.drawn) {
+      this.el.classList.remove("chart-empty");
+      this.el.textContent = "";
+      window.Plotly.newPlot(this.el, data, this.layout, CONFIG);
+      this.drawn = true;
+    } else {
+      window.Plotly.react(this.el, data, this.layout, CONFIG);
+    }
+    this.thinned = thin;
+  }
+
+  relayout(update) {
+    Object.assign(this.layout, update);
+    if (this.drawn && window.Plotly) window.Plotly.relayout(this.el, update);
+  }
+}

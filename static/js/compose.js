@@ -1,0 +1,223 @@
+// Composer page controller: live cost estimate, live field errors, URL sync, presets.
+import { api, ApiError } from "./api.js";
+import * as fmt from "./format.js";
+import * as state from "./state.js";
+
+const PARTS = ["embedding", "position", "attention", "ffn", "norms", "head"];
+
+// Which data fields apply to which data source (all are shown without JS).
+const SHOWN_FOR_SOURCE = {
+  "data.task": (source) => source === "synthetic",
+  "data.task_length": (source) => source === "synthetic",
+  "data.dataset": (source) => source === "text",
+  "data.tokenizer": (source) => source !== "synthetic",
+};
+
+const form = document.getElementById("compose-form");
+const panel = document.getElementById("cost-panel");
+const options = JSON.parse(document.getElementById("composer-options").textContent);
+const dflts = state.defaults(options.fields);
+const budgets = options.memory_budget_bytes || {};
+
+let timer = null;
+let inflight = null;
+let requestNo = 0;
+
+// ------------------------------------------------------------------ output helpers
+function out(key, text) {
+  for (const el of panel.querySelectorAll(`[data-out="${key}"]`)) el.textContent = text;
+}
+
+function bar(key, fraction) {
+  const el = panel.querySelector(`[data-bar="${key}"]`);
+  if (el) el.style.width = `${Math.max(0, Math.min(1, fraction || 0)) * 100}%`;
+}
+
+function setEstimateState(kind, text) {
+  const el = document.getElementById("est-state");
+  el.dataset.state = kind;
+  el.textContent = text;
+}
+
+// ------------------------------------------------------------------ rendering the estimate
+function renderParams(params) {
+  const big = panel.querySelector('[data-out="params.total"]');
+  if (!params) {
+    big.textContent = "—";
+    out("params.note", "\u00a0");
+    for (const p of PARTS) { out(`params.${p}`, "—"); out(`pct.${p}`, ""); bar(p, 0); }
+    return;
+  }
+  const [num, unit] = fmt.countParts(params.total);
+  big.innerHTML = "";
+  big.append(num);
+  if (unit) {
+    const u = document.createElement("span");
+    u.className = "unit";
+    u.textContent = unit;
+    big.append(u);
+  }
+  const parts = [params.active != null && params.active !== params.total
+    ? `${fmt.int(params.total)} total, ${fmt.count(params.active)} active` : `${fmt.int(params.total)} parameters`];
+  if (params.per_layer != null) parts.push(`${fmt.count(params.per_layer)} per layer`);
+  out("params.note", parts.join(" · "));
+  const total = PARTS.reduce((s, p) => s + (params[p] || 0), 0) || 1;
+  const tied = form.querySelector('[data-field="model.tie_embeddings"]')?.checked;
+  for (const p of PARTS) {
+    const v = params[p] || 0;
+    out(`params.${p}`, p === "head" && v === 0 && tied ? "tied" : fmt.count(v));
+    out(`pct.${p}`, v ? fmt.percent(v / total, v / total < 0.1 ? 1 : 0) : "");
+    bar(p, v / total);
+  }
+}
+
+function renderAnalysis(analysis, queue) {
+  renderParams(analysis?.params);
+  const f = analysis?.flops || {};
+  out("flops.per_token_forward", fmt.flops(f.per_token_forward));
+  out("flops.per_token_train", fmt.flops(f.per_token_train));
+  out("flops.per_step_train", fmt.flops(f.per_step_train));
+  out("kv_cache_per_token", fmt.bytes(analysis?.kv_cache_per_token));
+  const m = analysis?.memory || {};
+  for (const k of ["weights", "gradients", "optimizer", "activations", "train_total"]) out(`memory.${k}`, fmt.bytes(m[k]));
+
+  const budgetEl = document.getElementById("budget");
+  const budget = budgets[queue];
+  if (m.train_total != null && budget) {
+    const frac = m.train_total / budget;
+    bar("budget", frac);
+    out("budget.pct", `${fmt.percent(frac, frac < 0.01 ? 2 : frac < 0.1 ? 1 : 0)} of the ${queue.toUpperCase()} budget`);
+    out("budget.of", `limit ${fmt.bytes(budget)}`);
+    budgetEl.classList.toggle("over", frac > 1);
+    budgetEl.classList.toggle("warn", frac > 0.75 && frac <= 1);
+  } else {
+    bar("budget", 0);
+    out("budget.pct", "—");
+    out("budget.of", "of the queue's budget");
+    budgetEl.classList.remove("over", "warn");
+  }
+}
+
+function renderData(data, vocabSize) {
+  out("data.name", data?.name || "—");
+  out("vocab_size", fmt.int(vocabSize ?? data?.vocab_size));
+  out("data.n_tokens", data?.n_tokens != null ? fmt.count(data.n_tokens) : "—");
+  out("data.split", data?.train_tokens != null ? `${fmt.count(data.train_tokens)} / ${fmt.count(data.val_tokens)}` : "—");
+  out("data.description", data?.description || "");
+}
+
+function renderErrors(errors) {
+  const names = new Set(state.inputs(form).map((el) => el.dataset.field));
+  // Under each field: set or clear.
+  for (const box of form.querySelectorAll("[data-errors-for]")) {
+    const name = box.dataset.errorsFor;
+    if (name === "name") continue;  // the job name is checked on submit only
+    const msg = errors[name];
+    box.textContent = msg || "";
+    box.closest(".field")?.classList.toggle("has-error", Boolean(msg));
+  }
+  // In the panel: every error; those that match no visible field say which setting they concern.
+  const list = document.getElementById("panel-errors");
+  list.innerHTML = "";
+  for (const [key, msg] of Object.entries(errors)) {
+    const li = document.createElement("li");
+    const wrap = form.querySelector(`[data-field-wrap="${CSS.escape(key)}"]`);
+    const label = names.has(key) && wrap ? wrap.querySelector("label")?.textContent : null;
+    const code = document.createElement("code");
+    code.textContent = label ? `${label} (${key})` : key;
+    li.append(code, msg);
+    list.append(li);
+  }
+  document.getElementById("panel-checks").hidden = Object.keys(errors).length === 0;
+}
+
+// ------------------------------------------------------------------ estimating
+async function estimate() {
+  const { spec, errors: local } = state.readSpec(form);
+  const mine = ++requestNo;
+  inflight?.abort();
+  inflight = new AbortController();
+  panel.classList.add("stale");
+  setEstimateState("busy", "estimating…");
+  let res;
+  try {
+    res = await api.estimate(spec, { signal: inflight.signal });
+  } catch (err) {
+    if (err.name === "AbortError" || mine !== requestNo) return;
+    panel.classList.remove("stale");
+    if (err instanceof ApiError && err.body?.errors) {
+      renderErrors({ ...err.body.errors, ...local });
+      setEstimateState("invalid", "invalid settings");
+    } else {
+      setEstimateState("invalid", err instanceof ApiError ? `server error (${err.status})` : "offline: estimate unavailable");
+    }
+    return;
+  }
+  if (mine !== requestNo) return;
+  panel.classList.remove("stale");
+  const errors = { ...(res.errors || {}), ...local };
+  renderErrors(errors);
+  renderAnalysis(res.analysis, res.queue || guessQueue());
+  renderData(res.data, res.vocab_size);
+  out("queue", (res.queue || guessQueue()).toUpperCase());
+  const n = Object.keys(errors).length;
+  setEstimateState(n ? "invalid" : "ok", n ? `${n} problem${n > 1 ? "s" : ""} to fix` : "valid");
+}
+
+function guessQueue() {
+  const device = form.querySelector('[data-field="train.device"]');
+  return device && device.value === "cuda" ? "gpu" : "cpu";
+}
+
+function scheduleEstimate(delay = 250) {
+  clearTimeout(timer);
+  timer = setTimeout(estimate, delay);
+}
+
+// ------------------------------------------------------------------ source-dependent fields
+function applySourceVisibility() {
+  const source = form.querySelector('[data-field="data.source"]')?.value;
+  if (source === undefined) return;
+  for (const [name, shown] of Object.entries(SHOWN_FOR_SOURCE)) {
+    const wrap = form.querySelector(`[data-field-wrap="${CSS.escape(name)}"]`);
+    if (wrap) wrap.hidden = !shown(source);
+  }
+}
+
+// ------------------------------------------------------------------ events
+function onChange(e) {
+  if (!e.target.matches("[data-field]")) return;
+  if (e.target.dataset.field === "data.source") applySourceVisibility();
+  state.syncURL(form, dflts);
+  scheduleEstimate();
+}
+
+form.addEventListener("input", onChange);
+form.addEventListener("change", onChange);
+
+document.getElementById("presets").addEventListener("click", (e) => {
+  const link = e.target.closest("a[data-preset]");
+  if (!link) return;
+  e.preventDefault();
+  const values = state.queryValues(new URL(link.href).search);
+  state.apply(form, dflts, values);
+  applySourceVisibility();
+  state.syncURL(form, dflts);
+  scheduleEstimate(0);
+});
+
+form.addEventListener("submit", () => {
+  const btn = document.getElementById("launch");
+  // Disable after the browser has captured the submission, so a double click queues one job.
+  setTimeout(() => { btn.disabled = true; btn.textContent = "Launching…"; }, 0);
+});
+
+window.addEventListener("pageshow", () => {
+  const btn = document.getElementById("launch");
+  btn.disabled = false;
+  btn.textContent = "Launch training";
+});
+
+applySourceVisibility();
+state.syncURL(form, dflts);
+scheduleEstimate(0);

@@ -1,0 +1,264 @@
+// Job page controller: replays the job's event log over a websocket, then follows it live.
+// Events are numbered; `lastSeq` is the highest one applied, so a reconnect resumes with
+// `?after=lastSeq` and nothing is drawn twice.
+import { api, ApiError, LiveSocket } from "./api.js";
+import { refreshTimes } from "./app.js";
+import { LossChart } from "./charts/loss.js";
+import { LrChart } from "./charts/lr.js";
+import { ThroughputChart } from "./charts/throughput.js";
+import * as fmt from "./format.js";
+
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const ACTIVE = new Set(["queued", "running"]);
+const MAX_SAMPLES_SHOWN = 100;
+
+const $ = (id) => document.getElementById(id);
+let job = JSON.parse($("job-data").textContent);
+
+const lossChart = new LossChart($("loss-chart"));
+const lrChart = new LrChart($("lr-chart"));
+const tpsChart = new ThroughputChart($("tps-chart"));
+
+let lastSeq = 0;
+// The header shows the latest snapshot; a replayed status event older than it is history.
+let snapshotSeq = job.last_seq || 0;
+let finished = false;   // a terminal status event has been applied: nothing more will come
+const metrics = { ...job.summary, step: job.step, total_steps: job.total_steps, params: job.params };
+let endInfo = null;
+const samples = [];
+
+// ------------------------------------------------------------------ header
+function setStatus(status) {
+  job.status = status;
+  const badge = $("job-status");
+  badge.className = `badge status-${status}`;
+  badge.dataset.status = status;
+  badge.textContent = status;
+  $("prog-bar").className = `progress lg status-${status}`;
+  $("cancel-form").hidden = !ACTIVE.has(status);
+  $("queue-note").hidden = status !== "queued";
+  $("error-box").hidden = status !== "failed";
+}
+
+function setMeta(key, value, iso = false) {
+  const wrap = $(`meta-${key}`);
+  const el = wrap.querySelector(`[data-meta="${key}"]`);
+  wrap.hidden = !value;
+  if (!value) return;
+  if (iso) el.setAttribute("datetime", value);
+  else el.textContent = value;
+}
+
+/** A status snapshot of the whole job (sent on connect and after each status change). */
+function applyJob(snapshot) {
+  job = { ...job, ...snapshot };
+  snapshotSeq = Math.max(snapshotSeq, job.last_seq || 0);
+  setStatus(job.status);
+  setMeta("worker", job.worker);
+  setMeta("device", job.device);
+  setMeta("started", job.started_at, true);
+  setMeta("finished", job.finished_at, true);
+  refreshTimes($("meta-started").parentElement);
+  $("queue-note").textContent = job.position
+    ? `Waiting — #${job.position} in the ${job.queue} queue`
+    : `Waiting — in the ${job.queue} queue`;
+  if (job.error) $("error-text").textContent = job.error;
+  const btn = $("cancel-btn");
+  btn.disabled = job.cancel_requested;
+  btn.textContent = job.cancel_requested ? "Cancelling…" : "Cancel job";
+  Object.assign(metrics, job.summary || {});
+  metrics.step = Math.max(metrics.step || 0, job.step || 0);
+  if (job.total_steps) metrics.total_steps = job.total_steps;
+  if (job.params) metrics.params = job.params;
+  renderProgress();
+}
+
+// ------------------------------------------------------------------ events
+function applyEvent(e) {
+  const d = e.data || {};
+  switch (e.kind) {
+    case "status":
+      if (e.seq > snapshotSeq) {
+        setStatus(d.status);
+        if (d.error) $("error-text").textContent = d.error;
+        if (d.worker) setMeta("worker", d.worker);
+        if (d.device) setMeta("device", d.device);
+      }
+      if (TERMINAL.has(d.status)) finished = true;
+      break;
+    case "start":
+      if (d.total_steps) metrics.total_steps = d.total_steps;
+      if (d.params) metrics.params = d.params;
+      if (d.device) setMeta("device", d.device);
+      break;
+    case "step":
+      lossChart.addStep(d.step, d.loss);
+      lrChart.addDataPoint(d.step, d.lr);
+      tpsChart.addDataPoint(d.step, d.tokens_per_s);
+      Object.assign(metrics, pick(d, ["step", "loss", "lr", "tokens_per_s", "elapsed", "eta"]));
+      break;
+    case "eval":
+      lossChart.addEval(d.step, d.train_loss, d.val_loss);
+      Object.assign(metrics, pick(d, ["val_loss", "accuracy"]));
+      if (d.sample) samples.push({ step: d.step, val_loss: d.val_loss, ...d.sample });
+      break;
+    case "end":
+      endInfo = d;
+      Object.assign(metrics, pick(d, ["step", "elapsed"]));
+      if (d.final_val_loss != null) metrics.val_loss = d.final_val_loss;
+      break;
+    default:
+      break;
+  }
+}
+
+function pick(obj, keys) {
+  const out = {};
+  for (const k of keys) if (obj[k] !== undefined && obj[k] !== null) out[k] = obj[k];
+  return out;
+}
+
+function applyEvents(events) {
+  let applied = 0;
+  const nSamples = samples.length;
+  for (const e of events) {
+    if (e.seq <= lastSeq) continue; // already applied (a replay overlapping the live stream)
+    applyEvent(e);
+    lastSeq = e.seq;
+    applied++;
+  }
+  if (!applied) return;
+  renderProgress();
+  if (samples.length !== nSamples) renderSamples();
+  if (finished) socket.stop();
+}
+
+// ------------------------------------------------------------------ rendering
+function tile(key, text) {
+  const el = document.querySelector(`[data-tile="${key}"]`);
+  if (el && el.textContent !== text) el.textContent = text;
+}
+
+function renderProgress() {
+  const step = metrics.step || 0;
+  const total = metrics.total_steps || 0;
+  const frac = total ? Math.min(1, step / total) : 0;
+  $("prog-step").textContent = fmt.int(step);
+  $("prog-total").textContent = fmt.int(total);
+  $("prog-pct").textContent = fmt.percent(frac);
+  $("prog-bar").firstElementChild.style.width = `${frac * 100}%`;
+  let eta;
+  if (job.status === "running") eta = metrics.eta != null ? `ETA ${fmt.duration(metrics.eta)}` : "starting…";
+  else if (job.status === "queued") eta = "queued";
+  else {
+    const reason = endInfo?.reason ? String(endInfo.reason).replaceAll("_", " ") : "";
+    eta = reason && reason !== job.status ? `${job.status} · ${reason}` : job.status;
+  }
+  $("prog-eta").textContent = eta;
+
+  tile("step", fmt.int(step));
+  tile("loss", fmt.loss(metrics.loss));
+  tile("val_loss", fmt.loss(metrics.val_loss));
+  $("tile-accuracy").hidden = metrics.accuracy == null;
+  tile("accuracy", fmt.percent(metrics.accuracy, 1));
+  tile("tokens_per_s", fmt.count(metrics.tokens_per_s));
+  tile("lr", fmt.lr(metrics.lr));
+  tile("elapsed", fmt.duration(metrics.elapsed));
+  tile("params", fmt.count(metrics.params));
+}
+
+function sampleItem(s) {
+  const li = document.createElement("li");
+  const head = document.createElement("div");
+  head.className = "sample-head";
+  const hasExpected = s.expected !== null && s.expected !== undefined;
+  const completion = s.completion ?? "";
+  if (hasExpected) {
+    const right = completion.slice(0, s.expected.length) === s.expected;
+    const mark = document.createElement("span");
+    mark.className = `mark ${right ? "right" : "wrong"}`;
+    mark.textContent = right ? "✓" : "✗";
+    mark.title = right ? "matches the expected output" : "differs from the expected output";
+    head.append(mark);
+  }
+  const label = document.createElement("span");
+  label.textContent = `step ${fmt.int(s.step)}${s.val_loss != null ? ` · val loss ${fmt.loss(s.val_loss)}` : ""}`;
+  head.append(label);
+
+  const pre = document.createElement("pre");
+  pre.className = "sample-text";
+  const prompt = document.createElement("span");
+  prompt.className = "prompt";
+  prompt.textContent = s.prompt ?? "";
+  const comp = document.createElement("span");
+  comp.className = "completion";
+  comp.textContent = completion;
+  pre.append(prompt, comp);
+  li.append(head, pre);
+
+  if (hasExpected) {
+    const exp = document.createElement("div");
+    exp.className = "sample-expected";
+    const code = document.createElement("code");
+    code.textContent = s.expected;
+    exp.append("expected ", code);
+    li.append(exp);
+  }
+  return li;
+}
+
+function renderSamples() {
+  const shown = samples.slice(-MAX_SAMPLES_SHOWN).reverse();
+  $("samples").replaceChildren(...shown.map(sampleItem));
+  $("samples-empty").hidden = samples.length > 0;
+  $("samples-count").textContent = samples.length ? `${samples.length} sample${samples.length > 1 ? "s" : ""}` : "";
+}
+
+// ------------------------------------------------------------------ cancel
+$("cancel-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const btn = $("cancel-btn");
+  btn.disabled = true;
+  btn.textContent = "Cancelling…";
+  try {
+    applyJob(await api.cancel(job.id));
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 409) {
+      $("cancel-form").hidden = true; // it ended meanwhile; the status event will follow
+    } else {
+      btn.disabled = false;
+      btn.textContent = "Cancel job";
+      alert(`Could not cancel: ${err.message}`);
+    }
+  }
+});
+
+$("log-y").addEventListener("change", (e) => lossChart.setLogY(e.target.checked));
+
+// ------------------------------------------------------------------ live
+const live = $("live");
+const socket = new LiveSocket({
+  url: () => `/ws/jobs/${job.id}/?after=${lastSeq}`,
+  minDelay: 500,
+  maxDelay: 10000,
+  onMessage(msg) {
+    if (msg.type === "job" && msg.job) applyJob(msg.job);
+    else if (msg.type === "events" && Array.isArray(msg.events)) applyEvents(msg.events);
+  },
+  onState(state) {
+    live.dataset.state = state;
+    live.textContent = { open: "live", connecting: "connecting…", closed: "disconnected", done: "" }[state] ?? "";
+    live.hidden = state === "done";
+  },
+}).start();
+
+renderProgress();
+
+// For tests and the curious: how far the page has got.
+window.jobPage = {
+  get lastSeq() { return lastSeq; },
+  get points() { return lossChart.points; },
+  get finished() { return finished; },
+  get samples() { return samples.length; },
+  socket,
+};

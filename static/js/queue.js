@@ -1,0 +1,163 @@
+// Queue page controller: rows update in place from the team's websocket; a status change
+// refetches the list so places in line stay right.
+import { api, LiveSocket } from "./api.js";
+import { refreshTimes } from "./app.js";
+import * as fmt from "./format.js";
+
+const card = document.getElementById("queue-card");
+const teamId = card.dataset.teamId;
+const statusFilter = card.dataset.statusFilter;
+const firstPage = card.dataset.page === "1";
+const body = document.getElementById("jobs-body");
+const template = document.getElementById("job-row-template");
+const ACTIVE = new Set(["queued", "running"]);
+
+const role = (tr, name) => tr.querySelector(`[data-role="${name}"]`);
+
+/** Write one job dict into its row. */
+function fillRow(tr, job) {
+  tr.dataset.jobId = job.id;
+  tr.dataset.status = job.status;
+  const name = role(tr, "name");
+  name.textContent = job.name;
+  name.href = job.url;
+  role(tr, "params").textContent = `${fmt.count(job.params)} params · #${job.id}`;
+
+  const badge = role(tr, "status");
+  badge.className = `badge status-${job.status}`;
+  badge.textContent = job.status;
+  role(tr, "place").textContent = job.status === "queued" && job.position
+    ? `#${job.position} in ${job.queue} queue` : job.status === "queued" ? `${job.queue} queue` : "";
+
+  role(tr, "owner").textContent = job.owner;
+  const device = role(tr, "device");
+  device.innerHTML = "";
+  if (job.device) device.textContent = job.device;
+  else {
+    const tag = document.createElement("span");
+    tag.className = "badge queue-tag plain";
+    tag.textContent = job.queue;
+    device.append(tag);
+  }
+  role(tr, "worker").textContent = job.worker || "";
+
+  const frac = job.total_steps ? Math.min(1, job.step / job.total_steps) : 0;
+  role(tr, "progress").className = `progress status-${job.status}`;
+  role(tr, "bar").style.width = `${frac * 100}%`;
+  role(tr, "steps").textContent = job.total_steps ? `${fmt.int(job.step)} / ${fmt.int(job.total_steps)}` : "";
+  const loss = job.summary?.loss;
+  const val = job.summary?.val_loss;
+  role(tr, "loss").textContent = loss != null ? `loss ${fmt.loss(loss)}` : val != null ? `val ${fmt.loss(val)}` : "";
+
+  const created = role(tr, "created");
+  created.setAttribute("datetime", job.created_at);
+
+  const form = role(tr, "cancel-form");
+  form.hidden = !ACTIVE.has(job.status);
+  form.action = `${job.url}cancel/`;
+  const btn = role(tr, "cancel");
+  btn.disabled = Boolean(job.cancel_requested);
+  btn.textContent = job.cancel_requested ? "Cancelling…" : "Cancel";
+  refreshTimes(tr);
+}
+
+function newRow(job) {
+  const tr = template.content.firstElementChild.cloneNode(true);
+  fillRow(tr, job);
+  return tr;
+}
+
+function rowFor(id) {
+  return body.querySelector(`tr[data-job-id="${id}"]`);
+}
+
+function showEmpty() {
+  const empty = body.children.length === 0;
+  document.getElementById("jobs-table").hidden = empty;
+  document.getElementById("jobs-empty").hidden = !empty;
+}
+
+function matchesFilter(job) {
+  return !statusFilter || job.status === statusFilter;
+}
+
+function flash(tr) {
+  tr.classList.remove("flash");
+  void tr.offsetWidth;  // restart the animation
+  tr.classList.add("flash");
+}
+
+/** A live update: returns whether the status changed (or the job is new). */
+function upsert(job) {
+  const tr = rowFor(job.id);
+  if (tr) {
+    const changed = tr.dataset.status !== job.status;
+    fillRow(tr, job);
+    if (changed) flash(tr);
+    return changed;
+  }
+  if (firstPage && matchesFilter(job)) {
+    const row = newRow(job);
+    body.prepend(row);
+    flash(row);
+    showEmpty();
+  }
+  return true;
+}
+
+let refetching = null;
+let refetchAgain = false;
+
+/** Reload the newest jobs: places in line move when any job starts or ends. */
+async function refetch() {
+  if (refetching) { refetchAgain = true; return; }
+  refetching = (async () => {
+    try {
+      const params = { team: teamId, limit: 50 };
+      if (statusFilter) params.status = statusFilter;
+      const { count, jobs } = await api.jobs(params);
+      document.getElementById("jobs-count").textContent = `${fmt.int(count)} job${count === 1 ? "" : "s"}`;
+      if (firstPage) {
+        // Page one mirrors the list: same order, rows reused.
+        const rows = jobs.map((job) => {
+          const tr = rowFor(job.id);
+          if (tr) { fillRow(tr, job); return tr; }
+          return newRow(job);
+        });
+        body.replaceChildren(...rows);
+        showEmpty();
+      } else {
+        for (const job of jobs) { const tr = rowFor(job.id); if (tr) fillRow(tr, job); }
+      }
+    } catch (err) {
+      console.warn("could not refresh the queue", err);
+    }
+  })();
+  await refetching;
+  refetching = null;
+  if (refetchAgain) { refetchAgain = false; refetch(); }
+}
+
+// ------------------------------------------------------------------ start
+for (const job of JSON.parse(document.getElementById("queue-jobs").textContent)) {
+  const tr = rowFor(job.id);
+  if (tr) fillRow(tr, job);
+}
+
+const live = document.getElementById("live");
+const socket = new LiveSocket({
+  url: () => `/ws/teams/${teamId}/`,
+  onMessage(msg) {
+    if (msg.type === "job" && msg.job) {
+      if (upsert(msg.job)) refetch();
+    }
+  },
+  onState(state) {
+    live.dataset.state = state;
+    live.textContent = { open: "live", connecting: "connecting…", closed: "offline", done: "offline" }[state] || "live updates";
+    // After a reconnect, updates sent while we were away are lost: reload the list once.
+    if (state === "open" && socket.connects > 1) refetch();
+  },
+}).start();
+
+window.queuePage = { socket, refetch };

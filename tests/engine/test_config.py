@@ -1,0 +1,185 @@
+import dataclasses
+import json
+
+import pytest
+
+from engine import (
+    DATA_SOURCES,
+    FFNS,
+    NORMS,
+    POSITIONS,
+    TASKS,
+    TOKENIZERS,
+    ConfigError,
+    DataConfig,
+    JobSpec,
+    ModelConfig,
+    TrainConfig,
+    choices,
+    field_specs,
+    parse_spec,
+)
+
+
+def errors_of(spec: dict) -> dict[str, str]:
+    with pytest.raises(ConfigError) as e:
+        parse_spec(spec)
+    return e.value.errors
+
+
+def test_defaults_are_valid_and_vocab_is_resolved():
+    spec = parse_spec({})
+    assert spec.model.vocab_size == describe_vocab(spec.data)
+    assert spec.train == TrainConfig() and spec.data == DataConfig()
+
+
+def describe_vocab(data_cfg):
+    from engine import describe_data
+
+    return describe_data(data_cfg)["vocab_size"]
+
+
+def test_json_round_trip(tiny_job):
+    spec = parse_spec(tiny_job)
+    again = parse_spec(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec
+    assert JobSpec.from_dict(spec.to_dict()) == spec
+    for cfg in (spec.model, spec.data, spec.train):
+        assert type(cfg).from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_form_strings_are_coerced():
+    spec = parse_spec({"model": {"n_layer": "2", "bias": "false", "dropout": "0.1"}, "train": {"steps": 40.0}})
+    assert spec.model.n_layer == 2 and spec.model.bias is False and spec.model.dropout == 0.1
+    assert spec.train.steps == 40 and isinstance(spec.train.steps, int)
+
+
+def test_n_head_must_divide_n_embd():
+    assert errors_of({"model": {"n_head": 6, "n_embd": 128}}) == {"model.n_head": "n_head (6) must divide n_embd (128)"}
+
+
+@pytest.mark.parametrize(
+    "section,key",
+    [("model", "n_layer"), ("model", "n_head"), ("model", "n_embd"), ("model", "block_size"),
+     ("train", "steps"), ("train", "batch_size"), ("train", "eval_interval"), ("train", "eval_iters"),
+     ("train", "log_interval"), ("data", "task_length")],
+)
+@pytest.mark.parametrize("value", [0, -3])
+def test_sizes_must_be_positive(section, key, value):
+    errors = errors_of({section: {key: value}})
+    assert errors[f"{section}.{key}"] == f"{key} must be ≥ 1 (got {value})"
+
+
+@pytest.mark.parametrize(
+    "section,key,value,message",
+    [
+        ("model", "dropout", 1.0, "dropout must be < 1 (got 1)"),
+        ("model", "dropout", -0.1, "dropout must be ≥ 0 (got -0.1)"),
+        ("train", "lr", 0, "lr must be > 0 (got 0)"),
+        ("train", "warmup_steps", 500, "warmup_steps (500) must be ≤ steps (300)"),
+        ("model", "n_layer", "two", "n_layer must be a whole number (got 'two')"),
+        ("model", "bias", "maybe", "bias must be true or false (got 'maybe')"),
+        ("train", "lr", float("nan"), "lr must be a finite number (got nan)"),
+        ("data", "task_length", 17, None),
+    ],
+)
+def test_bad_values_name_the_field_and_value(section, key, value, message):
+    spec = {section: {key: value}}
+    if key == "task_length":
+        spec["data"]["task"] = "recall"
+        message = "task_length (17) must be ≤ 16 for recall"
+    assert errors_of(spec)[f"{section}.{key}"] == message
+
+
+@pytest.mark.parametrize(
+    "section,key,registry",
+    [("model", "norm", NORMS), ("model", "position", POSITIONS), ("model", "ffn", FFNS),
+     ("data", "source", DATA_SOURCES), ("data", "task", TASKS), ("data", "tokenizer", TOKENIZERS)],
+)
+def test_unknown_registry_key_lists_the_choices(section, key, registry):
+    message = errors_of({section: {key: "nope"}})[f"{section}.{key}"]
+    assert message == f"unknown {key} 'nope'; choose from {list(registry)}"
+
+
+def test_unknown_keys_and_sections_are_named():
+    errors = errors_of({"model": {"n_layers": 2}, "optim": {}})
+    assert "'n_layers'" in errors["model.n_layers"] and "n_layer" in errors["model.n_layers"]
+    assert "'optim'" in errors["optim"]
+    with pytest.raises(ConfigError) as e:
+        ModelConfig.from_dict({"width": 3})
+    assert "'width'" in e.value.errors["model.width"]
+
+
+def test_every_error_is_collected():
+    errors = errors_of({
+        "model": {"n_layer": 0, "n_head": 6, "norm": "rms"},
+        "data": {"tokenizer": "bpe"},
+        "train": {"batch_size": -1, "lr": 0, "device": "tpu"},
+    })
+    assert set(errors) == {"model.n_layer", "model.n_head", "model.norm", "data.tokenizer",
+                           "train.batch_size", "train.lr", "train.device"}
+
+
+def test_context_longer_than_a_small_text_file(text_file):
+    errors = errors_of({"model": {"block_size": 512}, "data": {"source": "text", "path": text_file}})
+    message = errors["model.block_size"]
+    assert "block_size (512)" in message and "validation split has 64 tokens" in message
+
+
+def test_synthetic_example_longer_than_the_context():
+    errors = errors_of({"model": {"block_size": 16}, "data": {"task": "copy", "task_length": 8}})
+    assert errors["model.block_size"].startswith("block_size (16) is shorter than one copy example (18 tokens")
+
+
+def test_text_source_needs_a_readable_file(tmp_path):
+    assert errors_of({"data": {"source": "text"}}) == {"data.path": "path is required when source is 'text'"}
+    missing = str(tmp_path / "missing.txt")
+    assert errors_of({"data": {"source": "text", "path": missing}}) == {"data.path": f"file not found: {missing}"}
+
+
+def test_vocab_size_smaller_than_the_data_is_refused():
+    assert "smaller than the data's vocabulary" in errors_of({"model": {"vocab_size": 3}})["model.vocab_size"]
+    assert parse_spec({"model": {"vocab_size": 100}}).model.vocab_size == 100
+
+
+def test_cuda_is_not_a_parse_error():
+    assert parse_spec({"train": {"device": "cuda"}}).train.device == "cuda"
+
+
+def test_from_dict_is_lenient_and_validate_is_not():
+    cfg = ModelConfig.from_dict({"n_head": 6})  # a half-typed form can still be analysed
+    with pytest.raises(ConfigError) as e:
+        cfg.validate()
+    assert list(e.value.errors) == ["model.n_head"]
+    ModelConfig().validate()
+
+
+def test_choices_come_from_the_registries():
+    c = choices()
+    assert set(c) >= {"family", "norm", "position", "ffn", "tokenizer", "source", "task", "device"}
+    assert c["norm"] == list(NORMS) and c["task"] == list(TASKS) and c["device"] == ["cpu", "cuda", "auto"]
+
+
+def test_field_specs_describe_every_settable_field():
+    specs = field_specs()
+    names = [s["name"] for s in specs]
+    assert len(names) == len(set(names))
+    assert "model.vocab_size" not in names and "data.path" not in names
+    assert names[0] == "model.family"
+    sections = (ModelConfig, DataConfig, TrainConfig)
+    every = {f"{cls.section}.{f.name}" for cls in sections for f in dataclasses.fields(cls)}
+    assert set(names) == every - {"model.vocab_size", "data.path"}
+    for s in specs:
+        assert {"name", "section", "key", "label", "type", "default", "min", "max", "help"} <= set(s)
+        assert s["name"] == f"{s['section']}.{s['key']}"
+        assert s["type"] in {"int", "float", "bool", "choice", "str"}
+        assert s["help"].endswith(".") and s["label"]
+        if s["type"] == "choice":
+            assert s["choices"] == choices()[s["key"]] and s["default"] in s["choices"]
+        if s["type"] == "float":
+            assert "step" in s
+    # the defaults, sent back as a form would, are a valid spec
+    form = {}
+    for s in specs:
+        form.setdefault(s["section"], {})[s["key"]] = s["default"]
+    assert parse_spec(json.loads(json.dumps(form))) == parse_spec({})

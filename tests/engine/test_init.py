@@ -1,0 +1,29 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import engine
+
+PUBLIC = [
+    "ModelConfig", "DataConfig", "TrainConfig", "JobSpec", "ConfigError", "parse_spec", "build_model", "train",
+    "TrainResult", "analyze", "describe_data", "choices", "field_specs", "generate", "TOKENIZERS", "DATA_SOURCES",
+    "TASKS", "NORMS", "POSITIONS", "FFNS",
+]
+
+
+def test_public_api():
+    assert sorted(engine.__all__) == sorted(PUBLIC)
+    for name in PUBLIC:
+        assert hasattr(engine, name), name
+    assert callable(engine.train)  # the function, not the engine.train module
+
+
+def test_engine_never_imports_the_web_stack():
+    code = (
+        "import sys, engine\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'django', 'channels', 'celery', 'explorer'})\n"
+        "print(','.join(bad))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.strip() == ""

@@ -1,0 +1,156 @@
+import dataclasses
+import itertools
+import math
+
+import pytest
+import torch
+
+from engine import FFNS, NORMS, POSITIONS, build_model, generate
+from engine.tokenizers import CharTokenizer
+
+COMPONENTS = list(itertools.product(NORMS, POSITIONS, FFNS))
+
+
+def test_shapes(tiny_config):
+    model = build_model(tiny_config)
+    idx = torch.randint(tiny_config.vocab_size, (3, 10))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 10, tiny_config.vocab_size)
+    assert loss is None
+    _, loss = model(idx, idx)
+    assert loss.shape == () and loss.item() > 0
+    assert model.config is tiny_config
+
+
+def test_ignore_index_minus_one(tiny_config):
+    model = build_model(tiny_config)
+    idx = torch.randint(tiny_config.vocab_size, (2, 8))
+    targets = idx.clone()
+    targets[:, :4] = -1
+    logits, loss = model(idx, targets)
+    expected = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, logits.size(-1)), idx[:, 4:].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_context_longer_than_block_size_is_refused(tiny_config):
+    model = build_model(tiny_config)
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, tiny_config.block_size + 1, dtype=torch.long))
+
+
+def test_vocab_size_must_be_set(tiny_config):
+    with pytest.raises(ValueError, match="vocab_size"):
+        build_model(dataclasses.replace(tiny_config, vocab_size=None))
+
+
+@pytest.mark.parametrize("norm,position,ffn", COMPONENTS)
+def test_causal(norm, position, ffn, tiny_config):
+    """Changing a token leaves the logits of every earlier position unchanged."""
+    cfg = dataclasses.replace(tiny_config, norm=norm, position=position, ffn=ffn)
+    model = build_model(cfg).eval()
+    idx = torch.randint(cfg.vocab_size, (2, cfg.block_size))
+    changed = idx.clone()
+    changed[:, 9] = (idx[:, 9] + 1) % cfg.vocab_size
+    before, _ = model(idx)
+    after, _ = model(changed)
+    torch.testing.assert_close(before[:, :9], after[:, :9])
+    assert not torch.allclose(before[:, 9:], after[:, 9:])
+
+
+def test_sdpa_equals_eager(tiny_config):
+    torch.manual_seed(1)
+    sdpa = build_model(dataclasses.replace(tiny_config, attn_impl="sdpa")).eval()
+    eager = build_model(dataclasses.replace(tiny_config, attn_impl="eager")).eval()
+    eager.load_state_dict(sdpa.state_dict())
+    idx = torch.randint(tiny_config.vocab_size, (2, tiny_config.block_size))
+    torch.testing.assert_close(sdpa(idx)[0], eager(idx)[0])
+
+
+@pytest.mark.parametrize("norm,position,ffn", COMPONENTS)
+def test_overfits_one_batch(norm, position, ffn, tiny_config):
+    cfg = dataclasses.replace(tiny_config, norm=norm, position=position, ffn=ffn)
+    model = build_model(cfg)
+    idx = torch.randint(cfg.vocab_size, (4, cfg.block_size))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(40):
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+
+
+def test_tied_and_untied_heads(tiny_config):
+    tied = build_model(tiny_config)
+    assert tied.lm_head.weight is tied.wte.weight
+    untied = build_model(dataclasses.replace(tiny_config, tie_embeddings=False))
+    assert untied.lm_head.weight is not untied.wte.weight
+    extra = tiny_config.vocab_size * tiny_config.n_embd
+    assert untied.num_params() - tied.num_params() == extra
+    # an untied embedding leaves the non-embedding count, a tied one stays in as the head's matmul
+    assert untied.num_params(non_embedding=True) == tied.num_params(non_embedding=True)
+
+
+def test_residual_projections_get_scaled_init(tiny_config):
+    cfg = dataclasses.replace(tiny_config, n_layer=8, n_embd=64)
+    model = build_model(cfg)
+    attn = model.h[0].attn
+    assert attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert attn.o_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(2 * cfg.n_layer), rel=0.1)
+    assert model.h[0].mlp.down_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(2 * cfg.n_layer), rel=0.1)
+
+
+def test_generate_shapes_and_crop(tiny_config):
+    model = build_model(tiny_config).eval()
+    idx = torch.randint(tiny_config.vocab_size, (2, 5))
+    out = model.generate(idx, max_new_tokens=tiny_config.block_size + 4, top_k=3)  # runs past block_size
+    assert out.shape == (2, 5 + tiny_config.block_size + 4)
+    assert torch.equal(out[:, :5], idx)
+    greedy = model.generate(idx, 6, temperature=0)
+    assert torch.equal(greedy, model.generate(idx, 6, temperature=0))
+
+
+def test_module_generate_is_seeded(tiny_config):
+    tok = CharTokenizer("abcdefghij klmnopqrstuvw")
+    model = build_model(dataclasses.replace(tiny_config, vocab_size=tok.vocab_size))
+    a = generate(model, tok, "abc", 12, seed=3)
+    assert isinstance(a, str) and len(a) == 12
+    assert a == generate(model, tok, "abc", 12, seed=3)
+    with pytest.raises(ValueError, match="empty"):
+        generate(model, tok, "", 3)
+
+
+def test_logits_equal_gpt2_with_the_same_weights(tiny_config):
+    """layernorm + learned positions + GELU MLP with biases is GPT-2: load our weights into
+    transformers' GPT2LMHeadModel and compare logits."""
+    transformers = pytest.importorskip("transformers")
+    cfg = dataclasses.replace(tiny_config, vocab_size=50)
+    ours = build_model(cfg).eval()
+    hf_cfg = transformers.GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5,
+    )
+    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    sd = {"transformer.wte.weight": ours.wte.weight, "transformer.wpe.weight": ours.wpe.weight,
+          "transformer.ln_f.weight": ours.ln_f.weight, "transformer.ln_f.bias": ours.ln_f.bias}
+    for i, block in enumerate(ours.h):
+        a, m, p = block.attn, block.mlp, f"transformer.h.{i}."
+        # GPT-2's Conv1D stores weights as (in, out): the transpose of nn.Linear's
+        sd |= {
+            p + "ln_1.weight": block.ln_1.weight, p + "ln_1.bias": block.ln_1.bias,
+            p + "ln_2.weight": block.ln_2.weight, p + "ln_2.bias": block.ln_2.bias,
+            p + "attn.c_attn.weight": torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).T,
+            p + "attn.c_attn.bias": torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]),
+            p + "attn.c_proj.weight": a.o_proj.weight.T, p + "attn.c_proj.bias": a.o_proj.bias,
+            p + "mlp.c_fc.weight": m.up_proj.weight.T, p + "mlp.c_fc.bias": m.up_proj.bias,
+            p + "mlp.c_proj.weight": m.down_proj.weight.T, p + "mlp.c_proj.bias": m.down_proj.bias,
+        }
+    missing, unexpected = hf.load_state_dict({k: v.detach().contiguous() for k, v in sd.items()}, strict=False)
+    assert not unexpected and all(k == "lm_head.weight" or "attn.bias" in k for k in missing)
+    hf.tie_weights()
+    idx = torch.randint(cfg.vocab_size, (2, cfg.block_size))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, rtol=1e-4, atol=1e-4)
