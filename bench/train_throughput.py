@@ -60,6 +60,7 @@ def main() -> int:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews the numbers
         "python": platform.python_version(),
         "platform": platform.platform(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -69,6 +70,8 @@ def main() -> int:
     print(f"{NAME}: {report['params']:,} params on {report['device']}")
     print(f"{report['tokens_per_s']:,.0f} tokens/s, {report['ms_per_step']:.1f} ms/step "
           f"over {report['timed_steps']} steps (torch {report['torch']}, {report['cpu_count']} CPUs)")
+    if report["load_avg_1m"] > 0.5 * (os.cpu_count() or 1):
+        print(f"note: the machine was busy (load {report['load_avg_1m']}); compare with care")
     print(f"wrote {OUT.relative_to(ROOT)}")
     return 0
 

@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 from django.conf import settings
 from django.http import Http404
-from ninja import File, Form, NinjaAPI, Router, Schema
+from ninja import File, Form, NinjaAPI, Router, Schema, Status
 from ninja.errors import HttpError, ValidationError
 from ninja.files import UploadedFile
 from ninja.security import HttpBearer, django_auth
@@ -150,7 +150,7 @@ jobs = Router(tags=["jobs"])
 def create_job(request, payload: JobIn):
     team = _team(request, payload.team)
     job = services.create_job(request.user, team, payload.dict(include={"model", "data", "train"}), name=payload.name)
-    return 201, services.job_to_dict(job, position=services.queue_positions([job])[job.pk])
+    return Status(201, services.job_to_dict(job, position=services.queue_positions([job])[job.pk]))
 
 
 @jobs.get("", response=JobList, summary="Jobs of your teams, newest first")
@@ -183,7 +183,7 @@ def job_events(request, job_id: int, after: int = 0, limit: int = 5000):
 def cancel_job(request, job_id: int):
     job = get_job_or_404(request.user, job_id)
     if not services.cancel_job(job):
-        return 409, {"detail": f"Job {job.pk} has already ended ({job.status})"}
+        return Status(409, {"detail": f"Job {job.pk} has already ended ({job.status})"})
     job.refresh_from_db()
     return services.job_to_dict(job, services.queue_positions([job])[job.pk])
 
@@ -216,8 +216,8 @@ def upload_dataset(request, file: File[UploadedFile], name: Form[str] = "", team
     try:
         dataset = save_upload(_team(request, team), request.user, file, name)
     except DatasetError as exc:
-        return 400, {"detail": str(exc), "errors": {"file": str(exc)}}
-    return 201, _dataset_out(dataset)
+        return Status(400, {"detail": str(exc), "errors": {"file": str(exc)}})
+    return Status(201, _dataset_out(dataset))
 
 
 api.add_router("/jobs", jobs)

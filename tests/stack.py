@@ -45,12 +45,14 @@ class Stack:
         self.worker_name = f"itest{os.getpid()}@localhost"
 
     def start_worker(self):
-        log = open(self.tmp / "worker.log", "ab")
+        path = self.tmp / "worker.log"
+        offset = path.stat().st_size if path.exists() else 0  # a restart appends to the same log
+        log = open(path, "ab")
         cmd = [sys.executable, "-m", "celery", "-A", "explorer", "worker", "-Q", "cpu", "-c", "1", "-n", self.worker_name,
                "-l", "info", "--without-mingle", "--without-gossip"]
         self.procs["worker"] = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                                 start_new_session=True)
-        self._wait(lambda: b"ready." in (self.tmp / "worker.log").read_bytes(), "worker", 60)
+        self._wait(lambda: b"ready." in path.read_bytes()[offset:], "worker", 60)
 
     def start_web(self):
         log = open(self.tmp / "web.log", "ab")
