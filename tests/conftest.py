@@ -40,12 +40,12 @@ def alice_client(client, alice):
     return client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(django_db_setup, django_db_blocker, tmp_path_factory):
     from explorer.celery import app
 
     with django_db_blocker.unblock():
-        app.control.purge()  # stale messages of an earlier run on this Redis database
+        app.control.purge()  # messages left by earlier tests or runs on this Redis database
         from tests.stack import Stack
 
         s = Stack(tmp_path_factory.mktemp("stack"))

@@ -37,7 +37,7 @@ class Stack:
         self.ws_url = f"ws://127.0.0.1:{self.port}"
         self.env = dict(
             os.environ,
-            DJANGO_SETTINGS_MODULE="explorer.settings",
+            DJANGO_SETTINGS_MODULE="tests.settings",
             DATABASE_URL=database_url(connection.settings_dict),
             PYTHONUNBUFFERED="1",
         )
