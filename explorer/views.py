@@ -7,7 +7,9 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from explorer import services
@@ -15,6 +17,12 @@ from explorer.datasets import DatasetError, save_upload
 from explorer.forms import ApiTokenForm, ComposeForm, DatasetUploadForm, SignupForm
 from explorer.models import ApiToken, Dataset
 from explorer.teams import create_personal_team, get_job_or_404, jobs_visible_to, user_teams
+
+
+def _safe_next(request):
+    """The ``next`` URL of a form, only when it stays on this site."""
+    nxt = request.POST.get("next", "")
+    return nxt if url_has_allowed_host_and_scheme(nxt, {request.get_host()}, request.is_secure()) else None
 
 
 def _team_or_404(request):
@@ -88,8 +96,7 @@ def job_cancel(request, job_id):
         messages.info(request, f"Cancelling {job.display_name}.")
     else:
         messages.warning(request, f"{job.display_name} has already ended.")
-    nxt = request.POST.get("next", "")
-    return redirect(nxt) if nxt.startswith("/") and not nxt.startswith("//") else redirect("job", job_id=job.pk)
+    return redirect(_safe_next(request) or reverse("job", args=[job.pk]))
 
 
 @login_required
@@ -141,6 +148,6 @@ def switch_team(request):
     if team is None:
         raise Http404("No such team")
     request.session["team_id"] = team.pk
-    return redirect(request.POST.get("next") or "queue")
+    return redirect(_safe_next(request) or reverse("queue"))
 
 

@@ -102,3 +102,15 @@ def test_shared_link_with_a_false_boolean_renders_unchecked(alice_client):
     html = alice_client.get("/compose/?model.bias=false").content.decode()
     tag = next(t for t in html.split("<input") if 'name="model.bias"' in t)
     assert "checked" not in tag.split(">")[0]
+
+
+def test_cancel_and_team_switch_do_not_redirect_off_site(alice_client, alice, tiny_spec):
+    from explorer import services
+
+    job = services.create_job(alice[0], alice[1], tiny_spec)
+    resp = alice_client.post(f"/jobs/{job.pk}/cancel/", {"next": "https://evil.example/"})
+    assert resp["Location"] == f"/jobs/{job.pk}/"
+    resp = alice_client.post("/teams/switch/", {"team": alice[1].pk, "next": "//evil.example/"})
+    assert resp["Location"] == "/queue/"
+    resp = alice_client.post("/teams/switch/", {"team": alice[1].pk, "next": "/compose/"})
+    assert resp["Location"] == "/compose/"
