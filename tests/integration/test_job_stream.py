@@ -21,6 +21,21 @@ SPEC = {
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
+def user_with_token(name):
+    user, _ = make_user(name)
+    return user, ApiToken.issue(user, "itest")[1]
+
+
+def with_steps(steps):
+    spec = json.loads(json.dumps(SPEC))
+    spec["train"]["steps"] = steps
+    return spec
+
+
+def past_step(n):
+    return lambda e: e["kind"] == "step" and e["data"]["step"] >= n
+
+
 def submit(stack, token, spec):
     resp = httpx.post(f"{stack.url}/api/v1/jobs", json=spec, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert resp.status_code == 201, resp.text
@@ -48,8 +63,7 @@ async def watch(stack, cookie, job_id, after=0, until=None, timeout=120):
 
 
 def test_every_step_arrives_in_order_then_the_final_status(stack, session_cookie, capsys):
-    user, team = make_user("ivan")
-    _, token = ApiToken.issue(user, "itest")
+    user, token = user_with_token("ivan")
     job_id = submit(stack, token, {"name": "itest", **SPEC})
     got = asyncio.run(watch(stack, session_cookie(user), job_id))
     events = [e for e, _ in got]
@@ -74,13 +88,10 @@ def test_every_step_arrives_in_order_then_the_final_status(stack, session_cookie
 
 
 def test_reconnect_with_last_seq_has_no_gap_and_no_duplicate(stack, session_cookie):
-    user, _ = make_user("judy")
-    _, token = ApiToken.issue(user, "itest")
-    spec = json.loads(json.dumps(SPEC))
-    spec["train"]["steps"] = 150
-    job_id = submit(stack, token, spec)
+    user, token = user_with_token("judy")
+    job_id = submit(stack, token, with_steps(150))
     cookie = session_cookie(user)
-    first = asyncio.run(watch(stack, cookie, job_id, until=lambda e: e["kind"] == "step" and e["data"]["step"] >= 20))
+    first = asyncio.run(watch(stack, cookie, job_id, until=past_step(20)))
     last_seq = first[-1][0]["seq"]
     time.sleep(0.5)  # events keep arriving while this client is away
     second = asyncio.run(watch(stack, cookie, job_id, after=last_seq))
@@ -92,13 +103,10 @@ def test_reconnect_with_last_seq_has_no_gap_and_no_duplicate(stack, session_cook
 
 
 def test_cancel_ends_a_running_job_as_cancelled_with_its_events_kept(stack, session_cookie):
-    user, _ = make_user("kim")
-    _, token = ApiToken.issue(user, "itest")
-    spec = json.loads(json.dumps(SPEC))
-    spec["train"]["steps"] = 50000
-    job_id = submit(stack, token, spec)
+    user, token = user_with_token("kim")
+    job_id = submit(stack, token, with_steps(50000))
     cookie = session_cookie(user)
-    asyncio.run(watch(stack, cookie, job_id, until=lambda e: e["kind"] == "step" and e["data"]["step"] >= 10))
+    asyncio.run(watch(stack, cookie, job_id, until=past_step(10)))
     resp = httpx.post(f"{stack.url}/api/v1/jobs/{job_id}/cancel", headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert resp.status_code == 200, resp.text
     rest = asyncio.run(watch(stack, cookie, job_id, after=0, timeout=60))
@@ -111,11 +119,8 @@ def test_cancel_ends_a_running_job_as_cancelled_with_its_events_kept(stack, sess
 
 def test_cancel_while_queued(stack, session_cookie):
     """A job cancelled before any worker takes it ends cancelled and never runs."""
-    user, team = make_user("lee")
-    _, token = ApiToken.issue(user, "itest")
-    spec = json.loads(json.dumps(SPEC))
-    spec["train"]["steps"] = 50000
-    blocker = submit(stack, token, spec)  # occupies the single worker
+    user, token = user_with_token("lee")
+    blocker = submit(stack, token, with_steps(50000))  # occupies the single worker
     waiting = submit(stack, token, SPEC)
     auth = {"Authorization": f"Bearer {token}"}
     assert httpx.get(f"{stack.url}/api/v1/jobs/{waiting}", headers=auth).json()["position"] >= 1

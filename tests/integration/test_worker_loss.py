@@ -1,7 +1,6 @@
 """A worker killed with SIGKILL mid-job does not leave the job "running" forever: its heartbeat
 stops, the reaper fails it with the reason, and the events up to the kill are kept."""
 import asyncio
-import json
 import os
 import signal
 import time
@@ -9,20 +8,16 @@ import time
 import pytest
 
 from explorer import services
-from explorer.models import ApiToken, Job
-from tests.conftest import make_user
-from tests.integration.test_job_stream import SPEC, submit, watch
+from explorer.models import Job
+from tests.integration.test_job_stream import past_step, submit, user_with_token, watch, with_steps
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 def test_killed_worker_leaves_no_job_running(stack, session_cookie):
-    user, _ = make_user("mallory")
-    _, token = ApiToken.issue(user, "itest")
-    spec = json.loads(json.dumps(SPEC))
-    spec["train"]["steps"] = 50000
-    job_id = submit(stack, token, spec)
-    asyncio.run(watch(stack, session_cookie(user), job_id, until=lambda e: e["kind"] == "step" and e["data"]["step"] >= 5))
+    user, token = user_with_token("mallory")
+    job_id = submit(stack, token, with_steps(50000))
+    asyncio.run(watch(stack, session_cookie(user), job_id, until=past_step(5)))
     worker = stack.procs["worker"]
     os.killpg(worker.pid, signal.SIGKILL)  # the main process and its pool child, no clean-up
     worker.wait(10)
