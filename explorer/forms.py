@@ -1,4 +1,6 @@
 """The composer form, generated from the engine's field specs (no hand-written option lists)."""
+import json
+
 from django import forms
 from django.contrib.auth.forms import UserCreationForm
 
@@ -16,6 +18,9 @@ SECTIONS = [
 def _field_for(spec):
     # Not required: a field left out takes the engine's default, as in the API.
     attrs = {"data-field": spec["name"], "data-type": spec["type"]}
+    if spec.get("show_if"):
+        # Which other field values make this one relevant; the composer hides it otherwise.
+        attrs["data-show-if"] = json.dumps(spec["show_if"])
     kw = {"label": spec["label"], "help_text": spec.get("help", ""), "initial": spec.get("default")}
     kind = spec["type"]
     if kind in ("int", "float"):
@@ -57,10 +62,18 @@ class ComposeForm(forms.Form):
         self.spec = self.dataset = None
 
     def sections(self):
+        """The form's cards, each split into the engine's field groups (in field order)."""
+        group_of = {spec["name"]: spec.get("group") or "" for spec in self.specs}
         out = []
         for key, title, blurb in SECTIONS:
             fields = [self[name] for name in self.fields if name.startswith(key + ".")]
-            out.append({"key": key, "title": title, "blurb": blurb, "fields": fields})
+            groups = []
+            for field in fields:
+                group = group_of.get(field.name, "")
+                if not groups or groups[-1]["title"] != group:
+                    groups.append({"title": group, "fields": []})
+                groups[-1]["fields"].append(field)
+            out.append({"key": key, "title": title, "blurb": blurb, "fields": fields, "groups": groups})
         return out
 
     def payload(self):
