@@ -37,8 +37,12 @@ test: $(STAMP) system-deps
 test-fast: $(STAMP)
 	$(PY) -m pytest tests/engine tests/explorer
 
+# Each writes bench/results/<name>.json; about 5 minutes in all on 2 cores (see bench/README.md)
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py
+	$(PY) bench/vs_transformers.py
+	$(PY) bench/decode.py
+	$(PY) bench/nanogpt_shakespeare.py
 
 clean:
 	rm -rf $(VENV) var staticfiles

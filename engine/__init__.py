@@ -21,13 +21,17 @@ Data
     ``TASKS``, ``TOKENIZERS``.
 
 Model
-    ``build_model(ModelConfig)`` -> ``nn.Module`` with ``forward(idx, targets) -> (logits, loss)``,
-    ``num_params()`` and ``generate(idx, max_new_tokens, temperature, top_k)``; components come
-    from ``NORMS``, ``POSITIONS``, ``FFNS``. ``generate(model, tokenizer, prompt, ...)`` -> str.
+    ``build_model(ModelConfig)`` -> ``nn.Module`` with
+    ``forward(idx, targets=None, *, cache=None, start_pos=0) -> (logits, loss)``, ``num_params()``,
+    ``make_cache()``, ``moe_stats()`` and
+    ``generate(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)``; components
+    come from ``NORMS``, ``POSITIONS``, ``ATTENTIONS``, ``FFNS``.
+    ``generate(model, tokenizer, prompt, ...)`` -> str. ``KVCache``, ``SlidingWindowCache``.
+    ``capture_attention(model, layers, heads)``: a context manager collecting attention weights.
 
 Training
     ``train(spec, on_event=..., should_stop=..., progress=False)`` -> ``TrainResult``; events are
-    plain dicts of kind "start", "step", "eval" and "end" (see ``engine.train``).
+    plain dicts of kind "start", "step", "moe", "eval" and "end" (see ``engine.train``).
 
 Analysis
     ``analyze(ModelConfig, vocab_size=, batch_size=, seq_len=, dtype=, optimizer=)`` -> params,
@@ -37,6 +41,9 @@ Analysis
 import warnings
 
 from .analysis import analyze
+from .attention import ATTENTIONS
+from .cache import KVCache, SlidingWindowCache
+from .capture import capture_attention
 from .config import ConfigError, DataConfig, JobSpec, ModelConfig, TrainConfig, choices, field_specs, parse_spec
 from .data import DATA_SOURCES, describe_data
 from .ffn import FFNS
@@ -68,6 +75,10 @@ __all__ = [
     "NORMS",
     "POSITIONS",
     "FFNS",
+    "ATTENTIONS",
+    "KVCache",
+    "SlidingWindowCache",
+    "capture_attention",
 ]
 
 # ``python -m engine.train`` runs a module this package has already imported (for ``train``);

@@ -5,11 +5,15 @@ counts come from each component's ``num_params`` and equal ``sum(p.numel())`` of
 model exactly (a test checks every registry combination).
 
 FLOPs per token follow Kaplan et al. 2020 (§2.1) and PaLM (Chowdhery et al. 2022, app. B):
-a forward pass costs 2 FLOPs per weight of every matmul (the blocks' projections and the
-LM head; embedding lookups are free) plus attention's QKᵀ and AV, 4·n_layer·T·n_embd at
-context T, which we halve because a causal token attends on average to T/2 positions:
+a forward pass costs 2 FLOPs per weight of every matmul a token goes through (the blocks'
+projections, for MoE only the router, its top_k experts and the shared one, and the LM head;
+embedding lookups are free) plus attention's QKᵀ and AV, 4·n_embd per key a query sees, i.e.
+4·n_embd·K̄ per layer where K̄ is the mean number of keys a query at context T attends to,
+counted exactly from the pattern's mask (full causal: (T+1)/2; sliding: ≤ window; ...). Linear
+attention has no scores: 4·n_embd·head_dim + 4·n_embd per layer, independent of T
+(``ATTENTIONS[kind].flops_per_token``):
 
-    per_token_forward = 2 · N_matmul + 2 · n_layer · T · n_embd
+    per_token_forward = 2 · N_matmul_active + n_layer · attention_flops(T)
     per_token_train   = 3 · per_token_forward           (backward ≈ 2 × forward)
     per_step_train    = per_token_train · batch_size · T
 
@@ -28,9 +32,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .attention import CausalSelfAttention
+from .attention import ATTENTIONS, CausalSelfAttention, LinearAttention
 from .ffn import FFNS
-from .norm import NORMS
+from .norm import NORM_PLACEMENTS, NORMS
 from .position import POSITIONS
 
 if TYPE_CHECKING:
@@ -70,37 +74,71 @@ def analyze(
     t = seq_len if seq_len is not None else cfg.block_size
     b = batch_size
 
+    kind = _lookup(ATTENTIONS, cfg.attention, "attention")
+    placement = _lookup(NORM_PLACEMENTS, cfg.norm_placement, "norm_placement")
+    n_kv = cfg.n_kv_head or a
+    kv_dim = n_kv * (d // a)
+
     # ---- parameters
     attention = CausalSelfAttention.num_params(cfg)
     mlp = ffn.num_params(cfg)
-    layer_norms = 2 * norm.num_params(d, bias=cfg.bias)
-    per_layer = attention + mlp + layer_norms
+    layer_norms = 2 * placement.n_norms * norm.num_params(d, bias=cfg.bias)
+    per_layer = attention + mlp + layer_norms  # a dense layer
+    n_moe = n_layer // cfg.moe_every if cfg.n_expert else 0  # layers i with (i + 1) % moe_every == 0
+    router = d * cfg.n_expert
+    moe = router + (cfg.n_expert + int(cfg.shared_expert)) * mlp  # engine.moe.MoE.num_params
+    moe_active = router + (min(cfg.top_k, cfg.n_expert) + int(cfg.shared_expert)) * mlp
+    ffn_total = (n_layer - n_moe) * mlp + n_moe * moe
     embedding = vocab * d
     positions = position.num_params(cfg)
     head = 0 if cfg.tie_embeddings else vocab * d  # a tied head is the embedding, counted once
     final_norm = norm.num_params(d, bias=cfg.bias)
-    total = embedding + positions + n_layer * per_layer + final_norm + head
+    total = embedding + positions + n_layer * (attention + layer_norms) + ffn_total + final_norm + head
+    active = total - n_moe * (moe - moe_active)  # what one token passes through
 
     # ---- FLOPs
     hidden = ffn.hidden_dim(cfg)
-    matmul = n_layer * (4 * d * d + ffn.n_proj * d * hidden) + d * vocab  # the head multiplies even when tied
-    per_token_forward = 2 * matmul + 2 * n_layer * t * d
+    ffn_matmul = ffn.n_proj * d * hidden
+    moe_matmul = router + (min(cfg.top_k, cfg.n_expert) + int(cfg.shared_expert)) * ffn_matmul
+    matmul = n_layer * (2 * d * d + 2 * d * kv_dim) + (n_layer - n_moe) * ffn_matmul + n_moe * moe_matmul
+    matmul += d * vocab  # the head multiplies even when tied
+    attention_flops = kind.flops_per_token(cfg, t)
+    per_token_forward = 2 * matmul + n_layer * attention_flops
     per_token_train = 3 * per_token_forward
 
     # ---- memory
     sbh = t * b * d
-    attn_matrix = a * t * t * b  # elements of one layer's softmax output
+    kv_sbh = sbh * kv_dim / d  # one layer's k (or v) tensor
+    if cfg.attention == "linear":  # no T×T matrix: per-chunk states (hs² per C positions), (C, C) products
+        c = min(LinearAttention.chunk, t)
+        attn_matrix, dropout_attn = b * a * -(-t // c) * c * (3 * (d // a) ** 2 // c + 2 * c), False
+        extra = 6 * sbh
+    else:  # every softmax pattern here still materialises the masked T×T scores
+        attn_matrix, dropout_attn = a * t * t * b, cfg.dropout > 0
+        # a soft-cap keeps the scores and their tanh; ALiBi its biased scores
+        extra = attn_matrix * (2 * bool(cfg.attn_softcap) + (cfg.position == "alibi"))
+    if cfg.position == "rope":  # the rotated halves of q and k
+        extra += sbh + kv_sbh
+    if cfg.qk_norm:
+        extra += 2 * (sbh + kv_sbh)
     dropout = cfg.dropout > 0
-    # per layer: two norms; q/k/v input, q, k, v, o_proj input (5); MLP input and its hidden tensors
-    layer_elems = sbh * (2 * norm.n_saved + 5 + 1 + ffn.n_hidden_saved * hidden / d)
-    layer_elems += attn_matrix * (2 if dropout else 1)  # softmax output, and its dropped-out copy
+    # per layer: its norms; q/k/v input, q, k, v, o_proj input (5); the FFN's input
+    layer_elems = sbh * (2 * placement.n_norms * norm.n_saved + 5 + 1) + extra
+    layer_elems += attn_matrix * (2 if dropout_attn else 1)  # softmax output, and its dropped-out copy
     # dropout masks: 1 byte each on GPU, but PyTorch's CPU path keeps them in the activation
     # dtype, so count them at that width (two residual dropouts and the attention one per layer)
-    layer_masks = (2 * sbh + attn_matrix) if dropout else 0
-    activations = n_layer * (layer_elems + layer_masks) * bpe
+    layer_masks = (2 * sbh + (attn_matrix if dropout_attn else 0)) if dropout else 0
+    # the FFN's hidden tensors; an MoE layer holds them for each of a token's experts
+    ffn_elems = sbh * ffn.n_hidden_saved * hidden / d
+    ffn_copies = (n_layer - n_moe) + n_moe * (min(cfg.top_k, cfg.n_expert) + int(cfg.shared_expert))
+    # an MoE layer also gathers each expert's tokens and keeps its gated outputs
+    moe_elems = n_moe * 3 * min(cfg.top_k, cfg.n_expert) * sbh
+    activations = (n_layer * (layer_elems + layer_masks) + ffn_copies * ffn_elems + moe_elems) * bpe
     # the final norm's tensors, the head's input and the embedding dropout's mask
     activations += (sbh * norm.n_saved + sbh + (sbh if dropout else 0)) * bpe
     activations += t * b * vocab * (bpe + 8)  # logits, fp32 log-softmax and its gradient
+    if cfg.final_softcap:
+        activations += 2 * t * b * vocab * bpe  # the logits before and after the tanh
     weights = total * 4 + (total * 2 if bpe < 4 else 0)
     gradients = total * 4
     optimizer_bytes = n_states * total * 4
@@ -108,16 +146,18 @@ def analyze(
     return {
         "params": {
             "total": total,
-            "active": total,  # every parameter is used for every token in a dense model
+            "active": active,  # MoE: only top_k experts (and the shared one) per token
             "embedding": embedding,
             "position": positions,
             "attention": n_layer * attention,
-            "ffn": n_layer * mlp,
+            "ffn": ffn_total,  # dense FFNs and MoE layers (router, experts, shared expert)
             "norms": n_layer * layer_norms + final_norm,
             "head": head,
             "per_layer": per_layer,
+            "per_moe_layer": per_layer - mlp + moe if n_moe else None,
         },
         "flops": {
+            "attention_per_token_layer": attention_flops,
             "per_token_forward": per_token_forward,
             "per_token_train": per_token_train,
             "per_step_train": per_token_train * b * t,
@@ -129,7 +169,10 @@ def analyze(
             "activations": int(activations),
             "train_total": int(weights + gradients + optimizer_bytes + activations),
         },
-        "kv_cache_per_token": 2 * n_layer * d * bpe,  # a key and a value vector per layer
+        # a key and a value vector per layer and key/value head
+        "kv_cache_per_token": 2 * n_layer * kv_dim * bpe,
+        # one sequence of T tokens; a sliding window cache keeps only the last `window`
+        "kv_cache": 2 * n_layer * kv_dim * bpe * (min(t, cfg.window) if cfg.attention == "sliding" else t),
     }
 
 

@@ -1,13 +1,26 @@
-"""Causal multi-head self-attention.
+"""Causal self-attention: the module, its attention patterns and its two kernels.
 
-The attention maths is chosen by ``config.attn_impl`` from ``ATTENTION_FUNCTIONS``, whose
-entries share one signature ``(q, k, v, *, dropout_p) -> y`` on (B, nh, T, hs) tensors, as
-``ALL_ATTENTION_FUNCTIONS`` does in transformers: "sdpa" is PyTorch's fused kernel, "eager"
-the same maths written out, kept as a readable reference and for looking at the weights.
+``CausalSelfAttention`` projects q, k, v (``n_kv_head`` key/value heads shared by groups of query
+heads: GQA, Ainslie et al. 2023; 1 is multi-query, Shazeer 2019), optionally RMS-normalises q and
+k per head, rotates them (RoPE), appends k, v to a KV cache, then hands them to the pattern.
+
+``ATTENTIONS`` (config ``attention``): which keys each query sees. Every entry takes ``(config)``
+and gives ``attend(q, k, v, *, q_start, alibi, dropout_p, need_weights) -> (y, weights | None)``
+on (B, nh, Tq, hs) queries and (B, nh, Tk, hs) keys/values, the keys being the positions
+``q_start + Tq - Tk .. q_start + Tq - 1`` (a cache may hold fewer than all earlier ones); every
+entry is causal. The softmax patterns differ only in ``allowed(q_pos, k_pos)``, their mask,
+built once per shape and cached; ``mean_keys(config, t)`` counts what a query attends to, for
+``analysis``.
+
+``ATTENTION_FUNCTIONS`` (config ``attn_impl``): the softmax kernel, sharing
+``(q, k, v, *, mask, bias, softcap, dropout_p) -> y`` as ``ALL_ATTENTION_FUNCTIONS`` does in
+transformers: "sdpa" is PyTorch's fused kernel, "eager" the same maths written out, kept as a
+readable reference. ``mask`` None means plain causal with Tq == Tk.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -15,51 +28,346 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .norm import RMSNorm
+from .position import alibi_bias, apply_rotary
+
 if TYPE_CHECKING:
+    from .cache import KVCache
     from .config import ModelConfig
 
-
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+# ---------------------------------------------------------------------------- kernels
 
 
-def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float) -> torch.Tensor:
-    t = q.size(-2)
-    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, T, T)
-    causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-    att = att.masked_fill(~causal, float("-inf"))
-    att = F.softmax(att, dim=-1)
+def attention_weights(
+    q: torch.Tensor, k: torch.Tensor, *, mask: torch.Tensor | None, bias: torch.Tensor | None, softcap: float
+) -> torch.Tensor:
+    """Normalised attention weights (B, nh, Tq, Tk): softmax(q kᵀ/√hs, capped, biased, masked)."""
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))  # (B, nh, Tq, Tk)
+    if softcap:
+        att = softcap * torch.tanh(att / softcap)  # Gemma 2: scores bounded in (-c, c)
+    if bias is not None:
+        att = att + bias
+    if mask is None:
+        mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
+    att = att.masked_fill(~mask, float("-inf"))
+    return F.softmax(att.float(), dim=-1).type_as(q)
+
+
+def eager_attention(q, k, v, *, mask=None, bias=None, softcap=0.0, dropout_p=0.0) -> torch.Tensor:
+    att = attention_weights(q, k, mask=mask, bias=bias, softcap=softcap)
     att = F.dropout(att, p=dropout_p, training=dropout_p > 0)
-    return att @ v  # (B, nh, T, T) x (B, nh, T, hs) -> (B, nh, T, hs)
+    return att @ v  # (B, nh, Tq, Tk) x (B, nh, Tk, hs) -> (B, nh, Tq, hs)
+
+
+def sdpa_attention(q, k, v, *, mask=None, bias=None, softcap=0.0, dropout_p=0.0) -> torch.Tensor:
+    if softcap:  # the fused kernels have no hook between the scores and the softmax
+        return eager_attention(q, k, v, mask=mask, bias=bias, softcap=softcap, dropout_p=dropout_p)
+    if mask is None and bias is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    if bias is not None:
+        if mask is None:
+            mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
+        mask = bias.to(q.dtype).masked_fill(~mask, float("-inf"))  # a float mask is added to the scores
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+# ---------------------------------------------------------------------------- patterns
+
+
+@functools.lru_cache(maxsize=8)  # a T×T mask per shape in use: training, eval, a prefill
+def _cached_mask(kind: MaskedAttention, q_start: int, tq: int, k_start: int, tk: int, device) -> torch.Tensor:
+    q_pos = torch.arange(q_start, q_start + tq, device=device)
+    k_pos = torch.arange(k_start, k_start + tk, device=device)
+    allowed = kind.allowed(q_pos[:, None], k_pos[None, :])
+    return allowed if allowed.dim() == 3 else allowed[None]  # (1 or nh, Tq, Tk)
+
+
+class MaskedAttention:
+    """Softmax attention restricted by a boolean mask: the shared machinery of the softmax patterns.
+
+    Subclasses define ``allowed(q_pos (Tq, 1), k_pos (1, Tk)) -> bool (Tq, Tk) or (nh, Tq, Tk)``
+    and, as ``params``, the config values it depends on (the key of the mask cache)."""
+
+    plain_causal = False  # True when the mask is exactly causal, so kernels may use is_causal
+
+    def __init__(self, config: ModelConfig):
+        self.impl = config.attn_impl
+        self.softcap = config.attn_softcap
+        self.params: tuple = ()
+
+    def __hash__(self):
+        return hash((type(self), self.params))
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.params == other.params
+
+    def allowed(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mask(self, q_start: int, tq: int, k_start: int, tk: int, device: torch.device) -> torch.Tensor:
+        return _cached_mask(self, q_start, tq, k_start, tk, device)
+
+    def attend(self, q, k, v, *, q_start: int, alibi: torch.Tensor | None, dropout_p: float, need_weights: bool):
+        tq, tk = q.size(-2), k.size(-2)
+        k_start = q_start + tq - tk
+        mask = None if self.plain_causal and tq == tk else self.mask(q_start, tq, k_start, tk, q.device)
+        bias = None
+        if alibi is not None:
+            pos = torch.arange(k_start, q_start + tq, device=q.device)  # (Tk,)
+            bias = alibi_bias(alibi, pos[-tq:], pos)  # (nh, Tq, Tk)
+        if need_weights:
+            w = attention_weights(q, k, mask=mask, bias=bias, softcap=self.softcap)  # (B, nh, Tq, Tk)
+            return F.dropout(w, p=dropout_p, training=dropout_p > 0) @ v, w
+        y = ATTENTION_FUNCTIONS[self.impl](q, k, v, mask=mask, bias=bias, softcap=self.softcap, dropout_p=dropout_p)
+        return y, None
+
+    @staticmethod
+    def mean_keys(config: ModelConfig, t: int) -> float:
+        raise NotImplementedError
+
+    @classmethod
+    def flops_per_token(cls, config: ModelConfig, t: int) -> float:
+        """Forward FLOPs of one layer's q kᵀ and weights·v for one token at context ``t``:
+        2 FLOPs per multiply-add, hs per key and head for each."""
+        return 4 * config.n_embd * cls.mean_keys(config, t)
+
+
+class FullAttention(MaskedAttention):
+    """Every query sees itself and every earlier key (the standard causal mask)."""
+
+    plain_causal = True
+
+    def allowed(self, q_pos, k_pos):
+        return k_pos <= q_pos
+
+    @staticmethod
+    def mean_keys(config, t):
+        return (t + 1) / 2
+
+
+class SlidingAttention(MaskedAttention):
+    """Each query sees the last ``window`` positions including itself (Longformer's local
+    attention, Mistral 7B's sliding window): cost and KV cache bounded by the window."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.window = config.window
+        self.params = (config.window,)
+
+    def allowed(self, q_pos, k_pos):
+        return (k_pos <= q_pos) & (q_pos - k_pos < self.window)
+
+    @staticmethod
+    def mean_keys(config, t):
+        w = config.window
+        return sum(min(i + 1, w) for i in range(t)) / t
+
+
+class DilatedAttention(MaskedAttention):
+    """Heads split into ``min(4, n_head)`` equal-as-possible groups (head h in group
+    g = h * groups // n_head); group g sees the earlier keys at distances that are multiples of
+    ``dilation**g``, so group 0 is full attention and later groups reach as far with fewer keys
+    (after LongNet's dilated attention, Ding et al. 2023, without its segmenting)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.n_head, self.dilation = config.n_head, config.dilation
+        self.params = (config.n_head, config.dilation)
+
+    @staticmethod
+    def head_steps(n_head: int, dilation: int) -> list[int]:
+        groups = min(4, n_head)
+        return [dilation ** (h * groups // n_head) for h in range(n_head)]
+
+    def allowed(self, q_pos, k_pos):
+        steps = torch.tensor(self.head_steps(self.n_head, self.dilation), device=q_pos.device)[:, None, None]
+        distance = (q_pos - k_pos)[None]  # (1, Tq, Tk)
+        return (distance >= 0) & (distance % steps == 0)  # (nh, Tq, Tk)
+
+    @staticmethod
+    def mean_keys(config, t):
+        steps = DilatedAttention.head_steps(config.n_head, config.dilation)
+        return sum(i // s + 1 for s in steps for i in range(t)) / (t * len(steps))
+
+
+class BlockSparseAttention(MaskedAttention):
+    """Child et al. 2019's "fixed" sparse pattern, with one summary position (c = 1). Positions
+    fall in blocks of ``sparse_block``; query i sees the earlier keys j ≤ i that are
+
+    - in its own block (``j // sparse_block == i // sparse_block``), or
+    - summary positions: the last position of every ``sparse_stride``-th block, i.e.
+      ``j % (sparse_block * sparse_stride) == sparse_block * sparse_stride - 1``,
+
+    so information crosses blocks only through the summaries."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.block, self.stride = config.sparse_block, config.sparse_stride
+        self.params = (config.sparse_block, config.sparse_stride)
+
+    def allowed(self, q_pos, k_pos):
+        period = self.block * self.stride
+        local = q_pos // self.block == k_pos // self.block
+        summary = k_pos % period == period - 1
+        return (k_pos <= q_pos) & (local | summary)
+
+    @staticmethod
+    def mean_keys(config, t):
+        b, period = config.sparse_block, config.sparse_block * config.sparse_stride
+        # own block up to i, plus the summaries before the block starts
+        return sum(i % b + 1 + (i // b * b) // period for i in range(t)) / t
+
+
+def elu_feature(x: torch.Tensor) -> torch.Tensor:
+    return F.elu(x) + 1  # Katharopoulos et al. 2020, eq. 7: positive, smooth
+
+
+FEATURE_MAPS = {"elu": elu_feature, "relu": F.relu}
+
+
+class LinearAttention:
+    """Linear attention (Katharopoulos et al. 2020, "Transformers are RNNs"): softmax(q·k)
+    replaced by φ(q)·φ(k), so y_i = φ(q_i)·S_i / (φ(q_i)·z_i) with running sums
+    S_i = Σ_{j≤i} φ(k_j) v_jᵀ and z_i = Σ_{j≤i} φ(k_j): cost linear in T, no T×T matrix.
+    φ is ``FEATURE_MAPS[feature_map]``. No scores, so no ALiBi, soft-cap or attention dropout.
+
+    The sums are taken chunk-wise (as in Yang et al. 2024, "Gated Linear Attention"): inside
+    a chunk of ``chunk`` positions a small causal (C, C) product, across chunks a cumulative sum
+    of per-chunk states, which keeps memory at T·(hs²/C + C) per head rather than T·hs² for a
+    per-position cumulative sum."""
+
+    eps = 1e-6  # keeps relu features' all-zero rows finite (they give 0)
+    chunk = 64
+
+    def __init__(self, config: ModelConfig):
+        self.phi = FEATURE_MAPS[config.feature_map]
+
+    def attend(self, q, k, v, *, q_start: int, alibi, dropout_p: float, need_weights: bool):
+        fq, fk, vf = self.phi(q.float()), self.phi(k.float()), v.float()
+        if need_weights:
+            w = self.weights(fq, fk)
+            return (w @ vf).type_as(v), w.type_as(q)
+        return self.causal(fq, fk, vf).type_as(v), None
+
+    def causal(self, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """y for (B, nh, Tq, hs) features of the last Tq of Tk positions, chunk-wise."""
+        b, h, tq, d = fq.shape
+        e, past = v.size(-1), fk.size(-2) - tq
+        # keys before the first query (a KV cache's) enter every query as one initial state
+        s0 = torch.einsum("bhtd,bhte->bhde", fk[:, :, :past], v[:, :, :past])  # (B, nh, hs, hs)
+        z0 = fk[:, :, :past].sum(dim=2)  # (B, nh, hs)
+        fk, v = fk[:, :, past:], v[:, :, past:]
+        c = min(self.chunk, tq)
+        n, pad = -(-tq // c), -tq % c  # chunks, and zero features to fill the last one
+        fq, fk, v = (F.pad(x, (0, 0, 0, pad)).view(b, h, n, c, x.size(-1)) for x in (fq, fk, v))  # (B, nh, N, C, ·)
+        chunk_s = torch.einsum("bhncd,bhnce->bhnde", fk, v)  # (B, nh, N, hs, hs) each chunk's Σ φ(k) vᵀ
+        chunk_z = fk.sum(dim=3)  # (B, nh, N, hs)
+        # state before each chunk: the initial one plus the exclusive cumulative sum of earlier chunks
+        s = s0[:, :, None] + torch.cumsum(chunk_s, dim=2) - chunk_s  # (B, nh, N, hs, hs)
+        z = z0[:, :, None] + torch.cumsum(chunk_z, dim=2) - chunk_z  # (B, nh, N, hs)
+        local = (fq @ fk.transpose(-2, -1)).tril()  # (B, nh, N, C, C) causal inside the chunk
+        num = torch.einsum("bhncd,bhnde->bhnce", fq, s) + local @ v  # (B, nh, N, C, hs)
+        den = torch.einsum("bhncd,bhnd->bhnc", fq, z) + local.sum(-1)  # (B, nh, N, C)
+        y = num / (den[..., None] + self.eps)
+        return y.reshape(b, h, n * c, e)[:, :, :tq]
+
+    def weights(self, fq: torch.Tensor, fk: torch.Tensor) -> torch.Tensor:
+        """The implied attention matrix, quadratic: causal φ(q)·φ(k) over its row sum (B, nh, Tq, Tk)."""
+        tq, tk = fq.size(-2), fk.size(-2)
+        a = fq @ fk.transpose(-2, -1)  # (B, nh, Tq, Tk)
+        causal = torch.ones(tq, tk, dtype=torch.bool, device=fq.device).tril(diagonal=tk - tq)
+        a = a.masked_fill(~causal, 0.0)
+        return a / (a.sum(-1, keepdim=True) + self.eps)
+
+    @staticmethod
+    def flops_per_token(config: ModelConfig, t: int) -> float:
+        """Per token and head: φ(k) vᵀ into the chunk state and φ(q)·S, hs² multiply-adds each,
+        and the in-chunk products φ(q)·φ(k) and weights·v, about C/2 keys of hs each."""
+        hs = config.n_embd // config.n_head
+        c = min(LinearAttention.chunk, t)
+        return 4 * config.n_embd * hs + 4 * config.n_embd * (c + 1) / 2
+
+
+# ---------------------------------------------------------------------------- the module
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, n_kv, T, hs) -> (B, n_kv * n_rep, T, hs): query head h uses key/value head h // n_rep
+    (transformers' ``repeat_kv``)."""
+    if n_rep == 1:
+        return x
+    b, n_kv, t, hs = x.shape
+    return x[:, :, None].expand(b, n_kv, n_rep, t, hs).reshape(b, n_kv * n_rep, t, hs)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer_idx: int = 0):
         super().__init__()
+        self.n_head = config.n_head
+        self.n_kv_head = config.n_kv_head or config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        kv_dim = self.n_kv_head * self.head_dim
         # separate projections rather than nanoGPT's fused c_attn, so names match HF checkpoints
         self.q_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.k_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.v_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.k_proj = nn.Linear(config.n_embd, kv_dim, bias=config.bias)
+        self.v_proj = nn.Linear(config.n_embd, kv_dim, bias=config.bias)
         self.o_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        if config.qk_norm:  # per head, before RoPE (OLMo 2, Gemma 3, Qwen 3): bounds the logits
+            self.q_norm = RMSNorm(self.head_dim, bias=False, eps=config.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, bias=False, eps=config.norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head = config.n_head
         self.dropout = config.dropout
-        self.attn_impl = config.attn_impl
+        self.layer_idx = layer_idx
+        self.pattern = ATTENTIONS[config.attention](config)
+        self.capture = None  # set by ``capture_attention``: called with the weights when not None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        alibi: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        start_pos: int = 0,
+    ) -> torch.Tensor:
         b, t, c = x.size()
-        hs = c // self.n_head
+        hs = self.head_dim
         q = self.q_proj(x).view(b, t, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.k_proj(x).view(b, t, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = self.v_proj(x).view(b, t, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        attend = ATTENTION_FUNCTIONS[self.attn_impl]
-        y = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        k = self.k_proj(x).view(b, t, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, T, hs)
+        v = self.v_proj(x).view(b, t, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, T, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # (B, n_kv, Tk, hs): cached keys come first
+        n_rep = self.n_head // self.n_kv_head
+        y, weights = self.pattern.attend(
+            q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), q_start=start_pos, alibi=alibi,
+            dropout_p=self.dropout if self.training else 0.0, need_weights=self.capture is not None,
+        )  # (B, nh, T, hs)
+        if weights is not None:
+            self.capture(self.layer_idx, weights)
         y = y.transpose(1, 2).contiguous().view(b, t, c)  # re-assemble heads side by side
         return self.resid_dropout(self.o_proj(y))
 
     @staticmethod
     def num_params(config: ModelConfig) -> int:
-        return 4 * config.n_embd * config.n_embd + (4 * config.n_embd if config.bias else 0)
+        d = config.n_embd
+        kv = (config.n_kv_head or config.n_head) * (d // config.n_head)
+        weights = 2 * d * d + 2 * d * kv
+        biases = 2 * d + 2 * kv if config.bias else 0
+        qk_norm = 2 * (d // config.n_head) if config.qk_norm else 0
+        return weights + biases + qk_norm
 
 
 ATTENTION_FUNCTIONS = {"sdpa": sdpa_attention, "eager": eager_attention}
+ATTENTIONS = {
+    "full": FullAttention,
+    "sliding": SlidingAttention,
+    "dilated": DilatedAttention,
+    "block_sparse": BlockSparseAttention,
+    "linear": LinearAttention,
+}

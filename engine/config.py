@@ -13,14 +13,14 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
-from .attention import ATTENTION_FUNCTIONS
+from .attention import ATTENTION_FUNCTIONS, ATTENTIONS, FEATURE_MAPS
 from .data import DATA_SOURCES, load_data
 from .device import DEVICES
 from .errors import ConfigError
 from .ffn import FFNS
 from .model import FAMILIES
-from .norm import NORMS
-from .position import POSITIONS
+from .norm import NORM_PLACEMENTS, NORMS
+from .position import POSITIONS, ROPE_SCALINGS
 from .tasks import TASKS
 from .tokenizers import TOKENIZERS
 
@@ -30,9 +30,9 @@ MAX_SEED = 2**32 - 1
 
 
 def _field(kind, default, label, help, *, min=None, max=None, min_open=False, max_open=False,
-           step=None, choices=None, optional=False, form=True):
+           step=None, choices=None, optional=False, form=True, show_if=None):
     meta = dict(kind=kind, label=label, help=help, min=min, max=max, min_open=min_open, max_open=max_open,
-                step=step, choices=choices, optional=optional, form=form)
+                step=step, choices=choices, optional=optional, form=form, show_if=show_if)
     return field(default=default, metadata=meta)
 
 
@@ -85,6 +85,10 @@ class Section:
             raise ConfigError(errors)
 
 
+SOFTMAX = ["full", "sliding", "dilated", "block_sparse"]  # the attention patterns with scores
+MOE = {"model.n_expert": {"min": 1}}  # show_if of the fields that only matter with experts
+
+
 @dataclass
 class ModelConfig(Section):
     section: ClassVar[str] = "model"
@@ -92,26 +96,122 @@ class ModelConfig(Section):
     family: str = choice("decoder", FAMILIES, "Family", "Architecture family; decoder-only language models so far.")
     n_layer: int = integer(4, "Layers", "Number of transformer blocks.", min=1, max=64)
     n_head: int = integer(4, "Heads", "Attention heads per block; must divide the width.", min=1, max=64)
+    n_kv_head: int | None = integer(
+        None, "Key/value heads",
+        "Heads of keys and values, shared by groups of query heads (empty = one per head; 1 = multi-query): "
+        "fewer shrink the KV cache and k/v projections by n_head / n_kv_head, at some quality.",
+        min=1, max=64, optional=True)
     n_embd: int = integer(128, "Width", "Width of the residual stream (d_model).", min=1, max=4096)
     block_size: int = integer(64, "Context length", "Longest sequence the model reads, in tokens.", min=1, max=8192)
     dropout: float = number(0.0, "Dropout", "Dropout rate on attention weights and residual branches; 0 is off.",
                             min=0.0, max=1.0, max_open=True, step=0.05)
     bias: bool = boolean(True, "Biases", "Bias vectors in linear layers and LayerNorms (LLaMA drops them).")
-    norm: str = choice("layernorm", NORMS, "Normalisation", "Norm applied before each sublayer (pre-norm).")
-    position: str = choice("learned", POSITIONS, "Positions",
-                           "How token positions are encoded: a learned table, fixed sinusoids or none at all.")
-    ffn: str = choice("gelu", FFNS, "Feed-forward", "Feed-forward network: GPT-2's GELU MLP or LLaMA's gated SwiGLU.")
+    norm: str = choice("layernorm", NORMS, "Normalisation",
+                       "LayerNorm (centre and scale) or RMSNorm (scale only: one reduction fewer, no bias).")
+    norm_placement: str = choice(
+        "pre", NORM_PLACEMENTS, "Norm placement",
+        "Pre-norm (GPT-2, LLaMA: stable in deep stacks), post-norm (original Transformer: needs warm-up) "
+        "or sandwich (Gemma 2: also normalises each branch's output, two more norms per block).")
+    norm_eps: float = number(1e-5, "Norm epsilon", "Added to the variance inside every norm to avoid dividing by 0.",
+                             min=0.0, min_open=True, max=0.1, step=1e-6)
+    position: str = choice(
+        "learned", POSITIONS, "Positions",
+        "How token positions are encoded: a learned table (block_size × width parameters, no longer contexts), "
+        "fixed sinusoids, none, RoPE rotations of q and k, or ALiBi's distance penalty (both extend past "
+        "block_size at no parameter cost).")
+    rope_theta: float = number(10000.0, "RoPE base",
+                               "Base of RoPE's geometric frequencies; larger bases resolve longer distances.",
+                               min=1.0, max=1e9, step=1000.0, show_if={"model.position": ["rope"]})
+    rope_scaling: str = choice(
+        "none", ROPE_SCALINGS, "RoPE scaling",
+        "Stretch RoPE to contexts rope_factor times longer than trained: linear interpolation, NTK-aware base "
+        "change or YaRN (transformers' formulas); no cost at run time.", show_if={"model.position": ["rope"]})
+    rope_factor: float = number(1.0, "RoPE factor", "How many times longer the context the RoPE scaling aims at.",
+                                min=1.0, max=1024.0, step=0.5,
+                                show_if={"model.position": ["rope"], "model.rope_scaling": ["linear", "ntk", "yarn"]})
+    rope_original_block_size: int | None = integer(
+        None, "RoPE original context",
+        "Context the model was trained at, which YaRN keeps the high frequencies for (empty = block_size).",
+        min=1, max=1_000_000, optional=True, show_if={"model.position": ["rope"], "model.rope_scaling": ["yarn"]})
+    attention: str = choice(
+        "full", ATTENTIONS, "Attention pattern",
+        "Which earlier tokens each query sees: all (cost grows with context²), a sliding window, dilated "
+        "distances per head group, Sparse Transformer blocks, or linear attention (cost linear in context, "
+        "no softmax).")
+    window: int = integer(64, "Window", "Sliding attention: each token sees the last this many tokens incl. itself; "
+                          "compute and KV cache stop growing beyond it.", min=1, max=1_000_000,
+                          show_if={"model.attention": ["sliding"]})
+    dilation: int = integer(2, "Dilation",
+                            "Dilated attention: head group g (of up to 4) sees keys at distances that are multiples "
+                            "of dilation^g; larger values make far groups sparser and cheaper.", min=1, max=64,
+                            show_if={"model.attention": ["dilated"]})
+    sparse_block: int = integer(16, "Sparse block",
+                                "Block-sparse attention: tokens see their own block of this many tokens plus the "
+                                "summary positions; cost grows with the block, not the context.", min=1, max=8192,
+                                show_if={"model.attention": ["block_sparse"]})
+    sparse_stride: int = integer(4, "Summary stride",
+                                 "Block-sparse attention: the last token of every this-many-th block is a summary "
+                                 "all later tokens see; smaller strides add keys and cost.", min=1, max=8192,
+                                 show_if={"model.attention": ["block_sparse"]})
+    feature_map: str = choice("elu", FEATURE_MAPS, "Feature map",
+                              "Linear attention's positive feature map φ: elu+1 (smooth) or relu (sparse); same cost.",
+                              show_if={"model.attention": ["linear"]})
+    attn_impl: str = choice("sdpa", ATTENTION_FUNCTIONS, "Attention kernel",
+                            "Same maths either way: PyTorch's fused kernel (sdpa) or the readable reference (eager).",
+                            show_if={"model.attention": SOFTMAX})
+    qk_norm: bool = boolean(False, "QK norm",
+                            "RMS-normalise queries and keys per head before the scores (OLMo 2, Gemma 3): steadier "
+                            "training at high learning rates, 2 × head size parameters per layer.")
+    attn_softcap: float = number(0.0, "Score soft-cap",
+                                 "Squash attention scores into (-c, c) with c·tanh(s/c) (Gemma 2); 0 is off; on, the "
+                                 "sdpa kernel falls back to the slower eager path.", min=0.0, max=1000.0, step=1.0,
+                                 show_if={"model.attention": SOFTMAX})
+    final_softcap: float = number(0.0, "Logit soft-cap",
+                                  "Squash output logits into (-c, c) with c·tanh(x/c) (Gemma 2); 0 is off; one tanh "
+                                  "per logit.", min=0.0, max=1000.0, step=1.0)
+    ffn: str = choice("gelu", FFNS, "Feed-forward",
+                      "GPT-2's GELU MLP, or a gated FFN with a SiLU (SwiGLU, LLaMA) or GELU (GeGLU, Gemma) gate: "
+                      "three matrices instead of two.")
     ffn_mult: float = number(4.0, "FFN expansion",
-                             "Feed-forward hidden width as a multiple of the width (SwiGLU uses 2/3 of that, "
+                             "Feed-forward hidden width as a multiple of the width (gated FFNs use 2/3 of that, "
                              "rounded up to a multiple of 8, for a similar parameter count).",
                              min=0.0, min_open=True, max=16.0, step=0.25)
+    ffn_hidden: int | None = integer(
+        None, "FFN hidden width",
+        "Exact hidden width of the feed-forward (overrides the expansion; LLaMA-7B uses 11008); parameters and "
+        "FLOPs grow linearly with it.", min=1, max=65536, optional=True)
+    n_expert: int = integer(0, "Experts",
+                            "Mixture of experts: this many FFNs per MoE layer, each token routed to top_k of them; "
+                            "parameters grow with it, compute per token does not (0 = dense FFN).", min=0, max=256)
+    top_k: int = integer(2, "Experts per token", "Experts each token is routed to; compute per token grows with it.",
+                         min=1, max=256, show_if=MOE)
+    capacity_factor: float = number(
+        1.25, "Capacity factor",
+        "An expert takes at most this × its even share of tokens; the rest skip it (0 = no limit: no dropped "
+        "tokens, uneven load).", min=0.0, max=64.0, step=0.25, show_if=MOE)
+    moe_every: int = integer(1, "MoE every", "Every this-many-th layer is MoE, the others dense (1 = all); "
+                             "fewer MoE layers, fewer parameters.", min=1, max=64, show_if=MOE)
+    shared_expert: bool = boolean(False, "Shared expert",
+                                  "Add one expert every token uses (DeepSeekMoE): one more FFN of parameters and "
+                                  "compute per MoE layer.", show_if=MOE)
+    moe_renormalize: bool = boolean(True, "Renormalise gates",
+                                    "Rescale the top-k gate weights to sum to 1 (Mixtral) or keep raw router "
+                                    "probabilities (Switch); no cost either way.", show_if=MOE)
+    aux_loss_coef: float = number(0.01, "Balance loss weight",
+                                  "Weight of Switch's load-balancing loss, which spreads tokens evenly over experts; "
+                                  "too high and it fights the language-model loss.", min=0.0, max=10.0, step=0.001,
+                                  show_if=MOE)
+    z_loss_coef: float = number(0.001, "Router z-loss weight",
+                                "Weight of ST-MoE's router z-loss, which keeps router logits small for stability.",
+                                min=0.0, max=10.0, step=0.0001, show_if=MOE)
     tie_embeddings: bool = boolean(True, "Tie embeddings",
                                    "Reuse the token embedding matrix as the output layer "
                                    "(saves vocab × width parameters).")
+    scale_residual_init: bool = boolean(True, "Scale residual init",
+                                        "Initialise the projections into the residual stream 1/√(2·layers) smaller "
+                                        "(GPT-2), so its variance does not grow with depth; free.")
     vocab_size: int | None = integer(None, "Vocabulary size", "Set from the data's tokenizer when left empty.",
                                      min=1, max=1_000_000, optional=True, form=False)
-    attn_impl: str = choice("sdpa", ATTENTION_FUNCTIONS, "Attention kernel",
-                            "Same maths either way: PyTorch's fused kernel (sdpa) or the readable reference (eager).")
 
 
 @dataclass
@@ -259,8 +359,8 @@ def _cross_checks(section: str, cfg, bad: set[str]) -> dict[str, str]:
         return not bad.intersection(names)
 
     errors = {}
-    if section == "model" and ok("n_head", "n_embd") and cfg.n_embd % cfg.n_head:
-        errors["n_head"] = f"n_head ({cfg.n_head}) must divide n_embd ({cfg.n_embd})"
+    if section == "model":
+        errors.update(_model_checks(cfg, ok))
     if section == "train" and ok("warmup_steps", "steps") and cfg.warmup_steps > cfg.steps:
         errors["warmup_steps"] = f"warmup_steps ({cfg.warmup_steps}) must be ≤ steps ({cfg.steps})"
     if section == "data":
@@ -269,6 +369,27 @@ def _cross_checks(section: str, cfg, bad: set[str]) -> dict[str, str]:
         limit = TASKS[cfg.task].max_length if ok("task") else None
         if ok("source", "task_length") and limit and cfg.source == "synthetic" and cfg.task_length > limit:
             errors["task_length"] = f"task_length ({cfg.task_length}) must be ≤ {limit} for {cfg.task}"
+    return errors
+
+
+def _model_checks(cfg: ModelConfig, ok) -> dict[str, str]:
+    errors = {}
+    if ok("n_head", "n_embd") and cfg.n_embd % cfg.n_head:
+        errors["n_head"] = f"n_head ({cfg.n_head}) must divide n_embd ({cfg.n_embd})"
+    if ok("n_kv_head", "n_head") and cfg.n_kv_head is not None and cfg.n_head % cfg.n_kv_head:
+        errors["n_kv_head"] = f"n_kv_head ({cfg.n_kv_head}) must divide n_head ({cfg.n_head})"
+    if ok("position", "n_head", "n_embd") and cfg.position == "rope" and "n_head" not in errors:
+        head_dim = cfg.n_embd // cfg.n_head
+        if head_dim % 2:
+            errors["position"] = (f"position 'rope' rotates pairs of dimensions, so the head size "
+                                  f"n_embd / n_head ({head_dim}) must be even")
+    if ok("position", "attention") and cfg.position == "alibi" and cfg.attention == "linear":
+        errors["position"] = "position 'alibi' biases attention scores, which attention 'linear' has none of; " \
+                             f"choose from {[p for p in POSITIONS if p != 'alibi']}"
+    if ok("n_expert", "top_k") and cfg.n_expert and cfg.top_k > cfg.n_expert:
+        errors["top_k"] = f"top_k ({cfg.top_k}) must be ≤ n_expert ({cfg.n_expert})"
+    if ok("n_expert", "moe_every", "n_layer") and cfg.n_expert and cfg.moe_every > cfg.n_layer:
+        errors["moe_every"] = f"moe_every ({cfg.moe_every}) must be ≤ n_layer ({cfg.n_layer}), or no layer is MoE"
     return errors
 
 
@@ -345,7 +466,10 @@ def parse_spec(d: dict) -> JobSpec:
 
 def field_specs() -> list[dict]:
     """One dict per user-settable field, in form order, for generating the web form:
-    ``{"name", "section", "key", "label", "type", "default", "min", "max", "step", "choices", "help"}``.
+    ``{"name", "section", "key", "label", "type", "default", "min", "max", "step", "choices", "help"}``,
+    plus ``show_if`` on fields that only apply to some settings: ``{"model.attention": ["sliding"]}``
+    (the other field has one of those values) or ``{"model.n_expert": {"min": 1}}`` (at least that);
+    several keys must all hold.
     ``model.vocab_size`` and ``data.path`` are left out: the app sets them."""
     specs = []
     for section, cls in SECTIONS.items():
@@ -368,6 +492,8 @@ def field_specs() -> list[dict]:
                 spec["step"] = meta["step"]
             if meta["kind"] == "choice":
                 spec["choices"] = list(meta["choices"])
+            if meta["show_if"]:
+                spec["show_if"] = meta["show_if"]
             specs.append(spec)
     return specs
 
@@ -377,7 +503,11 @@ def choices() -> dict[str, list[str]]:
     return {
         "family": list(FAMILIES),
         "norm": list(NORMS),
+        "norm_placement": list(NORM_PLACEMENTS),
         "position": list(POSITIONS),
+        "rope_scaling": list(ROPE_SCALINGS),
+        "attention": list(ATTENTIONS),
+        "feature_map": list(FEATURE_MAPS),
         "ffn": list(FFNS),
         "attn_impl": list(ATTENTION_FUNCTIONS),
         "tokenizer": list(TOKENIZERS),

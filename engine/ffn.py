@@ -1,6 +1,10 @@
 """Position-wise feed-forward networks. Every entry takes ``(config)`` and maps
 (B, T, C) -> (B, T, C); its ``hidden_dim(config)`` and ``n_proj`` (how many C x hidden
-matrices it holds) let ``analysis`` count parameters and FLOPs without building it."""
+matrices it holds) let ``analysis`` count parameters and FLOPs without building it.
+
+``config.ffn_hidden``, when set, is the hidden width of every entry (so a real checkpoint's
+width, such as LLaMA-7B's 11008, maps exactly); otherwise it derives from ``ffn_mult``.
+"""
 
 from __future__ import annotations
 
@@ -35,15 +39,17 @@ class MLP(nn.Module):
 
     @staticmethod
     def hidden_dim(config: ModelConfig) -> int:
+        if config.ffn_hidden:
+            return config.ffn_hidden
         return max(1, int(config.ffn_mult * config.n_embd))
 
-    @staticmethod
-    def num_params(config: ModelConfig) -> int:
-        c, h = config.n_embd, MLP.hidden_dim(config)
-        return 2 * c * h + (h + c if config.bias else 0)
+    @classmethod
+    def num_params(cls, config: ModelConfig) -> int:
+        c, h = config.n_embd, cls.hidden_dim(config)
+        return cls.n_proj * c * h + ((cls.n_proj - 1) * h + c if config.bias else 0)
 
 
-class SwiGLU(nn.Module):
+class SwiGLU(MLP):
     """Gated FFN: down_proj(silu(gate_proj(x)) * up_proj(x)) (Shazeer 2020, used by LLaMA).
 
     It holds three matrices instead of two, so the hidden width is 2/3 of the plain MLP's,
@@ -51,28 +57,36 @@ class SwiGLU(nn.Module):
     count close to the GELU MLP with the same ``ffn_mult`` (LLaMA's rule)."""
 
     n_proj = 3
-    n_hidden_saved = 4  # gate output, up output, silu(gate), and their product
+    n_hidden_saved = 4  # gate output, up output, activated gate, and their product
 
     def __init__(self, config: ModelConfig):
-        super().__init__()
+        nn.Module.__init__(self)
         hidden = self.hidden_dim(config)
         self.gate_proj = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.up_proj = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.down_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
+    def activation(self, gate: torch.Tensor) -> torch.Tensor:
+        return F.silu(gate)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.silu(self.gate_proj(x)) * self.up_proj(x)  # (B, T, hidden)
+        h = self.activation(self.gate_proj(x)) * self.up_proj(x)  # (B, T, hidden)
         return self.dropout(self.down_proj(h))
 
     @staticmethod
     def hidden_dim(config: ModelConfig) -> int:
+        if config.ffn_hidden:
+            return config.ffn_hidden
         return 8 * math.ceil(int(2 / 3 * config.ffn_mult * config.n_embd) / 8) or 8
 
-    @staticmethod
-    def num_params(config: ModelConfig) -> int:
-        c, h = config.n_embd, SwiGLU.hidden_dim(config)
-        return 3 * c * h + (2 * h + c if config.bias else 0)
+
+class GeGLU(SwiGLU):
+    """SwiGLU with a GELU gate (Shazeer 2020; Gemma). The tanh approximation, as Gemma's
+    ``gelu_pytorch_tanh``; same width rule and parameter count as SwiGLU."""
+
+    def activation(self, gate: torch.Tensor) -> torch.Tensor:
+        return F.gelu(gate, approximate="tanh")
 
 
-FFNS = {"gelu": MLP, "swiglu": SwiGLU}
+FFNS = {"gelu": MLP, "swiglu": SwiGLU, "geglu": GeGLU}

@@ -1,8 +1,10 @@
 """The decoder-only transformer, built from the registries of its parts.
 
-Read it top-down like nanoGPT: ``Block`` (pre-norm attention + FFN with residuals) ->
-``Decoder`` (embeddings, blocks, final norm, LM head). Which norm, position scheme and FFN
-a model uses are config strings looked up in ``NORMS``, ``POSITIONS`` and ``FFNS``.
+Read it top-down like nanoGPT: ``Block`` (attention + FFN, each a residual branch with its
+norms placed by ``NORM_PLACEMENTS``) -> ``Decoder`` (embeddings, blocks, final norm, LM head).
+Which norm, position scheme, attention pattern and FFN a model uses are config strings looked
+up in ``NORMS``, ``POSITIONS``, ``ATTENTIONS`` and ``FFNS``; with ``n_expert > 0`` every
+``moe_every``-th FFN is a mixture of experts (``engine.moe``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import CausalSelfAttention
+from .cache import KVCache, SlidingWindowCache
 from .ffn import FFNS
-from .norm import NORMS
+from .norm import NORM_PLACEMENTS, NORMS
 from .position import POSITIONS
 
 if TYPE_CHECKING:
@@ -24,21 +27,36 @@ if TYPE_CHECKING:
     from .tokenizers import Tokenizer
 
 
+def is_moe_layer(config: ModelConfig, layer_idx: int) -> bool:
+    return config.n_expert > 0 and (layer_idx + 1) % config.moe_every == 0
+
+
+def _moe(config: ModelConfig) -> nn.Module:
+    try:
+        from .moe import MoE
+    except ModuleNotFoundError as e:
+        if e.name != f"{__package__}.moe":
+            raise
+        raise RuntimeError(f"n_expert ({config.n_expert}) > 0 needs engine/moe.py, which is missing") from None
+    return MoE(config)
+
+
 class Block(nn.Module):
-    """Pre-norm residual block (GPT-2): normalising inside the branch keeps the residual
-    stream an identity path, which is what lets deep stacks train without warm-up tricks."""
-
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer_idx: int = 0):
         super().__init__()
-        self.ln_1 = NORMS[config.norm](config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = NORMS[config.norm](config.n_embd, bias=config.bias)
-        self.mlp = FFNS[config.ffn](config)
+        norm = lambda: NORMS[config.norm](config.n_embd, bias=config.bias, eps=config.norm_eps)  # noqa: E731
+        self.placement = NORM_PLACEMENTS[config.norm_placement]
+        self.ln_1 = norm()
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = norm()
+        self.mlp = _moe(config) if is_moe_layer(config, layer_idx) else FFNS[config.ffn](config)
+        sandwich = self.placement.n_norms == 2
+        self.post_attn_norm = norm() if sandwich else None
+        self.post_ffn_norm = norm() if sandwich else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        x = x + self.mlp(self.ln_2(x))
-        return x
+    def forward(self, x: torch.Tensor, **attn_kw) -> torch.Tensor:
+        x = self.placement.apply(x, lambda h: self.attn(h, **attn_kw), self.ln_1, self.post_attn_norm)
+        return self.placement.apply(x, self.mlp, self.ln_2, self.post_ffn_norm)
 
 
 class Decoder(nn.Module):
@@ -50,19 +68,21 @@ class Decoder(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = POSITIONS[config.position](config)
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.ln_f = NORMS[config.norm](config.n_embd, bias=config.bias)
+        self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.ln_f = NORMS[config.norm](config.n_embd, bias=config.bias, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             # one matrix both reads and writes tokens (Press & Wolf 2017); saves vocab*n_embd params
             self.lm_head.weight = self.wte.weight
+        self.aux_loss = 0.0  # the MoE terms added to the last forward's loss
 
         self.apply(self._init_weights)
-        # GPT-2: each block adds two projections into the residual stream, so scale their init
-        # by 1/sqrt(2*n_layer) to keep the stream's variance independent of depth
-        for name, p in self.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.scale_residual_init:
+            # GPT-2: each block adds two projections into the residual stream, so scale their init
+            # by 1/sqrt(2*n_layer) to keep the stream's variance independent of depth
+            for name, p in self.named_parameters():
+                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -85,19 +105,61 @@ class Decoder(nn.Module):
                 n -= self.wte.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def make_cache(self) -> KVCache:
+        """The cache ``generate`` uses: bounded by the window for sliding attention."""
+        if self.config.attention == "sliding":
+            return SlidingWindowCache(self.config.window)
+        return KVCache()
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                cache: KVCache | None = None, start_pos: int = 0):
+        """Logits (B, T, vocab) for tokens ``idx`` (B, T) at positions ``start_pos ..``, and the
+        loss when ``targets`` are given (positions with target -1 carry none). With a ``cache``
+        the keys and values of earlier positions come from it and this call's are added."""
         b, t = idx.size()
-        if t > self.config.block_size:
-            raise ValueError(f"sequence of length {t} is longer than block_size ({self.config.block_size})")
-        x = self.drop(self.wpe(self.wte(idx)))  # (B, T, C)
+        if cache is not None and cache.get_seq_length() != start_pos:
+            raise ValueError(f"start_pos ({start_pos}) must equal the positions already cached "
+                             f"({cache.get_seq_length()})")
+        if not self.wpe.extrapolates and start_pos + t > self.config.block_size:
+            raise ValueError(
+                f"sequence of length {start_pos + t} is longer than block_size ({self.config.block_size}); "
+                f"position '{self.config.position}' has no vector beyond it"
+            )
+        x = self.drop(self.wpe(self.wte(idx), start_pos))  # (B, T, C)
+        # position signals for attention, once per forward for every layer
+        attn_kw = {"rope": self.wpe.rotary(start_pos, t, idx.device), "alibi": self.wpe.alibi(),
+                   "cache": cache, "start_pos": start_pos}
         for block in self.h:
-            x = block(x)
+            x = block(x, **attn_kw)
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        if self.config.final_softcap:
+            c = self.config.final_softcap
+            logits = c * torch.tanh(logits / c)  # Gemma 2: bounded logits
         loss = None
         if targets is not None:
-            # positions whose target is -1 (prompt, padding) carry no loss
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            if self.config.n_expert:
+                stats = [block.mlp.stats for block in self.h if hasattr(block.mlp, "stats")]
+                aux = self.config.aux_loss_coef * sum(s["aux_loss"] for s in stats)
+                aux = aux + self.config.z_loss_coef * sum(s["z_loss"] for s in stats)
+                self.aux_loss = float(aux.detach())
+                loss = loss + aux
         return logits, loss
+
+    def moe_stats(self) -> list[dict]:
+        """Routing of the last forward, one dict per MoE layer (plain numbers, JSON-ready)."""
+        out = []
+        for i, block in enumerate(self.h):
+            stats = getattr(block.mlp, "stats", None)
+            if stats:
+                out.append({
+                    "layer": i,
+                    "tokens_per_expert": [int(n) for n in stats["tokens_per_expert"]],
+                    "dropped": int(stats["dropped"]),
+                    "aux_loss": float(torch.as_tensor(stats["aux_loss"]).detach()),
+                    "z_loss": float(torch.as_tensor(stats["z_loss"]).detach()),
+                })
+        return out
 
     @torch.no_grad()
     def generate(
@@ -106,25 +168,53 @@ class Decoder(nn.Module):
         max_new_tokens: int,
         temperature: float = 1.0,
         top_k: int | None = None,
+        top_p: float | None = None,
+        use_cache: bool = True,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Extend ``idx`` (B, T) by ``max_new_tokens`` sampled tokens. No KV cache: every step
-        re-runs the (cropped) context. ``temperature=0`` picks the argmax (greedy)."""
+        """Extend ``idx`` (B, T) by ``max_new_tokens`` sampled tokens. ``temperature=0`` picks the
+        argmax (greedy); ``top_k`` keeps the k likeliest tokens, ``top_p`` the smallest set whose
+        probability reaches p (nucleus sampling, Holtzman et al. 2020).
+
+        With ``use_cache`` each step runs only the new token against cached keys and values
+        (same result as without). Learned positions end at ``block_size``: beyond it the context
+        is cropped to the last ``block_size`` tokens (re-read each step); the other position
+        schemes keep the whole context."""
+        bs, crop = self.config.block_size, not self.wpe.extrapolates
+        cache, pos = (self.make_cache() if use_cache else None), 0
         for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.config.block_size :]
-            logits, _ = self(idx_cond)
-            logits = logits[:, -1, :].float()  # (B, vocab)
-            if temperature == 0:
-                idx_next = logits.argmax(dim=-1, keepdim=True)
+            if cache is None:
+                logits, _ = self(idx[:, -bs:] if crop else idx)
             else:
-                logits = logits / temperature
-                if top_k is not None:
-                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                    logits[logits < v[:, [-1]]] = -float("inf")
-                probs = F.softmax(logits, dim=-1)
-                idx_next = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+                if crop and idx.size(1) > bs:  # the cached positions no longer fit: start again
+                    cache, pos = self.make_cache(), 0
+                    ctx = idx[:, -bs:]
+                else:
+                    ctx = idx[:, pos:]
+                logits, _ = self(ctx, cache=cache, start_pos=pos)
+                pos += ctx.size(1)
+            idx_next = sample(logits[:, -1, :].float(), temperature, top_k, top_p, generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+           generator: torch.Generator | None) -> torch.Tensor:
+    """One token id per row (B, 1) from last-position logits (B, vocab)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float("inf")
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        # drop a token when the likelier ones already reach top_p (the first always stays)
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -float("inf")))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -140,6 +230,7 @@ def generate(
     temperature: float = 0.8,
     top_k: int | None = None,
     seed: int | None = None,
+    top_p: float | None = None,
 ) -> str:
     """Continue ``prompt`` by ``max_new_tokens`` tokens and return only the continuation.
     A ``seed`` makes the sample reproducible without touching the global RNG."""
@@ -153,7 +244,7 @@ def generate(
     was_training = model.training
     model.eval()
     idx = torch.tensor([ids], dtype=torch.long, device=device)
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
     model.train(was_training)
     return tokenizer.decode(out[0, len(ids) :].tolist())
 

@@ -1,7 +1,15 @@
-"""Normalisation layers. Every entry takes ``(ndim, *, bias)`` and maps (B, T, C) -> (B, T, C);
-``num_params`` and ``n_saved`` let ``analysis`` count its parameters and activations."""
+"""Normalisation layers and where a block puts them.
+
+``NORMS`` entries take ``(ndim, *, bias, eps)`` and map (..., C) -> (..., C); ``num_params`` and
+``n_saved`` let ``analysis`` count their parameters and activations.
+
+``NORM_PLACEMENTS`` entries say where a block's norms sit around a sublayer (attention or FFN):
+``apply(x, sublayer, norm, post_norm) -> x`` with ``n_norms`` norms per sublayer.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -13,13 +21,14 @@ class LayerNorm(nn.Module):
 
     n_saved = 1  # (B, T, C) tensors autograd keeps: the input (the fused kernel recomputes the rest)
 
-    def __init__(self, ndim: int, *, bias: bool):
+    def __init__(self, ndim: int, *, bias: bool, eps: float = 1e-5):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ndim))
         self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
     @staticmethod
     def num_params(ndim: int, *, bias: bool) -> int:
@@ -32,7 +41,7 @@ class RMSNorm(nn.Module):
 
     n_saved = 2  # written as separate ops, autograd keeps the input and the normalised output
 
-    def __init__(self, ndim: int, *, bias: bool, eps: float = 1e-6):
+    def __init__(self, ndim: int, *, bias: bool, eps: float = 1e-5):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ndim))
         self.eps = eps
@@ -48,4 +57,42 @@ class RMSNorm(nn.Module):
         return ndim
 
 
+Sublayer = Callable[[torch.Tensor], torch.Tensor]
+
+
+class PreNorm:
+    """``x + f(norm(x))`` (GPT-2, LLaMA): the residual stream stays an identity path, which is
+    what lets deep stacks train without warm-up tricks (Xiong et al. 2020)."""
+
+    n_norms = 1
+
+    @staticmethod
+    def apply(x: torch.Tensor, f: Sublayer, norm: nn.Module, post_norm: nn.Module | None) -> torch.Tensor:
+        return x + f(norm(x))
+
+
+class PostNorm:
+    """``norm(x + f(x))``, the original Transformer's (Vaswani et al. 2017): every residual sum is
+    normalised, so gradients to early layers shrink with depth and it needs learning-rate warm-up."""
+
+    n_norms = 1
+
+    @staticmethod
+    def apply(x: torch.Tensor, f: Sublayer, norm: nn.Module, post_norm: nn.Module | None) -> torch.Tensor:
+        return norm(x + f(x))
+
+
+class SandwichNorm:
+    """``x + post_norm(f(norm(x)))`` (CogView's sandwich-LN, Gemma 2/3): pre-norm plus a norm on
+    each branch's output, which bounds what one sublayer adds to the stream; two extra norms
+    per sublayer."""
+
+    n_norms = 2
+
+    @staticmethod
+    def apply(x: torch.Tensor, f: Sublayer, norm: nn.Module, post_norm: nn.Module | None) -> torch.Tensor:
+        return x + post_norm(f(norm(x)))
+
+
 NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
+NORM_PLACEMENTS = {"pre": PreNorm, "post": PostNorm, "sandwich": SandwichNorm}

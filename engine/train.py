@@ -4,7 +4,10 @@ The engine knows nothing of where events go; the caller's ``on_event`` stores or
 them. Event kinds (all values JSON-serialisable):
 
     start  total_steps, params, vocab_size, device, tokens_per_step, train_tokens, val_tokens
-    step   step (1-based), loss, lr, grad_norm (before clipping), tokens_per_s, elapsed, eta
+    step   step (1-based), loss, lr, grad_norm (before clipping), tokens_per_s, elapsed, eta;
+           with experts also aux_loss (the weighted load-balancing + z-loss terms)
+    moe    step, layers [{layer, tokens_per_expert, dropped, aux_loss, z_loss}] (experts only,
+           every 10th step and every eval step, before the eval event)
     eval   step, train_loss, val_loss, accuracy (None for text), sample {prompt, completion, expected}
     end    step, reason ("completed" | "cancelled"), elapsed, final_val_loss (None before any eval)
 
@@ -80,7 +83,7 @@ def evaluate(model: nn.Module, batches, autocast) -> tuple[float, float]:
     for x, y in batches:
         with autocast():
             logits, loss = model(x, y)
-        losses.append(loss.item())
+        losses.append(loss.item() - model.aux_loss)  # the language-model loss, without MoE's terms
         scored = y != -1
         hit = (logits.argmax(-1) == y) | ~scored  # (B, T): right, or not scored
         correct += int((hit.all(dim=1) & scored.any(dim=1)).sum())
@@ -141,6 +144,8 @@ def train(
     step_times = deque(maxlen=20)  # recent optimizer steps only, so evals do not distort tokens/s
     eval_times: list[float] = []
     pending_losses: list[float] = []
+    pending_aux: list[float] = []
+    moe = m_cfg.n_expert > 0
     final_val_loss = None
     model.train()
     for step in range(1, t_cfg.steps + 1):
@@ -160,11 +165,14 @@ def train(
         # clip_grad_norm_ returns the norm before clipping; an infinite max only measures it
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), t_cfg.grad_clip or math.inf)
         optimizer.step()
-        loss_value = loss.item()  # also waits for the GPU, so the timing below is honest
+        # also waits for the GPU, so the timing below is honest; reported without MoE's terms,
+        # so that it compares with the validation loss
+        loss_value = loss.item() - model.aux_loss
         step_times.append(time.perf_counter() - t0)
         result.train_losses.append(loss_value)
         result.steps_done = step
         pending_losses.append(loss_value)
+        pending_aux.append(model.aux_loss)
 
         if step % t_cfg.log_interval == 0 or step == t_cfg.steps:
             elapsed = time.perf_counter() - start
@@ -178,10 +186,18 @@ def train(
                 "tokens_per_s": tokens_per_step / step_time,
                 "elapsed": elapsed,
                 "eta": _eta(step, t_cfg, step_time, eval_times),
+                **({"aux_loss": _finite(sum(pending_aux) / len(pending_aux))} if moe else {}),
             })
             pending_losses.clear()
+            pending_aux.clear()
 
-        if step % t_cfg.eval_interval == 0 or step == t_cfg.steps:
+        is_eval = step % t_cfg.eval_interval == 0 or step == t_cfg.steps
+        if moe and (is_eval or step % 10 == 0):  # the routing of this step's training batch
+            emit({"kind": "moe", "step": step, "layers": [
+                {**layer, "aux_loss": _finite(layer["aux_loss"]), "z_loss": _finite(layer["z_loss"])}
+                for layer in model.moe_stats()
+            ]})
+        if is_eval:
             t_eval = time.perf_counter()
             event = _evaluate(model, data, train_evals, val_evals, spec, device, autocast, step)
             eval_times.append(time.perf_counter() - t_eval)

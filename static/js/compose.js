@@ -1,11 +1,13 @@
-// Composer page controller: live cost estimate, live field errors, URL sync, presets.
+// Composer page controller: live cost estimate, live field errors, URL sync, presets, and
+// hiding the fields that do not apply to the current settings.
 import { api, ApiError } from "./api.js";
 import * as fmt from "./format.js";
 import * as state from "./state.js";
 
 const PARTS = ["embedding", "position", "attention", "ffn", "norms", "head"];
 
-// Which data fields apply to which data source (all are shown without JS).
+// Which data fields apply to which data source (all are shown without JS). A field whose engine
+// spec carries `show_if` (the widget's data-show-if) follows that instead.
 const SHOWN_FOR_SOURCE = {
   "data.task": (source) => source === "synthetic",
   "data.task_length": (source) => source === "synthetic",
@@ -45,6 +47,7 @@ function renderParams(params) {
   if (!params) {
     big.textContent = "—";
     out("params.note", "\u00a0");
+    renderActive(null);
     for (const p of PARTS) { out(`params.${p}`, "—"); out(`pct.${p}`, ""); bar(p, 0); }
     return;
   }
@@ -57,10 +60,18 @@ function renderParams(params) {
     u.textContent = unit;
     big.append(u);
   }
-  const parts = [params.active != null && params.active !== params.total
-    ? `${fmt.int(params.total)} total, ${fmt.count(params.active)} active` : `${fmt.int(params.total)} parameters`];
-  if (params.per_layer != null) parts.push(`${fmt.count(params.per_layer)} per layer`);
+  const parts = [`${fmt.int(params.total)} parameters`];
+  if (params.per_moe_layer != null) {
+    // Layer i is an MoE layer when (i + 1) % moe_every == 0; the others stay dense.
+    const v = state.values(form, dflts);
+    const nMoe = Math.floor(Number(v["model.n_layer"]) / Math.max(1, Number(v["model.moe_every"]) || 1));
+    if (params.per_layer != null && nMoe < Number(v["model.n_layer"])) parts.push(`${fmt.count(params.per_layer)} per dense layer`);
+    parts.push(`${fmt.count(params.per_moe_layer)} per MoE layer`);
+  } else if (params.per_layer != null) {
+    parts.push(`${fmt.count(params.per_layer)} per layer`);
+  }
   out("params.note", parts.join(" · "));
+  renderActive(params);
   const total = PARTS.reduce((s, p) => s + (params[p] || 0), 0) || 1;
   const tied = form.querySelector('[data-field="model.tie_embeddings"]')?.checked;
   for (const p of PARTS) {
@@ -71,13 +82,41 @@ function renderParams(params) {
   }
 }
 
-function renderAnalysis(analysis, queue) {
+/** Mixture of Experts: each token runs through top_k of n_expert expert FFNs, so fewer weights are used per token. */
+function renderActive(params) {
+  const pill = document.getElementById("params-active");
+  const moe = params && params.active != null && params.active !== params.total;
+  pill.hidden = !moe;
+  if (!moe) return;
+  out("params.active", fmt.count(params.active));
+  const v = state.values(form, dflts);
+  const experts = Number(v["model.n_expert"]) > 0 && v["model.top_k"] != null ? ` · top-${v["model.top_k"]} of ${v["model.n_expert"]} experts` : "";
+  out("params.active_note", `${fmt.percent(params.active / params.total)} of the weights${experts}`);
+}
+
+/** Cached positions at full context: the whole block, or the window when sliding-window attention bounds the cache. */
+function cachedPositions(spec) {
+  const m = spec?.model || {};
+  const block = m.block_size ?? dflts["model.block_size"];
+  const attention = m.attention ?? dflts["model.attention"];
+  const window = m.window ?? dflts["model.window"];
+  if (attention === "sliding" && Number.isFinite(window) && window < block) return { n: window, note: `window ${fmt.int(window)}` };
+  return { n: block, note: Number.isFinite(block) ? `${fmt.int(block)} tokens` : "" };
+}
+
+function renderAnalysis(analysis, queue, spec) {
   renderParams(analysis?.params);
   const f = analysis?.flops || {};
   out("flops.per_token_forward", fmt.flops(f.per_token_forward));
   out("flops.per_token_train", fmt.flops(f.per_token_train));
   out("flops.per_step_train", fmt.flops(f.per_step_train));
   out("kv_cache_per_token", fmt.bytes(analysis?.kv_cache_per_token));
+  const ctx = cachedPositions(spec);
+  const kv = analysis?.kv_cache_per_token;
+  // The engine's own figure when it gives one (window-aware); else per token × cached positions.
+  const full = analysis?.kv_cache ?? (kv != null && Number.isFinite(ctx.n) ? kv * ctx.n : null);
+  out("kv_cache_full_context", fmt.bytes(full));
+  out("kv_cache_context_note", full != null && ctx.note ? `(${ctx.note})` : "");
   const m = analysis?.memory || {};
   for (const k of ["weights", "gradients", "optimizer", "activations", "train_total"]) out(`memory.${k}`, fmt.bytes(m[k]));
 
@@ -112,7 +151,7 @@ function renderErrors(errors) {
   for (const box of form.querySelectorAll("[data-errors-for]")) {
     const name = box.dataset.errorsFor;
     if (name === "name") continue;  // the job name is checked on submit only
-    const msg = errors[name];
+    const msg = isHidden(name) ? null : errors[name];
     box.textContent = msg || "";
     box.closest(".field")?.classList.toggle("has-error", Boolean(msg));
   }
@@ -133,7 +172,9 @@ function renderErrors(errors) {
 
 // ------------------------------------------------------------------ estimating
 async function estimate() {
-  const { spec, errors: local } = state.readSpec(form);
+  const { spec, errors: allLocal } = state.readSpec(form, dflts);
+  // A hidden field does not apply; a half-typed value left in it must not block the estimate.
+  const local = Object.fromEntries(Object.entries(allLocal).filter(([name]) => !isHidden(name)));
   const mine = ++requestNo;
   inflight?.abort();
   inflight = new AbortController();
@@ -157,7 +198,7 @@ async function estimate() {
   panel.classList.remove("stale");
   const errors = { ...(res.errors || {}), ...local };
   renderErrors(errors);
-  renderAnalysis(res.analysis, res.queue || guessQueue());
+  renderAnalysis(res.analysis, res.queue || guessQueue(), spec);
   renderData(res.data, res.vocab_size);
   out("queue", (res.queue || guessQueue()).toUpperCase());
   const n = Object.keys(errors).length;
@@ -174,20 +215,53 @@ function scheduleEstimate(delay = 250) {
   timer = setTimeout(estimate, delay);
 }
 
-// ------------------------------------------------------------------ source-dependent fields
-function applySourceVisibility() {
-  const source = form.querySelector('[data-field="data.source"]')?.value;
-  if (source === undefined) return;
-  for (const [name, shown] of Object.entries(SHOWN_FOR_SOURCE)) {
-    const wrap = form.querySelector(`[data-field-wrap="${CSS.escape(name)}"]`);
-    if (wrap) wrap.hidden = !shown(source);
+// ------------------------------------------------------------------ fields that apply
+const showIfCache = new Map();
+
+function showIfOf(el) {
+  const raw = el.dataset.showIf;
+  if (!raw) return null;
+  if (!showIfCache.has(raw)) {
+    try { showIfCache.set(raw, JSON.parse(raw)); } catch { showIfCache.set(raw, null); }
+  }
+  return showIfCache.get(raw);
+}
+
+function isHidden(name) {
+  return Boolean(form.querySelector(`[data-field-wrap="${CSS.escape(name)}"]`)?.hidden);
+}
+
+/** Show the fields that apply to the current values, hide the rest (their values are still sent). */
+function applyVisibility() {
+  const current = state.values(form, dflts);
+  const source = current["data.source"];
+  for (const wrap of form.querySelectorAll("[data-field-wrap]")) {
+    const el = wrap.querySelector("[data-field]");
+    if (!el) continue;
+    const name = el.dataset.field;
+    const showIf = showIfOf(el);
+    let shown = true;
+    if (showIf) shown = state.showIfHolds(showIf, current);
+    else if (name in SHOWN_FOR_SOURCE && source !== undefined) shown = SHOWN_FOR_SOURCE[name](source);
+    wrap.hidden = !shown;
+    if (!shown && wrap.classList.contains("has-error")) {
+      // An error about a field that no longer applies is stale.
+      wrap.classList.remove("has-error");
+      const box = wrap.querySelector("[data-errors-for]");
+      if (box) box.textContent = "";
+    }
+  }
+  // A group whose fields are all hidden hides its heading too.
+  for (const group of form.querySelectorAll(".field-group")) {
+    const wraps = group.querySelectorAll("[data-field-wrap]");
+    group.hidden = wraps.length > 0 && [...wraps].every((w) => w.hidden);
   }
 }
 
 // ------------------------------------------------------------------ events
 function onChange(e) {
   if (!e.target.matches("[data-field]")) return;
-  if (e.target.dataset.field === "data.source") applySourceVisibility();
+  applyVisibility();
   state.syncURL(form, dflts);
   scheduleEstimate();
 }
@@ -200,8 +274,8 @@ document.getElementById("presets").addEventListener("click", (e) => {
   if (!link) return;
   e.preventDefault();
   const values = state.queryValues(new URL(link.href).search);
-  state.apply(form, dflts, values);
-  applySourceVisibility();
+  state.apply(form, dflts, values);  // values for fields this engine lacks are skipped
+  applyVisibility();
   state.syncURL(form, dflts);
   scheduleEstimate(0);
 });
@@ -218,6 +292,6 @@ window.addEventListener("pageshow", () => {
   btn.textContent = "Launch training";
 });
 
-applySourceVisibility();
+applyVisibility();
 state.syncURL(form, dflts);
 scheduleEstimate(0);

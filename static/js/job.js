@@ -5,6 +5,8 @@ import { api, ApiError, LiveSocket } from "./api.js";
 import { refreshTimes } from "./app.js";
 import { LossChart } from "./charts/loss.js";
 import { LrChart } from "./charts/lr.js";
+import { ExpertLoadChart } from "./charts/expert_load.js";
+import { RouterChart } from "./charts/router.js";
 import { ThroughputChart } from "./charts/throughput.js";
 import * as fmt from "./format.js";
 
@@ -18,6 +20,9 @@ let job = JSON.parse($("job-data").textContent);
 const lossChart = new LossChart($("loss-chart"));
 const lrChart = new LrChart($("lr-chart"));
 const tpsChart = new ThroughputChart($("tps-chart"));
+const expertChart = new ExpertLoadChart($("moe-heatmap"));
+const routerChart = new RouterChart($("moe-router-chart"));
+let lastMoe = null;
 
 let lastSeq = 0;
 // The header shows the latest snapshot; a replayed status event older than it is history.
@@ -95,12 +100,19 @@ function applyEvent(e) {
       lossChart.addStep(d.step, d.loss);
       lrChart.addDataPoint(d.step, d.lr);
       tpsChart.addDataPoint(d.step, d.tokens_per_s);
-      Object.assign(metrics, pick(d, ["step", "loss", "lr", "tokens_per_s", "elapsed", "eta"]));
+      Object.assign(metrics, pick(d, ["step", "loss", "lr", "tokens_per_s", "elapsed", "eta", "aux_loss"]));
       break;
     case "eval":
       lossChart.addEval(d.step, d.train_loss, d.val_loss);
       Object.assign(metrics, pick(d, ["val_loss", "accuracy"]));
       if (d.sample) samples.push({ step: d.step, val_loss: d.val_loss, ...d.sample });
+      break;
+    case "moe":
+      // The card is unhidden before drawing, so Plotly measures its real width.
+      $("moe-card").hidden = false;
+      expertChart.update(d);
+      routerChart.addEvent(d);
+      if (!lastMoe || d.step >= lastMoe.step) lastMoe = d;
       break;
     case "end":
       endInfo = d;
@@ -130,6 +142,7 @@ function applyEvents(events) {
   if (!applied) return;
   renderProgress();
   if (samples.length !== nSamples) renderSamples();
+  renderMoeNote();
   if (finished) socket.stop();
 }
 
@@ -161,10 +174,21 @@ function renderProgress() {
   tile("val_loss", fmt.loss(metrics.val_loss));
   $("tile-accuracy").hidden = metrics.accuracy == null;
   tile("accuracy", fmt.percent(metrics.accuracy, 1));
+  $("tile-aux_loss").hidden = metrics.aux_loss == null;
+  tile("aux_loss", fmt.loss(metrics.aux_loss));
   tile("tokens_per_s", fmt.count(metrics.tokens_per_s));
   tile("lr", fmt.lr(metrics.lr));
   tile("elapsed", fmt.duration(metrics.elapsed));
   tile("params", fmt.count(metrics.params));
+}
+
+function renderMoeNote() {
+  if (!lastMoe) return;
+  const layers = Array.isArray(lastMoe.layers) ? lastMoe.layers : [];
+  const dropped = layers.reduce((s, l) => s + (Number(l.dropped) || 0), 0);
+  const routed = layers.reduce((s, l) => s + (l.tokens_per_expert || []).reduce((a, n) => a + n, 0), 0);
+  const share = routed + dropped ? ` (${fmt.percent(dropped / (routed + dropped), 1)})` : "";
+  $("moe-step").textContent = `step ${fmt.int(lastMoe.step)} · ${layers.length} MoE layer${layers.length === 1 ? "" : "s"} · ${fmt.int(dropped)} dropped${share}`;
 }
 
 function sampleItem(s) {

@@ -32,14 +32,19 @@ export function writeInput(el, value) {
   }
 }
 
-/** The spec to send to /api/v1/estimate, and the errors found in the browser. */
-export function readSpec(root) {
+/**
+ * The spec to send to /api/v1/estimate, and the errors found in the browser. A number left empty
+ * is an error unless its default is None (`n_kv_head`, `ffn_hidden`: empty = derived), when it is
+ * simply left out, as the server's form does.
+ */
+export function readSpec(root, dflts = {}) {
   const spec = { model: {}, data: {}, train: {} };
   const errors = {};
   for (const el of inputs(root)) {
     const name = el.dataset.field;
     const [section, ...rest] = name.split(".");
     if (!(section in spec)) continue;
+    if (el.value.trim() === "" && el.type !== "checkbox" && name in dflts && dflts[name] === null) continue;
     const { value, error } = readInput(el);
     if (error) errors[name] = error;
     else if (value !== null && value !== "") spec[section][rest.join(".")] = value;
@@ -92,4 +97,38 @@ export function apply(root, dflts, values) {
 
 export function queryValues(search) {
   return Object.fromEntries(new URLSearchParams(search));
+}
+
+/** name -> current value of every input (checkbox: boolean; others: text, or the default when empty). */
+export function values(root, dflts = {}) {
+  const out = {};
+  for (const el of inputs(root)) {
+    const name = el.dataset.field;
+    if (el.type === "checkbox") out[name] = el.checked;
+    else out[name] = el.value.trim() === "" && name in dflts ? dflts[name] : el.value.trim();
+  }
+  return out;
+}
+
+/**
+ * Whether a field spec's `show_if` holds for the current values. Each key names another field and
+ * gives either the values that make this field relevant (["sliding"]) or bounds ({"min": 1});
+ * every key must hold. A key naming a field the form lacks is ignored (the field stays shown).
+ */
+export function showIfHolds(showIf, current) {
+  for (const [name, cond] of Object.entries(showIf || {})) {
+    if (!(name in current)) continue;
+    const v = current[name];
+    if (Array.isArray(cond)) {
+      if (!cond.some((c) => String(c) === String(v))) return false;
+    } else if (cond && typeof cond === "object") {
+      const n = Number(v);  // true -> 1; an empty field whose default is None -> 0
+      if (!Number.isFinite(n)) return false;
+      if (cond.min != null && n < cond.min) return false;
+      if (cond.max != null && n > cond.max) return false;
+    } else if (String(cond) !== String(v)) {
+      return false;
+    }
+  }
+  return true;
 }

@@ -6,6 +6,8 @@ import torch
 from engine import ModelConfig
 
 TINY = {"n_layer": 2, "n_head": 4, "n_embd": 32, "block_size": 16}
+# pattern sizes that make every attention kind differ from full attention within 16 tokens
+TINY_PATTERNS = {"window": 4, "dilation": 2, "sparse_block": 4, "sparse_stride": 2}
 
 # a job that trains in well under a second: copy of 3 letters, learnt in a few dozen steps
 TINY_JOB = {
@@ -19,7 +21,7 @@ TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nS
 
 @pytest.fixture
 def tiny_config() -> ModelConfig:
-    return ModelConfig(**TINY, vocab_size=23)
+    return ModelConfig(**TINY, **TINY_PATTERNS, vocab_size=23)
 
 
 @pytest.fixture
@@ -48,3 +50,30 @@ def _one_thread():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def model_variants() -> list[dict]:
+    """Config overrides that cover every key of every model registry, one at a time (so a new
+    entry is tested automatically), plus combinations that change parameter shapes."""
+    from engine.attention import ATTENTIONS, FEATURE_MAPS
+    from engine.ffn import FFNS
+    from engine.norm import NORM_PLACEMENTS, NORMS
+    from engine.position import POSITIONS, ROPE_SCALINGS
+
+    out = [{"norm": k} for k in NORMS] + [{"norm_placement": k} for k in NORM_PLACEMENTS]
+    out += [{"position": k} for k in POSITIONS] + [{"ffn": k} for k in FFNS]
+    out += [{"attention": k} for k in ATTENTIONS]
+    out += [{"attention": "linear", "feature_map": k} for k in FEATURE_MAPS]
+    out += [{"position": "rope", "rope_scaling": k, "rope_factor": 2.0} for k in ROPE_SCALINGS]
+    out += [
+        {"n_kv_head": 1}, {"n_kv_head": 2, "bias": False}, {"qk_norm": True, "position": "rope"},
+        {"ffn": "geglu", "ffn_hidden": 20}, {"tie_embeddings": False, "bias": False},
+        {"attn_softcap": 5.0, "final_softcap": 3.0, "position": "alibi"},
+        {"n_expert": 4, "top_k": 2, "capacity_factor": 0.0},
+        {"n_expert": 3, "top_k": 1, "shared_expert": True, "moe_every": 2, "ffn": "swiglu", "capacity_factor": 0.0},
+    ]
+    return out
+
+
+def variant_id(v: dict) -> str:
+    return "-".join(f"{k}={val}" for k, val in v.items())

@@ -4,21 +4,42 @@ import itertools
 import pytest
 import torch
 
-from engine import FFNS, NORMS, POSITIONS, analyze, build_model
-from engine.attention import ATTENTION_FUNCTIONS
+from engine import FFNS, NORMS, analyze, build_model
+from engine.attention import ATTENTION_FUNCTIONS, ATTENTIONS, MaskedAttention
+from engine.model import is_moe_layer
 
-COMBINATIONS = list(itertools.product(NORMS, POSITIONS, FFNS, [True, False], [True, False]))
+from .conftest import model_variants, variant_id
+
+COMBINATIONS = [
+    {"norm": norm, "ffn": ffn, "bias": bias, "tie_embeddings": tie}
+    for norm, ffn, bias, tie in itertools.product(NORMS, FFNS, [True, False], [True, False])
+]
+SHAPED = [  # everything that changes a parameter's shape, together
+    {"n_kv_head": 2, "qk_norm": True, "ffn": "geglu", "ffn_hidden": 24, "norm_placement": "sandwich", "bias": False},
+    {"n_expert": 4, "top_k": 2, "shared_expert": True, "tie_embeddings": False},
+    {"n_expert": 3, "top_k": 1, "moe_every": 2, "ffn": "swiglu", "n_kv_head": 1, "position": "rope"},
+    {"n_layer": 4, "n_expert": 2, "moe_every": 3, "ffn_hidden": 40, "norm": "rmsnorm"},
+]
 
 
-@pytest.mark.parametrize("norm,position,ffn,bias,tie", COMBINATIONS)
-def test_param_count_equals_the_built_model(norm, position, ffn, bias, tie, tiny_config):
-    cfg = dataclasses.replace(tiny_config, norm=norm, position=position, ffn=ffn, bias=bias, tie_embeddings=tie)
+@pytest.mark.parametrize("overrides", model_variants() + COMBINATIONS + SHAPED, ids=variant_id)
+def test_param_count_equals_the_built_model(overrides, tiny_config):
+    cfg = dataclasses.replace(tiny_config, **overrides)
     model = build_model(cfg)
     params = analyze(cfg)["params"]
     assert params["total"] == sum(p.numel() for p in model.parameters())
-    assert params["per_layer"] == sum(p.numel() for p in model.h[0].parameters())
     parts = ("embedding", "position", "attention", "ffn", "norms", "head")
-    assert sum(params[k] for k in parts) == params["total"] == params["active"]
+    assert sum(params[k] for k in parts) == params["total"]
+    for i, block in enumerate(model.h):
+        key = "per_moe_layer" if is_moe_layer(cfg, i) else "per_layer"
+        assert params[key] == sum(p.numel() for p in block.parameters())
+    # active: every parameter but the experts a token is not routed to
+    unused = sum(
+        sum(p.numel() for p in e.parameters())
+        for i, block in enumerate(model.h) if is_moe_layer(cfg, i)
+        for e in list(block.mlp.experts)[cfg.top_k:]
+    )
+    assert params["active"] == params["total"] - unused
 
 
 def test_vocab_size_argument_overrides_the_config(tiny_config):
@@ -32,11 +53,46 @@ def test_flops_follow_the_documented_formula(tiny_config):
     d, n_layer, v, t = cfg.n_embd, cfg.n_layer, cfg.vocab_size, cfg.block_size
     matmul = n_layer * (4 * d * d + 2 * d * 4 * d) + d * v
     flops = analyze(cfg, batch_size=8)["flops"]
-    assert flops["per_token_forward"] == 2 * matmul + 2 * n_layer * t * d
+    # a causal query sees (T + 1) / 2 keys on average; q·k and weights·v cost 2 FLOPs per multiply-add
+    assert flops["per_token_forward"] == 2 * matmul + n_layer * 4 * d * (t + 1) / 2
     assert flops["per_token_train"] == 3 * flops["per_token_forward"]
     assert flops["per_step_train"] == flops["per_token_train"] * 8 * t
     longer = analyze(cfg, batch_size=8, seq_len=2 * t)["flops"]
     assert longer["per_token_forward"] > flops["per_token_forward"]  # attention grows with context
+
+
+@pytest.mark.parametrize("kind", ATTENTIONS)
+def test_attention_flops_count_the_keys_the_mask_allows(kind, tiny_config):
+    cfg = dataclasses.replace(tiny_config, attention=kind)
+    t = 48
+    flops = analyze(cfg, seq_len=t)["flops"]["attention_per_token_layer"]
+    pattern = ATTENTIONS[kind](cfg)
+    if isinstance(pattern, MaskedAttention):
+        mask = pattern.mask(0, t, 0, t, torch.device("cpu")).expand(cfg.n_head, t, t)
+        assert flops == pytest.approx(4 * cfg.n_embd * mask.sum().item() / (cfg.n_head * t))
+        full = analyze(dataclasses.replace(cfg, attention="full"), seq_len=t)["flops"]
+        assert flops <= full["attention_per_token_layer"]
+    else:  # linear attention: independent of the context, once it spans a chunk
+        long, longer = (analyze(cfg, seq_len=n)["flops"]["attention_per_token_layer"] for n in (128, 1024))
+        assert long == longer < analyze(dataclasses.replace(cfg, attention="full"), seq_len=1024)["flops"][
+            "attention_per_token_layer"]
+
+
+def test_moe_flops_count_only_the_routed_experts(tiny_config):
+    dense = analyze(tiny_config)
+    moe = analyze(dataclasses.replace(tiny_config, n_expert=8, top_k=1))
+    assert moe["params"]["total"] > 5 * dense["params"]["total"] / 2
+    extra = 2 * tiny_config.n_layer * tiny_config.n_embd * 8  # the routers
+    assert moe["flops"]["per_token_forward"] == dense["flops"]["per_token_forward"] + extra
+
+
+def test_kv_cache_counts_kv_heads_and_the_window(tiny_config):
+    d, n_layer = tiny_config.n_embd, tiny_config.n_layer
+    mqa = analyze(dataclasses.replace(tiny_config, n_kv_head=1))
+    assert mqa["kv_cache_per_token"] == 2 * n_layer * (d // 4) * 4
+    assert mqa["kv_cache"] == mqa["kv_cache_per_token"] * tiny_config.block_size
+    sliding = analyze(dataclasses.replace(tiny_config, attention="sliding", window=4), seq_len=64)
+    assert sliding["kv_cache"] == sliding["kv_cache_per_token"] * 4
 
 
 def test_memory_terms(tiny_config):
@@ -82,8 +138,17 @@ def saved_activation_bytes(model, idx) -> int:
 @pytest.mark.parametrize("attn_impl", ATTENTION_FUNCTIONS)
 @pytest.mark.parametrize("overrides", [{}, {"ffn": "swiglu", "norm": "rmsnorm"}, {"dropout": 0.1}])
 def test_activation_estimate_is_realistic(attn_impl, overrides, tiny_config):
+    check_activation_estimate(dataclasses.replace(tiny_config, attn_impl=attn_impl, **overrides))
+
+
+@pytest.mark.parametrize("overrides", model_variants() + [{"dropout": 0.1, "attention": k} for k in ATTENTIONS],
+                         ids=variant_id)
+def test_activation_estimate_is_realistic_for_every_variant(overrides, tiny_config):
+    check_activation_estimate(dataclasses.replace(tiny_config, **overrides))
+
+
+def check_activation_estimate(cfg):
     # used to refuse jobs that would not fit, so it must not under-estimate, nor wildly over-estimate
-    cfg = dataclasses.replace(tiny_config, attn_impl=attn_impl, **overrides)
     idx = torch.randint(cfg.vocab_size, (8, cfg.block_size))
     measured = saved_activation_bytes(build_model(cfg), idx)
     estimated = analyze(cfg, batch_size=8)["memory"]["activations"]

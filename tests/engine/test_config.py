@@ -183,3 +183,60 @@ def test_field_specs_describe_every_settable_field():
     for s in specs:
         form.setdefault(s["section"], {})[s["key"]] = s["default"]
     assert parse_spec(json.loads(json.dumps(form))) == parse_spec({})
+
+
+@pytest.mark.parametrize(
+    "model,field,message",
+    [
+        ({"n_kv_head": 3}, "n_kv_head", "n_kv_head (3) must divide n_head (4)"),
+        ({"n_head": 8, "n_embd": 24, "position": "rope"}, "position",
+         "position 'rope' rotates pairs of dimensions, so the head size n_embd / n_head (3) must be even"),
+        ({"position": "alibi", "attention": "linear"}, "position", None),
+        ({"n_expert": 2, "top_k": 3}, "top_k", "top_k (3) must be ≤ n_expert (2)"),
+        ({"n_expert": 2, "n_layer": 2, "moe_every": 3}, "moe_every",
+         "moe_every (3) must be ≤ n_layer (2), or no layer is MoE"),
+        ({"attention": "ring"}, "attention", "unknown attention 'ring'; choose from "
+         "['full', 'sliding', 'dilated', 'block_sparse', 'linear']"),
+        ({"rope_scaling": "dynamic"}, "rope_scaling", "unknown rope_scaling 'dynamic'; choose from "
+         "['none', 'linear', 'ntk', 'yarn']"),
+        ({"norm_eps": 0}, "norm_eps", "norm_eps must be > 0 (got 0)"),
+        ({"rope_factor": 0.5}, "rope_factor", "rope_factor must be ≥ 1 (got 0.5)"),
+        ({"window": 0}, "window", "window must be ≥ 1 (got 0)"),
+    ],
+)
+def test_architecture_fields_are_checked(model, field, message):
+    errors = errors_of({"model": model})
+    assert list(errors) == [f"model.{field}"]
+    if message:
+        assert errors[f"model.{field}"] == message
+    else:
+        assert "'alibi'" in errors["model.position"] and "'linear'" in errors["model.position"]
+
+
+def test_the_spec_names_are_accepted():
+    spec = parse_spec({"model": {
+        "n_kv_head": 2, "attention": "sliding", "window": 8, "qk_norm": True, "attn_softcap": 50.0,
+        "final_softcap": 30.0, "position": "rope", "rope_theta": 500000.0, "rope_scaling": "yarn", "rope_factor": 4.0,
+        "rope_original_block_size": 32, "norm_placement": "sandwich", "norm_eps": 1e-6, "ffn": "geglu",
+        "ffn_hidden": 96, "scale_residual_init": False, "n_expert": 4, "top_k": 2, "capacity_factor": 0.0,
+        "moe_every": 2, "shared_expert": True, "moe_renormalize": False, "aux_loss_coef": 0.02, "z_loss_coef": 0.0,
+        "dilation": 3, "sparse_block": 8, "sparse_stride": 2, "feature_map": "relu",
+    }})
+    assert spec.model.n_kv_head == 2 and spec.model.rope_original_block_size == 32
+
+
+def test_show_if_names_real_fields_and_values():
+    specs = {s["name"]: s for s in field_specs()}
+    for s in specs.values():
+        for other, cond in s.get("show_if", {}).items():
+            assert other in specs and other != s["name"]
+            if isinstance(cond, dict):
+                assert set(cond) <= {"min", "max"}
+            else:
+                assert set(cond) <= set(specs[other]["choices"])
+    assert specs["model.window"]["show_if"] == {"model.attention": ["sliding"]}
+    assert specs["model.top_k"]["show_if"] == {"model.n_expert": {"min": 1}}
+    assert "show_if" not in specs["model.n_layer"]
+    for key in ("n_kv_head", "attention", "qk_norm", "norm_placement", "ffn_hidden", "n_expert", "rope_theta"):
+        help_text = specs[f"model.{key}"]["help"]
+        assert len(help_text) > 40 and "\n" not in help_text

@@ -28,7 +28,23 @@ def test_swiglu_width_is_a_multiple_of_8_and_matches_gelu_size(ffn_mult, tiny_co
     assert 0.9 < ratio < 1.5
 
 
+@pytest.mark.parametrize("name", FFNS)
+def test_ffn_hidden_sets_the_width_exactly(name, tiny_config):
+    cfg = dataclasses.replace(tiny_config, ffn_hidden=44)
+    assert FFNS[name].hidden_dim(cfg) == 44
+    assert FFNS[name](cfg).down_proj.weight.shape == (cfg.n_embd, 44)
+    assert FFNS[name].num_params(cfg) == sum(p.numel() for p in FFNS[name](cfg).parameters())
+
+
+def test_geglu_gates_with_gelu(tiny_config):
+    ffn = FFNS["geglu"](tiny_config)
+    x = torch.randn(2, 3, tiny_config.n_embd)
+    expected = ffn.down_proj(torch.nn.functional.gelu(ffn.gate_proj(x), approximate="tanh") * ffn.up_proj(x))
+    torch.testing.assert_close(ffn(x), expected)
+
+
 def test_projection_names_follow_hf(tiny_config):
     assert {n.split(".")[0] for n, _ in FFNS["gelu"](tiny_config).named_parameters()} == {"up_proj", "down_proj"}
-    names = {n.split(".")[0] for n, _ in FFNS["swiglu"](tiny_config).named_parameters()}
-    assert names == {"gate_proj", "up_proj", "down_proj"}
+    for gated in ("swiglu", "geglu"):
+        names = {n.split(".")[0] for n, _ in FFNS[gated](tiny_config).named_parameters()}
+        assert names == {"gate_proj", "up_proj", "down_proj"}

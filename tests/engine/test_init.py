@@ -7,7 +7,7 @@ import engine
 PUBLIC = [
     "ModelConfig", "DataConfig", "TrainConfig", "JobSpec", "ConfigError", "parse_spec", "build_model", "train",
     "TrainResult", "analyze", "describe_data", "choices", "field_specs", "generate", "TOKENIZERS", "DATA_SOURCES",
-    "TASKS", "NORMS", "POSITIONS", "FFNS",
+    "TASKS", "NORMS", "POSITIONS", "FFNS", "ATTENTIONS", "KVCache", "SlidingWindowCache", "capture_attention",
 ]
 
 

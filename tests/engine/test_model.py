@@ -5,10 +5,14 @@ import math
 import pytest
 import torch
 
-from engine import FFNS, NORMS, POSITIONS, build_model, generate
+from engine import POSITIONS, build_model, generate
+from engine.attention import ATTENTIONS
+from engine.cache import SlidingWindowCache
 from engine.tokenizers import CharTokenizer
 
-COMPONENTS = list(itertools.product(NORMS, POSITIONS, FFNS))
+from .conftest import model_variants, variant_id
+
+VARIANTS = model_variants()
 
 
 def test_shapes(tiny_config):
@@ -43,10 +47,10 @@ def test_vocab_size_must_be_set(tiny_config):
         build_model(dataclasses.replace(tiny_config, vocab_size=None))
 
 
-@pytest.mark.parametrize("norm,position,ffn", COMPONENTS)
-def test_causal(norm, position, ffn, tiny_config):
+@pytest.mark.parametrize("overrides", VARIANTS, ids=variant_id)
+def test_causal(overrides, tiny_config):
     """Changing a token leaves the logits of every earlier position unchanged."""
-    cfg = dataclasses.replace(tiny_config, norm=norm, position=position, ffn=ffn)
+    cfg = dataclasses.replace(tiny_config, **overrides)
     model = build_model(cfg).eval()
     idx = torch.randint(cfg.vocab_size, (2, cfg.block_size))
     changed = idx.clone()
@@ -66,9 +70,9 @@ def test_sdpa_equals_eager(tiny_config):
     torch.testing.assert_close(sdpa(idx)[0], eager(idx)[0])
 
 
-@pytest.mark.parametrize("norm,position,ffn", COMPONENTS)
-def test_overfits_one_batch(norm, position, ffn, tiny_config):
-    cfg = dataclasses.replace(tiny_config, norm=norm, position=position, ffn=ffn)
+@pytest.mark.parametrize("overrides", VARIANTS, ids=variant_id)
+def test_overfits_one_batch(overrides, tiny_config):
+    cfg = dataclasses.replace(tiny_config, **overrides)
     model = build_model(cfg)
     idx = torch.randint(cfg.vocab_size, (4, cfg.block_size))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -93,13 +97,15 @@ def test_tied_and_untied_heads(tiny_config):
     assert untied.num_params(non_embedding=True) == tied.num_params(non_embedding=True)
 
 
-def test_residual_projections_get_scaled_init(tiny_config):
-    cfg = dataclasses.replace(tiny_config, n_layer=8, n_embd=64)
+@pytest.mark.parametrize("scale", [True, False])
+def test_residual_projections_get_scaled_init(scale, tiny_config):
+    cfg = dataclasses.replace(tiny_config, n_layer=8, n_embd=64, scale_residual_init=scale)
     model = build_model(cfg)
     attn = model.h[0].attn
+    std = 0.02 / math.sqrt(2 * cfg.n_layer) if scale else 0.02
     assert attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
-    assert attn.o_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(2 * cfg.n_layer), rel=0.1)
-    assert model.h[0].mlp.down_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(2 * cfg.n_layer), rel=0.1)
+    assert attn.o_proj.weight.std().item() == pytest.approx(std, rel=0.1)
+    assert model.h[0].mlp.down_proj.weight.std().item() == pytest.approx(std, rel=0.1)
 
 
 def test_generate_shapes_and_crop(tiny_config):
@@ -110,6 +116,117 @@ def test_generate_shapes_and_crop(tiny_config):
     assert torch.equal(out[:, :5], idx)
     greedy = model.generate(idx, 6, temperature=0)
     assert torch.equal(greedy, model.generate(idx, 6, temperature=0))
+    # a tiny nucleus keeps only the likeliest token: greedy
+    assert torch.equal(greedy, model.generate(idx, 6, top_p=1e-6))
+    assert model.generate(idx, 6, top_p=0.9, top_k=5).shape == (2, 11)
+
+
+# ---- KV cache
+
+
+@pytest.mark.parametrize("attention,position", list(itertools.product(ATTENTIONS, POSITIONS)))
+def test_cached_decoding_equals_uncached(attention, position, tiny_config):
+    if (attention, position) == ("linear", "alibi"):
+        pytest.skip("alibi biases scores, which linear attention has none of (a config error)")
+    cfg = dataclasses.replace(tiny_config, attention=attention, position=position)
+    model = build_model(cfg).eval()
+    idx = torch.randint(cfg.vocab_size, (2, 12))
+    full, _ = model(idx)
+    cache = model.make_cache()
+    steps = [model(idx[:, :5], cache=cache)[0]]  # prefill, then one token at a time
+    steps += [model(idx[:, i : i + 1], cache=cache, start_pos=i)[0] for i in range(5, 12)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-5)
+    # past block_size too: learned positions crop the context, the others keep all of it
+    prompt = idx[:, :5]
+    cached = model.generate(prompt, cfg.block_size + 3, temperature=0)
+    uncached = model.generate(prompt, cfg.block_size + 3, temperature=0, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_sliding_cache_memory_stays_within_the_window(tiny_config):
+    cfg = dataclasses.replace(tiny_config, attention="sliding", position="rope", window=4)
+    model = build_model(cfg).eval()
+    cache = model.make_cache()
+    assert isinstance(cache, SlidingWindowCache)
+    idx = torch.randint(cfg.vocab_size, (1, 40))
+    model(idx[:, :6], cache=cache)
+    for i in range(6, 40):
+        model(idx[:, i : i + 1], cache=cache, start_pos=i)
+        assert all(k.size(2) <= cfg.window for k in cache.keys + cache.values)
+    assert cache.get_seq_length() == 40
+
+
+@pytest.mark.parametrize("position", [p for p in POSITIONS if p != "learned"])
+@pytest.mark.parametrize("times", [2, 4])
+def test_relative_positions_run_beyond_block_size(position, times, tiny_config):
+    model = build_model(dataclasses.replace(tiny_config, position=position)).eval()
+    logits, _ = model(torch.randint(tiny_config.vocab_size, (1, times * tiny_config.block_size)))
+    assert logits.shape[1] == times * tiny_config.block_size and torch.isfinite(logits).all()
+
+
+def test_learned_positions_refuse_beyond_block_size(tiny_config):
+    model = build_model(tiny_config)
+    with pytest.raises(ValueError, match=r"longer than block_size \(16\); position 'learned'"):
+        model(torch.zeros(1, 2 * tiny_config.block_size, dtype=torch.long))
+    cache = model.make_cache()
+    model(torch.zeros(1, 15, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 2, dtype=torch.long), cache=cache, start_pos=15)
+
+
+def test_start_pos_must_match_the_cache(tiny_config):
+    model = build_model(tiny_config)
+    cache = model.make_cache()
+    model(torch.zeros(1, 4, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match=r"start_pos \(0\) must equal the positions already cached \(4\)"):
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+
+
+# ---- the other architecture fields
+
+
+def test_sandwich_and_post_norm_blocks(tiny_config):
+    sandwich = build_model(dataclasses.replace(tiny_config, norm_placement="sandwich", norm="rmsnorm"))
+    names = {n.split(".")[2] for n, _ in sandwich.named_parameters() if n.startswith("h.0.")}
+    assert names == {"ln_1", "attn", "ln_2", "mlp", "post_attn_norm", "post_ffn_norm"}
+    post = build_model(dataclasses.replace(tiny_config, norm_placement="post")).eval()
+    x = post.wte(torch.randint(23, (1, 5)))
+    block = post.h[0]
+    expected = block.ln_2(block.ln_1(x + block.attn(x)) + block.mlp(block.ln_1(x + block.attn(x))))
+    torch.testing.assert_close(block(x), expected)
+
+
+def test_final_softcap_bounds_the_logits(tiny_config):
+    model = build_model(dataclasses.replace(tiny_config, final_softcap=0.5))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1000)
+    logits, _ = model(torch.randint(23, (2, 8)))
+    assert logits.abs().max() <= 0.5
+
+
+def test_moe_model_adds_its_losses_and_reports_routing(tiny_config):
+    cfg = dataclasses.replace(tiny_config, n_expert=4, top_k=2, moe_every=2, aux_loss_coef=0.1, z_loss_coef=0.01)
+    model = build_model(cfg)
+    assert [type(b.mlp).__name__ for b in model.h] == ["MLP", "MoE"]
+    idx = torch.randint(cfg.vocab_size, (2, 8))
+    logits, loss = model(idx, idx)
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size), idx.reshape(-1))
+    stats = model.h[1].mlp.stats
+    torch.testing.assert_close(loss, ce + 0.1 * stats["aux_loss"] + 0.01 * stats["z_loss"])
+    assert model.aux_loss == pytest.approx((loss - ce).item())
+    (report,) = model.moe_stats()
+    assert report["layer"] == 1 and len(report["tokens_per_expert"]) == 4
+    assert sum(report["tokens_per_expert"]) + report["dropped"] == 2 * 8 * 2
+    assert isinstance(report["aux_loss"], float) and isinstance(report["z_loss"], float)
+    assert build_model(tiny_config).moe_stats() == []
+
+
+def test_missing_moe_module_is_a_clear_error(tiny_config, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "engine.moe", None)  # as if the file were absent
+    with pytest.raises(RuntimeError, match="engine/moe.py"):
+        build_model(dataclasses.replace(tiny_config, n_expert=2))
 
 
 def test_module_generate_is_seeded(tiny_config):

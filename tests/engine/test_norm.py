@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from engine.norm import NORMS
+from engine.norm import NORM_PLACEMENTS, NORMS
 
 
 @pytest.mark.parametrize("name", NORMS)
@@ -32,3 +32,21 @@ def test_layernorm_centres_and_scales():
     y = NORMS["layernorm"](32, bias=True)(torch.randn(8, 32) * 3 + 1)
     torch.testing.assert_close(y.mean(-1), torch.zeros(8), atol=1e-5, rtol=0)
     torch.testing.assert_close(y.var(-1, unbiased=False), torch.ones(8), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("name", NORMS)
+def test_eps_is_used(name):
+    x = torch.full((1, 4), 1e-3)  # tiny variance: the epsilon dominates
+    x[0, 0] = 0.0
+    loose, tight = NORMS[name](4, bias=False, eps=1.0)(x), NORMS[name](4, bias=False, eps=1e-12)(x)
+    assert loose.abs().max() < 0.01 < tight.abs().max()
+
+
+@pytest.mark.parametrize("name", NORM_PLACEMENTS)
+def test_placements(name):
+    norm, post = NORMS["rmsnorm"](8, bias=False), NORMS["layernorm"](8, bias=False)
+    f = lambda h: 3 * h + 1  # noqa: E731
+    x = torch.randn(2, 8)
+    expected = {"pre": x + f(norm(x)), "post": norm(x + f(x)), "sandwich": x + post(f(norm(x)))}
+    torch.testing.assert_close(NORM_PLACEMENTS[name].apply(x, f, norm, post), expected[name])
+    assert NORM_PLACEMENTS[name].n_norms in (1, 2)

@@ -44,6 +44,28 @@ def test_events_have_the_documented_shapes(tiny_job):
     assert 0.0 <= events[-2]["accuracy"] <= 1.0
 
 
+def test_moe_runs_report_routing_and_aux_loss(tiny_job):
+    tiny_job["model"] |= {"n_expert": 4, "top_k": 2, "moe_every": 2}
+    tiny_job["train"] |= {"steps": 12, "eval_interval": 5}
+    result, events = run(tiny_job)
+    json.dumps(events, allow_nan=False)
+    steps = [e for e in events if e["kind"] == "step"]
+    assert all(set(e) == EVENT_KEYS["step"] | {"aux_loss"} and e["aux_loss"] > 0 for e in steps)
+    moe = [e for e in events if e["kind"] == "moe"]
+    assert [e["step"] for e in moe] == [5, 10, 12]  # every eval step and every 10th
+    kinds = [e["kind"] for e in events]
+    assert kinds[kinds.index("moe") + 1] == "eval"  # the routing of the step the evaluation follows
+    for e in moe:
+        (layer,) = e["layers"]
+        assert set(layer) == {"layer", "tokens_per_expert", "dropped", "aux_loss", "z_loss"} and layer["layer"] == 1
+        assert sum(layer["tokens_per_expert"]) + layer["dropped"] == 2 * 16 * 7  # top_k choices of each token
+    # the reported loss is the language-model loss, without the MoE terms
+    assert result.train_losses[-1] == pytest.approx(steps[-1]["loss"])
+    tiny_job["model"]["n_expert"] = 0
+    _, dense_events = run(tiny_job)
+    assert not any(e["kind"] == "moe" for e in dense_events)
+
+
 def test_throughput_and_eta_are_positive(tiny_job):
     _, events = run(tiny_job)
     steps = [e for e in events if e["kind"] == "step"]

@@ -1,0 +1,114 @@
+"""Greedy decoding speed at batch 1: our KV-cached ``generate`` against transformers' ``generate``.
+
+    python bench/decode.py [--prompt 32] [--new 128] [--repeats 3]
+
+Each shape's model is built by us and copied into transformers with ``engine.interop``, so
+both decode with the same weights; the report says whether their greedy tokens agree. Both
+use a KV cache (``use_cache=True``); transformers gets ``min_new_tokens`` and no EOS so that
+both produce exactly ``--new`` tokens. Runs alternate and the median is kept.
+Writes bench/results/decode.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import statistics
+import time
+
+from common import write
+
+import torch  # noqa: E402
+
+from engine import ModelConfig, build_model  # noqa: E402
+from engine.interop import MAPPINGS, to_transformers  # noqa: E402
+
+GPT2 = dict(position="learned", norm="layernorm", ffn="gelu", bias=True, tie_embeddings=True)
+LLAMA = dict(position="rope", norm="rmsnorm", ffn="swiglu", bias=False, tie_embeddings=False)
+SHAPES = [
+    ("gpt2", "GPT-2 4L/4H/128", dict(GPT2, n_layer=4, n_head=4, n_embd=128)),
+    ("gpt2", "GPT-2 6L/6H/192", dict(GPT2, n_layer=6, n_head=6, n_embd=192)),
+    ("llama", "Llama 4L/4H(2kv)/128", dict(LLAMA, n_layer=4, n_head=4, n_kv_head=2, n_embd=128)),
+    ("llama", "Llama 6L/6H(2kv)/192", dict(LLAMA, n_layer=6, n_head=6, n_kv_head=2, n_embd=192)),
+]
+VOCAB = 256
+
+
+def has_cache(model) -> bool:
+    return "use_cache" in inspect.signature(model.generate).parameters
+
+
+@torch.no_grad()
+def time_ours(model, idx, new: int) -> tuple[float, torch.Tensor]:
+    kw = {"use_cache": True} if has_cache(model) else {}
+    t0 = time.perf_counter()
+    out = model.generate(idx, new, temperature=0, **kw)
+    return time.perf_counter() - t0, out
+
+
+@torch.no_grad()
+def time_hf(hf, idx, new: int) -> tuple[float, torch.Tensor]:
+    t0 = time.perf_counter()
+    out = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=new, min_new_tokens=new,
+                      do_sample=False, use_cache=True, eos_token_id=None, pad_token_id=0)
+    return time.perf_counter() - t0, out
+
+
+def bench_shape(family, label, kw, args) -> dict:
+    if why := MAPPINGS[family].missing():
+        print(f"{label}: skipped ({why})")
+        return {"name": label, "family": family, "skipped": why}
+    cfg = ModelConfig(**kw, block_size=args.prompt + args.new, vocab_size=VOCAB)
+    torch.manual_seed(0)
+    ours = build_model(cfg).eval()
+    hf = to_transformers(ours).eval()
+    idx = torch.randint(0, VOCAB, (1, args.prompt), generator=torch.Generator().manual_seed(0))
+    time_ours(ours, idx, 8)  # warm-up
+    time_hf(hf, idx, 8)
+    times = {"ours": [], "transformers": []}
+    outs = {}
+    for r in range(args.repeats):
+        runs = [("ours", time_ours, ours), ("transformers", time_hf, hf)]
+        for name, fn, model in runs if r % 2 == 0 else reversed(runs):
+            seconds, outs[name] = fn(model, idx, args.new)
+            times[name].append(seconds)
+    tps = {name: args.new / statistics.median(t) for name, t in times.items()}
+    same = outs["ours"].shape == outs["transformers"].shape and torch.equal(outs["ours"], outs["transformers"])
+    row = {
+        "name": label,
+        "family": family,
+        "params": ours.num_params(),
+        "ours_kv_cache": has_cache(ours),
+        "tokens_per_s": {k: round(v, 1) for k, v in tps.items()},
+        "ratio_ours_over_hf": round(tps["ours"] / tps["transformers"], 3),
+        "same_tokens": same,
+    }
+    cache = "KV cache" if row["ours_kv_cache"] else "NO cache"
+    print(f"{label:24s} ours ({cache}) {tps['ours']:>7,.0f} tok/s  transformers {tps['transformers']:>7,.0f} tok/s"
+          f"  ratio {row['ratio_ours_over_hf']:.2f}  same tokens: {same}")
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompt", type=int, default=32, help="prompt tokens")
+    parser.add_argument("--new", type=int, default=128, help="tokens to generate")
+    parser.add_argument("--repeats", type=int, default=3)
+    # one thread: a batch-1 step of these sizes is too small to share out, and on a busy machine
+    # OpenMP threads that wait for each other cost more than they bring (both sides alike)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"greedy decoding, batch 1, {args.prompt}-token prompt + {args.new} new tokens, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    rows = [bench_shape(family, label, kw, args) for family, label, kw in SHAPES]
+    write("decode", {
+        "what": "batch-1 greedy decode tokens/s, ours (KV cache when the engine has one) vs transformers generate",
+        "prompt_tokens": args.prompt, "new_tokens": args.new, "repeats": args.repeats, "shapes": rows,
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

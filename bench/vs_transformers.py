@@ -1,0 +1,142 @@
+"""Training throughput of our engine against transformers' model of the same architecture.
+
+    python bench/vs_transformers.py [--rounds 6] [--steps 5] [--batch 16] [--seq 128] [--profile]
+
+For each shape, our model is built, copied into transformers with ``engine.interop`` (so both
+start from the same weights), and both train side by side in one process: same random token
+batches, same AdamW settings, same threads, same loss (cross-entropy on the logits). After
+``--warmup`` untimed steps each, they alternate in rounds of ``--steps`` steps, so drifts in
+machine load hit both alike; tokens/s is summed over the rounds. HF runs with
+``use_cache=False`` (no KV cache is wanted when training) and its "sdpa" attention, as ours.
+``--profile`` adds the top operators by self CPU time for both, for finding where time goes.
+Writes bench/results/vs_transformers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import write
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from engine import ModelConfig, build_model  # noqa: E402
+from engine.interop import MAPPINGS, to_transformers  # noqa: E402
+
+GPT2 = dict(position="learned", norm="layernorm", ffn="gelu", bias=True, tie_embeddings=True)
+LLAMA = dict(position="rope", norm="rmsnorm", ffn="swiglu", bias=False, tie_embeddings=False)
+SHAPES = [
+    ("gpt2", "GPT-2 4L/4H/128", dict(GPT2, n_layer=4, n_head=4, n_embd=128)),
+    ("gpt2", "GPT-2 6L/6H/192", dict(GPT2, n_layer=6, n_head=6, n_embd=192)),
+    ("llama", "Llama 4L/4H(2kv)/128", dict(LLAMA, n_layer=4, n_head=4, n_kv_head=2, n_embd=128)),
+    ("llama", "Llama 6L/6H(2kv)/192", dict(LLAMA, n_layer=6, n_head=6, n_kv_head=2, n_embd=192)),
+]
+VOCAB = 256  # byte-sized: the embedding and head stay a small share, as in the explorer's models
+
+
+def train_steps(forward, params, opt, batches) -> float:
+    """Seconds for one optimizer step per batch (forward, backward, clip, AdamW)."""
+    t0 = time.perf_counter()
+    for x, y in batches:
+        logits = forward(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    return time.perf_counter() - t0
+
+
+def optimizer(model):
+    return torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+
+
+def profile(forward, params, opt, batches, top: int = 12) -> list[dict]:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_steps(forward, params, opt, batches)
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    n = len(batches)
+    return [{"op": e.key, "self_ms_per_step": round(e.self_cpu_time_total / 1000 / n, 2),
+             "calls_per_step": round(e.count / n, 1)} for e in rows]
+
+
+def bench_shape(family, label, kw, args) -> dict | None:
+    if why := MAPPINGS[family].missing():
+        print(f"{label}: skipped ({why})")
+        return {"name": label, "family": family, "skipped": why}
+    cfg = ModelConfig(**kw, block_size=args.seq, vocab_size=VOCAB)
+    torch.manual_seed(0)
+    ours = build_model(cfg).train()
+    hf = to_transformers(ours).train()
+    ours_fwd = lambda x: ours(x)[0]  # noqa: E731
+    hf_fwd = lambda x: hf(input_ids=x, use_cache=False).logits  # noqa: E731
+    runners = {
+        "ours": (ours_fwd, list(ours.parameters()), optimizer(ours)),
+        "transformers": (hf_fwd, list(hf.parameters()), optimizer(hf)),
+    }
+    g = torch.Generator().manual_seed(0)
+
+    def batches(n):
+        out = []
+        for _ in range(n):
+            xy = torch.randint(0, VOCAB, (args.batch, args.seq + 1), generator=g)
+            out.append((xy[:, :-1], xy[:, 1:]))
+        return out
+
+    for fwd, params, opt in runners.values():  # warm-up: allocator, kernels, AdamW state
+        train_steps(fwd, params, opt, batches(args.warmup))
+    seconds = {name: 0.0 for name in runners}
+    for r in range(args.rounds):
+        order = list(runners) if r % 2 == 0 else list(reversed(runners))  # who goes first alternates
+        work = batches(args.steps)
+        for name in order:
+            seconds[name] += train_steps(*runners[name], work)
+    tokens = args.rounds * args.steps * args.batch * args.seq
+    tps = {name: tokens / s for name, s in seconds.items()}
+    row = {
+        "name": label,
+        "family": family,
+        "config": cfg.to_dict(),
+        "params": ours.num_params(),
+        "tokens_per_s": {k: round(v, 1) for k, v in tps.items()},
+        "ms_per_step": {k: round(1000 * s / (args.rounds * args.steps), 2) for k, s in seconds.items()},
+        "ratio_ours_over_hf": round(tps["ours"] / tps["transformers"], 3),
+    }
+    if args.profile:
+        row["profile"] = {name: profile(*runners[name], batches(args.steps)) for name in runners}
+    print(f"{label:24s} {row['params']:>10,}  ours {tps['ours']:>9,.0f} tok/s  "
+          f"transformers {tps['transformers']:>9,.0f} tok/s  ratio {row['ratio_ours_over_hf']:.2f}")
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5, help="steps per round and model")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    print(f"training throughput, batch {args.batch} x seq {args.seq}, {torch.get_num_threads()} threads, "
+          f"{args.rounds} rounds of {args.steps} steps each after {args.warmup} warm-up steps")
+    rows = [bench_shape(family, label, kw, args) for family, label, kw in SHAPES]
+    write("vs_transformers", {
+        "what": "training tokens/s, ours vs transformers, same weights/batches/AdamW/threads, alternating rounds",
+        "batch_size": args.batch, "seq_len": args.seq, "warmup_steps": args.warmup,
+        "steps_per_round": args.steps, "rounds": args.rounds, "shapes": rows,
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+// Expert load: a heatmap of MoE layers × experts, each cell the share of that layer's routed
+// token-choices (counting each of a token's top-k picks) sent to that expert, at the latest
+// "moe" event. The colour scale runs from 0 to 2/n_expert, so a balanced router (1/n_expert
+// everywhere) sits at the neutral middle; idle experts go teal, overloaded ones orange.
+import { CONFIG } from "./series.js";
+
+const COLORSCALE = [[0, "#0f766e"], [0.25, "#8fdcd0"], [0.5, "#f4f5f7"], [0.75, "#fbbf77"], [1, "#c2410c"]];
+
+export class ExpertLoadChart {
+  constructor(el) {
+    this.el = el;
+    this.latest = null;
+    this.drawn = false;
+    this.scheduled = false;
+    el.classList.add("chart-empty");
+    el.textContent = window.Plotly ? "Expert load appears with the first MoE statistics." : "Charts are unavailable (plotly.js did not load).";
+  }
+
+  /** A "moe" event's data: {step, layers: [{layer, tokens_per_expert, dropped, ...}]}; only the latest is drawn. */
+  update(moe) {
+    if (!Array.isArray(moe?.layers) || !moe.layers.length) return;
+    if (this.latest && moe.step < this.latest.step) return;
+    this.latest = moe;
+    if (this.scheduled) return;
+    this.scheduled = true;
+    const run = () => this.flush();
+    requestAnimationFrame(run);
+    setTimeout(run, 300); // a hidden tab gets no animation frames; draw anyway
+  }
+
+  flush() {
+    if (!this.scheduled) return;
+    this.scheduled = false;
+    if (!window.Plotly || !this.latest) return;
+    const layers = [...this.latest.layers].sort((a, b) => a.layer - b.layer);
+    const nExpert = Math.max(...layers.map((l) => (l.tokens_per_expert || []).length));
+    const experts = Array.from({ length: nExpert }, (_, e) => `expert ${e}`);
+    const rows = layers.map((l) => `layer ${l.layer}`);
+    const counts = layers.map((l) => experts.map((_, e) => l.tokens_per_expert?.[e] ?? 0));
+    const z = counts.map((row) => {
+      const routed = row.reduce((s, n) => s + n, 0);
+      return row.map((n) => (routed ? n / routed : 0));
+    });
+    const balanced = 1 / nExpert;
+    const data = [{
+      type: "heatmap", x: experts, y: rows, z, customdata: counts,
+      zmin: 0, zmax: 2 * balanced, colorscale: COLORSCALE, xgap: 2, ygap: 2,
+      texttemplate: "%{z:.0%}", textfont: { size: 11 },
+      hovertemplate: "%{y}, %{x}<br>%{z:.1%} of routed tokens (%{customdata:,})<extra></extra>",
+      colorbar: {
+        thickness: 10, outlinewidth: 0, len: 1, tickfont: { size: 10 },
+        tickvals: [0, balanced, 2 * balanced],
+        ticktext: ["0", `${+(balanced * 100).toFixed(1)}% balanced`, `≥ ${+(200 * balanced).toFixed(1)}%`],
+      },
+    }];
+    const layout = {
+      margin: { l: 8, r: 8, t: 6, b: 8 },
+      font: { family: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size: 11, color: "#4b5565" },
+      paper_bgcolor: "rgba(0,0,0,0)",
+      plot_bgcolor: "rgba(0,0,0,0)",
+      xaxis: { side: "top", automargin: true, tickfont: { size: 11 }, ticks: "", fixedrange: true },
+      yaxis: { autorange: "reversed", automargin: true, tickfont: { size: 11 }, ticks: "", fixedrange: true },
+    };
+    // Rows keep a readable height however many MoE layers there are.
+    this.el.style.height = `${Math.min(560, Math.max(240, 56 + 44 * rows.length))}px`;
+    if (!this.drawn) {
+      this.el.classList.remove("chart-empty");
+      this.el.textContent = "";
+      window.Plotly.newPlot(this.el, data, layout, { ...CONFIG, displayModeBar: false });
+      this.drawn = true;
+    } else {
+      window.Plotly.react(this.el, data, layout, { ...CONFIG, displayModeBar: false });
+    }
+  }
+}
