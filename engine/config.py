@@ -464,23 +464,50 @@ def parse_spec(d: dict) -> JobSpec:
 # ---------------------------------------------------------------------------- form description
 
 
+# How the composer groups each section's fields, in display order. A form field missing here
+# still shows, last, under "Other" (tests/engine/test_config.py asserts there is none).
+FIELD_GROUPS = {
+    "model": {
+        "Shape": ("family", "n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias",
+                  "tie_embeddings"),
+        "Attention": ("attention", "window", "dilation", "sparse_block", "sparse_stride", "feature_map", "qk_norm",
+                      "attn_softcap", "attn_impl"),
+        "Positions": ("position", "rope_theta", "rope_scaling", "rope_factor", "rope_original_block_size"),
+        "Norms & residuals": ("norm", "norm_placement", "norm_eps", "scale_residual_init"),
+        "Feed-forward": ("ffn", "ffn_mult", "ffn_hidden"),
+        "Mixture of Experts": ("n_expert", "top_k", "capacity_factor", "moe_every", "shared_expert",
+                               "moe_renormalize", "aux_loss_coef", "z_loss_coef"),
+        "Output": ("final_softcap",),
+    },
+    "data": {"": ("source", "task", "task_length", "tokenizer", "val_fraction", "seed")},
+    "train": {
+        "Optimisation": ("steps", "batch_size", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip"),
+        "Evaluation": ("eval_interval", "eval_iters", "log_interval", "sample_tokens"),
+        "Run": ("seed", "device"),
+    },
+}
+
+
 def field_specs() -> list[dict]:
     """One dict per user-settable field, in form order, for generating the web form:
-    ``{"name", "section", "key", "label", "type", "default", "min", "max", "step", "choices", "help"}``,
+    ``{"name", "section", "key", "group", "label", "type", "default", "min", "max", "step", "choices", "help"}``,
     plus ``show_if`` on fields that only apply to some settings: ``{"model.attention": ["sliding"]}``
     (the other field has one of those values) or ``{"model.n_expert": {"min": 1}}`` (at least that);
-    several keys must all hold.
+    several keys must all hold. Fields come grouped as ``FIELD_GROUPS`` lists them.
     ``model.vocab_size`` and ``data.path`` are left out: the app sets them."""
     specs = []
     for section, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls):
+        groups = FIELD_GROUPS.get(section, {})
+        group_of = {key: group for group, keys in groups.items() for key in keys}
+        order = {key: i for i, key in enumerate(k for keys in groups.values() for k in keys)}
+        fields = [f for f in dataclasses.fields(cls) if f.metadata["form"]]
+        for f in sorted(fields, key=lambda f: order.get(f.name, len(order))):
             meta = f.metadata
-            if not meta["form"]:
-                continue
             spec = {
                 "name": f"{section}.{f.name}",
                 "section": section,
                 "key": f.name,
+                "group": group_of.get(f.name, "Other"),
                 "label": meta["label"],
                 "type": meta["kind"],
                 "default": f.default,

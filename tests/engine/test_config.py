@@ -240,3 +240,23 @@ def test_show_if_names_real_fields_and_values():
     for key in ("n_kv_head", "attention", "qk_norm", "norm_placement", "ffn_hidden", "n_expert", "rope_theta"):
         help_text = specs[f"model.{key}"]["help"]
         assert len(help_text) > 40 and "\n" not in help_text
+
+
+def test_every_form_field_has_a_group_and_groups_name_real_fields():
+    import dataclasses
+
+    from engine.config import FIELD_GROUPS, SECTIONS
+
+    specs = field_specs()
+    assert not [s["name"] for s in specs if s["group"] == "Other"]
+    for section, groups in FIELD_GROUPS.items():
+        names = {f.name for f in dataclasses.fields(SECTIONS[section]) if f.metadata["form"]}
+        listed = [k for keys in groups.values() for k in keys]
+        assert sorted(listed) == sorted(names), section
+    # consecutive: each group's fields come together, so the form shows each heading once
+    seen = []
+    for s in specs:
+        key = (s["section"], s["group"])
+        if not seen or seen[-1] != key:
+            assert key not in seen
+            seen.append(key)
