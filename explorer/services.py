@@ -299,7 +299,7 @@ def job_to_dict(job, position=None):
 
 # ---------------------------------------------------------------------------- running (in a worker)
 SUMMARY_KEYS = {
-    "step": ("loss", "lr", "grad_norm", "tokens_per_s", "elapsed", "eta"),
+    "step": ("loss", "lr", "grad_norm", "tokens_per_s", "elapsed", "eta", "aux_loss"),
     "eval": ("train_loss", "val_loss", "accuracy"),
     "start": ("params", "vocab_size", "tokens_per_step"),
 }
