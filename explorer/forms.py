@@ -29,6 +29,8 @@ def _field_for(spec):
             if spec.get(key) is not None:
                 attrs[key] = spec[key]
         attrs["step"] = spec.get("step") or (1 if kind == "int" else "any")
+        if spec.get("default") is None:
+            attrs["placeholder"] = "auto"  # empty means "derived": n_kv_head = n_head, ffn_hidden from ffn_mult...
         field_cls = forms.IntegerField if kind == "int" else forms.FloatField
         return field_cls(required=False, widget=forms.NumberInput(attrs=attrs), **kw)
     if kind == "bool":

@@ -58,6 +58,26 @@ def composer_options(team):
     }
 
 
+def _holds(condition, value):
+    if isinstance(condition, dict):
+        return (value is not None and value >= condition.get("min", value) and value <= condition.get("max", value))
+    return value in condition
+
+
+def relevant_config(spec):
+    """A job's spec without the fields its other settings make irrelevant (the engine's
+    ``show_if``: no window without sliding attention, no expert settings without experts)."""
+    show_if = {s["name"]: s.get("show_if") for s in engine.field_specs()}
+    flat = {f"{section}.{key}": value for section, values in spec.items() for key, value in values.items()}
+    return {
+        section: {
+            key: value for key, value in values.items()
+            if key != "path" and all(_holds(cond, flat.get(other)) for other, cond in (show_if.get(f"{section}.{key}") or {}).items())
+        }
+        for section, values in spec.items()
+    }
+
+
 # ---------------------------------------------------------------------------- validation
 def _split_payload(team, payload):
     """Turn the user's payload into the engine's spec dict; user input never names a file path."""

@@ -85,7 +85,9 @@ def queue(request):
 def job_detail(request, job_id):
     job = get_job_or_404(request.user, job_id)
     data = services.job_to_dict(job, services.queue_positions([job])[job.pk])
-    return render(request, "explorer/job.html", {"job": job, "job_data": data, "nav": "queue"})
+    return render(request, "explorer/job.html", {
+        "job": job, "job_data": data, "config": services.relevant_config(job.spec), "nav": "queue",
+    })
 
 
 @login_required

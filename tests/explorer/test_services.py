@@ -102,3 +102,16 @@ def test_queue_positions_follow_submission_order(alice, bob, tiny_spec):
     a2 = services.create_job(alice[0], alice[1], tiny_spec)
     positions = services.queue_positions([a1, b1, a2])
     assert positions == {a1.pk: 1, b1.pk: 2, a2.pk: 3}
+
+
+def test_relevant_config_drops_fields_that_do_not_apply(tiny_spec):
+    import engine
+
+    spec = engine.parse_spec(tiny_spec).to_dict()
+    shown = services.relevant_config(spec)
+    assert "window" not in shown["model"] and "top_k" not in shown["model"] and "rope_theta" not in shown["model"]
+    assert shown["model"]["n_layer"] == 1 and "path" not in shown["data"]
+    spec["model"].update(attention="sliding", n_expert=4, position="rope")
+    shown = services.relevant_config(spec)
+    assert {"window", "top_k", "capacity_factor", "rope_theta"} <= set(shown["model"])
+    assert "dilation" not in shown["model"]
