@@ -1,6 +1,6 @@
 """Training throughput of our engine against transformers' model of the same architecture.
 
-    python bench/vs_transformers.py [--rounds 6] [--steps 5] [--batch 16] [--seq 128] [--profile]
+    python bench/vs_transformers.py [--rounds 4] [--steps 5] [--batch 16] [--seq 128] [--profile] [--only NAME]
 
 For each shape, our model is built, copied into transformers with ``engine.interop`` (so both
 start from the same weights), and both train side by side in one process: same random token
@@ -23,7 +23,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from engine import ModelConfig, build_model  # noqa: E402
-from engine.interop import MAPPINGS, to_transformers  # noqa: E402
+from engine.interop import to_transformers  # noqa: E402
 
 GPT2 = dict(position="learned", norm="layernorm", ffn="gelu", bias=True, tie_embeddings=True)
 LLAMA = dict(position="rope", norm="rmsnorm", ffn="swiglu", bias=False, tie_embeddings=False)
@@ -65,14 +65,11 @@ def profile(forward, params, opt, batches, top: int = 12) -> list[dict]:
              "calls_per_step": round(e.count / n, 1)} for e in rows]
 
 
-def bench_shape(family, label, kw, args) -> dict | None:
-    if why := MAPPINGS[family].missing():
-        print(f"{label}: skipped ({why})")
-        return {"name": label, "family": family, "skipped": why}
+def bench_shape(family, label, kw, args) -> dict:
     cfg = ModelConfig(**kw, block_size=args.seq, vocab_size=VOCAB)
     torch.manual_seed(0)
     ours = build_model(cfg).train()
-    hf = to_transformers(ours).train()
+    hf = to_transformers(ours, model_type=family).train()
     ours_fwd = lambda x: ours(x)[0]  # noqa: E731
     hf_fwd = lambda x: hf(input_ids=x, use_cache=False).logits  # noqa: E731
     runners = {
@@ -123,13 +120,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--only", default="", help="run only shapes whose name contains this, e.g. 'Llama'")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     print(f"training throughput, batch {args.batch} x seq {args.seq}, {torch.get_num_threads()} threads, "
           f"{args.rounds} rounds of {args.steps} steps each after {args.warmup} warm-up steps")
-    rows = [bench_shape(family, label, kw, args) for family, label, kw in SHAPES]
+    rows = [bench_shape(family, label, kw, args) for family, label, kw in SHAPES if args.only in label]
     write("vs_transformers", {
         "what": "training tokens/s, ours vs transformers, same weights/batches/AdamW/threads, alternating rounds",
         "batch_size": args.batch, "seq_len": args.seq, "warmup_steps": args.warmup,

@@ -14,6 +14,11 @@ attention has no scores: 4·n_embd·head_dim + 4·n_embd per layer, independent 
 (``ATTENTIONS[kind].flops_per_token``):
 
     per_token_forward = 2 · N_matmul_active + n_layer · attention_flops(T)
+
+For the encoder families the same terms are summed over both stacks (approximately: an
+encoder-decoder's input and output are taken as equally long): a bidirectional layer's
+softmax pattern sees 2·K̄ − 1 keys (the causal ones on each side, itself once), a decoder
+layer of an encoder-decoder adds cross-attention's four projections and 4·n_embd·T.
     per_token_train   = 3 · per_token_forward           (backward ≈ 2 × forward)
     per_step_train    = per_token_train · batch_size · T
 
@@ -33,6 +38,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .attention import ATTENTIONS, CausalSelfAttention, LinearAttention
+from .encoder import MLMHead
 from .ffn import FFNS
 from .norm import NORM_PLACEMENTS, NORMS
 from .position import POSITIONS
@@ -80,30 +86,50 @@ def analyze(
     kv_dim = n_kv * (d // a)
 
     # ---- parameters
+    # the stacks of blocks: the decoder's or encoder's, or an encoder-decoder's two (encoder first)
+    family = _lookup(FAMILY_STACKS, cfg.family, "family")
+    stacks = [n_layer] if family == 1 else [n_layer, cfg.n_decoder_layer or n_layer]
+    n_blocks, n_cross = sum(stacks), (stacks[1] if family == 2 else 0)
     attention = CausalSelfAttention.num_params(cfg)
     mlp = ffn.num_params(cfg)
-    layer_norms = 2 * placement.n_norms * norm.num_params(d, bias=cfg.bias)
-    per_layer = attention + mlp + layer_norms  # a dense layer
-    n_moe = n_layer // cfg.moe_every if cfg.n_expert else 0  # layers i with (i + 1) % moe_every == 0
+    norm_params = norm.num_params(d, bias=cfg.bias)
+    layer_norms = 2 * placement.n_norms * norm_params
+    cross = attention + placement.n_norms * norm_params  # a decoder block's cross-attention and its norms
+    per_layer = attention + mlp + layer_norms + (cross if n_cross else 0)  # a dense (decoder) layer
+    # layers i with (i + 1) % moe_every == 0, in each stack
+    n_moe = sum(n // cfg.moe_every for n in stacks) if cfg.n_expert else 0
     router = d * cfg.n_expert
     moe = router + (cfg.n_expert + int(cfg.shared_expert)) * mlp  # engine.moe.MoE.num_params
     moe_active = router + (min(cfg.top_k, cfg.n_expert) + int(cfg.shared_expert)) * mlp
-    ffn_total = (n_layer - n_moe) * mlp + n_moe * moe
-    embedding = vocab * d
-    positions = position.num_params(cfg)
-    head = 0 if cfg.tie_embeddings else vocab * d  # a tied head is the embedding, counted once
-    final_norm = norm.num_params(d, bias=cfg.bias)
-    total = embedding + positions + n_layer * (attention + layer_norms) + ffn_total + final_norm + head
+    ffn_total = (n_blocks - n_moe) * mlp + n_moe * moe
+    embedding = vocab * d + (cfg.n_token_type * d if cfg.family == "encoder" else 0)
+    positions = len(stacks) * position.num_params(cfg)  # one position module per stack
+    if cfg.family == "encoder":  # BERT's MLM head: dense, norm, vocabulary (+ bias)
+        head = MLMHead.num_params(cfg, vocab)
+    else:
+        head = 0 if cfg.tie_embeddings else vocab * d  # a tied head is the embedding, counted once
+    final_norm = len(stacks) * norm_params  # per stack: a final norm, or (post-norm) the embedding norm
+    total = (embedding + positions + n_blocks * (attention + layer_norms) + n_cross * cross + ffn_total
+             + final_norm + head)
     active = total - n_moe * (moe - moe_active)  # what one token passes through
 
     # ---- FLOPs
     hidden = ffn.hidden_dim(cfg)
     ffn_matmul = ffn.n_proj * d * hidden
     moe_matmul = router + (min(cfg.top_k, cfg.n_expert) + int(cfg.shared_expert)) * ffn_matmul
-    matmul = n_layer * (2 * d * d + 2 * d * kv_dim) + (n_layer - n_moe) * ffn_matmul + n_moe * moe_matmul
-    matmul += d * vocab  # the head multiplies even when tied
+    matmul = (n_blocks + n_cross) * (2 * d * d + 2 * d * kv_dim) + (n_blocks - n_moe) * ffn_matmul
+    matmul += n_moe * moe_matmul + d * vocab  # the head multiplies even when tied
+    if cfg.family == "encoder":
+        matmul += d * d  # the MLM head's dense layer
     attention_flops = kind.flops_per_token(cfg, t)
-    per_token_forward = 2 * matmul + n_layer * attention_flops
+    if cfg.family == "decoder":
+        attention_total = n_layer * attention_flops
+    else:
+        # a symmetric pattern sees the causal keys on both sides, the query once: 2·K̄ − 1 keys
+        both = attention_flops if cfg.attention == "linear" else 2 * attention_flops - 4 * d
+        # the encoder's layers; a decoder's causal ones and its cross-attention to all t inputs
+        attention_total = n_layer * both + n_cross * (attention_flops + 4 * d * t)
+    per_token_forward = 2 * matmul + attention_total
     per_token_train = 3 * per_token_forward
 
     # ---- memory
@@ -130,15 +156,16 @@ def analyze(
     layer_masks = (2 * sbh + (attn_matrix if dropout_attn else 0)) if dropout else 0
     # the FFN's hidden tensors; an MoE layer holds them for each of a token's experts
     ffn_elems = sbh * ffn.n_hidden_saved * hidden / d
-    ffn_copies = (n_layer - n_moe) + n_moe * (min(cfg.top_k, cfg.n_expert) + int(cfg.shared_expert))
+    ffn_copies = (n_blocks - n_moe) + n_moe * (min(cfg.top_k, cfg.n_expert) + int(cfg.shared_expert))
     # an MoE layer also gathers each expert's tokens and keeps its gated outputs
     moe_elems = n_moe * 3 * min(cfg.top_k, cfg.n_expert) * sbh
-    activations = (n_layer * (layer_elems + layer_masks) + ffn_copies * ffn_elems + moe_elems) * bpe
+    activations = (n_blocks * (layer_elems + layer_masks) + ffn_copies * ffn_elems + moe_elems) * bpe
     # the final norm's tensors, the head's input and the embedding dropout's mask
     activations += (sbh * norm.n_saved + sbh + (sbh if dropout else 0)) * bpe
     activations += t * b * vocab * (bpe + 8)  # logits, fp32 log-softmax and its gradient
     if cfg.final_softcap:
         activations += 2 * t * b * vocab * bpe  # the logits before and after the tanh
+    n_kv_layers = {"decoder": n_layer, "encoder": 0}.get(cfg.family, n_cross)
     weights = total * 4 + (total * 2 if bpe < 4 else 0)
     gradients = total * 4
     optimizer_bytes = n_states * total * 4
@@ -149,12 +176,13 @@ def analyze(
             "active": active,  # MoE: only top_k experts (and the shared one) per token
             "embedding": embedding,
             "position": positions,
-            "attention": n_layer * attention,
+            "attention": n_blocks * attention,
             "ffn": ffn_total,  # dense FFNs and MoE layers (router, experts, shared expert)
-            "norms": n_layer * layer_norms + final_norm,
+            "norms": n_blocks * layer_norms + final_norm,
             "head": head,
             "per_layer": per_layer,
             "per_moe_layer": per_layer - mlp + moe if n_moe else None,
+            "cross_attention": n_cross * cross,  # encoder-decoder: the decoder's cross-attention and norms
         },
         "flops": {
             "attention_per_token_layer": attention_flops,
@@ -169,12 +197,13 @@ def analyze(
             "activations": int(activations),
             "train_total": int(weights + gradients + optimizer_bytes + activations),
         },
-        # a key and a value vector per layer and key/value head
-        "kv_cache_per_token": 2 * n_layer * kv_dim * bpe,
+        # a key and a value vector per generating layer and key/value head (an encoder generates nothing)
+        "kv_cache_per_token": 2 * n_kv_layers * kv_dim * bpe,
         # one sequence of T tokens; a sliding window cache keeps only the last `window`
-        "kv_cache": 2 * n_layer * kv_dim * bpe * (min(t, cfg.window) if cfg.attention == "sliding" else t),
+        "kv_cache": 2 * n_kv_layers * kv_dim * bpe * (min(t, cfg.window) if cfg.attention == "sliding" else t),
     }
 
 
+FAMILY_STACKS = {"decoder": 1, "encoder": 1, "encoder_decoder": 2}  # stacks of blocks per family
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 OPTIMIZER_STATES = {"adamw": 2, "sgd": 0}  # fp32 tensors kept per parameter: AdamW's two moments

@@ -5,10 +5,12 @@ heads: GQA, Ainslie et al. 2023; 1 is multi-query, Shazeer 2019), optionally RMS
 k per head, rotates them (RoPE), appends k, v to a KV cache, then hands them to the pattern.
 
 ``ATTENTIONS`` (config ``attention``): which keys each query sees. Every entry takes ``(config)``
-and gives ``attend(q, k, v, *, q_start, alibi, dropout_p, need_weights) -> (y, weights | None)``
+(and ``causal=True``) and gives ``attend(q, k, v, *, q_start, bias, dropout_p, need_weights) -> (y, weights | None)``
 on (B, nh, Tq, hs) queries and (B, nh, Tk, hs) keys/values, the keys being the positions
 ``q_start + Tq - Tk .. q_start + Tq - 1`` (a cache may hold fewer than all earlier ones); every
-entry is causal. The softmax patterns differ only in ``allowed(q_pos, k_pos)``, their mask,
+entry is causal unless built with ``causal=False`` (an encoder's, where a pattern becomes symmetric:
+query i sees key j when the causal pattern lets i see j or j see i). The softmax patterns
+differ only in ``allowed(q_pos, k_pos)``, their mask,
 built once per shape and cached; ``mean_keys(config, t)`` counts what a query attends to, for
 ``analysis``.
 
@@ -29,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .norm import RMSNorm
-from .position import alibi_bias, apply_rotary
+from .position import apply_rotary
 
 if TYPE_CHECKING:
     from .cache import KVCache
@@ -79,6 +81,8 @@ def _cached_mask(kind: MaskedAttention, q_start: int, tq: int, k_start: int, tk:
     q_pos = torch.arange(q_start, q_start + tq, device=device)
     k_pos = torch.arange(k_start, k_start + tk, device=device)
     allowed = kind.allowed(q_pos[:, None], k_pos[None, :])
+    if not kind.causal:  # symmetric: i sees j when either may see the other causally
+        allowed = allowed | kind.allowed(k_pos[:, None], q_pos[None, :]).transpose(-2, -1)
     return allowed if allowed.dim() == 3 else allowed[None]  # (1 or nh, Tq, Tk)
 
 
@@ -90,16 +94,17 @@ class MaskedAttention:
 
     plain_causal = False  # True when the mask is exactly causal, so kernels may use is_causal
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, *, causal: bool = True):
         self.impl = config.attn_impl
         self.softcap = config.attn_softcap
+        self.causal = causal
         self.params: tuple = ()
 
     def __hash__(self):
-        return hash((type(self), self.params))
+        return hash((type(self), self.causal, self.params))
 
     def __eq__(self, other):
-        return type(self) is type(other) and self.params == other.params
+        return type(self) is type(other) and self.causal == other.causal and self.params == other.params
 
     def allowed(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -107,14 +112,14 @@ class MaskedAttention:
     def mask(self, q_start: int, tq: int, k_start: int, tk: int, device: torch.device) -> torch.Tensor:
         return _cached_mask(self, q_start, tq, k_start, tk, device)
 
-    def attend(self, q, k, v, *, q_start: int, alibi: torch.Tensor | None, dropout_p: float, need_weights: bool):
+    def attend(self, q, k, v, *, q_start: int, bias, dropout_p: float, need_weights: bool):
         tq, tk = q.size(-2), k.size(-2)
         k_start = q_start + tq - tk
-        mask = None if self.plain_causal and tq == tk else self.mask(q_start, tq, k_start, tk, q.device)
-        bias = None
-        if alibi is not None:
+        plain = self.plain_causal and self.causal and tq == tk
+        mask = None if plain else self.mask(q_start, tq, k_start, tk, q.device)
+        if bias is not None:  # the position scheme's score bias function
             pos = torch.arange(k_start, q_start + tq, device=q.device)  # (Tk,)
-            bias = alibi_bias(alibi, pos[-tq:], pos)  # (nh, Tq, Tk)
+            bias = bias(pos[-tq:], pos)  # (nh, Tq, Tk)
         if need_weights:
             w = attention_weights(q, k, mask=mask, bias=bias, softcap=self.softcap)  # (B, nh, Tq, Tk)
             return F.dropout(w, p=dropout_p, training=dropout_p > 0) @ v, w
@@ -149,8 +154,8 @@ class SlidingAttention(MaskedAttention):
     """Each query sees the last ``window`` positions including itself (Longformer's local
     attention, Mistral 7B's sliding window): cost and KV cache bounded by the window."""
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, *, causal=True):
+        super().__init__(config, causal=causal)
         self.window = config.window
         self.params = (config.window,)
 
@@ -169,8 +174,8 @@ class DilatedAttention(MaskedAttention):
     ``dilation**g``, so group 0 is full attention and later groups reach as far with fewer keys
     (after LongNet's dilated attention, Ding et al. 2023, without its segmenting)."""
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, *, causal=True):
+        super().__init__(config, causal=causal)
         self.n_head, self.dilation = config.n_head, config.dilation
         self.params = (config.n_head, config.dilation)
 
@@ -200,8 +205,8 @@ class BlockSparseAttention(MaskedAttention):
 
     so information crosses blocks only through the summaries."""
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, *, causal=True):
+        super().__init__(config, causal=causal)
         self.block, self.stride = config.sparse_block, config.sparse_stride
         self.params = (config.sparse_block, config.sparse_stride)
 
@@ -239,17 +244,23 @@ class LinearAttention:
     eps = 1e-6  # keeps relu features' all-zero rows finite (they give 0)
     chunk = 64
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, *, causal: bool = True):
         self.phi = FEATURE_MAPS[config.feature_map]
+        self.causal = causal
 
-    def attend(self, q, k, v, *, q_start: int, alibi, dropout_p: float, need_weights: bool):
+    def attend(self, q, k, v, *, q_start: int, bias, dropout_p: float, need_weights: bool):
         fq, fk, vf = self.phi(q.float()), self.phi(k.float()), v.float()
         if need_weights:
             w = self.weights(fq, fk)
             return (w @ vf).type_as(v), w.type_as(q)
-        return self.causal(fq, fk, vf).type_as(v), None
+        if not self.causal:  # every query sees every key: one global state, y_i = φ(q_i)·S / φ(q_i)·z
+            s = torch.einsum("bhtd,bhte->bhde", fk, vf)  # (B, nh, hs, hs)
+            z = fk.sum(dim=2)  # (B, nh, hs)
+            y = (fq @ s) / ((fq @ z[..., None]) + self.eps)  # (B, nh, Tq, hs)
+            return y.type_as(v), None
+        return self.running(fq, fk, vf).type_as(v), None
 
-    def causal(self, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def running(self, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """y for (B, nh, Tq, hs) features of the last Tq of Tk positions, chunk-wise."""
         b, h, tq, d = fq.shape
         e, past = v.size(-1), fk.size(-2) - tq
@@ -272,11 +283,12 @@ class LinearAttention:
         return y.reshape(b, h, n * c, e)[:, :, :tq]
 
     def weights(self, fq: torch.Tensor, fk: torch.Tensor) -> torch.Tensor:
-        """The implied attention matrix, quadratic: causal φ(q)·φ(k) over its row sum (B, nh, Tq, Tk)."""
+        """The implied attention matrix, quadratic: (causal) φ(q)·φ(k) over its row sum (B, nh, Tq, Tk)."""
         tq, tk = fq.size(-2), fk.size(-2)
         a = fq @ fk.transpose(-2, -1)  # (B, nh, Tq, Tk)
-        causal = torch.ones(tq, tk, dtype=torch.bool, device=fq.device).tril(diagonal=tk - tq)
-        a = a.masked_fill(~causal, 0.0)
+        if self.causal:
+            causal = torch.ones(tq, tk, dtype=torch.bool, device=fq.device).tril(diagonal=tk - tq)
+            a = a.masked_fill(~causal, 0.0)
         return a / (a.sum(-1, keepdim=True) + self.eps)
 
     @staticmethod
@@ -301,7 +313,10 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int = 0):
+    """Self-attention; causal unless ``causal=False`` (an encoder's, where the pattern is made
+    symmetric). ``CrossAttention`` reuses it with keys and values from another sequence."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int = 0, *, causal: bool = True):
         super().__init__()
         self.n_head = config.n_head
         self.n_kv_head = config.n_kv_head or config.n_head
@@ -320,7 +335,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
         self.layer_idx = layer_idx
-        self.pattern = ATTENTIONS[config.attention](config)
+        self.pattern = ATTENTIONS[config.attention](config, causal=causal)
         self.capture = None  # set by ``capture_attention``: called with the weights when not None
 
     def forward(
@@ -328,7 +343,7 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,
         *,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-        alibi: torch.Tensor | None = None,
+        bias=None,
         cache: KVCache | None = None,
         start_pos: int = 0,
     ) -> torch.Tensor:
@@ -345,7 +360,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(k, v, self.layer_idx)  # (B, n_kv, Tk, hs): cached keys come first
         n_rep = self.n_head // self.n_kv_head
         y, weights = self.pattern.attend(
-            q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), q_start=start_pos, alibi=alibi,
+            q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), q_start=start_pos, bias=bias,
             dropout_p=self.dropout if self.training else 0.0, need_weights=self.capture is not None,
         )  # (B, nh, T, hs)
         if weights is not None:
@@ -361,6 +376,32 @@ class CausalSelfAttention(nn.Module):
         biases = 2 * d + 2 * kv if config.bias else 0
         qk_norm = 2 * (d // config.n_head) if config.qk_norm else 0
         return weights + biases + qk_norm
+
+
+class CrossAttention(CausalSelfAttention):
+    """Encoder-decoder attention (Vaswani et al. 2017, §3.2.3): queries from the decoder, keys and
+    values from the encoder's output (``memory``); every query sees every encoder position, with
+    no position signal (as in T5). Same projections, and parameter count, as self-attention;
+    linear attention stays linear, every softmax pattern becomes full."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int = 0):
+        super().__init__(config, layer_idx, causal=False)
+        if config.attention != "linear":
+            self.pattern = FullAttention(config, causal=False)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        (b, t, c), s = x.size(), memory.size(1)
+        hs = self.head_dim
+        q = self.q_proj(x).view(b, t, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_proj(memory).view(b, s, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, S, hs)
+        v = self.v_proj(memory).view(b, s, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, S, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        n_rep = self.n_head // self.n_kv_head
+        y, _ = self.pattern.attend(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), q_start=s - t, bias=None,
+                                   dropout_p=self.dropout if self.training else 0.0, need_weights=False)
+        y = y.transpose(1, 2).contiguous().view(b, t, c)  # (B, T, C)
+        return self.resid_dropout(self.o_proj(y))
 
 
 ATTENTION_FUNCTIONS = {"sdpa": sdpa_attention, "eager": eager_attention}

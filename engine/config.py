@@ -18,8 +18,9 @@ from .data import DATA_SOURCES, load_data
 from .device import DEVICES
 from .errors import ConfigError
 from .ffn import FFNS
-from .model import FAMILIES
+from .families import FAMILIES
 from .norm import NORM_PLACEMENTS, NORMS
+from .objectives import OBJECTIVES, family_checks
 from .position import POSITIONS, ROPE_SCALINGS
 from .tasks import TASKS
 from .tokenizers import TOKENIZERS
@@ -87,14 +88,38 @@ class Section:
 
 SOFTMAX = ["full", "sliding", "dilated", "block_sparse"]  # the attention patterns with scores
 MOE = {"model.n_expert": {"min": 1}}  # show_if of the fields that only matter with experts
+ENCODER = {"model.family": ["encoder"]}
+ENCODER_DECODER = {"model.family": ["encoder_decoder"]}
 
 
 @dataclass
 class ModelConfig(Section):
     section: ClassVar[str] = "model"
 
-    family: str = choice("decoder", FAMILIES, "Family", "Architecture family; decoder-only language models so far.")
-    n_layer: int = integer(4, "Layers", "Number of transformer blocks.", min=1, max=64)
+    family: str = choice(
+        "decoder", FAMILIES, "Family",
+        "Decoder-only (GPT: causal, predicts the next token), encoder-only (BERT: bidirectional, fills in masked "
+        "tokens; cannot generate) or encoder-decoder (T5: an encoder reads the input, a causal decoder writes the "
+        "output through cross-attention; about twice the layers, plus a cross-attention per decoder layer).")
+    n_layer: int = integer(4, "Layers", "Number of transformer blocks (the encoder's, for encoder-decoder).",
+                           min=1, max=64)
+    n_decoder_layer: int | None = integer(
+        None, "Decoder layers",
+        "Blocks in the decoder (empty = as many as the encoder); each holds self- and cross-attention, so costs "
+        "about 4/3 of an encoder block.", min=1, max=64, optional=True, show_if=ENCODER_DECODER)
+    mlm_probability: float = number(
+        0.15, "Mask probability",
+        "Share of tokens the encoder must recover (BERT: 15%; 80% become [MASK], 10% a random token, 10% stay); "
+        "more masks, more signal per step but less context.", min=0.0, min_open=True, max=1.0, max_open=True,
+        step=0.05, show_if=ENCODER)
+    noise_density: float = number(
+        0.15, "Noise density",
+        "Span corruption on text (T5): share of tokens hidden behind sentinels for the decoder to write out; "
+        "longer targets, more decoder compute.", min=0.0, min_open=True, max=0.9, step=0.05, show_if=ENCODER_DECODER)
+    mean_span_length: float = number(
+        3.0, "Mean span length",
+        "Span corruption on text: mean length of a hidden span (T5: 3); longer spans, fewer sentinels, a harder "
+        "task; no cost difference.", min=1.0, max=64.0, step=0.5, show_if=ENCODER_DECODER)
     n_head: int = integer(4, "Heads", "Attention heads per block; must divide the width.", min=1, max=64)
     n_kv_head: int | None = integer(
         None, "Key/value heads",
@@ -117,8 +142,18 @@ class ModelConfig(Section):
     position: str = choice(
         "learned", POSITIONS, "Positions",
         "How token positions are encoded: a learned table (block_size × width parameters, no longer contexts), "
-        "fixed sinusoids, none, RoPE rotations of q and k, or ALiBi's distance penalty (both extend past "
-        "block_size at no parameter cost).")
+        "fixed sinusoids, none, RoPE rotations of q and k, ALiBi's distance penalty (both extend past "
+        "block_size at no parameter cost), or T5's learned bias per head and distance bucket (buckets × heads "
+        "parameters per stack).")
+    relative_attention_num_buckets: int = integer(
+        32, "Distance buckets",
+        "T5 relative bias: distance buckets, half exact for short distances, half log-spaced (split between "
+        "before and after in an encoder); buckets × heads parameters.", min=4, max=1024,
+        show_if={"model.position": ["t5_relative"]})
+    relative_attention_max_distance: int = integer(
+        128, "Bucket max distance",
+        "T5 relative bias: distances beyond this share the last bucket; free.", min=2, max=1_000_000,
+        show_if={"model.position": ["t5_relative"]})
     rope_theta: float = number(10000.0, "RoPE base",
                                "Base of RoPE's geometric frequencies; larger bases resolve longer distances.",
                                min=1.0, max=1e9, step=1000.0, show_if={"model.position": ["rope"]})
@@ -212,6 +247,9 @@ class ModelConfig(Section):
                                         "(GPT-2), so its variance does not grow with depth; free.")
     vocab_size: int | None = integer(None, "Vocabulary size", "Set from the data's tokenizer when left empty.",
                                      min=1, max=1_000_000, optional=True, form=False)
+    n_token_type: int = integer(0, "Token types", "BERT's segment embeddings (encoder only; the engine uses "
+                                "type 0); set by checkpoint imports such as all-MiniLM-L6-v2.", min=0, max=16,
+                                form=False)
 
 
 @dataclass
@@ -383,13 +421,14 @@ def _model_checks(cfg: ModelConfig, ok) -> dict[str, str]:
         if head_dim % 2:
             errors["position"] = (f"position 'rope' rotates pairs of dimensions, so the head size "
                                   f"n_embd / n_head ({head_dim}) must be even")
-    if ok("position", "attention") and cfg.position == "alibi" and cfg.attention == "linear":
-        errors["position"] = "position 'alibi' biases attention scores, which attention 'linear' has none of; " \
-                             f"choose from {[p for p in POSITIONS if p != 'alibi']}"
+    if ok("position", "attention") and cfg.position in ("alibi", "t5_relative") and cfg.attention == "linear":
+        errors["position"] = f"position {cfg.position!r} biases attention scores, which attention 'linear' has " \
+                             f"none of; choose from {[p for p in POSITIONS if p not in ('alibi', 't5_relative')]}"
     if ok("n_expert", "top_k") and cfg.n_expert and cfg.top_k > cfg.n_expert:
         errors["top_k"] = f"top_k ({cfg.top_k}) must be ≤ n_expert ({cfg.n_expert})"
     if ok("n_expert", "moe_every", "n_layer") and cfg.n_expert and cfg.moe_every > cfg.n_layer:
         errors["moe_every"] = f"moe_every ({cfg.moe_every}) must be ≤ n_layer ({cfg.n_layer}), or no layer is MoE"
+    errors.update(family_checks(cfg, ok))
     return errors
 
 
@@ -445,12 +484,18 @@ def parse_spec(d: dict) -> JobSpec:
         except ConfigError as e:
             errors.update(e.errors)
         else:
+            # the objective's special tokens ([MASK], a start token, sentinels) sit above the data's
+            family_ok = not any(k in errors for k in ("model.family", "model.block_size", "model.noise_density",
+                                                      "model.mean_span_length"))
+            special = OBJECTIVES[model.family].n_special(model, dataset) if family_ok else 0
+            needed = dataset.vocab_size + special
             if model.vocab_size is None:
-                model.vocab_size = dataset.vocab_size
-            elif model.vocab_size < dataset.vocab_size and "model.vocab_size" not in errors:
+                model.vocab_size = needed
+            elif model.vocab_size < needed and "model.vocab_size" not in errors:
                 errors["model.vocab_size"] = (
                     f"vocab_size ({model.vocab_size}) is smaller than the data's vocabulary "
-                    f"({dataset.vocab_size} symbols); leave it empty to use the data's"
+                    f"({dataset.vocab_size} symbols{f' + {special} special tokens' if special else ''}); "
+                    "leave it empty to use the data's"
                 )
             if "model.block_size" not in errors:
                 problem = dataset.check_block_size(model.block_size)
@@ -468,16 +513,18 @@ def parse_spec(d: dict) -> JobSpec:
 # still shows, last, under "Other" (tests/engine/test_config.py asserts there is none).
 FIELD_GROUPS = {
     "model": {
-        "Shape": ("family", "n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias",
+        "Shape": ("family", "n_layer", "n_decoder_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias",
                   "tie_embeddings"),
         "Attention": ("attention", "window", "dilation", "sparse_block", "sparse_stride", "feature_map", "qk_norm",
                       "attn_softcap", "attn_impl"),
-        "Positions": ("position", "rope_theta", "rope_scaling", "rope_factor", "rope_original_block_size"),
+        "Positions": ("position", "rope_theta", "rope_scaling", "rope_factor", "rope_original_block_size",
+                      "relative_attention_num_buckets", "relative_attention_max_distance"),
         "Norms & residuals": ("norm", "norm_placement", "norm_eps", "scale_residual_init"),
         "Feed-forward": ("ffn", "ffn_mult", "ffn_hidden"),
         "Mixture of Experts": ("n_expert", "top_k", "capacity_factor", "moe_every", "shared_expert",
                                "moe_renormalize", "aux_loss_coef", "z_loss_coef"),
         "Output": ("final_softcap",),
+        "Objective": ("mlm_probability", "noise_density", "mean_span_length"),
     },
     "data": {"": ("source", "task", "task_length", "tokenizer", "val_fraction", "seed")},
     "train": {

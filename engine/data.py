@@ -236,10 +236,11 @@ class SyntheticData:
         y[:, : self.prompt_len - 1] = -1  # loss only where the next token is part of the answer
         return x, y
 
-    def get_batch(self, split: str, batch_size: int, block_size: int, generator: torch.Generator):
+    def pairs(self, split: str, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompts (B, P), answers (B, A)): held-out ones for "val", fresh training ones otherwise."""
         if split == "val":
             ix = torch.randint(len(self.val_prompts), (batch_size,), generator=generator)
-            return self._rows(self.val_prompts[ix], self.val_answers[ix])
+            return self.val_prompts[ix], self.val_answers[ix]
         prompt, answer = self.task.sample(batch_size, self.n, generator)
         # resample the rows that happen to be held-out examples
         held = torch.tensor([key in self.val_keys for key in map(tuple, prompt.tolist())])
@@ -247,17 +248,22 @@ class SyntheticData:
             p, a = self.task.sample(int(held.sum()), self.n, generator)
             prompt[held], answer[held] = p, a
             held = torch.tensor([key in self.val_keys for key in map(tuple, prompt.tolist())])
-        return self._rows(prompt, answer)
+        return prompt, answer
+
+    def eval_pairs(self, split: str, batch_size: int, eval_iters: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The whole held-out set for "val" (so accuracy is exact), else ``eval_iters`` fixed training batches."""
+        if split == "val":
+            n = len(self.val_prompts)
+            return [(self.val_prompts[i : i + batch_size], self.val_answers[i : i + batch_size])
+                    for i in range(0, n, batch_size)]
+        generator = torch.Generator().manual_seed(0)
+        return [self.pairs("train", batch_size, generator) for _ in range(eval_iters)]
+
+    def get_batch(self, split: str, batch_size: int, block_size: int, generator: torch.Generator):
+        return self._rows(*self.pairs(split, batch_size, generator))
 
     def eval_batches(self, split: str, batch_size: int, block_size: int, eval_iters: int):
-        if split == "val":  # the whole held-out set, so accuracy is exact
-            n = len(self.val_prompts)
-            return [
-                self._rows(self.val_prompts[i : i + batch_size], self.val_answers[i : i + batch_size])
-                for i in range(0, n, batch_size)
-            ]
-        generator = torch.Generator().manual_seed(0)
-        return [self.get_batch("train", batch_size, block_size, generator) for _ in range(eval_iters)]
+        return [self._rows(p, a) for p, a in self.eval_pairs(split, batch_size, eval_iters)]
 
     def sample(self, block_size: int, sample_tokens: int):
         """The first held-out prompt, answered greedily: its answer is known, so show it too."""

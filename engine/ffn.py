@@ -32,9 +32,12 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def activation(self, h: torch.Tensor) -> torch.Tensor:
         # tanh approximation: GPT-2's "gelu_new", so weights load from GPT-2 checkpoints unchanged
-        h = F.gelu(self.up_proj(x), approximate="tanh")  # (B, T, hidden)
+        return F.gelu(h, approximate="tanh")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.activation(self.up_proj(x))  # (B, T, hidden)
         return self.dropout(self.down_proj(h))
 
     @staticmethod
@@ -47,6 +50,23 @@ class MLP(nn.Module):
     def num_params(cls, config: ModelConfig) -> int:
         c, h = config.n_embd, cls.hidden_dim(config)
         return cls.n_proj * c * h + ((cls.n_proj - 1) * h + c if config.bias else 0)
+
+
+class ExactGeluMLP(MLP):
+    """The MLP with the exact, erf-based GELU (Hendrycks & Gimpel 2016) that BERT uses, so BERT
+    checkpoints load unchanged; same cost as the tanh form."""
+
+    def activation(self, h: torch.Tensor) -> torch.Tensor:
+        return F.gelu(h)
+
+
+class ReluMLP(MLP):
+    """The original Transformer's and T5 v1.0's MLP: ReLU, whose output is exactly sparse."""
+
+    n_hidden_saved = 1  # ReLU's backward needs only its output
+
+    def activation(self, h: torch.Tensor) -> torch.Tensor:
+        return F.relu(h)
 
 
 class SwiGLU(MLP):
@@ -89,4 +109,4 @@ class GeGLU(SwiGLU):
         return F.gelu(gate, approximate="tanh")
 
 
-FFNS = {"gelu": MLP, "swiglu": SwiGLU, "geglu": GeGLU}
+FFNS = {"gelu": MLP, "gelu_exact": ExactGeluMLP, "relu": ReluMLP, "swiglu": SwiGLU, "geglu": GeGLU}

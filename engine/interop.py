@@ -7,8 +7,7 @@ Both directions copy the weights (no sharing) and give the same logits to float3
 Each architecture is one entry of ``MAPPINGS`` (keyed by HF's ``model_type``), a small class
 with the same four methods: ``problems(cfg)`` lists what keeps one of our configs from being
 that architecture, ``hf_config``/``engine_config`` convert configs, and ``tensors(cfg)`` names
-which of our tensors make each HF tensor. A mapping that needs an engine feature this
-checkout lacks says so in ``missing()``.
+which of our tensors make each HF tensor.
 
 Only the architecture travels. Training-only settings HF configs do not hold (init scheme,
 z-loss coefficient, ...) take our defaults on import. Dropout maps to Llama's
@@ -19,16 +18,16 @@ residual branches); inference is the same either way. ``transformers`` is import
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from .attention import ATTENTION_FUNCTIONS
 from .config import ModelConfig
+from .errors import ConfigError
 from .ffn import FFNS
 from .model import build_model
-from .position import POSITIONS
 
 
 @dataclass(frozen=True)
@@ -61,18 +60,7 @@ class Tensor:
         return out
 
 
-def _has(field: str) -> bool:
-    return field in {f.name for f in dataclasses.fields(ModelConfig)}
-
-
-def _get(cfg, field: str, default):
-    """A field of ours, or the value that means "feature off" on a checkout without it."""
-    return getattr(cfg, field, default)
-
-
 def _need(cfg, field: str, want, problems: list, why: str = "") -> None:
-    if not hasattr(cfg, field):
-        return  # a feature this checkout lacks is off
     value = getattr(cfg, field)
     ok = value in want if isinstance(want, (list, tuple, set)) else value == want
     if not ok:
@@ -97,17 +85,13 @@ def _ffn_width(cfg, hidden: int) -> dict:
     for mult in (default, hidden / cfg["n_embd"]):
         if FFNS[cfg["ffn"]].hidden_dim(ModelConfig(**{**cfg, "ffn_mult": mult})) == hidden:
             return {"ffn_mult": mult}
-    if not _has("ffn_hidden"):
-        raise ValueError(f"an FFN width of {hidden} needs ModelConfig.ffn_hidden, which this engine lacks")
     return {"ffn_hidden": hidden}
 
 
 def _attn_impl(hf_config) -> dict:
     # the HF kernel choice carries over when we have the same one; same maths either way
     impl = getattr(hf_config, "_attn_implementation", None)
-    from .attention import ATTENTION_FUNCTIONS
-
-    return {"attn_impl": impl} if _has("attn_impl") and impl in ATTENTION_FUNCTIONS else {}
+    return {"attn_impl": impl} if impl in ATTENTION_FUNCTIONS else {}
 
 
 # ---------------------------------------------------------------------------- GPT-2
@@ -120,10 +104,6 @@ class GPT2:
 
     model_type = "gpt2"
     hf_class = "GPT2LMHeadModel"
-
-    @staticmethod
-    def missing() -> str | None:
-        return None
 
     @staticmethod
     def problems(cfg) -> list[str]:
@@ -143,7 +123,7 @@ class GPT2:
             vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
             n_head=cfg.n_head, n_inner=FFNS[cfg.ffn].hidden_dim(cfg), activation_function="gelu_new",
             resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
-            layer_norm_epsilon=_get(cfg, "norm_eps", 1e-5), tie_word_embeddings=cfg.tie_embeddings,
+            layer_norm_epsilon=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings,
             bos_token_id=None, eos_token_id=None,  # GPT-2's 50256 lies outside a small vocabulary
         )
 
@@ -161,8 +141,8 @@ class GPT2:
                    block_size=hf.n_positions, vocab_size=hf.vocab_size, dropout=float(hf.resid_pdrop),
                    bias=True, norm="layernorm", position="learned", ffn="gelu",
                    tie_embeddings=bool(hf.tie_word_embeddings))
+        cfg["norm_eps"] = float(hf.layer_norm_epsilon)
         cfg.update(_ffn_width(cfg, hf.n_inner or 4 * hf.n_embd))
-        _set_eps(cfg, hf.layer_norm_epsilon, 1e-5)
         return cfg
 
     @staticmethod
@@ -185,13 +165,6 @@ class GPT2:
         return t
 
 
-def _set_eps(cfg: dict, eps: float, fixed: float) -> None:
-    if _has("norm_eps"):
-        cfg["norm_eps"] = float(eps)
-    elif abs(eps - fixed) > 1e-12:
-        raise ValueError(f"norm epsilon {eps} needs ModelConfig.norm_eps, which this engine lacks")
-
-
 # ---------------------------------------------------------------------------- Llama family
 
 # our rope_scaling names -> HF rope_type. HF's "dynamic" NTK changes the base with the current
@@ -207,13 +180,7 @@ class Llama:
     hf_class = "LlamaForCausalLM"
     attentions = ("full",)
     biases = True  # LlamaConfig has attention_bias and mlp_bias
-
-    @classmethod
-    def missing(cls) -> str | None:
-        lacking = [f for f in ("n_kv_head", "rope_theta", "rope_scaling", "norm_eps", "ffn_hidden") if not _has(f)]
-        if "rope" not in POSITIONS:
-            lacking.append("position 'rope'")
-        return f"engine lacks {', '.join(lacking)}" if lacking else None
+    experts = False
 
     @classmethod
     def problems(cls, cfg) -> list[str]:
@@ -223,9 +190,17 @@ class Llama:
         _need(cfg, "ffn", "swiglu", p)
         _need(cfg, "attention", cls.attentions, p)
         _need(cfg, "rope_scaling", tuple(ROPE_TYPES), p)
-        _need(cfg, "n_expert", 0, p)
         if not cls.biases:
             _need(cfg, "bias", False, p)
+        if not cls.experts:
+            _need(cfg, "n_expert", 0, p)
+        elif cfg.n_expert < 1:
+            p.append(f"n_expert={cfg.n_expert!r} (needs ≥ 1)")
+        else:
+            _need(cfg, "moe_every", 1, p, "every Mixtral layer is MoE")
+            _need(cfg, "shared_expert", False, p)
+            _need(cfg, "moe_renormalize", True, p)
+            _need(cfg, "capacity_factor", 0.0, p, "Mixtral is dropless")
         return p
 
     @classmethod
@@ -274,7 +249,8 @@ class Llama:
                    n_embd=hf.hidden_size, block_size=hf.max_position_embeddings, vocab_size=hf.vocab_size,
                    dropout=float(hf.attention_dropout or 0.0), bias=bias, norm="rmsnorm", position="rope",
                    ffn="swiglu", tie_embeddings=bool(hf.tie_word_embeddings),
-                   rope_theta=float(rope.get("rope_theta", 10000.0)), rope_scaling=scaling)
+                   rope_theta=float(rope.get("rope_theta", 10000.0)), rope_scaling=scaling,
+                   norm_eps=float(hf.rms_norm_eps))
         kv = hf.num_key_value_heads
         cfg["n_kv_head"] = None if kv in (None, hf.num_attention_heads) else kv
         if scaling != "none":
@@ -284,7 +260,6 @@ class Llama:
             cfg["rope_original_block_size"] = None if orig == hf.max_position_embeddings else orig
         cfg.update(cls.extra_engine_config(hf))
         cfg.update(_ffn_width(cfg, hf.intermediate_size))
-        _set_eps(cfg, hf.rms_norm_eps, 1e-6)
         return cfg
 
     @staticmethod
@@ -327,11 +302,6 @@ class Mistral(Llama):
     biases = False
 
     @classmethod
-    def missing(cls) -> str | None:
-        base = Llama.missing()
-        return base or (None if _has("window") else "engine lacks attention 'sliding' (window)")
-
-    @classmethod
     def hf_config(cls, cfg) -> dict:
         return {**super().hf_config(cfg), "sliding_window": cfg.window if cfg.attention == "sliding" else None}
 
@@ -349,28 +319,7 @@ class Mixtral(Mistral):
 
     model_type = "mixtral"
     hf_class = "MixtralForCausalLM"
-
-    @classmethod
-    def missing(cls) -> str | None:
-        base = Mistral.missing()
-        if base:
-            return base
-        try:
-            from . import moe  # noqa: F401
-        except ImportError:
-            return "engine lacks engine/moe.py"
-        return None if _has("n_expert") else "engine lacks ModelConfig.n_expert"
-
-    @classmethod
-    def problems(cls, cfg) -> list[str]:
-        p = [x for x in super().problems(cfg) if not x.startswith("n_expert=")]
-        if _get(cfg, "n_expert", 0) < 1:
-            p.append(f"n_expert={_get(cfg, 'n_expert', 0)!r} (needs ≥ 1)")
-        _need(cfg, "moe_every", 1, p, "every Mixtral layer is MoE")
-        _need(cfg, "shared_expert", False, p)
-        _need(cfg, "moe_renormalize", True, p)
-        _need(cfg, "capacity_factor", 0.0, p, "Mixtral is dropless")
-        return p
+    experts = True
 
     @classmethod
     def hf_config(cls, cfg) -> dict:
@@ -417,14 +366,12 @@ def to_transformers(model: nn.Module, model_type: str | None = None):
     reasons = {}
     for name in candidates:
         mapping = MAPPINGS[name]
-        why = mapping.missing() or "; ".join(mapping.problems(cfg))
-        if why:
-            reasons[name] = why
+        if problems := mapping.problems(cfg):
+            reasons[name] = "; ".join(problems)
             continue
         config_cls, model_cls = _hf_classes(mapping)
         hf_config = config_cls(**mapping.hf_config(cfg))
-        attn_impl = _get(cfg, "attn_impl", "sdpa")
-        hf_config._attn_implementation = attn_impl if attn_impl in ("sdpa", "eager") else "sdpa"
+        hf_config._attn_implementation = cfg.attn_impl if cfg.attn_impl in ("sdpa", "eager") else "sdpa"
         hf_model = model_cls(hf_config)
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         hf_sd = {t.hf: t.to_hf(sd) for t in mapping.tensors(cfg)}
@@ -443,10 +390,11 @@ def from_transformers(hf_model) -> nn.Module:
     if model_type not in MAPPINGS:
         raise ValueError(f"unsupported transformers model_type {model_type!r}; choose from {list(MAPPINGS)}")
     mapping = MAPPINGS[model_type]
-    if why := mapping.missing():
-        raise ValueError(f"{model_type} is not supported by this engine yet: {why}")
     cfg = ModelConfig(**{**mapping.engine_config(hf_model.config), **_attn_impl(hf_model.config)})
-    cfg.validate()
+    try:
+        cfg.validate()  # e.g. a context or width beyond the explorer's bounds
+    except ConfigError as e:
+        raise ValueError(f"this {model_type} model is outside our config's bounds: {e}") from None
     model = build_model(cfg)
     template = model.state_dict()
     shapes = {k: tuple(v.shape) for k, v in template.items()}

@@ -42,12 +42,14 @@ def _moe(config: ModelConfig) -> nn.Module:
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int = 0):
+    """Attention then FFN, each a residual branch; ``causal=False`` for an encoder's blocks."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int = 0, *, causal: bool = True):
         super().__init__()
         norm = lambda: NORMS[config.norm](config.n_embd, bias=config.bias, eps=config.norm_eps)  # noqa: E731
         self.placement = NORM_PLACEMENTS[config.norm_placement]
         self.ln_1 = norm()
-        self.attn = CausalSelfAttention(config, layer_idx)
+        self.attn = CausalSelfAttention(config, layer_idx, causal=causal)
         self.ln_2 = norm()
         self.mlp = _moe(config) if is_moe_layer(config, layer_idx) else FFNS[config.ffn](config)
         sandwich = self.placement.n_norms == 2
@@ -75,22 +77,7 @@ class Decoder(nn.Module):
             # one matrix both reads and writes tokens (Press & Wolf 2017); saves vocab*n_embd params
             self.lm_head.weight = self.wte.weight
         self.aux_loss = 0.0  # the MoE terms added to the last forward's loss
-
-        self.apply(self._init_weights)
-        if config.scale_residual_init:
-            # GPT-2: each block adds two projections into the residual stream, so scale their init
-            # by 1/sqrt(2*n_layer) to keep the stream's variance independent of depth
-            for name, p in self.named_parameters():
-                if name.endswith(("o_proj.weight", "down_proj.weight")):
-                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        init_weights(self, config)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count; a tied head is counted once (``parameters()`` yields it once).
@@ -127,7 +114,7 @@ class Decoder(nn.Module):
             )
         x = self.drop(self.wpe(self.wte(idx), start_pos))  # (B, T, C)
         # position signals for attention, once per forward for every layer
-        attn_kw = {"rope": self.wpe.rotary(start_pos, t, idx.device), "alibi": self.wpe.alibi(),
+        attn_kw = {"rope": self.wpe.rotary(start_pos, t, idx.device), "bias": self.wpe.score_bias(),
                    "cache": cache, "start_pos": start_pos}
         for block in self.h:
             x = block(x, **attn_kw)
@@ -138,28 +125,12 @@ class Decoder(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-            if self.config.n_expert:
-                stats = [block.mlp.stats for block in self.h if hasattr(block.mlp, "stats")]
-                aux = self.config.aux_loss_coef * sum(s["aux_loss"] for s in stats)
-                aux = aux + self.config.z_loss_coef * sum(s["z_loss"] for s in stats)
-                self.aux_loss = float(aux.detach())
-                loss = loss + aux
+            loss = add_moe_loss(self, loss, self.h)
         return logits, loss
 
     def moe_stats(self) -> list[dict]:
         """Routing of the last forward, one dict per MoE layer (plain numbers, JSON-ready)."""
-        out = []
-        for i, block in enumerate(self.h):
-            stats = getattr(block.mlp, "stats", None)
-            if stats:
-                out.append({
-                    "layer": i,
-                    "tokens_per_expert": [int(n) for n in stats["tokens_per_expert"]],
-                    "dropped": int(stats["dropped"]),
-                    "aux_loss": float(torch.as_tensor(stats["aux_loss"]).detach()),
-                    "z_loss": float(torch.as_tensor(stats["z_loss"]).detach()),
-                })
-        return out
+        return moe_stats(self.h)
 
     @torch.no_grad()
     def generate(
@@ -198,6 +169,52 @@ class Decoder(nn.Module):
         return idx
 
 
+def init_weights(model: nn.Module, config: ModelConfig) -> None:
+    """GPT-2's initialisation, shared by every family: N(0, 0.02) weights and embeddings, zero
+    biases; with ``scale_residual_init`` the projections into the residual stream get
+    1/sqrt(2*n_layer) of that, since each block adds two of them to the stream and its
+    variance should not grow with depth."""
+    def init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    model.apply(init)
+    if config.scale_residual_init:
+        for name, p in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+
+def add_moe_loss(model: nn.Module, loss: torch.Tensor, blocks) -> torch.Tensor:
+    """``loss`` plus the weighted MoE terms of ``blocks``' last forward (kept in ``model.aux_loss``)."""
+    if not model.config.n_expert:
+        return loss
+    stats = [block.mlp.stats for block in blocks if hasattr(block.mlp, "stats")]
+    aux = model.config.aux_loss_coef * sum(s["aux_loss"] for s in stats)
+    aux = aux + model.config.z_loss_coef * sum(s["z_loss"] for s in stats)
+    model.aux_loss = float(aux.detach())
+    return loss + aux
+
+
+def moe_stats(blocks) -> list[dict]:
+    out = []
+    for i, block in enumerate(blocks):
+        stats = getattr(block.mlp, "stats", None)
+        if stats:
+            out.append({
+                "layer": i,
+                "tokens_per_expert": [int(n) for n in stats["tokens_per_expert"]],
+                "dropped": int(stats["dropped"]),
+                "aux_loss": float(torch.as_tensor(stats["aux_loss"]).detach()),
+                "z_loss": float(torch.as_tensor(stats["z_loss"]).detach()),
+            })
+    return out
+
+
 def sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
            generator: torch.Generator | None) -> torch.Tensor:
     """One token id per row (B, 1) from last-position logits (B, vocab)."""
@@ -219,6 +236,8 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: f
 
 def build_model(config: ModelConfig) -> nn.Module:
     """Build the model named by ``config.family``; ``config.vocab_size`` must be set."""
+    from .families import FAMILIES  # the other families build on this module's Block
+
     return FAMILIES[config.family](config)
 
 
@@ -248,5 +267,3 @@ def generate(
     model.train(was_training)
     return tokenizer.decode(out[0, len(ids) :].tolist())
 
-
-FAMILIES = {"decoder": Decoder}

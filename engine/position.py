@@ -1,12 +1,17 @@
 """How a decoder knows where each token is.
 
-Every ``POSITIONS`` entry takes ``(config)`` and offers three hooks, of which each scheme uses one:
+Every ``POSITIONS`` entry takes ``(config, *, causal=True)`` and offers three hooks, of which each
+scheme uses one:
 
 - ``forward(x, start_pos)``: added to the token embeddings (B, T, C) -> (B, T, C) before the
   first block (learned, sinusoidal; the identity for the others);
 - ``rotary(start_pos, t, device)``: RoPE's (cos, sin), each (T, head_dim), computed once per
   forward and passed to every layer (as transformers' ``LlamaRotaryEmbedding``), else None;
-- ``alibi()``: the (n_head,) slopes of ALiBi's linear distance penalty, else None.
+- ``score_bias()``: a function ``(q_pos (Tq,), k_pos (Tk,)) -> (n_head, Tq, Tk)`` added to the
+  attention scores (ALiBi's distance penalty, T5's learned relative buckets), else None.
+
+``causal=False`` builds the scheme for a bidirectional stack (an encoder): ALiBi then penalises
+``|i - j|`` and T5's buckets tell keys before and after the query apart.
 
 ``start_pos`` is the position of the first token (non-zero when decoding with a KV cache).
 Only learned positions stop at ``block_size``; the others extend to any length.
@@ -33,8 +38,9 @@ class Position(nn.Module):
 
     extrapolates = True  # defined beyond block_size
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, *, causal: bool = True):
         super().__init__()
+        self.causal = causal
 
     def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
         return x
@@ -42,7 +48,7 @@ class Position(nn.Module):
     def rotary(self, start_pos: int, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None
 
-    def alibi(self) -> torch.Tensor | None:
+    def score_bias(self):
         return None
 
     @staticmethod
@@ -56,8 +62,8 @@ class LearnedPosition(Position):
 
     extrapolates = False
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config)
+    def __init__(self, config: ModelConfig, *, causal: bool = True):
+        super().__init__(config, causal=causal)
         self.weight = nn.Parameter(torch.zeros(config.block_size, config.n_embd))
         nn.init.normal_(self.weight, mean=0.0, std=0.02)
 
@@ -88,8 +94,8 @@ def sinusoids(start_pos: int, t: int, c: int) -> torch.Tensor:
 class SinusoidalPosition(Position):
     """Fixed sinusoids added to the embeddings; a table for ``block_size``, computed beyond it."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config)
+    def __init__(self, config: ModelConfig, *, causal: bool = True):
+        super().__init__(config, causal=causal)
         # not persistent: it is a function of the config, so checkpoints need not carry it
         self.register_buffer("pe", sinusoids(0, config.block_size, config.n_embd), persistent=False)  # (T, C)
 
@@ -112,8 +118,8 @@ class RotaryPosition(Position):
     the position, so q·k depends on the distance only. transformers' convention: the pairs are
     (i, i + head_dim/2) ("rotate_half"), not adjacent dimensions as in the paper."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config)
+    def __init__(self, config: ModelConfig, *, causal: bool = True):
+        super().__init__(config, causal=causal)
         dim = config.n_embd // config.n_head
         inv_freq, self.attention_factor = ROPE_SCALINGS[config.rope_scaling](config, dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (dim/2,)
@@ -152,20 +158,73 @@ def alibi_slopes(n_head: int) -> torch.Tensor:
 
 class ALiBiPosition(Position):
     """ALiBi (Press et al. 2022): no embedding; each head subtracts ``slope * distance`` from
-    its attention scores, a recency bias that extrapolates past the training length."""
+    its attention scores, a recency bias that extrapolates past the training length. In an
+    encoder the distance is ``|i - j|``, the symmetric form (as MosaicBERT uses)."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config)
+    def __init__(self, config: ModelConfig, *, causal: bool = True):
+        super().__init__(config, causal=causal)
         self.register_buffer("slopes", alibi_slopes(config.n_head), persistent=False)  # (nh,)
 
-    def alibi(self) -> torch.Tensor:
-        return self.slopes
+    def score_bias(self):
+        return lambda q_pos, k_pos: alibi_bias(self.slopes, q_pos, k_pos, symmetric=not self.causal)
 
 
-def alibi_bias(slopes: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-    """(nh, Tq, Tk) score bias ``-slope * (q_pos - k_pos)``, from (Tq,) and (Tk,) positions."""
+def alibi_bias(slopes: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
+    """(nh, Tq, Tk) score bias ``-slope * (q_pos - k_pos)`` (``|q_pos - k_pos|`` when symmetric),
+    from (Tq,) and (Tk,) positions."""
     distance = (q_pos[:, None] - k_pos[None, :]).float()  # (Tq, Tk)
+    if symmetric:
+        distance = distance.abs()
     return -slopes[:, None, None] * distance
+
+
+def relative_position_bucket(relative: torch.Tensor, *, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> torch.Tensor:
+    """T5's bucket of each key-minus-query offset (Raffel et al. 2020, §2.1; transformers'
+    ``T5Attention._relative_position_bucket``): half the buckets for exact small distances,
+    the rest logarithmically spaced up to ``max_distance``, beyond which all share the last.
+    Bidirectional: keys after the query use the upper half of the buckets; causal: later keys
+    (which the mask hides anyway) fall in bucket 0."""
+    buckets = torch.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (relative > 0).long() * num_buckets
+        distance = relative.abs()
+    else:
+        distance = -torch.clamp(relative, max=0)
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    large = max_exact + (
+        torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    ).long()
+    large = torch.clamp(large, max=num_buckets - 1)
+    return buckets + torch.where(is_small, distance, large)
+
+
+class T5RelativePosition(Position):
+    """T5's relative position bias (Raffel et al. 2020): a learned scalar per head and bucket of
+    key-minus-query distance, added to the scores. One table per stack, shared by all its layers
+    (T5 keeps it in the first layer and passes the bias on); no embedding is added, and any
+    length works. ``relative_attention_num_buckets`` × ``n_head`` parameters per stack."""
+
+    def __init__(self, config: ModelConfig, *, causal: bool = True):
+        super().__init__(config, causal=causal)
+        self.num_buckets = config.relative_attention_num_buckets
+        self.max_distance = config.relative_attention_max_distance
+        self.relative_attention_bias = nn.Embedding(self.num_buckets, config.n_head)
+
+    def score_bias(self):
+        return self.bias
+
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        relative = k_pos[None, :] - q_pos[:, None]  # (Tq, Tk) memory position minus query position
+        buckets = relative_position_bucket(relative, bidirectional=not self.causal, num_buckets=self.num_buckets,
+                                           max_distance=self.max_distance)
+        return self.relative_attention_bias(buckets).permute(2, 0, 1)  # (Tq, Tk, nh) -> (nh, Tq, Tk)
+
+    @staticmethod
+    def num_params(config: ModelConfig) -> int:
+        return config.relative_attention_num_buckets * config.n_head
 
 
 # ---------------------------------------------------------------------------- RoPE scalings
@@ -224,4 +283,5 @@ POSITIONS = {
     "none": NoPosition,
     "rope": RotaryPosition,
     "alibi": ALiBiPosition,
+    "t5_relative": T5RelativePosition,
 }

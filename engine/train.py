@@ -8,7 +8,9 @@ them. Event kinds (all values JSON-serialisable):
            with experts also aux_loss (the weighted load-balancing + z-loss terms)
     moe    step, layers [{layer, tokens_per_expert, dropped, aux_loss, z_loss}] (experts only,
            every 10th step and every eval step, before the eval event)
-    eval   step, train_loss, val_loss, accuracy (None for text), sample {prompt, completion, expected}
+    eval   step, train_loss, val_loss, accuracy, sample {prompt, completion, expected}; accuracy is
+           the family's: decoder and encoder-decoder the exact-match rate of synthetic answers
+           (None for text), encoder the share of masked tokens recovered (text included)
     end    step, reason ("completed" | "cancelled"), elapsed, final_val_loss (None before any eval)
 
 Run from a shell: ``python -m engine.train spec.json`` (a tqdm bar, then the final numbers).
@@ -30,6 +32,7 @@ from .config import JobSpec, TrainConfig, parse_spec
 from .data import load_data
 from .device import DEVICES
 from .model import build_model
+from .objectives import OBJECTIVES, exact_rows
 from .tokenizers import Tokenizer
 
 
@@ -73,23 +76,21 @@ def configure_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, autocast) -> tuple[float, float]:
-    """Mean loss over ``batches`` and the fraction of rows whose every target token is the
-    argmax prediction. Under teacher forcing that equals greedy decoding's exact-match rate:
-    if each answer token is right given the right prefix, greedy decoding reproduces that
-    prefix token by token."""
+def evaluate(model: nn.Module, batches, autocast, score=None) -> tuple[float, float]:
+    """Mean loss over ``batches`` (tuples ``(*inputs, targets)``) and the accuracy
+    Σ hits / Σ count of ``score(logits, targets)``; by default the fraction of rows whose every
+    target token is the argmax (``objectives.exact_rows``)."""
+    score = score or exact_rows
     model.eval()
-    losses, correct, rows = [], 0, 0
-    for x, y in batches:
+    losses, hits, count = [], 0, 0
+    for batch in batches:
         with autocast():
-            logits, loss = model(x, y)
+            logits, loss = model(*batch)
         losses.append(loss.item() - model.aux_loss)  # the language-model loss, without MoE's terms
-        scored = y != -1
-        hit = (logits.argmax(-1) == y) | ~scored  # (B, T): right, or not scored
-        correct += int((hit.all(dim=1) & scored.any(dim=1)).sum())
-        rows += int(scored.any(dim=1).sum())
+        h, n = score(logits, batch[-1])
+        hits, count = hits + h, count + n
     model.train()
-    return sum(losses) / len(losses), correct / max(1, rows)
+    return sum(losses) / len(losses), hits / max(1, count)
 
 
 def train(
@@ -115,12 +116,14 @@ def train(
 
     torch.manual_seed(t_cfg.seed)  # initialisation and dropout
     data = load_data(d_cfg)
+    objective = OBJECTIVES[m_cfg.family](data, m_cfg)
     model = build_model(m_cfg).to(device)
     optimizer = configure_optimizer(model, t_cfg, device)
     batches = torch.Generator().manual_seed(t_cfg.seed)  # batch order, apart from the global RNG
-    train_evals = data.eval_batches("train", t_cfg.batch_size, m_cfg.block_size, t_cfg.eval_iters)
-    val_evals = data.eval_batches("val", t_cfg.batch_size, m_cfg.block_size, t_cfg.eval_iters)
-    tokens_per_step = t_cfg.batch_size * train_evals[0][0].size(1)
+    train_evals = objective.eval_batches("train", t_cfg.batch_size, t_cfg.eval_iters)
+    val_evals = objective.eval_batches("val", t_cfg.batch_size, t_cfg.eval_iters)
+    # the tokens the model reads per step (an encoder-decoder's input and output)
+    tokens_per_step = t_cfg.batch_size * sum(t.size(1) for t in train_evals[0][:-1])
     described = data.describe()
 
     start = time.perf_counter()
@@ -156,10 +159,9 @@ def train(
         lr = lr_at(step, t_cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = data.get_batch("train", t_cfg.batch_size, m_cfg.block_size, batches)
-        x, y = x.to(device), y.to(device)
+        batch = [t.to(device) for t in objective.get_batch("train", t_cfg.batch_size, batches)]
         with autocast():
-            _, loss = model(x, y)
+            _, loss = model(*batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # clip_grad_norm_ returns the norm before clipping; an infinite max only measures it
@@ -199,7 +201,7 @@ def train(
             ]})
         if is_eval:
             t_eval = time.perf_counter()
-            event = _evaluate(model, data, train_evals, val_evals, spec, device, autocast, step)
+            event = _evaluate(model, objective, train_evals, val_evals, spec, device, autocast, step)
             eval_times.append(time.perf_counter() - t_eval)
             final_val_loss = event["val_loss"]
             result.val_losses.append((step, final_val_loss if final_val_loss is not None else math.nan))
@@ -237,29 +239,20 @@ def _eta(step: int, cfg: TrainConfig, step_time: float, eval_times: list[float])
     return (cfg.steps - step) * step_time + remaining_evals * eval_time
 
 
-def _evaluate(model, data, train_evals, val_evals, spec: JobSpec, device, autocast, step: int) -> dict:
-    on_device = lambda batches: [(x.to(device), y.to(device)) for x, y in batches]  # noqa: E731
-    train_loss, _ = evaluate(model, on_device(train_evals), autocast)
-    val_loss, accuracy = evaluate(model, on_device(val_evals), autocast)
-    sample = data.sample(spec.model.block_size, spec.train.sample_tokens)
-    prompt = torch.tensor([sample["prompt"]], dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(spec.train.seed)  # same draw at every eval
+def _evaluate(model, objective, train_evals, val_evals, spec: JobSpec, device, autocast, step: int) -> dict:
+    on_device = lambda batches: [tuple(t.to(device) for t in b) for b in batches]  # noqa: E731
+    train_loss, _ = evaluate(model, on_device(train_evals), autocast, objective.score)
+    val_loss, accuracy = evaluate(model, on_device(val_evals), autocast, objective.score)
     model.eval()
-    with autocast():
-        out = model.generate(prompt, sample["max_new_tokens"], temperature=sample["temperature"], generator=generator)
+    sample = objective.sample(model, device, autocast, spec.train.seed, spec.train.sample_tokens)
     model.train()
-    decode = data.tokenizer.decode
     return {
         "kind": "eval",
         "step": step,
         "train_loss": _finite(train_loss),
         "val_loss": _finite(val_loss),
-        "accuracy": accuracy if data.scored else None,
-        "sample": {
-            "prompt": decode(sample["prompt"]),
-            "completion": decode(out[0, prompt.size(1) :].tolist()),
-            "expected": decode(sample["expected"]) if sample["expected"] is not None else None,
-        },
+        "accuracy": accuracy if objective.scored else None,
+        "sample": sample,
     }
 
 

@@ -111,7 +111,8 @@ def test_module_sdpa_equals_eager(kind, alibi, tiny_config):
     eager = CausalSelfAttention(dataclasses.replace(cfg, attn_impl="eager"))
     eager.load_state_dict(sdpa.state_dict())
     x = torch.randn(2, 7, tiny_config.n_embd)
-    kw = {"alibi": alibi_slopes(cfg.n_head)} if alibi else {}
+    slopes = alibi_slopes(cfg.n_head)
+    kw = {"bias": lambda q_pos, k_pos: alibi_bias(slopes, q_pos, k_pos)} if alibi else {}
     torch.testing.assert_close(sdpa(x, **kw), eager(x, **kw))
 
 
@@ -121,14 +122,14 @@ def test_linear_causal_form_equals_the_quadratic_reference(feature_map, chunk, t
     monkeypatch.setattr(LinearAttention, "chunk", chunk)
     pattern = LinearAttention(dataclasses.replace(tiny_config, feature_map=feature_map))
     q, k, v = (torch.randn(2, 4, 11, 8) for _ in range(3))
-    fast, none = pattern.attend(q, k, v, q_start=0, alibi=None, dropout_p=0.0, need_weights=False)
+    fast, none = pattern.attend(q, k, v, q_start=0, bias=None, dropout_p=0.0, need_weights=False)
     assert none is None
     phi = FEATURE_MAPS[feature_map]
     a = (phi(q) @ phi(k).transpose(-2, -1)).tril()  # plainly: causal φ(q)·φ(k), each row over its sum
     reference = (a / (a.sum(-1, keepdim=True) + LinearAttention.eps)) @ v
     torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
     # the last 3 queries against all keys (a cached decoding step) are the same rows
-    tail, _ = pattern.attend(q[:, :, -3:], k, v, q_start=8, alibi=None, dropout_p=0.0, need_weights=False)
+    tail, _ = pattern.attend(q[:, :, -3:], k, v, q_start=8, bias=None, dropout_p=0.0, need_weights=False)
     torch.testing.assert_close(tail, reference[:, :, -3:], rtol=1e-4, atol=1e-5)
 
 
@@ -146,7 +147,7 @@ def test_linear_attention_builds_no_t_by_t_tensor(tiny_config):
             return out
 
     with Spy():
-        pattern.attend(q, k, v, q_start=0, alibi=None, dropout_p=0.0, need_weights=False)
+        pattern.attend(q, k, v, q_start=0, bias=None, dropout_p=0.0, need_weights=False)
     assert shapes and not any(s.count(t) >= 2 for s in shapes)
 
 

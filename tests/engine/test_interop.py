@@ -46,15 +46,8 @@ CASES = {
 assert set(CASES) == set(MAPPINGS), "give every mapping test configs"
 
 
-def _params():
-    for family, configs in CASES.items():
-        missing = MAPPINGS[family].missing()
-        mark = pytest.mark.xfail(missing is not None, reason=f"{family}: {missing}", strict=True)
-        for i, kw in enumerate(configs):
-            yield pytest.param(family, kw, id=f"{family}-{i}", marks=mark)
-
-
-PARAMS = list(_params())
+PARAMS = [pytest.param(family, kw, id=f"{family}-{i}") for family, configs in CASES.items()
+          for i, kw in enumerate(configs)]
 
 
 def _ours(family: str, kw: dict) -> torch.nn.Module:
@@ -153,3 +146,21 @@ def test_from_transformers_refuses_settings_we_lack():
         bos_token_id=None, eos_token_id=None))
     with pytest.raises(ValueError, match=r"GPT-2 activation 'relu' is not supported; choose from \['gelu_new'"):
         from_transformers(hf)
+
+
+@pytest.mark.parametrize("family,kw", [p for p in PARAMS if p.id in ("gpt2-0", "llama-0", "mistral-0")])
+def test_greedy_decoding_matches_transformers_generate(family, kw):
+    ours = _ours(family, kw)
+    hf = to_transformers(ours, model_type=family)
+    prompt = _ids(ours.config)[:1, :4]
+    with torch.no_grad():
+        mine = ours.generate(prompt, 10, temperature=0, use_cache=True)
+        theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10, min_new_tokens=10,
+                             do_sample=False, use_cache=True, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(mine, theirs)
+
+
+def test_mixtral_export_needs_dropless_routing():
+    kw = dict(CASES["mixtral"][1], capacity_factor=1.25)
+    with pytest.raises(ValueError, match=r"capacity_factor=1.25 \(needs 0.0; Mixtral is dropless\)"):
+        to_transformers(build_model(ModelConfig(**kw)), model_type="mixtral")
