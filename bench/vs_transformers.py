@@ -1,12 +1,13 @@
 """Training throughput of our engine against transformers' model of the same architecture.
 
-    python bench/vs_transformers.py [--rounds 4] [--steps 5] [--batch 16] [--seq 128] [--profile] [--only NAME]
+    python bench/vs_transformers.py [--steps 24] [--batch 16] [--seq 128] [--threads N] [--profile] [--only NAME]
 
 For each shape, our model is built, copied into transformers with ``engine.interop`` (so both
 start from the same weights), and both train side by side in one process: same random token
 batches, same AdamW settings, same threads, same loss (cross-entropy on the logits). After
-``--warmup`` untimed steps each, they alternate in rounds of ``--steps`` steps, so drifts in
-machine load hit both alike; tokens/s is summed over the rounds. HF runs with
+``--warmup`` untimed steps each, they alternate step by step (who goes first alternates too) on
+the same batch, and tokens/s comes from the median step time, so a burst of load from other
+processes hits both alike and outliers do not count. HF runs with
 ``use_cache=False`` (no KV cache is wanted when training) and its "sdpa" attention, as ours.
 ``--profile`` adds the top operators by self CPU time for both, for finding where time goes.
 Writes bench/results/vs_transformers.json.
@@ -15,6 +16,7 @@ Writes bench/results/vs_transformers.json.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 from common import write
@@ -36,17 +38,19 @@ SHAPES = [
 VOCAB = 256  # byte-sized: the embedding and head stay a small share, as in the explorer's models
 
 
-def train_steps(forward, params, opt, batches) -> float:
-    """Seconds for one optimizer step per batch (forward, backward, clip, AdamW)."""
-    t0 = time.perf_counter()
+def train_steps(forward, params, opt, batches) -> list[float]:
+    """Seconds of each optimizer step, one per batch (forward, backward, clip, AdamW)."""
+    times = []
     for x, y in batches:
+        t0 = time.perf_counter()
         logits = forward(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-    return time.perf_counter() - t0
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 def optimizer(model):
@@ -87,25 +91,26 @@ def bench_shape(family, label, kw, args) -> dict:
 
     for fwd, params, opt in runners.values():  # warm-up: allocator, kernels, AdamW state
         train_steps(fwd, params, opt, batches(args.warmup))
-    seconds = {name: 0.0 for name in runners}
-    for r in range(args.rounds):
+    times = {name: [] for name in runners}
+    for r in range(args.steps):
         order = list(runners) if r % 2 == 0 else list(reversed(runners))  # who goes first alternates
-        work = batches(args.steps)
+        work = batches(1)
         for name in order:
-            seconds[name] += train_steps(*runners[name], work)
-    tokens = args.rounds * args.steps * args.batch * args.seq
-    tps = {name: tokens / s for name, s in seconds.items()}
+            times[name] += train_steps(*runners[name], work)
+    step_s = {name: statistics.median(t) for name, t in times.items()}
+    tps = {name: args.batch * args.seq / s for name, s in step_s.items()}
     row = {
         "name": label,
         "family": family,
         "config": cfg.to_dict(),
         "params": ours.num_params(),
         "tokens_per_s": {k: round(v, 1) for k, v in tps.items()},
-        "ms_per_step": {k: round(1000 * s / (args.rounds * args.steps), 2) for k, s in seconds.items()},
+        "ms_per_step_median": {k: round(1000 * s, 2) for k, s in step_s.items()},
+        "ms_per_step_mean": {k: round(1000 * statistics.mean(t), 2) for k, t in times.items()},
         "ratio_ours_over_hf": round(tps["ours"] / tps["transformers"], 3),
     }
     if args.profile:
-        row["profile"] = {name: profile(*runners[name], batches(args.steps)) for name in runners}
+        row["profile"] = {name: profile(*runners[name], batches(5)) for name in runners}
     print(f"{label:24s} {row['params']:>10,}  ours {tps['ours']:>9,.0f} tok/s  "
           f"transformers {tps['transformers']:>9,.0f} tok/s  ratio {row['ratio_ours_over_hf']:.2f}")
     return row
@@ -116,8 +121,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=5, help="steps per round and model")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=24, help="timed steps per model")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--only", default="", help="run only shapes whose name contains this, e.g. 'Llama'")
@@ -126,12 +130,13 @@ def main() -> int:
         torch.set_num_threads(args.threads)
 
     print(f"training throughput, batch {args.batch} x seq {args.seq}, {torch.get_num_threads()} threads, "
-          f"{args.rounds} rounds of {args.steps} steps each after {args.warmup} warm-up steps")
+          f"{args.steps} alternating steps each after {args.warmup} warm-up steps, median step time")
     rows = [bench_shape(family, label, kw, args) for family, label, kw in SHAPES if args.only in label]
     write("vs_transformers", {
-        "what": "training tokens/s, ours vs transformers, same weights/batches/AdamW/threads, alternating rounds",
-        "batch_size": args.batch, "seq_len": args.seq, "warmup_steps": args.warmup,
-        "steps_per_round": args.steps, "rounds": args.rounds, "shapes": rows,
+        "what": "training tokens/s (median step), ours vs transformers, same weights/batches/AdamW/threads, "
+                "alternating step by step",
+        "batch_size": args.batch, "seq_len": args.seq, "warmup_steps": args.warmup, "steps": args.steps,
+        "shapes": rows,
     })
     return 0
 

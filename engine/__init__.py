@@ -21,12 +21,14 @@ Data
     ``TASKS``, ``TOKENIZERS``.
 
 Model
-    ``build_model(ModelConfig)`` -> ``nn.Module`` with
+    ``ModelConfig.family`` picks "decoder", "encoder" (BERT-style, masked LM) or
+    "encoder_decoder" (T5-style, seq2seq) from ``FAMILIES``; a decoder is an ``nn.Module`` with
     ``forward(idx, targets=None, *, cache=None, start_pos=0) -> (logits, loss)``, ``num_params()``,
     ``make_cache()``, ``moe_stats()`` and
     ``generate(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)``; components
     come from ``NORMS``, ``POSITIONS``, ``ATTENTIONS``, ``FFNS``.
     ``generate(model, tokenizer, prompt, ...)`` -> str. ``KVCache``, ``SlidingWindowCache``.
+    The other families: ``engine.encoder``, ``engine.encoder_decoder``; ``engine.pretrained.load_minilm()``.
     ``capture_attention(model, layers, heads)``: a context manager collecting attention weights.
 
 Training

@@ -18,9 +18,9 @@ from .data import DATA_SOURCES, load_data
 from .device import DEVICES
 from .errors import ConfigError
 from .ffn import FFNS
-from .families import FAMILIES
+from .families import FAMILIES, family_checks
 from .norm import NORM_PLACEMENTS, NORMS
-from .objectives import OBJECTIVES, family_checks
+from .objectives import OBJECTIVES
 from .position import POSITIONS, ROPE_SCALINGS
 from .tasks import TASKS
 from .tokenizers import TOKENIZERS
@@ -170,9 +170,9 @@ class ModelConfig(Section):
         min=1, max=1_000_000, optional=True, show_if={"model.position": ["rope"], "model.rope_scaling": ["yarn"]})
     attention: str = choice(
         "full", ATTENTIONS, "Attention pattern",
-        "Which earlier tokens each query sees: all (cost grows with context²), a sliding window, dilated "
-        "distances per head group, Sparse Transformer blocks, or linear attention (cost linear in context, "
-        "no softmax).")
+        "Which earlier tokens each query sees (in an encoder, the same pattern on both sides): all (cost grows "
+        "with context²), a sliding window, dilated distances per head group, Sparse Transformer blocks, or "
+        "linear attention (cost linear in context, no softmax).")
     window: int = integer(64, "Window", "Sliding attention: each token sees the last this many tokens incl. itself; "
                           "compute and KV cache stop growing beyond it.", min=1, max=1_000_000,
                           show_if={"model.attention": ["sliding"]})
@@ -513,7 +513,8 @@ def parse_spec(d: dict) -> JobSpec:
 # still shows, last, under "Other" (tests/engine/test_config.py asserts there is none).
 FIELD_GROUPS = {
     "model": {
-        "Shape": ("family", "n_layer", "n_decoder_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias",
+        "Shape": ("family", "n_layer", "n_decoder_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout",
+                  "bias",
                   "tie_embeddings"),
         "Attention": ("attention", "window", "dilation", "sparse_block", "sparse_stride", "feature_map", "qk_norm",
                       "attn_softcap", "attn_impl"),

@@ -191,7 +191,8 @@ class T5:
     def engine_config(hf) -> dict:
         ffns = {v: k for k, v in T5_FFNS.items()}
         if hf.feed_forward_proj not in ffns:
-            raise ValueError(f"T5 feed_forward_proj {hf.feed_forward_proj!r} is not supported; choose from {list(ffns)}")
+            raise ValueError(f"T5 feed_forward_proj {hf.feed_forward_proj!r} is not supported; "
+                             f"choose from {list(ffns)}")
         if hf.d_kv * hf.num_heads != hf.d_model:
             raise ValueError(f"d_kv {hf.d_kv} x {hf.num_heads} heads != d_model {hf.d_model}; "
                              "ours needs head size = width / heads")
@@ -209,7 +210,8 @@ class T5:
     @staticmethod
     def _ffn(cfg, hf: str, us: str) -> list[Tensor]:
         names = [("wi_0", "gate_proj"), ("wi_1", "up_proj")] if cfg.ffn == "geglu" else [("wi", "up_proj")]
-        return [Tensor(f"{hf}DenseReluDense.{a}.weight", (f"{us}mlp.{b}.weight",)) for a, b in names + [("wo", "down_proj")]]
+        names.append(("wo", "down_proj"))
+        return [Tensor(f"{hf}DenseReluDense.{a}.weight", (f"{us}mlp.{b}.weight",)) for a, b in names]
 
     @staticmethod
     def _attention(cfg, hf: str, us: str) -> list[Tensor]:

@@ -1,4 +1,5 @@
-"""The decoder-only transformer, built from the registries of its parts.
+"""The decoder-only transformer, built from the registries of its parts (the encoder families,
+``engine.encoder`` and ``engine.encoder_decoder``, reuse its ``Block``).
 
 Read it top-down like nanoGPT: ``Block`` (attention + FFN, each a residual branch with its
 norms placed by ``NORM_PLACEMENTS``) -> ``Decoder`` (embeddings, blocks, final norm, LM head).
@@ -252,7 +253,13 @@ def generate(
     top_p: float | None = None,
 ) -> str:
     """Continue ``prompt`` by ``max_new_tokens`` tokens and return only the continuation.
-    A ``seed`` makes the sample reproducible without touching the global RNG."""
+    A ``seed`` makes the sample reproducible without touching the global RNG. An encoder-decoder
+    reads the prompt as its input and writes the output from its start token (the id after the
+    tokenizer's vocabulary, as ``objectives.Seq2Seq`` trains it); an encoder does not generate."""
+    family = model.config.family
+    if family == "encoder":
+        raise ValueError("an encoder fills in masked tokens, it does not generate text; "
+                         "use a 'decoder' or 'encoder_decoder' model")
     ids = tokenizer.encode(prompt)
     if not ids:
         raise ValueError("prompt is empty; give at least one character to continue from")
@@ -263,7 +270,11 @@ def generate(
     was_training = model.training
     model.eval()
     idx = torch.tensor([ids], dtype=torch.long, device=device)
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    kw = {"start_token": tokenizer.vocab_size} if family == "encoder_decoder" else {}
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                         **kw)
     model.train(was_training)
-    return tokenizer.decode(out[0, len(ids) :].tolist())
+    new = out[0, 1:] if family == "encoder_decoder" else out[0, len(ids) :]
+    # sentinels and other special tokens lie beyond the tokenizer's vocabulary
+    return tokenizer.decode([i for i in new.tolist() if i < tokenizer.vocab_size])
 

@@ -180,8 +180,9 @@ def span_corrupt(row: list[int], *, noise_density: float, mean_span_length: floa
     """T5's span corruption (Raffel et al. 2020, §3.1.4; ``random_spans_noise_mask``): a fixed
     number of noise tokens, in a fixed number of spans of random lengths, alternating with
     kept spans (a kept one first). The input keeps the rest with span i replaced by the sentinel
-    ``sentinel + i``; the target lists each sentinel followed by the tokens it hid. Lengths
-    depend only on ``len(row)``, so rows batch without padding."""
+    ``sentinel + i``; the target lists each sentinel followed by the tokens it hid (T5 also
+    appends an end-of-sequence token to both; ours has none). Lengths depend only on
+    ``len(row)``, so rows batch without padding."""
     n_noise, n_spans = span_counts(len(row), noise_density, mean_span_length)
     noise = _partition(n_noise, n_spans, generator)
     kept = _partition(len(row) - n_noise, n_spans, generator)
@@ -264,23 +265,6 @@ class Seq2Seq:
             out = model.generate(src.to(device), tgt.size(1), temperature=0.0, start_token=self.start_id)
         return {"prompt": self.decode(src[0].tolist()), "completion": self.decode(out[0, 1:].tolist()),
                 "expected": self.decode(tgt[0].tolist())}
-
-
-def family_checks(cfg: ModelConfig, ok) -> dict[str, str]:
-    """Config checks that depend on the family (``ok(*fields)``: none of them already in error)."""
-    errors = {}
-    if ok("family", "n_decoder_layer") and cfg.n_decoder_layer is not None and cfg.family != "encoder_decoder":
-        errors["n_decoder_layer"] = (f"n_decoder_layer ({cfg.n_decoder_layer}) only applies to family "
-                                     f"'encoder_decoder' (got {cfg.family!r}); leave it empty")
-    if ok("family", "n_token_type") and cfg.n_token_type and cfg.family != "encoder":
-        errors["n_token_type"] = f"n_token_type ({cfg.n_token_type}) only applies to family 'encoder' (got {cfg.family!r})"
-    if ok("relative_attention_num_buckets", "relative_attention_max_distance") and cfg.position == "t5_relative":
-        exact = cfg.relative_attention_num_buckets // 4  # exact buckets on each side in a bidirectional stack
-        if cfg.relative_attention_max_distance <= exact:
-            errors["relative_attention_max_distance"] = (
-                f"relative_attention_max_distance ({cfg.relative_attention_max_distance}) must exceed "
-                f"relative_attention_num_buckets / 4 ({exact}), the distances given a bucket each")
-    return errors
 
 
 OBJECTIVES = {"decoder": NextToken, "encoder": MaskedLM, "encoder_decoder": Seq2Seq}

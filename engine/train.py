@@ -44,7 +44,7 @@ class TrainResult:
     cancelled: bool
     train_losses: list[float] = field(default_factory=list)  # one per step
     val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, val_loss) per evaluation
-    final_accuracy: float | None = None  # last evaluation's held-out accuracy; None for text
+    final_accuracy: float | None = None  # last evaluation's held-out accuracy; None where not scored
 
 
 def _finite(x: float) -> float | None:

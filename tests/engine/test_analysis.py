@@ -158,3 +158,36 @@ def check_activation_estimate(cfg):
 def test_unknown_dtype_lists_the_choices(tiny_config):
     with pytest.raises(ValueError, match=r"unknown dtype 'int4'; choose from \['fp32', 'bf16', 'fp16'\]"):
         analyze(tiny_config, dtype="int4")
+
+
+FAMILY_VARIANTS = [
+    {}, {"norm_placement": "post"}, {"norm_placement": "sandwich", "qk_norm": True}, {"position": "t5_relative"},
+    {"tie_embeddings": False, "bias": False}, {"n_kv_head": 2, "ffn": "geglu", "ffn_hidden": 20},
+    {"n_expert": 3, "top_k": 1, "moe_every": 2, "capacity_factor": 0.0, "shared_expert": True},
+]
+
+
+@pytest.mark.parametrize("family", ["encoder", "encoder_decoder"])
+@pytest.mark.parametrize("overrides", FAMILY_VARIANTS, ids=variant_id)
+def test_param_count_equals_the_built_model_for_every_family(family, overrides, tiny_config):
+    extra = {"n_token_type": 2} if family == "encoder" else {"n_decoder_layer": 3}
+    cfg = dataclasses.replace(tiny_config, family=family, **extra, **overrides)
+    model = build_model(cfg)
+    params = analyze(cfg)["params"]
+    assert params["total"] == sum(p.numel() for p in model.parameters())
+    parts = ("embedding", "position", "attention", "ffn", "norms", "head", "cross_attention")
+    assert sum(params[k] for k in parts) == params["total"]
+    if not cfg.n_expert:
+        assert params["per_layer"] == sum(p.numel() for p in model.h[0].parameters())
+
+
+def test_encoder_families_cost_more_attention_and_cache_less(tiny_config):
+    causal = analyze(tiny_config)
+    encoder = analyze(dataclasses.replace(tiny_config, family="encoder"))
+    both = analyze(dataclasses.replace(tiny_config, family="encoder_decoder"))
+    t, d, n = tiny_config.block_size, tiny_config.n_embd, tiny_config.n_layer
+    # a bidirectional query sees all t keys instead of (t + 1) / 2; the MLM head adds a d × d matmul
+    extra = 2 * d * d + n * 4 * d * (t - (t + 1) / 2)
+    assert encoder["flops"]["per_token_forward"] == pytest.approx(causal["flops"]["per_token_forward"] + extra)
+    assert encoder["kv_cache"] == 0 and both["kv_cache"] == causal["kv_cache"]
+    assert both["flops"]["per_token_forward"] > encoder["flops"]["per_token_forward"]

@@ -260,3 +260,49 @@ def test_every_form_field_has_a_group_and_groups_name_real_fields():
         if not seen or seen[-1] != key:
             assert key not in seen
             seen.append(key)
+
+
+@pytest.mark.parametrize(
+    "model,field,message",
+    [
+        ({"n_decoder_layer": 2}, "n_decoder_layer",
+         "n_decoder_layer (2) only applies to family 'encoder_decoder' (got 'decoder'); leave it empty"),
+        ({"n_token_type": 2, "family": "encoder_decoder"}, "n_token_type",
+         "n_token_type (2) only applies to family 'encoder' (got 'encoder_decoder')"),
+        ({"position": "t5_relative", "attention": "linear", "family": "encoder"}, "position", None),
+        ({"position": "t5_relative", "relative_attention_num_buckets": 32, "relative_attention_max_distance": 16},
+         "relative_attention_max_distance", "relative_attention_max_distance (16) must exceed "
+         "relative_attention_num_buckets / 2 (16), the distances a causal stack gives a bucket each"),
+        ({"family": "encoder_decoder", "block_size": 1}, "block_size", None),
+        ({"family": "bert"}, "family", "unknown family 'bert'; choose from ['decoder', 'encoder', 'encoder_decoder']"),
+        ({"mlm_probability": 1.0, "family": "encoder"}, "mlm_probability", "mlm_probability must be < 1 (got 1)"),
+    ],
+)
+def test_family_fields_are_checked(model, field, message):
+    errors = errors_of({"model": model})
+    assert list(errors) == [f"model.{field}"]
+    if message:
+        assert errors[f"model.{field}"] == message
+    elif field == "position":
+        assert "'t5_relative'" in errors["model.position"] and "'linear'" in errors["model.position"]
+
+
+@pytest.mark.parametrize("family,special", [("decoder", 0), ("encoder", 1), ("encoder_decoder", 1)])
+def test_vocab_size_includes_the_objectives_special_tokens(family, special):
+    spec = parse_spec({"model": {"family": family}, "data": {"task": "copy"}})
+    assert spec.model.vocab_size == 18 + special  # 16 letters, ">" and "."
+    if special:  # the data's own vocabulary leaves no room for them
+        errors = errors_of({"model": {"family": family, "vocab_size": 18}, "data": {"task": "copy"}})
+        assert "special tokens" in errors["model.vocab_size"]
+
+
+def test_family_fields_show_only_for_their_family():
+    specs = {s["name"]: s for s in field_specs()}
+    assert specs["model.mlm_probability"]["show_if"] == {"model.family": ["encoder"]}
+    for key in ("n_decoder_layer", "noise_density", "mean_span_length"):
+        assert specs[f"model.{key}"]["show_if"] == {"model.family": ["encoder_decoder"]}
+    for key in ("relative_attention_num_buckets", "relative_attention_max_distance"):
+        assert specs[f"model.{key}"]["show_if"] == {"model.position": ["t5_relative"]}
+    assert "model.n_token_type" not in specs  # set by checkpoint imports, not the form
+    for key in ("family", "n_decoder_layer", "mlm_probability", "noise_density", "relative_attention_num_buckets"):
+        assert len(specs[f"model.{key}"]["help"]) > 40

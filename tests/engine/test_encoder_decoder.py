@@ -47,9 +47,10 @@ def test_encoder_is_bidirectional_and_decoder_causal(overrides, s2s_config):
     assert not torch.allclose(logits[:, 5:], after[:, 5:])
 
 
-@pytest.mark.parametrize("position", list(POSITIONS))
-def test_cached_generation_equals_uncached(position, s2s_config):
-    model = build_model(dataclasses.replace(s2s_config, position=position)).eval()
+@pytest.mark.parametrize("attention,position", [("full", p) for p in POSITIONS] + [
+    ("sliding", "rope"), ("linear", "learned"), ("block_sparse", "t5_relative")])
+def test_cached_generation_equals_uncached(attention, position, s2s_config):
+    model = build_model(dataclasses.replace(s2s_config, attention=attention, position=position)).eval()
     src = torch.randint(s2s_config.vocab_size, (2, 7))
     cached = model.generate(src, 6, temperature=0.0, start_token=3)
     plain = model.generate(src, 6, temperature=0.0, start_token=3, use_cache=False)
@@ -81,7 +82,8 @@ def test_copy_is_learnt():
     spec = engine.parse_spec({
         "model": {**TINY, "family": "encoder_decoder", "n_layer": 1},
         "data": {"source": "synthetic", "task": "copy", "task_length": 3},
-        "train": {"steps": 180, "batch_size": 32, "lr": 1e-2, "warmup_steps": 10, "eval_interval": 180, "eval_iters": 1},
+        "train": {"steps": 180, "batch_size": 32, "lr": 1e-2, "warmup_steps": 10, "eval_interval": 180,
+                  "eval_iters": 1},
     })
     events = []
     result = engine.train(spec, on_event=events.append)
@@ -89,3 +91,14 @@ def test_copy_is_learnt():
     sample = [e for e in events if e["kind"] == "eval"][-1]["sample"]
     assert sample["prompt"].endswith(">") and sample["expected"].endswith(".")
     assert len(sample["completion"]) == len(sample["expected"])
+
+
+def test_text_generation_helper_handles_the_families(s2s_config):
+    from engine.tokenizers import CharTokenizer
+
+    tokenizer = CharTokenizer("abcdefghij")
+    cfg = dataclasses.replace(s2s_config, vocab_size=tokenizer.vocab_size + 1)
+    out = engine.generate(build_model(cfg), tokenizer, "abc", 5, temperature=0.0)
+    assert set(out) <= set("abcdefghij") and len(out) <= 5
+    with pytest.raises(ValueError, match="does not generate"):
+        engine.generate(build_model(dataclasses.replace(cfg, family="encoder")), tokenizer, "abc", 5)

@@ -50,8 +50,8 @@ def _events(model, data, steps=60):
     spec = engine.parse_spec({
         "model": {**TINY, **model},
         "data": data,
-        "train": {"steps": steps, "batch_size": 16, "lr": 1e-2, "warmup_steps": min(5, steps), "eval_interval": steps // 2,
-                  "eval_iters": 2},
+        "train": {"steps": steps, "batch_size": 16, "lr": 1e-2, "warmup_steps": min(5, steps),
+                  "eval_interval": steps // 2, "eval_iters": 2},
     })
     events = []
     engine.train(spec, on_event=events.append)

@@ -115,3 +115,14 @@ def test_relevant_config_drops_fields_that_do_not_apply(tiny_spec):
     shown = services.relevant_config(spec)
     assert {"window", "top_k", "capacity_factor", "rope_theta"} <= set(shown["model"])
     assert "dilation" not in shown["model"]
+
+
+@pytest.mark.parametrize("family", __import__("engine").choices()["family"])
+def test_every_family_trains_as_a_job(alice, tiny_spec, family):
+    tiny_spec["model"]["family"] = family
+    tiny_spec["train"].update(steps=10, eval_interval=5)
+    job = services.create_job(alice[0], alice[1], tiny_spec)
+    assert services.run_job(job.pk, "w") == Job.Status.SUCCEEDED, Job.objects.get(pk=job.pk).error
+    job.refresh_from_db()
+    evals = [e.payload for e in job.events.filter(kind="eval")]
+    assert len(evals) == 2 and evals[-1]["accuracy"] is not None and evals[-1]["sample"]["completion"] is not None
