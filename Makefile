@@ -39,7 +39,7 @@ test: $(STAMP) system-deps
 test-fast: $(STAMP)
 	$(PY) -m pytest tests/engine tests/explorer
 
-# Each writes bench/results/<name>.json; about 5 minutes in all on 2 cores (see bench/README.md)
+# Each writes bench/results/<name>.json; about 4 minutes in all on 2 quiet cores (see bench/README.md)
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py
 	$(PY) bench/vs_transformers.py

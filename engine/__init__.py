@@ -35,6 +35,11 @@ Training
     ``train(spec, on_event=..., should_stop=..., progress=False)`` -> ``TrainResult``; events are
     plain dicts of kind "start", "step", "moe", "eval" and "end" (see ``engine.train``).
 
+Interop
+    ``to_transformers(model)`` -> the matching ``transformers`` model (GPT-2, Llama, Mistral,
+    Mixtral, BERT, T5) with the same weights; ``from_transformers(hf_model)`` -> ours, its
+    ``.config`` the engine config. ``transformers`` is imported only when these are called.
+
 Analysis
     ``analyze(ModelConfig, vocab_size=, batch_size=, seq_len=, dtype=, optimizer=)`` -> params,
     FLOPs and memory estimates, without building the model.
@@ -49,6 +54,7 @@ from .capture import capture_attention
 from .config import ConfigError, DataConfig, JobSpec, ModelConfig, TrainConfig, choices, field_specs, parse_spec
 from .data import DATA_SOURCES, describe_data
 from .ffn import FFNS
+from .interop import from_transformers, to_transformers
 from .model import build_model, generate
 from .norm import NORMS
 from .position import POSITIONS
@@ -81,6 +87,8 @@ __all__ = [
     "KVCache",
     "SlidingWindowCache",
     "capture_attention",
+    "to_transformers",
+    "from_transformers",
 ]
 
 # ``python -m engine.train`` runs a module this package has already imported (for ``train``);

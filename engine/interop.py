@@ -414,4 +414,8 @@ def _names(t: Tensor) -> list[str]:
     return [n for group in t.ours for n in group] if t.stacked else list(t.ours)
 
 
-MAPPINGS = {"gpt2": GPT2, "llama": Llama, "mistral": Mistral, "mixtral": Mixtral}
+# Encoders and encoder-decoders live in their own module, which builds on the helpers above
+# (hence imported here, at the end, not at the top).
+from .interop_encoders import T5, Bert  # noqa: E402
+
+MAPPINGS = {"gpt2": GPT2, "llama": Llama, "mistral": Mistral, "mixtral": Mixtral, "bert": Bert, "t5": T5}

@@ -8,6 +8,7 @@ PUBLIC = [
     "ModelConfig", "DataConfig", "TrainConfig", "JobSpec", "ConfigError", "parse_spec", "build_model", "train",
     "TrainResult", "analyze", "describe_data", "choices", "field_specs", "generate", "TOKENIZERS", "DATA_SOURCES",
     "TASKS", "NORMS", "POSITIONS", "FFNS", "ATTENTIONS", "KVCache", "SlidingWindowCache", "capture_attention",
+    "to_transformers", "from_transformers",
 ]
 
 
@@ -27,3 +28,10 @@ def test_engine_never_imports_the_web_stack():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parents[2])
     assert done.stdout.strip() == ""
+
+
+def test_import_engine_does_not_load_transformers():
+    code = "import sys, engine; print('transformers' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.strip() == "False"

@@ -43,7 +43,9 @@ CASES = {
              attention="sliding", window=6),
     ],
 }
-assert set(CASES) == set(MAPPINGS), "give every mapping test configs"
+# The encoder families (bert, t5) are tested in test_interop_encoders.py: they are called differently.
+ENCODER_MAPPINGS = {"bert", "t5"}
+assert set(CASES) == set(MAPPINGS) - ENCODER_MAPPINGS, "give every mapping test configs"
 
 
 PARAMS = [pytest.param(family, kw, id=f"{family}-{i}") for family, configs in CASES.items()
