@@ -6,7 +6,8 @@ k per head, rotates them (RoPE), appends k, v to a KV cache, then hands them to 
 
 ``ATTENTIONS`` (config ``attention``): which keys each query sees. Every entry takes ``(config)``
 (and ``causal=True``) and gives ``attend(q, k, v, *, q_start, bias, dropout_p, need_weights) -> (y, weights | None)``
-on (B, nh, Tq, hs) queries and (B, nh, Tk, hs) keys/values, the keys being the positions
+on (B, nh, Tq, hs) queries and (B, n_kv, Tk, hs) keys/values (n_kv divides nh: query head h reads
+key/value head h // (nh / n_kv), GQA), the keys being the positions
 ``q_start + Tq - Tk .. q_start + Tq - 1`` (a cache may hold fewer than all earlier ones); every
 entry is causal unless built with ``causal=False`` (an encoder's, where a pattern becomes symmetric:
 query i sees key j when the causal pattern lets i see j or j see i). The softmax patterns
@@ -17,7 +18,8 @@ built once per shape and cached; ``mean_keys(config, t)`` counts what a query at
 ``ATTENTION_FUNCTIONS`` (config ``attn_impl``): the softmax kernel, sharing
 ``(q, k, v, *, mask, bias, softcap, dropout_p) -> y`` as ``ALL_ATTENTION_FUNCTIONS`` does in
 transformers: "sdpa" is PyTorch's fused kernel, "eager" the same maths written out, kept as a
-readable reference. ``mask`` None means plain causal with Tq == Tk.
+readable reference. ``mask`` None means plain causal with Tq == Tk; k and v may have fewer heads
+than q (GQA).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cache import Linear, joint_linear
 from .norm import RMSNorm
 from .position import apply_rotary
 
@@ -38,6 +41,15 @@ if TYPE_CHECKING:
     from .config import ModelConfig
 
 # ---------------------------------------------------------------------------- kernels
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, n_kv, T, hs) -> (B, n_kv * n_rep, T, hs): query head h uses key/value head h // n_rep
+    (transformers' ``repeat_kv``)."""
+    if n_rep == 1:
+        return x
+    b, n_kv, t, hs = x.shape
+    return x[:, :, None].expand(b, n_kv, n_rep, t, hs).reshape(b, n_kv * n_rep, t, hs)
 
 
 def attention_weights(
@@ -56,6 +68,8 @@ def attention_weights(
 
 
 def eager_attention(q, k, v, *, mask=None, bias=None, softcap=0.0, dropout_p=0.0) -> torch.Tensor:
+    n_rep = q.size(-3) // k.size(-3)
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
     att = attention_weights(q, k, mask=mask, bias=bias, softcap=softcap)
     att = F.dropout(att, p=dropout_p, training=dropout_p > 0)
     return att @ v  # (B, nh, Tq, Tk) x (B, nh, Tk, hs) -> (B, nh, Tq, hs)
@@ -64,13 +78,14 @@ def eager_attention(q, k, v, *, mask=None, bias=None, softcap=0.0, dropout_p=0.0
 def sdpa_attention(q, k, v, *, mask=None, bias=None, softcap=0.0, dropout_p=0.0) -> torch.Tensor:
     if softcap:  # the fused kernels have no hook between the scores and the softmax
         return eager_attention(q, k, v, mask=mask, bias=bias, softcap=softcap, dropout_p=dropout_p)
+    gqa = k.size(-3) != q.size(-3)  # grouped keys: the kernel maps query head h to h // n_rep, no copies
     if mask is None and bias is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
     if bias is not None:
         if mask is None:
             mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
         mask = bias.to(q.dtype).masked_fill(~mask, float("-inf"))  # a float mask is added to the scores
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
 
 
 # ---------------------------------------------------------------------------- patterns
@@ -115,12 +130,19 @@ class MaskedAttention:
     def attend(self, q, k, v, *, q_start: int, bias, dropout_p: float, need_weights: bool):
         tq, tk = q.size(-2), k.size(-2)
         k_start = q_start + tq - tk
+        if (tq == 1 and self.plain_causal and self.causal and bias is None and not need_weights
+                and not self.softcap and self.impl == "sdpa"):
+            # one new token (cached decoding) sees every key: no mask to build for each position
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p,
+                                                  enable_gqa=k.size(-3) != q.size(-3)), None
         plain = self.plain_causal and self.causal and tq == tk
         mask = None if plain else self.mask(q_start, tq, k_start, tk, q.device)
         if bias is not None:  # the position scheme's score bias function
             pos = torch.arange(k_start, q_start + tq, device=q.device)  # (Tk,)
             bias = bias(pos[-tq:], pos)  # (nh, Tq, Tk)
         if need_weights:
+            n_rep = q.size(-3) // k.size(-3)
+            k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
             w = attention_weights(q, k, mask=mask, bias=bias, softcap=self.softcap)  # (B, nh, Tq, Tk)
             return F.dropout(w, p=dropout_p, training=dropout_p > 0) @ v, w
         y = ATTENTION_FUNCTIONS[self.impl](q, k, v, mask=mask, bias=bias, softcap=self.softcap, dropout_p=dropout_p)
@@ -249,6 +271,8 @@ class LinearAttention:
         self.causal = causal
 
     def attend(self, q, k, v, *, q_start: int, bias, dropout_p: float, need_weights: bool):
+        n_rep = q.size(-3) // k.size(-3)
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
         fq, fk, vf = self.phi(q.float()), self.phi(k.float()), v.float()
         if need_weights:
             w = self.weights(fq, fk)
@@ -303,15 +327,6 @@ class LinearAttention:
 # ---------------------------------------------------------------------------- the module
 
 
-def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """(B, n_kv, T, hs) -> (B, n_kv * n_rep, T, hs): query head h uses key/value head h // n_rep
-    (transformers' ``repeat_kv``)."""
-    if n_rep == 1:
-        return x
-    b, n_kv, t, hs = x.shape
-    return x[:, :, None].expand(b, n_kv, n_rep, t, hs).reshape(b, n_kv * n_rep, t, hs)
-
-
 class CausalSelfAttention(nn.Module):
     """Self-attention; causal unless ``causal=False`` (an encoder's, where the pattern is made
     symmetric). ``CrossAttention`` reuses it with keys and values from another sequence."""
@@ -323,10 +338,10 @@ class CausalSelfAttention(nn.Module):
         self.head_dim = config.n_embd // config.n_head
         kv_dim = self.n_kv_head * self.head_dim
         # separate projections rather than nanoGPT's fused c_attn, so names match HF checkpoints
-        self.q_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.k_proj = nn.Linear(config.n_embd, kv_dim, bias=config.bias)
-        self.v_proj = nn.Linear(config.n_embd, kv_dim, bias=config.bias)
-        self.o_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.q_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.k_proj = Linear(config.n_embd, kv_dim, bias=config.bias)
+        self.v_proj = Linear(config.n_embd, kv_dim, bias=config.bias)
+        self.o_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         if config.qk_norm:  # per head, before RoPE (OLMo 2, Gemma 3, Qwen 3): bounds the logits
             self.q_norm = RMSNorm(self.head_dim, bias=False, eps=config.norm_eps)
             self.k_norm = RMSNorm(self.head_dim, bias=False, eps=config.norm_eps)
@@ -348,25 +363,43 @@ class CausalSelfAttention(nn.Module):
         start_pos: int = 0,
     ) -> torch.Tensor:
         b, t, c = x.size()
-        hs = self.head_dim
-        q = self.q_proj(x).view(b, t, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.k_proj(x).view(b, t, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, T, hs)
-        v = self.v_proj(x).view(b, t, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, T, hs)
+        hs, nh, n_kv = self.head_dim, self.n_head, self.n_kv_head
+        if torch.is_grad_enabled():
+            # three matmuls when training: as fast as one at these sizes, and one would make autograd
+            # keep a concatenated copy of the weights
+            q = self.q_proj(x).view(b, t, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+            k = self.k_proj(x).view(b, t, n_kv, hs).transpose(1, 2)  # (B, n_kv, T, hs)
+            v = self.v_proj(x).view(b, t, n_kv, hs).transpose(1, 2)  # (B, n_kv, T, hs)
+            qk = None
+        else:
+            # one matmul at inference, where a decoding step's time goes mostly on launching kernels
+            qkv = self.project_qkv(x).view(b, t, nh + 2 * n_kv, hs).transpose(1, 2)  # (B, nh + 2 n_kv, T, hs)
+            qk, v = qkv.split((nh + n_kv, n_kv), dim=1)
+            q, k = qk.split((nh, n_kv), dim=1)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k, qk = self.q_norm(q), self.k_norm(k), None
         if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            if qk is not None:  # q and k side by side: rotated in one pass
+                q, k = apply_rotary(qk, *rope).split((nh, n_kv), dim=1)
+            else:
+                q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # (B, n_kv, Tk, hs): cached keys come first
-        n_rep = self.n_head // self.n_kv_head
+        # keys and values stay grouped (n_kv heads): the pattern maps query head h to h // n_rep
         y, weights = self.pattern.attend(
-            q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), q_start=start_pos, bias=bias,
+            q, k, v, q_start=start_pos, bias=bias,
             dropout_p=self.dropout if self.training else 0.0, need_weights=self.capture is not None,
         )  # (B, nh, T, hs)
         if weights is not None:
             self.capture(self.layer_idx, weights)
         y = y.transpose(1, 2).contiguous().view(b, t, c)  # re-assemble heads side by side
-        return self.resid_dropout(self.o_proj(y))
+        y = self.o_proj(y)
+        return self.resid_dropout(y) if self.training else y  # a module call saved per decoding step
+
+    def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """q, k and v side by side (..., (nh + 2 n_kv) hs) from one matmul, for inference; the
+        three stay separate parameters, under HF's names."""
+        return joint_linear(x, self, "qkv", (self.q_proj, self.k_proj, self.v_proj))
 
     @staticmethod
     def num_params(config: ModelConfig) -> int:
@@ -397,8 +430,7 @@ class CrossAttention(CausalSelfAttention):
         v = self.v_proj(memory).view(b, s, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, S, hs)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        n_rep = self.n_head // self.n_kv_head
-        y, _ = self.pattern.attend(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), q_start=s - t, bias=None,
+        y, _ = self.pattern.attend(q, k, v, q_start=s - t, bias=None,
                                    dropout_p=self.dropout if self.training else 0.0, need_weights=False)
         y = y.transpose(1, 2).contiguous().view(b, t, c)  # (B, T, C)
         return self.resid_dropout(self.o_proj(y))

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import CrossAttention
-from .cache import KVCache, SlidingWindowCache
+from .cache import KVCache, SlidingWindowCache, keep_weights
 from .encoder import embedding_norm
 from .model import Block, add_moe_loss, init_weights, moe_stats, sample
 from .norm import NORMS
@@ -164,15 +164,16 @@ class EncoderDecoder(nn.Module):
         """Decoder tokens (B, 1 + max_new_tokens) for input ``idx`` (B, S): ``start_token`` (T5's
         decoder start, its pad id 0) then the sampled ones; ``temperature=0`` is greedy. The
         encoder runs once; with ``use_cache`` each step runs only the new decoder token."""
-        memory = self.encode(idx)
-        out = torch.full((idx.size(0), 1), start_token, dtype=torch.long, device=idx.device)
-        cache, pos = (self.make_cache() if use_cache else None), 0
-        for _ in range(max_new_tokens):
-            if cache is None:
-                logits = self.decode(out, memory)
-            else:
-                logits = self.decode(out[:, pos:], memory, cache=cache, start_pos=pos)
-                pos = out.size(1)
-            nxt = sample(logits[:, -1, :].float(), temperature, top_k, top_p, generator)  # (B, 1)
-            out = torch.cat((out, nxt), dim=1)
-        return out
+        with torch.inference_mode(), keep_weights():  # as the decoder's generate
+            memory = self.encode(idx)
+            out = torch.full((idx.size(0), 1), start_token, dtype=torch.long, device=idx.device)
+            cache, pos = (self.make_cache() if use_cache else None), 0
+            for _ in range(max_new_tokens):
+                if cache is None:
+                    logits = self.decode(out, memory)
+                else:
+                    logits = self.decode(out[:, pos:], memory, cache=cache, start_pos=pos)
+                    pos = out.size(1)
+                nxt = sample(logits[:, -1, :].float(), temperature, top_k, top_p, generator)  # (B, 1)
+                out = torch.cat((out, nxt), dim=1)
+        return out.clone()  # an ordinary tensor again: inference-mode ones may not enter autograd

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cache import Linear, joint_linear
+
 if TYPE_CHECKING:
     from .config import ModelConfig
 
@@ -28,8 +30,8 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         hidden = self.hidden_dim(config)
-        self.up_proj = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.down_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.up_proj = Linear(config.n_embd, hidden, bias=config.bias)
+        self.down_proj = Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def activation(self, h: torch.Tensor) -> torch.Tensor:
@@ -37,8 +39,8 @@ class MLP(nn.Module):
         return F.gelu(h, approximate="tanh")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.activation(self.up_proj(x))  # (B, T, hidden)
-        return self.dropout(self.down_proj(h))
+        h = self.down_proj(self.activation(self.up_proj(x)))  # (B, T, hidden) -> (B, T, C)
+        return self.dropout(h) if self.training else h
 
     @staticmethod
     def hidden_dim(config: ModelConfig) -> int:
@@ -82,17 +84,21 @@ class SwiGLU(MLP):
     def __init__(self, config: ModelConfig):
         nn.Module.__init__(self)
         hidden = self.hidden_dim(config)
-        self.gate_proj = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.up_proj = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.down_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.gate_proj = Linear(config.n_embd, hidden, bias=config.bias)
+        self.up_proj = Linear(config.n_embd, hidden, bias=config.bias)
+        self.down_proj = Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def activation(self, gate: torch.Tensor) -> torch.Tensor:
         return F.silu(gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.activation(self.gate_proj(x)) * self.up_proj(x)  # (B, T, hidden)
-        return self.dropout(self.down_proj(h))
+        if torch.is_grad_enabled():  # two matmuls: autograd would keep a concatenated weight copy
+            gate, up = self.gate_proj(x), self.up_proj(x)  # (B, T, hidden) each
+        else:  # one matmul at inference, where a small step's time is mostly kernel launches
+            gate, up = joint_linear(x, self, "gate_up", (self.gate_proj, self.up_proj)).chunk(2, dim=-1)
+        h = self.down_proj(self.activation(gate) * up)
+        return self.dropout(h) if self.training else h
 
     @staticmethod
     def hidden_dim(config: ModelConfig) -> int:

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import CausalSelfAttention
-from .cache import KVCache, SlidingWindowCache
+from .cache import KVCache, Linear, SlidingWindowCache, keep_weights
 from .ffn import FFNS
 from .norm import NORM_PLACEMENTS, NORMS
 from .position import POSITIONS
@@ -73,7 +73,7 @@ class Decoder(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         self.ln_f = NORMS[config.norm](config.n_embd, bias=config.bias, eps=config.norm_eps)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             # one matrix both reads and writes tokens (Press & Wolf 2017); saves vocab*n_embd params
             self.lm_head.weight = self.wte.weight
@@ -113,7 +113,8 @@ class Decoder(nn.Module):
                 f"sequence of length {start_pos + t} is longer than block_size ({self.config.block_size}); "
                 f"position '{self.config.position}' has no vector beyond it"
             )
-        x = self.drop(self.wpe(self.wte(idx), start_pos))  # (B, T, C)
+        x = self.wpe(self.wte(idx), start_pos)  # (B, T, C)
+        x = self.drop(x) if self.training else x
         # position signals for attention, once per forward for every layer
         attn_kw = {"rope": self.wpe.rotary(start_pos, t, idx.device), "bias": self.wpe.score_bias(),
                    "cache": cache, "start_pos": start_pos}
@@ -154,20 +155,22 @@ class Decoder(nn.Module):
         schemes keep the whole context."""
         bs, crop = self.config.block_size, not self.wpe.extrapolates
         cache, pos = (self.make_cache() if use_cache else None), 0
-        for _ in range(max_new_tokens):
-            if cache is None:
-                logits, _ = self(idx[:, -bs:] if crop else idx)
-            else:
-                if crop and idx.size(1) > bs:  # the cached positions no longer fit: start again
-                    cache, pos = self.make_cache(), 0
-                    ctx = idx[:, -bs:]
+        # no autograd bookkeeping (less overhead per op than no_grad); weights concatenated once
+        with torch.inference_mode(), keep_weights():
+            for _ in range(max_new_tokens):
+                if cache is None:
+                    logits, _ = self(idx[:, -bs:] if crop else idx)
                 else:
-                    ctx = idx[:, pos:]
-                logits, _ = self(ctx, cache=cache, start_pos=pos)
-                pos += ctx.size(1)
-            idx_next = sample(logits[:, -1, :].float(), temperature, top_k, top_p, generator)  # (B, 1)
-            idx = torch.cat((idx, idx_next), dim=1)
-        return idx
+                    if crop and idx.size(1) > bs:  # the cached positions no longer fit: start again
+                        cache, pos = self.make_cache(), 0
+                        ctx = idx[:, -bs:]
+                    else:
+                        ctx = idx[:, pos:]
+                    logits, _ = self(ctx, cache=cache, start_pos=pos)
+                    pos += ctx.size(1)
+                idx_next = sample(logits[:, -1, :].float(), temperature, top_k, top_p, generator)  # (B, 1)
+                idx = torch.cat((idx, idx_next), dim=1)
+        return idx.clone()  # an ordinary tensor again: inference-mode ones may not enter autograd
 
 
 def init_weights(model: nn.Module, config: ModelConfig) -> None:

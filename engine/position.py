@@ -123,13 +123,23 @@ class RotaryPosition(Position):
         dim = config.n_embd // config.n_head
         inv_freq, self.attention_factor = ROPE_SCALINGS[config.rope_scaling](config, dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (dim/2,)
+        self._table = None  # (cos, sin, the inv_freq they came from), filled by ``rotary``
 
     def rotary(self, start_pos: int, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = torch.arange(start_pos, start_pos + t, device=device, dtype=torch.float32)
-        freqs = pos[:, None] * self.inv_freq.float()[None, :]  # (T, dim/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (T, dim)
-        # YaRN scales cos and sin (so each of q and k) by its attention factor, as transformers does
-        return emb.cos() * self.attention_factor, emb.sin() * self.attention_factor
+        end = start_pos + t
+        table = self._table
+        if table is None or table[0].size(0) < end or table[0].device != device or table[2] is not self.inv_freq:
+            # a table for every position so far, grown by doubling: a decoding step slices it
+            # rather than computing cos and sin for its one position (same values either way)
+            n = max(end, 2 * table[0].size(0) if table is not None else 0)
+            with torch.inference_mode(False), torch.no_grad():  # usable by training after a decode
+                pos = torch.arange(n, device=device, dtype=torch.float32)
+                freqs = pos[:, None] * self.inv_freq.float()[None, :]  # (T, dim/2)
+                emb = torch.cat((freqs, freqs), dim=-1)  # (T, dim)
+                # YaRN scales cos and sin (so each of q and k) by its attention factor, as transformers does
+                table = self._table = (emb.cos() * self.attention_factor, emb.sin() * self.attention_factor,
+                                       self.inv_freq)
+        return table[0][start_pos:end], table[1][start_pos:end]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
