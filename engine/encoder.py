@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import Block, add_moe_loss, init_weights, moe_stats
+from .model import Block, init_weights, logits_and_loss, moe_stats
 from .norm import NORMS
 from .position import POSITIONS
 
@@ -104,15 +104,7 @@ class Encoder(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """Logits (B, T, vocab) for every position, and the loss when ``targets`` are given: the
         masked-language-model loss over the positions whose target is not -1 (the masked ones)."""
-        logits = self.head(self.hidden_states(idx))  # (B, T, vocab)
-        if self.config.final_softcap:
-            c = self.config.final_softcap
-            logits = c * torch.tanh(logits / c)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-            loss = add_moe_loss(self, loss, self.h)
-        return logits, loss
+        return logits_and_loss(self, self.head(self.hidden_states(idx)), targets, self.h)  # logits (B, T, vocab)
 
     def moe_stats(self) -> list[dict]:
         return moe_stats(self.h)

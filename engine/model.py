@@ -120,15 +120,7 @@ class Decoder(nn.Module):
                    "cache": cache, "start_pos": start_pos}
         for block in self.h:
             x = block(x, **attn_kw)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
-        if self.config.final_softcap:
-            c = self.config.final_softcap
-            logits = c * torch.tanh(logits / c)  # Gemma 2: bounded logits
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-            loss = add_moe_loss(self, loss, self.h)
-        return logits, loss
+        return logits_and_loss(self, self.lm_head(self.ln_f(x)), targets, self.h)  # logits (B, T, vocab)
 
     def moe_stats(self) -> list[dict]:
         """Routing of the last forward, one dict per MoE layer (plain numbers, JSON-ready)."""
@@ -191,6 +183,19 @@ def init_weights(model: nn.Module, config: ModelConfig) -> None:
         for name, p in model.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+
+def logits_and_loss(model: nn.Module, logits: torch.Tensor, targets: torch.Tensor | None, blocks):
+    """What every family's ``forward`` returns: ``logits`` (soft-capped when configured) and, with
+    ``targets`` (-1 = no loss there), the cross-entropy plus ``blocks``' MoE terms."""
+    if model.config.final_softcap:
+        c = model.config.final_softcap
+        logits = c * torch.tanh(logits / c)  # Gemma 2: bounded logits
+    loss = None
+    if targets is not None:
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        loss = add_moe_loss(model, loss, blocks)
+    return logits, loss
 
 
 def add_moe_loss(model: nn.Module, loss: torch.Tensor, blocks) -> torch.Tensor:
