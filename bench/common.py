@@ -49,3 +49,15 @@ def write(name: str, report: dict) -> Path:
         print(f"note: the machine was busy (load {load} on {cpus} CPUs); compare with care")
     print(f"wrote {out.relative_to(ROOT)}")
     return out
+
+
+# The model shapes both comparisons with transformers measure (architecture, name, config).
+GPT2 = dict(position="learned", norm="layernorm", ffn="gelu", bias=True, tie_embeddings=True)
+LLAMA = dict(position="rope", norm="rmsnorm", ffn="swiglu", bias=False, tie_embeddings=False)
+SHAPES = [
+    ("gpt2", "GPT-2 4L/4H/128", dict(GPT2, n_layer=4, n_head=4, n_embd=128)),
+    ("gpt2", "GPT-2 6L/6H/192", dict(GPT2, n_layer=6, n_head=6, n_embd=192)),
+    ("llama", "Llama 4L/4H(2kv)/128", dict(LLAMA, n_layer=4, n_head=4, n_kv_head=2, n_embd=128)),
+    ("llama", "Llama 6L/6H(2kv)/192", dict(LLAMA, n_layer=6, n_head=6, n_kv_head=2, n_embd=192)),
+]
+VOCAB = 256  # byte-sized: the embedding and head stay a small share, as in the explorer's models

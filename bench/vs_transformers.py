@@ -19,7 +19,7 @@ import argparse
 import statistics
 import time
 
-from common import write
+from common import SHAPES, VOCAB, write
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -27,15 +27,6 @@ import torch.nn.functional as F  # noqa: E402
 from engine import ModelConfig, build_model  # noqa: E402
 from engine.interop import to_transformers  # noqa: E402
 
-GPT2 = dict(position="learned", norm="layernorm", ffn="gelu", bias=True, tie_embeddings=True)
-LLAMA = dict(position="rope", norm="rmsnorm", ffn="swiglu", bias=False, tie_embeddings=False)
-SHAPES = [
-    ("gpt2", "GPT-2 4L/4H/128", dict(GPT2, n_layer=4, n_head=4, n_embd=128)),
-    ("gpt2", "GPT-2 6L/6H/192", dict(GPT2, n_layer=6, n_head=6, n_embd=192)),
-    ("llama", "Llama 4L/4H(2kv)/128", dict(LLAMA, n_layer=4, n_head=4, n_kv_head=2, n_embd=128)),
-    ("llama", "Llama 6L/6H(2kv)/192", dict(LLAMA, n_layer=6, n_head=6, n_kv_head=2, n_embd=192)),
-]
-VOCAB = 256  # byte-sized: the embedding and head stay a small share, as in the explorer's models
 
 
 def train_steps(forward, params, opt, batches) -> list[float]:
