@@ -430,8 +430,11 @@ class CrossAttention(CausalSelfAttention):
         v = self.v_proj(memory).view(b, s, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, S, hs)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        y, _ = self.pattern.attend(q, k, v, q_start=s - t, bias=None,
-                                   dropout_p=self.dropout if self.training else 0.0, need_weights=False)
+        y, weights = self.pattern.attend(q, k, v, q_start=s - t, bias=None,
+                                         dropout_p=self.dropout if self.training else 0.0,
+                                         need_weights=self.capture is not None)
+        if self.capture is not None:
+            self.capture(self.layer_idx, weights)  # (B, nh, T, S): decoder queries over encoder keys
         y = y.transpose(1, 2).contiguous().view(b, t, c)  # (B, T, C)
         return self.resid_dropout(self.o_proj(y))
 

@@ -59,3 +59,29 @@ def test_bad_layers_and_heads_are_refused(tiny_config):
     with pytest.raises(ValueError, match="head 4"):
         with capture_attention(model, heads=[4]):
             pass
+
+
+def test_encoder_decoder_stacks_can_each_be_captured(tiny_config):
+    import dataclasses
+
+    import torch
+
+    from engine import build_model, capture_attention
+
+    cfg = dataclasses.replace(tiny_config, family="encoder_decoder", vocab_size=40, position="t5_relative")
+    model = build_model(cfg).eval()
+    src, tgt = torch.randint(0, 40, (2, 7)), torch.randint(0, 40, (2, 5))
+    shapes = {}
+    for stack in ("self", "encoder", "cross"):
+        with capture_attention(model, layers=[0], stack=stack) as cap:
+            model(src, tgt)
+        w = cap.weights[0]
+        assert torch.allclose(w.sum(-1), torch.ones_like(w.sum(-1)), atol=1e-5)
+        shapes[stack] = tuple(w.shape)
+    assert shapes == {"self": (2, 4, 5, 5), "encoder": (2, 4, 7, 7), "cross": (2, 4, 5, 7)}
+    with capture_attention(model, layers=[0], stack="encoder") as cap:
+        model(src, tgt)
+    assert cap.weights[0][..., 0, 1:].abs().sum() > 0  # bidirectional: the first query sees later keys
+    with pytest.raises(ValueError, match="choose from"):
+        with capture_attention(build_model(dataclasses.replace(tiny_config, vocab_size=40)), stack="cross"):
+            pass
