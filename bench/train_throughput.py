@@ -9,17 +9,8 @@ single evaluation at the end are left out.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere, without installing the package
-
-import torch  # noqa: E402
+from common import write
 
 from engine import parse_spec, train  # noqa: E402
 
@@ -30,7 +21,6 @@ SPEC = {
     "train": {"batch_size": 32, "warmup_steps": 10, "eval_iters": 1, "sample_tokens": 1},
 }
 WARMUP = 10
-OUT = ROOT / "bench" / "results" / "train_throughput.json"
 
 
 def main() -> int:
@@ -57,22 +47,10 @@ def main() -> int:
         "params": result.model.num_params(),
         "final_loss": round(result.train_losses[-1], 4),
         "device": str(next(result.model.parameters()).device),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews the numbers
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{NAME}: {report['params']:,} params on {report['device']}")
-    print(f"{report['tokens_per_s']:,.0f} tokens/s, {report['ms_per_step']:.1f} ms/step "
-          f"over {report['timed_steps']} steps (torch {report['torch']}, {report['cpu_count']} CPUs)")
-    if report["load_avg_1m"] > 0.5 * (os.cpu_count() or 1):
-        print(f"note: the machine was busy (load {report['load_avg_1m']}); compare with care")
-    print(f"wrote {OUT.relative_to(ROOT)}")
+    print(f"{report['tokens_per_s']:,.0f} tokens/s, {report['ms_per_step']:.1f} ms/step over {report['timed_steps']} steps")
+    write("train_throughput", report)
     return 0
 
 
