@@ -40,6 +40,10 @@ Interop
     Mixtral, BERT, T5) with the same weights; ``from_transformers(hf_model)`` -> ours, its
     ``.config`` the engine config. ``transformers`` is imported only when these are called.
 
+Presets
+    ``PRESETS`` (GPT-2, BERT, T5, Llama 2/3, Mistral, Mixtral, Phi-3 ... as ModelConfigs, each
+    with a description and source), ``preset(name)``; ``config_from_hf(config_json_dict)``.
+
 Analysis
     ``analyze(ModelConfig, vocab_size=, batch_size=, seq_len=, dtype=, optimizer=)`` -> params,
     FLOPs and memory estimates, without building the model.
@@ -54,10 +58,12 @@ from .capture import capture_attention
 from .config import ConfigError, DataConfig, JobSpec, ModelConfig, TrainConfig, choices, field_specs, parse_spec
 from .data import DATA_SOURCES, describe_data
 from .ffn import FFNS
+from .hf_config import config_from_hf
 from .interop import from_transformers, to_transformers
 from .model import build_model, generate
 from .norm import NORMS
 from .position import POSITIONS
+from .presets import PRESETS, preset
 from .tasks import TASKS
 from .tokenizers import TOKENIZERS
 from .train import TrainResult, train
@@ -89,6 +95,9 @@ __all__ = [
     "capture_attention",
     "to_transformers",
     "from_transformers",
+    "config_from_hf",
+    "PRESETS",
+    "preset",
 ]
 
 # ``python -m engine.train`` runs a module this package has already imported (for ``train``);

@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 from django.conf import settings
 from django.http import Http404
-from ninja import File, Form, NinjaAPI, Router, Schema, Status
+from ninja import Body, File, Form, NinjaAPI, Router, Schema, Status
 from ninja.errors import HttpError, ValidationError
 from ninja.files import UploadedFile
 from ninja.security import HttpBearer, django_auth
@@ -220,7 +220,31 @@ def upload_dataset(request, file: File[UploadedFile], name: Form[str] = "", team
     return Status(201, _dataset_out(dataset))
 
 
+# ---------------------------------------------------------------------------- real models
+presets = Router(tags=["presets"])
+
+
+@presets.get("/presets", summary="Real models (GPT-2, Llama, Mistral, Mixtral, BERT, T5...) as engine configs")
+def list_presets(request):
+    return services.list_presets()
+
+
+@presets.get("/presets/{name}", summary="One real model's engine config and parameter counts")
+def get_preset(request, name: str):
+    try:
+        return services.get_preset(name)
+    except KeyError as exc:
+        raise Http404(exc.args[0]) from None
+
+
+@presets.post("/import/hf-config", response={200: dict, 400: ErrorOut},
+              summary="Turn a Hugging Face config.json into an engine config")
+def import_hf_config(request, payload: Body[dict[str, Any]]):
+    return services.import_hf_config(payload)
+
+
 api.add_router("/jobs", jobs)
+api.add_router("/", presets)
 api.add_router("/", composer)
 api.add_router("/datasets", datasets)
 

@@ -78,6 +78,45 @@ def relevant_config(spec):
     }
 
 
+# ---------------------------------------------------------------------------- real models
+def _preset_summary(name, p):
+    params = engine.analyze(p.config)["params"]
+    return {"name": name, "description": p.description, "source": p.source, "family": p.config.family,
+            "params": params["total"], "active_params": params["active"]}
+
+
+def list_presets():
+    return [_preset_summary(name, p) for name, p in engine.PRESETS.items()]
+
+
+def get_preset(name):
+    """A real model's config and sizes; ``KeyError`` for an unknown name."""
+    if name not in engine.PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose from {sorted(engine.PRESETS)}")
+    p = engine.PRESETS[name]
+    return {**_preset_summary(name, p), "config": p.config.to_dict()}
+
+
+def preset_form_values(name):
+    """The composer's initial values for a preset's architecture (vocabulary comes from the data)."""
+    config = get_preset(name)["config"]
+    return {f"model.{key}": value for key, value in config.items() if key != "vocab_size" and value is not None}
+
+
+def import_hf_config(data):
+    """An engine config from a Hugging Face ``config.json`` dict; ``SpecError`` names what we can't express."""
+    if not isinstance(data, dict):
+        raise SpecError({"config": "expected the JSON object of a config.json"})
+    try:
+        config = engine.config_from_hf(data)
+    except engine.ConfigError as exc:
+        raise SpecError(exc.errors) from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise SpecError({"config": str(exc)}) from None
+    params = engine.analyze(config)["params"]
+    return {"config": config.to_dict(), "params": params["total"], "active_params": params["active"]}
+
+
 # ---------------------------------------------------------------------------- validation
 def _split_payload(team, payload):
     """Turn the user's payload into the engine's spec dict; user input never names a file path."""

@@ -56,11 +56,21 @@ def compose(request):
             messages.success(request, f"{job.display_name} queued.")
             return redirect("job", job_id=job.pk)
     else:
-        # Every experiment is a shareable link: the query string pre-fills the form.
-        form = ComposeForm(team, initial=request.GET.dict())
+        # Every experiment is a shareable link: the query string pre-fills the form; ?preset=
+        # loads a real model's architecture first.
+        initial = {}
+        if request.GET.get("preset"):
+            try:
+                initial = services.preset_form_values(request.GET["preset"])
+            except KeyError as exc:
+                messages.warning(request, exc.args[0])
+        initial.update({k: v for k, v in request.GET.items() if k != "preset"})
+        form = ComposeForm(team, initial=initial)
     return render(request, "explorer/compose.html", {
         "form": form,
         "options": services.composer_options(team),
+        "presets": services.list_presets(),
+        "preset": request.GET.get("preset", ""),
         "nav": "compose",
     })
 

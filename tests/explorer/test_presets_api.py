@@ -1,0 +1,35 @@
+"""Real-model presets and config.json import through the API, and into the composer."""
+import json
+
+import pytest
+
+pytestmark = pytest.mark.django_db
+
+
+def test_presets_list_and_detail(alice_client):
+    names = {p["name"]: p for p in alice_client.get("/api/v1/presets").json()}
+    assert names["llama-2-7b"]["params"] == 6_738_415_616 and names["gpt2"]["params"] == 124_439_808
+    assert names["mixtral-8x7b"]["active_params"] < names["mixtral-8x7b"]["params"]
+    detail = alice_client.get("/api/v1/presets/mistral-7b").json()
+    assert detail["config"]["attention"] == "sliding" and detail["config"]["n_kv_head"] == 8
+    assert alice_client.get("/api/v1/presets/gpt-5").status_code == 404
+
+
+def test_import_hf_config(alice_client):
+    gpt2 = {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 64, "vocab_size": 100}
+    resp = alice_client.post("/api/v1/import/hf-config", data=json.dumps(gpt2), content_type="application/json")
+    assert resp.status_code == 200, resp.content
+    assert resp.json()["config"]["n_layer"] == 2 and resp.json()["params"] > 0
+    bad = alice_client.post("/api/v1/import/hf-config", data=json.dumps({"model_type": "opt"}),
+                            content_type="application/json")
+    assert bad.status_code == 400 and "opt" in json.dumps(bad.json())
+
+
+def test_composer_loads_a_presets_architecture(alice_client):
+    html = alice_client.get("/compose/?preset=llama-2-7b").content.decode()
+    assert 'value="4096"' in html and 'value="rope"' in html
+    assert alice_client.get("/compose/?preset=nope").status_code == 200  # unknown: the plain form
+
+
+def test_presets_need_login(client):
+    assert client.get("/api/v1/presets").status_code == 401
