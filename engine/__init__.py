@@ -46,7 +46,9 @@ Presets
 
 Analysis
     ``analyze(ModelConfig, vocab_size=, batch_size=, seq_len=, dtype=, optimizer=)`` -> params,
-    FLOPs and memory estimates, without building the model.
+    FLOPs and memory estimates, without building the model. ``fit(ModelConfig, device_key, ...)``
+    -> training and inference memory verdicts, the largest batch that fits, decode/prefill
+    throughput bounds, time and cost to train; ``HARDWARE`` is the device catalogue.
 """
 
 import warnings
@@ -58,6 +60,7 @@ from .capture import capture_attention
 from .config import ConfigError, DataConfig, JobSpec, ModelConfig, TrainConfig, choices, field_specs, parse_spec
 from .data import DATA_SOURCES, describe_data
 from .ffn import FFNS
+from .hardware import HARDWARE, fit, largest_batch
 from .hf_config import config_from_hf
 from .interop import from_transformers, to_transformers
 from .model import build_model, generate
@@ -98,6 +101,9 @@ __all__ = [
     "config_from_hf",
     "PRESETS",
     "preset",
+    "HARDWARE",
+    "fit",
+    "largest_batch",
 ]
 
 # ``python -m engine.train`` runs a module this package has already imported (for ``train``);

@@ -1,0 +1,96 @@
+import json
+import math
+import time
+
+import pytest
+
+from engine import ModelConfig, analyze, preset
+from engine.hardware import HARDWARE, MAX_BATCH, fit, largest_batch, measure_cpu, train_memory
+
+
+@pytest.mark.parametrize("key", list(HARDWARE))
+def test_catalogue_entries_are_positive(key):
+    entry = HARDWARE[key].to_dict()
+    assert entry["memory"] > 0 and entry["bandwidth"] > 0
+    assert entry["flops"]["fp32"] > 0
+    assert all(v > 0 for v in entry["flops"].values())
+    json.dumps(entry)  # JSON-ready
+
+
+@pytest.mark.parametrize("key", list(HARDWARE))
+def test_fit_runs_on_every_device(key, tiny_config):
+    result = fit(tiny_config, key, seq_len=16, batch_size=2)
+    json.dumps(result)
+    assert result["train"]["fits"] and result["inference"]["fits"]
+    assert result["inference"]["decode_tokens_per_s"] > 0 and result["inference"]["prefill_tokens_per_s"] > 0
+
+
+def test_cpu_local_is_measured():
+    measured = measure_cpu()
+    assert measured["flops"]["fp32"] > 0 and measured["bandwidth"] > 0
+    assert measure_cpu() is measured  # timed once
+
+
+def test_llama_2_7b_inference_fits_an_a100_80gb():
+    result = fit(preset("llama-2-7b"), "a100-80gb", seq_len=4096, dtype="bf16")
+    assert result["inference"]["fits"]
+    assert result["inference"]["verdict"].startswith("fits")
+
+
+def test_llama_2_7b_training_does_not_fit_an_l4():
+    result = fit(preset("llama-2-7b"), "l4", seq_len=4096, dtype="bf16", optimizer="adamw")
+    assert not result["train"]["fits"]
+    assert result["train"]["verdict"].startswith("does not fit")
+    assert result["train"]["largest_batch"] == 0
+
+
+def test_decode_bound_is_bandwidth_over_bytes_per_token(tiny_config):
+    result = fit(tiny_config, "h100-sxm", seq_len=16, batch_size=1, dtype="bf16")
+    report = analyze(tiny_config, batch_size=1, seq_len=16, dtype="bf16")
+    # bf16: 2 bytes per weight, plus the cache of the 16 tokens read each step
+    bytes_per_token = report["params"]["total"] * 2 + report["kv_cache"]
+    assert result["inference"]["decode_tokens_per_s"] == pytest.approx(HARDWARE["h100-sxm"].bandwidth / bytes_per_token)
+
+
+def test_chinchilla_tokens_and_cost(tiny_config):
+    result = fit(tiny_config, "a100-80gb", seq_len=16, n_gpus=2, price_per_hour=3.0, mfu=0.5)
+    params = result["params"]
+    assert result["time"]["train_tokens"] == 20 * params
+    flops = analyze(tiny_config, batch_size=1, seq_len=16, dtype="bf16")["flops"]["per_token_train"]
+    seconds = 20 * params * flops / (2 * 312e12 * 0.5)
+    assert result["time"]["seconds"] == pytest.approx(seconds)
+    assert result["time"]["cost"] == pytest.approx(seconds / 3600 * 3.0 * 2)
+
+
+def test_largest_batch_fits_and_one_more_does_not(tiny_config):
+    for memory in [1e6, 1e7, 1e8]:
+        b = largest_batch(tiny_config, memory, seq_len=16)
+        assert 0 < b < MAX_BATCH
+        assert train_memory(tiny_config, batch_size=b, seq_len=16) <= memory
+        assert train_memory(tiny_config, batch_size=b + 1, seq_len=16) > memory
+
+
+def test_largest_batch_is_monotone_in_memory(tiny_config):
+    batches = [largest_batch(tiny_config, m, seq_len=16) for m in [0, 1e5, 1e6, 1e7, 1e8, 1e9, 1e15]]
+    assert batches == sorted(batches)
+    assert batches[0] == 0 and batches[-1] == MAX_BATCH
+
+
+def test_absurd_sizes_return_quickly():
+    huge = ModelConfig.from_dict(preset("llama-2-7b").to_dict() | {"n_layer": 1000, "n_head": 1000,
+                                                                    "n_embd": 10**6, "ffn_hidden": 4 * 10**6})
+    start = time.perf_counter()
+    result = fit(huge, "h200", seq_len=10**9, batch_size=10**6, n_gpus=8)
+    assert result["params"] >= 10**15
+    assert result["train"]["verdict"].startswith("does not fit")
+    assert result["inference"]["verdict"].startswith("does not fit")
+    assert result["train"]["largest_batch"] == 0
+    assert math.isfinite(result["time"]["seconds"])
+    # a looping attention pattern at a huge context is refused, not counted position by position
+    fit(preset("mistral-7b"), "h200", seq_len=10**9)
+    assert time.perf_counter() - start < 1
+
+
+def test_unknown_device_names_the_choices(tiny_config):
+    with pytest.raises(ValueError, match="choose from"):
+        fit(tiny_config, "tpu-v9")
