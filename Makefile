@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) bench/train_throughput.py
 	$(PY) bench/vs_transformers.py
 	$(PY) bench/decode.py
+	$(PY) bench/analyze_speed.py
 	$(PY) bench/nanogpt_shakespeare.py
 
 clean:
