@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import Block, init_weights, logits_and_loss, moe_stats
+from .model import Block, init_weights, logits_and_loss, make_norm, moe_stats, require_vocab
 from .norm import NORMS
 from .position import POSITIONS
 
@@ -35,7 +35,7 @@ class MLMHead(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.dense = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.norm = NORMS[config.norm](config.n_embd, bias=config.bias, eps=config.norm_eps)
+        self.norm = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,10 +58,9 @@ def embedding_norm(config: ModelConfig) -> bool:
 class Encoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.vocab_size is None:
-            raise ValueError("vocab_size is None; set it (parse_spec does, from the data) before build_model")
+        require_vocab(config)
         self.config = config
-        norm = lambda: NORMS[config.norm](config.n_embd, bias=config.bias, eps=config.norm_eps)  # noqa: E731
+        norm = lambda: make_norm(config)  # noqa: E731
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wtt = nn.Embedding(config.n_token_type, config.n_embd) if config.n_token_type else None
         self.wpe = POSITIONS[config.position](config, causal=False)

@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from .attention import CrossAttention
 from .cache import KVCache, SlidingWindowCache, keep_weights
 from .encoder import embedding_norm
-from .model import Block, add_moe_loss, init_weights, moe_stats, sample
-from .norm import NORMS
+from .model import Block, add_moe_loss, init_weights, make_norm, moe_stats, require_vocab, sample
 from .position import POSITIONS
 
 if TYPE_CHECKING:
@@ -36,7 +35,7 @@ class CrossBlock(Block):
 
     def __init__(self, config: ModelConfig, layer_idx: int = 0):
         super().__init__(config, layer_idx, causal=True)
-        norm = lambda: NORMS[config.norm](config.n_embd, bias=config.bias, eps=config.norm_eps)  # noqa: E731
+        norm = lambda: make_norm(config)  # noqa: E731
         self.ln_cross = norm()
         self.cross_attn = CrossAttention(config, layer_idx)
         self.post_cross_norm = norm() if self.placement.n_norms == 2 else None
@@ -54,10 +53,9 @@ def n_decoder_layer(config: ModelConfig) -> int:
 class EncoderDecoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.vocab_size is None:
-            raise ValueError("vocab_size is None; set it (parse_spec does, from the data) before build_model")
+        require_vocab(config)
         self.config = config
-        norm = lambda: NORMS[config.norm](config.n_embd, bias=config.bias, eps=config.norm_eps)  # noqa: E731
+        norm = lambda: make_norm(config)  # noqa: E731
         post = embedding_norm(config)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)

@@ -47,7 +47,7 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig, layer_idx: int = 0, *, causal: bool = True):
         super().__init__()
-        norm = lambda: NORMS[config.norm](config.n_embd, bias=config.bias, eps=config.norm_eps)  # noqa: E731
+        norm = lambda: make_norm(config)  # noqa: E731
         self.placement = NORM_PLACEMENTS[config.norm_placement]
         self.ln_1 = norm()
         self.attn = CausalSelfAttention(config, layer_idx, causal=causal)
@@ -62,17 +62,26 @@ class Block(nn.Module):
         return self.placement.apply(x, self.mlp, self.ln_2, self.post_ffn_norm)
 
 
+def make_norm(config: ModelConfig) -> nn.Module:
+    """A fresh norm layer of the configured kind, width and epsilon."""
+    return NORMS[config.norm](config.n_embd, bias=config.bias, eps=config.norm_eps)
+
+
+def require_vocab(config: ModelConfig) -> None:
+    if config.vocab_size is None:
+        raise ValueError("vocab_size is None; set it (parse_spec does, from the data) before build_model")
+
+
 class Decoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.vocab_size is None:
-            raise ValueError("vocab_size is None; set it (parse_spec does, from the data) before build_model")
+        require_vocab(config)
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = POSITIONS[config.position](config)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
-        self.ln_f = NORMS[config.norm](config.n_embd, bias=config.bias, eps=config.norm_eps)
+        self.ln_f = make_norm(config)
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             # one matrix both reads and writes tokens (Press & Wolf 2017); saves vocab*n_embd params

@@ -2,7 +2,7 @@
 // token-choices (counting each of a token's top-k picks) sent to that expert, at the latest
 // "moe" event. The colour scale runs from 0 to 2/n_expert, so a balanced router (1/n_expert
 // everywhere) sits at the neutral middle; idle experts go teal, overloaded ones orange.
-import { CONFIG } from "./series.js";
+import { CONFIG, scheduleFlush } from "./series.js";
 
 const COLORSCALE = [[0, "#0f766e"], [0.25, "#8fdcd0"], [0.5, "#f4f5f7"], [0.75, "#fbbf77"], [1, "#c2410c"]];
 
@@ -21,11 +21,7 @@ export class ExpertLoadChart {
     if (!Array.isArray(moe?.layers) || !moe.layers.length) return;
     if (this.latest && moe.step < this.latest.step) return;
     this.latest = moe;
-    if (this.scheduled) return;
-    this.scheduled = true;
-    const run = () => this.flush();
-    requestAnimationFrame(run);
-    setTimeout(run, 300); // a hidden tab gets no animation frames; draw anyway
+    scheduleFlush(this);
   }
 
   flush() {

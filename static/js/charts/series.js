@@ -22,6 +22,16 @@ export function baseLayout(extra = {}) {
 
 export const CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d", "autoScale2d"] };
 
+/** Call ``chart.flush()`` once on the next animation frame, however many updates arrive first
+ * (``chart.flush`` must reset ``chart.scheduled``). */
+export function scheduleFlush(chart) {
+  if (chart.scheduled) return;
+  chart.scheduled = true;
+  const run = () => chart.flush();
+  requestAnimationFrame(run);
+  setTimeout(run, 300); // a hidden tab gets no animation frames; draw anyway
+}
+
 export class SeriesChart {
   /** traces: Plotly trace objects without x/y. */
   constructor(el, traces, layout, { emptyText = "Waiting for data…" } = {}) {
@@ -54,11 +64,7 @@ export class SeriesChart {
   }
 
   schedule() {
-    if (this.scheduled) return;
-    this.scheduled = true;
-    const run = () => this.flush();
-    requestAnimationFrame(run);
-    setTimeout(run, 300); // a hidden tab gets no animation frames; draw anyway
+    scheduleFlush(this);
   }
 
   flush() {
