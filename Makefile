@@ -42,7 +42,7 @@ test-fast: $(STAMP)
 # Each writes bench/results/<name>.json; about 4 minutes in all on 2 quiet cores (see bench/README.md)
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py
-	$(PY) bench/vs_transformers.py
+	$(PY) bench/vs_transformers.py --compile
 	$(PY) bench/decode.py
 	$(PY) bench/analyze_speed.py
 	$(PY) bench/nanogpt_shakespeare.py

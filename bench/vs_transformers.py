@@ -71,6 +71,16 @@ def bench_shape(family, label, kw, args) -> dict:
         "ours": (ours_fwd, list(ours.parameters()), optimizer(ours)),
         "transformers": (hf_fwd, list(hf.parameters()), optimizer(hf)),
     }
+    compile_s = None
+    if args.compile:  # a separate copy of our model, so the eager one is measured untouched
+        twin = build_model(cfg).train()
+        twin.load_state_dict(ours.state_dict())
+        compiled = torch.compile(twin)
+        runners["ours_compiled"] = (lambda x: compiled(x)[0], list(twin.parameters()), optimizer(twin))
+        t0 = time.perf_counter()
+        train_steps(*runners["ours_compiled"], [(torch.randint(0, VOCAB, (args.batch, args.seq)),
+                                                 torch.randint(0, VOCAB, (args.batch, args.seq)))])
+        compile_s = time.perf_counter() - t0
     g = torch.Generator().manual_seed(0)
 
     def batches(n):
@@ -100,10 +110,15 @@ def bench_shape(family, label, kw, args) -> dict:
         "ms_per_step_mean": {k: round(1000 * statistics.mean(t), 2) for k, t in times.items()},
         "ratio_ours_over_hf": round(tps["ours"] / tps["transformers"], 3),
     }
+    if args.compile:
+        row["ratio_ours_compiled_over_hf"] = round(tps["ours_compiled"] / tps["transformers"], 3)
+        row["compile_seconds"] = round(compile_s, 1)
     if args.profile:
         row["profile"] = {name: profile(*runners[name], batches(5)) for name in runners}
     print(f"{label:24s} {row['params']:>10,}  ours {tps['ours']:>9,.0f} tok/s  "
-          f"transformers {tps['transformers']:>9,.0f} tok/s  ratio {row['ratio_ours_over_hf']:.2f}")
+          f"transformers {tps['transformers']:>9,.0f} tok/s  ratio {row['ratio_ours_over_hf']:.2f}"
+          + (f"  compiled {tps['ours_compiled']:>9,.0f} tok/s  ratio {row['ratio_ours_compiled_over_hf']:.2f}"
+             f" (compiled in {compile_s:.0f} s)" if args.compile else ""))
     return row
 
 
@@ -115,6 +130,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=24, help="timed steps per model")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time our model under torch.compile (compile time reported separately)")
     parser.add_argument("--only", default="", help="run only shapes whose name contains this, e.g. 'Llama'")
     args = parser.parse_args()
     if args.threads:

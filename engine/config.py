@@ -304,6 +304,9 @@ class TrainConfig(Section):
                         min=0, max=MAX_SEED)
     device: str = choice("cpu", DEVICES, "Device",
                          "Where to train: the CPU, a CUDA GPU (with bf16 autocast), or a GPU when there is one.")
+    compile: bool = boolean(False, "torch.compile",
+                            "Compile the training step (torch.compile): faster steps after a one-off "
+                            "compilation of tens of seconds, so worth it for long runs.")
     sample_tokens: int = integer(120, "Sample length",
                                  "Tokens generated from a held-out prompt at each evaluation "
                                  "(synthetic tasks generate their answer instead).", min=0, max=10_000)
@@ -531,7 +534,7 @@ FIELD_GROUPS = {
     "train": {
         "Optimisation": ("steps", "batch_size", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip"),
         "Evaluation": ("eval_interval", "eval_iters", "log_interval", "sample_tokens"),
-        "Run": ("seed", "device"),
+        "Run": ("seed", "device", "compile"),
     },
 }
 

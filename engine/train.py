@@ -120,6 +120,8 @@ def train(
     data = load_data(d_cfg)
     objective = OBJECTIVES[m_cfg.family](data, m_cfg)
     model = build_model(m_cfg).to(device)
+    # the training forward only: evaluation and sampling run other shapes, which would recompile
+    forward = torch.compile(model) if t_cfg.compile else model
     optimizer = configure_optimizer(model, t_cfg, device)
     batches = torch.Generator().manual_seed(t_cfg.seed)  # batch order, apart from the global RNG
     train_evals = objective.eval_batches("train", t_cfg.batch_size, t_cfg.eval_iters)
@@ -163,7 +165,7 @@ def train(
             group["lr"] = lr
         batch = [t.to(device) for t in objective.get_batch("train", t_cfg.batch_size, batches)]
         with autocast():
-            _, loss = model(*batch)
+            _, loss = forward(*batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # clip_grad_norm_ returns the norm before clipping; an infinite max only measures it
@@ -194,6 +196,8 @@ def train(
             })
             pending_losses.clear()
             pending_aux.clear()
+        if t_cfg.compile and step == 1:  # that step compiled the model: keep it out of tokens/s and ETA
+            step_times.clear()
 
         is_eval = step % t_cfg.eval_interval == 0 or step == t_cfg.steps
         if moe and (is_eval or step % 10 == 0):  # the routing of this step's training batch
