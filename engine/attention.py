@@ -186,8 +186,9 @@ class SlidingAttention(MaskedAttention):
 
     @staticmethod
     def mean_keys(config, t):
-        w = config.window
-        return sum(min(i + 1, w) for i in range(t)) / t
+        w = config.window  # Σ_{i<t} min(i + 1, w), in closed form so any context is instant
+        m = min(t, w)
+        return (m * (m + 1) // 2 + (t - m) * w) / t
 
 
 class DilatedAttention(MaskedAttention):
@@ -213,8 +214,14 @@ class DilatedAttention(MaskedAttention):
 
     @staticmethod
     def mean_keys(config, t):
-        steps = DilatedAttention.head_steps(config.n_head, config.dilation)
-        return sum(i // s + 1 for s in steps for i in range(t)) / (t * len(steps))
+        # head h of group g = h * groups // n_head has step dilation**g and sees Σ_{i<t} (i // step + 1)
+        # keys in all; closed form per group (heads in a group: ceil((g+1)·n/G) − ceil(g·n/G))
+        n, groups = config.n_head, min(4, config.n_head)
+        total = 0
+        for g in range(groups):
+            heads = -(-(g + 1) * n // groups) - -(-g * n // groups)
+            total += heads * (t + _sum_floor_div(t, config.dilation**g))
+        return total / (t * n)
 
 
 class BlockSparseAttention(MaskedAttention):
@@ -240,9 +247,19 @@ class BlockSparseAttention(MaskedAttention):
 
     @staticmethod
     def mean_keys(config, t):
-        b, period = config.sparse_block, config.sparse_block * config.sparse_stride
-        # own block up to i, plus the summaries before the block starts
-        return sum(i % b + 1 + (i // b * b) // period for i in range(t)) / t
+        b, stride = config.sparse_block, config.sparse_stride
+        # Σ_{i<t} own block up to i (i % b + 1), plus the summaries before the block starts
+        # ((i // b * b) // period = (i // b) // stride), in closed form
+        q, r = divmod(t, b)
+        own = q * b * (b + 1) // 2 + r * (r + 1) // 2
+        summaries = b * _sum_floor_div(q, stride) + r * (q // stride)
+        return (own + summaries) / t
+
+
+def _sum_floor_div(t: int, s: int) -> int:
+    """Σ_{i<t} i // s, for ``mean_keys``' closed forms."""
+    q, r = divmod(t, s)
+    return s * q * (q - 1) // 2 + r * q
 
 
 def elu_feature(x: torch.Tensor) -> torch.Tensor:

@@ -5,18 +5,25 @@ ready for JSON. The catalogue gives each device's memory, memory bandwidth and p
 FLOP/s per dtype from the vendor's datasheet (the sparsity figures are twice these); the
 "cpu-local" entry measures this machine instead.
 
-The estimates are roofline bounds, not predictions:
+The estimates are roofline bounds, not predictions, on ``analyze``'s figures for the same
+settings (``n_gpus``, ``sharding``, ``activation_checkpointing``, ``flash_attention``,
+``quantization``):
 
-- training memory: ``analyze``'s ``train_total`` (weights, gradients, optimizer state,
-  activations) against ``n_gpus`` × the device memory, i.e. perfectly sharded (ZeRO-3/FSDP);
-- inference memory: the weights in ``dtype`` plus the KV cache of ``batch_size`` sequences of
-  ``seq_len`` tokens;
+- training memory: ``analyze``'s ``train_per_gpu`` total (weights, gradients and optimizer state
+  after ZeRO sharding, the activations of the GPU's share of the batch) against one device's
+  memory; ``fit`` alone defaults to ``sharding="zero3"``, i.e. perfectly sharded (FSDP);
+- inference memory: ``analyze``'s ``memory.inference`` total (weights at the quantized width, the
+  KV cache of ``batch_size`` sequences of ``seq_len`` tokens, a forward's activations) against
+  ``n_gpus`` × the device memory (tensor parallel);
 - decode tokens/s ≤ bandwidth / bytes read per step × batch: every step reads the weights a token
-  passes through (``active`` parameters) and each sequence's KV cache (Pope et al. 2022,
-  "Efficiently Scaling Transformer Inference", §2);
-- prefill tokens/s ≤ peak FLOP/s / forward FLOPs per token;
-- training time = tokens × training FLOPs per token / (peak × ``mfu`` × n_gpus), with Chinchilla's
-  20 tokens per parameter by default (Hoffmann et al. 2022, table 3).
+  passes through (``active`` parameters, at the inference width) and each sequence's KV cache
+  (Pope et al. 2022, "Efficiently Scaling Transformer Inference", §2);
+- prefill tokens/s ≤ peak FLOP/s (of ``dtype``: weight-only quantization computes in it) /
+  forward FLOPs per token;
+- training time = tokens × FLOPs executed per token / (peak × ``mfu`` × n_gpus), with Chinchilla's
+  20 tokens per parameter by default (Hoffmann et al. 2022, table 3). With activation
+  checkpointing a token costs 4 forwards rather than 3, so ``mfu`` is then what PaLM calls the
+  hardware FLOPs utilisation.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from .analysis import DTYPE_BYTES, analyze
+from .analysis import _analyze
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -37,8 +44,8 @@ A100_DATASHEET = ("nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/"
                   "nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf")
 TB = 1e12  # vendors quote bandwidth in decimal GB/s and TB/s, FLOP/s in decimal TFLOPS
 MAX_BATCH = 2**20  # the largest-batch search stops here: beyond it the answer is "any batch you like"
-# the sliding, dilated and block-sparse patterns count their mean keys by a loop over positions
-# (``ATTENTIONS[kind].mean_keys``), so longer contexts are refused rather than analysed slowly
+# kept for callers that still cap the looping patterns' contexts: ``mean_keys`` used to loop over
+# positions, but is now a closed form, so ``analyze`` and ``fit`` answer at once for any context
 MAX_LOOPED_CONTEXT = 2**20
 
 
@@ -107,28 +114,23 @@ def _verdict(needed: float, available: float) -> str:
     return f"does not fit: needs {needed / GiB:,.3g} GiB, has {available / GiB:,.1f} GiB"
 
 
-def _analysable(model_cfg: ModelConfig, seq_len: int) -> bool:
-    return model_cfg.attention in ("full", "linear") or seq_len <= MAX_LOOPED_CONTEXT
-
-
 def train_memory(model_cfg: ModelConfig, *, batch_size: int, seq_len: int, dtype: str = "bf16",
-                 optimizer: str = "adamw", vocab_size: int | None = None) -> int:
-    """``analyze``'s training total (bytes) for one batch."""
-    report = analyze(model_cfg, vocab_size=vocab_size, batch_size=batch_size, seq_len=seq_len, dtype=dtype,
-                     optimizer=optimizer)
-    return report["memory"]["train_total"]
+                 optimizer: str = "adamw", vocab_size: int | None = None, **settings) -> int:
+    """``analyze``'s training memory (bytes) for one global batch, per GPU (``settings``: n_gpus,
+    sharding, activation_checkpointing, flash_attention); with one GPU, ``train_total``."""
+    report = _analyze(model_cfg, vocab_size=vocab_size, batch_size=batch_size, seq_len=seq_len, dtype=dtype,
+                      optimizer=optimizer, **settings)
+    return report["memory"]["train_per_gpu"]["total"]
 
 
 def largest_batch(model_cfg: ModelConfig, memory: float, *, seq_len: int, dtype: str = "bf16",
-                  optimizer: str = "adamw", vocab_size: int | None = None) -> int:
-    """The largest training batch whose memory is ≤ ``memory`` bytes (0 if none, at most
-    ``MAX_BATCH``): a binary search, since memory grows with the batch."""
-    if not _analysable(model_cfg, seq_len):
-        return 0
+                  optimizer: str = "adamw", vocab_size: int | None = None, **settings) -> int:
+    """The largest global training batch whose memory per GPU is ≤ ``memory`` bytes (0 if none,
+    at most ``MAX_BATCH``): a binary search, since memory grows with the batch."""
 
     def fits(b: int) -> bool:
         return train_memory(model_cfg, batch_size=b, seq_len=seq_len, dtype=dtype, optimizer=optimizer,
-                            vocab_size=vocab_size) <= memory
+                            vocab_size=vocab_size, **settings) <= memory
 
     lo, hi = 0, MAX_BATCH  # invariant: lo fits (0 trivially), anything above hi is not searched
     if fits(hi):
@@ -142,70 +144,69 @@ def largest_batch(model_cfg: ModelConfig, memory: float, *, seq_len: int, dtype:
 def fit(model_cfg: ModelConfig, device_key: str, *, n_gpus: int = 1, batch_size: int = 1,
         seq_len: int | None = None, dtype: str = "bf16", optimizer: str = "adamw", mfu: float = 0.4,
         train_tokens: float | None = None, price_per_hour: float | None = None,
-        vocab_size: int | None = None) -> dict:
+        vocab_size: int | None = None, sharding: str = "zero3", activation_checkpointing: bool = False,
+        flash_attention: bool = False, quantization: str | None = None, report: dict | None = None) -> dict:
     """Memory verdicts, throughput bounds, training time and cost of ``model_cfg`` on
     ``n_gpus`` × ``device_key``; see the module docstring. ``seq_len`` defaults to
-    ``block_size``; ``dtype`` is one of ``analyze``'s ("fp32", "bf16", "fp16")."""
+    ``block_size``; ``dtype`` is one of ``analyze``'s ("fp32", "bf16", "fp16"); the other
+    settings are ``analyze``'s (``report``: its report for these settings, to reuse)."""
     device = get_device(device_key)
     if n_gpus < 1 or batch_size < 1 or not 0 < mfu <= 1:
         raise ValueError("n_gpus and batch_size must be at least 1 and mfu in (0, 1]")
-    t = seq_len if seq_len is not None else model_cfg.block_size
+    settings = {"n_gpus": n_gpus, "sharding": sharding, "activation_checkpointing": activation_checkpointing,
+                "flash_attention": flash_attention}
+    if report is None:
+        report = _analyze(model_cfg, vocab_size=vocab_size, batch_size=batch_size, seq_len=seq_len, dtype=dtype,
+                          optimizer=optimizer, quantization=quantization, **settings)
+    t = report["settings"]["seq_len"]
     memory = device.memory * n_gpus
     bandwidth = device.memory_bandwidth() * n_gpus  # tensor parallel: each chip reads its shard
-    if dtype not in DTYPE_BYTES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose from {list(DTYPE_BYTES)}")
-    bpe = DTYPE_BYTES[dtype]
     peak = device.peak_flops(dtype) * n_gpus
+    params, active = report["params"]["total"], report["params"]["active"]
+    flops, mem = report["flops"], report["memory"]
 
-    # parameters and the KV cache per token do not depend on the context: analyse one token
-    base = analyze(model_cfg, vocab_size=vocab_size, batch_size=1, seq_len=1, dtype=dtype, optimizer=optimizer)
-    params, active = base["params"]["total"], base["params"]["active"]
-    kv_tokens = min(t, model_cfg.window) if model_cfg.attention == "sliding" else t
-    kv_cache = base["kv_cache_per_token"] * kv_tokens * batch_size
-    weights = params * bpe
-    infer_needed = weights + kv_cache
-
-    if _analysable(model_cfg, t):
-        report = analyze(model_cfg, vocab_size=vocab_size, batch_size=batch_size, seq_len=t, dtype=dtype,
-                         optimizer=optimizer)
-        train_needed = report["memory"]["train_total"]
-        forward, train_flops = report["flops"]["per_token_forward"], report["flops"]["per_token_train"]
-        train_verdict = _verdict(train_needed, memory)
-    else:
-        train_needed = forward = train_flops = None
-        train_verdict = f"does not fit: a context of {t:,} tokens is beyond what is analysed"
+    per_gpu = mem["train_per_gpu"]["total"]
+    train_verdict = _verdict(per_gpu, device.memory)
+    if n_gpus > 1:
+        train_verdict += f" per GPU ({report['settings']['sharding']}, {n_gpus} GPUs)"
     tokens = train_tokens if train_tokens is not None else 20 * params  # Chinchilla
-    seconds = tokens * train_flops / (peak * mfu) if train_flops is not None else None
+    # the FLOPs executed per token: with checkpointing, 4 forwards' worth (mfu is then HFU, in PaLM's terms)
+    train_flops = flops["per_step_train"] / (batch_size * t)
+    seconds = tokens * train_flops / (peak * mfu)
 
+    inference = mem["inference"]
+    infer_needed = inference["total"]
     # decode: one step reads the weights a token passes through and every sequence's cache
-    bytes_per_step = active * bpe + kv_cache
+    bytes_per_step = inference["weights"] * active / params + inference["kv_cache"]
     return {
         "device": device.name,
         "n_gpus": n_gpus,
         "memory_available": memory,
+        "memory_per_gpu": device.memory,
         "params": params,
         "train": {
-            "memory_needed": train_needed,
-            "fits": train_needed is not None and train_needed <= memory,
+            "memory_needed": per_gpu * n_gpus,
+            "memory_per_gpu": per_gpu,
+            "fits": per_gpu <= device.memory,
             "verdict": train_verdict,
-            "largest_batch": largest_batch(model_cfg, memory, seq_len=t, dtype=dtype, optimizer=optimizer,
-                                           vocab_size=vocab_size),
+            "largest_batch": largest_batch(model_cfg, device.memory, seq_len=t, dtype=dtype, optimizer=optimizer,
+                                           vocab_size=report["settings"]["vocab_size"], **settings),
         },
         "inference": {
             "memory_needed": infer_needed,
-            "weights": weights,
-            "kv_cache": kv_cache,
+            "weights": inference["weights"],
+            "kv_cache": inference["kv_cache"],
+            "activations": inference["activations"],
             "fits": infer_needed <= memory,
             "verdict": _verdict(infer_needed, memory),
             "decode_tokens_per_s": batch_size * bandwidth / bytes_per_step,
-            "prefill_tokens_per_s": peak / forward if forward is not None else None,
+            "prefill_tokens_per_s": peak / flops["per_token_prefill"],
         },
         "time": {
             "train_tokens": tokens,
             "seconds": seconds,
-            "hours": seconds / 3600 if seconds is not None else None,
-            "cost": seconds / 3600 * price_per_hour * n_gpus
-            if seconds is not None and price_per_hour is not None else None,
+            "hours": seconds / 3600,
+            "cost": seconds / 3600 * price_per_hour * n_gpus if price_per_hour is not None else None,
         },
     }
 

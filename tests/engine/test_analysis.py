@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from engine import FFNS, NORMS, analyze, build_model
+from engine import FFNS, NORMS, ModelConfig, analyze, build_model
 from engine.attention import ATTENTION_FUNCTIONS, ATTENTIONS, MaskedAttention
 from engine.model import is_moe_layer
 
@@ -78,6 +78,16 @@ def test_attention_flops_count_the_keys_the_mask_allows(kind, tiny_config):
             "attention_per_token_layer"]
 
 
+@pytest.mark.parametrize("kind", [k for k in ATTENTIONS if isinstance(ATTENTIONS[k](ModelConfig()), MaskedAttention)])
+@pytest.mark.parametrize("t", [1, 5, 17, 64])
+def test_closed_form_mean_keys_equal_the_mask(kind, t, tiny_config):
+    """``mean_keys`` is a closed form (any context answers at once); uneven sizes on purpose."""
+    cfg = dataclasses.replace(tiny_config, attention=kind, n_head=6, n_embd=48, window=7, dilation=3,
+                              sparse_block=5, sparse_stride=3)
+    mask = ATTENTIONS[kind](cfg).mask(0, t, 0, t, torch.device("cpu")).expand(cfg.n_head, t, t)
+    assert ATTENTIONS[kind].mean_keys(cfg, t) == pytest.approx(mask.sum().item() / (cfg.n_head * t))
+
+
 def test_moe_flops_count_only_the_routed_experts(tiny_config):
     dense = analyze(tiny_config)
     moe = analyze(dataclasses.replace(tiny_config, n_expert=8, top_k=1))
@@ -115,9 +125,12 @@ def test_matches_korthikanti_for_a_16_bit_gpt_layer(tiny_config):
     b, s, h, a = 4, cfg.block_size, cfg.n_embd, cfg.n_head
     one, two = (analyze(dataclasses.replace(cfg, n_layer=n), batch_size=b, dtype="fp16") for n in (1, 2))
     per_layer = two["memory"]["activations"] - one["memory"]["activations"]
-    # ours counts dropout masks at 2 bytes (CPU kernels keep them in the activation dtype), the paper at 1
+    # ours counts dropout masks at 2 bytes (CPU kernels keep them in the activation dtype), the paper at 1;
+    # and the two LayerNorms' inputs and the softmax output at 4 bytes (autocast runs them in fp32),
+    # the paper at 2
     masks = 2 * s * b * h + a * s * s * b
-    assert per_layer - masks == s * b * h * (34 + 5 * a * s / h)
+    fp32 = 2 * s * b * h * (4 - 2) + a * s * s * b * (4 - 2)
+    assert per_layer - masks - fp32 == s * b * h * (34 + 5 * a * s / h)
 
 
 def saved_activation_bytes(model, idx) -> int:
@@ -191,3 +204,87 @@ def test_encoder_families_cost_more_attention_and_cache_less(tiny_config):
     assert encoder["flops"]["per_token_forward"] == pytest.approx(causal["flops"]["per_token_forward"] + extra)
     assert encoder["kv_cache"] == 0 and both["kv_cache"] == causal["kv_cache"]
     assert both["flops"]["per_token_forward"] > encoder["flops"]["per_token_forward"]
+
+
+# ---- settings, options and the report's shape
+
+import json  # noqa: E402
+
+from engine import PRESETS, preset  # noqa: E402
+from engine.analysis import (  # noqa: E402
+    DTYPE_BYTES, OPTIMIZER_STATES, QUANTIZATIONS, SHARDINGS, WEIGHT_BYTES, analysis_options,
+)
+from engine.hardware import HARDWARE  # noqa: E402
+
+ALL_ON = {"dtype": "bf16", "optimizer": "adamw8bit", "n_gpus": 8, "sharding": "zero3", "activation_checkpointing": True,
+          "flash_attention": True, "quantization": "int4", "hardware": "h100-sxm", "price_per_gpu_hour": 2.5,
+          "train_tokens": 1e9}
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_report_is_json(name):
+    report = analyze(preset(name), batch_size=2, seq_len=256, hardware="h100-sxm")
+    json.dumps(report, allow_nan=False)
+    for key in ("settings", "params", "flops", "memory", "formulas", "fit"):
+        assert key in report
+    assert report["fit"]["device"] == HARDWARE["h100-sxm"].name
+    assert all(isinstance(v, str) for v in report["formulas"].values())
+    json.dumps(analyze(preset(name), batch_size=2, seq_len=256, **ALL_ON), allow_nan=False)
+
+
+def test_settings_are_resolved(tiny_config):
+    s = analyze(tiny_config, batch_size=9, **ALL_ON)["settings"]
+    assert s["seq_len"] == tiny_config.block_size and s["vocab_size"] == tiny_config.vocab_size
+    assert s["per_gpu_batch"] == 2  # ceil(9 / 8)
+    assert {k: s[k] for k in ALL_ON} == ALL_ON
+
+
+def test_formulas_substitute_the_numbers(tiny_config):
+    report = analyze(dataclasses.replace(tiny_config, n_kv_head=2), dtype="bf16", batch_size=3)
+    f = report["formulas"]
+    for term in ("params.total", "flops.per_token_train", "flops.per_token_decode", "memory.weights",
+                 "memory.optimizer", "memory.activations", "memory.kv_cache", "memory.inference.weights",
+                 "memory.inference.kv_cache", "memory.train_per_gpu.total"):
+        assert term in f
+    assert f["memory.inference.kv_cache"].startswith("2 × n_layer × n_kv_head × head_dim × bytes × batch × tokens "
+                                                     "= 2 × 2 × 2 × 8 × 2 × 3 × 16 B")
+    assert f["memory.inference.kv_cache"].endswith(f"= {report['memory']['inference']['kv_cache']:,} B")
+
+
+def test_options_list_the_tables():
+    options = analysis_options()
+    assert options == {"dtype": list(DTYPE_BYTES), "optimizer": list(OPTIMIZER_STATES), "sharding": list(SHARDINGS),
+                       "quantization": [None, *QUANTIZATIONS], "hardware": list(HARDWARE)}
+    json.dumps(options)
+    assert set(QUANTIZATIONS) <= set(WEIGHT_BYTES) and WEIGHT_BYTES["int4"] == 0.5
+    assert OPTIMIZER_STATES["adamw8bit"] == 2 and OPTIMIZER_STATES["sgd"] == 0
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("optimizer", "lion", r"unknown optimizer 'lion'; choose from \['adamw', 'adamw8bit', 'sgd', 'sgd_momentum', "
+                          r"'adafactor'\]"),
+    ("sharding", "zero4", r"unknown sharding 'zero4'; choose from \['none', 'zero1', 'zero2', 'zero3', 'fsdp'\]"),
+    ("quantization", "int2", r"unknown quantization 'int2'; choose from \['bf16', 'fp16', 'fp8', 'int8', 'int4'\]"),
+    ("hardware", "tpu-v9", r"unknown device 'tpu-v9'; choose from \['a100-40gb'"),
+    ("dtype", "fp8", r"unknown dtype 'fp8'; choose from"),
+    ("n_gpus", 0, "n_gpus must be an integer of at least 1"),
+    ("batch_size", 0, "batch_size must be an integer of at least 1"),
+    ("seq_len", 0, "seq_len must be an integer of at least 1"),
+    ("mfu", 1.5, r"mfu must be in \(0, 1\]"),
+])
+def test_bad_settings_name_the_choices(setting, value, message, tiny_config):
+    with pytest.raises(ValueError, match=message):
+        analyze(tiny_config, **{setting: value})
+
+
+def test_absurd_sizes_return_and_do_not_fit():
+    """Plain Python arithmetic and closed forms (no loop over positions): any size answers at once."""
+    for attention in ATTENTIONS:
+        huge = ModelConfig(n_layer=10**6, n_head=10**3, n_embd=10**6, block_size=1024, vocab_size=32000,
+                           attention=attention, window=4096)
+        report = analyze(huge, seq_len=10**9, batch_size=10**6, **ALL_ON)
+        json.dumps(report, allow_nan=False)
+        assert report["params"]["total"] > 10**18
+        assert report["fit"]["train"]["verdict"].startswith("does not fit")
+        assert report["fit"]["inference"]["verdict"].startswith("does not fit")
+        assert report["fit"]["train"]["largest_batch"] == 0

@@ -94,3 +94,53 @@ def test_absurd_sizes_return_quickly():
 def test_unknown_device_names_the_choices(tiny_config):
     with pytest.raises(ValueError, match="choose from"):
         fit(tiny_config, "tpu-v9")
+
+
+SETTINGS = {"n_gpus": 4, "sharding": "zero2", "activation_checkpointing": True, "flash_attention": True,
+            "quantization": "int8"}
+
+
+def test_analyze_reports_fit_with_its_settings(tiny_config):
+    report = analyze(tiny_config, batch_size=6, seq_len=16, dtype="bf16", hardware="a100-80gb",
+                     price_per_gpu_hour=2.0, **SETTINGS)
+    alone = fit(tiny_config, "a100-80gb", batch_size=6, seq_len=16, dtype="bf16", price_per_hour=2.0, **SETTINGS)
+    assert report["fit"] == alone
+    assert analyze(tiny_config)["fit"] is None
+
+
+def test_fit_uses_the_per_gpu_memory(tiny_config):
+    result = fit(tiny_config, "h100-sxm", batch_size=6, seq_len=16, dtype="bf16", **SETTINGS)
+    report = analyze(tiny_config, batch_size=6, seq_len=16, dtype="bf16", **SETTINGS)
+    per_gpu = report["memory"]["train_per_gpu"]["total"]
+    assert result["train"]["memory_per_gpu"] == per_gpu and result["train"]["memory_needed"] == 4 * per_gpu
+    b = result["train"]["largest_batch"]
+    training = {k: v for k, v in SETTINGS.items() if k != "quantization"}
+    assert train_memory(tiny_config, batch_size=b, seq_len=16, dtype="bf16", **training) <= HARDWARE["h100-sxm"].memory
+    assert b == MAX_BATCH  # a tiny model: any batch
+    assert fit(preset("llama-2-7b"), "h100-sxm", n_gpus=4, seq_len=4096, dtype="bf16",
+               sharding="zero2")["train"]["largest_batch"] == 0  # 7B's states do not fit 4 × 80 GB with ZeRO-2
+    assert result["inference"]["weights"] == report["memory"]["inference"]["weights"]
+    assert result["inference"]["memory_needed"] == report["memory"]["inference"]["total"]
+
+
+def test_sharding_lets_a_big_model_train(tiny_config):
+    big = preset("llama-2-7b")
+    plain = fit(big, "a100-80gb", n_gpus=8, sharding="none", batch_size=8, seq_len=1024)
+    sharded = fit(big, "a100-80gb", n_gpus=8, sharding="zero3", batch_size=8, seq_len=1024,
+                  activation_checkpointing=True, flash_attention=True)
+    assert not plain["train"]["fits"] and sharded["train"]["fits"]
+    assert sharded["train"]["largest_batch"] > 8
+
+
+def test_checkpointing_costs_a_third_more_time(tiny_config):
+    plain = fit(tiny_config, "h100-sxm", seq_len=16)["time"]["seconds"]
+    ckpt = fit(tiny_config, "h100-sxm", seq_len=16, activation_checkpointing=True)["time"]["seconds"]
+    assert ckpt == pytest.approx(plain * 4 / 3)
+
+
+def test_quantized_weights_decode_faster(tiny_config):
+    cfg = preset("llama-2-7b")
+    bf16 = fit(cfg, "h100-sxm", seq_len=1024, dtype="bf16")["inference"]
+    int4 = fit(cfg, "h100-sxm", seq_len=1024, dtype="bf16", quantization="int4")["inference"]
+    assert int4["weights"] < bf16["weights"] / 3
+    assert int4["decode_tokens_per_s"] > 2 * bf16["decode_tokens_per_s"]
