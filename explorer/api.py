@@ -243,7 +243,36 @@ def import_hf_config(request, payload: Body[dict[str, Any]]):
     return services.import_hf_config(payload)
 
 
+# ---------------------------------------------------------------------------- analysis
+analysis = Router(tags=["analysis"])
+
+
+class AnalyzeIn(Schema):
+    model: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+
+
+@analysis.post("/analyze", response={200: dict, 400: ErrorOut},
+               summary="What a model costs to train and serve: parameters, FLOPs, memory, KV cache, fit on each device")
+def analyze(request, payload: AnalyzeIn):
+    """``model``: engine config fields, or ``{"preset": "llama-2-7b", ...overrides}``; real-model
+    sizes are accepted. ``settings``: batch_size, seq_len, vocab_size, dtype, optimizer, n_gpus,
+    sharding, activation_checkpointing, flash_attention, quantization, hardware, mfu,
+    price_per_gpu_hour, train_tokens. Returns the engine's report plus ``curves`` (KV cache and
+    attention FLOPs against context for every attention pattern) and ``fit_table`` (every device)."""
+    try:
+        return services.analysis_report(None, payload.dict())
+    except services.SpecError as exc:
+        return Status(400, {"detail": "Invalid analysis", "errors": exc.errors})
+
+
+@analysis.get("/analyze/options", summary="The analysis settings' choices and the device catalogue")
+def analyze_options(request):
+    return services.analysis_options()
+
+
 api.add_router("/jobs", jobs)
+api.add_router("/", analysis)
 api.add_router("/", presets)
 api.add_router("/", composer)
 api.add_router("/datasets", datasets)

@@ -497,3 +497,360 @@ def fail_orphaned_jobs(worker_name):
         error = f"Worker {worker_name} restarted while running this job."
         record_status(job_id, Job.Status.FAILED, expect=[Job.Status.RUNNING], error=error)
     return orphans
+
+
+# ---------------------------------------------------------------------------- analysis report
+# ``POST /api/v1/analyze``, the composer's report panel and the compare page: what a model costs
+# to train and serve, on every device of the catalogue. Real models are far beyond the composer's
+# training bounds, so sizes here are only refused when they are nonsense (negative, zero, a head
+# count that does not divide the width), never for being large.
+ANALYSIS_MAX_INT = 10**12  # beyond this a "size" is a typo, and the numbers stop meaning anything
+CURVE_POINTS = 12
+CURVE_MIN_CONTEXT = 64
+# sliding, dilated and block-sparse count their mean keys with a loop over positions: their
+# curves stop here (the point is the shape, and a request must stay fast)
+CURVE_LOOPED_MAX = 2**16
+LOOPED_ATTENTIONS = ("sliding", "dilated", "block_sparse")
+ANALYSIS_SETTINGS = {
+    # name: (kind, default)
+    "batch_size": ("int", 1),
+    "seq_len": ("int?", None),
+    "vocab_size": ("int?", None),
+    "dtype": ("choice", "bf16"),
+    "optimizer": ("choice", "adamw"),
+    "n_gpus": ("int", 1),
+    "sharding": ("choice", "none"),
+    "activation_checkpointing": ("bool", False),
+    "flash_attention": ("bool", False),
+    "quantization": ("choice?", None),
+    "hardware": ("choice?", None),
+    "mfu": ("float", 0.4),
+    "price_per_gpu_hour": ("float?", None),
+    "train_tokens": ("float?", None),
+}
+
+
+def _analysis_engine_params(fn):
+    import inspect
+
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def analysis_options():
+    """The choices of the report's settings: the engine's when it lists them, else what the
+    engine's tables hold today."""
+    from engine import analysis as engine_analysis
+
+    options = None
+    if hasattr(engine_analysis, "analysis_options"):
+        try:
+            options = {k: list(v) for k, v in engine_analysis.analysis_options().items()}
+        except Exception:  # noqa: BLE001 - fall back to the tables below
+            options = None
+    fallback = {
+        "dtype": list(getattr(engine_analysis, "DTYPE_BYTES", {"fp32": 4, "bf16": 2, "fp16": 2})),
+        "optimizer": list(getattr(engine_analysis, "OPTIMIZER_STATES", {"adamw": 2, "sgd": 0})),
+        "sharding": ["none"],
+        "quantization": [None],
+        "hardware": list(engine.HARDWARE),
+    }
+    options = {**fallback, **(options or {})}
+    if None not in options["quantization"]:
+        options["quantization"] = [None] + [q for q in options["quantization"] if q is not None]
+    options["devices"] = [{"key": k, "name": d.name, "memory": d.memory} for k, d in engine.HARDWARE.items()]
+    return options
+
+
+def _analysis_model(data, errors):
+    """A ``ModelConfig`` from ``{"preset": name, ...overrides}`` or plain fields; errors by "model.x"."""
+    import dataclasses
+
+    from engine import config as engine_config
+
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        errors["model"] = "model must be an object of engine config fields, or {\"preset\": name, ...overrides}"
+        return None
+    data = dict(data)
+    name = data.pop("preset", None)
+    base = {}
+    if name not in (None, ""):
+        if not isinstance(name, str) or name not in engine.PRESETS:
+            errors["model.preset"] = f"unknown preset {name!r}; choose from {sorted(engine.PRESETS)}"
+            return None
+        base = engine.PRESETS[name].config.to_dict()
+    merged = {**base, **data}
+    try:
+        cfg = engine.ModelConfig.from_dict(merged)  # unknown keys and untypeable values
+    except engine.ConfigError as exc:
+        errors.update(exc.errors)
+        return None
+    # the composer's bounds without their upper limits: a 405B model is a fine thing to analyse
+    bad = set()
+    for f in dataclasses.fields(engine.ModelConfig):
+        meta = dict(f.metadata)
+        if not meta:
+            continue
+        value = getattr(cfg, f.name)
+        if meta["kind"] == "int":
+            meta["max"] = None
+        message = engine_config._check_value(f.name, meta, value)
+        if message is None and meta["kind"] in ("int", "float") and value is not None and abs(value) > ANALYSIS_MAX_INT:
+            message = f"{f.name} must be ≤ {ANALYSIS_MAX_INT:.0e} (got {value:g})"
+        if message:
+            errors[f"model.{f.name}"] = message
+            bad.add(f.name)
+    errors.update({f"model.{k}": v for k, v in engine_config._cross_checks("model", cfg, bad).items()})
+    return cfg
+
+
+def _analysis_settings(data, options, errors):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        errors["settings"] = "settings must be an object"
+        return {}
+    out = {}
+    for key in data:
+        if key not in ANALYSIS_SETTINGS:
+            errors[f"settings.{key}"] = f"unknown setting {key!r}; choose from {list(ANALYSIS_SETTINGS)}"
+    for key, (kind, default) in ANALYSIS_SETTINGS.items():
+        value = data.get(key, default)
+        optional = kind.endswith("?")
+        kind = kind.rstrip("?")
+        if value in (None, "") and kind != "bool":
+            if optional:
+                out[key] = None
+                continue
+            value = default
+        where = f"settings.{key}"
+        if kind == "int":
+            if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+                                               or (isinstance(value, str) and value.strip().lstrip("-").isdigit())):
+                errors[where] = f"{key} must be a whole number (got {value!r})"
+                continue
+            value = int(value)
+            if value < 1:
+                errors[where] = f"{key} must be ≥ 1 (got {value})"
+            elif value > ANALYSIS_MAX_INT:
+                errors[where] = f"{key} must be ≤ {ANALYSIS_MAX_INT:.0e} (got {value})"
+        elif kind == "float":
+            try:
+                if isinstance(value, bool):
+                    raise ValueError
+                value = float(value)
+            except (TypeError, ValueError):
+                errors[where] = f"{key} must be a number (got {value!r})"
+                continue
+            import math
+
+            if not math.isfinite(value):
+                errors[where] = f"{key} must be a finite number (got {value!r})"
+            elif key == "mfu" and not 0 < value <= 1:
+                errors[where] = f"mfu must be in (0, 1] (got {value:g})"
+            elif value < 0 or (key == "train_tokens" and value == 0):
+                errors[where] = f"{key} must be {'>' if key == 'train_tokens' else '≥'} 0 (got {value:g})"
+        elif kind == "bool":
+            if isinstance(value, str) and value.strip().lower() in ("true", "1", "on", "yes", "false", "0", "off", "no", ""):
+                value = value.strip().lower() in ("true", "1", "on", "yes")
+            elif isinstance(value, (bool, int)) and value in (0, 1):
+                value = bool(value)
+            else:
+                errors[where] = f"{key} must be true or false (got {value!r})"
+                continue
+        else:  # choice
+            choices = options.get(key) or [default]
+            if value not in choices:
+                shown = [c for c in choices if c is not None]
+                errors[where] = f"unknown {key} {value!r}; choose from {shown}" + (" or null" if None in choices else "")
+                continue
+        out[key] = value
+    return out
+
+
+def _call_filtered(fn, *args, **kwargs):
+    """Call an engine function with the keyword arguments it takes (the engine grows new ones)."""
+    params = _analysis_engine_params(fn)
+    return fn(*args, **{k: v for k, v in kwargs.items() if k in params and v is not None})
+
+
+def _engine_kwargs(s):
+    return {
+        "vocab_size": s["vocab_size"], "batch_size": s["batch_size"], "seq_len": s["seq_len"], "dtype": s["dtype"],
+        "optimizer": s["optimizer"], "n_gpus": s["n_gpus"], "sharding": s["sharding"],
+        "activation_checkpointing": s["activation_checkpointing"], "flash_attention": s["flash_attention"],
+        "quantization": s["quantization"], "hardware": s["hardware"], "mfu": s["mfu"],
+        "price_per_gpu_hour": s["price_per_gpu_hour"], "train_tokens": s["train_tokens"],
+    }
+
+
+def _fit_kwargs(s, seq_len):
+    return {
+        "n_gpus": s["n_gpus"], "batch_size": s["batch_size"], "seq_len": seq_len, "dtype": s["dtype"],
+        "optimizer": s["optimizer"], "mfu": s["mfu"], "train_tokens": s["train_tokens"],
+        "price_per_hour": s["price_per_gpu_hour"], "price_per_gpu_hour": s["price_per_gpu_hour"],
+        "vocab_size": s["vocab_size"], "sharding": s["sharding"],
+        "activation_checkpointing": s["activation_checkpointing"], "flash_attention": s["flash_attention"],
+        "quantization": s["quantization"],
+    }
+
+
+import functools  # noqa: E402
+
+
+@functools.lru_cache(maxsize=4096)
+def _attention_flops(kind, n_embd, n_head, window, dilation, sparse_block, sparse_stride, t):
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(n_embd=n_embd, n_head=n_head, window=window, dilation=dilation, sparse_block=sparse_block,
+                          sparse_stride=sparse_stride)
+    return engine.ATTENTIONS[kind].flops_per_token(cfg, t)
+
+
+def curve_contexts(block_size):
+    """~12 context lengths from 64 to max(block_size, 32768), evenly spaced on a log axis."""
+    import math
+
+    top = max(block_size, 32768)
+    lo, hi = math.log(CURVE_MIN_CONTEXT), math.log(top)
+    points = sorted({int(round(math.exp(lo + (hi - lo) * i / (CURVE_POINTS - 1)))) for i in range(CURVE_POINTS)})
+    points[-1] = top
+    return points
+
+
+def _curves(cfg, base, settings):
+    """KV cache bytes (one sequence) and attention FLOPs per token (all layers) against context,
+    for the model's attention pattern and each other one, from the engine's per-pattern counts."""
+    contexts = curve_contexts(cfg.block_size)
+    per_token = base["kv_cache_per_token"]
+    n_attn_layers = cfg.n_layer + ((cfg.n_decoder_layer or cfg.n_layer) if cfg.family == "encoder_decoder" else 0)
+    kinds = [cfg.attention] + [k for k in engine.ATTENTIONS if k != cfg.attention]
+    series = []
+    for kind in kinds:
+        kv, flops = [], []
+        for t in contexts:
+            cached = min(t, cfg.window) if kind == "sliding" else t
+            kv.append(per_token * cached)
+            if kind in LOOPED_ATTENTIONS and t > CURVE_LOOPED_MAX:
+                flops.append(None)
+            else:
+                flops.append(n_attn_layers * _attention_flops(kind, cfg.n_embd, cfg.n_head, cfg.window, cfg.dilation,
+                                                              cfg.sparse_block, cfg.sparse_stride, t))
+        label = {"sliding": f"sliding (window {cfg.window:,})", "dilated": f"dilated (×{cfg.dilation})",
+                 "block_sparse": f"block_sparse ({cfg.sparse_block}/{cfg.sparse_stride})"}.get(kind, kind)
+        series.append({"attention": kind, "label": label, "chosen": kind == cfg.attention, "kv_cache": kv,
+                       "attention_flops": flops})
+    return {
+        "contexts": contexts,
+        "block_size": cfg.block_size,
+        "n_attention_layers": n_attn_layers,
+        "series": series,
+        "formulas": {
+            "kv_cache": f"KV cache(T) = kv_cache_per_token × cached positions = {per_token:,} B × T "
+                        "(sliding: × min(T, window)); one sequence",
+            "attention_flops": f"attention FLOPs/token(T) = {n_attn_layers} layers × 4 · n_embd · K̄(T), "
+                               "K̄ = mean keys a query sees (full: (T+1)/2; linear: constant)",
+        },
+        "note": (f"sliding, dilated and block-sparse FLOPs are counted up to {CURVE_LOOPED_MAX:,} tokens"
+                 if contexts[-1] > CURVE_LOOPED_MAX else ""),
+    }
+
+
+def _fit_table(cfg, settings, seq_len, report=None):
+    rows = []
+    for key, device in engine.HARDWARE.items():
+        try:
+            fit = _call_filtered(engine.fit, cfg, key, **_fit_kwargs(settings, seq_len), report=report)
+        except (ValueError, ArithmeticError) as exc:
+            rows.append({"key": key, "name": device.name, "error": str(exc)})
+            continue
+        rows.append({"key": key, **fit, "name": device.name})
+    return rows
+
+
+def _jsonable(x):
+    """Floats that JSON cannot carry (inf, nan) become None."""
+    import math
+
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def analysis_report(team, payload):
+    """The analysis report of ``{"model": {...} or {"preset": ..., ...}, "settings": {...}}``:
+    ``engine.analyze``'s report, the curves against context and a fit table over every device.
+    ``SpecError`` with messages by "model.x" / "settings.x" for bad input. ``team`` is unused:
+    an analysis touches nothing of a team's, but the call keeps the services' shape."""
+    import json
+
+    if not isinstance(payload, dict):
+        raise SpecError({"request": "expected a JSON object with 'model' and 'settings'"})
+    errors = {k: f"unknown section {k!r}; choose from ['model', 'settings']" for k in payload if k not in ("model", "settings")}
+    options = analysis_options()
+    cfg = _analysis_model(payload.get("model"), errors)
+    settings_ = _analysis_settings(payload.get("settings"), options, errors)
+    if errors:
+        raise SpecError(errors)
+    key = json.dumps({"model": cfg.to_dict(), "settings": settings_}, sort_keys=True, default=str)
+    return _cached_report(key)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_report(key):
+    import json
+
+    data = json.loads(key)
+    cfg = engine.ModelConfig.from_dict(data["model"])
+    s = data["settings"]
+    if cfg.vocab_size is None and s["vocab_size"] is None:
+        raise SpecError({"model.vocab_size": "vocab_size is needed to count the embedding and head: set "
+                                             "model.vocab_size or settings.vocab_size, or start from a preset"})
+    seq_len = s["seq_len"] or cfg.block_size
+    if cfg.attention in LOOPED_ATTENTIONS and seq_len > engine_hardware_max_looped():
+        field = "settings.seq_len" if s["seq_len"] else "model.block_size"
+        raise SpecError({field: f"{cfg.attention} attention is analysed up to {engine_hardware_max_looped():,} tokens "
+                                f"(got {seq_len:,}); full and linear attention have no limit"})
+    try:
+        report = _call_filtered(engine.analyze, cfg, **_engine_kwargs(s))
+        base = _call_filtered(engine.analyze, cfg, **{**_engine_kwargs(s), "batch_size": 1, "seq_len": 1,
+                                                       "hardware": None})
+    except (ValueError, KeyError) as exc:
+        raise SpecError({"settings": str(exc)}) from None
+    fit_table = _fit_table(cfg, s, seq_len, report=report)
+    report = dict(report)
+    report.setdefault("formulas", {})
+    report["settings"] = {**s, "seq_len": seq_len, **(report.get("settings") or {})}
+    report["config"] = cfg.to_dict()
+    report["config_applies"] = _config_applies(report["config"])
+    report["curves"] = _curves(cfg, base, s)
+    report["fit_table"] = fit_table
+    if report.get("fit") is None and s["hardware"]:
+        report["fit"] = next((r for r in report["fit_table"] if r["key"] == s["hardware"]), None)
+    report["options"] = analysis_options()
+    return _jsonable(report)
+
+
+def _config_applies(config):
+    """model field -> whether it matters under the other settings (the engine's ``show_if``: no
+    window without sliding attention, no expert settings without experts)."""
+    show_if = {spec["key"]: spec.get("show_if") for spec in engine.field_specs() if spec["section"] == "model"}
+    flat = {f"model.{key}": value for key, value in config.items()}
+    return {
+        key: all(_holds(cond, flat.get(other)) for other, cond in (show_if.get(key) or {}).items())
+        for key in config
+    }
+
+
+def engine_hardware_max_looped():
+    from engine import hardware as engine_hardware
+
+    return getattr(engine_hardware, "MAX_LOOPED_CONTEXT", 2**20)

@@ -71,7 +71,19 @@ def compose(request):
         "options": services.composer_options(team),
         "presets": services.list_presets(),
         "preset": request.GET.get("preset", ""),
+        "analysis_options": services.analysis_options(),
         "nav": "compose",
+    })
+
+
+@login_required
+def compare(request):
+    """Two to four architectures side by side; which ones (``?a=preset:llama-2-7b&b=...``) and the
+    settings live in the URL, and static/js/compare.js fetches each one's analysis."""
+    return render(request, "explorer/compare.html", {
+        "presets": services.list_presets(),
+        "analysis_options": services.analysis_options(),
+        "nav": "compare",
     })
 
 

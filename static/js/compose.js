@@ -3,6 +3,7 @@
 import { api, ApiError } from "./api.js";
 import * as fmt from "./format.js";
 import * as state from "./state.js";
+import { ReportPanel, settingsFromQuery, settingsToQuery } from "./report.js";
 
 const PARTS = ["embedding", "position", "attention", "ffn", "norms", "head"];
 
@@ -20,6 +21,55 @@ const panel = document.getElementById("cost-panel");
 const options = JSON.parse(document.getElementById("composer-options").textContent);
 const dflts = state.defaults(options.fields);
 const budgets = options.memory_budget_bytes || {};
+
+// A real model's preset (?preset=llama-2-7b) stays in the URL while its fields are edited: the
+// analysis takes what the form cannot hold from it (vocabulary, token types).
+let preset = new URLSearchParams(location.search).get("preset") || null;
+let lastVocab = null;
+
+const report = new ReportPanel(
+  document.getElementById("report-panel"),
+  JSON.parse(document.getElementById("analysis-options").textContent),
+  { settings: settingsFromQuery(location.search), onSettings: () => syncURL() },
+);
+
+/** The URL: the form's fields that differ from the defaults, the preset, and the report's settings. */
+function syncURL() {
+  const extra = new URLSearchParams();
+  if (preset) extra.set("preset", preset);
+  for (const [k, v] of settingsToQuery(report.settings)) extra.set(k, v);
+  state.syncURL(form, dflts, extra);
+  updateCompareLink();
+}
+
+/** What /api/v1/analyze gets: the form's architecture, on top of the preset when there is one. */
+function reportModel(spec) {
+  const model = { ...spec.model };
+  if (preset) {
+    model.preset = preset;
+    // an optional field left empty means "derived", not "the preset's value"
+    for (const [name, d] of Object.entries(dflts)) {
+      const [section, key] = name.split(".");
+      if (section === "model" && d === null && !(key in model)) model[key] = null;
+    }
+  } else if (lastVocab != null) {
+    model.vocab_size = lastVocab;
+  }
+  return model;
+}
+
+/** "Compare…" opens the compare page with this architecture in slot A. */
+function updateCompareLink() {
+  const link = document.getElementById("report-compare");
+  if (!link) return;
+  const q = new URLSearchParams();
+  if (preset) q.set("preset", preset);
+  for (const [k, v] of state.toQuery(form, dflts)) if (k.startsWith("model.")) q.set(k, v);
+  if (!preset && lastVocab != null) q.set("model.vocab_size", String(lastVocab));
+  const page = new URLSearchParams({ a: `link:${q.toString()}` });
+  for (const [k, v] of settingsToQuery(report.settings)) page.set(k, v);
+  link.href = `/compare/?${page.toString()}`;
+}
 
 let timer = null;
 let inflight = null;
@@ -186,6 +236,7 @@ async function estimate() {
   } catch (err) {
     if (err.name === "AbortError" || mine !== requestNo) return;
     panel.classList.remove("stale");
+    report.schedule(reportModel(spec), 0);
     if (err instanceof ApiError && err.body?.errors) {
       renderErrors({ ...err.body.errors, ...local });
       setEstimateState("invalid", "invalid settings");
@@ -196,6 +247,9 @@ async function estimate() {
   }
   if (mine !== requestNo) return;
   panel.classList.remove("stale");
+  if (res.vocab_size != null) lastVocab = res.vocab_size;
+  report.schedule(reportModel(spec), 0);
+  updateCompareLink();
   const errors = { ...(res.errors || {}), ...local };
   renderErrors(errors);
   renderAnalysis(res.analysis, res.queue || guessQueue(), spec);
@@ -262,7 +316,7 @@ function applyVisibility() {
 function onChange(e) {
   if (!e.target.matches("[data-field]")) return;
   applyVisibility();
-  state.syncURL(form, dflts);
+  syncURL();
   scheduleEstimate();
 }
 
@@ -275,8 +329,9 @@ document.getElementById("presets").addEventListener("click", (e) => {
   e.preventDefault();
   const values = state.queryValues(new URL(link.href).search);
   state.apply(form, dflts, values);  // values for fields this engine lacks are skipped
+  preset = null;
   applyVisibility();
-  state.syncURL(form, dflts);
+  syncURL();
   scheduleEstimate(0);
 });
 
@@ -292,6 +347,12 @@ window.addEventListener("pageshow", () => {
   btn.textContent = "Launch training";
 });
 
+document.getElementById("report-copy-link")?.addEventListener("click", async (e) => {
+  const btn = e.currentTarget;
+  try { await navigator.clipboard.writeText(location.href); btn.textContent = "Copied ✓"; } catch { btn.textContent = "Copy the address bar"; }
+  setTimeout(() => { btn.textContent = "Copy link"; }, 1500);
+});
+
 applyVisibility();
-state.syncURL(form, dflts);
+syncURL();
 scheduleEstimate(0);

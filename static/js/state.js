@@ -79,8 +79,12 @@ export function toQuery(root, dflts) {
   return q;
 }
 
-export function syncURL(root, dflts) {
-  const q = toQuery(root, dflts).toString().replaceAll("%2F", "/");
+/** Replace the address with the form's state; `extra` (URLSearchParams: a preset, the analysis
+ * settings `s.*`) goes first, so a shared link restores the report too. */
+export function syncURL(root, dflts, extra = null) {
+  const params = new URLSearchParams(extra || undefined);
+  for (const [k, v] of toQuery(root, dflts)) params.set(k, v);
+  const q = params.toString().replaceAll("%2F", "/");
   const url = `${location.pathname}${q ? "?" + q : ""}`;
   if (url !== location.pathname + location.search) history.replaceState(null, "", url);
 }
