@@ -339,6 +339,67 @@ def attention_memory(args) -> dict:
     return out
 
 
+MEMORY_CASES = [  # label, model fields, batch, seq, autocast bf16
+    ("GPT-2 small b4 T1024", dict(GPT2, n_layer=12, n_head=12, n_embd=768, vocab_size=50257), 4, 1024, True),
+    ("GPT-2 small b16 T1024", dict(GPT2, n_layer=12, n_head=12, n_embd=768, vocab_size=50257), 16, 1024, True),
+    ("GPT-2 small b8 T1024 fp32", dict(GPT2, n_layer=12, n_head=12, n_embd=768, vocab_size=50257), 8, 1024, False),
+    ("Llama 16L/1024 GQA b8 T2048", dict(LLAMA, n_layer=16, n_head=16, n_kv_head=4, n_embd=1024, vocab_size=32000),
+     8, 2048, True),
+    ("Llama 8L/2048 MHA b4 T4096", dict(LLAMA, n_layer=8, n_head=16, n_embd=2048, vocab_size=32000), 4, 4096, True),
+    ("Mistral-like sliding 512, 8L/1024 b8 T2048", dict(LLAMA, n_layer=8, n_head=16, n_kv_head=4, n_embd=1024,
+                                                         vocab_size=32000, attention="sliding", window=512), 8, 2048, True),
+    ("MoE 8x top-2, 6L/768 b8 T1024", dict(LLAMA, n_layer=6, n_head=12, n_embd=768, vocab_size=32000, n_expert=8,
+                                            top_k=2), 8, 1024, True),
+]
+
+
+def memory_vs_analyze(args) -> dict:
+    """Measured training-step peak (weights, gradients, AdamW state, activations) against
+    ``analyze``'s total, with the fused (flash/memory-efficient) kernels and with the math kernel."""
+    if args.device != "cuda":
+        return {"skipped": "needs CUDA"}
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    rows = []
+    for label, kw, batch, seq, bf16 in MEMORY_CASES:
+        cfg = ModelConfig(**kw, block_size=seq)
+        torch.manual_seed(0)
+        model = build_model(cfg).to(args.device).train()
+        opt = fused_adamw(model, args.device)
+        params = list(model.parameters())
+        xy = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device=args.device)
+
+        def step():
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=bf16):
+                _, loss = model(xy[:, :-1], xy[:, 1:])  # noqa: B023 - the engine's own loss
+            opt.zero_grad(set_to_none=True)  # noqa: B023
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)  # noqa: B023
+            opt.step()  # noqa: B023
+
+        row = {"name": label, "batch_size": batch, "seq_len": seq, "dtype": "bf16" if bf16 else "fp32",
+               "params": model.num_params()}
+        for kernel, backends, flash in (("fused", [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                                                   SDPBackend.EFFICIENT_ATTENTION], True),
+                                        ("math", [SDPBackend.MATH], False)):
+            try:
+                with sdpa_kernel(backends):
+                    step()  # optimizer state exists from here on
+                    peak = peak_memory(step)
+                predicted = analyze(cfg, batch_size=batch, seq_len=seq, dtype="bf16" if bf16 else "fp32",
+                                    flash_attention=flash)["memory"]
+                row[kernel] = {"measured": peak, "analyze": predicted["train_total"],
+                               "analyze_activations": predicted["activations"],
+                               "ratio_analyze_over_measured": round(predicted["train_total"] / peak, 3)}
+            except Exception as exc:
+                row[kernel] = {"error": f"{type(exc).__name__}: {exc}"}
+        rows.append(row)
+        print(row, flush=True)
+        del model, opt, params
+        torch.cuda.empty_cache()
+    return {"cases": rows}
+
+
 # ---------------------------------------------------------------------------- decode
 
 @torch.inference_mode()
@@ -435,7 +496,7 @@ def main() -> int:
     print(json.dumps(report.data["gpu"]), flush=True)
     only = set(filter(None, args.only.split(",")))
     sections = [("matmul", matmul_peak), ("sdpa", sdpa), ("job", job), ("train", train_compare),
-                ("attention_memory", attention_memory), ("decode", decode)]
+                ("attention_memory", attention_memory), ("decode", decode), ("memory", memory_vs_analyze)]
     for name, fn in sections:
         if only and name not in only:
             continue
