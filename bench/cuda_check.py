@@ -134,6 +134,8 @@ SDPA_CASES = {
     "full GQA 8q/2kv": dict(n_kv_head=2),
     "MQA 8q/1kv": dict(n_kv_head=1),
     "sliding window 256": dict(attention="sliding", window=256),
+    "sliding window 256 + GQA 8q/2kv": dict(attention="sliding", window=256, n_kv_head=2),
+    "alibi + GQA 8q/2kv": dict(position="alibi", n_kv_head=2),
     "dilated": dict(attention="dilated"),
     "block_sparse": dict(attention="block_sparse"),
     "linear": dict(attention="linear"),

@@ -85,6 +85,12 @@ def sdpa_attention(q, k, v, *, mask=None, bias=None, softcap=0.0, dropout_p=0.0)
         if mask is None:
             mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
         mask = bias.to(q.dtype).masked_fill(~mask, float("-inf"))  # a float mask is added to the scores
+    if gqa and q.is_cuda:
+        # on CUDA the memory-efficient kernel takes a mask but not grouped keys (flash and cuDNN
+        # the reverse): without this copy a masked pattern with GQA falls back to the math kernel,
+        # which materialises the T×T scores (measured on an H200, bench/README.md)
+        n_rep = q.size(-3) // k.size(-3)
+        k, v, gqa = repeat_kv(k, n_rep), repeat_kv(v, n_rep), False
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
 
 
