@@ -78,10 +78,12 @@ class Section:
             raise ConfigError(errors)
         return cfg
 
-    def validate(self) -> None:
+    def validate(self, *, upper_bounds: bool = True) -> None:
         """Raise ``ConfigError`` listing every out-of-range value, unknown choice and
-        inconsistent pair of fields (the checks that do not need the data)."""
-        _, errors = _parse_section(type(self), self.to_dict(), check_values=True)
+        inconsistent pair of fields (the checks that do not need the data). Without
+        ``upper_bounds`` whole-number fields have no maximum: a 405B model is beyond what the
+        composer trains, but a fine thing to analyse."""
+        _, errors = _parse_section(type(self), self.to_dict(), check_values=True, upper_bounds=upper_bounds)
         if errors:
             raise ConfigError(errors)
 
@@ -378,7 +380,7 @@ def _coerce(name: str, meta: dict, value):
     return value, None
 
 
-def _check_value(name: str, meta: dict, value) -> str | None:
+def _check_value(name: str, meta: dict, value, upper_bounds: bool = True) -> str | None:
     """Bounds and registry membership of one already-typed value."""
     if value is None:
         return None
@@ -386,7 +388,7 @@ def _check_value(name: str, meta: dict, value) -> str | None:
         if value not in meta["choices"]:
             return f"unknown {name} {value!r}; choose from {list(meta['choices'])}"
         return None
-    lo, hi = meta["min"], meta["max"]
+    lo, hi = meta["min"], meta["max"] if upper_bounds or meta["kind"] != "int" else None
     if lo is not None and (value <= lo if meta["min_open"] else value < lo):
         return f"{name} must be {'>' if meta['min_open'] else '≥'} {_fmt(lo)} (got {_fmt(value)})"
     if hi is not None and (value >= hi if meta["max_open"] else value > hi):
@@ -435,7 +437,8 @@ def _model_checks(cfg: ModelConfig, ok) -> dict[str, str]:
     return errors
 
 
-def _parse_section(cls: type[Section], d, check_values: bool = True) -> tuple[Section, dict[str, str]]:
+def _parse_section(cls: type[Section], d, check_values: bool = True,
+                   upper_bounds: bool = True) -> tuple[Section, dict[str, str]]:
     """Build one section's config from a dict; returns (config, errors keyed "section.field").
     Fields with errors keep their defaults so that the remaining checks can still run."""
     section = cls.section
@@ -453,7 +456,7 @@ def _parse_section(cls: type[Section], d, check_values: bool = True) -> tuple[Se
             continue
         value, err = _coerce(name, f.metadata, d[name])
         if check_values:
-            err = err or _check_value(name, f.metadata, value)
+            err = err or _check_value(name, f.metadata, value, upper_bounds)
         if err:
             errors[f"{section}.{name}"] = err
         else:

@@ -10,6 +10,7 @@ from ninja.errors import HttpError, ValidationError
 from ninja.files import UploadedFile
 from ninja.security import HttpBearer, django_auth
 
+from explorer import analysis as analysis_service
 from explorer import services
 from explorer.datasets import DatasetError, save_upload
 from explorer.models import ApiToken, Dataset, JobEvent
@@ -261,14 +262,14 @@ def analyze(request, payload: AnalyzeIn):
     price_per_gpu_hour, train_tokens. Returns the engine's report plus ``curves`` (KV cache and
     attention FLOPs against context for every attention pattern) and ``fit_table`` (every device)."""
     try:
-        return services.analysis_report(None, payload.dict())
+        return analysis_service.report(payload.dict())
     except services.SpecError as exc:
         return Status(400, {"detail": "Invalid analysis", "errors": exc.errors})
 
 
 @analysis.get("/analyze/options", summary="The analysis settings' choices and the device catalogue")
 def analyze_options(request):
-    return services.analysis_options()
+    return analysis_service.options()
 
 
 api.add_router("/jobs", jobs)

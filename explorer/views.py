@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from explorer import services
+from explorer import analysis, services
 from explorer.datasets import DatasetError, save_upload
 from explorer.forms import ApiTokenForm, ComposeForm, DatasetUploadForm, SignupForm
 from explorer.models import ApiToken, Dataset
@@ -71,7 +71,7 @@ def compose(request):
         "options": services.composer_options(team),
         "presets": services.list_presets(),
         "preset": request.GET.get("preset", ""),
-        "analysis_options": services.analysis_options(),
+        "analysis_options": analysis.options(),
         "nav": "compose",
     })
 
@@ -82,7 +82,7 @@ def compare(request):
     settings live in the URL, and static/js/compare.js fetches each one's analysis."""
     return render(request, "explorer/compare.html", {
         "presets": services.list_presets(),
-        "analysis_options": services.analysis_options(),
+        "analysis_options": analysis.options(),
         "nav": "compare",
     })
 

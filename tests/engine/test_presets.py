@@ -2,7 +2,6 @@
 built from the same shape (on the meta device: no memory, no download), and each survives a
 round trip through its HF config dict; ``config_from_hf`` refuses what we cannot express."""
 
-import time
 
 import pytest
 import torch
@@ -77,13 +76,9 @@ def test_phi3_equals_phi3_model():
     assert analyze(preset("phi-3-mini"))["params"]["total"] == meta_numel(transformers.Phi3ForCausalLM, hf)
 
 
-def test_analyze_405b_is_quick():
-    start = time.perf_counter()
-    result = analyze(preset("llama-3-405b"), batch_size=1)
-    elapsed = time.perf_counter() - start
-    print(f"analyze(llama-3-405b): {elapsed * 1000:.2f} ms")
-    assert result["params"]["total"] == 405_853_388_800
-    assert elapsed < 1.0
+def test_analyze_405b():
+    # its speed (target ≤ 20 ms) is measured by bench/analyze_speed.py, not asserted here
+    assert analyze(preset("llama-3-405b"), batch_size=1)["params"]["total"] == 405_853_388_800
 
 
 def test_preset_returns_a_copy_and_names_the_choices():

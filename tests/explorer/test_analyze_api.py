@@ -1,7 +1,6 @@
 """POST /api/v1/analyze: the analysis report of a preset or a custom config, field messages, sizes
 far beyond the composer's (real models, absurd ones), auth; and the compare page."""
 import json
-import time
 
 import pytest
 
@@ -90,20 +89,17 @@ def test_model_must_be_an_object(alice_client):
     assert resp.status_code == 400 and "model" in resp.json()["errors"]
 
 
-def test_absurd_sizes_answer_quickly_and_do_not_fit(alice_client):
-    start = time.monotonic()
+def test_absurd_sizes_get_a_report_that_does_not_fit(alice_client):
     huge = {"n_layer": 10_000, "n_head": 100, "n_embd": 100_000, "block_size": 10**9, "vocab_size": 50_000}
-    resp = analyze(alice_client, {"model": huge, "settings": {"batch_size": 1}})
-    assert resp.status_code == 200, resp.content
-    r = resp.json()
-    assert r["params"]["total"] > 10**15
-    assert all(not row["train"]["fits"] and not row["inference"]["fits"] for row in r["fit_table"] if "train" in row)
-    assert all(row["train"]["verdict"].startswith("does not fit") for row in r["fit_table"] if "train" in row)
-    assert r["curves"]["contexts"][-1] == 10**9
-    # a sliding window over a billion tokens is refused with a reason, not analysed for minutes
-    slow = analyze(alice_client, {"model": {**huge, "attention": "sliding", "window": 4096}})
-    assert slow.status_code == 400 and "model.block_size" in slow.json()["errors"]
-    assert time.monotonic() - start < 20
+    for attention in ("full", "sliding", "dilated", "block_sparse", "linear"):  # closed forms: no loop over 10^9
+        resp = analyze(alice_client, {"model": {**huge, "attention": attention}, "settings": {"batch_size": 1}})
+        assert resp.status_code == 200, resp.content
+        r = resp.json()
+        assert r["params"]["total"] > 10**15
+        assert all(not row["train"]["fits"] and not row["inference"]["fits"] for row in r["fit_table"])
+        assert all(row["train"]["verdict"].startswith("does not fit") for row in r["fit_table"])
+        assert r["curves"]["contexts"][-1] == 10**9
+        assert all(f is not None for series in r["curves"]["series"] for f in series["attention_flops"])
 
 
 def test_unauthenticated_is_refused_and_a_token_works(client, alice):
