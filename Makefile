@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) bench/decode.py
 	$(PY) bench/analyze_speed.py
 	$(PY) bench/nanogpt_shakespeare.py
+	$(PY) bench/tokenizer_speed.py
 
 clean:
 	rm -rf $(VENV) var staticfiles

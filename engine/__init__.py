@@ -20,6 +20,12 @@ Data
     (cached, cheap to call repeatedly). Sources, tasks and tokenizers: ``DATA_SOURCES``,
     ``TASKS``, ``TOKENIZERS``.
 
+Tokenization lab
+    ``engine.tokenlab``: train ("bpe", "bpe_byte_fallback", "unigram", "wordpiece", SentencePiece
+    BPE/Unigram, "char", "byte"), load (tokenizer.json, .model) and compare tokenizers; encodings
+    with character offsets, metrics, merge replay. ``DataConfig(tokenizer="file",
+    tokenizer_file=...)`` trains a model on a lab tokenizer's ids.
+
 Model
     ``ModelConfig.family`` picks "decoder", "encoder" (BERT-style, masked LM) or
     "encoder_decoder" (T5-style, seq2seq) from ``FAMILIES``; a decoder is an ``nn.Module`` with
@@ -69,6 +75,7 @@ from .position import POSITIONS
 from .presets import PRESETS, preset
 from .tasks import TASKS
 from .tokenizers import TOKENIZERS
+from . import tokenlab
 from .train import TrainResult, train
 
 __all__ = [
@@ -87,6 +94,7 @@ __all__ = [
     "field_specs",
     "generate",
     "TOKENIZERS",
+    "tokenlab",
     "DATA_SOURCES",
     "TASKS",
     "NORMS",

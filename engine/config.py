@@ -266,10 +266,13 @@ class DataConfig(Section):
                                "Items per synthetic example (key-value pairs for recall, at most 16); "
                                "ignored by modadd, which always adds two-digit numbers mod 97.", min=1, max=64)
     tokenizer: str = choice("char", TOKENIZERS, "Tokenizer",
-                            "One token per character or per UTF-8 byte; synthetic tasks ignore it and use "
-                            "their own fixed alphabet.")
+                            "One token per character or per UTF-8 byte, or 'file': a tokenizer trained in the "
+                            "tokenization lab; synthetic tasks ignore it and use their own fixed alphabet.")
     path: str | None = string(None, "Text file", "UTF-8 text file to train on (source 'text').",
                               optional=True, form=False)
+    tokenizer_file: str | None = string(None, "Tokenizer file",
+                                        "A tokenizer.json or SentencePiece .model saved by the tokenization lab "
+                                        "(tokenizer 'file').", optional=True, form=False)
     val_fraction: float = number(0.1, "Held-out fraction",
                                  "Share held out for validation: the end of a text, or of the possible synthetic "
                                  "examples (at most 256 of them).", min=0.01, max=0.5, step=0.01)
@@ -409,6 +412,9 @@ def _cross_checks(section: str, cfg, bad: set[str]) -> dict[str, str]:
     if section == "data":
         if ok("source", "path") and cfg.source == "text" and not cfg.path:
             errors["path"] = "path is required when source is 'text'"
+        if (ok("source", "tokenizer", "tokenizer_file") and cfg.source != "synthetic" and cfg.tokenizer == "file"
+                and not cfg.tokenizer_file):
+            errors["tokenizer_file"] = "tokenizer_file is required when tokenizer is 'file'"
         limit = TASKS[cfg.task].max_length if ok("task") else None
         if ok("source", "task_length") and limit and cfg.source == "synthetic" and cfg.task_length > limit:
             errors["task_length"] = f"task_length ({cfg.task_length}) must be ≤ {limit} for {cfg.task}"
@@ -548,7 +554,7 @@ def field_specs() -> list[dict]:
     plus ``show_if`` on fields that only apply to some settings: ``{"model.attention": ["sliding"]}``
     (the other field has one of those values) or ``{"model.n_expert": {"min": 1}}`` (at least that);
     several keys must all hold. Fields come grouped as ``FIELD_GROUPS`` lists them.
-    ``model.vocab_size`` and ``data.path`` are left out: the app sets them."""
+    ``model.vocab_size``, ``data.path`` and ``data.tokenizer_file`` are left out: the app sets them."""
     specs = []
     for section, cls in SECTIONS.items():
         groups = FIELD_GROUPS.get(section, {})

@@ -27,7 +27,7 @@ import torch
 
 from .errors import ConfigError
 from .tasks import TASKS
-from .tokenizers import TOKENIZERS
+from .tokenizers import TOKENIZERS, FileTokenizer
 
 if TYPE_CHECKING:
     from .config import DataConfig
@@ -88,17 +88,22 @@ class TextData:
 
     def __init__(self, cfg: DataConfig):
         text = self.read(cfg)
-        self.tokenizer = TOKENIZERS[cfg.tokenizer].from_text(text)
+        if cfg.tokenizer == "file":  # trained in the tokenization lab, saved to cfg.tokenizer_file
+            self.tokenizer = FileTokenizer.from_file(cfg.tokenizer_file)
+        else:
+            self.tokenizer = TOKENIZERS[cfg.tokenizer].from_text(text)
         self.vocab_size = self.tokenizer.vocab_size
         ids = torch.from_numpy(self.tokenizer.encode_array(text)).to(torch.int32)  # int32 halves memory
         n_val = int(len(ids) * cfg.val_fraction)
         self.train, self.val = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
         self.n_tokens = len(ids)
         self.name = self.source_name(cfg)
-        self.description = (
-            f"{len(text):,} characters from {self.name}, "
-            f"{cfg.tokenizer} tokenizer ({self.vocab_size} symbols)"
-        )
+        tokenizer = cfg.tokenizer
+        if cfg.tokenizer == "file":
+            tokenizer = f"{self.tokenizer.lab.kind} tokenizer from {os.path.basename(cfg.tokenizer_file)}"
+        else:
+            tokenizer += " tokenizer"
+        self.description = f"{len(text):,} characters from {self.name}, {tokenizer} ({self.vocab_size} symbols)"
 
     def read(self, cfg: DataConfig) -> str:
         raise NotImplementedError
@@ -285,6 +290,12 @@ def _cache_key(cfg: DataConfig) -> tuple:
             stamp = (st.st_mtime_ns, st.st_size)
         except OSError:
             pass
+    if cfg.tokenizer == "file":  # the tokenizer file, like the text, is read again when it changes
+        try:
+            st = os.stat(cfg.tokenizer_file or "")
+            stamp += (cfg.tokenizer_file, st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp += (cfg.tokenizer_file,)
     return (cfg.source, cfg.path if cfg.source == "text" else None, stamp, cfg.tokenizer, cfg.val_fraction)
 
 

@@ -1,9 +1,13 @@
 """Tokenizers. Every entry is built by ``from_text(text)`` and offers ``encode(str) -> list[int]``,
 ``decode(list[int]) -> str``, ``vocab_size``, a fast bulk ``encode_array`` for whole corpora,
-and ``to_dict()`` so a trained model can be saved with the vocabulary it was trained on."""
+and ``to_dict()`` so a trained model can be saved with the vocabulary it was trained on.
+"file" is the exception: it is read from ``DataConfig.tokenizer_file`` (a tokenizer saved by the
+tokenization lab) with ``FileTokenizer.from_file``."""
 
 from __future__ import annotations
 
+import base64
+import os
 from typing import Protocol
 
 import numpy as np
@@ -84,9 +88,63 @@ class ByteTokenizer:
         return cls()
 
 
+class FileTokenizer:
+    """A tokenizer saved by the tokenization lab (``engine.tokenlab``): a tokenizer.json or a
+    SentencePiece .model, named by ``DataConfig.tokenizer_file``. The ids are exactly the lab's
+    (``lab.encode(text).ids``); ``to_dict`` carries the file itself, so a checkpoint keeps it."""
+
+    kind = "file"
+
+    def __init__(self, lab):
+        self.lab = lab  # an engine.tokenlab LabTokenizer
+        self.vocab_size = lab.vocab_size
+
+    @classmethod
+    def from_text(cls, text: str) -> FileTokenizer:
+        raise ValueError("the 'file' tokenizer is read from data.tokenizer_file, not built from the text")
+
+    @classmethod
+    def from_file(cls, path: str | None) -> FileTokenizer:
+        """``ConfigError`` on "data.tokenizer_file" when the file is missing or not a tokenizer."""
+        from . import tokenlab
+        from .errors import ConfigError
+
+        if not path:
+            raise ConfigError({"data.tokenizer_file": "tokenizer_file is required when tokenizer is 'file'"})
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ConfigError({"data.tokenizer_file": f"cannot read {path}: {e.strerror}"}) from None
+        try:
+            return cls(tokenlab.load(data, os.path.basename(path)))
+        except ValueError as e:
+            raise ConfigError({"data.tokenizer_file": str(e)}) from None
+
+    def encode(self, text: str) -> list[int]:
+        return self.lab.encode_ids(text)
+
+    def encode_array(self, text: str) -> np.ndarray:
+        # one call on the whole text: cutting it into chunks could change the tokens at the cuts
+        return np.asarray(self.lab.encode_ids(text), dtype=np.int64)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.lab.decode(list(ids))
+
+    def to_dict(self) -> dict:
+        data, filename = self.lab.to_bytes()
+        return {"kind": self.kind, "filename": filename, "data": base64.b64encode(data).decode("ascii")}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FileTokenizer:
+        from . import tokenlab
+
+        return cls(tokenlab.load(base64.b64decode(d["data"]), d["filename"]))
+
+
 def tokenizer_from_dict(d: dict) -> Tokenizer:
     """Rebuild a tokenizer saved with ``to_dict()``."""
     return TOKENIZERS[d["kind"]].from_dict(d)
 
 
-TOKENIZERS = {"char": CharTokenizer, "byte": ByteTokenizer}
+TOKENIZERS = {"char": CharTokenizer, "byte": ByteTokenizer, "file": FileTokenizer}

@@ -9,7 +9,7 @@ PUBLIC = [
     "TrainResult", "analyze", "describe_data", "choices", "field_specs", "generate", "TOKENIZERS", "DATA_SOURCES",
     "TASKS", "NORMS", "POSITIONS", "FFNS", "ATTENTIONS", "KVCache", "SlidingWindowCache", "capture_attention",
     "to_transformers", "from_transformers", "config_from_hf", "PRESETS", "preset",
-    "HARDWARE", "fit", "largest_batch",
+    "HARDWARE", "fit", "largest_batch", "tokenlab",
 ]
 
 

@@ -1,14 +1,21 @@
 import pytest
 
-from engine import TOKENIZERS
+from engine import TOKENIZERS, tokenlab
 from engine.tokenizers import ByteTokenizer, CharTokenizer, tokenizer_from_dict
 
 SAMPLE = "def f(x):\n    return x ** 2  # naïve\n"
 
 
+def make(name):
+    """Every entry is built from text, except "file", which is a tokenizer the lab trained and saved."""
+    if name == "file":
+        return tokenlab.train("bpe", SAMPLE * 4, vocab_size=300).engine_tokenizer()
+    return TOKENIZERS[name].from_text(SAMPLE)
+
+
 @pytest.mark.parametrize("name", TOKENIZERS)
 def test_round_trip_and_bulk_encoding(name):
-    tok = TOKENIZERS[name].from_text(SAMPLE)
+    tok = make(name)
     ids = tok.encode(SAMPLE)
     assert tok.decode(ids) == SAMPLE
     assert all(0 <= i < tok.vocab_size for i in ids)
@@ -18,7 +25,7 @@ def test_round_trip_and_bulk_encoding(name):
 
 @pytest.mark.parametrize("name", TOKENIZERS)
 def test_saved_and_restored(name):
-    tok = TOKENIZERS[name].from_text(SAMPLE)
+    tok = make(name)
     again = tokenizer_from_dict(tok.to_dict())
     assert type(again) is type(tok) and again.vocab_size == tok.vocab_size
     assert again.encode(SAMPLE) == tok.encode(SAMPLE)
