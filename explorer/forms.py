@@ -5,7 +5,7 @@ from django import forms
 from django.contrib.auth.forms import UserCreationForm
 
 import engine
-from explorer import services
+from explorer import services, tokenizers
 from explorer.models import Dataset
 
 SECTIONS = [
@@ -56,6 +56,15 @@ class ComposeForm(forms.Form):
                     choices=[("", "—")] + [(str(d.pk), d.name) for d in Dataset.objects.filter(team=team)],
                     help_text="Used when the source is 'text'. Upload files on the Datasets page.",
                     widget=forms.Select(attrs={"data-field": "data.dataset", "data-type": "choice"}),
+                )
+            if spec["name"] == "data.tokenizer" and "file" in (spec.get("choices") or []):
+                # A lab tokenizer by id; the server turns it into the file's path (users never type paths).
+                self.fields["data.tokenizer_id"] = forms.ChoiceField(
+                    label="Lab tokenizer", required=False,
+                    choices=[("", "—")] + tokenizers.ready_choices(team),
+                    help_text="Used when the tokenizer is 'file'. Train or import one on the Tokenizers page.",
+                    widget=forms.Select(attrs={"data-field": "data.tokenizer_id", "data-type": "choice",
+                                               "data-show-if": json.dumps({"data.tokenizer": ["file"]})}),
                 )
         # Shareable links carry booleans as text: "?model.bias=false" must render unchecked.
         for name, field in self.fields.items():

@@ -82,7 +82,7 @@ def relevant_config(spec):
     flat = {f"{section}.{key}": value for section, values in spec.items() for key, value in values.items()}
     return {
         section: {key: value for key, value in values.items()
-                  if key != "path" and field_applies(f"{section}.{key}", flat)}
+                  if key not in SERVER_PATHS and field_applies(f"{section}.{key}", flat)}
         for section, values in spec.items()
     }
 
@@ -155,6 +155,9 @@ def _split_payload(team, payload):
                 errors["data.dataset"] = f"no dataset {dataset_id!r} in team {team.name}"
             else:
                 data["path"] = dataset.file.path
+    from explorer.tokenizers import bind_tokenizer_file  # it imports this module
+
+    errors.update(bind_tokenizer_file(team, data))  # a lab tokenizer's id -> its file, like a dataset
     return sections, dataset, errors
 
 
@@ -169,8 +172,9 @@ def validate_spec(team, payload):
     try:
         spec = engine.parse_spec(sections)
     except engine.ConfigError as exc:
+        by_id = {"data.path": "data.dataset", "data.tokenizer_file": "data.tokenizer_id"}  # users name files by id
         for key, message in exc.errors.items():
-            errors.setdefault("data.dataset" if key == "data.path" else key, message)
+            errors.setdefault(by_id.get(key, key), message)
     if spec is None or errors:
         raise SpecError(errors)
     if spec.train.steps > settings.MAX_STEPS:
@@ -338,6 +342,16 @@ def queue_positions(jobs):
     return {j.pk: positions.get(j.pk) for j in jobs}
 
 
+SERVER_PATHS = ("path", "tokenizer_file")  # data fields the app fills in from ids; not for users' eyes
+
+
+def public_spec(spec):
+    """A job's spec as users see it: the app's file paths left out (datasets and tokenizers are
+    named by id and name instead)."""
+    return {section: {k: v for k, v in values.items() if not (section == "data" and k in SERVER_PATHS)}
+            for section, values in spec.items()}
+
+
 def job_to_dict(job, position=None):
     return {
         "id": job.pk,
@@ -359,7 +373,7 @@ def job_to_dict(job, position=None):
         "created_at": job.created_at.isoformat(),
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-        "spec": job.spec,
+        "spec": public_spec(job.spec),
         "dataset": job.dataset.name if job.dataset_id else None,
         "url": f"/jobs/{job.pk}/",
     }

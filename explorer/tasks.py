@@ -2,12 +2,17 @@
 from celery import shared_task
 from celery.signals import worker_ready
 
-from explorer import services
+from explorer import services, tokenizers
 
 
 @shared_task(name="explorer.tasks.run_job", acks_late=True, reject_on_worker_lost=True)
 def run_job(job_id):
     return services.run_job(job_id, worker_name=run_job.request.hostname or "worker")
+
+
+@shared_task(name="explorer.tasks.train_tokenizer", acks_late=True, reject_on_worker_lost=True)
+def train_tokenizer(job_id):
+    return tokenizers.run_tokenizer_job(job_id, worker_name=train_tokenizer.request.hostname or "worker")
 
 
 @shared_task(name="explorer.tasks.reap_stale_jobs")

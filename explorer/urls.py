@@ -16,6 +16,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/", views.job_detail, name="job"),
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job_cancel"),
     path("datasets/", views.datasets, name="datasets"),
+    path("tokenizers/", views.tokenizers, name="tokenizers"),
     path("account/", views.account, name="account"),
     path("account/tokens/<int:token_id>/revoke/", views.token_revoke, name="token_revoke"),
     path("teams/switch/", views.switch_team, name="switch_team"),

@@ -1,5 +1,7 @@
 """Pages. Structure is in templates/, behaviour in static/js/; data comes from services."""
 
+from urllib.parse import urlencode
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
@@ -13,9 +15,10 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from explorer import analysis, services
+from explorer import tokenizers as lab
 from explorer.datasets import DatasetError, save_upload
 from explorer.forms import ApiTokenForm, ComposeForm, DatasetUploadForm, SignupForm
-from explorer.models import ApiToken, Dataset
+from explorer.models import ApiToken, Dataset, Tokenizer
 from explorer.teams import create_personal_team, get_job_or_404, jobs_visible_to, user_teams
 
 
@@ -107,9 +110,31 @@ def queue(request):
 def job_detail(request, job_id):
     job = get_job_or_404(request.user, job_id)
     data = services.job_to_dict(job, services.queue_positions([job])[job.pk])
+    if job.kind == "tokenizer":  # a tokenization-lab job: progress and outcome, no loss curves
+        return render(request, "explorer/tokenizer_job.html", {
+            "job": job, "job_data": data, "settings": job.spec.get("tokenizer", {}), "nav": "tokenizers",
+            "tokenizer": Tokenizer.objects.filter(job=job).first(),
+        })
     return render(request, "explorer/job.html", {
         "job": job, "job_data": data, "config": services.relevant_config(job.spec), "nav": "queue",
+        "clone_query": _clone_query(job),
     })
+
+
+def _clone_query(job):
+    """The composer's query string for a job's settings: files by their ids, never by path."""
+    data = job.spec.get("data", {})
+    query = {f"{section}.{key}": ("true" if value is True else "" if value is False else value)
+             for section, values in services.public_spec(job.spec).items() for key, value in values.items()
+             if key != "vocab_size" and value is not None}
+    if job.dataset_id:
+        query["data.dataset"] = job.dataset_id
+    if data.get("tokenizer") == "file":
+        ids = [t.pk for t in Tokenizer.objects.filter(team=job.team).exclude(file="")
+               if t.file.path == data.get("tokenizer_file")]
+        if ids:
+            query["data.tokenizer_id"] = ids[0]
+    return urlencode(query)
 
 
 @login_required
@@ -138,6 +163,18 @@ def datasets(request):
     return render(request, "explorer/datasets.html", {
         "form": form, "datasets": Dataset.objects.filter(team=team), "nav": "datasets",
         "upload_max_mb": settings.UPLOAD_MAX_BYTES // 2**20,
+    })
+
+
+@login_required
+def tokenizers(request):
+    """The tokenization lab: train, import and compare tokenizers; static/js/tokenlab.js does the work
+    through /api/v1/tokenize and /api/v1/tokenizers."""
+    team = _team_or_404(request)
+    return render(request, "explorer/tokenizers.html", {
+        "lab_options": lab.options(),
+        "datasets": [{"id": d.pk, "name": d.name, "size_bytes": d.size_bytes} for d in Dataset.objects.filter(team=team)],
+        "team": team, "nav": "tokenizers", "upload_max_mb": settings.UPLOAD_MAX_BYTES // 2**20,
     })
 
 
