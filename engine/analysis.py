@@ -515,7 +515,7 @@ WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "int4": 0.
 # fp32 buffer. Adafactor (Shazeer & Stern 2018, no first moment, as in T5) keeps 4 B per
 # parameter only for vectors: a matrix's second moment is factored into a row and a column
 # vector, (rows + cols) · 4 B, which ``analyze`` counts from the weight shapes
-OPTIMIZER_STATES = {"adamw": 8, "adamw8bit": 2, "sgd": 0, "sgd_momentum": 4, "adafactor": 4}
+OPTIMIZER_STATES = {"adamw": 8, "adamw8bit": 2, "lion": 4, "sgd": 0, "sgd_momentum": 4, "adafactor": 4}  # Lion: one momentum
 SHARDINGS = {"none": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp": 3}  # ZeRO stage: what is sharded
 # inference weight formats of the blocks' matmul weights: bits per weight and the scales' grouping
 # (per tensor, per output row, or one fp16 scale per 128 weights of a row, as GPTQ/AWQ)

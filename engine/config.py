@@ -21,6 +21,7 @@ from .ffn import FFNS
 from .families import FAMILIES, family_checks
 from .norm import NORM_PLACEMENTS, NORMS
 from .objectives import OBJECTIVES
+from .optim import NONFINITE_ACTIONS, OPTIMIZERS, SCHEDULES, WSD_DECAYS
 from .position import POSITIONS, ROPE_SCALINGS
 from .tasks import TASKS
 from .tokenizers import TOKENIZERS
@@ -286,18 +287,51 @@ class TrainConfig(Section):
     section: ClassVar[str] = "train"
 
     steps: int = integer(300, "Steps", "Optimizer steps to train for.", min=1, max=1_000_000)
-    batch_size: int = integer(32, "Batch size", "Sequences per optimizer step.", min=1, max=4096)
-    lr: float = number(1e-3, "Learning rate", "Peak AdamW learning rate, reached at the end of warm-up.",
+    batch_size: int = integer(32, "Batch size", "Sequences per forward pass (per micro-batch).", min=1, max=4096)
+    grad_accum_steps: int = integer(
+        1, "Gradient accumulation",
+        "Micro-batches summed before each optimizer step: the effective batch is batch size × this, for the "
+        "memory of one micro-batch.", min=1, max=1024)
+    optimizer: str = choice(
+        "adamw", OPTIMIZERS, "Optimizer",
+        "AdamW (the default), SGD with momentum, Lion (sign of interpolated momentum: one state, try a 3-10x "
+        "lower lr) or Adafactor (factored second moments, steps relative to each weight's size).")
+    lr: float = number(1e-3, "Learning rate", "Peak learning rate, reached at the end of warm-up.",
                        min=0.0, min_open=True, max=1.0, step=1e-4)
-    min_lr_ratio: float = number(0.1, "Final LR ratio",
-                                 "The cosine schedule ends at this fraction of the peak learning rate.",
-                                 min=0.0, max=1.0, step=0.05)
-    warmup_steps: int = integer(30, "Warm-up steps", "Steps of linear learning-rate warm-up before the cosine decay.",
-                                min=0, max=1_000_000)
-    weight_decay: float = number(0.1, "Weight decay", "AdamW weight decay on matrices (not on biases or norm gains).",
+    beta1: float = number(0.9, "β1", "Momentum of the gradient's running mean (AdamW; Lion's update interpolation).",
+                          min=0.0, max=1.0, max_open=True, step=0.01, show_if={"train.optimizer": ["adamw", "lion"]})
+    beta2: float = number(0.95, "β2",
+                          "AdamW's second-moment decay (0.95 is steadier than 0.999 in short runs); Lion's "
+                          "momentum decay (the paper uses 0.99).", min=0.0, max=1.0, max_open=True, step=0.01,
+                          show_if={"train.optimizer": ["adamw", "lion"]})
+    momentum: float = number(0.9, "Momentum", "SGD's momentum (0 is plain gradient descent).",
+                             min=0.0, max=1.0, max_open=True, step=0.01, show_if={"train.optimizer": ["sgd"]})
+    weight_decay: float = number(0.1, "Weight decay", "Weight decay on matrices (not on biases or norm gains); "
+                                 "decoupled for AdamW, Lion and Adafactor, L2 for SGD.",
                                  min=0.0, max=10.0, step=0.01)
     grad_clip: float = number(1.0, "Gradient clip", "Largest global gradient norm before clipping; 0 turns it off.",
                               min=0.0, max=1000.0, step=0.1)
+    schedule: str = choice(
+        "cosine", SCHEDULES, "LR schedule",
+        "After warm-up: cosine or linear decay to the final ratio, constant, or warmup-stable-decay (constant, "
+        "then a decay over the last steps).")
+    warmup_steps: int = integer(30, "Warm-up steps", "Steps of linear learning-rate warm-up before the schedule.",
+                                min=0, max=1_000_000)
+    min_lr_ratio: float = number(0.1, "Final LR ratio",
+                                 "The schedule ends at this fraction of the peak learning rate.",
+                                 min=0.0, max=1.0, step=0.05,
+                                 show_if={"train.schedule": ["cosine", "linear", "wsd"]})
+    decay_fraction: float = number(0.2, "Decay fraction",
+                                   "Share of all steps, at the end, over which warmup-stable-decay decays the "
+                                   "learning rate.", min=0.0, min_open=True, max=1.0, step=0.05,
+                                   show_if={"train.schedule": ["wsd"]})
+    decay_shape: str = choice("linear", WSD_DECAYS, "Decay shape",
+                              "How warmup-stable-decay comes down: linearly or as 1 − √progress (lower sooner).",
+                              show_if={"train.schedule": ["wsd"]})
+    on_nonfinite: str = choice(
+        "skip", NONFINITE_ACTIONS, "On NaN/Inf",
+        "When a step's loss or gradient is not finite: skip that step, skip it and halve the learning rate from "
+        "then on, or stop the run.")
     eval_interval: int = integer(50, "Eval interval",
                                  "Evaluate on held-out data every this many steps, and at the end.",
                                  min=1)
@@ -541,9 +575,11 @@ FIELD_GROUPS = {
     },
     "data": {"": ("source", "task", "task_length", "tokenizer", "val_fraction", "seed")},
     "train": {
-        "Optimisation": ("steps", "batch_size", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip"),
+        "Optimisation": ("steps", "batch_size", "grad_accum_steps", "optimizer", "lr", "beta1", "beta2", "momentum",
+                         "weight_decay", "grad_clip"),
+        "Schedule": ("schedule", "warmup_steps", "min_lr_ratio", "decay_fraction", "decay_shape"),
         "Evaluation": ("eval_interval", "eval_iters", "log_interval", "sample_tokens"),
-        "Run": ("seed", "device", "compile"),
+        "Run": ("seed", "device", "compile", "on_nonfinite"),
     },
 }
 
@@ -601,4 +637,8 @@ def choices() -> dict[str, list[str]]:
         "source": list(DATA_SOURCES),
         "task": list(TASKS),
         "device": list(DEVICES),
+        "optimizer": list(OPTIMIZERS),
+        "schedule": list(SCHEDULES),
+        "decay_shape": list(WSD_DECAYS),
+        "on_nonfinite": list(NONFINITE_ACTIONS),
     }

@@ -1,17 +1,26 @@
 """The training loop: a ``JobSpec`` in, plain-dict events out.
 
 The engine knows nothing of where events go; the caller's ``on_event`` stores or forwards
-them. Event kinds (all values JSON-serialisable):
+them. Event kinds (all values JSON-serialisable; a non-finite number is sent as None):
 
-    start  total_steps, params, vocab_size, device, tokens_per_step, train_tokens, val_tokens
+    start  total_steps, params, vocab_size, device, tokens_per_step (all micro-batches of one
+           optimizer step), train_tokens, val_tokens
     step   step (1-based), loss, lr, grad_norm (before clipping), tokens_per_s, elapsed, eta;
-           with experts also aux_loss (the weighted load-balancing + z-loss terms)
+           effective_batch (batch_size × grad_accum_steps), clipped (grad_norm > grad_clip),
+           update_ratio (‖Δw‖ / ‖w‖ over all weights, this step), spike (a loss spike since the
+           last step event: see SPIKE_K), mfu (see ``_flops_per_step``; None where the peak is
+           unknown); with experts also aux_loss (the weighted load-balancing + z-loss terms)
+    health step, layers [{layer, name, grad_norm (before clipping), weight_norm, update_ratio}],
+           one per transformer block (encoder first), at every eval step before moe and eval
     moe    step, layers [{layer, tokens_per_expert, dropped, aux_loss, z_loss}] (experts only,
            every 10th step and every eval step, before the eval event)
     eval   step, train_loss, val_loss, accuracy, sample {prompt, completion, expected}; accuracy is
            the family's: decoder and encoder-decoder the exact-match rate of synthetic answers
            (None for text), encoder the share of masked tokens recovered (text included)
-    end    step, reason ("completed" | "cancelled"), elapsed, final_val_loss (None before any eval)
+    nonfinite  step, action ("skip" | "lower_lr" | "stop"), message: a step whose loss or
+           gradient norm was NaN or infinite, and what ``on_nonfinite`` did about it
+    end    step, reason ("completed" | "cancelled" | "nonfinite"), elapsed, final_val_loss (None
+           before any eval)
 
 Run from a shell: ``python -m engine.train spec.json`` (a tqdm bar, then the final numbers).
 """
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,12 +38,25 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .config import JobSpec, TrainConfig, parse_spec
+from .analysis import analyze
+from .config import JobSpec, ModelConfig, TrainConfig, parse_spec
 from .data import load_data
 from .device import DEVICES
+from .hardware import HARDWARE
 from .model import build_model
 from .objectives import OBJECTIVES, exact_rows
+from .optim import configure_optimizer, lr_at  # noqa: F401 - lr_at and configure_optimizer are public here
 from .tokenizers import Tokenizer
+
+# A step's loss is a spike when it exceeds the mean of the previous SPIKE_WINDOW finite step
+# losses by more than SPIKE_K standard deviations (judged once SPIKE_MIN_HISTORY are known). The
+# falling trend of a healthy run keeps its losses below the window's mean, so 4σ flags real jumps.
+SPIKE_WINDOW = 50
+SPIKE_K = 4.0
+SPIKE_MIN_HISTORY = 10
+# "skip" and "lower_lr" end the run (reason "nonfinite") after this many non-finite steps in a
+# row: the weights or the data are broken, and skipping forever would only fill the event log
+MAX_NONFINITE_IN_A_ROW = 10
 
 
 @dataclass
@@ -45,36 +68,14 @@ class TrainResult:
     train_losses: list[float] = field(default_factory=list)  # one per step
     val_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, val_loss) per evaluation
     final_accuracy: float | None = None  # last evaluation's held-out accuracy; None where not scored
+    reason: str = "completed"  # the end event's: "completed", "cancelled" or "nonfinite"
+    message: str = ""  # why a "nonfinite" run stopped
 
 
 def _finite(x: float) -> float | None:
     # a diverged run's NaN or inf would make the event invalid JSON (and PostgreSQL refuses it)
     x = float(x)
     return x if math.isfinite(x) else None
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the last step
-    (nanoGPT's schedule, after Loshchilov & Hutter 2017). ``step`` is 1-based."""
-    if step <= cfg.warmup_steps:
-        return cfg.lr * step / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0
-    min_lr = cfg.lr * cfg.min_lr_ratio
-    return min_lr + coeff * (cfg.lr - min_lr)
-
-
-def configure_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    # decay matrices only: shrinking biases and norm gains towards 0 only hurts (nanoGPT, GPT-3)
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    # beta2 0.95 rather than 0.999: steadier with small batches and short runs (GPT-3, nanoGPT)
-    # fused: one kernel per step for all parameters, on CPU as on CUDA (about 4x faster than
-    # the per-tensor loop, measured on the benchmark models)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type in ("cpu", "cuda"))
 
 
 @torch.no_grad()
@@ -93,6 +94,72 @@ def evaluate(model: nn.Module, batches, autocast, score=None) -> tuple[float, fl
         hits, count = hits + h, count + n
     model.train()
     return sum(losses) / len(losses), hits / max(1, count)
+
+
+def accumulate_gradients(forward, model: nn.Module, micro_batches, n: int, autocast) -> tuple[torch.Tensor, float]:
+    """Forward and backward ``n`` micro-batches (tuples ``(*inputs, targets)``), each loss divided
+    by ``n``, so that the summed gradients are those of the mean loss: for equal micro-batches,
+    the gradient of one batch ``n`` times as large. Returns that mean loss (a detached tensor, MoE
+    terms included; no sync) and the mean of ``model.aux_loss``."""
+    total, aux = None, 0.0
+    for batch in micro_batches:
+        with autocast():
+            _, loss = forward(*batch)
+        (loss if n == 1 else loss / n).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+        aux += model.aux_loss
+    return (total if n == 1 else total / n), aux / n
+
+
+def _blocks(model: nn.Module) -> dict[str, list[torch.Tensor]]:
+    """The parameters of each transformer block, by module name ("h.0", "enc_h.1"), in model order."""
+    blocks: dict[str, list[torch.Tensor]] = {}
+    for name, p in model.named_parameters():
+        match = re.match(r"(\w*h)\.(\d+)\.", name)  # the blocks' ModuleLists are h and enc_h
+        if match and p.requires_grad:
+            blocks.setdefault(f"{match[1]}.{match[2]}", []).append(p)
+    return blocks
+
+
+def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The global 2-norm of ``tensors`` (a 0-d tensor; no sync)."""
+    if not tensors:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
+
+
+def _flops_per_step(m_cfg: ModelConfig, batch: int, seq_len: int) -> float | None:
+    """``analyze``'s useful training FLOPs of one optimizer step, 3 × forward × batch × T (Kaplan
+    et al. 2020; PaLM app. B); an encoder-decoder's output is taken as long as its input."""
+    try:
+        return float(analyze(m_cfg, batch_size=batch, seq_len=seq_len)["flops"]["per_step_train"])
+    except (ValueError, KeyError):
+        return None
+
+
+def _catalogue_key(device_name: str) -> str | None:
+    """The ``HARDWARE`` entry a CUDA device name ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB")
+    denotes: every part of the key but "sxm" among the name's words; None when none does."""
+    words = set(re.split(r"[^a-z0-9]+", device_name.lower()))
+    for key in HARDWARE:
+        parts = key.split("-")
+        if key == "cpu-local" or ("sxm" in parts and "pcie" in words):  # PCIe cards run slower
+            continue
+        if all(part in words for part in parts if part not in ("sxm", "rtx")):
+            return key
+    return None
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Dense peak FLOP/s of ``device`` in the precision training runs at: a CUDA GPU's bf16 figure
+    from the catalogue (None if its name is not there), the CPU's measured fp32 matmul rate
+    (``hardware.measure_cpu``, timed once per process)."""
+    if device.type == "cuda":
+        key = _catalogue_key(torch.cuda.get_device_name(device))
+        return HARDWARE[key].peak_flops("bf16") if key else None
+    if device.type == "cpu":
+        return HARDWARE["cpu-local"].peak_flops("fp32")
+    return None
 
 
 def train(
@@ -126,8 +193,14 @@ def train(
     batches = torch.Generator().manual_seed(t_cfg.seed)  # batch order, apart from the global RNG
     train_evals = objective.eval_batches("train", t_cfg.batch_size, t_cfg.eval_iters)
     val_evals = objective.eval_batches("val", t_cfg.batch_size, t_cfg.eval_iters)
-    # the tokens the model reads per step (an encoder-decoder's input and output)
-    tokens_per_step = t_cfg.batch_size * sum(t.size(1) for t in train_evals[0][:-1])
+    accum = t_cfg.grad_accum_steps
+    effective_batch = t_cfg.batch_size * accum
+    # the tokens the model reads per optimizer step (an encoder-decoder's input and output)
+    tokens_per_step = effective_batch * sum(t.size(1) for t in train_evals[0][:-1])
+    flops_per_step = _flops_per_step(m_cfg, effective_batch, train_evals[0][0].size(1))
+    peak = peak_flops(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    blocks = _blocks(model)
     described = data.describe()
 
     start = time.perf_counter()
@@ -152,35 +225,80 @@ def train(
     eval_times: list[float] = []
     pending_losses: list[float] = []
     pending_aux: list[float] = []
+    recent_losses = deque(maxlen=SPIKE_WINDOW)  # finite step losses, for spike detection
+    spiked = False  # a spike since the last step event
+    lr_scale, nonfinite_in_a_row = 1.0, 0  # "lower_lr" halves lr_scale
     moe = m_cfg.n_expert > 0
     final_val_loss = None
     model.train()
     for step in range(1, t_cfg.steps + 1):
         if should_stop is not None and should_stop():
-            result.cancelled = True
+            result.cancelled, result.reason = True, "cancelled"
             break
         t0 = time.perf_counter()
-        lr = lr_at(step, t_cfg)
+        lr = lr_at(step, t_cfg) * lr_scale
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = [t.to(device) for t in objective.get_batch("train", t_cfg.batch_size, batches)]
-        with autocast():
-            _, loss = forward(*batch)
+        is_log = step % t_cfg.log_interval == 0 or step == t_cfg.steps
+        is_eval = step % t_cfg.eval_interval == 0 or step == t_cfg.steps
+        micro_batches = ([t.to(device) for t in objective.get_batch("train", t_cfg.batch_size, batches)]
+                         for _ in range(accum))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, aux_value = accumulate_gradients(forward, model, micro_batches, accum, autocast)
+        if is_eval:  # before clipping scales them
+            block_grads = {name: _norm([p.grad for p in ps if p.grad is not None]) for name, ps in blocks.items()}
         # clip_grad_norm_ returns the norm before clipping; an infinite max only measures it
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), t_cfg.grad_clip or math.inf)
-        optimizer.step()
+        grad_norm = float(nn.utils.clip_grad_norm_(params, t_cfg.grad_clip or math.inf))
         # also waits for the GPU, so the timing below is honest; reported without MoE's terms,
         # so that it compares with the validation loss
-        loss_value = loss.item() - model.aux_loss
+        loss_value = loss.item() - aux_value
+        finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+        update_ratio, block_updates = 0.0, {}
+        if finite:
+            nonfinite_in_a_row = 0
+            before = [p.detach().clone() for p in params] if is_log or is_eval else None
+            optimizer.step()
+            if before is not None:  # ‖Δw‖ / ‖w‖ from a copy of the weights, at log and eval steps only
+                deltas = torch._foreach_sub([p.detach() for p in params], before)
+                update_ratio = float(_norm(deltas) / _norm(before).clamp_min(1e-30))
+                if is_eval:
+                    index = {id(p): i for i, p in enumerate(params)}
+                    for name, ps in blocks.items():
+                        ids = [index[id(p)] for p in ps]
+                        block_updates[name] = float(_norm([deltas[i] for i in ids])
+                                                    / _norm([before[i] for i in ids]).clamp_min(1e-30))
+                del before, deltas
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            nonfinite_in_a_row += 1
+            action = t_cfg.on_nonfinite
+            what = f"step {step}: loss {loss_value:g}, gradient norm {grad_norm:g}"
+            if action == "stop":
+                message = f"{what}; stopping the run"
+            elif nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+                action, message = "stop", f"{what}; {nonfinite_in_a_row} non-finite steps in a row, stopping the run"
+            elif action == "lower_lr":
+                lr_scale *= 0.5
+                message = f"{what}; step skipped, learning rate multiplier now {lr_scale:g}"
+            else:
+                message = f"{what}; step skipped"
+            emit({"kind": "nonfinite", "step": step, "action": action, "message": message})
+            if action == "stop":
+                result.reason, result.message = "nonfinite", message
+                break
         step_times.append(time.perf_counter() - t0)
         result.train_losses.append(loss_value)
         result.steps_done = step
         pending_losses.append(loss_value)
-        pending_aux.append(model.aux_loss)
+        pending_aux.append(aux_value)
+        if finite:
+            if len(recent_losses) >= SPIKE_MIN_HISTORY:
+                mean = sum(recent_losses) / len(recent_losses)
+                std = math.sqrt(sum((x - mean) ** 2 for x in recent_losses) / len(recent_losses))
+                spiked = spiked or loss_value > mean + SPIKE_K * std
+            recent_losses.append(loss_value)
 
-        if step % t_cfg.log_interval == 0 or step == t_cfg.steps:
+        if is_log:
             elapsed = time.perf_counter() - start
             step_time = sum(step_times) / len(step_times)
             emit({
@@ -192,14 +310,27 @@ def train(
                 "tokens_per_s": tokens_per_step / step_time,
                 "elapsed": elapsed,
                 "eta": _eta(step, t_cfg, step_time, eval_times),
+                "effective_batch": effective_batch,
+                "clipped": bool(t_cfg.grad_clip) and grad_norm > t_cfg.grad_clip,
+                "update_ratio": _finite(update_ratio),
+                "spike": spiked,
+                # model FLOPs utilisation: analyze's useful FLOPs per step / step time / peak FLOP/s
+                "mfu": _finite(flops_per_step / step_time / peak) if flops_per_step and peak else None,
                 **({"aux_loss": _finite(sum(pending_aux) / len(pending_aux))} if moe else {}),
             })
             pending_losses.clear()
             pending_aux.clear()
+            spiked = False
         if t_cfg.compile and step == 1:  # that step compiled the model: keep it out of tokens/s and ETA
             step_times.clear()
 
-        is_eval = step % t_cfg.eval_interval == 0 or step == t_cfg.steps
+        if is_eval:
+            emit({"kind": "health", "step": step, "layers": [
+                {"layer": i, "name": name, "grad_norm": _finite(block_grads[name]),
+                 "weight_norm": _finite(_norm([p.detach() for p in ps])),
+                 "update_ratio": _finite(block_updates.get(name, 0.0))}
+                for i, (name, ps) in enumerate(blocks.items())
+            ]})
         if moe and (is_eval or step % 10 == 0):  # the routing of this step's training batch
             emit({"kind": "moe", "step": step, "layers": [
                 {**layer, "aux_loss": _finite(layer["aux_loss"]), "z_loss": _finite(layer["z_loss"])}
@@ -226,7 +357,7 @@ def train(
     emit({
         "kind": "end",
         "step": result.steps_done,
-        "reason": "cancelled" if result.cancelled else "completed",
+        "reason": result.reason,
         "elapsed": time.perf_counter() - start,
         "final_val_loss": final_val_loss,
     })

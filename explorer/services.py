@@ -381,7 +381,7 @@ def job_to_dict(job, position=None):
 
 # ---------------------------------------------------------------------------- running (in a worker)
 SUMMARY_KEYS = {
-    "step": ("loss", "lr", "grad_norm", "tokens_per_s", "elapsed", "eta", "aux_loss"),
+    "step": ("loss", "lr", "grad_norm", "tokens_per_s", "elapsed", "eta", "aux_loss", "mfu"),
     "eval": ("train_loss", "val_loss", "accuracy"),
     "start": ("params", "vocab_size", "tokens_per_step"),
 }
@@ -482,7 +482,12 @@ def run_job(job_id, worker_name):
     try:
         spec = engine.parse_spec(job.spec)  # again: the data file may have changed since submission
         result = engine.train(spec, on_event=recorder, should_stop=heartbeat.cancelled.is_set)
-        status = Job.Status.CANCELLED if result.cancelled else Job.Status.SUCCEEDED
+        if result.cancelled:
+            status = Job.Status.CANCELLED
+        elif result.reason == "nonfinite":  # the run's NaN/Inf policy stopped it: a failure, with why
+            status, error = Job.Status.FAILED, result.message or "training stopped on a non-finite loss"
+        else:
+            status = Job.Status.SUCCEEDED
     except engine.ConfigError as exc:
         error = "Invalid job: " + "; ".join(f"{k}: {v}" for k, v in exc.errors.items())
     except Exception as exc:  # noqa: BLE001 - the reason goes on the job; the worker lives on

@@ -261,8 +261,8 @@ def test_options_list_the_tables():
 
 
 @pytest.mark.parametrize("setting, value, message", [
-    ("optimizer", "lion", r"unknown optimizer 'lion'; choose from \['adamw', 'adamw8bit', 'sgd', 'sgd_momentum', "
-                          r"'adafactor'\]"),
+    ("optimizer", "lamb", r"unknown optimizer 'lamb'; choose from \['adamw', 'adamw8bit', 'lion', 'sgd', "
+                          r"'sgd_momentum', 'adafactor'\]"),
     ("sharding", "zero4", r"unknown sharding 'zero4'; choose from \['none', 'zero1', 'zero2', 'zero3', 'fsdp'\]"),
     ("quantization", "int2", r"unknown quantization 'int2'; choose from \['bf16', 'fp16', 'fp8', 'int8', 'int4'\]"),
     ("hardware", "tpu-v9", r"unknown device 'tpu-v9'; choose from \['a100-40gb'"),

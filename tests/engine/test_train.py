@@ -1,3 +1,4 @@
+import contextlib
 import json
 import math
 import subprocess
@@ -14,7 +15,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 EVENT_KEYS = {
     "start": {"kind", "total_steps", "params", "vocab_size", "device", "tokens_per_step", "train_tokens", "val_tokens"},
-    "step": {"kind", "step", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed", "eta"},
+    "step": {"kind", "step", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed", "eta", "effective_batch", "clipped",
+             "update_ratio", "spike", "mfu"},
+    "health": {"kind", "step", "layers"},
+    "nonfinite": {"kind", "step", "action", "message"},
     "eval": {"kind", "step", "train_loss", "val_loss", "accuracy", "sample"},
     "end": {"kind", "step", "reason", "elapsed", "final_val_loss"},
 }
@@ -30,7 +34,7 @@ def test_events_have_the_documented_shapes(tiny_job):
     tiny_job["train"] |= {"steps": 7, "log_interval": 3, "eval_interval": 5}
     result, events = run(tiny_job)
     json.dumps(events, allow_nan=False)  # plain JSON all the way down
-    assert [e["kind"] for e in events] == ["start", "step", "eval", "step", "step", "eval", "end"]
+    assert [e["kind"] for e in events] == ["start", "step", "health", "eval", "step", "step", "health", "eval", "end"]
     for e in events:
         assert set(e) == EVENT_KEYS[e["kind"]]
     assert [e["step"] for e in events if e["kind"] == "step"] == [3, 6, 7]  # every log_interval, and the last
@@ -38,6 +42,7 @@ def test_events_have_the_documented_shapes(tiny_job):
     start, end = events[0], events[-1]
     assert start["total_steps"] == 7 and start["params"] == result.model.num_params()
     assert start["device"] == "cpu" and start["tokens_per_step"] == 16 * 7  # rows of a 3-letter copy example
+    assert all(e["effective_batch"] == 16 for e in events if e["kind"] == "step")
     assert end == {**end, "kind": "end", "step": 7, "reason": "completed", "final_val_loss": events[-2]["val_loss"]}
     sample = events[-2]["sample"]
     assert sample["prompt"].endswith(">") and len(sample["completion"]) == len(sample["expected"]) == 4
@@ -181,3 +186,193 @@ def test_compiled_training_matches_eager(tiny_job):
     assert compiled.train_losses == pytest.approx(eager.train_losses, rel=1e-4, abs=1e-5)
     steps = [e for e in events if e["kind"] == "step"]
     assert all(e["tokens_per_s"] > 0 for e in steps)
+
+
+# ---------------------------------------------------------------------------- training options and health
+
+# the tiny job's first 8 losses before optimizers, schedules and accumulation became options:
+# the defaults (adamw, cosine, one micro-batch) must train exactly as before
+PINNED_LOSSES = [2.861558675765991, 2.7475550174713135, 2.6988027095794678, 2.656759738922119,
+                 2.5444676876068115, 2.500744342803955, 2.4671223163604736, 2.4516632556915283]
+
+
+def test_defaults_train_as_before(tiny_job):
+    tiny_job["train"]["steps"] = 8
+    result, _ = run(tiny_job)
+    assert result.train_losses == pytest.approx(PINNED_LOSSES, rel=1e-5)
+    assert [s for s, _ in result.val_losses] == [5, 8]
+    assert result.val_losses[-1][1] == pytest.approx(2.419644132256508, rel=1e-5)
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tiny_job):
+    """Two micro-batches of b rows give the gradient of one batch of 2b rows (dropout 0)."""
+    from engine.data import load_data
+    from engine.objectives import OBJECTIVES
+    from engine.train import accumulate_gradients
+
+    spec = parse_spec(tiny_job)
+    objective = OBJECTIVES[spec.model.family](load_data(spec.data), spec.model)
+    batch = objective.get_batch("train", 8, torch.Generator().manual_seed(0))
+    halves = [[t[:4] for t in batch], [t[4:] for t in batch]]
+    model = build_model(spec.model)
+    loss_whole, _ = accumulate_gradients(model, model, [batch], 1, contextlib.nullcontext)
+    whole = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    loss_halves, _ = accumulate_gradients(model, model, iter(halves), 2, contextlib.nullcontext)
+    assert loss_halves.item() == pytest.approx(loss_whole.item(), rel=1e-6)
+    for g, p in zip(whole, model.parameters()):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
+
+
+def test_accumulation_counts_every_micro_batch(tiny_job):
+    tiny_job["train"] |= {"steps": 3, "grad_accum_steps": 2, "batch_size": 8}
+    result, events = run(tiny_job)
+    start = events[0]
+    assert start["tokens_per_step"] == 16 * 7  # 2 micro-batches of 8 rows of 7 tokens
+    steps = [e for e in events if e["kind"] == "step"]
+    assert all(e["effective_batch"] == 16 for e in steps) and result.steps_done == 3
+    assert all(math.isfinite(x) for x in result.train_losses)
+
+
+def test_health_and_mfu_are_reported(tiny_job):
+    tiny_job["train"] |= {"steps": 6, "eval_interval": 3, "grad_clip": 1e-3}
+    _, events = run(tiny_job)
+    json.dumps(events, allow_nan=False)
+    steps = [e for e in events if e["kind"] == "step"]
+    for e in steps:
+        assert e["clipped"] is True  # every gradient norm is above 1e-3
+        assert 0 < e["update_ratio"] < 1 and e["spike"] is False
+        assert 0 < e["mfu"] < 1  # of the CPU's measured matmul peak
+    health = [e for e in events if e["kind"] == "health"]
+    assert [e["step"] for e in health] == [3, 6]
+    for e in health:
+        assert [layer["layer"] for layer in e["layers"]] == [0, 1]
+        assert [layer["name"] for layer in e["layers"]] == ["h.0", "h.1"]
+        for layer in e["layers"]:
+            assert set(layer) == {"layer", "name", "grad_norm", "weight_norm", "update_ratio"}
+            assert layer["grad_norm"] > 0 and layer["weight_norm"] > 0 and 0 < layer["update_ratio"] < 1
+    tiny_job["train"]["grad_clip"] = 0.0
+    _, events = run(tiny_job)
+    assert not any(e["clipped"] for e in events if e["kind"] == "step")
+
+
+def test_encoder_decoder_health_names_both_stacks(tiny_job):
+    tiny_job["model"] |= {"family": "encoder_decoder"}
+    tiny_job["train"] |= {"steps": 2, "eval_interval": 2, "warmup_steps": 1}
+    _, events = run(tiny_job)
+    (health,) = [e for e in events if e["kind"] == "health"]
+    names = [layer["name"] for layer in health["layers"]]
+    assert names[:2] == ["enc_h.0", "enc_h.1"] and names[2:] == ["h.0", "h.1"]
+
+
+def test_mfu_peak_of_a_cuda_device_name():
+    from engine.train import _catalogue_key
+
+    assert _catalogue_key("NVIDIA H200") == "h200"
+    assert _catalogue_key("NVIDIA H100 80GB HBM3") == "h100-sxm"
+    assert _catalogue_key("NVIDIA H100 PCIe") is None  # slower than the SXM part the catalogue lists
+    assert _catalogue_key("NVIDIA A100-SXM4-80GB") == "a100-80gb"
+    assert _catalogue_key("NVIDIA A100-PCIE-40GB") == "a100-40gb"
+    assert _catalogue_key("NVIDIA GeForce RTX 4090") == "rtx-4090"
+    assert _catalogue_key("NVIDIA L4") == "l4"
+    assert _catalogue_key("Tesla T4") is None
+
+
+def _patch_training_loss(monkeypatch, change):
+    """Make the training forward's loss ``change(call, loss)``, call counting training forwards
+    from 1 (evaluation runs in eval mode and is left alone)."""
+    engine_train = sys.modules["engine.train"]  # the package's ``train`` attribute is the function
+    build_plain, calls = engine_train.build_model, []
+
+    def build(cfg):
+        model = build_plain(cfg)
+        plain = model.forward
+
+        def forward(*args, **kw):
+            logits, loss = plain(*args, **kw)
+            if model.training:
+                calls.append(1)
+                loss = change(len(calls), loss)
+            return logits, loss
+
+        model.forward = forward
+        return model
+
+    monkeypatch.setattr(engine_train, "build_model", build)
+
+
+def nan_at(*calls):
+    return lambda call, loss: loss * math.nan if call in calls else loss
+
+
+def test_nonfinite_skip(tiny_job, monkeypatch):
+    _patch_training_loss(monkeypatch, nan_at(3))
+    result, events = run(tiny_job)
+    json.dumps(events, allow_nan=False)
+    (bad,) = [e for e in events if e["kind"] == "nonfinite"]
+    assert bad["step"] == 3 and bad["action"] == "skip" and "step skipped" in bad["message"]
+    assert set(bad) == EVENT_KEYS["nonfinite"]
+    step3 = next(e for e in events if e["kind"] == "step" and e["step"] == 3)
+    assert step3["loss"] is None and step3["grad_norm"] is None and step3["update_ratio"] == 0.0
+    assert result.steps_done == 12 and events[-1]["reason"] == "completed" and result.reason == "completed"
+    assert all(math.isfinite(x) for i, x in enumerate(result.train_losses) if i != 2)
+    assert all(math.isfinite(p.detach().sum()) for p in result.model.parameters())
+
+
+def test_nonfinite_lower_lr_halves_the_rest_of_the_run(tiny_job, monkeypatch):
+    _patch_training_loss(monkeypatch, nan_at(3, 6))
+    tiny_job["train"]["on_nonfinite"] = "lower_lr"
+    result, events = run(tiny_job)
+    assert [(e["step"], e["action"]) for e in events if e["kind"] == "nonfinite"] == [(3, "lower_lr"), (6, "lower_lr")]
+    cfg = parse_spec(tiny_job).train
+    lrs = {e["step"]: e["lr"] for e in events if e["kind"] == "step"}
+    assert lrs[2] == pytest.approx(lr_at(2, cfg))
+    assert lrs[4] == pytest.approx(lr_at(4, cfg) / 2) and lrs[12] == pytest.approx(lr_at(12, cfg) / 4)
+    assert result.steps_done == 12 and result.reason == "completed"
+
+
+def test_nonfinite_stop(tiny_job, monkeypatch):
+    _patch_training_loss(monkeypatch, lambda call, loss: loss * math.inf if call == 4 else loss)
+    tiny_job["train"]["on_nonfinite"] = "stop"
+    result, events = run(tiny_job)
+    assert [e["kind"] for e in events][-2:] == ["nonfinite", "end"]
+    bad, end = events[-2], events[-1]
+    assert bad["step"] == 4 and bad["action"] == "stop" and "stopping" in bad["message"]
+    assert end["reason"] == "nonfinite" and end["step"] == 3 and result.steps_done == 3
+    assert result.reason == "nonfinite" and result.message == bad["message"] and not result.cancelled
+    json.dumps(events, allow_nan=False)
+
+
+def test_skipping_forever_stops(tiny_job, monkeypatch):
+    from engine.train import MAX_NONFINITE_IN_A_ROW
+
+    _patch_training_loss(monkeypatch, lambda call, loss: loss * math.nan)
+    tiny_job["train"]["steps"] = 30
+    result, events = run(tiny_job)
+    bad = [e for e in events if e["kind"] == "nonfinite"]
+    assert len(bad) == MAX_NONFINITE_IN_A_ROW and bad[-1]["action"] == "stop"
+    assert all(e["action"] == "skip" for e in bad[:-1])
+    assert result.reason == "nonfinite" and events[-1]["reason"] == "nonfinite"
+
+
+def test_absurd_learning_rate_is_caught(tiny_job):
+    """No patching: an lr of 1 with SGD and no clipping blows the weights up within a few steps."""
+    tiny_job["train"] |= {"optimizer": "sgd", "lr": 1.0, "grad_clip": 0.0, "warmup_steps": 0, "steps": 40,
+                          "on_nonfinite": "stop"}
+    tiny_job["model"]["n_embd"] = 64
+    result, events = run(tiny_job)
+    json.dumps(events, allow_nan=False)
+    if result.reason != "nonfinite":
+        pytest.skip("this lr did not diverge on this machine")
+    assert events[-2]["kind"] == "nonfinite"
+
+
+def test_loss_spike_is_flagged(tiny_job, monkeypatch):
+    from engine.train import SPIKE_MIN_HISTORY
+
+    spike_at = SPIKE_MIN_HISTORY + 5
+    _patch_training_loss(monkeypatch, lambda call, loss: loss * 10 if call == spike_at else loss)
+    tiny_job["train"] |= {"steps": spike_at + 3, "eval_interval": 100}
+    _, events = run(tiny_job)
+    spikes = [e["step"] for e in events if e["kind"] == "step" and e["spike"]]
+    assert spikes == [spike_at]

@@ -126,3 +126,33 @@ def test_every_family_trains_as_a_job(alice, tiny_spec, family):
     job.refresh_from_db()
     evals = [e.payload for e in job.events.filter(kind="eval")]
     assert len(evals) == 2 and evals[-1]["accuracy"] is not None and evals[-1]["sample"]["completion"] is not None
+
+
+def test_a_run_stopped_by_its_nan_policy_fails_with_the_reason(alice, tiny_spec, monkeypatch):
+    import math
+    import sys
+
+    engine_train = sys.modules["engine.train"]
+    build_plain = engine_train.build_model
+
+    def build(cfg):  # the model's training loss turns NaN at its third step
+        model, calls = build_plain(cfg), []
+        plain = model.forward
+
+        def forward(*args, **kw):
+            logits, loss = plain(*args, **kw)
+            if model.training:
+                calls.append(1)
+                loss = loss * math.nan if len(calls) == 3 else loss
+            return logits, loss
+
+        model.forward = forward
+        return model
+
+    monkeypatch.setattr(engine_train, "build_model", build)
+    tiny_spec["train"]["on_nonfinite"] = "stop"
+    job = services.create_job(alice[0], alice[1], tiny_spec, name="diverges")
+    assert services.run_job(job.pk, "w") == Job.Status.FAILED
+    job.refresh_from_db()
+    assert job.status == "failed" and ("non-finite" in job.error or "nan" in job.error.lower()), job.error
+    assert "nonfinite" in kinds(job) and job.events.filter(kind="end").get().payload["reason"] == "nonfinite"
