@@ -35,7 +35,9 @@ Model
     come from ``NORMS``, ``POSITIONS``, ``ATTENTIONS``, ``FFNS``.
     ``generate(model, tokenizer, prompt, ...)`` -> str. ``KVCache``, ``SlidingWindowCache``.
     The other families: ``engine.encoder``, ``engine.encoder_decoder``; ``engine.pretrained.load_minilm()``.
-    ``capture_attention(model, layers, heads)``: a context manager collecting attention weights.
+    ``capture_attention(model, layers, heads)``: a context manager collecting attention weights;
+    ``attention_snapshot`` / ``attention_event``: every layer's and head's maps on one held-out
+    input as a compact "attention" event (``engine.attention_maps``).
 
 Training
     ``train(spec, on_event=..., should_stop=..., progress=False)`` -> ``TrainResult``; events are
@@ -61,6 +63,7 @@ import warnings
 
 from .analysis import analyze
 from .attention import ATTENTIONS
+from .attention_maps import attention_event, attention_snapshot
 from .cache import KVCache, SlidingWindowCache
 from .capture import capture_attention
 from .config import ConfigError, DataConfig, JobSpec, ModelConfig, TrainConfig, choices, field_specs, parse_spec
@@ -104,6 +107,8 @@ __all__ = [
     "KVCache",
     "SlidingWindowCache",
     "capture_attention",
+    "attention_snapshot",
+    "attention_event",
     "to_transformers",
     "from_transformers",
     "config_from_hf",

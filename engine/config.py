@@ -346,6 +346,9 @@ class TrainConfig(Section):
     compile: bool = boolean(False, "torch.compile",
                             "Compile the training step (torch.compile): faster steps after a one-off "
                             "compilation of tens of seconds, so worth it for long runs.")
+    attention_maps: bool = boolean(True, "Attention maps",
+                                   "At each evaluation, send every layer's and head's attention weights on one "
+                                   "held-out example (one extra forward; about 10-200 kB per evaluation).")
     sample_tokens: int = integer(120, "Sample length",
                                  "Tokens generated from a held-out prompt at each evaluation "
                                  "(synthetic tasks generate their answer instead).", min=0, max=10_000)
@@ -578,7 +581,7 @@ FIELD_GROUPS = {
         "Optimisation": ("steps", "batch_size", "grad_accum_steps", "optimizer", "lr", "beta1", "beta2", "momentum",
                          "weight_decay", "grad_clip"),
         "Schedule": ("schedule", "warmup_steps", "min_lr_ratio", "decay_fraction", "decay_shape"),
-        "Evaluation": ("eval_interval", "eval_iters", "log_interval", "sample_tokens"),
+        "Evaluation": ("eval_interval", "eval_iters", "log_interval", "sample_tokens", "attention_maps"),
         "Run": ("seed", "device", "compile", "on_nonfinite"),
     },
 }

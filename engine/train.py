@@ -17,6 +17,9 @@ them. Event kinds (all values JSON-serialisable; a non-finite number is sent as 
     eval   step, train_loss, val_loss, accuracy, sample {prompt, completion, expected}; accuracy is
            the family's: decoder and encoder-decoder the exact-match rate of synthetic answers
            (None for text), encoder the share of masked tokens recovered (text included)
+    attention  step, tokens, window, stacks {name: {n_layer, n_head, shape, maps}} right after each
+           eval event (unless ``attention_maps`` is off): every layer's and head's weights on one
+           held-out example, quantised to bytes (``engine.attention_maps``)
     nonfinite  step, action ("skip" | "lower_lr" | "stop"), message: a step whose loss or
            gradient norm was NaN or infinite, and what ``on_nonfinite`` did about it
     end    step, reason ("completed" | "cancelled" | "nonfinite"), elapsed, final_val_loss (None
@@ -39,6 +42,7 @@ import torch
 import torch.nn as nn
 
 from .analysis import analyze
+from .attention_maps import attention_event
 from .config import JobSpec, ModelConfig, TrainConfig, parse_spec
 from .data import load_data
 from .device import DEVICES
@@ -339,11 +343,15 @@ def train(
         if is_eval:
             t_eval = time.perf_counter()
             event = _evaluate(model, objective, train_evals, val_evals, spec, device, autocast, step)
+            # every layer's and head's weights on one held-out example: watch the patterns form
+            maps = attention_event(model, objective, device, autocast, step) if t_cfg.attention_maps else None
             eval_times.append(time.perf_counter() - t_eval)
             final_val_loss = event["val_loss"]
             result.val_losses.append((step, final_val_loss if final_val_loss is not None else math.nan))
             result.final_accuracy = event["accuracy"]
             emit(event)
+            if maps is not None:
+                emit(maps)
         if bar is not None:
             shown = {"loss": f"{loss_value:.3f}"}
             if final_val_loss is not None:

@@ -175,10 +175,29 @@ def get_job(request, job_id: int):
 
 
 @jobs.get("/{int:job_id}/events", response=EventList, summary="A job's events after a sequence number")
-def job_events(request, job_id: int, after: int = 0, limit: int = 5000):
+def job_events(request, job_id: int, after: int = 0, limit: int = 5000, kind: Optional[str] = None,
+               exclude: Optional[str] = None, last: bool = False, brief: bool = False):
+    """Events with seq > ``after``, oldest first, at most ``limit``. ``kind`` (comma-separated)
+    keeps only those kinds, ``exclude`` leaves them out (``exclude=attention`` skips the large
+    attention maps); ``last`` takes the newest ``limit`` instead of the oldest (still in order);
+    ``brief`` gives each event's data as just its ``step``: an index of, say, the attention maps
+    without their bytes."""
     job = get_job_or_404(request.user, job_id)
-    rows = JobEvent.objects.filter(job=job, seq__gt=max(0, after)).order_by("seq")[: max(1, min(limit, 20000))]
-    return {"job": job.pk, "last_seq": job.last_seq, "events": [r.as_message() for r in rows]}
+    rows = JobEvent.objects.filter(job=job, seq__gt=max(0, after))
+    if kind:
+        rows = rows.filter(kind__in=kind.split(","))
+    if exclude:
+        rows = rows.exclude(kind__in=exclude.split(","))
+    limit = max(1, min(limit, 20000))
+    rows = rows.order_by("-seq" if last else "seq")
+    if brief:
+        rows = rows.values_list("seq", "kind", "ts", "payload__step")[:limit]
+        events = [{"seq": seq, "kind": k, "ts": ts, "data": {"step": step}} for seq, k, ts, step in rows]
+    else:
+        events = [r.as_message() for r in rows[:limit]]
+    if last:
+        events.reverse()
+    return {"job": job.pk, "last_seq": job.last_seq, "events": events}
 
 
 @jobs.post("/{int:job_id}/cancel", response={200: JobOut, 409: ErrorOut}, summary="Cancel a queued or running job")

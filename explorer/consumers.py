@@ -1,5 +1,6 @@
 """Websockets. ``/ws/jobs/<id>/?after=<seq>``: a job's events, replayed from the database after
-``seq`` and then live, with no gap and no duplicate. ``/ws/teams/<id>/``: live job changes for the
+``seq`` and then live, with no gap and no duplicate (``&omit=attention`` leaves a kind out of the
+replay only). ``/ws/teams/<id>/``: live job changes for the
 queue page. Both refuse users outside the team (close code 4403) and anonymous users (4401)."""
 from urllib.parse import parse_qs
 
@@ -18,6 +19,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         user = self.scope["user"]
         self.job_id = self.scope["url_route"]["kwargs"]["job_id"]
         self.last_seq = 0
+        self.omit = set()
         if not user.is_authenticated:
             await self.close(code=4401)
             return
@@ -31,6 +33,9 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         query = parse_qs(self.scope.get("query_string", b"").decode())
+        # kinds left out of the replay (the page fetches large attention maps on demand); live
+        # events of every kind are still sent
+        self.omit = set(",".join(query.get("omit", [])).split(",")) - {""}
         await self.send_job()
         await self.replay(_int(query.get("after", ["0"])[0]))
 
@@ -45,18 +50,27 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
     async def replay(self, after):
         self.last_seq = max(self.last_seq, after)
         while True:
-            batch = await self.read_events(self.last_seq)
-            if not batch:
+            batch, last, n = await self.read_events(self.last_seq)
+            if not n:
                 return
-            await self.send_json({"type": "events", "events": batch})
-            self.last_seq = batch[-1]["seq"]
-            if len(batch) < REPLAY_CHUNK:
+            if batch:
+                await self.send_json({"type": "events", "events": batch})
+            self.last_seq = last
+            if n < REPLAY_CHUNK:
                 return
 
     @database_sync_to_async
     def read_events(self, after):
-        rows = JobEvent.objects.filter(job_id=self.job_id, seq__gt=after).order_by("seq")[:REPLAY_CHUNK]
-        return [row.as_message() for row in rows]
+        """The next chunk's events, less the omitted kinds (never loaded), its last seq and size."""
+        rows = JobEvent.objects.filter(job_id=self.job_id, seq__gt=after).order_by("seq")
+        if not self.omit:
+            batch = [row.as_message() for row in rows[:REPLAY_CHUNK]]
+            return batch, batch[-1]["seq"] if batch else after, len(batch)
+        seqs = list(rows.values_list("seq", flat=True)[:REPLAY_CHUNK])
+        if not seqs:
+            return [], after, 0
+        kept = rows.filter(seq__lte=seqs[-1]).exclude(kind__in=self.omit)
+        return [row.as_message() for row in kept], seqs[-1], len(seqs)
 
     async def send_job(self):
         job = await database_sync_to_async(services.job_brief_by_id)(self.job_id)

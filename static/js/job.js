@@ -1,13 +1,14 @@
 // Job page controller: replays the job's event log over a websocket, then follows it live.
 // Events are numbered; `lastSeq` is the highest one applied, so a reconnect resumes with
 // `?after=lastSeq` and nothing is drawn twice.
-import { api, ApiError, LiveSocket } from "./api.js";
+import { api, ApiError, getJSON, LiveSocket } from "./api.js";
 import { refreshTimes } from "./app.js";
 import { LossChart } from "./charts/loss.js";
 import { LrChart } from "./charts/lr.js";
 import { ExpertLoadChart } from "./charts/expert_load.js";
 import { RouterChart } from "./charts/router.js";
 import { ThroughputChart } from "./charts/throughput.js";
+import { AttentionPanel } from "./charts/attention.js";
 import * as fmt from "./format.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
@@ -23,6 +24,24 @@ const tpsChart = new ThroughputChart($("tps-chart"));
 const expertChart = new ExpertLoadChart($("moe-heatmap"));
 const routerChart = new RouterChart($("moe-router-chart"));
 let lastMoe = null;
+
+// Attention maps are large: the websocket's replay leaves them out (?omit=attention) and the
+// panel fetches an index of them, then only the map it shows; new ones arrive live whole.
+const eventsURL = (params) => `/api/v1/jobs/${job.id}/events?${new URLSearchParams(params)}`;
+const attention = new AttentionPanel($("attention-card"), {
+  async fetchEvent(seq) {
+    const body = await getJSON(eventsURL({ after: seq - 1, limit: 1 }));
+    return body.events[0]?.data;
+  },
+});
+async function loadAttentionIndex() {
+  try {
+    const body = await getJSON(eventsURL({ kind: "attention", brief: true, limit: 20000 }));
+    attention.addIndex(body.events.map((e) => ({ seq: e.seq, step: e.data.step })));
+  } catch (err) {
+    console.warn("could not load the attention maps", err);
+  }
+}
 
 let lastSeq = 0;
 // The header shows the latest snapshot; a replayed status event older than it is history.
@@ -113,6 +132,9 @@ function applyEvent(e) {
       expertChart.update(d);
       routerChart.addEvent(d);
       if (!lastMoe || d.step >= lastMoe.step) lastMoe = d;
+      break;
+    case "attention":
+      attention.addEvent(e.seq, d);
       break;
     case "end":
       endInfo = d;
@@ -262,7 +284,7 @@ $("log-y").addEventListener("change", (e) => lossChart.setLogY(e.target.checked)
 // ------------------------------------------------------------------ live
 const live = $("live");
 const socket = new LiveSocket({
-  url: () => `/ws/jobs/${job.id}/?after=${lastSeq}`,
+  url: () => `/ws/jobs/${job.id}/?after=${lastSeq}&omit=attention`,
   minDelay: 500,
   maxDelay: 10000,
   onMessage(msg) {
@@ -270,6 +292,7 @@ const socket = new LiveSocket({
     else if (msg.type === "events" && Array.isArray(msg.events)) applyEvents(msg.events);
   },
   onState(state) {
+    if (state === "open") loadAttentionIndex();  // at first and after a reconnect: maps missed meanwhile
     live.dataset.state = state;
     live.textContent = { open: "live", connecting: "connecting…", closed: "disconnected", done: "" }[state] ?? "";
     live.hidden = state === "done";
@@ -284,5 +307,6 @@ window.jobPage = {
   get points() { return lossChart.points; },
   get finished() { return finished; },
   get samples() { return samples.length; },
+  attention,
   socket,
 };

@@ -20,6 +20,7 @@ EVENT_KEYS = {
     "health": {"kind", "step", "layers"},
     "nonfinite": {"kind", "step", "action", "message"},
     "eval": {"kind", "step", "train_loss", "val_loss", "accuracy", "sample"},
+    "attention": {"kind", "step", "tokens", "window", "stacks"},
     "end": {"kind", "step", "reason", "elapsed", "final_val_loss"},
 }
 
@@ -34,7 +35,8 @@ def test_events_have_the_documented_shapes(tiny_job):
     tiny_job["train"] |= {"steps": 7, "log_interval": 3, "eval_interval": 5}
     result, events = run(tiny_job)
     json.dumps(events, allow_nan=False)  # plain JSON all the way down
-    assert [e["kind"] for e in events] == ["start", "step", "health", "eval", "step", "step", "health", "eval", "end"]
+    assert [e["kind"] for e in events] == ["start", "step", "health", "eval", "attention", "step", "step", "health",
+                                           "eval", "attention", "end"]
     for e in events:
         assert set(e) == EVENT_KEYS[e["kind"]]
     assert [e["step"] for e in events if e["kind"] == "step"] == [3, 6, 7]  # every log_interval, and the last
@@ -43,10 +45,16 @@ def test_events_have_the_documented_shapes(tiny_job):
     assert start["total_steps"] == 7 and start["params"] == result.model.num_params()
     assert start["device"] == "cpu" and start["tokens_per_step"] == 16 * 7  # rows of a 3-letter copy example
     assert all(e["effective_batch"] == 16 for e in events if e["kind"] == "step")
-    assert end == {**end, "kind": "end", "step": 7, "reason": "completed", "final_val_loss": events[-2]["val_loss"]}
-    sample = events[-2]["sample"]
+    last_eval = events[-3]
+    assert end == {**end, "kind": "end", "step": 7, "reason": "completed", "final_val_loss": last_eval["val_loss"]}
+    sample = last_eval["sample"]
     assert sample["prompt"].endswith(">") and len(sample["completion"]) == len(sample["expected"]) == 4
-    assert 0.0 <= events[-2]["accuracy"] <= 1.0
+    assert 0.0 <= last_eval["accuracy"] <= 1.0
+    maps = events[-2]["stacks"]["self"]
+    assert maps["shape"][:2] == [maps["n_layer"], maps["n_head"]] == [tiny_job["model"]["n_layer"], tiny_job["model"]["n_head"]]
+    tiny_job["train"]["attention_maps"] = False  # off: no maps, nothing else changes
+    assert [e["kind"] for e in run(tiny_job)[1]] == ["start", "step", "health", "eval", "step", "step", "health",
+                                                     "eval", "end"]
 
 
 def test_moe_runs_report_routing_and_aux_loss(tiny_job):

@@ -4,7 +4,7 @@ import json
 import pytest
 from django.test import Client
 
-from explorer.models import ApiToken, Job, JobEvent
+from explorer.models import ApiToken, Job
 from explorer import services
 
 pytestmark = pytest.mark.django_db
