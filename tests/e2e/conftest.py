@@ -39,3 +39,18 @@ def page(browser):
 def shots():
     SHOTS.mkdir(parents=True, exist_ok=True)
     return SHOTS
+
+
+@pytest.fixture(scope="module")
+def web(django_db_setup, django_db_blocker, tmp_path_factory):
+    """The ASGI server alone, for pages whose work needs no worker (an analysis, a small
+    tokenizer, events the test writes itself)."""
+    with django_db_blocker.unblock():
+        from tests.stack import Stack
+
+        s = Stack(tmp_path_factory.mktemp("web"))
+        try:
+            s.start_web()
+            yield s
+        finally:
+            s.stop()

@@ -6,30 +6,9 @@ import re
 import pytest
 
 from tests.conftest import make_user
+from tests.e2e.helpers import log_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(scope="module")
-def web(django_db_setup, django_db_blocker, tmp_path_factory):
-    """The ASGI server alone: an analysis queues nothing, so no worker is needed."""
-    with django_db_blocker.unblock():
-        from tests.stack import Stack
-
-        s = Stack(tmp_path_factory.mktemp("analysis-web"))
-        try:
-            s.start_web()
-            yield s
-        finally:
-            s.stop()
-
-
-def log_in(page, web, username):
-    page.goto(web.url + "/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", f"pw-{username}-123")
-    page.click("button[type=submit]")
-    page.wait_for_url(re.compile(r"/compose/"))
 
 
 def report_ready(page, state_id="report-state"):

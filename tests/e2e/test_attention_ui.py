@@ -9,7 +9,6 @@ emits "attention" events itself. Screenshot: docs/screenshots/attention.png (140
 import contextlib
 import inspect
 import os
-import re
 import sys
 import threading
 
@@ -21,6 +20,7 @@ from engine.attention_maps import attention_event
 from explorer import services
 from explorer.models import Job
 from tests.conftest import make_user
+from tests.e2e.helpers import log_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -87,28 +87,6 @@ def add(job, events, publish=False):
         sender.join()
 
 
-@pytest.fixture(scope="module")
-def web(django_db_setup, django_db_blocker, tmp_path_factory):
-    """The ASGI server alone: these jobs' events are written by the test, not a worker."""
-    with django_db_blocker.unblock():
-        from tests.stack import Stack
-
-        s = Stack(tmp_path_factory.mktemp("attention-web"))
-        try:
-            s.start_web()
-            yield s
-        finally:
-            s.stop()
-
-
-def log_in(page, url, username):
-    page.goto(url + "/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", f"pw-{username}-123")
-    page.click("button[type=submit]")
-    page.wait_for_url(re.compile(r"/compose/"))
-
-
 def shown_step(page, step):
     page.wait_for_function("(s) => document.getElementById('attention-card').dataset.step === String(s)", arg=step,
                            timeout=20_000)
@@ -122,7 +100,7 @@ def test_panel_follows_new_maps_pins_a_step_and_enlarges_a_head(web, page):
 
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    log_in(page, web.url, "ada")
+    log_in(page, web, "ada")
     page.goto(web.url + f"/jobs/{job.pk}/")
     page.wait_for_selector("#attention-card:not([hidden])")
     shown_step(page, 20)  # the newest map, fetched alone: the replay leaves maps out
@@ -171,7 +149,7 @@ def test_encoder_decoder_offers_its_three_stacks(web, page):
     job = make_job(user, team, raw, "succeeded", "attention seq2seq")
     (m5,) = untrained_maps(raw, [5])
     add(job, [m5])
-    log_in(page, web.url, "bea")
+    log_in(page, web, "bea")
     page.goto(web.url + f"/jobs/{job.pk}/")
     shown_step(page, 5)
     stack = page.locator("#attention-stack")
@@ -198,7 +176,7 @@ def test_screenshot_of_a_trained_copy_model(web, browser, shots):
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
     try:
-        log_in(page, web.url, "cleo")
+        log_in(page, web, "cleo")
         page.goto(web.url + f"/jobs/{job.pk}/")
         shown_step(page, 160)
         # layer 0's heads copy: each answer token looks at the prompt token after its own
@@ -231,7 +209,7 @@ def test_a_training_job_shows_its_maps_live(stack, page):
     user, team = make_user("dora")
     raw = {**COPY, "train": {**COPY["train"], "steps": 2000, "eval_interval": 20}}
     job = services.create_job(user, team, raw, name="attention through the worker")
-    log_in(page, stack.url, "dora")
+    log_in(page, stack, "dora")
     page.goto(stack.url + f"/jobs/{job.pk}/")
     page.wait_for_selector("#attention-card:not([hidden])", timeout=120_000)
     page.wait_for_function("() => Number(document.getElementById('attention-card').dataset.steps) >= 3",

@@ -8,6 +8,7 @@ import pytest
 
 from explorer.models import Job
 from tests.conftest import make_user
+from tests.e2e.helpers import log_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -16,14 +17,6 @@ TINY = {
     "data.source": "synthetic", "data.task": "copy", "data.task_length": "6",
     "train.steps": "400", "train.batch_size": "16", "train.eval_interval": "25", "train.warmup_steps": "10",
 }
-
-
-def log_in(page, stack, username):
-    page.goto(stack.url + "/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", f"pw-{username}-123")
-    page.click("button[type=submit]")
-    page.wait_for_url(re.compile(r"/compose/"))
 
 
 def fill(page, values):
