@@ -41,7 +41,8 @@ Model
 
 Training
     ``train(spec, on_event=..., should_stop=..., progress=False)`` -> ``TrainResult``; events are
-    plain dicts of kind "start", "step", "moe", "eval" and "end" (see ``engine.train``).
+    plain dicts of kind "start", "step", "health", "moe", "eval", "attention", "nonfinite" and
+    "end" (see ``engine.train``). Optimizers and schedules: ``engine.optim``.
 
 Interop
     ``to_transformers(model)`` -> the matching ``transformers`` model (GPT-2, Llama, Mistral,
@@ -53,8 +54,11 @@ Presets
     with a description and source), ``preset(name)``; ``config_from_hf(config_json_dict)``.
 
 Analysis
-    ``analyze(ModelConfig, vocab_size=, batch_size=, seq_len=, dtype=, optimizer=)`` -> params,
-    FLOPs and memory estimates, without building the model. ``fit(ModelConfig, device_key, ...)``
+    ``analyze(ModelConfig, vocab_size=, batch_size=, seq_len=, dtype=, optimizer=, n_gpus=,
+    sharding=, activation_checkpointing=, flash_attention=, quantization=, hardware=, ...)`` ->
+    params, FLOPs, memory (training per GPU, inference), KV cache and each term's formula, without
+    building the model (``engine.analysis.analysis_options()`` lists the choices).
+    ``fit(ModelConfig, device_key, ...)``
     -> training and inference memory verdicts, the largest batch that fits, decode/prefill
     throughput bounds, time and cost to train; ``HARDWARE`` is the device catalogue.
 """
