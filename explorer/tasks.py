@@ -2,7 +2,7 @@
 from celery import shared_task
 from celery.signals import worker_ready
 
-from explorer import services, tokenizers
+from explorer import services, tokenizer_jobs
 
 
 @shared_task(name="explorer.tasks.run_job", acks_late=True, reject_on_worker_lost=True)
@@ -12,7 +12,7 @@ def run_job(job_id):
 
 @shared_task(name="explorer.tasks.train_tokenizer", acks_late=True, reject_on_worker_lost=True)
 def train_tokenizer(job_id):
-    return tokenizers.run_tokenizer_job(job_id, worker_name=train_tokenizer.request.hostname or "worker")
+    return tokenizer_jobs.run_tokenizer_job(job_id, worker_name=train_tokenizer.request.hostname or "worker")
 
 
 @shared_task(name="explorer.tasks.reap_stale_jobs")

@@ -3,22 +3,21 @@
 Built-in tokenizers are named by string ("byte", "char", "minilm-wordpiece"); a team's own are
 ``Tokenizer`` rows named by id, and a user reaches only their team's (an unknown id and another
 team's id get the same answer). Training on a small corpus happens in the request; a larger one
-becomes a ``Job`` of kind "tokenizer" on the CPU queue, run by ``run_tokenizer_job`` in a worker
-with the same event log, heartbeat, cancel and reaper as a training job.
+becomes a ``Job`` of kind "tokenizer" on the CPU queue, run in a worker by
+``explorer.tokenizer_jobs.run_tokenizer_job`` with the same event log, heartbeat, cancel and
+reaper as a training job.
 """
 import functools
 import logging
 import math
 import os
-import time
 
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.utils import timezone
 
 from engine import tokenlab
-from explorer import services
+from explorer import services, tokenizer_jobs
 from explorer.models import Dataset, Job, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,6 @@ MAX_REPLAY_STEPS = 64
 SYNC_MAX_BYTES = 1_100_000       # a corpus up to ~1 MB trains in the request; larger ones in a worker
 CORPUS_SIZES = [200_000, 1_000_000, 2_000_000, 5_000_000]  # bytes taken from a built-in corpus
 MAX_VOCAB = 200_000
-PROGRESS_INTERVAL_S = 0.25
 
 
 class LabError(ValueError):
@@ -43,10 +41,6 @@ class LabError(ValueError):
 
 class UnknownTokenizer(LabError):
     """No such tokenizer for this team: the same message whether it exists elsewhere or not."""
-
-
-class _Cancelled(Exception):
-    pass
 
 
 def sync_max_bytes():
@@ -74,7 +68,7 @@ def team_tokenizers(team):
     return Tokenizer.objects.filter(team=team).select_related("owner", "job")
 
 
-def _refresh_status(t):
+def refresh_status(t):
     """A training row whose job ended without finishing it (cancelled, reaped) is failed, with the reason."""
     if t.status == Tokenizer.Status.TRAINING and t.job_id and t.job.status in Job.TERMINAL:
         t.refresh_from_db()
@@ -86,7 +80,7 @@ def _refresh_status(t):
 
 
 def tokenizer_to_dict(t):
-    _refresh_status(t)
+    refresh_status(t)
     return {
         "id": t.pk,
         "name": t.name,
@@ -119,7 +113,7 @@ def get_tokenizer(team, pk):
         t = None
     if t is None:
         raise UnknownTokenizer(f"no tokenizer {pk!r} in team {team.name}")
-    return _refresh_status(t)
+    return refresh_status(t)
 
 
 @functools.lru_cache(maxsize=16)
@@ -165,16 +159,16 @@ def check_text(text, limit=MAX_TEXT_CHARS, field="text"):
     return text
 
 
-def _clean(value):
+def clean(value):
     """JSON-safe: tuples to lists, NaN/inf to None, numpy scalars to Python numbers."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [clean(v) for v in value]
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        return _clean(value.item())
+        return clean(value.item())
     return value
 
 
@@ -191,7 +185,7 @@ def tokenize(team, refs, text):
         key, name, tok = resolve(team, ref)
         enc = tok.encode(text)
         metrics = tokenlab.metrics(tok, text, enc)
-        results.append(_clean({
+        results.append(clean({
             "tokenizer": key,
             "name": name,
             "kind": tok.kind,
@@ -205,7 +199,7 @@ def tokenize(team, refs, text):
             "char_group": list(enc.char_group) if getattr(enc, "char_group", None) is not None else None,
             "metrics": {"name": name, **metrics},
         }))
-    comparison = _clean(tokenlab.compare([r["metrics"] for r in results]))
+    comparison = clean(tokenlab.compare([r["metrics"] for r in results]))
     return {"text_chars": len(text), "results": results, "comparison": comparison}
 
 
@@ -223,7 +217,7 @@ def replay_merges(team, pk, text, steps):
     except (TypeError, ValueError):
         raise LabError("steps must be whole numbers", "steps") from None
     return {"tokenizer": t.pk, "n_merges": len(merges), "merges": [list(m) for m in merges[: max(steps)]],
-            "replay": _clean(tokenlab.merge_replay(tok, text, steps))}
+            "replay": clean(tokenlab.merge_replay(tok, text, steps))}
 
 
 def describe(t):
@@ -298,12 +292,12 @@ def _corpus_from(team, payload):
     return texts, description, spec
 
 
-def _save_file(t, tok):
+def save_file(t, tok):
     data, filename = tok.to_bytes()
     t.file.save(filename, ContentFile(data), save=False)
 
 
-def _train(settings_, texts, progress=None):
+def train_tokenizer(settings_, texts, progress=None):
     s = dict(settings_)
     kind, vocab_size = s.pop("kind"), s.pop("vocab_size")
     try:
@@ -324,10 +318,10 @@ def train(user, team, payload):
     size = sum(len(t.encode("utf-8")) for t in texts)
     name = str(payload.get("name") or "").strip()[:200] or f"{s['kind']}-{s['vocab_size']}"
     if size <= sync_max_bytes():
-        tok = _train(s, texts)
-        t = Tokenizer(team=team, owner=user, name=name, kind=tok.kind, settings=_clean(tok.settings or s),
+        tok = train_tokenizer(s, texts)
+        t = Tokenizer(team=team, owner=user, name=name, kind=tok.kind, settings=clean(tok.settings or s),
                       vocab_size=tok.vocab_size, corpus=description[:300])
-        _save_file(t, tok)
+        save_file(t, tok)
         t.save()
         return t, None
     # A worker rebuilds the corpus; pasted text goes to a file it reads (the path is the app's, never the user's).
@@ -342,143 +336,16 @@ def train(user, team, payload):
         paths = {"dataset_path": corpus_spec.get("dataset_path")}
         if corpus_spec["corpus"] == "text" or len(texts) > 1:
             pasted = texts[0] if corpus_spec["corpus"] == "text" else ""
-            paths["pasted_path"] = _write_scratch(team, "pasted", pasted)
-            paths["extra_path"] = _write_scratch(team, "extra", texts[-1] if len(texts) > 1 else "")
+            paths["pasted_path"] = tokenizer_jobs.write_scratch(team, "pasted", pasted)
+            paths["extra_path"] = tokenizer_jobs.write_scratch(team, "extra", texts[-1] if len(texts) > 1 else "")
         # "path" keys are the app's, hidden from pages like a dataset's path
         Job.objects.filter(pk=job.pk).update(spec={"tokenizer": {**job.spec["tokenizer"], "path": paths}})
         services.append_events(job.pk, [("status", {"status": "queued", "queue": job.queue})])
-        transaction.on_commit(lambda: enqueue(job.pk))
+        transaction.on_commit(lambda: tokenizer_jobs.enqueue(job.pk))
     job.refresh_from_db()
     return t, job
 
 
-def _write_scratch(team, label, text):
-    directory = os.path.join(settings.MEDIA_ROOT, "tokenizers", f"team-{team.pk}", "corpora")
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"{label}-{os.urandom(8).hex()}.txt")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-    return path
-
-
-def enqueue(job_id):
-    from explorer import tasks  # tasks import this module
-
-    result = tasks.train_tokenizer.apply_async(args=[job_id], queue="cpu")
-    Job.objects.filter(pk=job_id).update(celery_task_id=result.id)
-    services.broadcast_team(job_id)
-
-
-def _corpus_for_job(spec):
-    paths = spec.get("path") or {}
-    corpus = spec["corpus"]
-    if corpus in tokenlab.CORPORA:
-        texts = [tokenlab.corpus_text(corpus, max_bytes=spec.get("corpus_bytes") or 1_000_000)]
-    elif corpus.startswith("dataset:"):
-        with open(paths["dataset_path"], "rb") as f:
-            texts = [f.read().decode("utf-8")]
-    else:
-        with open(paths["pasted_path"], encoding="utf-8") as f:
-            texts = [f.read()]
-    if paths.get("extra_path"):
-        with open(paths["extra_path"], encoding="utf-8") as f:
-            extra = f.read()
-        if extra.strip():
-            texts.append(extra)
-    return [t for t in texts if t]
-
-
-class _Progress:
-    """The engine's ``progress(fraction)``: "progress" events at most every 0.25 s, with an ETA;
-    raises to stop training when the job was cancelled."""
-
-    def __init__(self, recorder, cancelled):
-        self.recorder, self.cancelled = recorder, cancelled
-        self.t0, self.last = time.monotonic(), 0.0
-
-    def __call__(self, fraction):
-        if self.cancelled():
-            raise _Cancelled()
-        now = time.monotonic()
-        if now - self.last < PROGRESS_INTERVAL_S and fraction < 1:
-            return
-        self.last = now
-        fraction = max(0.0, min(1.0, float(fraction)))
-        elapsed = now - self.t0
-        eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
-        self.recorder({"kind": "progress", "fraction": fraction, "step": round(fraction * 100),
-                       "elapsed": elapsed, "eta": eta})
-
-
-def run_tokenizer_job(job_id, worker_name):
-    """Train a queued tokenizer job to its end; every outcome leaves job and row terminal."""
-    now = timezone.now()
-    started = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED, cancel_requested=False).update(
-        status=Job.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker_name
-    )
-    row = Tokenizer.objects.filter(job_id=job_id).first()
-    if not started:
-        log.info("tokenizer job %s is no longer queued; skipping", job_id)
-        if row is not None:
-            _refresh_status(row)
-        return None
-    job = Job.objects.get(pk=job_id)
-    services.record_status(job.pk, Job.Status.RUNNING, worker=worker_name)
-    recorder, heartbeat = services.EventRecorder(job), services.Heartbeat(job.pk)
-    heartbeat.start()
-    status, error, t0 = Job.Status.FAILED, "", time.monotonic()
-    try:
-        spec = job.spec["tokenizer"]
-        recorder({"kind": "start", "total_steps": 100, "device": "cpu"})
-        texts = _corpus_for_job(spec)
-        s = {k: spec[k] for k in ("kind", "vocab_size", "normalization", "lowercase", "pre_tokenizer", "special_tokens")}
-        tok = _train(s, texts, progress=_Progress(recorder, heartbeat.cancelled.is_set))
-        if heartbeat.cancelled.is_set():
-            raise _Cancelled()
-        if row is not None:
-            _save_file(row, tok)
-            row.kind, row.vocab_size, row.settings = tok.kind, tok.vocab_size, _clean(tok.settings or s)
-            row.status, row.error = Tokenizer.Status.READY, ""
-            row.save()
-        recorder({"kind": "end", "reason": "finished", "step": 100, "elapsed": time.monotonic() - t0,
-                  "vocab_size": tok.vocab_size})
-        status = Job.Status.SUCCEEDED
-    except _Cancelled:
-        recorder({"kind": "end", "reason": "cancelled", "elapsed": time.monotonic() - t0})
-        status, error = Job.Status.CANCELLED, ""
-    except LabError as exc:
-        error = f"Invalid tokenizer: {exc}"
-    except Exception as exc:  # noqa: BLE001 - the reason goes on the job; the worker lives on
-        if heartbeat.cancelled.is_set():  # our _Cancelled, as the tokenizers library re-raised it
-            recorder({"kind": "end", "reason": "cancelled", "elapsed": time.monotonic() - t0})
-            status = Job.Status.CANCELLED
-        else:
-            log.exception("tokenizer job %s failed", job_id)
-            error = f"{type(exc).__name__}: {exc}"
-    finally:
-        heartbeat.stop()
-        _remove_scratch(job.spec["tokenizer"].get("path") or {})
-    try:
-        recorder.flush()
-    except Exception:  # noqa: BLE001
-        log.exception("could not save the last events of job %s", job_id)
-    if status != Job.Status.SUCCEEDED and row is not None:
-        Tokenizer.objects.filter(pk=row.pk).update(
-            status=Tokenizer.Status.FAILED, error=error or f"the training job was {status}")
-    services.record_status(job_id, status, expect=[Job.Status.RUNNING], error=error)
-    return status
-
-
-def _remove_scratch(paths):
-    for key in ("pasted_path", "extra_path"):
-        if paths.get(key):
-            try:
-                os.remove(paths[key])
-            except OSError:
-                pass
-
-
-# ---------------------------------------------------------------------------- files
 def import_file(user, team, upload, name=""):
     if upload.size > settings.UPLOAD_MAX_BYTES:
         raise LabError(f"{upload.name} is {upload.size / 2**20:.1f} MiB; the limit is "
@@ -489,8 +356,8 @@ def import_file(user, team, upload, name=""):
     except ValueError as exc:
         raise LabError(f"{upload.name} is not a tokenizer the lab can read: {exc}", "file") from None
     t = Tokenizer(team=team, owner=user, name=(name or upload.name or "imported")[:200], kind=tok.kind,
-                  settings=_clean(tok.settings or {}), vocab_size=tok.vocab_size, corpus=f"imported from {upload.name}"[:300])
-    _save_file(t, tok)
+                  settings=clean(tok.settings or {}), vocab_size=tok.vocab_size, corpus=f"imported from {upload.name}"[:300])
+    save_file(t, tok)
     t.save()
     return t
 

@@ -7,6 +7,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from explorer import services
+from explorer import tokenizer_jobs
 from explorer import tokenizers as lab
 from explorer.models import Job, Tokenizer
 
@@ -183,7 +184,7 @@ def test_large_corpus_trains_as_a_cancellable_job(alice_client, settings):
     job = Job.objects.get(pk=body["job"]["id"])
     assert job.kind == "tokenizer" and job.queue == "cpu" and body["tokenizer"]["status"] == "training"
     assert "path" not in services.relevant_config(job.spec)["tokenizer"]
-    assert lab.run_tokenizer_job(job.pk, "test-worker") == "succeeded"
+    assert tokenizer_jobs.run_tokenizer_job(job.pk, "test-worker") == "succeeded"
     job.refresh_from_db()
     kinds = list(job.events.order_by("seq").values_list("kind", flat=True))
     assert kinds[0] == "status" and "progress" in kinds and kinds[-2:] == ["end", "status"]
@@ -193,7 +194,7 @@ def test_large_corpus_trains_as_a_cancellable_job(alice_client, settings):
     # a queued one cancelled before a worker takes it: the row fails with the reason
     second = train(alice_client, name="second").json()
     services.cancel_job(Job.objects.get(pk=second["job"]["id"]))
-    assert lab.run_tokenizer_job(second["job"]["id"], "w") is None
+    assert tokenizer_jobs.run_tokenizer_job(second["job"]["id"], "w") is None
     row = alice_client.get(f"/api/v1/tokenizers/{second['tokenizer']['id']}").json()
     assert row["status"] == "failed" and "cancelled" in row["error"]
 
@@ -202,7 +203,7 @@ def test_a_failing_tokenizer_job_records_the_reason(alice_client, settings, monk
     settings.TOKENIZER_SYNC_MAX_BYTES = 100
     body = train(alice_client).json()
     monkeypatch.setattr(lab.tokenlab, "train", lambda *a, **k: (_ for _ in ()).throw(ValueError("vocab_size too small")))
-    assert lab.run_tokenizer_job(body["job"]["id"], "w") == "failed"
+    assert tokenizer_jobs.run_tokenizer_job(body["job"]["id"], "w") == "failed"
     job = Job.objects.get(pk=body["job"]["id"])
     assert "vocab_size too small" in job.error
     assert Tokenizer.objects.get(pk=body["tokenizer"]["id"]).status == "failed"
@@ -265,7 +266,7 @@ def test_cancel_a_running_tokenizer_job(alice_client, settings, monkeypatch):
 
     monkeypatch.setattr(lab.tokenlab, "train", slow_train)
     result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("status", lab.run_tokenizer_job(job_id, "w")))
+    thread = threading.Thread(target=lambda: result.setdefault("status", tokenizer_jobs.run_tokenizer_job(job_id, "w")))
     thread.start()
     deadline = time.monotonic() + 30
     while not Job.objects.get(pk=job_id).events.filter(kind="progress").exists() and time.monotonic() < deadline:
