@@ -146,3 +146,9 @@ def test_upload_dataset_checks_utf8_and_size(alice_client, settings):
     settings.UPLOAD_MAX_BYTES = 10_000
     good = alice_client.post("/api/v1/datasets", {"file": SimpleUploadedFile("t.txt", "héllo wörld\n".encode() * 100)})
     assert good.status_code == 201 and good.json()["n_chars"] == 1200
+
+
+def test_a_negative_page_offset_is_a_400(alice_client):
+    # found by tests/explorer/test_api_fuzz.py: it was a 500 ("Negative indexing is not supported")
+    resp = alice_client.get("/api/v1/jobs?offset=-5&limit=-3")
+    assert resp.status_code == 400 and "offset" in resp.json()["detail"]
