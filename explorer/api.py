@@ -162,6 +162,8 @@ def list_jobs(request, team: Optional[str] = None, status: Optional[str] = None,
         qs = qs.filter(team=_team(request, team))
     if status:
         qs = qs.filter(status__in=status.split(","))
+    if offset < 0:
+        raise HttpError(400, f"offset must be ≥ 0 (got {offset})")
     limit = max(1, min(limit, 200))
     page = list(qs[offset : offset + limit])
     positions = services.queue_positions(page)
