@@ -13,6 +13,7 @@ urlpatterns = [
     path("compose/", views.compose, name="compose"),
     path("compare/", views.compare, name="compare"),
     path("queue/", views.queue, name="queue"),
+    path("runs/", views.runs, name="runs"),
     path("jobs/<int:job_id>/", views.job_detail, name="job"),
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job_cancel"),
     path("datasets/", views.datasets, name="datasets"),

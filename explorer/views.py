@@ -106,6 +106,45 @@ def queue(request):
     })
 
 
+RUNS_MIN, RUNS_MAX = 2, 8
+
+
+@login_required
+def runs(request):
+    """Training runs overlaid (``?jobs=3,5,9``): static/js/runs.js fetches each job's events.
+    Only jobs of the user's teams reach the page; any other id is a "not found" slot and
+    nothing more, whether it exists in another team or not."""
+    ids, note = [], ""
+    for part in request.GET.get("jobs", "").split(","):
+        part = part.strip()
+        if part.isdigit() and int(part) not in ids:
+            ids.append(int(part))
+    if len(ids) > RUNS_MAX:
+        note = f"At most {RUNS_MAX} runs can be compared; showing the first {RUNS_MAX}."
+        ids = ids[:RUNS_MAX]
+    elif len(ids) < RUNS_MIN:
+        note = f"Pick {RUNS_MIN} to {RUNS_MAX} jobs to compare: tick them on the queue page, or list their ids in the address (?jobs=3,5)."
+    found = {j.pk: j for j in jobs_visible_to(request.user).filter(pk__in=ids, kind="train")}
+    slots = []
+    for pk in ids:
+        job = found.get(pk)
+        if job is None:
+            slots.append({"id": pk, "found": False})
+            continue
+        spec = services.public_spec(job.spec)
+        applies = services.relevant_config(spec)
+        slots.append({
+            "id": pk, "found": True, "name": job.display_name, "status": job.status, "url": f"/jobs/{pk}/",
+            "step": job.step, "total_steps": job.total_steps, "last_seq": job.last_seq,
+            "config": {f"{section}.{key}": value for section, values in spec.items() for key, value in values.items()},
+            "applies": [f"{section}.{key}" for section, values in applies.items() for key in values],
+        })
+    return render(request, "explorer/runs.html", {
+        "slots": slots, "note": note, "n_found": len(found), "nav": "queue",
+        "runs_data": {"jobs": slots, "min": RUNS_MIN, "max": RUNS_MAX},
+    })
+
+
 @login_required
 def job_detail(request, job_id):
     job = get_job_or_404(request.user, job_id)

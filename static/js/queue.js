@@ -14,8 +14,47 @@ const ACTIVE = new Set(["queued", "running"]);
 
 const role = (tr, name) => tr.querySelector(`[data-role="${name}"]`);
 
+// ------------------------------------------------------------------ "compare selected"
+// The ticked jobs live here, not in the rows: a refetch that rebuilds rows keeps them ticked.
+const picked = new Set();
+const PICK_MAX = 8;
+const compareBtn = document.getElementById("compare-selected");
+
+function updatePicked() {
+  compareBtn.disabled = picked.size < 2 || picked.size > PICK_MAX;
+  document.getElementById("compare-count").textContent = picked.size
+    ? `${picked.size} selected${picked.size > PICK_MAX ? ` (at most ${PICK_MAX})` : picked.size < 2 ? " (pick 2–8)" : ""}` : "";
+}
+
+/** The row's first cell: a checkbox for "compare selected" (training jobs only). */
+function pickCell(tr, job) {
+  let td = tr.querySelector("td.pick-cell");
+  if (!td) {
+    td = document.createElement("td");
+    td.className = "pick-cell";
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.dataset.role = "pick";
+    box.addEventListener("change", () => {
+      const id = Number(tr.dataset.jobId);
+      if (box.checked) picked.add(id); else picked.delete(id);
+      updatePicked();
+    });
+    td.append(box);
+    tr.prepend(td);
+  }
+  const box = td.firstElementChild;
+  box.checked = picked.has(job.id);
+  box.setAttribute("aria-label", `Compare ${job.name}`);
+}
+
+compareBtn.addEventListener("click", () => {
+  location.href = `${compareBtn.dataset.runsUrl}?jobs=${[...picked].join(",")}`;
+});
+
 /** Write one job dict into its row. */
 function fillRow(tr, job) {
+  pickCell(tr, job);
   tr.dataset.jobId = job.id;
   tr.dataset.status = job.status;
   const name = role(tr, "name");
