@@ -1,6 +1,9 @@
 """REST API under /api/v1/ (django-ninja; OpenAPI schema at /api/v1/openapi.json, docs at
 /api/v1/docs). Authenticated by the browser session (with CSRF) or a personal API token sent as
 ``Authorization: Bearer lae_...``. Every job query goes through ``jobs_visible_to``."""
+import csv
+import io
+import json
 from typing import Any, Optional
 
 from django.conf import settings
@@ -200,6 +203,51 @@ def job_events(request, job_id: int, after: int = 0, limit: int = 5000, kind: Op
     if last:
         events.reverse()
     return {"job": job.pk, "last_seq": job.last_seq, "events": events}
+
+
+EXPORT_STEP_COLUMNS = ("step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "clipped", "spike", "update_ratio")
+EXPORT_EVAL_COLUMNS = ("train_loss", "val_loss", "accuracy")
+
+
+def _csv_cell(value):
+    if value is None:
+        return ""
+    return int(value) if isinstance(value, bool) else value  # clipped / spike as 1 / 0
+
+
+@jobs.get("/{int:job_id}/export", response={200: None, 400: ErrorOut, 404: ErrorOut},
+          summary="Download a job's history as CSV (one row per step) or JSON (its events)")
+def export_job(request, job_id: int, format: str = "json", exclude: Optional[str] = "attention"):
+    """``format=json``: the job and all its events, oldest first, less the kinds in ``exclude``
+    (comma-separated; by default the large attention maps; ``exclude=`` keeps everything).
+    ``format=csv``: one row per logged step (columns ``EXPORT_STEP_COLUMNS``; clipped and spike as
+    1 / 0), with the evaluation at that step merged in (``EXPORT_EVAL_COLUMNS``); a missing value is
+    an empty cell."""
+    job = get_job_or_404(request.user, job_id)
+    if format not in ("csv", "json"):
+        return Status(400, {"detail": f"unknown format '{format}'; choose from ['csv', 'json']",
+                            "errors": {"format": "choose csv or json"}})
+    rows = JobEvent.objects.filter(job=job).order_by("seq")
+    if format == "json":
+        if exclude:
+            rows = rows.exclude(kind__in=exclude.split(","))
+        body = json.dumps({"job": services.job_to_dict(job), "events": [r.as_message() for r in rows]})
+        response = HttpResponse(body, content_type="application/json")
+    else:
+        by_step: dict[int, dict] = {}
+        for kind, data in rows.filter(kind__in=("step", "eval")).values_list("kind", "payload"):
+            columns = EXPORT_STEP_COLUMNS if kind == "step" else EXPORT_EVAL_COLUMNS
+            by_step.setdefault(data["step"], {}).update({c: data.get(c) for c in columns})
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        header = EXPORT_STEP_COLUMNS + EXPORT_EVAL_COLUMNS
+        writer.writerow(header)
+        for step in sorted(by_step):
+            values = {**by_step[step], "step": step}
+            writer.writerow([_csv_cell(values.get(c)) for c in header])
+        response = HttpResponse(out.getvalue(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="job-{job.pk}.{format}"'
+    return response
 
 
 @jobs.post("/{int:job_id}/cancel", response={200: JobOut, 409: ErrorOut}, summary="Cancel a queued or running job")

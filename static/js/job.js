@@ -9,6 +9,7 @@ import { ExpertLoadChart } from "./charts/expert_load.js";
 import { RouterChart } from "./charts/router.js";
 import { ThroughputChart } from "./charts/throughput.js";
 import { AttentionPanel } from "./charts/attention.js";
+import { GradNormChart, UpdateRatioChart, renderLayerTable } from "./charts/health.js";
 import * as fmt from "./format.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
@@ -24,6 +25,11 @@ const tpsChart = new ThroughputChart($("tps-chart"));
 const expertChart = new ExpertLoadChart($("moe-heatmap"));
 const routerChart = new RouterChart($("moe-router-chart"));
 let lastMoe = null;
+const gradChart = new GradNormChart($("grad-chart"), { clip: Number(job.spec?.train?.grad_clip) || 0 });
+const updateChart = new UpdateRatioChart($("update-chart"));
+let lastHealth = null;
+const healthEvents = [];  // loss spikes and non-finite steps, oldest first
+const MAX_HEALTH_EVENTS_SHOWN = 200;
 
 // Attention maps are large: the websocket's replay leaves them out (?omit=attention) and the
 // panel fetches an index of them, then only the map it shows; new ones arrive live whole.
@@ -116,10 +122,20 @@ function applyEvent(e) {
       if (d.device) setMeta("device", d.device);
       break;
     case "step":
-      lossChart.addStep(d.step, d.loss);
+      lossChart.addStep(d.step, d.loss, d.spike);
       lrChart.addDataPoint(d.step, d.lr);
       tpsChart.addDataPoint(d.step, d.tokens_per_s);
-      Object.assign(metrics, pick(d, ["step", "loss", "lr", "tokens_per_s", "elapsed", "eta", "aux_loss"]));
+      gradChart.addStep(d.step, d.grad_norm, d.clipped);
+      updateChart.addStep(d.step, d.update_ratio);
+      if (d.spike) healthEvents.push({ kind: "spike", step: d.step, text: `step ${d.step}: loss spike, loss ${fmt.loss(d.loss)}` });
+      Object.assign(metrics, pick(d, ["step", "loss", "lr", "tokens_per_s", "elapsed", "eta", "aux_loss", "mfu"]));
+      break;
+    case "health":
+      if (!lastHealth || d.step >= lastHealth.step) lastHealth = d;
+      break;
+    case "nonfinite":
+      lossChart.addNonfinite(d.step, d.message);
+      healthEvents.push({ kind: "nonfinite", step: d.step, action: d.action, text: d.message || `step ${d.step}: non-finite` });
       break;
     case "eval":
       lossChart.addEval(d.step, d.train_loss, d.val_loss);
@@ -155,6 +171,8 @@ function pick(obj, keys) {
 function applyEvents(events) {
   let applied = 0;
   const nSamples = samples.length;
+  const health = lastHealth;
+  const nHealthEvents = healthEvents.length;
   for (const e of events) {
     if (e.seq <= lastSeq) continue; // already applied (a replay overlapping the live stream)
     applyEvent(e);
@@ -164,6 +182,8 @@ function applyEvents(events) {
   if (!applied) return;
   renderProgress();
   if (samples.length !== nSamples) renderSamples();
+  if (lastHealth !== health) renderHealth();
+  if (healthEvents.length !== nHealthEvents) renderHealthEvents();
   renderMoeNote();
   if (finished) socket.stop();
 }
@@ -202,6 +222,31 @@ function renderProgress() {
   tile("lr", fmt.lr(metrics.lr));
   tile("elapsed", fmt.duration(metrics.elapsed));
   tile("params", fmt.count(metrics.params));
+  tile("mfu", fmt.percent(metrics.mfu, metrics.mfu < 0.01 ? 3 : metrics.mfu < 0.1 ? 2 : 1));
+}
+
+function renderHealth() {
+  renderLayerTable($("health-layers"), lastHealth);
+  const n = lastHealth.layers?.length ?? 0;
+  $("layers-step").textContent = `· step ${fmt.int(lastHealth.step)} · ${n} block${n === 1 ? "" : "s"}`;
+}
+
+function renderHealthEvents() {
+  const items = healthEvents.slice(-MAX_HEALTH_EVENTS_SHOWN).reverse().map((ev) => {
+    const li = document.createElement("li");
+    li.className = `ev-${ev.kind}`;
+    li.dataset.step = String(ev.step);
+    const kind = document.createElement("span");
+    kind.className = "ev-kind";
+    kind.textContent = ev.kind === "spike" ? "spike" : ev.action ? String(ev.action).replaceAll("_", " ") : "non-finite";
+    const text = document.createElement("span");
+    text.className = "ev-text";
+    text.textContent = ev.text;
+    li.append(kind, text);
+    return li;
+  });
+  $("health-events").replaceChildren(...items);
+  $("health-events-empty").hidden = healthEvents.length > 0;
 }
 
 function renderMoeNote() {
@@ -281,6 +326,15 @@ $("cancel-form").addEventListener("submit", async (e) => {
 
 $("log-y").addEventListener("change", (e) => lossChart.setLogY(e.target.checked));
 
+// Each chart's PNG button: Plotly renders the chart as it is on the page.
+for (const btn of document.querySelectorAll("[data-png]")) {
+  btn.addEventListener("click", () => {
+    const el = $(btn.dataset.png);
+    if (!window.Plotly || !el.classList.contains("js-plotly-plot")) return; // nothing drawn yet
+    window.Plotly.downloadImage(el, { format: "png", filename: `job-${job.id}-${btn.dataset.png}`, width: 1200, height: 500 });
+  });
+}
+
 // ------------------------------------------------------------------ live
 const live = $("live");
 const socket = new LiveSocket({
@@ -307,6 +361,8 @@ window.jobPage = {
   get points() { return lossChart.points; },
   get finished() { return finished; },
   get samples() { return samples.length; },
+  get gradPoints() { return gradChart.points; },
+  get healthEvents() { return healthEvents.slice(); },
   attention,
   socket,
 };

@@ -34,13 +34,15 @@ export function scheduleFlush(chart) {
 
 export class SeriesChart {
   /** traces: Plotly trace objects without x/y. */
-  constructor(el, traces, layout, { emptyText = "Waiting for data…" } = {}) {
+  constructor(el, traces, layout, { emptyText = "Waiting for data…", text = false } = {}) {
     this.el = el;
     this.traces = traces;
     this.layout = layout;
     this.xs = traces.map(() => []);
     this.ys = traces.map(() => []);
-    this.pending = traces.map(() => ({ x: [], y: [] }));
+    this.withText = text; // every point also carries a hover text (trace.text)
+    this.texts = traces.map(() => []);
+    this.pending = traces.map(() => ({ x: [], y: [], text: [] }));
     this.drawn = false;
     this.scheduled = false;
     this.thinned = false;
@@ -50,12 +52,14 @@ export class SeriesChart {
   }
 
   /** Add one point to trace `i`; drawing happens on the next frame. */
-  addDataPoint(i, x, y) {
+  addDataPoint(i, x, y, text = "") {
     if (y === null || y === undefined || !Number.isFinite(y)) return;
     this.xs[i].push(x);
     this.ys[i].push(y);
+    this.texts[i].push(text);
     this.pending[i].x.push(x);
     this.pending[i].y.push(y);
+    this.pending[i].text.push(text);
     this.schedule();
   }
 
@@ -76,16 +80,17 @@ export class SeriesChart {
       this.redraw(needThinning);
     } else {
       const idx = [];
-      const update = { x: [], y: [] };
+      const update = this.withText ? { x: [], y: [], text: [] } : { x: [], y: [] };
       this.pending.forEach((p, i) => {
         if (!p.x.length) return;
         idx.push(i);
         update.x.push(p.x);
         update.y.push(p.y);
+        if (this.withText) update.text.push(p.text);
       });
       if (idx.length) window.Plotly.extendTraces(this.el, update, idx);
     }
-    this.pending = this.traces.map(() => ({ x: [], y: [] }));
+    this.pending = this.traces.map(() => ({ x: [], y: [], text: [] }));
     this.onDraw();
   }
 
@@ -93,12 +98,14 @@ export class SeriesChart {
     const data = this.traces.map((t, i) => {
       let x = this.xs[i];
       let y = this.ys[i];
+      let text = this.texts[i];
       if (thin && x.length > MAX_DRAWN) {
         const k = Math.ceil(x.length / MAX_DRAWN);
         x = x.filter((_, j) => j % k === 0 || j === x.length - 1);
         y = y.filter((_, j) => j % k === 0 || j === y.length - 1);
+        text = text.filter((_, j) => j % k === 0 || j === text.length - 1);
       }
-      return { ...t, x: x.slice(), y: y.slice() };
+      return { ...t, x: x.slice(), y: y.slice(), ...(this.withText ? { text: text.slice() } : {}) };
     });
     if (!this.drawn) {
       this.el.classList.remove("chart-empty");
