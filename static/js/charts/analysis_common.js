@@ -1,7 +1,7 @@
 // What the analysis charts share: layout, colours per component and per model, units, and the
 // formula strings the engine returns (report.formulas), shown on hover and as footnotes.
 import * as fmt from "../format.js";
-import { CONFIG } from "./series.js";
+import { AXIS, CONFIG, THEME } from "./series.js";
 
 export { CONFIG };
 
@@ -18,18 +18,15 @@ export const ATTENTION_COLORS = { full: "#4f46e5", sliding: "#0d9488", dilated: 
 export const GiB = 2 ** 30;
 
 export function layout(extra = {}) {
-  const axis = { gridcolor: "#eef0f3", zerolinecolor: "#e3e6eb", linecolor: "#e3e6eb", tickfont: { size: 11 }, automargin: true };
   return {
+    ...THEME,
     margin: { l: 56, r: 12, t: 10, b: 40 },
-    font: { family: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size: 11, color: "#4b5565" },
-    paper_bgcolor: "rgba(0,0,0,0)",
-    plot_bgcolor: "rgba(0,0,0,0)",
     showlegend: true,
     legend: { orientation: "h", x: 0, y: -0.18, font: { size: 11 } },
     hoverlabel: { align: "left", font: { size: 11 } },
     ...extra,
-    xaxis: { ...axis, ...(extra.xaxis || {}) },
-    yaxis: { ...axis, ...(extra.yaxis || {}) },
+    xaxis: { ...AXIS, ...(extra.xaxis || {}) },
+    yaxis: { ...AXIS, ...(extra.yaxis || {}) },
   };
 }
 

@@ -5,17 +5,22 @@ const MAX_DRAWN = 20000; // beyond this many points a trace is drawn thinned (ev
 
 export const COLORS = { accent: "#4f46e5", pink: "#db2777", teal: "#0d9488", amber: "#d97706", grey: "#94a3b8" };
 
+// The look every chart shares: transparent background, the app's font, light grid lines.
+export const AXIS = { gridcolor: "#eef0f3", zerolinecolor: "#e3e6eb", linecolor: "#e3e6eb", tickfont: { size: 11 }, automargin: true };
+export const THEME = {
+  font: { family: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size: 11, color: "#4b5565" },
+  paper_bgcolor: "rgba(0,0,0,0)",
+  plot_bgcolor: "rgba(0,0,0,0)",
+};
+
 export function baseLayout(extra = {}) {
-  const axis = { gridcolor: "#eef0f3", zerolinecolor: "#e3e6eb", linecolor: "#e3e6eb", tickfont: { size: 11 }, automargin: true };
   return {
+    ...THEME,
     margin: { l: 48, r: 12, t: 8, b: 34 },
-    font: { family: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size: 11, color: "#4b5565" },
-    paper_bgcolor: "rgba(0,0,0,0)",
-    plot_bgcolor: "rgba(0,0,0,0)",
     hovermode: "x unified",
     showlegend: false,
-    xaxis: { ...axis, title: { text: "step", font: { size: 11 } }, rangemode: "tozero" },
-    yaxis: { ...axis },
+    xaxis: { ...AXIS, title: { text: "step", font: { size: 11 } }, rangemode: "tozero" },
+    yaxis: { ...AXIS },
     ...extra,
   };
 }
