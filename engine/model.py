@@ -21,7 +21,7 @@ from .attention import CausalSelfAttention
 from .cache import KVCache, Linear, SlidingWindowCache, keep_weights
 from .ffn import FFNS
 from .norm import NORM_PLACEMENTS, NORMS
-from .position import POSITIONS
+from .position import POSITIONS, apply_rotary
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -135,6 +135,37 @@ class Decoder(nn.Module):
         """Routing of the last forward, one dict per MoE layer (plain numbers, JSON-ready)."""
         return moe_stats(self.h)
 
+    def _lean_decoding(self) -> bool:
+        """Whether ``_decode_step`` computes exactly what ``forward`` does for one new token: the
+        common case (pre-norm, plain causal softmax attention through SDPA, no experts, no
+        score bias or soft-caps, no QK-norm, nothing captured, no dropout)."""
+        c = self.config
+        return (not self.training and c.norm_placement == "pre" and c.attention == "full" and c.attn_impl == "sdpa" and not c.n_expert
+                and not c.attn_softcap and not c.final_softcap and not c.qk_norm and self.wpe.score_bias() is None
+                and all(b.attn.capture is None for b in self.h))
+
+    def _decode_step(self, idx: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
+        """Logits (B, 1, vocab) of one new token at position ``pos`` with a filled ``cache``: the
+        arithmetic of ``forward`` for the ``_lean_decoding`` case, calling the parts' ``forward``
+        directly. At batch 1 a step's time is mostly Python and dispatch, not arithmetic, and
+        this path does a third less of it (``bench/decode.py``); tests check it equals ``forward``."""
+        b, c = idx.size(0), self.config.n_embd
+        x = self.wpe.forward(F.embedding(idx, self.wte.weight), pos)  # (B, 1, C)
+        rope = self.wpe.rotary(pos, 1, idx.device)
+        for block in self.h:
+            a = block.attn
+            nh, n_kv, hs = a.n_head, a.n_kv_head, a.head_dim
+            qkv = a.project_qkv(block.ln_1.forward(x)).view(b, 1, nh + 2 * n_kv, hs).transpose(1, 2)
+            qk, v = qkv.split((nh + n_kv, n_kv), dim=1)
+            if rope is not None:
+                qk = apply_rotary(qk, *rope)
+            q, k = qk.split((nh, n_kv), dim=1)
+            k, v = cache.update(k, v, a.layer_idx)  # (B, n_kv, T, hs)
+            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=n_kv != nh)  # one query sees every key
+            x = x + a.o_proj.forward(y.transpose(1, 2).reshape(b, 1, c))
+            x = x + block.mlp.forward(block.ln_2.forward(x))
+        return self.lm_head.forward(self.ln_f.forward(x))
+
     @torch.no_grad()
     def generate(
         self,
@@ -156,6 +187,7 @@ class Decoder(nn.Module):
         schemes keep the whole context."""
         bs, crop = self.config.block_size, not self.wpe.extrapolates
         cache, pos = (self.make_cache() if use_cache else None), 0
+        lean = self._lean_decoding()
         # no autograd bookkeeping (less overhead per op than no_grad); weights concatenated once
         with torch.inference_mode(), keep_weights():
             for _ in range(max_new_tokens):
@@ -167,7 +199,10 @@ class Decoder(nn.Module):
                         ctx = idx[:, -bs:]
                     else:
                         ctx = idx[:, pos:]
-                    logits, _ = self(ctx, cache=cache, start_pos=pos)
+                    if ctx.size(1) == 1 and lean:
+                        logits = self._decode_step(ctx, cache, pos)
+                    else:
+                        logits, _ = self(ctx, cache=cache, start_pos=pos)
                     pos += ctx.size(1)
                 idx_next = sample(logits[:, -1, :].float(), temperature, top_k, top_p, generator)  # (B, 1)
                 idx = torch.cat((idx, idx_next), dim=1)

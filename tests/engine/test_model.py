@@ -143,6 +143,34 @@ def test_cached_decoding_equals_uncached(attention, position, tiny_config):
     assert torch.equal(cached, uncached)
 
 
+@pytest.mark.parametrize("position,ffn,n_kv_head,bias,tie", [
+    ("rope", "swiglu", 2, False, False), ("learned", "gelu", None, True, True), ("sinusoidal", "geglu", 1, True, False),
+    ("none", "gelu", 2, False, True), ("rope", "gelu", None, True, True),
+])
+def test_the_lean_decoding_step_equals_forward(position, ffn, n_kv_head, bias, tie, tiny_config):
+    """``generate``'s one-token step skips the modules' call machinery; it must compute what
+    ``forward`` computes, token for token."""
+    cfg = dataclasses.replace(tiny_config, position=position, ffn=ffn, n_kv_head=n_kv_head, bias=bias,
+                              tie_embeddings=tie)
+    model = build_model(cfg)
+    assert not model.train()._lean_decoding()  # dropout applies in training mode: never lean
+    assert model.eval()._lean_decoding()
+    idx = torch.randint(cfg.vocab_size, (2, 10))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.make_cache()
+        model(idx[:, :4], cache=cache)
+        steps = [model._decode_step(idx[:, i : i + 1], cache, i) for i in range(4, 10)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 4:], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("change", [dict(attention="sliding"), dict(position="alibi"), dict(norm_placement="post"),
+                                    dict(qk_norm=True), dict(attn_softcap=30.0), dict(n_expert=4, top_k=2),
+                                    dict(attn_impl="eager")])
+def test_other_architectures_decode_through_forward(change, tiny_config):
+    assert not build_model(dataclasses.replace(tiny_config, **change)).eval()._lean_decoding()
+
+
 def test_sliding_cache_memory_stays_within_the_window(tiny_config):
     cfg = dataclasses.replace(tiny_config, attention="sliding", position="rope", window=4)
     model = build_model(cfg).eval()
