@@ -2,6 +2,7 @@
 from django.conf import settings
 from django.core.files.base import ContentFile
 
+from explorer import services
 from explorer.models import Dataset
 
 
@@ -28,7 +29,7 @@ def save_upload(team, user, upload, name=""):
         raise DatasetError(f"{upload.name} contains NUL bytes: it looks like a binary file, not text")
     if not text.strip():
         raise DatasetError(f"{upload.name} is empty")
-    dataset = Dataset(team=team, owner=user, name=(name or upload.name)[:200], size_bytes=len(raw), n_chars=len(text))
+    dataset = Dataset(team=team, owner=user, name=services.storable((name or upload.name)[:200]), size_bytes=len(raw), n_chars=len(text))
     dataset.file.save("upload.txt", ContentFile(raw), save=False)
     dataset.save()
     return dataset

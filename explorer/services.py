@@ -233,7 +233,7 @@ def create_job(user, team, payload, name=""):
         job = Job.objects.create(
             team=team,
             owner=user,
-            name=name[:200],
+            name=storable(name[:200]),
             spec=spec.to_dict(),
             dataset=dataset,
             queue=queue_for(spec),
@@ -254,6 +254,19 @@ def enqueue(job_id):
     broadcast_team(job.pk)
 
 
+def storable(value):
+    """``value`` with every NUL character replaced by U+FFFD: PostgreSQL's text and jsonb cannot
+    hold U+0000, which a user's text, a name or a model's sample may contain (SQLite can, so the
+    same data must not fail on one database only). Recurses into dicts, lists and tuples."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(storable(v) for v in value)
+    return value
+
+
 def append_events(job_id, events, **job_fields):
     """Append ``(kind, data)`` events to a job's log and update the job row, atomically.
 
@@ -264,11 +277,11 @@ def append_events(job_id, events, **job_fields):
     with transaction.atomic():
         last_seq = Job.objects.select_for_update().filter(pk=job_id).values_list("last_seq", flat=True).get()
         rows = [
-            JobEvent(job_id=job_id, seq=last_seq + i, kind=kind, payload=data, ts=data.pop("_ts", now))
+            JobEvent(job_id=job_id, seq=last_seq + i, kind=kind, payload=storable(data), ts=data.pop("_ts", now))
             for i, (kind, data) in enumerate(events, start=1)
         ]
         JobEvent.objects.bulk_create(rows)
-        Job.objects.filter(pk=job_id).update(last_seq=last_seq + len(rows), **job_fields)
+        Job.objects.filter(pk=job_id).update(last_seq=last_seq + len(rows), **storable(job_fields))
     return [row.as_message() for row in rows]
 
 

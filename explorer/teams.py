@@ -31,6 +31,8 @@ def resolve_team(user, team_ref=None, session=None):
     teams = user_teams(user)
     if team_ref not in (None, ""):
         ref = str(team_ref)
+        if "\x00" in ref:  # no team is named so, and PostgreSQL refuses to compare with NUL
+            raise Http404(f"You are not a member of team {team_ref!r}")
         team = teams.filter(Q(slug=ref) | Q(pk=int(ref)) if ref.isdigit() else Q(slug=ref)).first()
         if team is None:
             raise Http404(f"You are not a member of team {team_ref!r}")

@@ -316,10 +316,11 @@ def train(user, team, payload):
     s = _settings_from(payload)
     texts, description, corpus_spec = _corpus_from(team, payload)
     size = sum(len(t.encode("utf-8")) for t in texts)
-    name = str(payload.get("name") or "").strip()[:200] or f"{s['kind']}-{s['vocab_size']}"
+    name = services.storable(str(payload.get("name") or "").strip()[:200]) or f"{s['kind']}-{s['vocab_size']}"
     if size <= sync_max_bytes():
         tok = train_tokenizer(s, texts)
-        t = Tokenizer(team=team, owner=user, name=name, kind=tok.kind, settings=clean(tok.settings or s),
+        t = Tokenizer(team=team, owner=user, name=services.storable(name), kind=tok.kind,
+                      settings=services.storable(clean(tok.settings or s)),
                       vocab_size=tok.vocab_size, corpus=description[:300])
         save_file(t, tok)
         t.save()
@@ -328,10 +329,11 @@ def train(user, team, payload):
     with transaction.atomic():
         job = Job.objects.create(
             team=team, owner=user, name=f"Tokenizer {name}"[:200], kind="tokenizer", queue="cpu", total_steps=100,
-            spec={"tokenizer": {**s, "name": name, "size_bytes": size,
-                                **{k: v for k, v in corpus_spec.items() if k != "dataset_path"}}},
+            spec=services.storable({"tokenizer": {**s, "name": name, "size_bytes": size,
+                                                  **{k: v for k, v in corpus_spec.items() if k != "dataset_path"}}}),
         )
-        t = Tokenizer.objects.create(team=team, owner=user, name=name, kind=s["kind"], settings=s,
+        t = Tokenizer.objects.create(team=team, owner=user, name=services.storable(name), kind=s["kind"],
+                                     settings=services.storable(s),
                                      corpus=description[:300], status=Tokenizer.Status.TRAINING, job=job)
         paths = {"dataset_path": corpus_spec.get("dataset_path")}
         if corpus_spec["corpus"] == "text" or len(texts) > 1:
@@ -355,7 +357,7 @@ def import_file(user, team, upload, name=""):
         tok = tokenlab.load(data, upload.name or "tokenizer.json")
     except ValueError as exc:
         raise LabError(f"{upload.name} is not a tokenizer the lab can read: {exc}", "file") from None
-    t = Tokenizer(team=team, owner=user, name=(name or upload.name or "imported")[:200], kind=tok.kind,
+    t = Tokenizer(team=team, owner=user, name=services.storable((name or upload.name or "imported")[:200]), kind=tok.kind,
                   settings=clean(tok.settings or {}), vocab_size=tok.vocab_size, corpus=f"imported from {upload.name}"[:300])
     save_file(t, tok)
     t.save()

@@ -152,3 +152,17 @@ def test_a_negative_page_offset_is_a_400(alice_client):
     # found by tests/explorer/test_api_fuzz.py: it was a 500 ("Negative indexing is not supported")
     resp = alice_client.get("/api/v1/jobs?offset=-5&limit=-3")
     assert resp.status_code == 400 and "offset" in resp.json()["detail"]
+
+
+def test_nul_characters_never_reach_the_database(alice, alice_client, tiny_spec):
+    # found by tests/explorer/test_api_fuzz.py on PostgreSQL, whose text and jsonb refuse U+0000
+    assert alice_client.get("/api/v1/jobs?team=a%00b").status_code == 404
+    resp = alice_client.post("/api/v1/jobs", data=json.dumps({**tiny_spec, "name": "nul\x00name"}),
+                             content_type="application/json")
+    assert resp.status_code == 201, resp.content
+    assert Job.objects.get(pk=resp.json()["id"]).name == "nul\ufffdname"
+    from explorer import services
+
+    job = Job.objects.get(pk=resp.json()["id"])
+    services.append_events(job.pk, [("eval", {"sample": {"completion": "a\x00b"}})])
+    assert job.events.get(kind="eval").payload["sample"]["completion"] == "a\ufffdb"
