@@ -1,6 +1,6 @@
-"""Greedy decoding speed at batch 1: our KV-cached ``generate`` against transformers' ``generate``.
+"""Greedy decoding speed at batch 1 and 8: our KV-cached ``generate`` against transformers' ``generate``.
 
-    python bench/decode.py [--prompt 32] [--new 128] [--repeats 7]
+    python bench/decode.py [--prompt 32] [--new 128] [--repeats 7] [--batches 1,8]
 
 Each shape's model is built by us and copied into transformers with ``engine.interop``, so
 both decode with the same weights; the report says whether their greedy tokens agree. Both
@@ -48,12 +48,12 @@ def time_hf(hf, idx, new: int) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - t0, out
 
 
-def bench_shape(family, label, kw, args) -> dict:
+def bench_shape(family, label, kw, args, batch: int = 1) -> dict:
     cfg = ModelConfig(**kw, block_size=args.prompt + args.new, vocab_size=VOCAB)
     torch.manual_seed(0)
     ours = build_model(cfg).eval()
     hf = to_transformers(ours, model_type=family).eval()
-    idx = torch.randint(0, VOCAB, (1, args.prompt), generator=torch.Generator().manual_seed(0))
+    idx = torch.randint(0, VOCAB, (batch, args.prompt), generator=torch.Generator().manual_seed(0))
     time_ours(ours, idx, 8)  # warm-up
     time_hf(hf, idx, 8)
     times = {"ours": [], "transformers": []}
@@ -63,12 +63,13 @@ def bench_shape(family, label, kw, args) -> dict:
         for name, fn, model in runs if r % 2 == 0 else reversed(runs):
             seconds, outs[name] = fn(model, idx, args.new)
             times[name].append(seconds)
-    tps = {name: args.new / min(t) for name, t in times.items()}
-    tps_median = {name: args.new / statistics.median(t) for name, t in times.items()}
+    tps = {name: batch * args.new / min(t) for name, t in times.items()}
+    tps_median = {name: batch * args.new / statistics.median(t) for name, t in times.items()}
     same = outs["ours"].shape == outs["transformers"].shape and torch.equal(outs["ours"], outs["transformers"])
     row = {
         "name": label,
         "family": family,
+        "batch_size": batch,
         "params": ours.num_params(),
         "ours_kv_cache": has_cache(ours),
         "tokens_per_s": {k: round(v, 1) for k, v in tps.items()},
@@ -78,7 +79,7 @@ def bench_shape(family, label, kw, args) -> dict:
         "same_tokens": same,
     }
     cache = "KV cache" if row["ours_kv_cache"] else "NO cache"
-    print(f"{label:24s} ours ({cache}) {tps['ours']:>7,.0f} tok/s  transformers {tps['transformers']:>7,.0f} tok/s"
+    print(f"{label:24s} batch {batch}  ours ({cache}) {tps['ours']:>7,.0f} tok/s  transformers {tps['transformers']:>7,.0f} tok/s"
           f"  ratio {row['ratio_ours_over_hf']:.2f}  same tokens: {same}")
     return row
 
@@ -88,17 +89,20 @@ def main() -> int:
     parser.add_argument("--prompt", type=int, default=32, help="prompt tokens")
     parser.add_argument("--new", type=int, default=128, help="tokens to generate")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default: %(default)s)")
     # one thread: a batch-1 step of these sizes is too small to share out, and on a busy machine
     # OpenMP threads that wait for each other cost more than they bring (both sides alike)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"greedy decoding, batch 1, {args.prompt}-token prompt + {args.new} new tokens, "
+    batches = [int(b) for b in args.batches.split(",")]
+    print(f"greedy decoding, batch {args.batches}, {args.prompt}-token prompt + {args.new} new tokens, "
           f"{torch.get_num_threads()} threads, fastest of {args.repeats} runs")
-    rows = [bench_shape(family, label, kw, args) for family, label, kw in SHAPES]
+    rows = [bench_shape(family, label, kw, args, batch) for batch in batches for family, label, kw in SHAPES]
     write("decode", {
-        "what": "batch-1 greedy decode tokens/s (fastest of the repeats; medians beside), ours with KV cache vs transformers generate",
+        "what": "greedy decode tokens/s (all sequences of the batch; fastest of the repeats, medians beside), "
+                "ours with KV cache vs transformers generate",
         "prompt_tokens": args.prompt, "new_tokens": args.new, "repeats": args.repeats, "shapes": rows,
     })
     return 0
