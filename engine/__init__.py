@@ -61,6 +61,7 @@ Analysis
     ``fit(ModelConfig, device_key, ...)``
     -> training and inference memory verdicts, the largest batch that fits, decode/prefill
     throughput bounds, time and cost to train; ``HARDWARE`` is the device catalogue.
+    ``structure(ModelConfig, t=32)``: the attention mask and the position signal as matrices to draw.
 """
 
 import warnings
@@ -80,6 +81,7 @@ from .model import build_model, generate
 from .norm import NORMS
 from .position import POSITIONS
 from .presets import PRESETS, preset
+from .structure import structure
 from .tasks import TASKS
 from .tokenizers import TOKENIZERS
 from . import tokenlab
@@ -121,6 +123,7 @@ __all__ = [
     "HARDWARE",
     "fit",
     "largest_batch",
+    "structure",
 ]
 
 # ``python -m engine.train`` runs a module this package has already imported (for ``train``);

@@ -88,6 +88,7 @@ def _cached(key: str) -> dict:
     flat = {f"model.{key}": value for key, value in out["config"].items()}
     out["config_applies"] = {key: field_applies(f"model.{key}", flat) for key in out["config"]}
     out["curves"] = _curves(cfg, out)
+    out["structure"] = engine.structure(cfg)
     out["fit_table"] = fit_table
     out["options"] = options()
     return _finite(out)

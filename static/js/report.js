@@ -6,6 +6,7 @@ import { ApiError, postJSON } from "./api.js";
 import * as fmt from "./format.js";
 import { formulas, footnote } from "./charts/analysis_common.js";
 import { renderModelCurves, renderPatternCurves } from "./charts/context_curves.js";
+import { renderMask, renderPosition } from "./charts/structure.js";
 import { inferenceMemory, renderMemory } from "./charts/memory_bars.js";
 import { renderParams } from "./charts/params_breakdown.js";
 
@@ -308,6 +309,10 @@ export class ReportPanel {
     renderPatternCurves(this.$("#chart-kv"), r, "kv_cache");
     renderPatternCurves(this.$("#chart-attn"), r, "attention_flops");
     renderFitTable(this.$("#fit-table"), r, r.settings.hardware);
+    if (r.structure) {
+      this.$("#note-mask").textContent = renderMask(this.$("#chart-mask"), r.structure);
+      this.$("#note-position").textContent = renderPosition(this.$("#chart-position"), r.structure);
+    }
     const pick = (...keys) => keys.map((k) => [k, r.formulas?.[k]]);
     footnote(this.$("#fn-params"), [...pick("params.total", "params.active"), ...formulas(r, ["params"]).filter(([k]) => k !== "params.total" && k !== "params.active")]);
     footnote(this.$("#fn-memory"), [...pick("memory.train_total", "memory.inference.total"),

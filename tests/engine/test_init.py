@@ -10,7 +10,7 @@ PUBLIC = [
     "TASKS", "NORMS", "POSITIONS", "FFNS", "ATTENTIONS", "KVCache", "SlidingWindowCache", "capture_attention",
     "attention_snapshot", "attention_event",
     "to_transformers", "from_transformers", "config_from_hf", "PRESETS", "preset",
-    "HARDWARE", "fit", "largest_batch", "tokenlab",
+    "HARDWARE", "fit", "largest_batch", "tokenlab", "structure",
 ]
 
 
