@@ -3,7 +3,7 @@
 The engine knows nothing of where events go; the caller's ``on_event`` stores or forwards
 them. Event kinds (all values JSON-serialisable; a non-finite number is sent as None):
 
-    start  total_steps, params, vocab_size, device, tokens_per_step (all micro-batches of one
+    start  (resumed_from_step when resuming,) total_steps, params, vocab_size, device, tokens_per_step (all micro-batches of one
            optimizer step), train_tokens, val_tokens
     step   step (1-based), loss, lr, grad_norm (before clipping), tokens_per_s, elapsed, eta;
            effective_batch (batch_size × grad_accum_steps), clipped (grad_norm > grad_clip),
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 import time
 from collections import deque
@@ -43,9 +44,12 @@ import torch.nn as nn
 
 from .analysis import analyze
 from .attention_maps import attention_event
+from .checkpoint import (architecture_mismatch, load_optimizer, load_weights, read_checkpoint, restore_rng, rng_state,
+                         save_checkpoint)
 from .config import JobSpec, ModelConfig, TrainConfig, parse_spec
 from .data import load_data
 from .device import DEVICES
+from .errors import ConfigError
 from .hardware import HARDWARE
 from .model import build_model
 from .objectives import OBJECTIVES, exact_rows
@@ -172,11 +176,22 @@ def train(
     on_event: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress: bool = False,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 0,
+    resume_from: str | None = None,
+    init_from: str | None = None,
 ) -> TrainResult:
     """Train the model ``spec`` describes; see the module docstring for the events.
 
     Seeded: the same spec gives the same losses on CPU. ``should_stop()`` is polled before
-    every step; when it returns True the run ends with reason "cancelled"."""
+    every step; when it returns True the run ends with reason "cancelled".
+
+    Checkpoints (``engine.checkpoint``): with ``checkpoint_dir``, one every ``checkpoint_every``
+    steps (0: none on the way), at the last step and when cancelled, each announced by a
+    "checkpoint" event. ``resume_from`` (a checkpoint path) continues that run where it stopped:
+    weights, optimiser state, data order and RNG restored, so the loss curve goes on as if never
+    interrupted. ``init_from`` starts this run from a checkpoint's weights only (fine-tuning).
+    Either raises ``ConfigError`` when the checkpoint's architecture or tokenizer differs."""
     spec = parse_spec(spec.to_dict())  # validate (again) and resolve vocab_size; cheap, data is cached
     m_cfg, d_cfg, t_cfg = spec.model, spec.data, spec.train
     emit = on_event or (lambda event: None)
@@ -187,14 +202,17 @@ def train(
     else:
         autocast = contextlib.nullcontext
 
-    torch.manual_seed(t_cfg.seed)  # initialisation and dropout
+    # the data first: building it the first time (it is cached) may draw from the global RNG
     data = load_data(d_cfg)
+    torch.manual_seed(t_cfg.seed)  # initialisation and dropout
     objective = OBJECTIVES[m_cfg.family](data, m_cfg)
     model = build_model(m_cfg).to(device)
     # the training forward only: evaluation and sampling run other shapes, which would recompile
     forward = torch.compile(model) if t_cfg.compile else model
     optimizer = configure_optimizer(model, t_cfg, device)
     batches = torch.Generator().manual_seed(t_cfg.seed)  # batch order, apart from the global RNG
+    resumed = _restore(resume_from or init_from, spec, data.tokenizer, model, optimizer if resume_from else None,
+                       batches, "train.resume_from" if resume_from else "train.init_from")
     train_evals = objective.eval_batches("train", t_cfg.batch_size, t_cfg.eval_iters)
     val_evals = objective.eval_batches("val", t_cfg.batch_size, t_cfg.eval_iters)
     accum = t_cfg.grad_accum_steps
@@ -210,6 +228,7 @@ def train(
     start = time.perf_counter()
     emit({
         "kind": "start",
+        **({"resumed_from_step": resumed.step} if resume_from else {}),
         "total_steps": t_cfg.steps,
         "params": model.num_params(),
         "vocab_size": m_cfg.vocab_size,
@@ -232,12 +251,31 @@ def train(
     recent_losses = deque(maxlen=SPIKE_WINDOW)  # finite step losses, for spike detection
     spiked = False  # a spike since the last step event
     lr_scale, nonfinite_in_a_row = 1.0, 0  # "lower_lr" halves lr_scale
+    first_step, saved_step = 1, 0
+    if resume_from:
+        state = resumed.trainer
+        lr_scale, nonfinite_in_a_row = state["lr_scale"], state["nonfinite_in_a_row"]
+        recent_losses.extend(state["recent_losses"])
+        first_step, saved_step, result.steps_done = resumed.step + 1, resumed.step, resumed.step
+
+    def save(step):
+        nonlocal saved_step
+        trainer = {"rng": rng_state(batches), "lr_scale": lr_scale, "nonfinite_in_a_row": nonfinite_in_a_row,
+                   "recent_losses": list(recent_losses)}
+        path = save_checkpoint(checkpoint_dir, step=step, model=model, optimizer=optimizer, spec=spec.to_dict(),
+                               tokenizer=data.tokenizer, trainer=trainer)
+        saved_step = step
+        emit({"kind": "checkpoint", "step": step, "name": os.path.basename(path),
+              "bytes": sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))})
+
     moe = m_cfg.n_expert > 0
     final_val_loss = None
     model.train()
-    for step in range(1, t_cfg.steps + 1):
+    for step in range(first_step, t_cfg.steps + 1):
         if should_stop is not None and should_stop():
             result.cancelled, result.reason = True, "cancelled"
+            if checkpoint_dir and result.steps_done > saved_step:  # resume where the cancel came
+                save(result.steps_done)
             break
         t0 = time.perf_counter()
         lr = lr_at(step, t_cfg) * lr_scale
@@ -370,6 +408,30 @@ def train(
         "final_val_loss": final_val_loss,
     })
     return result
+
+
+def _restore(path, spec: JobSpec, tokenizer, model, optimizer, batches, field_name: str):
+    """Read the checkpoint at ``path`` into ``model`` (and, resuming, ``optimizer`` and the RNG
+    streams); ConfigError on ``field_name`` when its architecture or tokenizer differs."""
+    if not path:
+        return None
+    try:
+        checkpoint = read_checkpoint(path)
+    except ValueError as e:
+        raise ConfigError({field_name: str(e)}) from None
+    problems = architecture_mismatch(checkpoint.model_config, spec.model)
+    if checkpoint.tokenizer != tokenizer.to_dict():
+        saved = checkpoint.tokenizer
+        problems.append(f"tokenizer: the checkpoint's ({saved['kind']}, vocabulary {checkpoint.model_config.vocab_size})"
+                        f" is not this job's ({tokenizer.to_dict()['kind']}, vocabulary {tokenizer.vocab_size});"
+                        " chain jobs with the byte tokenizer or the same lab tokenizer")
+    if problems:
+        raise ConfigError({field_name: "checkpoint of another architecture: " + "; ".join(problems)})
+    load_weights(model, path)
+    if optimizer is not None:
+        load_optimizer(optimizer, checkpoint)
+        restore_rng(checkpoint.trainer["rng"], batches)
+    return checkpoint
 
 
 def _eta(step: int, cfg: TrainConfig, step_time: float, eval_times: list[float]) -> float:

@@ -1,0 +1,220 @@
+"""Checkpoints: a training run's weights, optimiser state and data position, in safetensors.
+
+A checkpoint is a directory::
+
+    step-000100/
+        model.safetensors      the model's weights (tied tensors stored once)
+        optimizer.safetensors  every tensor of the optimiser's state, keyed "state.<param>.<name>"
+        trainer.json           format, step, the JobSpec, the tokenizer, the optimiser's
+                               param_groups and non-tensor state, the RNG states (data order,
+                               dropout) and the loop's counters, so training resumes exactly
+
+``save_checkpoint`` writes it into a temporary directory and renames it into place, so a run
+killed mid-write leaves the previous checkpoint whole; ``latest_checkpoint`` finds the newest
+complete one. ``engine.train(spec, checkpoint_dir=..., resume_from=...)`` writes them every
+``checkpoint_every`` steps and at the end, and resumes from one: a resumed run's losses equal
+those of an uninterrupted run (on the CPU; tests prove it). ``init_from=`` starts a new run from a
+checkpoint's weights only (fine-tuning: pretrain → SFT → DPO).
+
+``load_model(path)`` gives (model, tokenizer, config) for inference; ``export_transformers(path,
+out_dir)`` writes a ``transformers`` model directory (``save_pretrained``) where
+``engine.interop`` maps the architecture.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, load_model as _load_weights, save_file, save_model as _save_weights
+
+from .config import ModelConfig
+from .tokenizers import tokenizer_from_dict
+
+FORMAT = "llm-explorer-checkpoint/1"
+MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "trainer.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class Checkpoint:
+    """What ``read_checkpoint`` returns: the pieces of a saved run, weights not yet loaded."""
+
+    path: str
+    step: int
+    spec: dict  # the JobSpec as a dict
+    tokenizer: dict  # ``Tokenizer.to_dict()``
+    trainer: dict  # the loop's counters and RNG states (see ``engine.train``)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.spec["model"])
+
+
+def step_dir(directory: str, step: int) -> str:
+    return os.path.join(directory, f"step-{step:06d}")
+
+
+def _encode_state(state) -> str:
+    return base64.b64encode(state.numpy().tobytes()).decode("ascii")
+
+
+def _decode_state(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+def rng_state(batches: torch.Generator) -> dict:
+    """The random streams a run draws from: its batch order and torch's global RNG (dropout)."""
+    state = {"batches": _encode_state(batches.get_state()), "torch": _encode_state(torch.get_rng_state())}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [_encode_state(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng(state: dict, batches: torch.Generator) -> None:
+    batches.set_state(_decode_state(state["batches"]))
+    torch.set_rng_state(_decode_state(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_decode_state(s) for s in state["cuda"]])
+
+
+def _split_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimiser's state dict as flat tensors for safetensors plus a JSON-able rest."""
+    sd = optimizer.state_dict()
+    tensors, rest = {}, {}
+    for index, entry in sd["state"].items():
+        kept = {}
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                kept[name] = value  # None (SGD's first momentum buffer) or a number
+        rest[str(index)] = kept
+    return tensors, {"state": rest, "param_groups": sd["param_groups"]}
+
+
+def _join_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state = {int(index): dict(kept) for index, kept in rest["state"].items()}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def save_checkpoint(directory: str, *, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    spec: dict, tokenizer, trainer: dict, keep: int = 3) -> str:
+    """Write step ``step``'s checkpoint under ``directory`` (see the module docstring) and keep
+    only the newest ``keep`` (0 keeps all). Returns the checkpoint's path."""
+    os.makedirs(directory, exist_ok=True)
+    final = step_dir(directory, step)
+    tmp = tempfile.mkdtemp(prefix=".partial-", dir=directory)
+    try:
+        _save_weights(model, os.path.join(tmp, MODEL_FILE))
+        optimizer_rest = None
+        if optimizer is not None:
+            tensors, optimizer_rest = _split_optimizer(optimizer)
+            save_file(tensors, os.path.join(tmp, OPTIMIZER_FILE))
+        with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
+            json.dump({"format": FORMAT, "step": step, "spec": spec, "tokenizer": tokenizer.to_dict(),
+                       "optimizer": optimizer_rest, "trainer": trainer}, f)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep:
+        for old in list_checkpoints(directory)[:-keep]:
+            shutil.rmtree(old["path"], ignore_errors=True)
+    return final
+
+
+def list_checkpoints(directory: str) -> list[dict]:
+    """Complete checkpoints under ``directory``, oldest first: {step, path, bytes}."""
+    found = []
+    if not directory or not os.path.isdir(directory):
+        return found
+    for name in os.listdir(directory):
+        match = _STEP_DIR.match(name)
+        path = os.path.join(directory, name)
+        if match and os.path.exists(os.path.join(path, STATE_FILE)):
+            size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+            found.append({"step": int(match[1]), "path": path, "bytes": size})
+    return sorted(found, key=lambda c: c["step"])
+
+
+def latest_checkpoint(directory: str) -> str | None:
+    found = list_checkpoints(directory)
+    return found[-1]["path"] if found else None
+
+
+def read_checkpoint(path: str) -> Checkpoint:
+    """The checkpoint at ``path`` (a step directory); ValueError when it is not one."""
+    try:
+        with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable checkpoint: {exc}") from None
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a checkpoint of this engine (format {state.get('format')!r})")
+    trainer = dict(state.get("trainer") or {})
+    trainer["optimizer"] = state.get("optimizer")
+    return Checkpoint(path=path, step=state["step"], spec=state["spec"], tokenizer=state["tokenizer"], trainer=trainer)
+
+
+def architecture_mismatch(saved: ModelConfig, wanted: ModelConfig) -> list[str]:
+    """The architecture fields on which two configs differ ("n_embd: checkpoint 128, job 64"),
+    ignoring the ones that do not change the weights' shapes or meaning at load time."""
+    free = {"dropout", "attn_impl", "mlm_probability", "noise_density", "mean_span_length"}
+    a, b = saved.to_dict(), wanted.to_dict()
+    return [f"{k}: checkpoint {a[k]!r}, this job {b.get(k)!r}" for k in a if k not in free and a[k] != b.get(k)]
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Load a checkpoint's weights into ``model`` (built from the same architecture)."""
+    missing, unexpected = _load_weights(model, os.path.join(path, MODEL_FILE), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not fit this model: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, checkpoint: Checkpoint) -> None:
+    rest = checkpoint.trainer.get("optimizer")
+    if rest is None:
+        raise ValueError(f"checkpoint {checkpoint.path} holds no optimiser state")
+    tensors = load_file(os.path.join(checkpoint.path, OPTIMIZER_FILE))
+    optimizer.load_state_dict(_join_optimizer(tensors, rest))
+
+
+def load_model(path: str, device: str | torch.device = "cpu"):
+    """``(model, tokenizer, config)`` from a checkpoint, the model in eval mode on ``device``."""
+    from .model import build_model
+
+    checkpoint = read_checkpoint(path)
+    config = checkpoint.model_config
+    model = build_model(config)
+    load_weights(model, path)
+    return model.to(device).eval(), tokenizer_from_dict(checkpoint.tokenizer), config
+
+
+def export_transformers(path: str, out_dir: str, model_type: str | None = None) -> dict:
+    """Write the checkpoint as a ``transformers`` model directory (config.json and
+    model.safetensors via ``save_pretrained``), plus the engine's tokenizer as
+    ``explorer_tokenizer.json``; ValueError when no ``transformers`` architecture expresses it.
+    Returns {"model_type", "files"}."""
+    from .interop import to_transformers
+
+    model, tokenizer, _ = load_model(path)
+    hf_model = to_transformers(model, model_type)
+    os.makedirs(out_dir, exist_ok=True)
+    hf_model.save_pretrained(out_dir, safe_serialization=True)
+    with open(os.path.join(out_dir, "explorer_tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(tokenizer.to_dict(), f)
+    return {"model_type": hf_model.config.model_type, "files": sorted(os.listdir(out_dir))}
