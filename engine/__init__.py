@@ -40,9 +40,26 @@ Model
     input as a compact "attention" event (``engine.attention_maps``).
 
 Training
-    ``train(spec, on_event=..., should_stop=..., progress=False)`` -> ``TrainResult``; events are
-    plain dicts of kind "start", "step", "health", "moe", "eval", "attention", "nonfinite" and
-    "end" (see ``engine.train``). Optimizers and schedules: ``engine.optim``.
+    ``train(spec, on_event=..., should_stop=..., progress=False, checkpoint_dir=None,
+    resume_from=None, init_from=None)`` -> ``TrainResult``; events are plain dicts of kind
+    "start", "step", "health", "moe", "eval", "attention", "routing", "nonfinite", "checkpoint"
+    and "end" (see ``engine.train``). Optimizers and schedules: ``engine.optim``.
+    ``TrainConfig.objective``: "pretrain" (the family's own), "sft" (prompt/response pairs in a
+    chat template, loss on responses only: ``engine.chat``) or "dpo" (preference pairs against a
+    frozen reference model: ``engine.preference``); data from JSONL files (source "jsonl") or
+    built-in synthetic sets.
+
+Checkpoints
+    ``engine.checkpoint``: safetensors weights + optimiser state + data position and RNG states;
+    ``load_model(path)`` -> (model, tokenizer, config); ``export_transformers(path, out_dir)``.
+
+Inference and quantisation
+    ``run_inference(model, tokenizer, prompts, max_new_tokens=, temperature=, top_k=, top_p=,
+    stop=, seed=, compare_cache=)`` -> completions with per-token probabilities and alternatives,
+    time to first token, tokens/s and peak memory (``engine.inference``); encoders return
+    embedding similarities. ``quantize(model, method)`` over ``QUANTIZATIONS`` (int8 dynamic,
+    int8 weight-only, int4 group-wise) and ``quantization_table(model, val_tokens)`` -> perplexity,
+    size and speed per method (``engine.quantize``).
 
 Interop
     ``to_transformers(model)`` -> the matching ``transformers`` model (GPT-2, Llama, Mistral,
@@ -75,6 +92,9 @@ from .config import ConfigError, DataConfig, JobSpec, ModelConfig, TrainConfig, 
 from .data import DATA_SOURCES, describe_data
 from .ffn import FFNS
 from .hardware import HARDWARE, fit, largest_batch
+from .inference import run_inference
+from .quantize import QUANTIZATIONS, quantization_table, quantize, weight_bytes
+from . import checkpoint
 from .hf_config import config_from_hf
 from .interop import from_transformers, to_transformers
 from .model import build_model, generate
@@ -124,6 +144,12 @@ __all__ = [
     "fit",
     "largest_batch",
     "structure",
+    "checkpoint",
+    "run_inference",
+    "QUANTIZATIONS",
+    "quantize",
+    "quantization_table",
+    "weight_bytes",
 ]
 
 # ``python -m engine.train`` runs a module this package has already imported (for ``train``);

@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .ffn import FFNS
 from .families import FAMILIES, family_checks
 from .norm import NORM_PLACEMENTS, NORMS
-from .objectives import OBJECTIVES
+from .objectives import TRAINING_OBJECTIVES
 from .optim import NONFINITE_ACTIONS, OPTIMIZERS, SCHEDULES, WSD_DECAYS
 from .position import POSITIONS, ROPE_SCALINGS
 from .tasks import TASKS
@@ -261,7 +261,8 @@ class DataConfig(Section):
 
     source: str = choice("synthetic", DATA_SOURCES, "Data source",
                          "Where tokens come from: a synthetic task, the local Python standard library's "
-                         "source code, or an uploaded UTF-8 text file.")
+                         "source code, an uploaded UTF-8 text file, or (to fine-tune) an uploaded JSONL file of "
+                         "prompt/response pairs (SFT) or prompt/chosen/rejected triples (DPO).")
     task: str = choice("copy", TASKS, "Task", "Synthetic task to learn (used when the data source is synthetic).")
     task_length: int = integer(8, "Task length",
                                "Items per synthetic example (key-value pairs for recall, at most 16); "
@@ -269,8 +270,8 @@ class DataConfig(Section):
     tokenizer: str = choice("char", TOKENIZERS, "Tokenizer",
                             "One token per character or per UTF-8 byte, or 'file': a tokenizer trained in the "
                             "tokenization lab; synthetic tasks ignore it and use their own fixed alphabet.")
-    path: str | None = string(None, "Text file", "UTF-8 text file to train on (source 'text').",
-                              optional=True, form=False)
+    path: str | None = string(None, "Text file", "UTF-8 text file to train on (source 'text'), or JSONL file "
+                              "of examples (source 'jsonl').", optional=True, form=False)
     tokenizer_file: str | None = string(None, "Tokenizer file",
                                         "A tokenizer.json or SentencePiece .model saved by the tokenization lab "
                                         "(tokenizer 'file').", optional=True, form=False)
@@ -286,6 +287,16 @@ class DataConfig(Section):
 class TrainConfig(Section):
     section: ClassVar[str] = "train"
 
+    objective: str = choice(
+        "pretrain", TRAINING_OBJECTIVES, "Objective",
+        "Pretrain: the family's own objective (next token, masked tokens or span corruption). SFT: supervised "
+        "fine-tuning on prompt/response chats, loss on the responses only. DPO: prefer chosen over rejected "
+        "responses relative to a frozen copy of the starting model (two extra forwards per step: a reference's "
+        "and a second response's). SFT and DPO train decoders.")
+    dpo_beta: float = number(0.1, "DPO β",
+                             "How strongly DPO's implicit reward is scaled: larger β keeps the policy closer to "
+                             "the reference model (Rafailov et al. 2023 use 0.1-0.5).", min=0.0, min_open=True,
+                             max=10.0, step=0.05, show_if={"train.objective": ["dpo"]})
     steps: int = integer(300, "Steps", "Optimizer steps to train for.", min=1, max=1_000_000)
     batch_size: int = integer(32, "Batch size", "Sequences per forward pass (per micro-batch).", min=1, max=4096)
     grad_accum_steps: int = integer(
@@ -352,6 +363,14 @@ class TrainConfig(Section):
     sample_tokens: int = integer(120, "Sample length",
                                  "Tokens generated from a held-out prompt at each evaluation "
                                  "(synthetic tasks generate their answer instead).", min=0, max=10_000)
+    checkpoint_every: int = integer(100, "Checkpoint every",
+                                    "Save weights, optimiser state and data position every this many steps "
+                                    "(and at the end), so a stopped or crashed job resumes there; 0: at the end only.",
+                                    min=0, max=1_000_000)
+    init_from: str | None = string(None, "Start from checkpoint",
+                                   "A checkpoint directory whose weights this run starts from (fine-tuning: "
+                                   "pretrain, then SFT, then DPO); the architecture and tokenizer must match.",
+                                   optional=True, form=False)
 
 
 @dataclass
@@ -447,8 +466,8 @@ def _cross_checks(section: str, cfg, bad: set[str]) -> dict[str, str]:
     if section == "train" and ok("warmup_steps", "steps") and cfg.warmup_steps > cfg.steps:
         errors["warmup_steps"] = f"warmup_steps ({cfg.warmup_steps}) must be ≤ steps ({cfg.steps})"
     if section == "data":
-        if ok("source", "path") and cfg.source == "text" and not cfg.path:
-            errors["path"] = "path is required when source is 'text'"
+        if ok("source", "path") and cfg.source in ("text", "jsonl") and not cfg.path:
+            errors["path"] = f"path is required when source is {cfg.source!r}"
         if (ok("source", "tokenizer", "tokenizer_file") and cfg.source != "synthetic" and cfg.tokenizer == "file"
                 and not cfg.tokenizer_file):
             errors["tokenizer_file"] = "tokenizer_file is required when tokenizer is 'file'"
@@ -527,16 +546,22 @@ def parse_spec(d: dict) -> JobSpec:
         errors.update(section_errors)
     model, data, train = parsed["model"], parsed["data"], parsed["train"]
 
-    if not any(k.startswith("data") for k in errors):
+    objective = train.objective if "train.objective" not in errors else "pretrain"
+    if "model.family" not in errors and model.family not in TRAINING_OBJECTIVES[objective]:
+        trains = list(TRAINING_OBJECTIVES[objective])
+        errors["train.objective"] = (f"objective {objective!r} trains family {' or '.join(map(repr, trains))}, "
+                                     f"not {model.family!r}: choose family 'decoder' or objective 'pretrain'")
+    if not any(k.startswith("data") or k == "train.objective" for k in errors):
         try:
-            dataset = load_data(data)
+            dataset = load_data(data, objective)
         except ConfigError as e:
             errors.update(e.errors)
         else:
             # the objective's special tokens ([MASK], a start token, sentinels) sit above the data's
             family_ok = not any(k in errors for k in ("model.family", "model.block_size", "model.noise_density",
                                                       "model.mean_span_length"))
-            special = OBJECTIVES[model.family].n_special(model, dataset) if family_ok else 0
+            cls = TRAINING_OBJECTIVES[objective][model.family]
+            special = cls.n_special(model, dataset) if family_ok else 0
             needed = dataset.vocab_size + special
             if model.vocab_size is None:
                 model.vocab_size = needed
@@ -578,11 +603,12 @@ FIELD_GROUPS = {
     },
     "data": {"": ("source", "task", "task_length", "tokenizer", "val_fraction", "seed")},
     "train": {
+        "Objective": ("objective", "dpo_beta"),
         "Optimisation": ("steps", "batch_size", "grad_accum_steps", "optimizer", "lr", "beta1", "beta2", "momentum",
                          "weight_decay", "grad_clip"),
         "Schedule": ("schedule", "warmup_steps", "min_lr_ratio", "decay_fraction", "decay_shape"),
         "Evaluation": ("eval_interval", "eval_iters", "log_interval", "sample_tokens", "attention_maps"),
-        "Run": ("seed", "device", "compile", "on_nonfinite"),
+        "Run": ("seed", "device", "compile", "on_nonfinite", "checkpoint_every"),
     },
 }
 
@@ -593,7 +619,8 @@ def field_specs() -> list[dict]:
     plus ``show_if`` on fields that only apply to some settings: ``{"model.attention": ["sliding"]}``
     (the other field has one of those values) or ``{"model.n_expert": {"min": 1}}`` (at least that);
     several keys must all hold. Fields come grouped as ``FIELD_GROUPS`` lists them.
-    ``model.vocab_size``, ``data.path`` and ``data.tokenizer_file`` are left out: the app sets them."""
+    ``model.vocab_size``, ``data.path``, ``data.tokenizer_file`` and ``train.init_from`` are left out: the
+    app sets them."""
     specs = []
     for section, cls in SECTIONS.items():
         groups = FIELD_GROUPS.get(section, {})
@@ -644,4 +671,5 @@ def choices() -> dict[str, list[str]]:
         "schedule": list(SCHEDULES),
         "decay_shape": list(WSD_DECAYS),
         "on_nonfinite": list(NONFINITE_ACTIONS),
+        "objective": list(TRAINING_OBJECTIVES),
     }

@@ -13,6 +13,12 @@ next-token targets, -1 where a position carries no loss.
 * "synthetic": examples of a task from ``tasks.TASKS``, generated on the fly; the held-out
   set is up to ``VAL_EXAMPLES`` distinct examples drawn with ``seed``, and training batches
   never contain a held-out prompt.
+* "jsonl": an uploaded JSONL file of prompt/response pairs (objective "sft") or preference
+  triples (objective "dpo"); see ``engine.chat``.
+
+The fine-tuning objectives read other data from the same sources: ``load_data(cfg, objective)``
+builds ``chat.CHAT_SOURCES[objective][cfg.source]`` for "sft" and "dpo" (the synthetic tasks as
+instructions or as preference pairs, the JSONL file in that objective's format).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .chat import CHAT_SOURCES, ChatFile
 from .errors import ConfigError
 from .tasks import TASKS
 from .tokenizers import TOKENIZERS, FileTokenizer
@@ -280,11 +287,13 @@ class SyntheticData:
         }
 
 
-def _cache_key(cfg: DataConfig) -> tuple:
+def _cache_key(cfg: DataConfig, objective: str) -> tuple:
     if cfg.source == "synthetic":
-        return (cfg.source, cfg.task, cfg.task_length, cfg.val_fraction, cfg.seed)
+        # the instruction sets honour the byte tokenizer; the task's own alphabet is fixed
+        tokenizer = cfg.tokenizer if objective in CHAT_SOURCES else None
+        return (objective, cfg.source, cfg.task, cfg.task_length, cfg.val_fraction, cfg.seed, tokenizer)
     stamp = ()
-    if cfg.source == "text" and cfg.path:
+    if cfg.source in ("text", "jsonl") and cfg.path:
         try:
             st = os.stat(cfg.path)
             stamp = (st.st_mtime_ns, st.st_size)
@@ -296,7 +305,8 @@ def _cache_key(cfg: DataConfig) -> tuple:
             stamp += (cfg.tokenizer_file, st.st_mtime_ns, st.st_size)
         except OSError:
             stamp += (cfg.tokenizer_file,)
-    return (cfg.source, cfg.path if cfg.source == "text" else None, stamp, cfg.tokenizer, cfg.val_fraction)
+    path = cfg.path if cfg.source in ("text", "jsonl") else None
+    return (objective, cfg.source, path, stamp, cfg.tokenizer, cfg.val_fraction)
 
 
 _CACHE: dict[tuple, object] = {}
@@ -304,24 +314,45 @@ _CACHE_SIZE = 8
 _CACHE_LOCK = threading.Lock()  # the web app calls describe_data from several threads
 
 
-def load_data(cfg: DataConfig):
-    """The dataset for ``cfg``, cached: the key includes the text file's mtime and size, so an
-    edited file is read again while repeated calls (every keystroke in the UI) cost nothing."""
-    key = _cache_key(cfg)
+def data_source(source: str, objective: str = "pretrain"):
+    """The class that reads ``source`` for ``objective`` (a ``TrainConfig.objective``); None
+    when that objective cannot read that source."""
+    if objective in CHAT_SOURCES:
+        return CHAT_SOURCES[objective].get(source)
+    return DATA_SOURCES[source] if source != "jsonl" else None
+
+
+def load_data(cfg: DataConfig, objective: str = "pretrain"):
+    """The dataset for ``cfg`` as ``objective`` reads it, cached: the key includes the file's
+    mtime and size, so an edited file is read again while repeated calls (every keystroke in
+    the UI) cost nothing. ``ConfigError`` on "train.objective" when the objective cannot read
+    the source."""
+    cls = data_source(cfg.source, objective)
+    if cls is None:
+        readable = [s for s in DATA_SOURCES if data_source(s, objective)]
+        raise ConfigError({"train.objective": (
+            f"objective {objective!r} reads prompt/response examples, which source {cfg.source!r} has none of; "
+            f"choose source from {readable}" if objective in CHAT_SOURCES else
+            f"source {cfg.source!r} holds examples for fine-tuning; choose objective 'sft' or 'dpo'")})
+    key = _cache_key(cfg, objective)
     with _CACHE_LOCK:
         if key not in _CACHE:
             while len(_CACHE) >= _CACHE_SIZE:
                 del _CACHE[next(iter(_CACHE))]  # oldest first: dicts keep insertion order
-            _CACHE[key] = DATA_SOURCES[cfg.source](cfg)
+            _CACHE[key] = cls(cfg)
         return _CACHE[key]
 
 
-def describe_data(cfg: DataConfig) -> dict:
+def describe_data(cfg: DataConfig, objective: str = "pretrain") -> dict:
     """``{"vocab_size", "n_tokens", "train_tokens", "val_tokens", "name", "description"}``.
     For synthetic tasks ``n_tokens`` and ``val_tokens`` count the held-out set and
-    ``train_tokens`` the distinct training examples' tokens (capped at 2**53 - 1).
-    Raises ``ConfigError`` (on "data.path") when a text file is missing, empty or not UTF-8."""
-    return load_data(cfg).describe()
+    ``train_tokens`` the distinct training examples' tokens (capped at 2**53 - 1). With an
+    ``objective`` ("sft", "dpo") the data that objective reads (``engine.chat``).
+    Raises ``ConfigError`` (on "data.path") when a file is missing, empty, not UTF-8 or (JSONL)
+    has a line without the fields it needs, and on "train.objective" when the objective cannot
+    read the source."""
+    return load_data(cfg, objective).describe()
 
 
-DATA_SOURCES = {"synthetic": SyntheticData, "stdlib": StdlibData, "text": TextFileData}
+# "jsonl" is read by the fine-tuning objectives only; pretraining refuses it (``data_source``)
+DATA_SOURCES = {"synthetic": SyntheticData, "stdlib": StdlibData, "text": TextFileData, "jsonl": ChatFile}

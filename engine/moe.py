@@ -63,6 +63,10 @@ class MoE(nn.Module):
         self.experts = nn.ModuleList([FFNS[config.ffn](config) for _ in range(config.n_expert)])
         self.shared = FFNS[config.ffn](config) if config.shared_expert else None
         self.stats: dict = {}
+        # engine.moe_maps.capture_routing sets ``record``; forward then also keeps which token went
+        # where in ``routing`` (off by default: training pays nothing for it)
+        self.record = False
+        self.routing: dict | None = None
 
     def capacity(self, n_tokens: int) -> int:
         """Most token-choices one expert takes: ``ceil(capacity_factor * tokens * top_k / n_expert)``
@@ -117,7 +121,28 @@ class MoE(nn.Module):
             "aux_loss": e * torch.sum(f * p),
             "z_loss": torch.logsumexp(logits, dim=-1).square().mean(),
         }
+        if self.record:
+            self.routing = self.assignment(expert_idx, gate, order, routed, cap, b, t)
         return out.reshape(b, t, c)
+
+    @staticmethod
+    @torch.no_grad()
+    def assignment(expert_idx: torch.Tensor, gate: torch.Tensor, order: torch.Tensor, routed: torch.Tensor,
+                   cap: int, b: int, t: int) -> dict:
+        """Each token's choices as forward made them, on the CPU: ``experts`` (B, T, k) ids in top-k
+        order, ``weights`` (B, T, k) float32 gate weights and ``kept`` (B, T, k) bool, False where the
+        capacity limit turned the choice away. A choice is kept when its rank inside its expert's
+        group of the stable sort (token order) is below the capacity, as the expert loop takes them."""
+        n_choices = order.numel()
+        place = torch.empty_like(order)
+        place[order] = torch.arange(n_choices, device=order.device)  # (N*k,) index in the sorted order
+        group_start = torch.cumsum(routed, 0) - routed  # (E,) where each expert's group begins
+        rank = place - group_start[expert_idx.reshape(-1)]  # (N*k,) 0 = the expert's first choice
+        return {
+            "experts": expert_idx.reshape(b, t, -1).cpu(),
+            "weights": gate.detach().float().reshape(b, t, -1).cpu(),
+            "kept": (rank < cap).reshape(b, t, -1).cpu(),
+        }
 
     @staticmethod
     def num_params(config: ModelConfig) -> int:

@@ -15,6 +15,21 @@
 Objectives: next-token prediction (decoder); BERT's masked-language modelling (encoder:
 accuracy is the share of masked tokens predicted right); sequence-to-sequence (encoder-decoder:
 a synthetic task's prompt to its answer, scored by exact match; on text, T5's span corruption).
+
+``TRAINING_OBJECTIVES`` is keyed by ``TrainConfig.objective``, then by family: "pretrain" is
+``OBJECTIVES`` (the family's own), "sft" and "dpo" train decoders only, on the data
+``data.load_data(cfg, objective)`` reads for them (``engine.chat``). ``build_objective(data,
+model_cfg, train_cfg)`` builds one; every entry takes ``(data, cfg, train_cfg=None)``. Beyond
+the interface above, each (through ``Objective``) offers what a loss other than the model's own
+needs, which the training loop calls:
+
+- ``wrap(forward, model, *, spec, init_from, resuming)`` -> the step's ``forward(*batch) ->
+  (logits, loss)``, called once the weights are initialised or restored: the model itself, or
+  for "sft" the model too (the response-only loss is in the targets), for "dpo" the
+  preference loss against a frozen reference model (``engine.preference``);
+- ``evaluate``: None (the loop's ``evaluate`` with ``score``), or ``(model, batches, autocast) ->
+  (loss, accuracy, extra eval-event keys)``;
+- ``step_metrics()`` -> extra "step" event keys, means since the previous call ({} by default).
 """
 
 from __future__ import annotations
@@ -22,6 +37,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+
+from .chat import cut_response
+from .preference import DPO
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -36,10 +54,24 @@ def exact_rows(logits: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
     return int((hit.all(dim=1) & scored.any(dim=1)).sum()), int(scored.any(dim=1).sum())
 
 
-class NextToken:
+class Objective:
+    """What the objectives share: the model's own loss, evaluated by the loop, no extra metrics."""
+
+    evaluate = None  # or a method (model, batches, autocast) -> (loss, accuracy, extra eval keys)
+
+    def wrap(self, forward, model, **start):
+        """The training step's ``forward(*batch) -> (logits, loss)``: the model's own here."""
+        return forward
+
+    def step_metrics(self) -> dict:
+        """Extra keys of the next "step" event."""
+        return {}
+
+
+class NextToken(Objective):
     """The decoder's objective: predict each next token (on synthetic tasks, only the answer's)."""
 
-    def __init__(self, data, cfg: ModelConfig):
+    def __init__(self, data, cfg: ModelConfig, train_cfg=None):
         self.data, self.cfg = data, cfg
         self.scored = data.scored
 
@@ -96,14 +128,14 @@ def mask_tokens(rows: torch.Tensor, *, probability: float, mask_id: int, vocab_s
     return inputs, targets
 
 
-class MaskedLM:
+class MaskedLM(Objective):
     """The encoder's objective: recover masked tokens from both sides. Rows are a synthetic
     task's whole examples (prompt and answer) or windows of text; accuracy is the share of
     masked tokens whose argmax is right."""
 
     scored = True
 
-    def __init__(self, data, cfg: ModelConfig):
+    def __init__(self, data, cfg: ModelConfig, train_cfg=None):
         self.data, self.cfg = data, cfg
         self.mask_id = data.vocab_size
 
@@ -210,12 +242,12 @@ def span_restore(inputs: list[int], targets: list[int], sentinel: int, n_sentine
     return out
 
 
-class Seq2Seq:
+class Seq2Seq(Objective):
     """The encoder-decoder's objective: the decoder writes the target given the encoder's
     input, teacher-forced behind a start token. Synthetic tasks map prompt -> answer and score
     exact match; text is span-corrupted windows of ``block_size`` tokens (T5)."""
 
-    def __init__(self, data, cfg: ModelConfig):
+    def __init__(self, data, cfg: ModelConfig, train_cfg=None):
         self.data, self.cfg = data, cfg
         self.synthetic = hasattr(data, "pairs")
         self.scored = self.synthetic
@@ -268,3 +300,32 @@ class Seq2Seq:
 
 
 OBJECTIVES = {"decoder": NextToken, "encoder": MaskedLM, "encoder_decoder": Seq2Seq}
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+
+
+class ChatSFT(NextToken):
+    """Supervised fine-tuning: next-token prediction on chat examples whose targets are -1
+    except on the response (``chat.pad_rows``), so the loss is the response's alone (as in
+    InstructGPT's SFT, Ouyang et al. 2022); exact-match accuracy on synthetic instructions."""
+
+    def __init__(self, data, cfg: ModelConfig, train_cfg=None):
+        super().__init__(data, cfg, train_cfg)
+        self.scored = data.synthetic
+
+    def sample(self, model, device, autocast, seed: int, sample_tokens: int) -> dict:
+        """The first held-out chat prompt and the model's greedy response, up to its end marker."""
+        sample = super().sample(model, device, autocast, seed, sample_tokens)
+        return {**sample, "completion": cut_response(sample["completion"]),
+                "expected": cut_response(sample["expected"])}
+
+
+def build_objective(data, model_cfg: ModelConfig, train_cfg=None):
+    """The ``TRAINING_OBJECTIVES`` entry of ``train_cfg.objective`` ("pretrain" without one) and
+    ``model_cfg.family``, built on ``data`` (``data.load_data(data_cfg, objective)``)."""
+    objective = train_cfg.objective if train_cfg is not None else "pretrain"
+    return TRAINING_OBJECTIVES[objective][model_cfg.family](data, model_cfg, train_cfg)
+
+
+TRAINING_OBJECTIVES = {"pretrain": OBJECTIVES, "sft": {"decoder": ChatSFT}, "dpo": {"decoder": DPO}}

@@ -9,19 +9,29 @@ them. Event kinds (all values JSON-serialisable; a non-finite number is sent as 
            effective_batch (batch_size × grad_accum_steps), clipped (grad_norm > grad_clip),
            update_ratio (‖Δw‖ / ‖w‖ over all weights, this step), spike (a loss spike since the
            last step event: see SPIKE_K), mfu (see ``_flops_per_step``; None where the peak is
-           unknown); with experts also aux_loss (the weighted load-balancing + z-loss terms)
+           unknown); with experts also aux_loss (the weighted load-balancing + z-loss terms);
+           with objective "dpo" also chosen_logp, rejected_logp (the policy's summed response
+           log-probabilities), reward_margin (β-scaled, chosen's minus rejected's) and
+           reward_accuracy (share of pairs with a positive margin), means since the last step event
     health step, layers [{layer, name, grad_norm (before clipping), weight_norm, update_ratio}],
            one per transformer block (encoder first), at every eval step before moe and eval
     moe    step, layers [{layer, tokens_per_expert, dropped, aux_loss, z_loss}] (experts only,
            every 10th step and every eval step, before the eval event)
     eval   step, train_loss, val_loss, accuracy, sample {prompt, completion, expected}; accuracy is
            the family's: decoder and encoder-decoder the exact-match rate of synthetic answers
-           (None for text), encoder the share of masked tokens recovered (text included)
+           (None for text), encoder the share of masked tokens recovered (text included); objective
+           "sft": loss on the responses, exact match on synthetic instructions (None for a file);
+           "dpo": the DPO loss, accuracy the held-out reward accuracy, plus reward_margin,
+           reward_accuracy, chosen_logp, rejected_logp; a chat sample's completion stops at <|end|>
     attention  step, tokens, window, stacks {name: {n_layer, n_head, shape, maps}} right after each
            eval event (unless ``attention_maps`` is off): every layer's and head's weights on one
            held-out example, quantised to bytes (``engine.attention_maps``)
+    routing  step, tokens, window, top_k, n_expert, layers [{layer, input, experts, weights, dropped}]
+           (experts only, right after each eval and attention event): each MoE layer's top-k experts,
+           gate weights and capacity drops per token of the same held-out example (``engine.moe_maps``)
     nonfinite  step, action ("skip" | "lower_lr" | "stop"), message: a step whose loss or
            gradient norm was NaN or infinite, and what ``on_nonfinite`` did about it
+    checkpoint  step, name ("step-000100"), bytes: a checkpoint was written (``checkpoint_dir``)
     end    step, reason ("completed" | "cancelled" | "nonfinite"), elapsed, final_val_loss (None
            before any eval)
 
@@ -52,7 +62,7 @@ from .device import DEVICES
 from .errors import ConfigError
 from .hardware import HARDWARE
 from .model import build_model
-from .objectives import OBJECTIVES, exact_rows
+from .objectives import build_objective, exact_rows
 from .optim import configure_optimizer, lr_at  # noqa: F401 - lr_at and configure_optimizer are public here
 from .tokenizers import Tokenizer
 
@@ -177,7 +187,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     progress: bool = False,
     checkpoint_dir: str | None = None,
-    checkpoint_every: int = 0,
+    checkpoint_every: int | None = None,
     resume_from: str | None = None,
     init_from: str | None = None,
 ) -> TrainResult:
@@ -187,10 +197,11 @@ def train(
     every step; when it returns True the run ends with reason "cancelled".
 
     Checkpoints (``engine.checkpoint``): with ``checkpoint_dir``, one every ``checkpoint_every``
-    steps (0: none on the way), at the last step and when cancelled, each announced by a
+    steps (default ``spec.train.checkpoint_every``; 0: none on the way), at the last step and when cancelled, each announced by a
     "checkpoint" event. ``resume_from`` (a checkpoint path) continues that run where it stopped:
     weights, optimiser state, data order and RNG restored, so the loss curve goes on as if never
-    interrupted. ``init_from`` starts this run from a checkpoint's weights only (fine-tuning).
+    interrupted. ``init_from`` (default ``spec.train.init_from``) starts this run from a
+    checkpoint's weights only (fine-tuning).
     Either raises ``ConfigError`` when the checkpoint's architecture or tokenizer differs."""
     spec = parse_spec(spec.to_dict())  # validate (again) and resolve vocab_size; cheap, data is cached
     m_cfg, d_cfg, t_cfg = spec.model, spec.data, spec.train
@@ -203,23 +214,28 @@ def train(
         autocast = contextlib.nullcontext
 
     # the data first: building it the first time (it is cached) may draw from the global RNG
-    data = load_data(d_cfg)
+    data = load_data(d_cfg, t_cfg.objective)
     torch.manual_seed(t_cfg.seed)  # initialisation and dropout
-    objective = OBJECTIVES[m_cfg.family](data, m_cfg)
+    objective = build_objective(data, m_cfg, t_cfg)
     model = build_model(m_cfg).to(device)
     # the training forward only: evaluation and sampling run other shapes, which would recompile
     forward = torch.compile(model) if t_cfg.compile else model
     optimizer = configure_optimizer(model, t_cfg, device)
     batches = torch.Generator().manual_seed(t_cfg.seed)  # batch order, apart from the global RNG
+    init_from = None if resume_from else (init_from or t_cfg.init_from)  # a resumed run has its own weights
     resumed = _restore(resume_from or init_from, spec, data.tokenizer, model, optimizer if resume_from else None,
                        batches, "train.resume_from" if resume_from else "train.init_from")
+    # the step's loss: the model's own, or DPO's against a frozen copy of the weights the job starts from
+    forward = objective.wrap(forward, model, spec=spec, init_from=init_from, resuming=bool(resume_from))
     train_evals = objective.eval_batches("train", t_cfg.batch_size, t_cfg.eval_iters)
     val_evals = objective.eval_batches("val", t_cfg.batch_size, t_cfg.eval_iters)
     accum = t_cfg.grad_accum_steps
     effective_batch = t_cfg.batch_size * accum
     # the tokens the model reads per optimizer step (an encoder-decoder's input and output)
-    tokens_per_step = effective_batch * sum(t.size(1) for t in train_evals[0][:-1])
-    flops_per_step = _flops_per_step(m_cfg, effective_batch, train_evals[0][0].size(1))
+    # (DPO's batches hold 2 rows per pair, chosen and rejected; its reference model's forward is
+    # not counted in the FLOPs)
+    tokens_per_step = accum * sum(t.numel() for t in train_evals[0][:-1])
+    flops_per_step = _flops_per_step(m_cfg, accum * train_evals[0][0].size(0), train_evals[0][0].size(1))
     peak = peak_flops(device)
     params = [p for p in model.parameters() if p.requires_grad]
     blocks = _blocks(model)
@@ -252,6 +268,8 @@ def train(
     spiked = False  # a spike since the last step event
     lr_scale, nonfinite_in_a_row = 1.0, 0  # "lower_lr" halves lr_scale
     first_step, saved_step = 1, 0
+    if checkpoint_every is None:
+        checkpoint_every = t_cfg.checkpoint_every
     if resume_from:
         state = resumed.trainer
         lr_scale, nonfinite_in_a_row = state["lr_scale"], state["nonfinite_in_a_row"]
@@ -359,6 +377,7 @@ def train(
                 # model FLOPs utilisation: analyze's useful FLOPs per step / step time / peak FLOP/s
                 "mfu": _finite(flops_per_step / step_time / peak) if flops_per_step and peak else None,
                 **({"aux_loss": _finite(sum(pending_aux) / len(pending_aux))} if moe else {}),
+                **objective.step_metrics(),  # DPO: log-probabilities and rewards since the last step event
             })
             pending_losses.clear()
             pending_aux.clear()
@@ -390,6 +409,14 @@ def train(
             emit(event)
             if maps is not None:
                 emit(maps)
+            if moe:  # which expert each token of the same held-out example went to
+                from .moe_maps import routing_event  # moe.py loads only for models with experts (as in model.py)
+
+                routing = routing_event(model, objective, device, autocast, step)
+                if routing is not None:
+                    emit(routing)
+        if checkpoint_dir and ((checkpoint_every and step % checkpoint_every == 0) or step == t_cfg.steps):
+            save(step)  # last in the step: the RNG state is the one the next step starts from
         if bar is not None:
             shown = {"loss": f"{loss_value:.3f}"}
             if final_val_loss is not None:
@@ -448,8 +475,13 @@ def _eta(step: int, cfg: TrainConfig, step_time: float, eval_times: list[float])
 
 def _evaluate(model, objective, train_evals, val_evals, spec: JobSpec, device, autocast, step: int) -> dict:
     on_device = lambda batches: [tuple(t.to(device) for t in b) for b in batches]  # noqa: E731
-    train_loss, _ = evaluate(model, on_device(train_evals), autocast, objective.score)
-    val_loss, accuracy = evaluate(model, on_device(val_evals), autocast, objective.score)
+    extra = {}
+    if objective.evaluate is not None:  # DPO: its own loss, reward accuracy and margin
+        train_loss, _, _ = objective.evaluate(model, on_device(train_evals), autocast)
+        val_loss, accuracy, extra = objective.evaluate(model, on_device(val_evals), autocast)
+    else:
+        train_loss, _ = evaluate(model, on_device(train_evals), autocast, objective.score)
+        val_loss, accuracy = evaluate(model, on_device(val_evals), autocast, objective.score)
     model.eval()
     sample = objective.sample(model, device, autocast, spec.train.seed, spec.train.sample_tokens)
     model.train()
@@ -460,6 +492,7 @@ def _evaluate(model, objective, train_evals, val_evals, spec: JobSpec, device, a
         "val_loss": _finite(val_loss),
         "accuracy": accuracy if objective.scored else None,
         "sample": sample,
+        **extra,
     }
 
 

@@ -168,7 +168,8 @@ def test_field_specs_describe_every_settable_field():
     assert names[0] == "model.family"
     sections = (ModelConfig, DataConfig, TrainConfig)
     every = {f"{cls.section}.{f.name}" for cls in sections for f in dataclasses.fields(cls)}
-    assert set(names) == every - {"model.vocab_size", "model.n_token_type", "data.path", "data.tokenizer_file"}
+    assert set(names) == every - {"model.vocab_size", "model.n_token_type", "data.path", "data.tokenizer_file",
+                                  "train.init_from"}
     for s in specs:
         assert {"name", "section", "key", "label", "type", "default", "min", "max", "help"} <= set(s)
         assert s["name"] == f"{s['section']}.{s['key']}"

@@ -1,3 +1,4 @@
+import json
 import os
 import time
 
@@ -10,19 +11,32 @@ from engine.data import STDLIB_MAX_CHARS, load_data, read_stdlib
 DESCRIBE_KEYS = {"vocab_size", "n_tokens", "train_tokens", "val_tokens", "name", "description"}
 
 
+OBJECTIVE = {"jsonl": "sft"}  # a source pretraining cannot read, with an objective that can
+
+
 def config_for(source: str, text_file: str) -> DataConfig:
-    return DataConfig(source=source, path=text_file if source == "text" else None, task_length=3)
+    path = None
+    if source == "text":
+        path = text_file
+    elif source == "jsonl":  # prompt/response lines beside the text file
+        path = os.path.join(os.path.dirname(text_file), "chats.jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"prompt": f"say {i}", "response": str(i)}) + "\n" for i in range(10))
+    return DataConfig(source=source, path=path, task_length=3)
 
 
 @pytest.mark.parametrize("source", DATA_SOURCES)
 def test_every_source_describes_itself_and_batches(source, text_file):
-    data = load_data(config_for(source, text_file))
-    info = describe_data(config_for(source, text_file))
+    objective = OBJECTIVE.get(source, "pretrain")
+    data = load_data(config_for(source, text_file), objective)
+    info = describe_data(config_for(source, text_file), objective)
     assert set(info) == DESCRIBE_KEYS
     assert info["vocab_size"] == data.tokenizer.vocab_size > 0
     assert info["train_tokens"] > 0 and info["val_tokens"] > 0
-    x, y = data.get_batch("train", 4, 16, torch.Generator().manual_seed(0))
-    assert x.shape == y.shape and x.shape[0] == 4 and x.shape[1] <= 16
+    block_size = 48 if source == "jsonl" else 16  # the chat template alone is 32 characters
+    assert data.check_block_size(block_size) is None
+    x, y = data.get_batch("train", 4, block_size, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape and x.shape[0] == 4 and x.shape[1] <= block_size
     assert x.dtype == y.dtype == torch.long
     assert int(x.max()) < info["vocab_size"] and int(y.max()) < info["vocab_size"]
     scored = y[y != -1]

@@ -11,6 +11,7 @@ PUBLIC = [
     "attention_snapshot", "attention_event",
     "to_transformers", "from_transformers", "config_from_hf", "PRESETS", "preset",
     "HARDWARE", "fit", "largest_batch", "tokenlab", "structure",
+    "checkpoint", "run_inference", "QUANTIZATIONS", "quantize", "quantization_table", "weight_bytes",
 ]
 
 

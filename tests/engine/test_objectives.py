@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import engine
-from engine.objectives import OBJECTIVES, mask_tokens, span_corrupt, span_counts, span_restore
+from engine.objectives import (OBJECTIVES, TRAINING_OBJECTIVES, build_objective, mask_tokens, span_corrupt,
+                               span_counts, span_restore)
 
 from .conftest import TINY
 
@@ -95,3 +96,17 @@ def test_batches_feed_the_model(family):
     logits, loss = engine.build_model(spec.model)(*batch)
     assert logits.shape[:2] == batch[-1].shape and loss.item() > 0
     assert batch[-1].max() < spec.model.vocab_size
+
+
+@pytest.mark.parametrize("objective,family", [(o, f) for o, families in TRAINING_OBJECTIVES.items() for f in families])
+def test_every_training_objective_steps_through_its_wrapped_forward(objective, family):
+    spec = engine.parse_spec({"model": {**TINY, "family": family, "block_size": 48},
+                              "data": {"task": "reverse", "task_length": 4}, "train": {"objective": objective}})
+    built = build_objective(engine.data.load_data(spec.data, objective), spec.model, spec.train)
+    model = engine.build_model(spec.model)
+    forward = built.wrap(model, model, spec=spec)
+    batch = built.get_batch("train", 3, torch.Generator().manual_seed(0))
+    logits, loss = forward(*batch)
+    loss.backward()
+    assert loss.item() > 0 and model.wte.weight.grad is not None
+    assert set(built.step_metrics()) <= {"chosen_logp", "rejected_logp", "reward_margin", "reward_accuracy"}
