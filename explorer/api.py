@@ -14,6 +14,7 @@ from ninja.files import UploadedFile
 from ninja.security import HttpBearer, django_auth
 
 from explorer import analysis as analysis_service
+from explorer import checkpoints
 from explorer import services
 from explorer import tokenizers as lab
 from explorer.datasets import DatasetError, save_upload
@@ -94,6 +95,8 @@ class JobOut(Schema):
     spec: dict[str, Any]
     dataset: Optional[str]
     url: str
+    attempt: int = 1
+    parent: Optional[dict[str, Any]] = None
 
 
 class JobList(Schema):
@@ -257,6 +260,67 @@ def cancel_job(request, job_id: int):
         return Status(409, {"detail": f"Job {job.pk} has already ended ({job.status})"})
     job.refresh_from_db()
     return services.job_to_dict(job, services.queue_positions([job])[job.pk])
+
+
+@jobs.post("/{int:job_id}/retry", response={200: JobOut, 409: ErrorOut},
+           summary="Queue a failed or cancelled job again, resuming from its last checkpoint")
+def retry_job(request, job_id: int):
+    """A new attempt of the same job: it goes on from its last checkpoint (same loss curve, same
+    event log) or, without one, starts over. 409 for a job that is queued, running or succeeded."""
+    job = get_job_or_404(request.user, job_id)
+    try:
+        checkpoints.retry_job(job, reason=f"retried by {request.user.get_username()}")
+    except checkpoints.RetryRefused as exc:
+        return Status(409, {"detail": str(exc)})
+    job.refresh_from_db()
+    return services.job_to_dict(job, services.queue_positions([job])[job.pk])
+
+
+class CheckpointOut(Schema):
+    step: int
+    bytes: int
+    created_at: str
+    download_url: str
+    transformers_url: str
+
+
+@jobs.get("/{int:job_id}/checkpoints", response=list[CheckpointOut], summary="A job's saved checkpoints, oldest first")
+def list_checkpoints(request, job_id: int):
+    job = get_job_or_404(request.user, job_id)
+    base = f"/api/v1/jobs/{job.pk}/checkpoints"
+    return [{**c, "download_url": f"{base}/{c['step']}/download", "transformers_url": f"{base}/{c['step']}/transformers"}
+            for c in checkpoints.checkpoints(job)]
+
+
+def _zip_response(body, filename):
+    response = HttpResponse(body, content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@jobs.get("/{int:job_id}/checkpoints/{int:step}/download", response={200: None, 404: ErrorOut},
+          summary="A checkpoint as a zip: model.safetensors, optimizer.safetensors, trainer.json")
+def download_checkpoint(request, job_id: int, step: int):
+    job = get_job_or_404(request.user, job_id)
+    try:
+        return _zip_response(checkpoints.zip_checkpoint(job, step), f"job-{job.pk}-step-{step}.zip")
+    except checkpoints.NoCheckpoint as exc:
+        raise Http404(str(exc)) from None
+
+
+@jobs.get("/{int:job_id}/checkpoints/{int:step}/transformers", response={200: None, 400: ErrorOut, 404: ErrorOut},
+          summary="A checkpoint exported as a transformers model directory (save_pretrained), zipped")
+def export_checkpoint(request, job_id: int, step: int):
+    """``AutoModelForCausalLM.from_pretrained(<unzipped dir>)`` loads it (GPT-2, Llama, Mistral,
+    Mixtral, BERT or T5, whichever expresses the architecture); 400 says why none does."""
+    job = get_job_or_404(request.user, job_id)
+    try:
+        body = checkpoints.zip_transformers(job, step)
+    except checkpoints.NoCheckpoint as exc:
+        raise Http404(str(exc)) from None
+    except ValueError as exc:
+        return Status(400, {"detail": str(exc)})
+    return _zip_response(body, f"job-{job.pk}-step-{step}-transformers.zip")
 
 
 # ---------------------------------------------------------------------------- composer helpers

@@ -5,7 +5,7 @@ from django import forms
 from django.contrib.auth.forms import UserCreationForm
 
 import engine
-from explorer import services, tokenizers
+from explorer import checkpoints, services, tokenizers
 from explorer.models import Dataset
 
 SECTIONS = [
@@ -49,12 +49,22 @@ class ComposeForm(forms.Form):
         self.team = team
         self.specs = engine.field_specs()
         for spec in self.specs:
+            if spec["name"] == "train.steps":
+                # Another job's latest checkpoint by id; the server turns it into the engine's init_from path.
+                self.fields["train.init_from_job"] = forms.ChoiceField(
+                    label="Start from", required=False,
+                    choices=[("", "— new weights (random initialisation)")] + checkpoints.init_choices(team),
+                    help_text="Fine-tune: start from another job's latest checkpoint (pretrain → SFT → DPO). "
+                              "The architecture must be that job's; its page's 'Fine-tune from this' sets it.",
+                    widget=forms.Select(attrs={"data-field": "train.init_from_job", "data-type": "choice"}),
+                )
             self.fields[spec["name"]] = _field_for(spec)
             if spec["name"] == "data.source":
                 self.fields["data.dataset"] = forms.ChoiceField(
-                    label="Uploaded text", required=False,
+                    label="Uploaded file", required=False,
                     choices=[("", "—")] + [(str(d.pk), d.name) for d in Dataset.objects.filter(team=team)],
-                    help_text="Used when the source is 'text'. Upload files on the Datasets page.",
+                    help_text="Used when the source is 'text' (any UTF-8 text) or 'jsonl' (SFT or DPO "
+                              "examples, one JSON object per line). Upload files on the Datasets page.",
                     widget=forms.Select(attrs={"data-field": "data.dataset", "data-type": "choice"}),
                 )
             if spec["name"] == "data.tokenizer" and "file" in (spec.get("choices") or []):

@@ -108,6 +108,11 @@ class Job(models.Model):
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, null=True, blank=True, related_name="jobs")
     queue = models.CharField(max_length=20, default="cpu")
     params = models.PositiveBigIntegerField(default=0)
+    # 1, then 2, 3, ... each time the job is retried (resuming from its last checkpoint)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    # the job whose checkpoint (at parent_step) this one started from: pretrain -> SFT -> DPO
+    parent = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children")
+    parent_step = models.PositiveIntegerField(null=True, blank=True)
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
     cancel_requested = models.BooleanField(default=False)

@@ -17,6 +17,7 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 import engine
+import engine.checkpoint as engine_checkpoint
 from explorer.models import Dataset, Job, JobEvent
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def relevant_config(spec):
     flat = {f"{section}.{key}": value for section, values in spec.items() for key, value in values.items()}
     return {
         section: {key: value for key, value in values.items()
-                  if key not in SERVER_PATHS and field_applies(f"{section}.{key}", flat)}
+                  if f"{section}.{key}" not in SERVER_PATHS and field_applies(f"{section}.{key}", flat)}
         for section, values in spec.items()
     }
 
@@ -143,9 +144,10 @@ def _split_payload(team, payload):
     data.pop("path", None)  # only the app sets paths, from a dataset of the user's team
     dataset_id = data.pop("dataset", None)
     dataset = None
-    if data.get("source") == "text":
+    if data.get("source") in ("text", "jsonl"):
         if dataset_id in (None, ""):
-            errors["data.dataset"] = "choose an uploaded text file for source 'text' (upload one under Datasets)"
+            errors["data.dataset"] = (f"choose an uploaded file for source '{data['source']}' "
+                                      "(upload one under Datasets)")
         else:
             try:
                 dataset = Dataset.objects.filter(team=team, pk=int(dataset_id)).first()
@@ -158,6 +160,9 @@ def _split_payload(team, payload):
     from explorer.tokenizers import bind_tokenizer_file  # it imports this module
 
     errors.update(bind_tokenizer_file(team, data))  # a lab tokenizer's id -> its file, like a dataset
+    from explorer.checkpoints import bind_init_from  # it imports this module
+
+    errors.update(bind_init_from(team, sections["train"]))  # another job's checkpoint -> its path
     return sections, dataset, errors
 
 
@@ -172,11 +177,16 @@ def validate_spec(team, payload):
     try:
         spec = engine.parse_spec(sections)
     except engine.ConfigError as exc:
-        by_id = {"data.path": "data.dataset", "data.tokenizer_file": "data.tokenizer_id"}  # users name files by id
+        # users name files by id
+        by_id = {"data.path": "data.dataset", "data.tokenizer_file": "data.tokenizer_id",
+                 "train.init_from": "train.init_from_job"}
         for key, message in exc.errors.items():
             errors.setdefault(by_id.get(key, key), message)
     if spec is None or errors:
         raise SpecError(errors)
+    from explorer.checkpoints import architecture_errors
+
+    errors.update(architecture_errors(spec))
     if spec.train.steps > settings.MAX_STEPS:
         errors["train.steps"] = f"steps ({spec.train.steps}) exceeds this deployment's limit of {settings.MAX_STEPS}"
     analysis = engine.analyze(spec.model, batch_size=spec.train.batch_size)
@@ -203,7 +213,7 @@ def estimate(team, payload):
         "valid": True,
         "errors": {},
         "analysis": analysis,
-        "data": engine.describe_data(spec.data),
+        "data": engine.describe_data(spec.data, spec.train.objective),
         "queue": queue_for(spec),
         "vocab_size": spec.model.vocab_size,
     }
@@ -214,9 +224,9 @@ def _partial_analysis(team, payload):
     try:
         sections, _, _ = _split_payload(team, payload)
         data_cfg = engine.DataConfig.from_dict(sections["data"])
-        described = engine.describe_data(data_cfg)
-        model_cfg = engine.ModelConfig.from_dict({**sections["model"], "vocab_size": described["vocab_size"]})
         train_cfg = engine.TrainConfig.from_dict(sections["train"])
+        described = engine.describe_data(data_cfg, train_cfg.objective)
+        model_cfg = engine.ModelConfig.from_dict({**sections["model"], "vocab_size": described["vocab_size"]})
         return {
             "analysis": engine.analyze(model_cfg, batch_size=train_cfg.batch_size),
             "data": described,
@@ -228,7 +238,10 @@ def _partial_analysis(team, payload):
 
 # ---------------------------------------------------------------------------- jobs
 def create_job(user, team, payload, name=""):
+    from explorer.checkpoints import parent_of
+
     spec, dataset, analysis = validate_spec(team, payload)
+    parent_id, parent_step = parent_of(spec.train.init_from) or (None, None)
     with transaction.atomic():
         job = Job.objects.create(
             team=team,
@@ -236,6 +249,8 @@ def create_job(user, team, payload, name=""):
             name=storable(name[:200]),
             spec=spec.to_dict(),
             dataset=dataset,
+            parent_id=parent_id,
+            parent_step=parent_step,
             queue=queue_for(spec),
             params=analysis["params"]["total"],
             total_steps=spec.train.steps,
@@ -355,13 +370,14 @@ def queue_positions(jobs):
     return {j.pk: positions.get(j.pk) for j in jobs}
 
 
-SERVER_PATHS = ("path", "tokenizer_file")  # data fields the app fills in from ids; not for users' eyes
+# fields the app fills in from ids; not for users' eyes
+SERVER_PATHS = ("data.path", "data.tokenizer_file", "train.init_from")
 
 
 def public_spec(spec):
-    """A job's spec as users see it: the app's file paths left out (datasets and tokenizers are
-    named by id and name instead)."""
-    return {section: {k: v for k, v in values.items() if not (section == "data" and k in SERVER_PATHS)}
+    """A job's spec as users see it: the app's file paths left out (datasets, tokenizers and
+    checkpoints are named by id and name instead)."""
+    return {section: {k: v for k, v in values.items() if f"{section}.{k}" not in SERVER_PATHS}
             for section, values in spec.items()}
 
 
@@ -383,6 +399,9 @@ def job_to_dict(job, position=None):
         "device": job.device,
         "error": job.error,
         "cancel_requested": job.cancel_requested,
+        "attempt": job.attempt,
+        "parent": {"id": job.parent_id, "step": job.parent_step, "url": f"/jobs/{job.parent_id}/"}
+        if job.parent_id else None,
         "created_at": job.created_at.isoformat(),
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
@@ -493,8 +512,14 @@ def run_job(job_id, worker_name):
     heartbeat.start()
     status, error = Job.Status.FAILED, ""
     try:
+        from explorer.checkpoints import job_dir
+
         spec = engine.parse_spec(job.spec)  # again: the data file may have changed since submission
-        result = engine.train(spec, on_event=recorder, should_stop=heartbeat.cancelled.is_set)
+        directory = job_dir(job.pk)
+        # a retried job (attempt 2, 3...) goes on from its last checkpoint, when it has one
+        resume = engine_checkpoint.latest_checkpoint(directory) if job.attempt > 1 else None
+        result = engine.train(spec, on_event=recorder, should_stop=heartbeat.cancelled.is_set,
+                              checkpoint_dir=directory, resume_from=resume)
         if result.cancelled:
             status = Job.Status.CANCELLED
         elif result.reason == "nonfinite":  # the run's NaN/Inf policy stopped it: a failure, with why

@@ -156,6 +156,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 MEDIA_ROOT = Path(os.environ.get("EXPLORER_MEDIA_ROOT", VAR_DIR / "media"))
 MAX_STEPS = env_int("EXPLORER_MAX_STEPS", 100_000)
+# Training jobs' checkpoints (safetensors), one directory per job; a retry resumes from them.
+CHECKPOINT_ROOT = Path(os.environ.get("EXPLORER_CHECKPOINT_ROOT", MEDIA_ROOT / "checkpoints"))
 
 # ---------------------------------------------------------------------------- auth
 AUTH_PASSWORD_VALIDATORS = [

@@ -16,6 +16,7 @@ urlpatterns = [
     path("runs/", views.runs, name="runs"),
     path("jobs/<int:job_id>/", views.job_detail, name="job"),
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job_cancel"),
+    path("jobs/<int:job_id>/retry/", views.job_retry, name="job_retry"),
     path("datasets/", views.datasets, name="datasets"),
     path("tokenizers/", views.tokenizers, name="tokenizers"),
     path("account/", views.account, name="account"),

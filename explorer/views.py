@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from explorer import analysis, services
+from explorer import analysis, checkpoints, services
 from explorer import tokenizers as lab
 from explorer.datasets import DatasetError, save_upload
 from explorer.forms import ApiTokenForm, ComposeForm, DatasetUploadForm, SignupForm
@@ -156,7 +156,8 @@ def job_detail(request, job_id):
         })
     return render(request, "explorer/job.html", {
         "job": job, "job_data": data, "config": services.relevant_config(job.spec), "nav": "queue",
-        "clone_query": _clone_query(job),
+        "clone_query": _clone_query(job), "checkpoints": checkpoints.checkpoints(job),
+        "children": jobs_visible_to(request.user).filter(parent=job).order_by("created_at"),
     })
 
 
@@ -168,12 +169,28 @@ def _clone_query(job):
              if key != "vocab_size" and value is not None}
     if job.dataset_id:
         query["data.dataset"] = job.dataset_id
+    if job.parent_id:
+        query["train.init_from_job"] = job.parent_id
     if data.get("tokenizer") == "file":
         ids = [t.pk for t in Tokenizer.objects.filter(team=job.team).exclude(file="")
                if t.file.path == data.get("tokenizer_file")]
         if ids:
             query["data.tokenizer_id"] = ids[0]
     return urlencode(query)
+
+
+@login_required
+@require_POST
+def job_retry(request, job_id):
+    job = get_job_or_404(request.user, job_id)
+    try:
+        step = checkpoints.retry_job(job, reason=f"retried by {request.user.get_username()}")
+    except checkpoints.RetryRefused as exc:
+        messages.warning(request, str(exc))
+    else:
+        messages.info(request, f"{job.display_name} queued again; it resumes from step {step}." if step
+                      else f"{job.display_name} queued again; no checkpoint, so it starts over.")
+    return redirect("job", job_id=job.pk)
 
 
 @login_required

@@ -12,7 +12,7 @@ const PARTS = ["embedding", "position", "attention", "ffn", "norms", "head"];
 const SHOWN_FOR_SOURCE = {
   "data.task": (source) => source === "synthetic",
   "data.task_length": (source) => source === "synthetic",
-  "data.dataset": (source) => source === "text",
+  "data.dataset": (source) => source === "text" || source === "jsonl",
   "data.tokenizer": (source) => source !== "synthetic",
 };
 

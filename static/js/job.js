@@ -5,7 +5,8 @@ import { api, ApiError, getJSON, LiveSocket } from "./api.js";
 import { refreshTimes } from "./app.js";
 import { LossChart } from "./charts/loss.js";
 import { LrChart } from "./charts/lr.js";
-import { ExpertLoadChart } from "./charts/expert_load.js";
+import { ExpertLoadChart, ExpertLoadTimeChart } from "./charts/expert_load.js";
+import { TokenRoutingView } from "./charts/moe_routing.js";
 import { RouterChart } from "./charts/router.js";
 import { ThroughputChart } from "./charts/throughput.js";
 import { AttentionPanel } from "./charts/attention.js";
@@ -15,6 +16,7 @@ import * as fmt from "./format.js";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const ACTIVE = new Set(["queued", "running"]);
 const MAX_SAMPLES_SHOWN = 100;
+const KEPT_CHECKPOINTS = 3;
 
 const $ = (id) => document.getElementById(id);
 let job = JSON.parse($("job-data").textContent);
@@ -24,6 +26,8 @@ const lrChart = new LrChart($("lr-chart"));
 const tpsChart = new ThroughputChart($("tps-chart"));
 const expertChart = new ExpertLoadChart($("moe-heatmap"));
 const routerChart = new RouterChart($("moe-router-chart"));
+const expertTimeChart = new ExpertLoadTimeChart($("moe-time-chart"));
+const routing = new TokenRoutingView($("moe-routing"));
 let lastMoe = null;
 const gradChart = new GradNormChart($("grad-chart"), { clip: Number(job.spec?.train?.grad_clip) || 0 });
 const updateChart = new UpdateRatioChart($("update-chart"));
@@ -68,6 +72,53 @@ function setStatus(status) {
   $("cancel-form").hidden = !ACTIVE.has(status);
   $("queue-note").hidden = status !== "queued";
   $("error-box").hidden = status !== "failed";
+  const retry = $("retry-form");
+  if (retry) retry.hidden = !(status === "failed" || status === "cancelled");
+}
+
+// ------------------------------------------------------------------ checkpoints and retries
+// A retry resumes at its status event's `resume_from_step`: the earlier attempt's events past
+// that step were trained again, so they are left out. [{seq, step}], from the event log.
+const retries = [];
+function supersededBy(e) {
+  const step = e.data?.step;
+  if (step == null || e.kind === "status" || e.kind === "checkpoint") return false;
+  return retries.some((r) => e.seq < r.seq && step > r.step);
+}
+async function loadRetries() {
+  try {
+    const body = await getJSON(eventsURL({ kind: "status", limit: 20000 }));
+    for (const e of body.events) {
+      if (e.data.attempt > 1) retries.push({ seq: e.seq, step: e.data.resume_from_step || 0 });
+    }
+  } catch (err) {
+    console.warn("could not load the job's attempts", err);
+  }
+}
+
+function addCheckpoint(d) {
+  const body = $("checkpoints-table").tBodies[0];
+  body.querySelector(`tr[data-step="${d.step}"]`)?.remove();
+  const base = `/api/v1/jobs/${job.id}/checkpoints/${d.step}`;
+  const row = document.createElement("tr");
+  row.dataset.step = d.step;
+  row.innerHTML = `<td class="tabular"></td><td class="num tabular"></td><td></td>
+    <td class="right"><a class="btn sm" download>safetensors</a> <a class="btn sm" download title="A transformers model directory (config.json + model.safetensors), zipped">transformers</a></td>`;
+  row.cells[0].textContent = fmt.int(d.step);
+  row.cells[1].textContent = fmt.bytes(d.bytes);
+  row.cells[2].textContent = `step ${fmt.int(d.step)}`;
+  const [dl, hf] = row.querySelectorAll("a");
+  dl.href = `${base}/download`;
+  hf.href = `${base}/transformers`;
+  body.append(row);
+  const rows = [...body.rows].sort((a, b) => Number(a.dataset.step) - Number(b.dataset.step));
+  rows.forEach((r) => body.append(r));
+  // the engine keeps the newest KEPT_CHECKPOINTS (engine.checkpoint.save_checkpoint's keep)
+  while (body.rows.length > KEPT_CHECKPOINTS) body.rows[0].remove();
+  $("checkpoints-table").hidden = false;
+  $("checkpoints-empty").hidden = true;
+  $("checkpoints-count").textContent = `${body.rows.length} saved`;
+  $("finetune-link").hidden = false;
 }
 
 function setMeta(key, value, iso = false) {
@@ -114,7 +165,15 @@ function applyEvent(e) {
         if (d.worker) setMeta("worker", d.worker);
         if (d.device) setMeta("device", d.device);
       }
-      if (TERMINAL.has(d.status)) finished = true;
+      // a retry (attempt 2, 3...) follows a terminal status: the job goes on
+      finished = TERMINAL.has(d.status);
+      if (d.attempt > 1) {
+        if (e.seq > snapshotSeq && d.status === "queued") location.reload(); // redraw without the abandoned steps
+        setMeta("attempt", String(d.attempt));
+      }
+      break;
+    case "checkpoint":
+      addCheckpoint(d);
       break;
     case "start":
       if (d.total_steps) metrics.total_steps = d.total_steps;
@@ -147,7 +206,12 @@ function applyEvent(e) {
       $("moe-card").hidden = false;
       expertChart.update(d);
       routerChart.addEvent(d);
+      expertTimeChart.addEvent(d);
       if (!lastMoe || d.step >= lastMoe.step) lastMoe = d;
+      break;
+    case "routing":
+      $("moe-card").hidden = false;
+      routing.addEvent(d);
       break;
     case "attention":
       attention.addEvent(e.seq, d);
@@ -175,6 +239,7 @@ function applyEvents(events) {
   const nHealthEvents = healthEvents.length;
   for (const e of events) {
     if (e.seq <= lastSeq) continue; // already applied (a replay overlapping the live stream)
+    if (supersededBy(e)) { lastSeq = e.seq; continue; }
     applyEvent(e);
     lastSeq = e.seq;
     applied++;
@@ -185,6 +250,7 @@ function applyEvents(events) {
   if (lastHealth !== health) renderHealth();
   if (healthEvents.length !== nHealthEvents) renderHealthEvents();
   renderMoeNote();
+  renderMoeLayers();
   if (finished) socket.stop();
 }
 
@@ -257,6 +323,23 @@ function renderMoeNote() {
   const share = routed + dropped ? ` (${fmt.percent(dropped / (routed + dropped), 1)})` : "";
   $("moe-step").textContent = `step ${fmt.int(lastMoe.step)} · ${layers.length} MoE layer${layers.length === 1 ? "" : "s"} · ${fmt.int(dropped)} dropped${share}`;
 }
+
+// One layer picker for the MoE card's over-time heatmap and token view; options as layers appear.
+function renderMoeLayers() {
+  const layers = [...new Set([...expertTimeChart.layers, ...routing.layers])].sort((a, b) => a - b);
+  const select = $("moe-layer");
+  if (layers.length === select.options.length) return;
+  const chosen = select.value;
+  select.replaceChildren(...layers.map((l) => new Option(`layer ${l}`, String(l))));
+  select.value = layers.map(String).includes(chosen) ? chosen : String(layers[0]);
+  $("moe-layer-pick").hidden = layers.length < 2;
+}
+
+$("moe-layer").addEventListener("change", (e) => {
+  const layer = Number(e.target.value);
+  expertTimeChart.setLayer(layer);
+  routing.setLayer(layer);
+});
 
 function sampleItem(s) {
   const li = document.createElement("li");
@@ -351,7 +434,9 @@ const socket = new LiveSocket({
     live.textContent = { open: "live", connecting: "connecting…", closed: "disconnected", done: "" }[state] ?? "";
     live.hidden = state === "done";
   },
-}).start();
+});
+// a retried job's log holds abandoned steps: learn where each attempt resumed before replaying
+(job.attempt > 1 ? loadRetries() : Promise.resolve()).then(() => socket.start());
 
 renderProgress();
 
@@ -364,5 +449,6 @@ window.jobPage = {
   get gradPoints() { return gradChart.points; },
   get healthEvents() { return healthEvents.slice(); },
   attention,
+  routing,
   socket,
 };
