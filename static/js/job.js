@@ -11,6 +11,7 @@ import { RouterChart } from "./charts/router.js";
 import { ThroughputChart } from "./charts/throughput.js";
 import { AttentionPanel } from "./charts/attention.js";
 import { GradNormChart, UpdateRatioChart, renderLayerTable } from "./charts/health.js";
+import { LogpChart, RewardChart } from "./charts/preference.js";
 import * as fmt from "./format.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
@@ -31,6 +32,10 @@ const routing = new TokenRoutingView($("moe-routing"));
 let lastMoe = null;
 const gradChart = new GradNormChart($("grad-chart"), { clip: Number(job.spec?.train?.grad_clip) || 0 });
 const updateChart = new UpdateRatioChart($("update-chart"));
+// DPO jobs only: the card exists when the job's objective is "dpo"
+const rewardChart = $("dpo-card") ? new RewardChart($("reward-chart")) : null;
+const logpChart = $("dpo-card") ? new LogpChart($("logp-chart")) : null;
+let lastReward = null;
 let lastHealth = null;
 const healthEvents = [];  // loss spikes and non-finite steps, oldest first
 const MAX_HEALTH_EVENTS_SHOWN = 200;
@@ -76,6 +81,15 @@ function setStatus(status) {
   if (retry) retry.hidden = !(status === "failed" || status === "cancelled");
 }
 
+function renderReward() {
+  if (!lastReward) return;
+  const parts = [];
+  const { train, val } = lastReward;
+  if (train) parts.push(`step ${fmt.int(train.step)}: margin ${train.reward_margin?.toFixed(3)}, accuracy ${fmt.percent(train.reward_accuracy)}`);
+  if (val) parts.push(`held out (step ${fmt.int(val.step)}): margin ${val.reward_margin?.toFixed(3)}, accuracy ${fmt.percent(val.reward_accuracy)}`);
+  $("dpo-summary").textContent = parts.join(" · ");
+}
+
 // ------------------------------------------------------------------ checkpoints and retries
 // A retry resumes at its status event's `resume_from_step`: the earlier attempt's events past
 // that step were trained again, so they are left out. [{seq, step}], from the event log.
@@ -96,7 +110,7 @@ async function loadRetries() {
   }
 }
 
-function addCheckpoint(d) {
+function addCheckpoint(d, ts) {
   const body = $("checkpoints-table").tBodies[0];
   body.querySelector(`tr[data-step="${d.step}"]`)?.remove();
   const base = `/api/v1/jobs/${job.id}/checkpoints/${d.step}`;
@@ -106,7 +120,10 @@ function addCheckpoint(d) {
     <td class="right"><a class="btn sm" download>safetensors</a> <a class="btn sm" download title="A transformers model directory (config.json + model.safetensors), zipped">transformers</a></td>`;
   row.cells[0].textContent = fmt.int(d.step);
   row.cells[1].textContent = fmt.bytes(d.bytes);
-  row.cells[2].textContent = `step ${fmt.int(d.step)}`;
+  const when = document.createElement("time");
+  when.dataset.local = "";
+  when.setAttribute("datetime", new Date(ts * 1000).toISOString());
+  row.cells[2].append(when);
   const [dl, hf] = row.querySelectorAll("a");
   dl.href = `${base}/download`;
   hf.href = `${base}/transformers`;
@@ -119,6 +136,7 @@ function addCheckpoint(d) {
   $("checkpoints-empty").hidden = true;
   $("checkpoints-count").textContent = `${body.rows.length} saved`;
   $("finetune-link").hidden = false;
+  refreshTimes(row);
 }
 
 function setMeta(key, value, iso = false) {
@@ -173,7 +191,7 @@ function applyEvent(e) {
       }
       break;
     case "checkpoint":
-      addCheckpoint(d);
+      addCheckpoint(d, e.ts);
       break;
     case "start":
       if (d.total_steps) metrics.total_steps = d.total_steps;
@@ -186,6 +204,11 @@ function applyEvent(e) {
       tpsChart.addDataPoint(d.step, d.tokens_per_s);
       gradChart.addStep(d.step, d.grad_norm, d.clipped);
       updateChart.addStep(d.step, d.update_ratio);
+      if (rewardChart && d.reward_margin !== undefined) {
+        rewardChart.addStep(d);
+        logpChart.addStep(d);
+        lastReward = { ...lastReward, train: d };
+      }
       if (d.spike) healthEvents.push({ kind: "spike", step: d.step, text: `step ${d.step}: loss spike, loss ${fmt.loss(d.loss)}` });
       Object.assign(metrics, pick(d, ["step", "loss", "lr", "tokens_per_s", "elapsed", "eta", "aux_loss", "mfu"]));
       break;
@@ -198,6 +221,10 @@ function applyEvent(e) {
       break;
     case "eval":
       lossChart.addEval(d.step, d.train_loss, d.val_loss);
+      if (rewardChart && d.reward_margin !== undefined) {
+        rewardChart.addEval(d);
+        lastReward = { ...lastReward, val: d };
+      }
       Object.assign(metrics, pick(d, ["val_loss", "accuracy"]));
       if (d.sample) samples.push({ step: d.step, val_loss: d.val_loss, ...d.sample });
       break;
@@ -251,6 +278,7 @@ function applyEvents(events) {
   if (healthEvents.length !== nHealthEvents) renderHealthEvents();
   renderMoeNote();
   renderMoeLayers();
+  renderReward();
   if (finished) socket.stop();
 }
 
@@ -448,6 +476,7 @@ window.jobPage = {
   get samples() { return samples.length; },
   get gradPoints() { return gradChart.points; },
   get healthEvents() { return healthEvents.slice(); },
+  get rewardPoints() { return rewardChart ? rewardChart.points : 0; },
   attention,
   routing,
   socket,
