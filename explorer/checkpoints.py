@@ -151,20 +151,25 @@ class RetryRefused(Exception):
     pass
 
 
-def retry_job(job, reason="retried by " + "the user"):
+def retry_job(job, reason="retried by the user", *, automatic=False):
     """Queue a failed or cancelled job again as its next attempt. It resumes from its last
     checkpoint where there is one (the loss curve goes on), else starts over. Returns the
     step it resumes from (0 when from scratch); ``RetryRefused`` for a job still queued or
-    running, or one that succeeded."""
+    running, or one that succeeded. ``automatic``: the app's own retry of a running job whose
+    worker was lost (``services.reap_stale_jobs``), counted in ``auto_retries``."""
     from explorer import services  # it imports this module
 
     if job.kind != "train":
         raise RetryRefused(f"only training jobs can be retried, not {job.kind} jobs")
     found = ckpt.list_checkpoints(job_dir(job.pk))
     resume_step = found[-1]["step"] if found else 0
+    allowed = (Job.Status.RUNNING,) if automatic else (Job.Status.FAILED, Job.Status.CANCELLED)
+    if automatic:
+        reason += (f" Requeued to resume from its checkpoint at step {resume_step}." if resume_step
+                   else " Requeued to start over (it had no checkpoint yet).")
     with transaction.atomic():
         row = Job.objects.select_for_update().get(pk=job.pk)
-        if row.status not in (Job.Status.FAILED, Job.Status.CANCELLED):
+        if row.status not in allowed:
             raise RetryRefused(f"{row.display_name} is {row.status}; only failed or cancelled jobs can be retried")
         attempt = row.attempt + 1
         messages = services.append_events(
@@ -172,6 +177,7 @@ def retry_job(job, reason="retried by " + "the user"):
                                  "resume_from_step": resume_step, "reason": reason})],
             status=Job.Status.QUEUED, attempt=attempt, cancel_requested=False, error="", finished_at=None,
             started_at=None, heartbeat_at=None, worker="", step=resume_step,
+            auto_retries=row.auto_retries + int(automatic),
         )
         transaction.on_commit(lambda: services.enqueue(job.pk))
     services.publish(job.pk, messages, team_id=job.team_id)

@@ -110,6 +110,8 @@ class Job(models.Model):
     params = models.PositiveBigIntegerField(default=0)
     # 1, then 2, 3, ... each time the job is retried (resuming from its last checkpoint)
     attempt = models.PositiveSmallIntegerField(default=1)
+    # of those, the attempts the app started by itself after losing a worker (at most JOB_AUTO_RETRIES)
+    auto_retries = models.PositiveSmallIntegerField(default=0)
     # the job whose checkpoint (at parent_step) this one started from: pretrain -> SFT -> DPO
     parent = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children")
     parent_step = models.PositiveIntegerField(null=True, blank=True)

@@ -542,24 +542,41 @@ def run_job(job_id, worker_name):
 
 
 def reap_stale_jobs(timeout_s=None):
-    """Fail running jobs whose worker stopped sending heartbeats (killed, lost its host...)."""
+    """Take running jobs from workers that stopped sending heartbeats (killed, lost their host...):
+    requeued to resume from their last checkpoint (``JOB_AUTO_RETRIES`` times), then failed."""
     timeout_s = timeout_s or settings.JOB_HEARTBEAT_TIMEOUT_S
     cutoff = timezone.now() - timezone.timedelta(seconds=timeout_s)
     reaped = []
     for job in Job.objects.filter(status=Job.Status.RUNNING, heartbeat_at__lt=cutoff):
-        error = (
-            f"Worker {job.worker or '?'} stopped responding: no heartbeat for over {timeout_s} s. "
-            "The events up to then are kept."
-        )
-        if record_status(job.pk, Job.Status.FAILED, expect=[Job.Status.RUNNING], error=error):
+        reason = f"Worker {job.worker or '?'} stopped responding: no heartbeat for over {timeout_s} s."
+        if lose_worker(job, reason):
             reaped.append(job.pk)
     return reaped
 
 
 def fail_orphaned_jobs(worker_name):
     """At worker start: jobs this worker (by name) was running died with its previous process."""
-    orphans = list(Job.objects.filter(status=Job.Status.RUNNING, worker=worker_name).values_list("pk", flat=True))
-    for job_id in orphans:
-        error = f"Worker {worker_name} restarted while running this job."
-        record_status(job_id, Job.Status.FAILED, expect=[Job.Status.RUNNING], error=error)
+    orphans = []
+    for job in Job.objects.filter(status=Job.Status.RUNNING, worker=worker_name):
+        if lose_worker(job, f"Worker {worker_name} restarted while running this job."):
+            orphans.append(job.pk)
     return orphans
+
+
+def lose_worker(job, reason):
+    """A running job whose worker is gone: a training job is requeued as its next attempt,
+    resuming from its last checkpoint, while it has automatic retries left; otherwise (or for
+    another kind of job) it fails with ``reason``. The events up to then are kept. Returns
+    whether the job was taken (False when it had meanwhile left "running")."""
+    from explorer.checkpoints import RetryRefused, retry_job
+
+    if job.kind == "train" and job.auto_retries < settings.JOB_AUTO_RETRIES:
+        try:
+            step = retry_job(job, reason=reason, automatic=True)
+        except RetryRefused:
+            return False
+        log.warning("job %s requeued after losing its worker (resuming at step %s)", job.pk, step)
+        return True
+    tried = " It was already requeued once after losing a worker." if job.auto_retries else ""
+    return record_status(job.pk, Job.Status.FAILED, expect=[Job.Status.RUNNING],
+                         error=f"{reason} The events up to then are kept.{tried}")

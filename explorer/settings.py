@@ -144,8 +144,11 @@ CHANNEL_LAYERS = {
 }
 
 # ---------------------------------------------------------------------------- jobs
-# A job whose worker has sent no heartbeat for this long is failed by the reaper.
-JOB_HEARTBEAT_TIMEOUT_S = env_int("EXPLORER_JOB_HEARTBEAT_TIMEOUT_S", 60)
+# A job whose worker has sent no heartbeat (every 5 s) for this long is taken from it by the
+# reaper (which runs every 15 s): requeued to resume from its last checkpoint, JOB_AUTO_RETRIES
+# times, then failed with the reason. 40 + 15 s: a killed worker's job leaves "running" within a minute.
+JOB_HEARTBEAT_TIMEOUT_S = env_int("EXPLORER_JOB_HEARTBEAT_TIMEOUT_S", 40)
+JOB_AUTO_RETRIES = env_int("EXPLORER_JOB_AUTO_RETRIES", 1)
 # Estimated training memory a job may need, per queue (MiB); refused before queueing when above.
 WORKER_MEMORY_BUDGET_MB = {
     "cpu": env_int("EXPLORER_CPU_MEMORY_BUDGET_MB", 4096),

@@ -77,7 +77,7 @@ def test_cuda_job_without_gpu_fails_cleanly(alice, tiny_spec):
     assert "CUDA" in job.error or "cuda" in job.error
 
 
-def test_reaper_fails_jobs_whose_worker_vanished(alice, tiny_spec):
+def test_reaper_requeues_once_then_fails_jobs_whose_worker_vanished(alice, tiny_spec):
     job = services.create_job(alice[0], alice[1], tiny_spec)
     stale = timezone.now() - timezone.timedelta(seconds=600)
     Job.objects.filter(pk=job.pk).update(status="running", worker="gone@host", heartbeat_at=stale, started_at=stale)
@@ -85,13 +85,26 @@ def test_reaper_fails_jobs_whose_worker_vanished(alice, tiny_spec):
     Job.objects.filter(pk=fresh.pk).update(status="running", heartbeat_at=timezone.now())
     assert services.reap_stale_jobs(timeout_s=60) == [job.pk]
     job.refresh_from_db()
-    assert job.status == "failed" and "gone@host" in job.error and "heartbeat" in job.error
+    assert (job.status, job.attempt, job.auto_retries, job.error) == ("queued", 2, 1, "")
+    status = job.events.order_by("-seq").first().payload
+    assert status["status"] == "queued" and status["attempt"] == 2 and status["resume_from_step"] == 0
+    assert "gone@host" in status["reason"] and "start over" in status["reason"]
     assert Job.objects.get(pk=fresh.pk).status == "running"
 
+    # the second loss: failed, with the reason and the earlier requeue
+    Job.objects.filter(pk=job.pk).update(status="running", worker="gone@host", heartbeat_at=stale)
+    assert services.reap_stale_jobs(timeout_s=60) == [job.pk]
+    job.refresh_from_db()
+    assert job.status == "failed" and "gone@host" in job.error and "heartbeat" in job.error
+    assert "already requeued once" in job.error
 
-def test_worker_restart_fails_its_orphans(alice, tiny_spec):
+
+def test_worker_restart_requeues_its_orphans_once(alice, tiny_spec):
     job = services.create_job(alice[0], alice[1], tiny_spec)
     Job.objects.filter(pk=job.pk).update(status="running", worker="cpu@box", heartbeat_at=timezone.now())
+    assert services.fail_orphaned_jobs("cpu@box") == [job.pk]
+    assert Job.objects.get(pk=job.pk).status == "queued"
+    Job.objects.filter(pk=job.pk).update(status="running", worker="cpu@box")
     assert services.fail_orphaned_jobs("cpu@box") == [job.pk]
     assert Job.objects.get(pk=job.pk).status == "failed"
 
