@@ -14,7 +14,7 @@ from ninja.files import UploadedFile
 from ninja.security import HttpBearer, django_auth
 
 from explorer import analysis as analysis_service
-from explorer import checkpoints
+from explorer import checkpoints, ratelimit, scheduling
 from explorer import services
 from explorer import tokenizers as lab
 from explorer.datasets import DatasetError, save_upload
@@ -62,6 +62,7 @@ def not_found(request, exc):
 class JobIn(Schema):
     name: str = ""
     team: Optional[str] = None
+    priority: str = "normal"
     model: dict[str, Any] = {}
     data: dict[str, Any] = {}
     train: dict[str, Any] = {}
@@ -97,6 +98,9 @@ class JobOut(Schema):
     url: str
     attempt: int = 1
     parent: Optional[dict[str, Any]] = None
+    priority: str = "normal"
+    starts_in_s: Optional[float] = None
+    kind: str = "train"
 
 
 class JobList(Schema):
@@ -154,20 +158,30 @@ def _dataset_out(d):
 jobs = Router(tags=["jobs"])
 
 
-@jobs.post("", response={201: JobOut, 400: ErrorOut}, summary="Submit a training job")
+@jobs.post("", response={201: JobOut, 400: ErrorOut, 429: ErrorOut}, summary="Submit a training job")
 def create_job(request, payload: JobIn):
     team = _team(request, payload.team)
-    job = services.create_job(request.user, team, payload.dict(include={"model", "data", "train"}), name=payload.name)
+    if refusal := ratelimit.refuse_job(request.user):
+        return refusal.api_response()
+    job = services.create_job(request.user, team, payload.dict(include={"model", "data", "train"}), name=payload.name,
+                              priority=payload.priority)
     return Status(201, services.job_to_dict(job, position=services.queue_positions([job])[job.pk]))
 
 
-@jobs.get("", response=JobList, summary="Jobs of your teams, newest first")
-def list_jobs(request, team: Optional[str] = None, status: Optional[str] = None, limit: int = 50, offset: int = 0):
+@jobs.get("", response={200: JobList, 400: ErrorOut}, summary="Jobs of your teams, newest first; filter and search")
+def list_jobs(request, team: Optional[str] = None, status: Optional[str] = None, limit: int = 50, offset: int = 0,
+              owner: Optional[str] = None, family: Optional[str] = None, q: Optional[str] = None,
+              since: Optional[str] = None, until: Optional[str] = None, kind: Optional[str] = None):
+    """``status`` (comma-separated), ``owner`` (username), ``family`` (decoder, encoder,
+    encoder_decoder), ``kind`` (train, inference, tokenizer), ``q`` (in the name, or "#12" for a
+    job id), ``since`` / ``until`` (dates, YYYY-MM-DD, on the creation time, inclusive)."""
     qs = jobs_visible_to(request.user)
     if team:
         qs = qs.filter(team=_team(request, team))
-    if status:
-        qs = qs.filter(status__in=status.split(","))
+    try:
+        qs = services.search_jobs(qs, status=status, owner=owner, family=family, q=q, since=since, until=until, kind=kind)
+    except ValueError as exc:
+        return Status(400, {"detail": str(exc)})
     if offset < 0:
         raise HttpError(400, f"offset must be ≥ 0 (got {offset})")
     limit = max(1, min(limit, 200))
@@ -253,25 +267,62 @@ def export_job(request, job_id: int, format: str = "json", exclude: Optional[str
     return response
 
 
-@jobs.post("/{int:job_id}/cancel", response={200: JobOut, 409: ErrorOut}, summary="Cancel a queued or running job")
+@jobs.post("/{int:job_id}/cancel", response={200: JobOut, 403: ErrorOut, 409: ErrorOut}, summary="Cancel a queued or running job")
 def cancel_job(request, job_id: int):
     job = get_job_or_404(request.user, job_id)
+    try:
+        scheduling.check_can_act(request.user, job, "cancel")
+    except scheduling.NotAllowed as exc:
+        return Status(403, {"detail": str(exc)})
     if not services.cancel_job(job):
         return Status(409, {"detail": f"Job {job.pk} has already ended ({job.status})"})
     job.refresh_from_db()
     return services.job_to_dict(job, services.queue_positions([job])[job.pk])
 
 
-@jobs.post("/{int:job_id}/retry", response={200: JobOut, 409: ErrorOut},
+@jobs.post("/{int:job_id}/retry", response={200: JobOut, 403: ErrorOut, 409: ErrorOut},
            summary="Queue a failed or cancelled job again, resuming from its last checkpoint")
 def retry_job(request, job_id: int):
     """A new attempt of the same job: it goes on from its last checkpoint (same loss curve, same
     event log) or, without one, starts over. 409 for a job that is queued, running or succeeded."""
     job = get_job_or_404(request.user, job_id)
     try:
+        scheduling.check_can_act(request.user, job, "retry")
         checkpoints.retry_job(job, reason=f"retried by {request.user.get_username()}")
+    except scheduling.NotAllowed as exc:
+        return Status(403, {"detail": str(exc)})
     except checkpoints.RetryRefused as exc:
         return Status(409, {"detail": str(exc)})
+    job.refresh_from_db()
+    return services.job_to_dict(job, services.queue_positions([job])[job.pk])
+
+
+class PriorityIn(Schema):
+    priority: str
+
+
+@jobs.post("/{int:job_id}/priority", response={200: JobOut, 400: ErrorOut, 403: ErrorOut, 409: ErrorOut},
+           summary="Change a queued job's priority (low, normal; high for maintainers)")
+def set_priority(request, job_id: int, payload: PriorityIn):
+    job = get_job_or_404(request.user, job_id)
+    try:
+        scheduling.set_priority(request.user, job, payload.priority)
+    except ValueError as exc:
+        return Status(400, {"detail": str(exc), "errors": {"priority": str(exc)}})
+    except scheduling.NotAllowed as exc:
+        return Status(403 if job.status == "queued" else 409, {"detail": str(exc)})
+    job.refresh_from_db()
+    return services.job_to_dict(job, services.queue_positions([job])[job.pk])
+
+
+@jobs.post("/{int:job_id}/move-to-top", response={200: JobOut, 403: ErrorOut, 409: ErrorOut},
+           summary="Put a queued job first among those of its priority (maintainers)")
+def move_to_top(request, job_id: int):
+    job = get_job_or_404(request.user, job_id)
+    try:
+        scheduling.move_to_top(request.user, job)
+    except scheduling.NotAllowed as exc:
+        return Status(403 if job.status == "queued" else 409, {"detail": str(exc)})
     job.refresh_from_db()
     return services.job_to_dict(job, services.queue_positions([job])[job.pk])
 
@@ -534,12 +585,60 @@ def merge_replay(request, tokenizer_id: int, payload: MergesIn, team: Optional[s
         return _lab_error(exc)
 
 
+# ---------------------------------------------------------------------------- inference
+inference = Router(tags=["inference"])
+
+
+class InferenceIn(Schema):
+    name: str = ""
+    team: Optional[str] = None
+    source: dict[str, Any] = {}
+    prompts: list[str] = []
+    max_new_tokens: int = 48
+    temperature: float = 0.8
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    stop: list[str] = []
+    seed: int = 0
+    compare_cache: bool = True
+    quantization: list[str] = []
+    group_size: int = 32
+    top_alternatives: int = 5
+
+
+@inference.post("/inference", response={201: JobOut, 400: ErrorOut, 429: ErrorOut},
+                summary="Run prompts through a checkpoint or a pretrained model, as a job")
+def create_inference_job(request, payload: InferenceIn):
+    """``source``: ``{"job": id, "step": n}`` (a training job of your team; the latest checkpoint
+    without ``step``) or ``{"pretrained": "minilm"}``. Decoders sample continuations (greedy at
+    temperature 0, then top-k, top-p, stop strings, seed), measured with and without the KV cache
+    (``compare_cache``); ``quantization`` (decoders only) adds a table of perplexity, size and speed
+    per method. Encoders give the prompts' embedding similarities. The job's events (``/jobs/{id}/
+    events``): "progress", "generation", "quantization", "end"."""
+    from explorer import inference_jobs
+
+    team = _team(request, payload.team)
+    if refusal := ratelimit.refuse_job(request.user):
+        return refusal.api_response()
+    job = inference_jobs.create_inference_job(request.user, team, payload.dict(exclude={"name", "team"}),
+                                              name=payload.name)
+    return Status(201, services.job_to_dict(job, position=services.queue_positions([job])[job.pk]))
+
+
+@inference.get("/inference/options", summary="What an inference job can start from, and its settings' limits")
+def inference_options(request, team: Optional[str] = None):
+    from explorer import inference_jobs
+
+    return inference_jobs.options(_team(request, team))
+
+
 api.add_router("/jobs", jobs)
 api.add_router("/", analysis)
 api.add_router("/", presets)
 api.add_router("/", composer)
 api.add_router("/datasets", datasets)
 api.add_router("/", tokenizer_lab)
+api.add_router("/", inference)
 
 
 @api.get("/me", tags=["account"], summary="Who you are and your teams")
@@ -549,3 +648,46 @@ def me(request):
         "teams": [{"id": t.pk, "name": t.name, "slug": t.slug} for t in user_teams(request.user)],
         "upload_max_bytes": settings.UPLOAD_MAX_BYTES,
     }
+
+
+# ---------------------------------------------------------------------------- workers
+workers_router = Router(tags=["workers"])
+
+
+@workers_router.get("", summary="The registered workers: device, queues, current job, utilisation, heartbeat")
+def list_workers(request):
+    """Every worker; a current job of another team shows only as ``{"busy": true}``.
+    ``can_manage``: whether you may drain them (staff, maintainers and admins of a shared team)."""
+    from explorer import workers
+
+    return workers.workers_for(request.user)
+
+
+def _set_draining(request, name, draining):
+    from explorer import workers
+    from explorer.models import Worker
+
+    worker = Worker.objects.filter(name=name).first()
+    if worker is None:
+        raise Http404(f"no worker {name!r}")
+    try:
+        worker = workers.set_draining(request.user, worker, draining)
+    except workers.NotAllowed as exc:
+        return Status(403, {"detail": str(exc)})
+    team_ids = set(user_teams(request.user).values_list("pk", flat=True))
+    return workers.worker_to_dict(worker, team_ids)
+
+
+@workers_router.post("/{name}/drain", response={200: dict, 403: ErrorOut, 404: ErrorOut},
+                     summary="Drain a worker: it finishes its current job and takes no new one")
+def drain_worker(request, name: str):
+    return _set_draining(request, name, True)
+
+
+@workers_router.post("/{name}/undrain", response={200: dict, 403: ErrorOut, 404: ErrorOut},
+                     summary="Undrain a worker: it takes jobs from its queues again")
+def undrain_worker(request, name: str):
+    return _set_draining(request, name, False)
+
+
+api.add_router("/workers", workers_router)

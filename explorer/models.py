@@ -13,6 +13,15 @@ class Team(models.Model):
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="teams")
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # Quotas, set by the team's admins; empty = no limit (explorer.scheduling). The running limits
+    # hold jobs in the queue; the others refuse a submission with a message.
+    max_running = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs of the team running at once")
+    max_running_per_user = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs of one member running at once")
+    max_active_per_user = models.PositiveIntegerField(null=True, blank=True,
+                                                      help_text="Jobs of one member queued or running (more are refused)")
+    gpu_hours_per_day = models.FloatField(null=True, blank=True, help_text="GPU-hours the team may use in 24 h")
+    gpu_hours_per_day_per_user = models.FloatField(null=True, blank=True, help_text="GPU-hours one member may use in 24 h")
+
     def __str__(self):
         return self.name
 
@@ -107,7 +116,12 @@ class Job(models.Model):
     spec = models.JSONField()
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, null=True, blank=True, related_name="jobs")
     queue = models.CharField(max_length=20, default="cpu")
+    # the broker queue its messages go to: the queue, or a memory tier of it ("cpu.8g"); "" = queue
+    route = models.CharField(max_length=40, blank=True, default="")
     params = models.PositiveBigIntegerField(default=0)
+    # explorer.scheduling: high (2) before normal (1) before low (0); then fair share; then queue_order
+    priority = models.SmallIntegerField(default=1)
+    queue_order = models.FloatField(default=0.0, help_text="Submission time (Unix); lowered to move a job up")
     # 1, then 2, 3, ... each time the job is retried (resuming from its last checkpoint)
     attempt = models.PositiveSmallIntegerField(default=1)
     # of those, the attempts the app started by itself after losing a worker (at most JOB_AUTO_RETRIES)
@@ -200,3 +214,44 @@ class ApiToken(models.Model):
             return None
         cls.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
         return token.user
+
+
+class Worker(models.Model):
+    """A Celery worker as it registered itself at start (explorer.workers): its device, the
+    queues it takes jobs from and, from its heartbeats (every few seconds), how busy it is."""
+
+    class Status(models.TextChoices):
+        ONLINE = "online"
+        DRAINING = "draining"  # finishes its current job, takes no new one
+        OFFLINE = "offline"  # stopped, or no heartbeat for WORKER_OFFLINE_AFTER_S
+
+    name = models.CharField(max_length=200, unique=True)  # Celery's hostname: "cpu@box"
+    queues = models.JSONField(default=list)  # the plain queues it serves: ["cpu"]
+    tiers = models.JSONField(default=list)  # and their memory tiers it can hold: ["cpu.1g", "cpu.2g"]
+    device_kind = models.CharField(max_length=10, default="cpu")  # "cpu" or "cuda"
+    device_name = models.CharField(max_length=200, blank=True)
+    cpu_count = models.PositiveIntegerField(default=0)
+    # RAM for a CPU worker, the GPU's memory for a GPU worker
+    memory_bytes = models.PositiveBigIntegerField(default=0)
+    # what one job may use: memory × WORKER_MEMORY_FRACTION / concurrency (the fit gate's figure)
+    usable_bytes = models.PositiveBigIntegerField(default=0)
+    concurrency = models.PositiveSmallIntegerField(default=1)
+    version = models.CharField(max_length=100, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ONLINE, db_index=True)
+    current_job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    started_at = models.DateTimeField(default=timezone.now)
+    heartbeat_at = models.DateTimeField(default=timezone.now)
+
+    # utilisation at the last heartbeat: the host's (CPU %, RAM used) and the GPU's
+    cpu_percent = models.FloatField(null=True, blank=True)
+    memory_used_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    gpu_percent = models.FloatField(null=True, blank=True)
+    gpu_memory_used_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return f"worker {self.name} ({self.status})"

@@ -60,6 +60,11 @@ def composer_options(team):
     }
 
 
+def composer_options_choices():
+    """The engine's registry choices by field key (family, attention, norm ...)."""
+    return engine.choices()
+
+
 def _holds(condition, value):
     if isinstance(condition, dict):
         return (value is not None and value >= condition.get("min", value) and value <= condition.get("max", value))
@@ -192,12 +197,12 @@ def validate_spec(team, payload):
     analysis = engine.analyze(spec.model, batch_size=spec.train.batch_size)
     queue = queue_for(spec)
     need = analysis["memory"]["train_total"]
-    budget = settings.WORKER_MEMORY_BUDGET_MB[queue] * 2**20
-    if need > budget:
-        errors["train.batch_size"] = (
-            f"estimated training memory {fmt_bytes(need)} exceeds the {queue} workers' budget of "
-            f"{fmt_bytes(budget)}; lower batch_size, block_size, n_embd or n_layer"
-        )
+    from explorer.workers import FitError, fit_gate
+
+    try:  # against the memory of the queue's registered workers (WORKER_MEMORY_BUDGET_MB before any)
+        fit_gate(queue, need)
+    except FitError as exc:
+        errors["train.batch_size"] = f"{exc}; lower batch_size, block_size, n_embd or n_layer"
     if errors:
         raise SpecError(errors)
     return spec, dataset, analysis
@@ -237,10 +242,20 @@ def _partial_analysis(team, payload):
 
 
 # ---------------------------------------------------------------------------- jobs
-def create_job(user, team, payload, name=""):
+def create_job(user, team, payload, name="", priority="normal"):
+    """Validate, check the quotas and the user's right to the priority, save and enqueue.
+    ``SpecError`` (by field) for any refusal."""
+    from explorer import scheduling
     from explorer.checkpoints import parent_of
 
     spec, dataset, analysis = validate_spec(team, payload)
+    try:
+        priority_value = scheduling.check_priority(user, team, priority or "normal")
+        scheduling.check_submission(user, team, queue_for(spec))
+    except (ValueError, scheduling.NotAllowed) as exc:
+        raise SpecError({"priority": str(exc)}) from None
+    except scheduling.QuotaExceeded as exc:
+        raise SpecError({"quota": str(exc)}) from None
     parent_id, parent_step = parent_of(spec.train.init_from) or (None, None)
     with transaction.atomic():
         job = Job.objects.create(
@@ -251,6 +266,8 @@ def create_job(user, team, payload, name=""):
             dataset=dataset,
             parent_id=parent_id,
             parent_step=parent_step,
+            priority=priority_value,
+            queue_order=time.time(),
             queue=queue_for(spec),
             params=analysis["params"]["total"],
             total_steps=spec.train.steps,
@@ -262,10 +279,18 @@ def create_job(user, team, payload, name=""):
 
 def enqueue(job_id):
     from explorer import tasks  # tasks import this module
+    from explorer.workers import route_for
 
     job = Job.objects.get(pk=job_id)
-    result = tasks.run_job.apply_async(args=[job.pk], queue=job.queue)
-    Job.objects.filter(pk=job.pk).update(celery_task_id=result.id)
+    need = 0
+    try:  # the estimate again, against the workers of now: only those that can hold the job get it
+        spec = engine.parse_spec(job.spec)
+        need = engine.analyze(spec.model, batch_size=spec.train.batch_size)["memory"]["train_total"]
+    except Exception:  # noqa: BLE001 - an invalid spec fails on the worker, with the reason
+        pass
+    route = route_for(job.queue, need)
+    result = tasks.run_job.apply_async(args=[job.pk], queue=route)
+    Job.objects.filter(pk=job.pk).update(celery_task_id=result.id, route="" if route == job.queue else route)
     broadcast_team(job.pk)
 
 
@@ -349,6 +374,36 @@ def record_status(job_id, status, *, expect=None, **fields):
     return True
 
 
+def search_jobs(qs, *, status=None, owner=None, family=None, q=None, since=None, until=None, kind=None):
+    """The job history's filters (the queue page and GET /api/v1/jobs); ValueError for a bad date."""
+    import datetime
+
+    if status:
+        qs = qs.filter(status__in=[s for s in status.split(",") if s])
+    if owner:
+        qs = qs.filter(owner__username=owner)
+    if kind:
+        qs = qs.filter(kind=kind)
+    if family:
+        qs = qs.filter(kind="train", spec__model__family=family)
+    if q:
+        q = q.strip()
+        if q.lstrip("#").isdigit():
+            qs = qs.filter(pk=int(q.lstrip("#")))
+        else:
+            qs = qs.filter(name__icontains=storable(q))
+    for value, lookup, shift in ((since, "created_at__gte", 0), (until, "created_at__lt", 1)):
+        if value:
+            try:
+                day = datetime.date.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"expected a date as YYYY-MM-DD, got {value!r}") from None
+            start = datetime.datetime.combine(day + datetime.timedelta(days=shift), datetime.time.min,
+                                              tzinfo=datetime.timezone.utc)
+            qs = qs.filter(**{lookup: start})
+    return qs
+
+
 def cancel_job(job):
     """Cancel a queued job at once; ask a running one to stop at its next step.
 
@@ -361,17 +416,22 @@ def cancel_job(job):
 
 
 def queue_positions(jobs):
-    """Place in line (1 = next) of each queued job among all queued jobs of its queue."""
-    queues = {j.queue for j in jobs if j.status == Job.Status.QUEUED}
-    positions = {}
-    for queue in queues:
-        ids = Job.objects.filter(queue=queue, status=Job.Status.QUEUED).order_by("created_at", "pk").values_list("pk", flat=True)
-        positions.update({pk: i for i, pk in enumerate(ids, start=1)})
-    return {j.pk: positions.get(j.pk) for j in jobs}
+    """For each queued job, {"position" (1 = next), "starts_in_s"}: training jobs in the order
+    ``explorer.scheduling`` will run them (priority, fair share, quotas), with an estimated start;
+    other kinds (tokenizer, inference) first come, first served. None for jobs not queued."""
+    from explorer import scheduling
+
+    plan = scheduling.positions([j for j in jobs if j.kind == "train"])
+    others = {j.queue for j in jobs if j.status == Job.Status.QUEUED and j.kind != "train"}
+    for queue in others:
+        ids = (Job.objects.filter(queue=queue, status=Job.Status.QUEUED).exclude(kind="train")
+               .order_by("created_at", "pk").values_list("pk", flat=True))
+        plan.update({pk: {"position": i, "starts_in_s": None} for i, pk in enumerate(ids, start=1)})
+    return {j.pk: plan.get(j.pk) for j in jobs}
 
 
 # fields the app fills in from ids; not for users' eyes
-SERVER_PATHS = ("data.path", "data.tokenizer_file", "train.init_from")
+SERVER_PATHS = ("data.path", "data.tokenizer_file", "train.init_from", "tokenizer.path")
 
 
 def public_spec(spec):
@@ -382,6 +442,10 @@ def public_spec(spec):
 
 
 def job_to_dict(job, position=None):
+    """The job as the API and pages show it; ``position`` is its ``queue_positions`` entry."""
+    from explorer.scheduling import PRIORITY_NAMES
+
+    place = position if isinstance(position, dict) else {"position": position, "starts_in_s": None}
     return {
         "id": job.pk,
         "name": job.display_name,
@@ -389,7 +453,10 @@ def job_to_dict(job, position=None):
         "owner": job.owner.get_username(),
         "status": job.status,
         "queue": job.queue,
-        "position": position,
+        "position": place["position"] if job.status == Job.Status.QUEUED else None,
+        "starts_in_s": place["starts_in_s"] if job.status == Job.Status.QUEUED else None,
+        "priority": PRIORITY_NAMES.get(job.priority, "normal"),
+        "kind": job.kind,
         "params": job.params,
         "step": job.step,
         "total_steps": job.total_steps,
@@ -419,19 +486,31 @@ SUMMARY_KEYS = {
 }
 
 
+class EventStoreUnavailable(RuntimeError):
+    """The database refused a job's events for longer than ``EVENT_DB_OUTAGE_S``."""
+
+
 class EventRecorder:
     """The engine's ``on_event`` callback: buffers events and flushes them in batches.
 
     A flush writes the batch in one transaction and broadcasts it in one channel-layer message,
     at most every ``flush_interval`` seconds for step events and at once for anything else.
+    When the database is unavailable the events stay buffered, in order, and are written when it
+    returns (retried at most every ``retry_interval`` s, the connection reopened); after
+    ``settings.EVENT_DB_OUTAGE_S`` seconds of outage, or ``MAX_BUFFERED`` events, the flush raises
+    ``EventStoreUnavailable`` so the job fails with that reason: events are never silently dropped.
     """
 
-    def __init__(self, job, flush_interval=0.1, team_interval=1.0):
+    MAX_BUFFERED = 100_000
+
+    def __init__(self, job, flush_interval=0.1, team_interval=1.0, retry_interval=1.0):
         self.job_id, self.team_id = job.pk, job.team_id
-        self.flush_interval, self.team_interval = flush_interval, team_interval
+        self.flush_interval, self.team_interval, self.retry_interval = flush_interval, team_interval, retry_interval
         self.buffer, self.summary = [], dict(job.summary)
         self.step, self.total_steps, self.device = job.step, job.total_steps, job.device
         self.last_flush = self.last_team = 0.0
+        self.down_since = None  # monotonic time of the first failed write of an outage
+        self.outages = 0
         self.lock = threading.Lock()
 
     def __call__(self, event):
@@ -447,23 +526,55 @@ class EventRecorder:
             self.total_steps, self.device = event.get("total_steps", self.total_steps), event.get("device", self.device)
         with self.lock:
             self.buffer.append((kind, event))
-        if kind != "step" or time.monotonic() - self.last_flush >= self.flush_interval:
+        interval = self.flush_interval if self.down_since is None else self.retry_interval
+        if (kind != "step" and self.down_since is None) or time.monotonic() - self.last_flush >= interval:
             self.flush()
 
     def flush(self):
+        """Write and broadcast the buffer; returns whether it is empty now (False: the database
+        is down and the events wait for the next flush)."""
+        from django.db import DatabaseError
+
         with self.lock:
             batch, self.buffer = self.buffer, []
         if not batch:
-            return
+            return True
         self.last_flush = now = time.monotonic()
-        messages = append_events(
-            self.job_id, batch, step=self.step, total_steps=self.total_steps, summary=self.summary,
-            device=self.device, heartbeat_at=timezone.now(),
-        )
+        try:
+            messages = append_events(
+                self.job_id, batch, step=self.step, total_steps=self.total_steps, summary=self.summary,
+                device=self.device, heartbeat_at=timezone.now(),
+            )
+        except DatabaseError as exc:
+            with self.lock:
+                self.buffer = batch + self.buffer  # kept, in order, for the next try
+                held = len(self.buffer)
+            connection.close_if_unusable_or_obsolete()  # a broken connection is reopened next time
+            if self.down_since is None:
+                self.down_since, self.outages = now, self.outages + 1
+                log.warning("job %s: the database refused its events (%s); buffering them", self.job_id, exc)
+            if now - self.down_since > settings.EVENT_DB_OUTAGE_S or held > self.MAX_BUFFERED:
+                raise EventStoreUnavailable(
+                    f"the database was unavailable for {now - self.down_since:.0f} s ({exc}); {held} events of this "
+                    "job could not be saved") from exc
+            return False
+        if self.down_since is not None:
+            log.warning("job %s: the database is back after %.1f s; %d buffered events written",
+                        self.job_id, now - self.down_since, len(batch))
+            self.down_since = None
         send_team = now - self.last_team >= self.team_interval
         if send_team:
             self.last_team = now
         publish(self.job_id, messages, team_id=self.team_id if send_team else None)
+        return True
+
+    def drain(self):
+        """At the end of a job: flush until the buffer is empty, giving a database outage a
+        fresh ``EVENT_DB_OUTAGE_S`` to end (then ``EventStoreUnavailable``)."""
+        if self.down_since is not None:
+            self.down_since = time.monotonic()
+        while not self.flush():
+            time.sleep(self.retry_interval)
 
 
 class Heartbeat(threading.Thread):
@@ -534,11 +645,29 @@ def run_job(job_id, worker_name):
     finally:
         heartbeat.stop()
     try:
-        recorder.flush()
-    except Exception:  # noqa: BLE001
+        recorder.drain()
+    except Exception as exc:  # noqa: BLE001 - the job cannot be called a success without its events
         log.exception("could not save the last events of job %s", job_id)
+        status, error = Job.Status.FAILED, error or f"{type(exc).__name__}: {exc}"
     record_status(job_id, status, expect=[Job.Status.RUNNING], error=error)
     return status
+
+
+def run_next_job(job_id, worker_name):
+    """A run message, which names the job it was sent for: run the best queued job of that job's
+    route (``explorer.scheduling``: maybe another, of higher priority or a user with fewer running
+    jobs), then make sure the route's remaining jobs have a message waiting."""
+    from explorer import scheduling
+
+    job = Job.objects.filter(pk=job_id).only("route", "queue").first()
+    route = scheduling.route_of(job) if job else settings.CELERY_TASK_DEFAULT_QUEUE
+    try:
+        return scheduling.run_next(route, worker_name)
+    finally:
+        try:
+            scheduling.kick([route])
+        except Exception:  # noqa: BLE001 - the reaper kicks again on its next tick
+            log.warning("could not kick route %s", route, exc_info=True)
 
 
 def reap_stale_jobs(timeout_s=None):
@@ -551,6 +680,9 @@ def reap_stale_jobs(timeout_s=None):
         reason = f"Worker {job.worker or '?'} stopped responding: no heartbeat for over {timeout_s} s."
         if lose_worker(job, reason):
             reaped.append(job.pk)
+    from explorer import scheduling
+
+    scheduling.kick()  # queued jobs whose message was lost or dropped (all at a quota) get one
     return reaped
 
 

@@ -149,7 +149,16 @@ CHANNEL_LAYERS = {
 # times, then failed with the reason. 40 + 15 s: a killed worker's job leaves "running" within a minute.
 JOB_HEARTBEAT_TIMEOUT_S = env_int("EXPLORER_JOB_HEARTBEAT_TIMEOUT_S", 40)
 JOB_AUTO_RETRIES = env_int("EXPLORER_JOB_AUTO_RETRIES", 1)
-# Estimated training memory a job may need, per queue (MiB); refused before queueing when above.
+# A worker keeps a job's events in memory while the database refuses them, for at most this long;
+# then the job fails with that reason (explorer.services.EventRecorder).
+EVENT_DB_OUTAGE_S = env_int("EXPLORER_EVENT_DB_OUTAGE_S", 120)
+# Workers (explorer.workers): the share of a worker's memory its jobs may use (split between its
+# concurrent jobs), how often it sends a heartbeat, and after how long without one it is offline.
+WORKER_MEMORY_FRACTION = float(os.environ.get("EXPLORER_WORKER_MEMORY_FRACTION", "0.8"))
+WORKER_HEARTBEAT_S = env_int("EXPLORER_WORKER_HEARTBEAT_S", 5)
+WORKER_OFFLINE_AFTER_S = env_int("EXPLORER_WORKER_OFFLINE_AFTER_S", 30)
+# Estimated training memory a job may need, per queue (MiB), until a worker of the queue has
+# registered (then the fit gate uses the workers' own memory); refused before queueing when above.
 WORKER_MEMORY_BUDGET_MB = {
     "cpu": env_int("EXPLORER_CPU_MEMORY_BUDGET_MB", 4096),
     "gpu": env_int("EXPLORER_GPU_MEMORY_BUDGET_MB", 40960),
@@ -161,6 +170,15 @@ MEDIA_ROOT = Path(os.environ.get("EXPLORER_MEDIA_ROOT", VAR_DIR / "media"))
 MAX_STEPS = env_int("EXPLORER_MAX_STEPS", 100_000)
 # Training jobs' checkpoints (safetensors), one directory per job; a retry resumes from them.
 CHECKPOINT_ROOT = Path(os.environ.get("EXPLORER_CHECKPOINT_ROOT", MEDIA_ROOT / "checkpoints"))
+
+# ---------------------------------------------------------------------------- rate limits
+# Counted in Redis (REDIS_URL), per fixed window (explorer/ratelimit.py); 0 turns a limit off.
+# Skipped, with a logged warning, while Redis does not answer.
+RATELIMIT_LOGIN = env_int("EXPLORER_RATELIMIT_LOGIN", 10)  # failed log-ins per client address...
+RATELIMIT_LOGIN_WINDOW_S = env_int("EXPLORER_RATELIMIT_LOGIN_WINDOW_S", 300)  # ...per 5 minutes
+RATELIMIT_JOBS = env_int("EXPLORER_RATELIMIT_JOBS", 30)  # job submissions (API and composer) per user...
+RATELIMIT_JOBS_WINDOW_S = env_int("EXPLORER_RATELIMIT_JOBS_WINDOW_S", 60)  # ...per minute
+RATELIMIT_PREFIX = os.environ.get("EXPLORER_RATELIMIT_PREFIX", "ratelimit")
 
 # ---------------------------------------------------------------------------- auth
 AUTH_PASSWORD_VALIDATORS = [

@@ -1,18 +1,24 @@
 """Celery tasks: thin wrappers that load ids and call one service function."""
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 
-from explorer import services, tokenizer_jobs
+from explorer import inference_jobs, services, tokenizer_jobs, workers
 
 
 @shared_task(name="explorer.tasks.run_job", acks_late=True, reject_on_worker_lost=True)
 def run_job(job_id):
-    return services.run_job(job_id, worker_name=run_job.request.hostname or "worker")
+    # the best queued job of this job's route runs (priorities, fair share, quotas): maybe not this one
+    return services.run_next_job(job_id, worker_name=run_job.request.hostname or "worker")
 
 
 @shared_task(name="explorer.tasks.train_tokenizer", acks_late=True, reject_on_worker_lost=True)
 def train_tokenizer(job_id):
     return tokenizer_jobs.run_tokenizer_job(job_id, worker_name=train_tokenizer.request.hostname or "worker")
+
+
+@shared_task(name="explorer.tasks.run_inference", acks_late=True, reject_on_worker_lost=True)
+def run_inference(job_id):
+    return inference_jobs.run_inference_job(job_id, worker_name=run_inference.request.hostname or "worker")
 
 
 @shared_task(name="explorer.tasks.reap_stale_jobs")
@@ -22,5 +28,16 @@ def reap_stale_jobs():
 
 @worker_ready.connect
 def on_worker_ready(sender, **kwargs):
+    workers.register(sender.hostname)
     services.fail_orphaned_jobs(sender.hostname)
     services.reap_stale_jobs()
+
+
+@celeryd_after_setup.connect
+def on_worker_setup(sender, instance, **kwargs):
+    workers.setup_queues(instance)  # its memory tiers, before it starts consuming
+
+
+@worker_shutdown.connect
+def on_worker_shutdown(sender, **kwargs):
+    workers.unregister()

@@ -53,3 +53,39 @@ def create_personal_team(user):
     team = Team.objects.create(name=f"{user.get_username()}'s team", slug=slug)
     Membership.objects.create(user=user, team=team, role=Membership.Role.ADMIN)
     return team
+
+
+def add_member(team, username, role):
+    """Add ``username`` to ``team`` with ``role``; returns an error message or ""."""
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        return f"no user {username!r}: they sign up first"
+    if Membership.objects.filter(team=team, user=user).exists():
+        return f"{username} is already in {team.name}"
+    Membership.objects.create(team=team, user=user, role=role)
+    return ""
+
+
+def change_member(team, actor, user_id, action, role=None):
+    """An admin changes a member's role or removes them; the team keeps at least one admin.
+    Returns an error message or ""."""
+    membership = Membership.objects.filter(team=team, user_id=user_id).select_related("user").first() \
+        if str(user_id or "").isdigit() else None
+    if membership is None:
+        return "no such member"
+    admins = Membership.objects.filter(team=team, role=Membership.Role.ADMIN)
+    last_admin = membership.role == Membership.Role.ADMIN and admins.count() == 1
+    if action == "remove":
+        if last_admin:
+            return f"{membership.user.get_username()} is the last admin of {team.name}: make another member admin first"
+        membership.delete()
+        return ""
+    if role not in Membership.Role.values:
+        return f"unknown role {role!r}; choose from {Membership.Role.values}"
+    if last_admin and role != Membership.Role.ADMIN:
+        return f"{membership.user.get_username()} is the last admin of {team.name}: make another member admin first"
+    membership.role = role
+    membership.save(update_fields=["role"])
+    return ""

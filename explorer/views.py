@@ -14,11 +14,12 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from explorer import analysis, checkpoints, services
+from explorer import analysis, checkpoints, ratelimit, scheduling, services
 from explorer import tokenizers as lab
 from explorer.datasets import DatasetError, save_upload
-from explorer.forms import ApiTokenForm, ComposeForm, DatasetUploadForm, SignupForm
-from explorer.models import ApiToken, Dataset, Tokenizer
+from explorer import teams as teams_service
+from explorer.forms import ApiTokenForm, ComposeForm, DatasetUploadForm, MemberForm, SignupForm, TeamQuotaForm
+from explorer.models import ApiToken, Dataset, Membership, Tokenizer
 from explorer.teams import create_personal_team, get_job_or_404, jobs_visible_to, user_teams
 
 
@@ -54,10 +55,16 @@ def compose(request):
     team = _team_or_404(request)
     if request.method == "POST":
         form = ComposeForm(team, request.POST)
-        if form.is_valid():
-            job = services.create_job(request.user, team, form.payload(), name=form.cleaned_data["name"])
-            messages.success(request, f"{job.display_name} queued.")
-            return redirect("job", job_id=job.pk)
+        if form.is_valid() and ratelimit.allow_job_form(request.user, form):
+            try:
+                job = services.create_job(request.user, team, form.payload(), name=form.cleaned_data["name"],
+                                          priority=form.cleaned_data.get("priority") or "normal")
+            except services.SpecError as exc:  # a quota, or a priority the user's role does not allow
+                for key, message in exc.errors.items():
+                    form.add_error("priority" if key == "priority" else None, message)
+            else:
+                messages.success(request, f"{job.display_name} queued.")
+                return redirect("job", job_id=job.pk)
     else:
         # Every experiment is a shareable link: the query string pre-fills the form; ?preset=
         # loads a real model's architecture first.
@@ -92,18 +99,33 @@ def compare(request):
 
 @login_required
 def queue(request):
+    """The team's queue and job history: filters and search in the query string, 50 a page."""
     team = _team_or_404(request)
     jobs = jobs_visible_to(request.user).filter(team=team)
-    status = request.GET.get("status", "")
-    if status:
-        jobs = jobs.filter(status=status)
+    filters = {k: request.GET.get(k, "").strip() for k in ("status", "owner", "family", "q", "since", "until", "kind")}
+    try:
+        jobs = services.search_jobs(jobs, **filters)
+    except ValueError as exc:
+        messages.warning(request, str(exc))
+        filters["since"] = filters["until"] = ""
+        jobs = services.search_jobs(jobs_visible_to(request.user).filter(team=team), **filters)
     page = Paginator(jobs, 50).get_page(request.GET.get("page"))
     positions = services.queue_positions(list(page))
     rows = [services.job_to_dict(j, positions[j.pk]) for j in page]
+    query = {k: v for k, v in filters.items() if v}
     return render(request, "explorer/queue.html", {
-        "jobs": rows, "page": page, "status": status, "team": team, "nav": "queue",
+        "jobs": rows, "page": page, "status": filters["status"], "team": team, "nav": "queue",
         "statuses": ["queued", "running", "succeeded", "failed", "cancelled"],
+        "filters": filters, "filter_query": urlencode(query),
+        "status_query": urlencode({k: v for k, v in query.items() if k != "status"}),
+        "members": team.members.order_by("username").values_list("username", flat=True),
+        "families": engine_families(), "role": scheduling.role_of(request.user, team) or "",
+        "searching": any(v for k, v in filters.items() if k != "status"),
     })
+
+
+def engine_families():
+    return services.composer_options_choices().get("family", [])
 
 
 RUNS_MIN, RUNS_MAX = 2, 8
@@ -154,6 +176,10 @@ def job_detail(request, job_id):
             "job": job, "job_data": data, "settings": job.spec.get("tokenizer", {}), "nav": "tokenizers",
             "tokenizer": Tokenizer.objects.filter(job=job).first(),
         })
+    if job.kind == "inference":  # prompts through a model: completions, measurements, quantisation
+        return render(request, "explorer/inference_job.html", {
+            "job": job, "job_data": data, "settings": job.spec.get("inference", {}), "nav": "inference",
+        })
     return render(request, "explorer/job.html", {
         "job": job, "job_data": data, "config": services.relevant_config(job.spec), "nav": "queue",
         "clone_query": _clone_query(job), "checkpoints": checkpoints.checkpoints(job),
@@ -184,8 +210,9 @@ def _clone_query(job):
 def job_retry(request, job_id):
     job = get_job_or_404(request.user, job_id)
     try:
+        scheduling.check_can_act(request.user, job, "retry")
         step = checkpoints.retry_job(job, reason=f"retried by {request.user.get_username()}")
-    except checkpoints.RetryRefused as exc:
+    except (checkpoints.RetryRefused, scheduling.NotAllowed) as exc:
         messages.warning(request, str(exc))
     else:
         messages.info(request, f"{job.display_name} queued again; it resumes from step {step}." if step
@@ -197,6 +224,11 @@ def job_retry(request, job_id):
 @require_POST
 def job_cancel(request, job_id):
     job = get_job_or_404(request.user, job_id)
+    try:
+        scheduling.check_can_act(request.user, job, "cancel")
+    except scheduling.NotAllowed as exc:
+        messages.warning(request, str(exc))
+        return redirect(_safe_next(request) or reverse("job", args=[job.pk]))
     if services.cancel_job(job):
         messages.info(request, f"Cancelling {job.display_name}.")
     else:
@@ -235,6 +267,19 @@ def tokenizers(request):
 
 
 @login_required
+def inference(request):
+    """The inference form: a model (a team job's checkpoint or MiniLM), prompts, sampling settings,
+    quantisation; static/js/inference.js posts it to /api/v1/inference and opens the job's page.
+    ``?job=<id>`` preselects that job."""
+    from explorer import inference_jobs
+
+    team = _team_or_404(request)
+    return render(request, "explorer/inference.html", {
+        "options": inference_jobs.options(team), "selected": request.GET.get("job", ""), "nav": "inference",
+    })
+
+
+@login_required
 def account(request):
     form = ApiTokenForm(request.POST or None)
     new_token = None
@@ -259,6 +304,49 @@ def token_revoke(request, token_id):
 
 
 @login_required
+def team(request):
+    """The current team: its members and roles, and its quotas; admins change them."""
+    team = _team_or_404(request)
+    admin = scheduling.is_admin(request.user, team)
+    quota_form = TeamQuotaForm(instance=team)
+    member_form = MemberForm()
+    if request.method == "POST":
+        if not admin:
+            messages.warning(request, f"Only admins of {team.name} can change its members and quotas.")
+            return redirect("team")
+        action = request.POST.get("action")
+        if action == "quotas":
+            quota_form = TeamQuotaForm(request.POST, instance=team)
+            if quota_form.is_valid():
+                quota_form.save()
+                messages.success(request, "Quotas saved.")
+                return redirect("team")
+        elif action == "add":
+            member_form = MemberForm(request.POST)
+            if member_form.is_valid():
+                error = teams_service.add_member(team, member_form.cleaned_data["username"], member_form.cleaned_data["role"])
+                if error:
+                    member_form.add_error("username", error)
+                else:
+                    messages.success(request, f"{member_form.cleaned_data['username']} added.")
+                    return redirect("team")
+        elif action in ("role", "remove"):
+            error = teams_service.change_member(team, request.user, request.POST.get("user"), action,
+                                                request.POST.get("role"))
+            if error:
+                messages.warning(request, error)
+            else:
+                messages.success(request, "Membership updated.")
+            return redirect("team")
+    memberships = Membership.objects.filter(team=team).select_related("user").order_by("user__username")
+    return render(request, "explorer/team.html", {
+        "team": team, "admin": admin, "memberships": memberships, "quota_form": quota_form,
+        "member_form": member_form, "roles": Membership.Role.values, "nav": "team",
+        "role": scheduling.role_of(request.user, team),
+    })
+
+
+@login_required
 @require_POST
 def switch_team(request):
     team = user_teams(request.user).filter(pk=request.POST.get("team")).first()
@@ -268,3 +356,11 @@ def switch_team(request):
     return redirect(_safe_next(request) or reverse("queue"))
 
 
+
+
+@login_required
+def workers(request):
+    """The workers, live (static/js/workers.js polls /api/v1/workers)."""
+    from explorer import workers as registry
+
+    return render(request, "explorer/workers.html", {"initial": registry.workers_for(request.user), "nav": "workers"})

@@ -10,6 +10,10 @@ import tempfile
 
 os.environ.setdefault("EXPLORER_VAR_DIR", tempfile.mkdtemp(prefix="lae-test-"))
 os.environ.setdefault("EXPLORER_CHANNEL_PREFIX", f"test{os.getpid()}")
+# Rate limits off: the suite logs in and submits far more than a person would, and user ids are
+# reused from test to test; tests/explorer/test_ratelimit.py turns them on with its own key prefix.
+os.environ.setdefault("EXPLORER_RATELIMIT_LOGIN", "0")
+os.environ.setdefault("EXPLORER_RATELIMIT_JOBS", "0")
 if not os.environ.get("REDIS_URL"):
     from explorer.embedded_redis import EmbeddedRedis, ping_tcp
 

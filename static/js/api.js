@@ -42,6 +42,8 @@ export const api = {
   estimate: (spec, opts) => postJSON("/api/v1/estimate", spec, opts),
   jobs: (params) => getJSON(`/api/v1/jobs?${new URLSearchParams(params)}`),
   cancel: (id) => postJSON(`/api/v1/jobs/${id}/cancel`),
+  setPriority: (id, priority) => postJSON(`/api/v1/jobs/${id}/priority`, { priority }),
+  moveToTop: (id) => postJSON(`/api/v1/jobs/${id}/move-to-top`),
 };
 
 export function wsURL(path) {

@@ -7,6 +7,12 @@ import * as fmt from "./format.js";
 const card = document.getElementById("queue-card");
 const teamId = card.dataset.teamId;
 const statusFilter = card.dataset.statusFilter;
+// the history search (owner, family, kind, name, dates) narrows what arrives live too
+const filterQuery = new URLSearchParams(card.dataset.filterQuery || "");
+const searching = [...filterQuery.keys()].some((k) => k !== "status");
+const myRole = card.dataset.role;  // member, maintainer or admin of this team
+const me = card.dataset.user;
+const manager = myRole === "maintainer" || myRole === "admin";
 const firstPage = card.dataset.page === "1";
 const body = document.getElementById("jobs-body");
 const template = document.getElementById("job-row-template");
@@ -65,8 +71,19 @@ function fillRow(tr, job) {
   const badge = role(tr, "status");
   badge.className = `badge status-${job.status}`;
   badge.textContent = job.status;
-  role(tr, "place").textContent = job.status === "queued" && job.position
-    ? `#${job.position} in ${job.queue} queue` : job.status === "queued" ? `${job.queue} queue` : "";
+  role(tr, "place").textContent = placeText(job);
+  const prio = role(tr, "priority");
+  prio.hidden = !job.priority || job.priority === "normal";
+  prio.className = `badge prio-${job.priority}`;
+  prio.textContent = job.priority;
+  // a queued training job: its owner picks low/normal; maintainers any priority and "top"
+  const controls = role(tr, "queue-controls");
+  const mine = job.owner === me;
+  controls.hidden = !(job.status === "queued" && job.kind === "train" && (mine || manager));
+  const select = role(tr, "priority-select");
+  select.value = job.priority || "normal";
+  select.querySelector("option[value=high]").disabled = !manager;
+  role(tr, "top").hidden = !manager;
 
   role(tr, "owner").textContent = job.owner;
   const device = role(tr, "device");
@@ -100,6 +117,37 @@ function fillRow(tr, job) {
   refreshTimes(tr);
 }
 
+/** "#2 in cpu queue · starts in ~4m" for a queued job; "" otherwise. */
+function placeText(job) {
+  if (job.status !== "queued") return "";
+  const parts = [job.position ? `#${job.position} in ${job.queue} queue` : `${job.queue} queue`];
+  if (job.starts_in_s != null) parts.push(job.starts_in_s < 5 ? "starts next" : `starts in ~${fmt.duration(job.starts_in_s)}`);
+  return parts.join(" · ");
+}
+
+/** Priority and "top" (queued jobs): the server checks the role again; errors show in an alert. */
+body.addEventListener("change", async (e) => {
+  if (e.target.dataset.role !== "priority-select") return;
+  const tr = e.target.closest("tr");
+  try {
+    fillRow(tr, await api.setPriority(Number(tr.dataset.jobId), e.target.value));
+    refetch();
+  } catch (err) {
+    alert(`Could not change the priority: ${err.message}`);
+    refetch();
+  }
+});
+body.addEventListener("click", async (e) => {
+  if (e.target.dataset.role !== "top") return;
+  const tr = e.target.closest("tr");
+  try {
+    fillRow(tr, await api.moveToTop(Number(tr.dataset.jobId)));
+    refetch();
+  } catch (err) {
+    alert(`Could not move the job: ${err.message}`);
+  }
+});
+
 function newRow(job) {
   const tr = template.content.firstElementChild.cloneNode(true);
   fillRow(tr, job);
@@ -117,7 +165,8 @@ function showEmpty() {
 }
 
 function matchesFilter(job) {
-  return !statusFilter || job.status === statusFilter;
+  // a live job of a search page: the refetch decides, the server knows the search
+  return !searching && (!statusFilter || job.status === statusFilter);
 }
 
 function flash(tr) {
@@ -152,8 +201,7 @@ async function refetch() {
   if (refetching) { refetchAgain = true; return; }
   refetching = (async () => {
     try {
-      const params = { team: teamId, limit: 50 };
-      if (statusFilter) params.status = statusFilter;
+      const params = { ...Object.fromEntries(filterQuery), team: teamId, limit: 50 };
       const { count, jobs } = await api.jobs(params);
       document.getElementById("jobs-count").textContent = `${fmt.int(count)} job${count === 1 ? "" : "s"}`;
       if (firstPage) {

@@ -16,7 +16,7 @@ from explorer.models import ApiToken
 
 pytestmark = pytest.mark.django_db
 
-QUEUES_WORK = {("POST", "/api/v1/jobs"), ("POST", "/api/v1/tokenizers")}
+QUEUES_WORK = {("POST", "/api/v1/jobs"), ("POST", "/api/v1/tokenizers"), ("POST", "/api/v1/inference")}
 
 
 schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", get_wsgi_application()).exclude(
