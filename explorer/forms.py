@@ -128,6 +128,14 @@ class DatasetUploadForm(forms.Form):
 
 class ApiTokenForm(forms.Form):
     name = forms.CharField(max_length=100, widget=forms.TextInput(attrs={"placeholder": "e.g. laptop script"}))
+    team = forms.ModelChoiceField(queryset=None, empty_label=None,
+                                  help_text="The token sees and submits to this team only.")
+
+    def __init__(self, user, *args, **kwargs):
+        from explorer.teams import user_teams
+
+        super().__init__(*args, **kwargs)
+        self.fields["team"].queryset = user_teams(user)
 
 
 class SignupForm(UserCreationForm):

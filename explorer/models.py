@@ -187,6 +187,9 @@ class ApiToken(models.Model):
     PREFIX = "lae_"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    # the one team the token acts in (its jobs, datasets, tokenizers); None: all the user's teams
+    # (tokens made before tokens were scoped)
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, null=True, blank=True, related_name="api_tokens")
     name = models.CharField(max_length=100)
     key_hash = models.CharField(max_length=64, unique=True)
     hint = models.CharField(max_length=12, help_text="First characters, to recognise the token")
@@ -202,18 +205,25 @@ class ApiToken(models.Model):
         return hashlib.sha256(raw.encode()).hexdigest()
 
     @classmethod
-    def issue(cls, user, name):
+    def issue(cls, user, name, team=None):
         raw = cls.PREFIX + secrets.token_urlsafe(32)
-        token = cls.objects.create(user=user, name=name, key_hash=cls.hash(raw), hint=raw[:10])
+        token = cls.objects.create(user=user, team=team, name=name, key_hash=cls.hash(raw), hint=raw[:10])
         return token, raw
 
     @classmethod
     def authenticate(cls, raw):
+        """The token's user, with ``token_team_id`` set when the token is scoped to a team
+        (``explorer.teams`` then shows that team only); None for an unknown or revoked token,
+        or one whose user has left its team."""
         token = cls.objects.select_related("user").filter(key_hash=cls.hash(raw), revoked_at=None).first()
         if token is None or not token.user.is_active:
             return None
+        if token.team_id is not None and not Membership.objects.filter(user=token.user, team_id=token.team_id).exists():
+            return None
         cls.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-        return token.user
+        user = token.user
+        user.token_team_id = token.team_id
+        return user
 
 
 class Worker(models.Model):

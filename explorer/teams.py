@@ -7,16 +7,24 @@ from explorer.models import Job, Membership, Team
 
 
 def user_teams(user):
+    """The user's teams; only the token's team for a request made with a team-scoped API token."""
     if not user.is_authenticated:
         return Team.objects.none()
-    return Team.objects.filter(memberships__user=user).order_by("name")
+    teams = Team.objects.filter(memberships__user=user)
+    if getattr(user, "token_team_id", None) is not None:
+        teams = teams.filter(pk=user.token_team_id)
+    return teams.order_by("name")
 
 
 def jobs_visible_to(user):
-    """Jobs of the user's teams: the only jobs a user may see anywhere."""
+    """Jobs of the user's teams: the only jobs a user may see anywhere (with a team-scoped API
+    token, that team's only)."""
     if not user.is_authenticated:
         return Job.objects.none()
-    return Job.objects.filter(team__memberships__user=user).select_related("team", "owner", "dataset")
+    jobs = Job.objects.filter(team__memberships__user=user)
+    if getattr(user, "token_team_id", None) is not None:
+        jobs = jobs.filter(team_id=user.token_team_id)
+    return jobs.select_related("team", "owner", "dataset")
 
 
 def get_job_or_404(user, job_id):

@@ -281,14 +281,15 @@ def inference(request):
 
 @login_required
 def account(request):
-    form = ApiTokenForm(request.POST or None)
+    current = request.team.pk if request.team else None
+    form = ApiTokenForm(request.user, request.POST or None, initial={"team": current})
     new_token = None
     if request.method == "POST" and form.is_valid():
-        _, new_token = ApiToken.issue(request.user, form.cleaned_data["name"])
-        form = ApiTokenForm()
+        _, new_token = ApiToken.issue(request.user, form.cleaned_data["name"], team=form.cleaned_data["team"])
+        form = ApiTokenForm(request.user, initial={"team": current})
     return render(request, "explorer/account.html", {
         "form": form, "new_token": new_token, "nav": "account",
-        "tokens": ApiToken.objects.filter(user=request.user, revoked_at=None),
+        "tokens": ApiToken.objects.filter(user=request.user, revoked_at=None).select_related("team"),
         "teams": user_teams(request.user),
     })
 

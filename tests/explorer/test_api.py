@@ -166,3 +166,33 @@ def test_nul_characters_never_reach_the_database(alice, alice_client, tiny_spec)
     job = Job.objects.get(pk=resp.json()["id"])
     services.append_events(job.pk, [("eval", {"sample": {"completion": "a\x00b"}})])
     assert job.events.get(kind="eval").payload["sample"]["completion"] == "a\ufffdb"
+
+
+def test_a_token_scoped_to_a_team_sees_and_submits_to_that_team_only(alice, tiny_spec):
+    from explorer.models import Membership, Team
+
+    user, own = alice
+    other = Team.objects.create(name="Lab", slug="lab")
+    Membership.objects.create(user=user, team=other, role="member")
+    lab_job = services.create_job(user, other, tiny_spec, name="lab job")
+    own_job = services.create_job(user, own, tiny_spec, name="own job")
+    _, raw = ApiToken.issue(user, "ci", team=own)
+    c = Client(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert [j["name"] for j in c.get("/api/v1/jobs").json()["jobs"]] == ["own job"]
+    assert c.get(f"/api/v1/jobs/{lab_job.pk}").status_code == 404  # as if it did not exist
+    assert c.get(f"/api/v1/jobs/{own_job.pk}").status_code == 200
+    resp = c.post("/api/v1/jobs", {**tiny_spec, "team": "lab"}, content_type="application/json")
+    assert resp.status_code == 404
+    assert [t["slug"] for t in c.get("/api/v1/me").json()["teams"]] == [own.slug]
+    # an unscoped (older) token still sees both; a scoped one stops working when its user leaves the team
+    _, legacy = ApiToken.issue(user, "old")
+    assert Client(HTTP_AUTHORIZATION=f"Bearer {legacy}").get(f"/api/v1/jobs/{lab_job.pk}").status_code == 200
+    _, lab_token = ApiToken.issue(user, "lab", team=other)
+    Membership.objects.filter(user=user, team=other).delete()
+    assert Client(HTTP_AUTHORIZATION=f"Bearer {lab_token}").get("/api/v1/jobs").status_code == 401
+
+
+def test_the_account_page_issues_a_token_for_the_chosen_team(alice_client, alice):
+    resp = alice_client.post("/account/", {"name": "laptop", "team": alice[1].pk})
+    assert resp.status_code == 200 and "lae_" in resp.content.decode()
+    assert ApiToken.objects.get(name="laptop").team == alice[1]

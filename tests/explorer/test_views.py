@@ -84,7 +84,7 @@ def test_other_teams_dataset_is_refused(alice_client, bob, tiny_spec):
 
 
 def test_account_issues_a_token_once(alice_client, alice):
-    resp = alice_client.post("/account/", {"name": "laptop"})
+    resp = alice_client.post("/account/", {"name": "laptop", "team": alice[1].pk})
     raw = resp.context["new_token"]
     assert raw.startswith("lae_") and ApiToken.authenticate(raw) == alice[0]
     assert raw not in alice_client.get("/account/").content.decode()
