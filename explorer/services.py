@@ -642,6 +642,8 @@ def run_job(job_id, worker_name):
     except Exception as exc:  # noqa: BLE001 - the reason goes on the job; the worker lives on
         log.exception("job %s failed", job_id)
         error = f"{type(exc).__name__}: {exc}"
+        if is_out_of_memory(exc):
+            error = out_of_memory_message(job, exc)
     finally:
         heartbeat.stop()
     try:
@@ -668,6 +670,28 @@ def run_next_job(job_id, worker_name):
             scheduling.kick([route])
         except Exception:  # noqa: BLE001 - the reaper kicks again on its next tick
             log.warning("could not kick route %s", route, exc_info=True)
+
+
+def is_out_of_memory(exc):
+    """torch's OutOfMemoryError (CUDA, MPS), Python's MemoryError, or an allocator's message."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and ("out of memory" in str(exc).lower()
+                                           or "can't allocate memory" in str(exc).lower()))
+
+
+def out_of_memory_message(job, exc):
+    """The failure reason of a job that ran out of memory, with the analysis' estimate beside it."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    try:
+        spec = engine.parse_spec(job.spec)
+        memory = engine.analyze(spec.model, batch_size=spec.train.batch_size)["memory"]
+        estimate = (f" The analysis estimated {fmt_bytes(memory['train_total'])} for training it: weights "
+                    f"{fmt_bytes(memory['weights'])}, gradients {fmt_bytes(memory['gradients'])}, optimiser state "
+                    f"{fmt_bytes(memory['optimizer'])}, activations {fmt_bytes(memory['activations'])}.")
+    except Exception:  # noqa: BLE001 - the reason matters more than the estimate
+        estimate = ""
+    return (f"Out of memory on {job.device or job.queue}: {first}.{estimate} Lower batch_size or block_size, "
+            "or turn on gradient accumulation, and submit again.")
 
 
 def reap_stale_jobs(timeout_s=None):

@@ -172,3 +172,37 @@ def test_a_run_stopped_by_its_nan_policy_fails_with_the_reason(alice, tiny_spec,
     job.refresh_from_db()
     assert job.status == "failed" and ("non-finite" in job.error or "nan" in job.error.lower()), job.error
     assert "nonfinite" in kinds(job) and job.events.filter(kind="end").get().payload["reason"] == "nonfinite"
+
+
+
+def test_a_job_out_of_memory_fails_with_the_reason_and_the_estimate(alice, tiny_spec):
+    """A worker process whose address space is capped (as a container's memory limit would) runs
+    a job that fits the queue's budget but not the cap: torch's allocator fails for real."""
+    import os
+    import subprocess
+    import sys
+
+    from django.db import connection
+
+    from tests.stack import ROOT, database_url
+
+    tiny_spec["model"] |= {"n_embd": 512, "n_head": 8, "n_layer": 4, "block_size": 256}
+    tiny_spec["data"] = {"source": "stdlib", "tokenizer": "byte"}
+    tiny_spec["train"] |= {"batch_size": 64, "steps": 5}
+    job = services.create_job(alice[0], alice[1], tiny_spec)
+    script = (
+        "import os, resource, django\n"
+        "django.setup()\n"
+        "import torch, engine\n"
+        "from explorer import services\n"
+        "size = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize'))\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (size + 600 * 2**20, resource.RLIM_INFINITY))\n"
+        f"print(services.run_job({job.pk}, 'capped-worker'))\n"
+    )
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url(connection.settings_dict))
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip().endswith("failed"), done.stdout + done.stderr
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert job.error.startswith("Out of memory on cpu:"), job.error
+    assert "The analysis estimated" in job.error and "activations" in job.error and "Lower batch_size" in job.error
