@@ -23,3 +23,21 @@ def test_docker_compose_refuses_to_start_without_secrets():
     result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
                             env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode != 0 and "DJANGO_SECRET_KEY" in result.stderr
+
+
+def _settings_in_a_fresh_process(env):
+    import os
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "EXPLORER_PRODUCTION"))}
+    return subprocess.run([sys.executable, "-c", "import explorer.settings as s; print(len(s.SECRET_KEY))"],
+                          env={**base, **env}, capture_output=True, text=True, cwd=ROOT)
+
+
+def test_production_mode_refuses_to_start_without_a_secret_key():
+    refused = _settings_in_a_fresh_process({"EXPLORER_PRODUCTION": "1"})
+    assert refused.returncode != 0 and "DJANGO_SECRET_KEY must be set when EXPLORER_PRODUCTION=1" in refused.stderr
+    started = _settings_in_a_fresh_process({"EXPLORER_PRODUCTION": "1", "DJANGO_SECRET_KEY": "k" * 50})
+    assert started.returncode == 0 and started.stdout.strip() == "50"
+    local = _settings_in_a_fresh_process({})  # local use: a random key kept under var/
+    assert local.returncode == 0 and int(local.stdout) >= 50
