@@ -288,8 +288,15 @@ def validate(team, payload):
 
 # ---------------------------------------------------------------------------- jobs
 def create_inference_job(user, team, payload, name=""):
-    """Validate ``payload`` (see ``validate``), save a queued "inference" job and enqueue it."""
+    """Validate ``payload`` (see ``validate``), check the team's submission quotas (an inference
+    job counts as an active job), save a queued "inference" job and enqueue it."""
+    from explorer import scheduling
+
     spec = validate(team, payload)
+    try:
+        scheduling.check_submission(user, team, "cpu")
+    except scheduling.QuotaExceeded as exc:
+        raise services.SpecError({"quota": str(exc)}) from None
     params = 0
     if "job" in spec["source"]:
         cfg = engine_checkpoint.read_checkpoint(checkpoint_path(Job(pk=spec["source"]["job"]),

@@ -170,3 +170,16 @@ def test_team_page_admins_manage_members_and_quotas(team):
     assert t.max_running == 2
     page = member.get("/team/").content.decode()
     assert "Save quotas" not in page and "carol" in page
+
+
+def test_inference_jobs_count_against_the_active_jobs_quota(team, tiny_spec):
+    t, carol = team["team"], team["carol"]
+    tiny_spec["train"]["checkpoint_every"] = 10
+    trained = submit(carol, t, tiny_spec)
+    assert services.run_job(trained.pk, "w") == "succeeded"
+    t.max_active_per_user = 1
+    t.save()
+    submit(carol, t, tiny_spec)  # one queued training job: at the limit
+    resp = client_for(carol).post("/api/v1/inference", {"source": {"job": trained.pk}, "prompts": ["ab"]},
+                                  content_type="application/json")
+    assert resp.status_code == 400 and "limit per user is 1" in resp.json()["errors"]["quota"]
