@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from explorer.models import ApiToken, Dataset, Job, JobEvent, Membership, Team
+from explorer.models import ApiToken, Dataset, Job, JobEvent, Membership, Team, Worker
 
 
 class MembershipInline(admin.TabularInline):
@@ -21,6 +21,14 @@ class JobAdmin(admin.ModelAdmin):
     list_filter = ("status", "queue", "team")
     search_fields = ("name", "owner__username", "worker")
     readonly_fields = ("last_seq", "heartbeat_at", "celery_task_id")
+
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin):
+    list_display = ("name", "status", "device_kind", "device_name", "cpu_count", "memory_bytes", "heartbeat_at")
+    list_filter = ("status", "device_kind")
+    readonly_fields = ("heartbeat_at", "started_at", "cpu_percent", "memory_used_bytes", "gpu_percent",
+                       "gpu_memory_used_bytes", "current_job")
 
 
 @admin.register(JobEvent)

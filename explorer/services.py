@@ -49,6 +49,8 @@ def fmt_bytes(n):
 # ---------------------------------------------------------------------------- options
 def composer_options(team):
     """What the composer offers: the engine's fields and registries, and the team's datasets."""
+    from explorer import workers  # it imports this module
+
     return {
         "fields": engine.field_specs(),
         "choices": engine.choices(),
@@ -56,7 +58,8 @@ def composer_options(team):
             {"id": d.pk, "name": d.name, "size_bytes": d.size_bytes, "n_chars": d.n_chars}
             for d in Dataset.objects.filter(team=team)
         ],
-        "memory_budget_bytes": {q: mb * 2**20 for q, mb in settings.WORKER_MEMORY_BUDGET_MB.items()},
+        # the largest registered worker's usable memory per queue (the fit gate's limit)
+        "memory_budget_bytes": {q: workers.capacity(q) for q in settings.WORKER_MEMORY_BUDGET_MB},
     }
 
 
