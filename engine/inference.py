@@ -185,13 +185,22 @@ def _decode_batch(model, idx, *, steps, temperature, top_k, top_p, use_cache, ge
 
 
 def _warm_up(model, ids: list[int], *, start_token: int) -> None:
-    """One untimed forward of one token: it makes ``keep_weights``' copies and warms the allocator,
-    one-time costs that would otherwise land on whichever path runs first."""
+    """Untimed forwards of one token, without and with a cache: they make ``keep_weights``' copies
+    and warm the allocator, one-time costs that would otherwise land on whichever path runs first."""
     idx = torch.tensor([ids[:1]], dtype=torch.long, device=next(model.parameters()).device)
     if model.config.family == "encoder_decoder":
-        model.decode(torch.full_like(idx, start_token), model.encode(idx))
+        memory, start = model.encode(idx), torch.full_like(idx, start_token)
+        model.decode(start, memory)
+        model.decode(start, memory, cache=model.make_cache(), start_pos=0)
     else:
         model(idx)
+        # and the cached path: a one-token prefill, then one decoding step (the lean one where used)
+        cache = model.make_cache()
+        model(idx, cache=cache, start_pos=0)
+        if model._lean_decoding():
+            model._decode_step(idx, cache, 1)
+        else:
+            model(idx, cache=cache, start_pos=1)
 
 
 def _token(tokenizer, i: int) -> str:
