@@ -10,8 +10,6 @@ import logging
 import threading
 import time
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
@@ -19,6 +17,7 @@ from django.utils import timezone
 import engine
 import engine.checkpoint as engine_checkpoint
 from explorer.models import Dataset, Job, JobEvent
+from explorer.publisher import publisher
 
 log = logging.getLogger(__name__)
 
@@ -329,20 +328,18 @@ def append_events(job_id, events, **job_fields):
 
 
 def publish(job_id, messages, team_id=None):
-    """Send a batch of events to the job's websocket group in one message (one event-loop hop)."""
+    """Send a batch of events to the job's websocket group in one message, and the job's brief to
+    its team's group when ``team_id`` is given. Returns at once: ``explorer.publisher`` sends in
+    the background, in order (the caller, often a training step, does not wait for Redis)."""
     if not messages and team_id is None:
         return
-    brief = job_brief_by_id(job_id) if team_id is not None else None
-
-    async def send():
-        layer = get_channel_layer()
-        if messages:
-            await layer.group_send(job_group(job_id), {"type": "job.events", "events": messages})
-        if brief is not None:
-            await layer.group_send(team_group(team_id), {"type": "team.job", "job": brief})
-
+    pairs = []
+    if messages:
+        pairs.append((job_group(job_id), {"type": "job.events", "events": messages}))
+    if team_id is not None:
+        pairs.append((team_group(team_id), {"type": "team.job", "job": job_brief_by_id(job_id)}))
     try:
-        async_to_sync(send)()
+        publisher().send(pairs)
     except Exception:  # noqa: BLE001 - events are saved; clients catch up from the log on reconnect
         log.warning("could not broadcast %d events of job %s", len(messages), job_id, exc_info=True)
 
@@ -506,7 +503,7 @@ class EventRecorder:
 
     MAX_BUFFERED = 100_000
 
-    def __init__(self, job, flush_interval=0.1, team_interval=1.0, retry_interval=1.0):
+    def __init__(self, job, flush_interval=0.025, team_interval=1.0, retry_interval=1.0):
         self.job_id, self.team_id = job.pk, job.team_id
         self.flush_interval, self.team_interval, self.retry_interval = flush_interval, team_interval, retry_interval
         self.buffer, self.summary = [], dict(job.summary)
@@ -655,6 +652,7 @@ def run_job(job_id, worker_name):
         log.exception("could not save the last events of job %s", job_id)
         status, error = Job.Status.FAILED, error or f"{type(exc).__name__}: {exc}"
     record_status(job_id, status, expect=[Job.Status.RUNNING], error=error)
+    publisher().wait(5)  # the last events and the final status reach the watchers before the task ends
     return status
 
 
