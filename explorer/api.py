@@ -374,6 +374,27 @@ def export_checkpoint(request, job_id: int, step: int):
     return _zip_response(body, f"job-{job.pk}-step-{step}-transformers.zip")
 
 
+@jobs.get("/{int:job_id}/attention/region", response={200: dict[str, Any], 400: ErrorOut, 404: ErrorOut},
+          summary="One head's attention on a region of a long input, recomputed from a checkpoint")
+def attention_region(request, job_id: int, step: Optional[int] = None, stack: str = "self", layer: int = 0,
+                     head: int = 0, q0: int = 0, q1: Optional[int] = None, k0: int = 0, k1: Optional[int] = None,
+                     cells: int = 128):
+    """Queries ``q0..q1`` × keys ``k0..k1`` (defaults: all) of one head of the attention event at
+    ``step`` (default the newest), pooled to at most ``cells`` per side (≤ 256), from the job's
+    checkpoint nearest at or before that step; only events of long inputs (with an overview) have
+    detail. See ``explorer.attention_detail.region`` for the answer's fields."""
+    from explorer import attention_detail  # torch work in the web process: loaded on first use
+
+    job = get_job_or_404(request.user, job_id)
+    try:
+        return attention_detail.region(job, step=step, stack=stack, layer=layer, head=head, q0=q0, q1=q1,
+                                       k0=k0, k1=k1, cells=cells)
+    except attention_detail.BadRegion as exc:
+        return Status(400, {"detail": f"Invalid region: {exc}", "errors": exc.errors})
+    except attention_detail.NoRegion as exc:
+        raise Http404(str(exc)) from None
+
+
 # ---------------------------------------------------------------------------- composer helpers
 composer = Router(tags=["composer"])
 

@@ -48,6 +48,9 @@ const attention = new AttentionPanel($("attention-card"), {
     const body = await getJSON(eventsURL({ after: seq - 1, limit: 1 }));
     return body.events[0]?.data;
   },
+  // a long input's detail on zoom, recomputed by the server from the job's checkpoint
+  fetchRegion: (params, { signal }) =>
+    getJSON(`/api/v1/jobs/${job.id}/attention/region?${new URLSearchParams(params)}`, { signal }),
 });
 async function loadAttentionIndex() {
   try {

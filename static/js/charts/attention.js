@@ -7,14 +7,21 @@
 // with the tokens on both axes) and as a head view (BertViz-style: queries left, keys right, a
 // line per pair whose opacity is the weight; hovering a token keeps only its lines); a slider
 // over the evaluations so far, which follows the newest map unless the user pins a step.
+//
+// Long inputs: the event also carries, per stack, an "overview" of every position pooled in
+// blocks (N ≤ 128 a side). The thumbnails and the large map then show the overview (token-index
+// axes), and zooming into the large map fetches that region's detail from the server
+// (./attention_zoom.js); the head view keeps the window of the last positions.
 import { CONFIG } from "./series.js";
+import { ZoomableMap } from "./attention_zoom.js";
 
 // white -> indigo, the accent's hue; the same stops for the canvases and for Plotly
 const STOPS = [[0, [255, 255, 255]], [0.15, [224, 231, 255]], [0.45, [129, 140, 248]], [0.75, [79, 70, 229]], [1, [30, 27, 75]]];
 const COLORSCALE = STOPS.map(([t, c]) => [t, `rgb(${c.join(",")})`]);
 const STACK_NAMES = { self: "self-attention", encoder: "encoder", cross: "cross-attention" };
 const STACK_ORDER = ["encoder", "cross", "self"];
-const MAX_CACHED = 24;  // decoded events kept in memory; older ones are fetched again when chosen
+const MAX_CACHED = 24;
+const HEADVIEW_REGION = 64;  // a zoomed region this small (tokens a side) replaces the head view's window  // decoded events kept in memory; older ones are fetched again when chosen
 
 function colour(t) {
   t = Math.max(0, Math.min(1, t));
@@ -48,6 +55,18 @@ function decodeStack(event, name) {
     name, L, H, Tq, Tk, bytes, qStart: start, kStart: kstart,
     queries: event[s.queries] || [], keys: event[s.keys] || [],
     map(l, h) { const n = Tq * Tk; return bytes.subarray((l * H + h) * n, (l * H + h + 1) * n); },
+    overview: s.overview ? decodeOverview(s.overview) : null,
+  };
+}
+
+/** A long input's overview: {Nq, Nk, bq, bk, Tq, Tk, bytes, map(l, h)} (engine/attention_maps.py). */
+function decodeOverview(o) {
+  const [, H, Nq, Nk] = o.shape;
+  const bytes = decodeMaps(o.maps);
+  const n = Nq * Nk;
+  return {
+    Nq, Nk, bq: o.block[0], bk: o.block[1], Tq: o.length[0], Tk: o.length[1], bytes,
+    map(l, h) { return bytes.subarray((l * H + h) * n, (l * H + h + 1) * n); },
   };
 }
 
@@ -74,8 +93,10 @@ export class AttentionPanel {
    * root: the card (ids inside: attention-thumbs, attention-heatmap, attention-headview,
    * attention-step, attention-step-label, attention-latest, attention-stack, attention-title).
    * fetchEvent(seq) -> Promise of the event's data (the full map of one evaluation).
+   * fetchRegion(params, {signal}) -> Promise of a region of a long input's map (optional; ids
+   * attention-zoom, attention-zoom-state and attention-reset inside the card then show its state).
    */
-  constructor(root, { fetchEvent }) {
+  constructor(root, { fetchEvent, fetchRegion }) {
     this.root = root;
     this.fetchEvent = fetchEvent;
     this.index = new Map();     // step -> seq
@@ -92,7 +113,15 @@ export class AttentionPanel {
       thumbs: $("attention-thumbs"), heat: $("attention-heatmap"), headview: $("attention-headview"),
       slider: $("attention-step"), label: $("attention-step-label"), latest: $("attention-latest"),
       stack: $("attention-stack"), title: $("attention-title"), note: $("attention-note"),
+      zoomBar: $("attention-zoom"), zoomState: $("attention-zoom-state"), reset: $("attention-reset"),
+      legend: $("attention-legend"),
     };
+    this.zoom = fetchRegion ? new ZoomableMap(this.els.heat, {
+      fetchRegion, colorscale: COLORSCALE, config: CONFIG,
+      onState: ({ state, text }) => this.zoomState(state, text),
+      onRegion: (r, bytes) => this.drawRegionHeadView(r, bytes),
+    }) : null;
+    this.els.reset?.addEventListener("click", () => this.zoom?.reset());
     this.els.slider.addEventListener("input", () => this.choose(Number(this.els.slider.value)));
     this.els.latest.addEventListener("click", () => { this.pinned = null; this.refresh(); });
     this.els.stack.addEventListener("change", () => { this.stackName = this.els.stack.value; this.layer = this.head = 0; this.draw(); });
@@ -187,27 +216,70 @@ export class AttentionPanel {
   }
 
   draw() {
+    const started = performance.now();
     const st = this.stack();
     this.layer = Math.min(this.layer, st.L - 1);
     this.head = Math.min(this.head, st.H - 1);
     const w = this.event.window;
-    this.els.note.textContent = `${st.queries.length} × ${st.keys.length} tokens` +
-      (w && w[0] > 0 ? ` (positions ${w[0]}–${w[1] - 1}, the last of the input)` : "");
+    const ov = this.zoom && st.overview;
+    this.els.note.textContent = ov
+      ? `${ov.Tq.toLocaleString()} × ${ov.Tk.toLocaleString()} tokens, in ${ov.bq}×${ov.bk}-token blocks`
+      : `${st.queries.length} × ${st.keys.length} tokens` +
+        (w && w[0] > 0 ? ` (positions ${w[0]}–${w[1] - 1}, the last of the input)` : "");
+    if (this.els.legend) {
+      this.els.legend.textContent = ov
+        ? "Each thumbnail pools the whole input in blocks (a cell: the mass a block of queries gives a block of keys), coloured from 0 to its own largest. Drag a box on the large map to fetch that region at full resolution; the head view shows the last positions, or a zoomed region of up to 64 tokens."
+        : "Each thumbnail is coloured from 0 (white) to its own largest weight, so faint heads still show their pattern; the large map's scale is the weight itself.";
+    }
     this.drawThumbs(st);
-    this.drawFocus();
+    const painted = this.drawFocus();
+    if (ov) {  // time to first paint of a long input's overview, for the record (tests read it)
+      Promise.resolve(painted).then(() => {
+        this.root.dataset.overviewMs = (performance.now() - started).toFixed(1);
+        this.root.dataset.overviewAt = performance.now().toFixed(1);
+      });
+    }
+  }
+
+  /** The head view of a small region at full resolution (≤ HEADVIEW_REGION tokens a side; a
+   * larger one, or null, shows the window of the last positions). */
+  drawRegionHeadView(r, bytes) {
+    const note = this.root.querySelector("#attention-headview-note");
+    const st = this.stack();
+    if (!r || Math.max(...r.shape) > HEADVIEW_REGION) {
+      if (note) note.textContent = "· queries → keys; hover a token";
+      this.drawHeadView(st, st.map(this.layer, this.head));
+      return;
+    }
+    if (note) note.textContent = `· zoomed: ${r.q[0]}–${r.q[1] - 1} → ${r.k[0]}–${r.k[1] - 1}`;
+    // bytes are relative to the region's largest weight; as 255·weight, the head view leaves out
+    // the same weights (< ~1%) as for the window
+    const weights = bytes.map((b) => Math.round(b * r.scale));
+    this.drawHeadView({ Tq: r.shape[0], Tk: r.shape[1], queries: r.queries, keys: r.keys }, weights);
+  }
+
+  zoomState(state, text) {
+    const bar = this.els.zoomBar;
+    if (!bar) return;
+    bar.hidden = false;
+    bar.dataset.state = state;
+    this.els.zoomState.textContent = text;
+    this.els.reset.disabled = state === "overview";
   }
 
   drawThumbs(st) {
     const grid = this.els.thumbs;
+    const ov = this.zoom && st.overview;
+    const [rows, cols] = ov ? [ov.Nq, ov.Nk] : [st.Tq, st.Tk];
     grid.style.gridTemplateColumns = `auto repeat(${st.H}, minmax(0, 1fr))`;
     const cells = [el("span")];
     for (let h = 0; h < st.H; h++) cells.push(el("span", { class: "attn-axis", text: `H${h}` }));
     for (let l = 0; l < st.L; l++) {
       cells.push(el("span", { class: "attn-axis", text: `L${l}` }));
       for (let h = 0; h < st.H; h++) {
-        const c = el("canvas", { width: st.Tk, height: st.Tq, "data-layer": l, "data-head": h, title: `layer ${l}, head ${h}` });
+        const c = el("canvas", { width: cols, height: rows, "data-layer": l, "data-head": h, title: `layer ${l}, head ${h}` });
         c.className = l === this.layer && h === this.head ? "selected" : "";
-        paint(c, st.map(l, h), st.Tq, st.Tk);
+        paint(c, ov ? ov.map(l, h) : st.map(l, h), rows, cols);
         c.addEventListener("click", () => { this.layer = l; this.head = h; this.draw(); });
         cells.push(c);
       }
@@ -219,8 +291,19 @@ export class AttentionPanel {
     const st = this.stack();
     const m = st.map(this.layer, this.head);
     this.els.title.textContent = `layer ${this.layer}, head ${this.head} · ${STACK_NAMES[st.name] || st.name}, step ${this.event.step.toLocaleString()}`;
-    this.drawHeatmap(st, m);
+    let painted;
+    if (this.zoom && st.overview) {
+      painted = this.zoom.showOverview({ ...st.overview, bytes: st.overview.map(this.layer, this.head) },
+                                       { step: this.event.step, stack: st.name, layer: this.layer, head: this.head });
+    } else {
+      this.zoom?.detach();
+      if (this.els.zoomBar) this.els.zoomBar.hidden = true;
+      this.drawHeatmap(st, m);
+    }
+    const note = this.root.querySelector("#attention-headview-note");
+    if (note) note.textContent = "· queries → keys; hover a token";
     this.drawHeadView(st, m);
+    return painted;
   }
 
   drawHeatmap(st, m) {
@@ -272,7 +355,8 @@ export class AttentionPanel {
     const x0 = labelW + 6, x1 = width - labelW - 6;
     const root = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "attn-headview" });
     const lines = svg("g");
-    const max = Math.max(1, ...m);
+    let max = 1;  // a loop, not Math.max(...m): spreading a 512 × 512 map overflows the call stack
+    for (const v of m) if (v > max) max = v;
     const lineEls = [];
     for (let i = 0; i < st.Tq; i++) {
       for (let j = 0; j < st.Tk; j++) {
