@@ -150,7 +150,14 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["team", "-created_at"]), models.Index(fields=["queue", "status", "created_at"])]
+        indexes = [
+            models.Index(fields=["team", "-created_at"]),
+            models.Index(fields=["queue", "status", "created_at"]),
+            # the queue's fair share counts each owner's running jobs (explorer.scheduling)
+            models.Index(fields=["owner", "team", "status"]),
+            # recent finished jobs' speed, for estimated starts
+            models.Index(fields=["queue", "status", "-finished_at"]),
+        ]
 
     def __str__(self):
         return f"job {self.pk} ({self.status})"

@@ -175,6 +175,10 @@ function flash(tr) {
   tr.classList.add("flash");
 }
 
+// Last status seen of jobs without a row (older than the page): a running job's brief arrives
+// every second; only a change of its status moves places in line.
+const offPage = new Map();
+
 /** A live update: returns whether the status changed (or the job is new). */
 function upsert(job) {
   const tr = rowFor(job.id);
@@ -183,6 +187,12 @@ function upsert(job) {
     fillRow(tr, job);
     if (changed) flash(tr);
     return changed;
+  }
+  const newest = body.firstElementChild?.dataset.jobId;
+  if (newest && job.id < Number(newest)) {  // an older job, not on this page
+    const before = offPage.get(job.id);
+    offPage.set(job.id, job.status);
+    return before !== undefined && before !== job.status;
   }
   if (firstPage && matchesFilter(job)) {
     const row = newRow(job);
