@@ -153,7 +153,7 @@ def test_encoder_decoder_offers_its_three_stacks(web, page):
     page.goto(web.url + f"/jobs/{job.pk}/")
     shown_step(page, 5)
     stack = page.locator("#attention-stack")
-    assert stack.is_visible()
+    stack.wait_for(state="visible")  # drawn once the event is decoded, which can trail the step label
     assert stack.locator("option").all_text_contents() == ["encoder", "cross-attention", "self-attention"]
     assert stack.input_value() == "self"
     stack.select_option("cross")
