@@ -185,7 +185,7 @@ def seed_job(user, team, spec):
         recorder({"kind": "step", "step": step, "loss": 3.0, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 1e4,
                   "elapsed": step * 0.1, "eta": 1.0, "effective_batch": 1, "clipped": False, "update_ratio": 1e-3,
                   "spike": False, "mfu": None})
-    recorder.flush()
+    recorder.drain()
     recorder({"kind": "eval", "step": 100, "train_loss": 3.0, "val_loss": 3.1, "accuracy": None,
               "sample": {"prompt": "a", "completion": "b", "expected": None}})
     return job, recorder

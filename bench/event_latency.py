@@ -4,22 +4,21 @@
 
 The real path, every hop but the training: ``--jobs`` producer processes (forked, as Celery's
 prefork workers are), each feeding a job's ``services.EventRecorder`` ``--rate`` step events a
-second (the engine's step event, every field), so each event is written by
-``services.append_events`` (one SQLite transaction per flush) and sent by ``services.publish``
-through the Redis channel layer to an ASGI server (uvicorn, started as ``tests.stack`` starts it)
-whose ``JobConsumer`` pushes it down one logged-in websocket per job, opened as the job page opens
-it (``?after=0&omit=attention``). Latency = the client's receive time − the event's ``ts`` (the
-time the recorder took the event from the engine; one machine, one clock).
+second (the engine's step event, every field). The recorder (``explorer.recorder``) numbers and
+sends them through the Redis channel layer every ``flush_interval`` (0.025 s, as the worker runs
+it) to an ASGI server (uvicorn, started as ``tests.stack`` starts it) whose ``JobConsumer`` pushes
+them down one logged-in websocket per job, opened as the job page opens it
+(``?after=0&omit=attention``), and saves them in the database every 0.25 s, off the live path.
+Latency = the client's receive time − the event's ``ts`` (the time the recorder took the event
+from the engine; one machine, one clock).
 
-Each flush is timed in the producer too, so the latency splits into: waiting in the recorder's
-buffer (``ts`` → flush; the recorder flushes step events at most every ``flush_interval``, 0.025 s
-as the worker runs it, on the next event after that), the database write, and from the start of
-``publish`` to the client (Redis → consumer → websocket). ``publish_call`` is how long the
-producer is held by ``publish`` (since ``explorer.publisher``, only the hand-over to the
-process's background sender: well under a millisecond). Latency is also taken from when each event was
-due (``latency_from_schedule_ms``): a producer held up by its own flushes sends late, and ``ts``
-moves with it, as a training step held up by them would. ``--flush-intervals 0.025,0`` runs the
-worker's setting and a flush per event. An isolated SQLite database in a temporary directory
+The recorder's trace splits the latency into: waiting in its buffer (``ts`` → the send), the
+hand-over to the process's background publisher (``publish_call``) and from there to the client
+(Redis → consumer → websocket). Apart from the live path: ``db_write`` (each write's duration) and
+``saved_after`` (``ts`` → the event is in the database). Latency is also taken from when each
+event was due (``latency_from_schedule_ms``): a producer held up sends late, and ``ts`` moves with
+it, as a training step held up would. ``--flush-intervals 0.025,0`` runs the worker's setting and
+a send per event. An isolated SQLite database in a temporary directory
 (``--database postgres``: a database of its own on 127.0.0.1:5432, dropped at the end, results in
 ``event_latency_postgres.json``) and Redis
 database ``--redis-db`` (13) with a prefix of its own: never the dev data.
@@ -142,7 +141,7 @@ def step_event(step: int, start: float) -> dict:
 
 def produce(job_id: int, n: int, rate: float, flush_interval: float, start_at, go, out) -> None:
     """In a forked process: ``n`` step events at ``rate``/s through the worker's EventRecorder,
-    timing every flush (database write, channel-layer send) on the way."""
+    which records the times of every send (channel layer) and every write (database)."""
     from django.db import connections
 
     from explorer import services
@@ -150,23 +149,8 @@ def produce(job_id: int, n: int, rate: float, flush_interval: float, start_at, g
 
     connections.close_all()  # the parent's connection is not ours to use
     random.seed()  # forked: each job its own phase
-    flushes = []
-    append, publish = services.append_events, services.publish
-
-    def timed_append(job, batch, **fields):
-        t0 = time.time()
-        messages = append(job, batch, **fields)
-        flushes.append({"t_flush": t0, "t_saved": time.time(), "seqs": [m["seq"] for m in messages]})
-        return messages
-
-    def timed_publish(job, messages, team_id=None):
-        t0 = time.time()
-        publish(job, messages, team_id=team_id)
-        if messages:
-            flushes[-1].update(t_publish=t0, t_sent=time.time())
-
-    services.append_events, services.publish = timed_append, timed_publish
     recorder = services.EventRecorder(Job.objects.get(pk=job_id), flush_interval=flush_interval)
+    recorder.trace = []  # each send and each write, with its times and sequence numbers
     go.wait()
     begin = start_at.value + random.random() / rate  # the jobs' steps are not in lockstep
     clock = time.perf_counter()
@@ -178,10 +162,11 @@ def produce(job_id: int, n: int, rate: float, flush_interval: float, start_at, g
         elif pause < -1 / rate:
             late += 1
         recorder(step_event(i + 1, clock))
-    recorder.flush()
+    recorder.drain()  # as run_job does: everything saved
     from explorer.publisher import publisher
 
     publisher().wait(60)  # as run_job does: the last batches leave before the process ends
+    flushes = recorder.trace
     out.put({"job": job_id, "sent": n, "late": late, "flushes": flushes, "begin": begin})
 
 
@@ -274,7 +259,9 @@ def run(stack, cookie, user, team, *, jobs: int, rate: float, seconds: float, fl
         p.join(10)
 
     latencies, from_schedule = [], []
-    parts = {"buffer": [], "db_write": [], "publish_to_client": [], "publish_call": []}
+    # the live path: buffer (ts → the send), publish_call (the sender thread handing the batch to the
+    # publisher), publish_to_client (→ received); apart from it: saved_after (ts → its write done)
+    parts = {"buffer": [], "publish_call": [], "publish_to_client": [], "saved_after": [], "db_write": []}
     complete, lost, duplicated, late = 0, 0, 0, 0
     for job_id, got in zip(job_ids, received):
         seqs = [s for s, _, _ in got]
@@ -282,18 +269,23 @@ def run(stack, cookie, user, team, *, jobs: int, rate: float, seconds: float, fl
         duplicated += len(seqs) - len(set(seqs))
         complete += seqs == list(range(1, n + 1))
         late += produced[job_id]["late"]
-        flush_of = {seq: f for f in produced[job_id]["flushes"] for seq in f["seqs"]}
+        trace = produced[job_id]["flushes"]
+        send_of = {seq: f for f in trace if f["what"] == "send" for seq in f["seqs"]}
+        save_of = {seq: f for f in trace if f["what"] == "save" for seq in f["seqs"]}
         begin = produced[job_id]["begin"]
         for seq, ts, now in got:
             latencies.append(1000 * (now - ts))
             from_schedule.append(1000 * (now - (begin + (seq - 1) / rate)))
-            f = flush_of.get(seq)
-            if f and "t_publish" in f:
-                parts["buffer"].append(1000 * (f["t_flush"] - ts))
-                parts["db_write"].append(1000 * (f["t_saved"] - f["t_flush"]))
-                parts["publish_to_client"].append(1000 * (now - f["t_publish"]))
-                parts["publish_call"].append(1000 * (f["t_sent"] - f["t_publish"]))  # the producer is held this long
-    flushes = sum(len(r["flushes"]) for r in produced.values())
+            if seq in send_of:
+                f = send_of[seq]
+                parts["buffer"].append(1000 * (f["t0"] - ts))
+                parts["publish_call"].append(1000 * (f["t1"] - f["t0"]))
+                parts["publish_to_client"].append(1000 * (now - f["t1"]))
+            if seq in save_of:
+                parts["saved_after"].append(1000 * (save_of[seq]["t1"] - ts))
+        parts["db_write"].extend(1000 * (f["t1"] - f["t0"]) for f in trace if f["what"] == "save")
+    flushes = sum(f["what"] == "send" for r in produced.values() for f in r["flushes"])
+    writes = sum(f["what"] == "save" for r in produced.values() for f in r["flushes"])
     stats = summary(latencies)
     return {
         "flush_interval_s": flush_interval,
@@ -305,6 +297,8 @@ def run(stack, cookie, user, team, *, jobs: int, rate: float, seconds: float, fl
         "events_sent_late": late,  # a producer more than one period behind its schedule
         "flushes": flushes,
         "events_per_flush": round(n * jobs / max(1, flushes), 2),
+        "database_writes": writes,
+        "events_per_write": round(n * jobs / max(1, writes), 2),
         "latency_ms": stats,
         "latency_from_schedule_ms": summary(from_schedule),
         "parts_ms": {k: summary(v) for k, v in parts.items()},

@@ -8,7 +8,8 @@ is a few ms and the relative cost is largest), four ways:
 
     none            on_event=None, attention_maps off: nothing leaves the engine
     recorder        the worker's on_event, services.EventRecorder(job): every event buffered,
-                    flushed at most every 0.025 s to the database (SQLite) and the Redis channel layer
+                    sent every 0.025 s to the Redis channel layer and saved every 0.25 s (SQLite), on
+                    threads of its own
     none+maps       on_event=None, attention_maps on: the extra forward and encoding at each evaluation
     recorder+maps   the worker's whole path: recorder, attention maps (and the health event, always on)
 
@@ -77,7 +78,7 @@ def run_once(spec_dict: dict, *, recorder: bool, maps: bool, user, team) -> dict
     polls = []
     train(spec, on_event=on_event, should_stop=lambda: polls.append(time.perf_counter()) and False)
     if recorder:
-        rec.flush()  # as run_job does after train
+        rec.drain()  # as run_job does after train: everything saved, its threads stopped
     steps = [b - a for a, b in zip(polls, polls[1:])][WARMUP:]  # step k's time = poll k+1 − poll k
     timed = [d for t, d in inside if polls[WARMUP] <= t < polls[-1]]
     evals = [s for i, s in enumerate(steps, start=WARMUP + 1) if i % spec.train.eval_interval == 0]

@@ -1,7 +1,10 @@
 """Websockets. ``/ws/jobs/<id>/?after=<seq>``: a job's events, replayed from the database after
 ``seq`` and then live, with no gap and no duplicate (``&omit=attention`` leaves a kind out of the
-replay only). ``/ws/teams/<id>/``: live job changes for the
+replay only). A worker sends events before it saves them (``explorer.recorder``), so a live
+message can run ahead of the log: the consumer then holds it, reads the missing events from the
+database as soon as they are saved, and sends everything in order. ``/ws/teams/<id>/``: live job changes for the
 queue page. Both refuse users outside the team (close code 4403) and anonymous users (4401)."""
+import asyncio
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -12,6 +15,7 @@ from explorer.models import JobEvent
 from explorer.teams import jobs_visible_to, user_teams
 
 REPLAY_CHUNK = 2000
+GAP_RETRY_S = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)  # waits between reads of a gap from the log, the last repeated
 
 
 class JobConsumer(AsyncJsonWebsocketConsumer):
@@ -20,6 +24,9 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         self.job_id = self.scope["url_route"]["kwargs"]["job_id"]
         self.last_seq = 0
         self.omit = set()
+        self.ahead = {}  # seq -> live event that came before the ones up to it were read
+        self.order = asyncio.Lock()  # one replay or send at a time (the gap task runs beside handlers)
+        self.gap_task = None
         if not user.is_authenticated:
             await self.close(code=4401)
             return
@@ -40,14 +47,30 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         await self.replay(_int(query.get("after", ["0"])[0]))
 
     async def disconnect(self, code):
+        if self.gap_task is not None:
+            self.gap_task.cancel()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def receive_json(self, content, **kwargs):
         if content.get("action") == "resume":
-            await self.replay(_int(content.get("after")))
+            async with self.order:
+                await self.replay(_int(content.get("after")))
 
     async def replay(self, after):
+        """Send the log after ``after`` (at least ``last_seq``), then the held live events that follow on."""
+        await self._replay(after)
+        self.ahead = {seq: e for seq, e in self.ahead.items() if seq > self.last_seq}
+        run = []
+        while self.last_seq + len(run) + 1 in self.ahead:
+            run.append(self.ahead.pop(self.last_seq + len(run) + 1))
+        if run:
+            await self.send_json({"type": "events", "events": run})
+            self.last_seq = run[-1]["seq"]
+            if any(e["kind"] == "status" for e in run):
+                await self.send_job()
+
+    async def _replay(self, after):
         self.last_seq = max(self.last_seq, after)
         while True:
             batch, last, n = await self.read_events(self.last_seq)
@@ -77,16 +100,33 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "job", "job": job})
 
     async def job_events(self, message):
-        events = [e for e in message["events"] if e["seq"] > self.last_seq]
-        if not events:
-            return
-        if events[0]["seq"] != self.last_seq + 1:
-            await self.replay(self.last_seq)  # a message was missed: the log has it
-            return
-        await self.send_json({"type": "events", "events": events})
-        self.last_seq = events[-1]["seq"]
-        if any(e["kind"] == "status" for e in events):
-            await self.send_job()
+        async with self.order:
+            events = [e for e in message["events"] if e["seq"] > self.last_seq]
+            if not events:
+                return
+            if events[0]["seq"] == self.last_seq + 1 and not self.ahead:
+                await self.send_json({"type": "events", "events": events})
+                self.last_seq = events[-1]["seq"]
+                if any(e["kind"] == "status" for e in events):
+                    await self.send_job()
+                return
+            # ahead of what this client has: the events between are in the log, or soon will be
+            self.ahead.update((e["seq"], e) for e in events)
+            await self.replay(self.last_seq)
+            if self.ahead and self.gap_task is None:
+                self.gap_task = asyncio.ensure_future(self.fill_gap())
+
+    async def fill_gap(self):
+        """Read the log again until the held events follow on from what was sent."""
+        try:
+            for tries in range(10_000):
+                await asyncio.sleep(GAP_RETRY_S[min(tries, len(GAP_RETRY_S) - 1)])
+                async with self.order:
+                    await self.replay(self.last_seq)
+                    if not self.ahead:
+                        return
+        finally:
+            self.gap_task = None
 
 
 class TeamConsumer(AsyncJsonWebsocketConsumer):

@@ -1,10 +1,47 @@
-"""The worker's event path: ``EventRecorder`` is the engine's ``on_event`` callback."""
+"""The worker's event path: ``EventRecorder`` is the engine's ``on_event`` callback.
+
+Two paths leave the recorder, at two paces:
+
+- **live**: every ``flush_interval`` (25 ms), and at once for anything but a step event, the
+  new events are numbered and sent to the job's websocket group (``services.publish``, which
+  hands them to this process's background publisher). Nothing on this path waits for the
+  database, so a busy or locked database (SQLite allows one writer at a time) does not hold up
+  what a watcher sees.
+- **durable**: every ``save_interval`` (0.25 s), and at the end, the events not yet saved are
+  written in one transaction together with the job row's progress fields (step, summary,
+  heartbeat). Fewer, larger transactions: ten jobs streaming 50 events/s make 40 writes/s, not
+  400.
+
+Both run on a writer thread of the recorder's own, so the training step pays for appending to
+a list and nothing else. Inside a transaction (a test's ``django_db`` block) the thread could not
+see the job row, so there the work is done inline, at the same paces.
+
+**Numbering.** Sequence numbers come from the job row (``Job.last_seq``), which every writer
+(worker, web, reaper) advances in a transaction. Until its first write, the recorder does not
+know where its numbers start, so its first batch is saved first and sent after (as every other
+writer does). From then on the recorder, the only writer of a running job, numbers its events
+itself and sends them before they are saved. Each write checks that the row's ``last_seq`` is
+where the recorder left it; if another writer came in between (a reaper that took the job from a
+worker it believed lost), the batch is renumbered after theirs, saved and sent again, and a
+warning logged: nothing is lost, and a watcher's log differs from the saved one only in that
+rare case, until it reloads.
+
+A watcher that joins while sent events are not saved yet sees a gap in the numbers: the
+websocket consumer (``explorer.consumers``) then reads the gap from the database, waiting for
+the write if it has not happened yet.
+
+**Outages.** When the database refuses a write, the events stay in memory, in order, and are
+written when it returns (retried every ``retry_interval``, the connection reopened); the live
+path goes on meanwhile. After ``settings.EVENT_DB_OUTAGE_S`` seconds of outage, or
+``MAX_BUFFERED`` unsaved events, the next call from the engine raises ``EventStoreUnavailable``
+so the job fails with that reason: events are never silently dropped.
+"""
 import logging
 import threading
 import time
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 log = logging.getLogger(__name__)
@@ -21,29 +58,55 @@ class EventStoreUnavailable(RuntimeError):
 
 
 class EventRecorder:
-    """The engine's ``on_event`` callback: buffers events and flushes them in batches.
+    """The engine's ``on_event`` callback (see the module's docstring).
 
-    A flush writes the batch in one transaction and broadcasts it in one channel-layer message,
-    at most every ``flush_interval`` seconds for step events and at once for anything else.
-    When the database is unavailable the events stay buffered, in order, and are written when it
-    returns (retried at most every ``retry_interval`` s, the connection reopened); after
-    ``settings.EVENT_DB_OUTAGE_S`` seconds of outage, or ``MAX_BUFFERED`` events, the flush raises
-    ``EventStoreUnavailable`` so the job fails with that reason: events are never silently dropped.
+    ``recorder(event)`` takes an event; ``flush()`` sends and saves what is pending now (returns
+    whether everything is saved); ``drain()`` at the end of a job stops the writer thread and
+    saves everything, giving an outage a fresh ``EVENT_DB_OUTAGE_S`` (then raises
+    ``EventStoreUnavailable``); ``close()`` stops the thread without saving (after ``drain`` or
+    when giving up). ``summary``, ``step``, ``total_steps`` and ``device`` are saved on the job
+    row with each write. ``trace``, when a list, receives a dict per send and per write with
+    their times (for ``bench/event_latency.py``).
     """
 
     MAX_BUFFERED = 100_000
 
-    def __init__(self, job, flush_interval=0.025, team_interval=1.0, retry_interval=1.0):
+    def __init__(self, job, flush_interval=0.025, save_interval=0.25, team_interval=1.0, retry_interval=1.0,
+                 background=None):
         self.job_id, self.team_id = job.pk, job.team_id
-        self.flush_interval, self.team_interval, self.retry_interval = flush_interval, team_interval, retry_interval
-        self.buffer, self.summary = [], dict(job.summary)
+        self.flush_interval, self.save_interval = flush_interval, save_interval
+        self.team_interval, self.retry_interval = team_interval, retry_interval
+        self.summary = dict(job.summary)
         self.step, self.total_steps, self.device = job.step, job.total_steps, job.device
-        self.last_flush = self.last_team = 0.0
+        # locks, always taken in this order: saving (one write at a time), sending (numbering),
+        # lists (``incoming`` and ``unsaved``)
+        self.saving, self.sending, self.lock = threading.Lock(), threading.RLock(), threading.Lock()
+        self.incoming = []  # (kind, data) from the engine, not yet taken
+        self.unsaved = []  # [seq or None, kind, data, ts], in order: sent (once numbered), not yet saved
+        self.next_seq = None  # the number of the next event, once the first write told where to start
+        self.last_send = self.last_save = self.last_team = 0.0
         self.down_since = None  # monotonic time of the first failed write of an outage
         self.outages = 0
-        self.lock = threading.Lock()
+        self.error = None  # an exception from a writer thread, raised in the engine's thread
+        self.trace = None
+        if background is None:  # a transaction's rows are invisible to another thread's connection
+            background = not connection.in_atomic_block
+        # send_wake: an event came; hurry: one that goes out at once; save_wake: write now
+        self.stopping, self.send_wake, self.hurry, self.save_wake = (threading.Event() for _ in range(4))
+        self.threads = []
+        if background:
+            self.threads = [threading.Thread(target=self._guarded, args=(loop,), daemon=True,
+                                             name=f"events-{what}-{self.job_id}")
+                            for what, loop in (("send", self._sender), ("save", self._saver))]
+            for thread in self.threads:
+                thread.start()
 
+    # ------------------------------------------------------------------ the engine's side
     def __call__(self, event):
+        if self.error is None and self.down_since is not None:
+            self._check_outage(time.monotonic(), "the database is still refusing them")
+        if self.error is not None:
+            raise self.error
         event = dict(event)
         kind = event.pop("kind")
         event["_ts"] = time.time()
@@ -55,55 +118,189 @@ class EventRecorder:
         if kind == "start":
             self.total_steps, self.device = event.get("total_steps", self.total_steps), event.get("device", self.device)
         with self.lock:
-            self.buffer.append((kind, event))
-        interval = self.flush_interval if self.down_since is None else self.retry_interval
-        if (kind != "step" and self.down_since is None) or time.monotonic() - self.last_flush >= interval:
-            self.flush()
+            self.incoming.append((kind, event))
+        if self.threads:
+            if kind != "step":
+                self.hurry.set()  # at once: evaluations, attention maps, status
+            self.send_wake.set()
+            return
+        now = time.monotonic()  # inline (inside a transaction): the same paces, on this thread
+        if kind != "step" or now - self.last_send >= self.flush_interval:
+            self._send_tick()
+        if kind != "step" or self.next_seq is None or now - self.last_save >= self._save_pace():
+            self._save_tick()
+            if self.error is not None:
+                raise self.error
 
     def flush(self):
-        """Write and broadcast the buffer; returns whether it is empty now (False: the database
-        is down and the events wait for the next flush)."""
+        """Send and save everything taken so far, now; returns whether all of it is saved (False:
+        the database is down and the events wait for the next try)."""
+        self._send_tick()
+        self._save_tick()
+        with self.lock:
+            return not self.unsaved and not self.incoming
+
+    def drain(self):
+        """At the end of a job: stop the writer threads and save everything, giving a database
+        outage a fresh ``EVENT_DB_OUTAGE_S`` to end (then ``EventStoreUnavailable``)."""
+        self.close()
+        if self.down_since is not None:
+            self.down_since = time.monotonic()
+        self.error = None
+        while not self.flush():
+            if self.error is not None:
+                raise self.error
+            time.sleep(self.retry_interval)
+
+    def close(self):
+        """Stop the writer threads (what is unsaved stays in memory for ``flush``/``drain``)."""
+        self.stopping.set()
+        for event in (self.send_wake, self.hurry, self.save_wake):
+            event.set()
+        for thread in self.threads:
+            thread.join(60)
+        self.threads = []
+
+    # ------------------------------------------------------------------ the writer threads
+    def _save_pace(self):
+        return self.retry_interval if self.down_since is not None else self.save_interval
+
+    def _check_outage(self, now, why):
+        """Give up (``self.error``) once the outage outlasts ``EVENT_DB_OUTAGE_S`` or the memory."""
+        down_since, held = self.down_since, len(self.unsaved) + len(self.incoming)
+        if down_since is not None and (now - down_since > settings.EVENT_DB_OUTAGE_S or held > self.MAX_BUFFERED):
+            self.error = EventStoreUnavailable(
+                f"the database was unavailable for {now - down_since:.0f} s ({why}); {held} events of this job "
+                "could not be saved")
+
+    def _guarded(self, loop):
+        try:
+            loop()
+        except Exception as exc:  # noqa: BLE001 - a bug here must fail the job, not leave it silent
+            log.exception("job %s: an event writer stopped", self.job_id)
+            self.error = exc
+        finally:
+            connection.close()  # this thread's own connection
+
+    def _sender(self):
+        """Asleep until an event comes; then sends at most every ``flush_interval`` (at once for
+        anything but a step event), so an idle job costs nothing and a busy one a send per interval."""
+        while True:
+            self.send_wake.wait()
+            if self.stopping.is_set():
+                return
+            delay = self.last_send + self.flush_interval - time.monotonic()
+            if delay > 0:
+                self.hurry.wait(delay)
+            self.hurry.clear()
+            self.send_wake.clear()  # before taking: an event after this wakes the loop again
+            self._send_tick()
+
+    def _saver(self):
+        while not self.stopping.is_set():  # paced from the start of the last try
+            self.save_wake.wait(max(0.0, self.last_save + self._save_pace() - time.monotonic()))
+            self.save_wake.clear()
+            if self.stopping.is_set():
+                return
+            self._save_tick()
+
+    def _send_tick(self):
+        """Number what came in and send it (before the first write, leave it to the write)."""
+        from explorer import services
+
+        with self.sending:
+            with self.lock:
+                taken, self.incoming = self.incoming, []
+            if not taken:
+                return
+            self.last_send = time.monotonic()
+            rows = []
+            for kind, data in taken:
+                ts = data.pop("_ts")
+                seq = None
+                if self.next_seq is not None:
+                    seq, self.next_seq = self.next_seq, self.next_seq + 1
+                rows.append([seq, kind, services.storable(data), ts])
+            with self.lock:
+                self.unsaved.extend(rows)
+            if self.next_seq is not None:  # numbered: out to the watchers now, saved later
+                self._send([_message(row) for row in rows], team=False)
+            if self.next_seq is None or any(kind != "step" for kind, _ in taken):
+                self.save_wake.set()  # the first batch, an evaluation, a map: saved at once
+
+    def _send(self, messages, team):
+        from explorer import services
+
+        t0 = time.time()
+        send_team = team and time.monotonic() - self.last_team >= self.team_interval
+        if send_team:
+            self.last_team = time.monotonic()
+        try:
+            services.publish(self.job_id, messages, team_id=self.team_id if send_team else None)
+        except Exception:  # noqa: BLE001 - e.g. the job's brief could not be read: the log has the events
+            log.warning("job %s: could not send %d events", self.job_id, len(messages), exc_info=True)
+        if self.trace is not None and messages:
+            self.trace.append({"what": "send", "t0": t0, "t1": time.time(), "seqs": [m["seq"] for m in messages]})
+
+    def _save_tick(self):
+        """Write the unsaved events and the job's progress in one transaction."""
         from django.db import DatabaseError
 
         from explorer import services
+        from explorer.models import Job, JobEvent
 
-        with self.lock:
-            batch, self.buffer = self.buffer, []
-        if not batch:
-            return True
-        self.last_flush = now = time.monotonic()
-        try:
-            messages = services.append_events(
-                self.job_id, batch, step=self.step, total_steps=self.total_steps, summary=self.summary,
-                device=self.device, heartbeat_at=timezone.now(),
-            )
-        except DatabaseError as exc:
+        with self.saving:
+            now, t0 = time.monotonic(), time.time()
+            self.last_save = now  # the pace counts from each try's start (or look, when there was nothing)
             with self.lock:
-                self.buffer = batch + self.buffer  # kept, in order, for the next try
-                held = len(self.buffer)
-            connection.close_if_unusable_or_obsolete()  # a broken connection is reopened next time
-            if self.down_since is None:
-                self.down_since, self.outages = now, self.outages + 1
-                log.warning("job %s: the database refused its events (%s); buffering them", self.job_id, exc)
-            if now - self.down_since > settings.EVENT_DB_OUTAGE_S or held > self.MAX_BUFFERED:
-                raise EventStoreUnavailable(
-                    f"the database was unavailable for {now - self.down_since:.0f} s ({exc}); {held} events of this "
-                    "job could not be saved") from exc
-            return False
-        if self.down_since is not None:
-            log.warning("job %s: the database is back after %.1f s; %d buffered events written",
-                        self.job_id, now - self.down_since, len(batch))
-            self.down_since = None
-        send_team = now - self.last_team >= self.team_interval
-        if send_team:
-            self.last_team = now
-        services.publish(self.job_id, messages, team_id=self.team_id if send_team else None)
-        return True
+                rows = list(self.unsaved)
+            if not rows:
+                return
+            try:
+                with transaction.atomic():
+                    last_seq = Job.objects.select_for_update().filter(pk=self.job_id).values_list(
+                        "last_seq", flat=True).get()
+                    numbered = rows[0][0] is not None
+                    moved = numbered and rows[0][0] != last_seq + 1
+                    seqs = range(last_seq + 1, last_seq + 1 + len(rows)) if moved or not numbered else [r[0] for r in rows]
+                    JobEvent.objects.bulk_create([JobEvent(job_id=self.job_id, seq=seq, kind=kind, payload=data, ts=ts)
+                                                  for seq, (_, kind, data, ts) in zip(seqs, rows)])
+                    Job.objects.filter(pk=self.job_id).update(
+                        last_seq=seqs[-1], heartbeat_at=timezone.now(), **services.storable({
+                            "step": self.step, "total_steps": self.total_steps, "summary": dict(self.summary),
+                            "device": self.device}))
+            except DatabaseError as exc:
+                connection.close_if_unusable_or_obsolete()  # a broken connection is reopened next time
+                if self.down_since is None:
+                    self.down_since, self.outages = now, self.outages + 1
+                    log.warning("job %s: the database refused its events (%s); buffering them", self.job_id, exc)
+                self._check_outage(now, exc)
+                return
+            if self.trace is not None:
+                self.trace.append({"what": "save", "t0": t0, "t1": time.time(), "seqs": list(seqs)})
+            if self.down_since is not None:
+                log.warning("job %s: the database is back after %.1f s; %d buffered events written",
+                            self.job_id, now - self.down_since, len(rows))
+                self.down_since = None
+            with self.sending:
+                with self.lock:
+                    del self.unsaved[:len(rows)]
+                    for row, seq in zip(rows, seqs):
+                        row[0] = seq
+                    later = list(self.unsaved)
+                if moved:
+                    log.warning("job %s: another writer added events meanwhile; %d events renumbered from %d",
+                                self.job_id, len(rows) + len(later), seqs[0])
+                self.next_seq = seqs[-1] + 1
+                for row in later:  # taken meanwhile: numbered after these (again, after a move)
+                    row[0], self.next_seq = self.next_seq, self.next_seq + 1
+                # saved, then sent: a first batch (its numbers were not known before) or a renumbered
+                # one, with what was taken meanwhile; the team's queue page hears of the job's
+                # progress at most every team_interval
+                resend = rows + later if (moved or not numbered) else []
+                self._send([_message(row) for row in resend], team=True)
 
-    def drain(self):
-        """At the end of a job: flush until the buffer is empty, giving a database outage a
-        fresh ``EVENT_DB_OUTAGE_S`` to end (then ``EventStoreUnavailable``)."""
-        if self.down_since is not None:
-            self.down_since = time.monotonic()
-        while not self.flush():
-            time.sleep(self.retry_interval)
+
+def _message(row):
+    seq, kind, data, ts = row
+    return {"seq": seq, "kind": kind, "ts": ts, "data": data}

@@ -72,6 +72,36 @@ def test_job_socket_fills_a_gap_from_the_log(alice, tiny_spec):
     run(scenario())
 
 
+def test_job_socket_holds_live_events_until_the_ones_before_them_are_saved(alice, tiny_spec):
+    # The worker sends events before it saves them: a client that joins meanwhile gets them in
+    # order once they are in the log, never with a hole.
+    job = services.create_job(alice[0], alice[1], tiny_spec)
+    headers = session_headers(alice[0])
+
+    def live(first, n):
+        return [{"seq": seq, "kind": "step", "ts": 0.0, "data": {"step": seq}} for seq in range(first, first + n)]
+
+    async def scenario():
+        comm, ok = await connect(f"/ws/jobs/{job.pk}/", headers)
+        assert ok
+        await comm.receive_json_from(timeout=5)  # job snapshot
+        assert [e["seq"] for e in (await comm.receive_json_from(timeout=5))["events"]] == [1]
+        # events 2-3 went out before this client joined and are not saved yet; 4-5 arrive live
+        await sync_to_async(services.publish)(job.pk, live(4, 2))
+        assert await comm.receive_nothing(timeout=0.4)  # held: 2-3 are not in the log yet
+        await sync_to_async(services.append_events)(job.pk, [("step", {"step": 2}), ("step", {"step": 3})])
+        got = await comm.receive_json_from(timeout=5)  # the gap read from the log, then the held ones
+        seqs = [e["seq"] for e in got["events"]]
+        while seqs[-1] < 5:
+            seqs += [e["seq"] for e in (await comm.receive_json_from(timeout=5))["events"]]
+        assert seqs == [2, 3, 4, 5]
+        await sync_to_async(services.publish)(job.pk, live(6, 1))  # and on live as before
+        assert [e["seq"] for e in (await comm.receive_json_from(timeout=5))["events"]] == [6]
+        await comm.disconnect()
+
+    run(scenario())
+
+
 def test_job_socket_refuses_other_teams_and_anonymous(alice, bob, tiny_spec):
     job = services.create_job(alice[0], alice[1], tiny_spec)
     bobs = session_headers(bob[0])

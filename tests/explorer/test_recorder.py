@@ -1,0 +1,111 @@
+"""The worker's event path (explorer.recorder): events go out to watchers before they are saved,
+the engine's thread never waits for the database, and the log ends complete and in order."""
+import time
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from explorer import services
+from explorer.models import Job
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Watcher:
+    """A client of the job's group on the real Redis channel layer."""
+
+    def __init__(self, job_id):
+        self.layer, self.group = get_channel_layer(), services.job_group(job_id)
+        self.channel = async_to_sync(self.layer.new_channel)()
+        async_to_sync(self.layer.group_add)(self.group, self.channel)
+
+    def events(self, until_seq, timeout=10):
+        got, deadline = [], time.monotonic() + timeout
+
+        async def receive():
+            import asyncio
+
+            return await asyncio.wait_for(self.layer.receive(self.channel), max(0.01, deadline - time.monotonic()))
+
+        while not got or got[-1]["seq"] < until_seq:
+            message = async_to_sync(receive)()
+            if message["type"] == "job.events":
+                got.extend(message["events"])
+        return got
+
+
+def wait_until_numbering(recorder, timeout=10):
+    """Until the recorder's first write told it where its numbers start."""
+    deadline = time.monotonic() + timeout
+    while recorder.next_seq is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+def step(n):
+    return {"kind": "step", "step": n, "loss": 3.0 - n / 100}
+
+
+def saved(job):
+    return [(e.seq, e.kind, e.payload.get("step")) for e in job.events.order_by("seq")]
+
+
+def test_events_reach_watchers_before_they_are_saved(alice, tiny_spec):
+    job = services.create_job(alice[0], alice[1], tiny_spec)  # its log: 1 "queued"
+    watcher = Watcher(job.pk)
+    recorder = services.EventRecorder(job, save_interval=30)  # saved only at the end
+    assert recorder.threads, "outside a transaction the recorder writes on threads of its own"
+    recorder({"kind": "start", "total_steps": 5, "device": "cpu"})  # the first batch: saved, then sent
+    wait_until_numbering(recorder)
+    with CaptureQueriesContext(connection) as queries:
+        for n in range(1, 6):
+            recorder(step(n))
+    assert len(queries) == 0  # the engine's thread does not touch the database
+    live = watcher.events(until_seq=7)
+    assert [(e["seq"], e["kind"]) for e in live] == [(2, "start")] + [(s, "step") for s in range(3, 8)]
+    assert Job.objects.get(pk=job.pk).last_seq == 2  # sent, not saved yet
+    recorder.drain()
+    job.refresh_from_db()
+    assert saved(job) == [(1, "status", None), (2, "start", None)] + [(s, "step", s - 2) for s in range(3, 8)]
+    assert job.last_seq == 7 and job.step == 5 and job.summary["loss"] == pytest.approx(2.95)
+    stored = {e.seq: e.as_message() for e in job.events.all()}
+    assert all(stored[e["seq"]] == e for e in live)  # watchers saw exactly what was saved
+
+
+def test_another_writer_in_between_renumbers_and_loses_nothing(alice, tiny_spec, caplog):
+    job = services.create_job(alice[0], alice[1], tiny_spec)
+    recorder = services.EventRecorder(job, save_interval=30)
+    recorder({"kind": "start", "total_steps": 4})
+    wait_until_numbering(recorder)
+    for n in (1, 2):
+        recorder(step(n))
+    recorder.flush()  # 1 queued, 2 start, 3-4 steps
+    recorder(step(3))  # numbered 5 and sent...
+    deadline = time.monotonic() + 5
+    while recorder.next_seq != 6:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    services.append_events(job.pk, [("queue", {"note": "another writer"})])  # ...but 5 is taken now
+    recorder(step(4))
+    recorder.drain()
+    job.refresh_from_db()
+    assert saved(job) == [(1, "status", None), (2, "start", None), (3, "step", 1), (4, "step", 2),
+                          (5, "queue", None), (6, "step", 3), (7, "step", 4)]
+    assert "renumbered" in caplog.text
+
+
+def test_inside_a_transaction_the_recorder_works_inline(alice, tiny_spec):
+    from django.db import transaction
+
+    job = services.create_job(alice[0], alice[1], tiny_spec)
+    with transaction.atomic():
+        recorder = services.EventRecorder(job)
+        assert not recorder.threads  # another thread could not see this transaction's rows
+        recorder({"kind": "start", "total_steps": 2})
+        recorder(step(1))
+        recorder(step(2))
+        assert recorder.flush()
+        assert Job.objects.get(pk=job.pk).last_seq == 4
