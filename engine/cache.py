@@ -21,52 +21,79 @@ import torch.nn.functional as F
 
 
 class KVCache:
-    """Keeps every position: memory grows with the sequence."""
+    """Keeps every position: memory grows with the sequence.
 
-    def __init__(self):
-        self.keys: list[torch.Tensor] = []  # per layer (B, n_kv, T_kept, hs)
-        self.values: list[torch.Tensor] = []
+    Each layer's keys and values live in a buffer (B, n_kv, room, hs) that ``update`` writes the
+    new positions into, in place, and whose filled part it returns as a view: a decoding step
+    copies its one new position, where ``torch.cat`` would copy the whole cache again, memory
+    traffic as large as attention's own reading of it (it shows at batch 8, ``bench/decode.py``;
+    transformers' ``DynamicCache`` still concatenates). The buffer is sized once when
+    the length is known (``capacity``, as ``generate`` gives it), else doubled when full, so the
+    copies stay amortised O(1) per position (transformers' ``StaticCache`` is the sized-once
+    case). The buffers are written in place: a cache is for inference, not for autograd."""
+
+    window: int | None = None  # positions kept; None: all of them
+
+    def __init__(self, capacity: int | None = None):
+        self.capacity = capacity  # positions to make room for at the first update
+        self._k: list[torch.Tensor] = []  # per layer (B, n_kv, room, hs); positions [start, end) in use
+        self._v: list[torch.Tensor] = []
+        self._start: list[int] = []
+        self._end: list[int] = []
         self.seen: list[int] = []  # positions seen per layer
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if layer_idx == len(self.keys):
-            self.keys.append(k)
-            self.values.append(v)
-            self.seen.append(k.size(2))
-            return k, v
-        k_all = torch.cat((self.keys[layer_idx], k), dim=2)  # (B, n_kv, T_past + T, hs)
-        v_all = torch.cat((self.values[layer_idx], v), dim=2)
-        self.seen[layer_idx] += k.size(2)
-        self.keys[layer_idx], self.values[layer_idx] = self._keep(k_all), self._keep(v_all)
-        return k_all, v_all
+    @property
+    def keys(self) -> list[torch.Tensor]:
+        """Per layer the keys kept, (B, n_kv, T_kept, hs) views of the buffers."""
+        return [k[:, :, s:e] for k, s, e in zip(self._k, self._start, self._end)]
 
-    def _keep(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+    @property
+    def values(self) -> list[torch.Tensor]:
+        return [v[:, :, s:e] for v, s, e in zip(self._v, self._start, self._end)]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t = k.size(2)
+        if layer_idx == len(self.seen):  # the layer's first call: a buffer with room for the capacity
+            room = max(t, self.capacity or 0)
+            self._k.append(k.new_empty(*k.shape[:2], room, k.size(3)))
+            self._v.append(v.new_empty(*v.shape[:2], room, v.size(3)))
+            self._start.append(0)
+            self._end.append(0)
+            self.seen.append(0)
+        start, end = self._start[layer_idx], self._end[layer_idx]
+        if end + t > self._k[layer_idx].size(2):  # full: the kept positions move to a buffer twice their size
+            n = end - start
+            for bufs in (self._k, self._v):
+                old = bufs[layer_idx]
+                bufs[layer_idx] = old.new_empty(*old.shape[:2], 2 * (n + t), old.size(3))
+                bufs[layer_idx][:, :, :n] = old[:, :, start:end]  # a new buffer: earlier views stay valid
+            start, end = 0, n
+        self._k[layer_idx].narrow(2, end, t).copy_(k)
+        self._v[layer_idx].narrow(2, end, t).copy_(v)
+        end += t
+        self.seen[layer_idx] += t
+        self._end[layer_idx] = end
+        # this call attends to every position kept so far and all its new ones; a window then drops the oldest
+        self._start[layer_idx] = start if self.window is None else max(start, end - self.window)
+        return self._k[layer_idx].narrow(2, start, end - start), self._v[layer_idx].narrow(2, start, end - start)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen[layer_idx] if layer_idx < len(self.seen) else 0
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.seen)
 
 
 class SlidingWindowCache(KVCache):
     """Keeps only the last ``window`` positions per layer: bounded memory, enough for sliding
     attention over ``window`` keys (Mistral's rolling buffer cache). The current forward still
-    sees all its own new keys, so a long prompt can be prefilled in one call."""
+    sees all its own new keys, so a long prompt can be prefilled in one call. Its buffer holds
+    at most twice the window plus one call's new positions: when full, the kept ones move to
+    the front of a fresh one."""
 
     def __init__(self, window: int):
         super().__init__()
         self.window = window
-
-    def update(self, k, v, layer_idx):
-        k_all, v_all = super().update(k, v, layer_idx)
-        if self.keys[layer_idx] is k:  # first call: nothing was trimmed yet
-            self.keys[layer_idx], self.values[layer_idx] = self._keep(k), self._keep(v)
-        return k_all, v_all
-
-    def _keep(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :, -self.window :]
 
 
 _KEPT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("kept_weights", default=None)

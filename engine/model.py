@@ -102,11 +102,12 @@ class Decoder(nn.Module):
                 n -= self.wte.weight.numel()
         return n
 
-    def make_cache(self) -> KVCache:
-        """The cache ``generate`` uses: bounded by the window for sliding attention."""
+    def make_cache(self, capacity: int | None = None) -> KVCache:
+        """The cache ``generate`` uses: bounded by the window for sliding attention. ``capacity``,
+        the positions a full cache will hold, lets it allocate once rather than grow."""
         if self.config.attention == "sliding":
             return SlidingWindowCache(self.config.window)
-        return KVCache()
+        return KVCache(capacity)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: KVCache | None = None, start_pos: int = 0):
@@ -161,8 +162,11 @@ class Decoder(nn.Module):
                 qk = apply_rotary(qk, *rope)
             q, k = qk.split((nh, n_kv), dim=1)
             k, v = cache.update(k, v, a.layer_idx)  # (B, n_kv, T, hs)
-            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=n_kv != nh)  # one query sees every key
-            x = x + a.o_proj.forward(y.transpose(1, 2).reshape(b, 1, c))
+            # the one query sees every key, so no mask; the query heads that share a key/value head
+            # become that head's rows of queries (B, n_kv, n_rep, hs): GQA as plain attention, and
+            # the output is already in (B, C) order
+            y = F.scaled_dot_product_attention(q.reshape(b, n_kv, nh // n_kv, hs), k, v)  # (B, n_kv, n_rep, hs)
+            x = x + a.o_proj.forward(y.reshape(b, 1, c))
             x = x + block.mlp.forward(block.ln_2.forward(x))
         return self.lm_head.forward(self.ln_f.forward(x))
 
@@ -186,7 +190,10 @@ class Decoder(nn.Module):
         is cropped to the last ``block_size`` tokens (re-read each step); the other position
         schemes keep the whole context."""
         bs, crop = self.config.block_size, not self.wpe.extrapolates
-        cache, pos = (self.make_cache() if use_cache else None), 0
+        # the most positions the cache will hold: cropping restarts it at block_size
+        capacity = min(idx.size(1) + max_new_tokens, bs) if crop else idx.size(1) + max_new_tokens
+        new_cache = lambda: self.make_cache(capacity)  # noqa: E731
+        cache, pos = (new_cache() if use_cache else None), 0
         lean = self._lean_decoding()
         # no autograd bookkeeping (less overhead per op than no_grad); weights concatenated once
         with torch.inference_mode(), keep_weights():
@@ -195,7 +202,7 @@ class Decoder(nn.Module):
                     logits, _ = self(idx[:, -bs:] if crop else idx)
                 else:
                     if crop and idx.size(1) > bs:  # the cached positions no longer fit: start again
-                        cache, pos = self.make_cache(), 0
+                        cache, pos = new_cache(), 0
                         ctx = idx[:, -bs:]
                     else:
                         ctx = idx[:, pos:]
