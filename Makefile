@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # lies on disk; from PyPI, Linux wheels are CUDA builds). On a GPU host: make TORCH_SPEC=torch
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
 
-.PHONY: run test test-fast bench venv system-deps clean
+.PHONY: run test test-fast bench bench-live venv system-deps clean
 
 venv: $(STAMP)
 
@@ -39,14 +39,34 @@ test: $(STAMP) system-deps
 test-fast: $(STAMP)
 	$(PY) -m pytest tests/engine tests/explorer
 
-# Each writes bench/results/<name>.json; about 4 minutes in all on 2 quiet cores (see bench/README.md)
+# Each writes bench/results/<name>.json; about 15 minutes in all on 2 quiet cores (see bench/README.md).
+# nanogpt_shakespeare and quantization skip with a note without ../shared/data/tinyshakespeare.txt.
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py
 	$(PY) bench/vs_transformers.py --compile
 	$(PY) bench/decode.py
 	$(PY) bench/analyze_speed.py
 	$(PY) bench/nanogpt_shakespeare.py
+	$(PY) bench/quantization.py
 	$(PY) bench/tokenizer_speed.py
+
+# The app's live path: a Redis at 127.0.0.1:6379 (the benches use databases 12 and 13 of it; when
+# none answers there, one is started for the run and stopped after) and Chromium for
+# attention_delivery. About 10 minutes.
+BENCH_LIVE := event_latency instrumentation_overhead attention_delivery load
+bench-live: $(STAMP) system-deps
+	@set -e; \
+	if ! $(PY) -c "from explorer.embedded_redis import ping_tcp; raise SystemExit(not ping_tcp())"; then \
+		mkdir -p var/bench-redis; \
+		"$$($(PY) -c 'from explorer.embedded_redis import find_server_binary; print(find_server_binary())')" \
+			--bind 127.0.0.1 --port 6379 --dir $(CURDIR)/var/bench-redis --save "" --appendonly no \
+			--logfile $(CURDIR)/var/bench-redis/redis.log & pid=$$!; \
+		trap "kill $$pid" EXIT; \
+		$(PY) -c "import time; from explorer.embedded_redis import ping_tcp; \
+			raise SystemExit(not any(ping_tcp() or time.sleep(0.1) for _ in range(100)))"; \
+		echo "• Redis started on 127.0.0.1:6379 for the benches (pid $$pid)"; \
+	fi; \
+	for b in $(BENCH_LIVE); do echo "== bench/$$b.py"; $(PY) bench/$$b.py; done
 
 clean:
 	rm -rf $(VENV) var staticfiles

@@ -16,6 +16,16 @@ complete one. ``engine.train(spec, checkpoint_dir=..., resume_from=...)`` writes
 those of an uninterrupted run (on the CPU; tests prove it). ``init_from=`` starts a new run from a
 checkpoint's weights only (fine-tuning: pretrain → SFT → DPO).
 
+Weights snapshots for attention zoom. The zoom of a long input's attention maps
+(``engine.attention_zoom``) recomputes them from the weights of the evaluation's step, but only
+the newest ``keep`` checkpoints stay. So when pruning drops a checkpoint whose step was an
+evaluation with long-input maps (``keeps_weights``), its weights stay as ``weights-000100/``
+(model.safetensors and trainer.json, no optimiser state: a third of an AdamW checkpoint);
+``save_snapshot`` writes one directly (for an evaluation between two checkpoints, whose weights
+are otherwise never saved). At most ``SNAPSHOTS_KEPT`` of them and ``SNAPSHOT_BYTES`` in all, the
+oldest dropped first. They are not checkpoints (``list_checkpoints`` leaves them out: no resume
+or export from them); ``list_weights`` finds both.
+
 ``load_model(path)`` gives (model, tokenizer, config) for inference; ``export_transformers(path,
 out_dir)`` writes a ``transformers`` model directory (``save_pretrained``) where
 ``engine.interop`` maps the architecture.
@@ -35,12 +45,16 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, load_model as _load_weights, save_file, save_model as _save_weights
 
+from .attention_maps import MAX_TOKENS
 from .config import ModelConfig
 from .tokenizers import tokenizer_from_dict
 
 FORMAT = "llm-explorer-checkpoint/1"
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "trainer.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_WEIGHTS_DIR = re.compile(r"^weights-(\d+)$")
+SNAPSHOTS_KEPT = 8  # weights snapshots kept for attention zoom (besides the checkpoints)
+SNAPSHOT_BYTES = 1 << 30  # and their bytes in all; the oldest go first
 
 
 @dataclass
@@ -132,22 +146,102 @@ def save_checkpoint(directory: str, *, step: int, model: nn.Module, optimizer: t
         raise
     if keep:
         for old in list_checkpoints(directory)[:-keep]:
-            shutil.rmtree(old["path"], ignore_errors=True)
+            if keeps_weights(spec, old["step"]):
+                _strip_to_weights(old["path"], weights_dir(directory, old["step"]))
+            else:
+                shutil.rmtree(old["path"], ignore_errors=True)
+        prune_snapshots(directory)
     return final
 
 
-def list_checkpoints(directory: str) -> list[dict]:
-    """Complete checkpoints under ``directory``, oldest first: {step, path, bytes}."""
+# ---------------------------------------------------------------------------- weights snapshots
+def weights_dir(directory: str, step: int) -> str:
+    return os.path.join(directory, f"weights-{step:06d}")
+
+
+def keeps_weights(spec: dict, step: int) -> bool:
+    """Whether the run ``spec`` (a JobSpec dict) evaluated at ``step`` with attention maps of an
+    input longer than ``attention_maps.MAX_TOKENS``: maps with an overview, whose zoom needs that
+    step's weights. The input is at most ``block_size`` tokens (``attention_maps.eval_input``)."""
+    t, m = spec.get("train", {}), spec.get("model", {})
+    evaluated = step % t.get("eval_interval", 50) == 0 or step == t.get("steps")
+    return bool(t.get("attention_maps", True)) and evaluated and m.get("block_size", 0) > MAX_TOKENS
+
+
+def _strip_to_weights(path: str, target: str) -> None:
+    """Turn the checkpoint at ``path`` into the weights snapshot ``target``: drop the optimiser
+    state and rename (atomic; no weights rewritten)."""
+    try:
+        os.remove(os.path.join(path, OPTIMIZER_FILE))
+    except FileNotFoundError:
+        pass
+    shutil.rmtree(target, ignore_errors=True)  # a retried run passes the same step again
+    os.replace(path, target)
+
+
+def save_snapshot(directory: str, *, step: int, model: nn.Module, spec: dict, tokenizer) -> str:
+    """Write the weights of ``step`` alone under ``directory`` (for the zoom of that evaluation's
+    attention maps, see the module docstring), atomically, then drop the oldest snapshots over
+    the limits. Returns its path."""
+    os.makedirs(directory, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".partial-", dir=directory)
+    try:
+        _save_weights(model, os.path.join(tmp, MODEL_FILE))
+        with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
+            json.dump({"format": FORMAT, "step": step, "spec": spec, "tokenizer": tokenizer.to_dict(),
+                       "optimizer": None, "trainer": {}}, f)
+        final = weights_dir(directory, step)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prune_snapshots(directory)
+    return final
+
+
+def _listed(directory: str, pattern: re.Pattern) -> list[dict]:
     found = []
     if not directory or not os.path.isdir(directory):
         return found
     for name in os.listdir(directory):
-        match = _STEP_DIR.match(name)
+        match = pattern.match(name)
         path = os.path.join(directory, name)
-        if match and os.path.exists(os.path.join(path, STATE_FILE)):
-            size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
-            found.append({"step": int(match[1]), "path": path, "bytes": size})
+        try:
+            if match and os.path.exists(os.path.join(path, STATE_FILE)):
+                size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+                found.append({"step": int(match[1]), "path": path, "bytes": size})
+        except FileNotFoundError:  # pruned or renamed meanwhile (another process reads while a run writes)
+            continue
     return sorted(found, key=lambda c: c["step"])
+
+
+def list_snapshots(directory: str) -> list[dict]:
+    """Weights snapshots under ``directory``, oldest first: {step, path, bytes}."""
+    return _listed(directory, _WEIGHTS_DIR)
+
+
+def prune_snapshots(directory: str, *, kept: int = SNAPSHOTS_KEPT, max_bytes: int = SNAPSHOT_BYTES) -> None:
+    """Drop the oldest weights snapshots until at most ``kept`` remain, of ``max_bytes`` in all."""
+    found = list_snapshots(directory)
+    total = sum(s["bytes"] for s in found)
+    while found and (len(found) > kept or total > max_bytes):
+        old = found.pop(0)
+        shutil.rmtree(old["path"], ignore_errors=True)
+        total -= old["bytes"]
+
+
+def list_weights(directory: str) -> list[dict]:
+    """Every step whose weights ``directory`` keeps, checkpoints and snapshots, oldest first:
+    {step, path, bytes, checkpoint (bool)}; a checkpoint wins over a snapshot of its step."""
+    by_step = {s["step"]: {**s, "checkpoint": False} for s in list_snapshots(directory)}
+    by_step.update({c["step"]: {**c, "checkpoint": True} for c in list_checkpoints(directory)})
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def list_checkpoints(directory: str) -> list[dict]:
+    """Complete checkpoints under ``directory``, oldest first: {step, path, bytes}."""
+    return _listed(directory, _STEP_DIR)
 
 
 def latest_checkpoint(directory: str) -> str | None:

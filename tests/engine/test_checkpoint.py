@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from engine import ConfigError, parse_spec, train
-from engine.checkpoint import (export_transformers, latest_checkpoint, list_checkpoints, load_model, read_checkpoint,
-                               save_checkpoint)
+from engine.attention_maps import decode_maps, event_inputs
+from engine.attention_zoom import layer_scores
+from engine.checkpoint import (export_transformers, latest_checkpoint, list_checkpoints, list_snapshots, list_weights,
+                               load_model, prune_snapshots, read_checkpoint, save_checkpoint, save_snapshot)
+from tests.engine.conftest import TEXT
 
 
 def run(job, **kw):
@@ -138,3 +141,62 @@ def test_export_to_a_transformers_directory_gives_the_same_logits(tiny_job, tmp_
     assert diff <= 1e-4
     with open(os.path.join(out, "explorer_tokenizer.json")) as f:
         assert json.load(f)["kind"] == result.tokenizer.to_dict()["kind"]
+
+
+def long_input_job(tiny_job, tmp_path):
+    """A text job whose 96-token context is longer than ``attention_maps.MAX_TOKENS``: each
+    evaluation's maps carry a pooled overview, zoomed into from that step's weights."""
+    text = tmp_path / "long.txt"
+    text.write_text(TEXT * 40, encoding="utf-8")
+    tiny_job["model"] |= {"block_size": 96}
+    tiny_job["data"] = {"source": "text", "path": str(text), "tokenizer": "char"}
+    tiny_job["train"] |= {"steps": 10, "batch_size": 2, "eval_interval": 2, "eval_iters": 1, "sample_tokens": 0}
+    return tiny_job
+
+
+def overview_of(model, event):
+    """The event's overview of layer 0 recomputed with ``model``'s weights: (H, Nq, Nk)."""
+    ov = event["stacks"]["self"]["overview"]
+    (idx,), _ = event_inputs(event)
+    t = ov["length"][0]
+    pooled = layer_scores(model, idx, 0).pooled(0, t, 0, t, *ov["block"])
+    return pooled / pooled.sum(-1, keepdim=True), decode_maps(ov["maps"], ov["shape"])[0]
+
+
+def test_pruned_checkpoints_of_long_input_evaluations_leave_their_weights(tiny_job, tmp_path):
+    directory = str(tmp_path / "ckpt")
+    job = long_input_job(tiny_job, tmp_path)
+    _, events = run(job, checkpoint_dir=directory, checkpoint_every=2)
+    assert [c["step"] for c in list_checkpoints(directory)] == [6, 8, 10]  # resume and export see these only
+    snapshots = list_snapshots(directory)
+    assert [s["step"] for s in snapshots] == [2, 4]
+    assert sorted(os.listdir(snapshots[0]["path"])) == ["model.safetensors", "trainer.json"]  # no optimiser state
+    assert [(w["step"], w["checkpoint"]) for w in list_weights(directory)] == [
+        (2, False), (4, False), (6, True), (8, True), (10, True)]
+    assert latest_checkpoint(directory).endswith("step-000010")
+
+    # the snapshot recomputes step 2's maps; the newest checkpoint's weights would not
+    first = next(e for e in events if e["kind"] == "attention" and e["step"] == 2)
+    recomputed, sent = overview_of(load_model(snapshots[0]["path"])[0], first)
+    assert (recomputed - sent).abs().max() <= 1 / 255
+    later, _ = overview_of(load_model(latest_checkpoint(directory))[0], first)
+    assert (later - sent).abs().max() > 2 / 255
+
+
+def test_short_inputs_keep_no_snapshots_and_snapshots_are_bounded(tiny_job, tmp_path):
+    directory = str(tmp_path / "ckpt")
+    result, _ = run(tiny_job | {"train": tiny_job["train"] | {"steps": 10, "eval_interval": 2}},
+                    checkpoint_dir=directory, checkpoint_every=2)
+    assert list_snapshots(directory) == []  # 16 tokens: the maps are whole in the event, no zoom
+    spec = parse_spec(tiny_job).to_dict()
+    for step in (1, 3, 5):  # what engine.train may write between checkpoints
+        save_snapshot(directory, step=step, model=result.model, spec=spec, tokenizer=result.tokenizer)
+    assert [s["step"] for s in list_snapshots(directory)] == [1, 3, 5]
+    model, _, _ = load_model(list_snapshots(directory)[0]["path"])
+    for a, b in zip(model.parameters(), result.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    prune_snapshots(directory, kept=2)
+    assert [s["step"] for s in list_snapshots(directory)] == [3, 5]  # the oldest dropped
+    prune_snapshots(directory, max_bytes=list_snapshots(directory)[-1]["bytes"])
+    assert [s["step"] for s in list_snapshots(directory)] == [5]
+    assert [c["step"] for c in list_checkpoints(directory)] == [6, 8, 10]

@@ -92,3 +92,57 @@ def test_other_teams_get_404_and_missing_things_say_what(alice_client, bob, long
         torch.randint(20, (1, 8)), engine.TOKENIZERS["byte"](), step=1).items() if k != "kind"})])
     resp = alice_client.get(f"/api/v1/jobs/{short.pk}/attention/region")
     assert resp.status_code == 400 and "whole in the event" in resp.json()["errors"]["step"]
+
+
+@pytest.fixture
+def pruned_job(alice, settings, tmp_path):
+    """A 256-token context evaluated at every step 1..8, checkpointed every 2 steps, of which the
+    newest 3 stay: step 2's checkpoint is pruned to a weights snapshot, odd steps had none."""
+    settings.CHECKPOINT_ROOT = tmp_path / "checkpoints"
+    user, team = alice
+    dataset = save_upload(team, user, SimpleUploadedFile("hamlet.txt", TEXT.encode()))
+    raw = {"model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 256},
+           "data": {"source": "text", "dataset": dataset.pk, "tokenizer": "char"},
+           "train": {"steps": 8, "batch_size": 2, "lr": 1e-2, "eval_interval": 1, "eval_iters": 1, "warmup_steps": 1,
+                     "sample_tokens": 0, "checkpoint_every": 2}}
+    job = services.create_job(user, team, raw, name="pruned")
+    assert services.run_job(job.pk, "test-worker") == "succeeded"
+    return job
+
+
+def test_an_evaluation_whose_checkpoint_was_pruned_zooms_from_its_kept_weights(alice_client, pruned_job):
+    directory = checkpoints.job_dir(pruned_job.pk)
+    assert [c["step"] for c in checkpoints.checkpoints(pruned_job)] == [4, 6, 8]
+    assert [s["step"] for s in engine.checkpoint.list_snapshots(directory)] == [2]
+    url = f"/api/v1/jobs/{pruned_job.pk}/attention/region"
+    event = pruned_job.events.get(kind="attention", payload__step=2).payload
+    ov = event["stacks"]["self"]["overview"]
+    assert ov["length"] == [256, 256] and ov["block"] == [2, 2]
+    body = alice_client.get(url, {"step": 2, "head": 1}).json()
+    assert body["checkpoint_step"] == 2 and body["exact"] and body["note"] is None
+    # the whole map pooled as the overview is: it equals what training sent at step 2
+    sent = engine.attention_maps.decode_maps(ov["maps"], ov["shape"])[0, 1]
+    got = decode(body)
+    assert body["block"] == [2, 2] and (got / got.sum(-1, keepdim=True) - sent).abs().max() <= 3 / 255
+    # and a full-resolution region equals a direct recomputation from step 2's weights
+    body = alice_client.get(url, {"step": 2, "head": 0, "q0": 100, "q1": 180, "k0": 60, "k1": 170}).json()
+    model, _, _ = engine.checkpoint.load_model(engine.checkpoint.list_snapshots(directory)[0]["path"])
+    (idx,), _ = event_inputs(event)
+    expected = attention_region(model, idx, 0, 0, 100, 180, 60, 170)["weights"]
+    assert body["block"] == [1, 1] and (decode(body) - expected).abs().max() <= body["scale"] / 255
+
+
+def test_an_evaluation_between_checkpoints_says_whose_weights_or_404s(alice_client, pruned_job):
+    url = f"/api/v1/jobs/{pruned_job.pk}/attention/region"
+    body = alice_client.get(url, {"step": 1, "q0": 0, "q1": 50, "k0": 0, "k1": 50}).json()
+    assert body["step"] == 1 and body["checkpoint_step"] == 2 and body["exact"] is False
+    assert body["note"] == "approximate: weights of step 2 (step 1's were not saved)"
+    body = alice_client.get(url, {"step": 7, "q0": 0, "q1": 50, "k0": 0, "k1": 50}).json()
+    assert body["checkpoint_step"] == 6 and body["exact"] is False  # ties go to the earlier step
+    # without step 2's snapshot, step 1's nearest weights (step 4) are further than a checkpoint interval
+    engine.checkpoint.prune_snapshots(checkpoints.job_dir(pruned_job.pk), kept=0)
+    resp = alice_client.get(url, {"step": 1})
+    assert resp.status_code == 404
+    assert resp.json()["detail"].startswith("the weights of step 1 are no longer kept: pruned keeps its newest")
+    assert "(steps 4, 6, 8)" in resp.json()["detail"]
+    assert alice_client.get(url, {"step": 2}).json()["checkpoint_step"] == 4  # 2 steps away: approximate

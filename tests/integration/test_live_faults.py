@@ -45,8 +45,10 @@ async def follow(stack, cookie, job_id, *, drop_every=None, max_drops=0, timeout
                 break
             await asyncio.sleep(0.3)
         drops += 1
+    job = await sync_to_async(lambda: Job.objects.get(pk=job_id))()
     raise AssertionError(f"job {job_id} did not finish in {timeout} s; {len(events)} events (last seq {last_seq}), "
-                         f"{drops} drops\n--- worker log\n{stack.log('worker')}\n--- web log\n{stack.log('web')}")
+                         f"{drops} drops; the job is {job.status} at step {job.step}, last_seq {job.last_seq} "
+                         f"{job.error!r}\n--- worker log\n{stack.log('worker')}\n--- web log\n{stack.log('web')}")
 
 
 def assert_no_gap_no_duplicate(events, job_id):

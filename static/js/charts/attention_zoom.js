@@ -200,7 +200,8 @@ export class ZoomableMap {
       yticks: ticks(ys, r.queries),
     });
     const what = full ? "full resolution" : `pooled ${bq}×${bk}`;
-    const from = r.checkpoint_step === r.step ? "" : ` · from the checkpoint at step ${r.checkpoint_step.toLocaleString()}`;
+    // recomputed from the weights of another step than the overview's: the server's note says so
+    const from = r.note ? ` · ${r.note}` : "";
     this.onState({ state: "detail", text: `queries ${q0}–${q1 - 1} × keys ${k0}–${k1 - 1} · ${what}${from}` });
     this.el.dataset.region = `${q0},${q1},${k0},${k1}`;
     const drawn = this.plot([trace], layout);
