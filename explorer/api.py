@@ -380,9 +380,10 @@ def attention_region(request, job_id: int, step: Optional[int] = None, stack: st
                      head: int = 0, q0: int = 0, q1: Optional[int] = None, k0: int = 0, k1: Optional[int] = None,
                      cells: int = 128):
     """Queries ``q0..q1`` × keys ``k0..k1`` (defaults: all) of one head of the attention event at
-    ``step`` (default the newest), pooled to at most ``cells`` per side (≤ 256), from the job's
-    checkpoint nearest at or before that step; only events of long inputs (with an overview) have
-    detail. See ``explorer.attention_detail.region`` for the answer's fields."""
+    ``step`` (default the newest), pooled to at most ``cells`` per side (≤ 256), recomputed from
+    that step's weights (a checkpoint, or the weights kept for that evaluation), else from the
+    nearest kept within ``checkpoint_every`` steps, marked ``exact: false`` with a ``note``; 404
+    when none is kept. Only events of long inputs (with an overview) have detail. See ``explorer.attention_detail.region`` for the answer's fields."""
     from explorer import attention_detail  # torch work in the web process: loaded on first use
 
     job = get_job_or_404(request.user, job_id)

@@ -200,3 +200,18 @@ def test_short_inputs_keep_no_snapshots_and_snapshots_are_bounded(tiny_job, tmp_
     prune_snapshots(directory, max_bytes=list_snapshots(directory)[-1]["bytes"])
     assert [s["step"] for s in list_snapshots(directory)] == [5]
     assert [c["step"] for c in list_checkpoints(directory)] == [6, 8, 10]
+
+
+def test_evaluations_between_checkpoints_keep_their_weights_for_the_zoom(tiny_job, tmp_path):
+    directory = str(tmp_path / "ckpt")
+    job = long_input_job(tiny_job, tmp_path)
+    _, events = run(job, checkpoint_dir=directory, checkpoint_every=4)  # evaluations every 2 steps
+    evaluated = [e["step"] for e in events if e["kind"] == "attention"]
+    assert evaluated == [2, 4, 6, 8, 10]
+    # checkpoints at 4, 8 and the last step; the evaluations at 2 and 6 leave their weights
+    assert [(w["step"], w["checkpoint"]) for w in list_weights(directory)] == [
+        (2, False), (4, True), (6, False), (8, True), (10, True)]
+    at_6 = next(e for e in events if e["kind"] == "attention" and e["step"] == 6)
+    snapshot = next(s for s in list_snapshots(directory) if s["step"] == 6)
+    recomputed, sent = overview_of(load_model(snapshot["path"])[0], at_6)
+    assert (recomputed - sent).abs().max() <= 1 / 255

@@ -2,6 +2,8 @@
 from the job's checkpoint on the event's own input, scoped to the job's team."""
 import base64
 
+import shutil
+
 import pytest
 import torch
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -97,7 +99,8 @@ def test_other_teams_get_404_and_missing_things_say_what(alice_client, bob, long
 @pytest.fixture
 def pruned_job(alice, settings, tmp_path):
     """A 256-token context evaluated at every step 1..8, checkpointed every 2 steps, of which the
-    newest 3 stay: step 2's checkpoint is pruned to a weights snapshot, odd steps had none."""
+    newest 3 stay: step 2's checkpoint is pruned to a weights snapshot, and the evaluations between
+    checkpoints (odd steps) each left a snapshot of their own."""
     settings.CHECKPOINT_ROOT = tmp_path / "checkpoints"
     user, team = alice
     dataset = save_upload(team, user, SimpleUploadedFile("hamlet.txt", TEXT.encode()))
@@ -113,7 +116,7 @@ def pruned_job(alice, settings, tmp_path):
 def test_an_evaluation_whose_checkpoint_was_pruned_zooms_from_its_kept_weights(alice_client, pruned_job):
     directory = checkpoints.job_dir(pruned_job.pk)
     assert [c["step"] for c in checkpoints.checkpoints(pruned_job)] == [4, 6, 8]
-    assert [s["step"] for s in engine.checkpoint.list_snapshots(directory)] == [2]
+    assert [s["step"] for s in engine.checkpoint.list_snapshots(directory)] == [1, 2, 3, 5, 7]
     url = f"/api/v1/jobs/{pruned_job.pk}/attention/region"
     event = pruned_job.events.get(kind="attention", payload__step=2).payload
     ov = event["stacks"]["self"]["overview"]
@@ -126,7 +129,7 @@ def test_an_evaluation_whose_checkpoint_was_pruned_zooms_from_its_kept_weights(a
     assert body["block"] == [2, 2] and (got / got.sum(-1, keepdim=True) - sent).abs().max() <= 3 / 255
     # and a full-resolution region equals a direct recomputation from step 2's weights
     body = alice_client.get(url, {"step": 2, "head": 0, "q0": 100, "q1": 180, "k0": 60, "k1": 170}).json()
-    model, _, _ = engine.checkpoint.load_model(engine.checkpoint.list_snapshots(directory)[0]["path"])
+    model, _, _ = engine.checkpoint.load_model(engine.checkpoint.list_snapshots(directory)[1]["path"])
     (idx,), _ = event_inputs(event)
     expected = attention_region(model, idx, 0, 0, 100, 180, 60, 170)["weights"]
     assert body["block"] == [1, 1] and (decode(body) - expected).abs().max() <= body["scale"] / 255
@@ -134,6 +137,14 @@ def test_an_evaluation_whose_checkpoint_was_pruned_zooms_from_its_kept_weights(a
 
 def test_an_evaluation_between_checkpoints_says_whose_weights_or_404s(alice_client, pruned_job):
     url = f"/api/v1/jobs/{pruned_job.pk}/attention/region"
+    directory = checkpoints.job_dir(pruned_job.pk)
+    body = alice_client.get(url, {"step": 7, "q0": 0, "q1": 50, "k0": 0, "k1": 50}).json()
+    assert body["checkpoint_step"] == 7 and body["exact"]  # its own snapshot
+    # snapshots capped away (only the newest few are kept): the nearest weights, said so
+    for snapshot in engine.checkpoint.list_snapshots(directory):
+        if snapshot["step"] % 2:
+            shutil.rmtree(snapshot["path"])
+    attention_detail._scores.clear()
     body = alice_client.get(url, {"step": 1, "q0": 0, "q1": 50, "k0": 0, "k1": 50}).json()
     assert body["step"] == 1 and body["checkpoint_step"] == 2 and body["exact"] is False
     assert body["note"] == "approximate: weights of step 2 (step 1's were not saved)"
