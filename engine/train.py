@@ -55,7 +55,7 @@ import torch.nn as nn
 from .analysis import analyze
 from .attention_maps import attention_event
 from .checkpoint import (architecture_mismatch, load_optimizer, load_weights, read_checkpoint, restore_rng, rng_state,
-                         save_checkpoint, save_snapshot)
+                         SNAPSHOT_BYTES, save_checkpoint, save_snapshot)
 from .config import JobSpec, ModelConfig, TrainConfig, parse_spec
 from .data import load_data
 from .device import DEVICES
@@ -410,8 +410,11 @@ def train(
             if maps is not None:
                 emit(maps)
                 checkpoint_due = (checkpoint_every and step % checkpoint_every == 0) or step == t_cfg.steps
-                if checkpoint_dir and "input" in maps and not checkpoint_due:
+                weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+                if checkpoint_dir and "input" in maps and not checkpoint_due and weight_bytes <= SNAPSHOT_BYTES // 4:
                     # a long input's overview: keep this step's weights so the page can zoom into it
+                    # (for models small enough that a few snapshots fit the budget; else the nearest
+                    # checkpoint serves, marked approximate)
                     save_snapshot(checkpoint_dir, step=step, model=model, spec=spec.to_dict(), tokenizer=data.tokenizer)
             if moe:  # which expert each token of the same held-out example went to
                 from .moe_maps import routing_event  # moe.py loads only for models with experts (as in model.py)
