@@ -17,14 +17,13 @@ a list and nothing else. Inside a transaction (a test's ``django_db`` block) the
 see the job row, so there the work is done inline, at the same paces.
 
 **Numbering.** Sequence numbers come from the job row (``Job.last_seq``), which every writer
-(worker, web, reaper) advances in a transaction. Until its first write, the recorder does not
-know where its numbers start, so its first batch is saved first and sent after (as every other
-writer does). From then on the recorder, the only writer of a running job, numbers its events
-itself and sends them before they are saved. Each write checks that the row's ``last_seq`` is
-where the recorder left it; if another writer came in between (a reaper that took the job from a
-worker it believed lost), the batch is renumbered after theirs, saved and sent again, and a
-warning logged: nothing is lost, and a watcher's log differs from the saved one only in that
-rare case, until it reloads.
+(worker, web, reaper) advances in a transaction. The recorder, the only writer of a running job,
+reads where its numbers start when it is made and numbers its events itself, so it can send them
+before they are saved. Each write checks that the row's ``last_seq`` is where the recorder left
+it; if another writer came in between (a reaper that took the job from a worker it believed
+lost), the batch is renumbered after theirs, saved and sent again, and a warning logged: nothing
+is lost, and a watcher's log differs from the saved one only in that rare case, until it
+reloads. (If the start cannot be read, the first batch is saved first and sent after.)
 
 A watcher that joins while sent events are not saved yet sees a gap in the numbers: the
 websocket consumer (``explorer.consumers``) then reads the gap from the database, waiting for
@@ -36,6 +35,7 @@ path goes on meanwhile. After ``settings.EVENT_DB_OUTAGE_S`` seconds of outage, 
 ``MAX_BUFFERED`` unsaved events, the next call from the engine raises ``EventStoreUnavailable``
 so the job fails with that reason: events are never silently dropped.
 """
+import collections
 import logging
 import threading
 import time
@@ -79,11 +79,11 @@ class EventRecorder:
         self.summary = dict(job.summary)
         self.step, self.total_steps, self.device = job.step, job.total_steps, job.device
         # locks, always taken in this order: saving (one write at a time), sending (numbering),
-        # lists (``incoming`` and ``unsaved``)
+        # list (``unsaved``); ``incoming`` needs none (a deque's append and popleft are atomic)
         self.saving, self.sending, self.lock = threading.Lock(), threading.RLock(), threading.Lock()
-        self.incoming = []  # (kind, data) from the engine, not yet taken
+        self.incoming = collections.deque()  # (kind, data) from the engine, not yet taken
         self.unsaved = []  # [seq or None, kind, data, ts], in order: sent (once numbered), not yet saved
-        self.next_seq = None  # the number of the next event, once the first write told where to start
+        self.next_seq = self._first_seq()  # the number of the next event (None: the first write tells)
         self.last_send = self.last_save = self.last_team = 0.0
         self.down_since = None  # monotonic time of the first failed write of an outage
         self.outages = 0
@@ -101,6 +101,20 @@ class EventRecorder:
             for thread in self.threads:
                 thread.start()
 
+    def _first_seq(self):
+        """Where this recorder's numbers start: after the log's last event now (a writer that comes
+        in before the first write is caught there, and the batch renumbered). None when the
+        database cannot say: the first write numbers the first batch then."""
+        from django.db import DatabaseError
+
+        from explorer.models import Job
+
+        try:
+            return Job.objects.values_list("last_seq", flat=True).get(pk=self.job_id) + 1
+        except DatabaseError:
+            log.warning("job %s: could not read where its events start; the first write will say", self.job_id)
+            return None
+
     # ------------------------------------------------------------------ the engine's side
     def __call__(self, event):
         if self.error is None and self.down_since is not None:
@@ -117,12 +131,12 @@ class EventRecorder:
             self.step = event["step"]
         if kind == "start":
             self.total_steps, self.device = event.get("total_steps", self.total_steps), event.get("device", self.device)
-        with self.lock:
-            self.incoming.append((kind, event))
+        self.incoming.append((kind, event))
         if self.threads:
             if kind != "step":
                 self.hurry.set()  # at once: evaluations, attention maps, status
-            self.send_wake.set()
+            if not self.send_wake.is_set():
+                self.send_wake.set()
             return
         now = time.monotonic()  # inline (inside a transaction): the same paces, on this thread
         if kind != "step" or now - self.last_send >= self.flush_interval:
@@ -209,8 +223,7 @@ class EventRecorder:
         from explorer import services
 
         with self.sending:
-            with self.lock:
-                taken, self.incoming = self.incoming, []
+            taken = [self.incoming.popleft() for _ in range(len(self.incoming))]
             if not taken:
                 return
             self.last_send = time.monotonic()
@@ -298,7 +311,9 @@ class EventRecorder:
                 # one, with what was taken meanwhile; the team's queue page hears of the job's
                 # progress at most every team_interval
                 resend = rows + later if (moved or not numbered) else []
-                self._send([_message(row) for row in resend], team=True)
+                if resend:
+                    self._send([_message(row) for row in resend], team=False)
+            self._send([], team=True)  # (reads the job's brief: outside the lock the sender takes)
 
 
 def _message(row):
