@@ -492,6 +492,7 @@ class TokenizeIn(Schema):
 class TrainTokenizerIn(Schema):
     name: str = ""
     team: Optional[str] = None
+    priority: str = "normal"  # when it runs as a job: low, normal (high: maintainers)
     kind: str = "bpe"
     vocab_size: int = 1000
     normalization: str = "nfc"
@@ -549,7 +550,8 @@ def train_tokenizer(request, payload: TrainTokenizerIn):
     ``dataset:<id>`` (one of your team's uploads) or ``text`` (``text`` holds it); ``extra_text`` is
     added to any of them."""
     try:
-        tokenizer, job = lab.train(request.user, _team(request, payload.team), payload.dict(exclude={"team"}))
+        tokenizer, job = lab.train(request.user, _team(request, payload.team), payload.dict(exclude={"team", "priority"}),
+                                   priority=payload.priority)
     except lab.LabError as exc:
         return _lab_error(exc)
     if job is None:
@@ -614,6 +616,7 @@ inference = Router(tags=["inference"])
 class InferenceIn(Schema):
     name: str = ""
     team: Optional[str] = None
+    priority: str = "normal"  # low, normal (high: maintainers)
     source: dict[str, Any] = {}
     prompts: list[str] = []
     max_new_tokens: int = 48
@@ -642,8 +645,8 @@ def create_inference_job(request, payload: InferenceIn):
     team = _team(request, payload.team)
     if refusal := ratelimit.refuse_job(request.user):
         return refusal.api_response()
-    job = inference_jobs.create_inference_job(request.user, team, payload.dict(exclude={"name", "team"}),
-                                              name=payload.name)
+    job = inference_jobs.create_inference_job(request.user, team, payload.dict(exclude={"name", "team", "priority"}),
+                                              name=payload.name, priority=payload.priority)
     return Status(201, services.job_to_dict(job, position=services.queue_positions([job])[job.pk]))
 
 

@@ -12,13 +12,11 @@ quantization_table``'s rows on held-out tokens of the source job's data, and the
 completions through each quantised model with the share of tokens equal to fp32's, when methods
 were chosen) and "end".
 """
-import logging
 import re
 import time
 
 import torch
 from django.db import transaction
-from django.utils import timezone
 
 import engine
 import engine.checkpoint as engine_checkpoint
@@ -27,8 +25,6 @@ from engine.tokenizers import tokenizer_from_dict
 from explorer import services
 from explorer.checkpoints import NoCheckpoint, checkpoint_path, job_dir
 from explorer.models import Job
-
-log = logging.getLogger(__name__)
 
 MAX_PROMPTS = 16
 MAX_PROMPT_CHARS = 2000
@@ -60,10 +56,6 @@ HELP = {
                     "(decoders only).",
     "group_size": "int4: how many consecutive weights share one scale (even, 2–1024).",
 }
-
-
-class _Cancelled(Exception):
-    pass
 
 
 def options(team, limit=50):
@@ -287,14 +279,19 @@ def validate(team, payload):
 
 
 # ---------------------------------------------------------------------------- jobs
-def create_inference_job(user, team, payload, name=""):
-    """Validate ``payload`` (see ``validate``), check the team's submission quotas (an inference
-    job counts as an active job), save a queued "inference" job and enqueue it."""
+def create_inference_job(user, team, payload, name="", priority="normal"):
+    """Validate ``payload`` (see ``validate``), check the user's right to the priority and the
+    team's submission quotas (an inference job counts as an active job), save a queued
+    "inference" job and enqueue it. It waits its turn among the queue's jobs of every kind
+    (``explorer.scheduling``)."""
     from explorer import scheduling
 
     spec = validate(team, payload)
     try:
+        priority_value = scheduling.check_priority(user, team, priority or "normal")
         scheduling.check_submission(user, team, "cpu")
+    except (ValueError, scheduling.NotAllowed) as exc:
+        raise services.SpecError({"priority": str(exc)}) from None
     except scheduling.QuotaExceeded as exc:
         raise services.SpecError({"quota": str(exc)}) from None
     params = 0
@@ -307,6 +304,7 @@ def create_inference_job(user, team, payload, name=""):
         job = Job.objects.create(
             team=team, owner=user, name=services.storable(str(name)[:200]), kind="inference", queue="cpu",
             spec=services.storable({"inference": spec}), params=params, total_steps=100,
+            priority=priority_value, queue_order=time.time(),
         )
         services.append_events(job.pk, [("status", {"status": "queued", "queue": job.queue})])
         transaction.on_commit(lambda: enqueue(job.pk))
@@ -324,7 +322,7 @@ def enqueue(job_id):
 # ---------------------------------------------------------------------------- running (in a worker)
 class _Progress:
     """Fractions of the whole job as "progress" events (at most every 0.25 s, with an ETA); raises
-    ``_Cancelled`` when the job was cancelled. ``span(lo, hi)`` maps a phase's 0..1 onto lo..hi."""
+    ``services.JobCancelled`` when the job was cancelled."""
 
     def __init__(self, recorder, cancelled):
         self.recorder, self.cancelled = recorder, cancelled
@@ -332,7 +330,7 @@ class _Progress:
 
     def __call__(self, fraction, phase, detail="", force=False):
         if self.cancelled():
-            raise _Cancelled()
+            raise services.JobCancelled()
         now = time.monotonic()
         self.fraction = max(self.fraction, min(1.0, float(fraction)))
         if now - self.last < PROGRESS_INTERVAL_S and not force and self.fraction < 1:
@@ -421,26 +419,22 @@ def _quantization(model, tokenizer, job_spec, spec, reference, progress, lo):
             "group_size": spec["group_size"], "decode_tokens": decode_tokens, "prompt_tokens": prompt_tokens}
 
 
+def _explain(exc):
+    """An inference job's own failure wording: the engine's and the lookup's messages as they are."""
+    return str(exc) if isinstance(exc, (ValueError, NoCheckpoint)) else None
+
+
 def run_inference_job(job_id, worker_name):
-    """Run a queued inference job to its end; every outcome leaves the job terminal with the reason."""
-    now = timezone.now()
-    started = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED, cancel_requested=False).update(
-        status=Job.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker_name
-    )
-    if not started:
-        log.info("inference job %s is no longer queued; skipping", job_id)
-        return None
-    job = Job.objects.get(pk=job_id)
-    services.record_status(job.pk, Job.Status.RUNNING, worker=worker_name)
-    recorder, heartbeat = services.EventRecorder(job), services.Heartbeat(job.pk)
-    heartbeat.start()
-    status, error, t0 = Job.Status.FAILED, "", time.monotonic()
-    try:
-        spec = job.spec["inference"]
-        progress = _Progress(recorder, heartbeat.cancelled.is_set)
+    """Run a queued inference job to its end (``services.job_run``: every outcome leaves the job
+    terminal with the reason). Returns its final status, or None when it was no longer queued."""
+    with services.job_run(job_id, worker_name, what="inference job", explain=_explain) as run:
+        if run is None:
+            return None
+        recorder, spec = run.recorder, run.job.spec["inference"]
+        progress = _Progress(recorder, run.should_stop)
         model, tokenizer, job_spec = _load(spec)
         n_params = sum(p.numel() for p in model.parameters())
-        Job.objects.filter(pk=job.pk).update(params=n_params)
+        Job.objects.filter(pk=job_id).update(params=n_params)
         recorder({"kind": "start", "total_steps": 100, "device": str(next(model.parameters()).device),
                   "family": model.config.family, "params": n_params, "source": spec["source"],
                   "n_prompts": len(spec["prompts"])})
@@ -462,19 +456,5 @@ def run_inference_job(job_id, worker_name):
                 table = {"rows": [], "error": str(exc)}
             recorder({"kind": "quantization", **table})
         progress(1.0, "done", force=True)
-        recorder({"kind": "end", "reason": "finished", "step": 100, "elapsed": round(time.monotonic() - t0, 3)})
-        status = Job.Status.SUCCEEDED
-    except _Cancelled:
-        recorder({"kind": "end", "reason": "cancelled", "elapsed": round(time.monotonic() - t0, 3)})
-        status = Job.Status.CANCELLED
-    except Exception as exc:  # noqa: BLE001 - the reason goes on the job; the worker lives on
-        log.exception("inference job %s failed", job_id)
-        error = str(exc) if isinstance(exc, (ValueError, NoCheckpoint)) else f"{type(exc).__name__}: {exc}"
-    finally:
-        heartbeat.stop()
-    try:
-        recorder.flush()
-    except Exception:  # noqa: BLE001
-        log.exception("could not save the last events of job %s", job_id)
-    services.record_status(job_id, status, expect=[Job.Status.RUNNING], error=error)
-    return status
+        recorder({"kind": "end", "reason": "finished", "step": 100, "elapsed": round(run.elapsed(), 3)})
+    return run.status

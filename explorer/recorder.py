@@ -89,6 +89,7 @@ class EventRecorder:
         self.outages = 0
         self.error = None  # an exception from a writer thread, raised in the engine's thread
         self.trace = None
+        self.redis, self.mark_failed = None, False
         if background is None:  # a transaction's rows are invisible to another thread's connection
             background = not connection.in_atomic_block
         # send_wake: an event came; hurry: one that goes out at once; save_wake: write now
@@ -238,8 +239,22 @@ class EventRecorder:
                 self.unsaved.extend(rows)
             if self.next_seq is not None:  # numbered: out to the watchers now, saved later
                 self._send([_message(row) for row in rows], team=False)
+                self._mark_sent(rows[-1][0])
             if self.next_seq is None or any(kind != "step" for kind, _ in taken):
                 self.save_wake.set()  # the first batch, an evaluation, a map: saved at once
+
+    def _mark_sent(self, seq):
+        """Note in Redis the highest number sent, for ``fill_unsaved`` should this worker die."""
+        try:
+            if self.redis is None:
+                import redis
+
+                self.redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1)
+            self.redis.set(sent_key(self.job_id), seq, ex=SENT_KEY_TTL_S)
+        except Exception:  # noqa: BLE001 - only the rare death before a write loses by it
+            if not self.mark_failed:
+                log.warning("job %s: could not note its sent events in Redis", self.job_id, exc_info=True)
+            self.mark_failed = True
 
     def _send(self, messages, team):
         from explorer import services
@@ -314,6 +329,39 @@ class EventRecorder:
                 if resend:
                     self._send([_message(row) for row in resend], team=False)
             self._send([], team=True)  # (reads the job's brief: outside the lock the sender takes)
+
+
+SENT_KEY_TTL_S = 7 * 24 * 3600
+
+
+def sent_key(job_id):
+    prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"].get("prefix", "asgi")
+    return f"{prefix}:job:{job_id}:sent"
+
+
+def fill_unsaved(job_id, why):
+    """After a worker stopped without saving what it had sent (killed, or its database down for
+    good): log a "lost" event for each number it sent but never saved, so the log has no hole
+    and whatever is written next (the reaper's requeue, a final status) is numbered after every
+    event a watcher may have seen, and reaches it. Returns how many were filled."""
+    from explorer import services
+    from explorer.models import Job
+
+    try:
+        import redis
+
+        sent = int(redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2).get(sent_key(job_id)) or 0)
+    except Exception:  # noqa: BLE001 - Redis down too: nothing more can be known
+        log.warning("job %s: could not read how far its events were sent", job_id, exc_info=True)
+        return 0
+    with transaction.atomic():
+        last_seq = Job.objects.select_for_update().filter(pk=job_id).values_list("last_seq", flat=True).get()
+        if sent <= last_seq:
+            return 0
+        messages = services.append_events(job_id, [("lost", {"note": why}) for _ in range(sent - last_seq)])
+    services.publish(job_id, messages)
+    log.warning("job %s: events %d-%d were sent but not saved (%s)", job_id, last_seq + 1, sent, why)
+    return sent - last_seq
 
 
 def _message(row):

@@ -2,8 +2,9 @@
 
 The order lives in the database, not in the broker. A submission sends one Celery message to
 the job's route (its queue, or a memory tier of it: ``Job.route``); whichever worker takes a
-message runs the *best* queued training job of that route at that moment (``run_next``), so a
-job's priority can change while it waits and fair share is judged when a worker is free:
+message runs the *best* queued job of that route at that moment (``run_next``), of any kind
+(training, inference, tokenizer training: ``runners``), so a job's priority can change while it
+waits and fair share is judged when a worker is free:
 
 1. higher ``priority`` first (high, normal, low);
 2. then jobs a maintainer moved to the top (``queue_order`` < 0), latest move first;
@@ -40,6 +41,8 @@ PRIORITIES = {"low": 0, "normal": 1, "high": 2}
 PRIORITY_NAMES = {v: k for k, v in PRIORITIES.items()}
 # tokens/s assumed for a queue with no finished job to learn from (a small model on a CPU)
 DEFAULT_TOKENS_PER_S = {"cpu": 20_000.0, "gpu": 200_000.0}
+# seconds assumed for a job of another kind with none finished on its queue to learn from
+DEFAULT_SECONDS = {"inference": 15.0, "tokenizer": 60.0}
 
 
 class QuotaExceeded(Exception):
@@ -132,13 +135,27 @@ def route_of(job):
     return job.route or job.queue
 
 
-def run_next(route, worker_name):
-    """Run the best runnable queued training job of ``route`` (see the module docstring); returns
-    its final status, or None when nothing could run (all at a quota, or none left)."""
-    from explorer import services  # it imports this module
+def on_route(route):
+    """The jobs sent to ``route``: a memory tier's, or a plain queue's (no tier of their own)."""
+    return Q(route=route) | Q(route="", queue=route)
 
-    candidates = ordered(Job.objects.filter(status=Job.Status.QUEUED, kind="train", cancel_requested=False)
-                         .filter(Q(route=route) | Q(route="", queue=route)).select_related("team"))
+
+def runners():
+    """Each job kind's runner, ``(job_id, worker_name) -> final status, or None when the job was
+    no longer queued``; each runs its work inside ``services.job_run``."""
+    from explorer import inference_jobs, services, tokenizer_jobs  # they import torch and the engine
+
+    return {"train": services.run_job, "inference": inference_jobs.run_inference_job,
+            "tokenizer": tokenizer_jobs.run_tokenizer_job}
+
+
+def run_next(route, worker_name):
+    """Run the best runnable queued job of ``route``, whatever its kind (see the module
+    docstring); returns its final status, or None when nothing could run (all at a quota, or none
+    left)."""
+    run = runners()
+    candidates = ordered(Job.objects.filter(status=Job.Status.QUEUED, kind__in=list(run), cancel_requested=False)
+                         .filter(on_route(route)).select_related("team"))
     for job in candidates[:200]:
         team = job.team
         running = Job.objects.filter(team=team, status=Job.Status.RUNNING)
@@ -146,18 +163,18 @@ def run_next(route, worker_name):
             continue
         if team.max_running_per_user is not None and running.filter(owner=job.owner_id).count() >= team.max_running_per_user:
             continue
-        status = services.run_job(job.pk, worker_name)
+        status = run[job.kind](job.pk, worker_name)
         if status is not None:  # claimed and run (another worker may have taken it first)
             return status
     return None
 
 
 def kick(routes=None):
-    """Send a run message to each route with queued training jobs and no message waiting in the
-    broker (a message that found only quota-blocked jobs, or a lost one). Returns the routes kicked."""
+    """Send a run message to each route with queued jobs and no message waiting in the broker (a
+    message that found only quota-blocked jobs, or a lost one). Returns the routes kicked."""
     from explorer import tasks
 
-    queued = Job.objects.filter(status=Job.Status.QUEUED, kind="train")
+    queued = Job.objects.filter(status=Job.Status.QUEUED)
     if routes is not None:
         queued = queued.filter(Q(route__in=routes) | Q(route="", queue__in=routes))
     kicked = []
@@ -177,7 +194,7 @@ def _broker_lengths():
         import redis
 
         client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2)
-        routes = {route_of(j) for j in Job.objects.filter(status=Job.Status.QUEUED, kind="train").only("route", "queue")}
+        routes = {route_of(j) for j in Job.objects.filter(status=Job.Status.QUEUED).only("route", "queue")}
         return {r: client.llen(r) for r in routes}
     except Exception:  # noqa: BLE001 - a broker outage: the reaper tries again on its next tick
         log.warning("could not read the broker's queue lengths", exc_info=True)
@@ -207,28 +224,43 @@ def _speed(queue):
     return statistics.median(seen) if seen else DEFAULT_TOKENS_PER_S.get(queue, 20_000.0)
 
 
-def duration_estimate(job, speed=None):
-    """Seconds ``job`` will take from now: the engine's own ETA while it runs, else its tokens
-    over the queue's recent tokens/s."""
+def _typical_seconds(queue, kind):
+    """Wall time of this queue's recent finished jobs of ``kind`` (median of the last 20), else a default."""
+    seen = [(finished - started).total_seconds() for started, finished in
+            Job.objects.filter(queue=queue, kind=kind, status=Job.Status.SUCCEEDED, started_at__isnull=False,
+                               finished_at__isnull=False).order_by("-finished_at")
+            .values_list("started_at", "finished_at")[:20]]
+    return statistics.median(seen) if seen else DEFAULT_SECONDS.get(kind, 30.0)
+
+
+def duration_estimate(job, speed=None, typical=None):
+    """Seconds ``job`` will take from now: the engine's own ETA while it runs; else, for training,
+    its tokens over the queue's recent tokens/s; for another kind, the part left of the recent
+    wall time of that kind (``typical``: {kind: seconds}, a cache filled as needed)."""
     if job.status == Job.Status.RUNNING and isinstance(job.summary.get("eta"), (int, float)):
         return float(job.summary["eta"])
-    speed = speed or _speed(job.queue)
     steps_left = max(0, job.total_steps - job.step)
+    if job.kind != "train":
+        typical = {} if typical is None else typical
+        if job.kind not in typical:
+            typical[job.kind] = _typical_seconds(job.queue, job.kind)
+        return typical[job.kind] * steps_left / max(1, job.total_steps)
+    speed = speed or _speed(job.queue)
     return steps_left * _tokens_per_step(job.spec) / speed
 
 
 def forecast(routes):
-    """{job_id: {"position", "starts_in_s"}} for every queued training job of ``routes``: the
+    """{job_id: {"position", "starts_in_s"}} for every queued job of ``routes``: the
     workers of each route take the jobs in order, each as soon as one is free (the running jobs'
     ETAs first). A job at a quota waits for its turn like the others: a rough but honest bound."""
     out = {}
     for route in routes:
-        queued = list(ordered(Job.objects.filter(status=Job.Status.QUEUED, kind="train")
-                              .filter(Q(route=route) | Q(route="", queue=route))))
+        queued = list(ordered(Job.objects.filter(status=Job.Status.QUEUED).filter(on_route(route))))
         if not queued:
             continue
-        running = Job.objects.filter(status=Job.Status.RUNNING).filter(Q(route=route) | Q(route="", queue=route))
-        free = sorted(duration_estimate(j) for j in running)
+        running = Job.objects.filter(status=Job.Status.RUNNING).filter(on_route(route))
+        typical = {}
+        free = sorted(duration_estimate(j, typical=typical) for j in running)
         n = _workers(route)
         free = (free + [0.0] * n)[:max(n, len(free))]
         free.sort()
@@ -236,7 +268,7 @@ def forecast(routes):
         for position, job in enumerate(queued, start=1):
             start = free.pop(0)
             out[job.pk] = {"position": position, "starts_in_s": start}
-            free.append(start + duration_estimate(job, speed))
+            free.append(start + duration_estimate(job, speed, typical))
             free.sort()
     return out
 
@@ -262,8 +294,7 @@ def move_to_top(user, job):
     its route and placed before every other job of it (fair share included)."""
     if not is_manager(user, job.team):
         raise NotAllowed(f"only maintainers and admins of {job.team.name} can reorder the queue")
-    waiting = Job.objects.filter(status=Job.Status.QUEUED, kind="train").filter(
-        Q(route=route_of(job)) | Q(route="", queue=route_of(job)))
+    waiting = Job.objects.filter(status=Job.Status.QUEUED).filter(on_route(route_of(job)))
     first = waiting.order_by("queue_order").values_list("queue_order", flat=True).first()
     top = max(waiting.values_list("priority", flat=True), default=job.priority)
     _reorder(job, queue_order=min(first if first is not None else 0.0, 0.0) - 1.0, priority=max(top, job.priority))

@@ -2,9 +2,13 @@
 
 Views, the API, tasks and consumers call these functions; only this module imports ``engine``.
 A job's life: ``create_job`` validates the spec with the engine, refuses what cannot fit, saves
-the row and enqueues a Celery task; the task calls ``run_job``, which runs ``engine.train`` with
-callbacks that append numbered events to the database and broadcast them on the channel layer.
+the row and enqueues a Celery task; the task calls ``run_next_job``, which runs the best queued
+job of its route (``explorer.scheduling``). Every kind of job runs inside ``job_run`` (queued to
+running, heartbeat, cancel, the last events saved, a terminal status with the reason); a training
+job's work is ``engine.train`` with callbacks that append numbered events to the database and
+broadcast them on the channel layer.
 """
+import contextlib
 import functools
 import logging
 import threading
@@ -417,18 +421,12 @@ def cancel_job(job):
 
 
 def queue_positions(jobs):
-    """For each queued job, {"position" (1 = next), "starts_in_s"}: training jobs in the order
-    ``explorer.scheduling`` will run them (priority, fair share, quotas), with an estimated start;
-    other kinds (tokenizer, inference) first come, first served. None for jobs not queued."""
+    """For each queued job, {"position" (1 = next), "starts_in_s"}: every kind in the order
+    ``explorer.scheduling`` will run them (priority, fair share, quotas), with an estimated
+    start. None for jobs not queued."""
     from explorer import scheduling
 
-    plan = scheduling.positions([j for j in jobs if j.kind == "train"])
-    others = {j.queue for j in jobs if j.status == Job.Status.QUEUED and j.kind != "train"}
-    for queue in others:
-        ids = (Job.objects.filter(queue=queue, status=Job.Status.QUEUED).exclude(kind="train")
-               .order_by("created_at", "pk").values_list("pk", flat=True))
-        plan.update({pk: {"position": i, "starts_in_s": None} for i, pk in enumerate(ids, start=1)})
-    return {j.pk: plan.get(j.pk) for j in jobs}
+    return scheduling.positions(jobs)
 
 
 # fields the app fills in from ids; not for users' eyes
@@ -511,52 +509,133 @@ class Heartbeat(threading.Thread):
         self.join(timeout=5)
 
 
-def run_job(job_id, worker_name):
-    """Run one queued job to its end. Every outcome leaves the job in a terminal status."""
+class JobCancelled(Exception):
+    """Raised by a job's work when it sees its cancel request (``JobRun.should_stop``): the job
+    ends "cancelled", with an "end" event saying so."""
+
+
+class JobRun:
+    """A running job as its work sees it inside ``job_run``: the row, the event ``recorder`` (the
+    engine's ``on_event``), the ``heartbeat``, and the outcome, which is "succeeded" unless the
+    work calls ``cancel()`` or ``fail(reason)`` or raises."""
+
+    def __init__(self, job, recorder, heartbeat):
+        self.job, self.recorder, self.heartbeat = job, recorder, heartbeat
+        self.status, self.error = Job.Status.SUCCEEDED, ""
+        self.t0 = time.monotonic()
+
+    def should_stop(self):
+        """Whether a cancel was requested (or the job was ended elsewhere, by the reaper)."""
+        return self.heartbeat.cancelled.is_set()
+
+    def elapsed(self):
+        return time.monotonic() - self.t0
+
+    def cancel(self):
+        self.status, self.error = Job.Status.CANCELLED, ""
+
+    def fail(self, error):
+        self.status, self.error = Job.Status.FAILED, error
+
+
+@contextlib.contextmanager
+def job_run(job_id, worker_name, *, what="job", explain=None, on_end=None):
+    """The lifecycle of every job a worker runs (training, inference, tokenizer training).
+
+    Moves the job from queued to running atomically and yields a ``JobRun``, or yields None
+    (and does nothing) when the job is no longer queued or its cancel was requested. After the
+    work: ``JobCancelled`` -> cancelled; any other exception -> failed with ``explain(exc)`` (a
+    kind's own wording, or None) or ``failure_reason``; the heartbeat stops; the recorder drains,
+    and a database that stayed down fails the job with that reason (a job is never called a
+    success without its events); ``on_end(run)`` sees the final outcome; the terminal status is
+    recorded (only from running: the reaper may have taken the job) and the background
+    publisher is given a moment, so the last events reach the watchers before the task returns.
+    """
     now = timezone.now()
     started = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED, cancel_requested=False).update(
         status=Job.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker_name
     )
     if not started:
-        log.info("job %s is no longer queued; skipping", job_id)
-        return None
+        log.info("%s %s is no longer queued; skipping", what, job_id)
+        yield None
+        return
     job = Job.objects.get(pk=job_id)
     record_status(job.pk, Job.Status.RUNNING, worker=worker_name)
-    recorder, heartbeat = EventRecorder(job), Heartbeat(job.pk)
-    heartbeat.start()
-    status, error = Job.Status.FAILED, ""
+    run = JobRun(job, EventRecorder(job), Heartbeat(job.pk))
+    run.heartbeat.start()
+    ended_by_cancel = False
     try:
-        from explorer.checkpoints import job_dir
+        yield run
+    except JobCancelled:
+        run.cancel()
+        ended_by_cancel = True
+    except Exception as exc:  # noqa: BLE001 - the reason goes on the job; the worker lives on
+        log.exception("%s %s failed", what, job_id)
+        run.fail((explain(exc) if explain else None) or failure_reason(job, exc))
+    finally:
+        run.heartbeat.stop()
+    _end_run(run, what, ended_by_cancel, on_end)
 
-        spec = engine.parse_spec(job.spec)  # again: the data file may have changed since submission
-        directory = job_dir(job.pk)
+
+def _end_run(run, what, ended_by_cancel, on_end):
+    """``job_run``'s ending: the last events saved, then the terminal status, then the broadcast."""
+    job_id = run.job.pk
+    try:
+        if ended_by_cancel:  # (a training run's engine writes its own "end")
+            run.recorder({"kind": "end", "reason": "cancelled", "elapsed": round(run.elapsed(), 3)})
+        run.recorder.drain()
+    except Exception as exc:  # noqa: BLE001 - the job cannot be called a success without its events
+        log.exception("could not save the last events of %s %s", what, job_id)
+        run.fail(run.error or f"{type(exc).__name__}: {exc}")
+        from explorer.recorder import fill_unsaved
+
+        try:  # what was sent and not saved is logged as lost; the final status comes after it
+            fill_unsaved(job_id, f"sent live, not saved: {type(exc).__name__}")
+        except Exception:  # noqa: BLE001 - the database may still be down; the status write says so
+            log.warning("%s %s: could not log its unsaved events as lost", what, job_id, exc_info=True)
+    finally:
+        if hasattr(run.recorder, "close"):
+            run.recorder.close()
+    if on_end is not None:
+        try:
+            on_end(run)
+        except Exception:  # noqa: BLE001 - the job still gets its terminal status
+            log.exception("%s %s: its end hook failed", what, job_id)
+    try:
+        record_status(job_id, run.status, expect=[Job.Status.RUNNING], error=run.error)
+    finally:
+        publisher().wait(5)
+
+
+def failure_reason(job, exc):
+    """What a failed job's page says went wrong: an invalid spec by field, running out of memory
+    with advice (and, for training, the analysis' estimate), else the exception."""
+    if isinstance(exc, engine.ConfigError):
+        return "Invalid job: " + "; ".join(f"{k}: {v}" for k, v in exc.errors.items())
+    if is_out_of_memory(exc):
+        return out_of_memory_message(job, exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run_job(job_id, worker_name):
+    """Run one queued training job to its end (``job_run``: every outcome leaves it terminal).
+    Returns its final status, or None when it was no longer queued."""
+    from explorer.checkpoints import job_dir
+
+    with job_run(job_id, worker_name) as run:
+        if run is None:
+            return None
+        spec = engine.parse_spec(run.job.spec)  # again: the data file may have changed since submission
+        directory = job_dir(job_id)
         # a retried job (attempt 2, 3...) goes on from its last checkpoint, when it has one
-        resume = engine_checkpoint.latest_checkpoint(directory) if job.attempt > 1 else None
-        result = engine.train(spec, on_event=recorder, should_stop=heartbeat.cancelled.is_set,
+        resume = engine_checkpoint.latest_checkpoint(directory) if run.job.attempt > 1 else None
+        result = engine.train(spec, on_event=run.recorder, should_stop=run.should_stop,
                               checkpoint_dir=directory, resume_from=resume)
         if result.cancelled:
-            status = Job.Status.CANCELLED
+            run.cancel()
         elif result.reason == "nonfinite":  # the run's NaN/Inf policy stopped it: a failure, with why
-            status, error = Job.Status.FAILED, result.message or "training stopped on a non-finite loss"
-        else:
-            status = Job.Status.SUCCEEDED
-    except engine.ConfigError as exc:
-        error = "Invalid job: " + "; ".join(f"{k}: {v}" for k, v in exc.errors.items())
-    except Exception as exc:  # noqa: BLE001 - the reason goes on the job; the worker lives on
-        log.exception("job %s failed", job_id)
-        error = f"{type(exc).__name__}: {exc}"
-        if is_out_of_memory(exc):
-            error = out_of_memory_message(job, exc)
-    finally:
-        heartbeat.stop()
-    try:
-        recorder.drain()
-    except Exception as exc:  # noqa: BLE001 - the job cannot be called a success without its events
-        log.exception("could not save the last events of job %s", job_id)
-        status, error = Job.Status.FAILED, error or f"{type(exc).__name__}: {exc}"
-    record_status(job_id, status, expect=[Job.Status.RUNNING], error=error)
-    publisher().wait(5)  # the last events and the final status reach the watchers before the task ends
-    return status
+            run.fail(result.message or "training stopped on a non-finite loss")
+    return run.status
 
 
 def run_next_job(job_id, worker_name):
@@ -583,19 +662,30 @@ def is_out_of_memory(exc):
                                            or "can't allocate memory" in str(exc).lower()))
 
 
+# what to change after running out of memory, by job kind
+OUT_OF_MEMORY_ADVICE = {
+    "train": "Lower batch_size or block_size, or turn on gradient accumulation, and submit again.",
+    "inference": "Use fewer or shorter prompts, or fewer new tokens, and submit again.",
+    "tokenizer": "Train on a smaller corpus or a smaller vocabulary, and submit again.",
+}
+
+
 def out_of_memory_message(job, exc):
-    """The failure reason of a job that ran out of memory, with the analysis' estimate beside it."""
+    """The failure reason of a job that ran out of memory, with the analysis' estimate beside it
+    for a training job, and what to change."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    try:
-        spec = engine.parse_spec(job.spec)
-        memory = engine.analyze(spec.model, batch_size=spec.train.batch_size)["memory"]
-        estimate = (f" The analysis estimated {fmt_bytes(memory['train_total'])} for training it: weights "
-                    f"{fmt_bytes(memory['weights'])}, gradients {fmt_bytes(memory['gradients'])}, optimiser state "
-                    f"{fmt_bytes(memory['optimizer'])}, activations {fmt_bytes(memory['activations'])}.")
-    except Exception:  # noqa: BLE001 - the reason matters more than the estimate
-        estimate = ""
-    return (f"Out of memory on {job.device or job.queue}: {first}.{estimate} Lower batch_size or block_size, "
-            "or turn on gradient accumulation, and submit again.")
+    estimate = ""
+    if job.kind == "train":
+        try:
+            spec = engine.parse_spec(job.spec)
+            memory = engine.analyze(spec.model, batch_size=spec.train.batch_size)["memory"]
+            estimate = (f" The analysis estimated {fmt_bytes(memory['train_total'])} for training it: weights "
+                        f"{fmt_bytes(memory['weights'])}, gradients {fmt_bytes(memory['gradients'])}, optimiser "
+                        f"state {fmt_bytes(memory['optimizer'])}, activations {fmt_bytes(memory['activations'])}.")
+        except Exception:  # noqa: BLE001 - the reason matters more than the estimate
+            pass
+    advice = OUT_OF_MEMORY_ADVICE.get(job.kind, "")
+    return f"Out of memory on {job.device or job.queue}: {first}.{estimate} {advice}".rstrip()
 
 
 def reap_stale_jobs(timeout_s=None):
@@ -629,7 +719,10 @@ def lose_worker(job, reason):
     another kind of job) it fails with ``reason``. The events up to then are kept. Returns
     whether the job was taken (False when it had meanwhile left "running")."""
     from explorer.checkpoints import RetryRefused, retry_job
+    from explorer.recorder import fill_unsaved
 
+    # what the dead worker sent but had not saved: logged as lost, so the requeue comes after it
+    fill_unsaved(job.pk, f"sent live by {job.worker or 'its worker'}, which stopped before saving it")
     if job.kind == "train" and job.auto_retries < settings.JOB_AUTO_RETRIES:
         try:
             step = retry_job(job, reason=reason, automatic=True)

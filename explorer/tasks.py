@@ -2,23 +2,25 @@
 from celery import shared_task
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 
-from explorer import inference_jobs, services, tokenizer_jobs, workers
+from explorer import services, workers
 
 
+# A message names the job it was sent for, but the best queued job of that job's route runs
+# (priorities, fair share, quotas; ``explorer.scheduling``): maybe another one, of any kind. The
+# three names stay so each kind keeps its task (and messages already in the broker still run).
 @shared_task(name="explorer.tasks.run_job", acks_late=True, reject_on_worker_lost=True)
 def run_job(job_id):
-    # the best queued job of this job's route runs (priorities, fair share, quotas): maybe not this one
     return services.run_next_job(job_id, worker_name=run_job.request.hostname or "worker")
 
 
 @shared_task(name="explorer.tasks.train_tokenizer", acks_late=True, reject_on_worker_lost=True)
 def train_tokenizer(job_id):
-    return tokenizer_jobs.run_tokenizer_job(job_id, worker_name=train_tokenizer.request.hostname or "worker")
+    return services.run_next_job(job_id, worker_name=train_tokenizer.request.hostname or "worker")
 
 
 @shared_task(name="explorer.tasks.run_inference", acks_late=True, reject_on_worker_lost=True)
 def run_inference(job_id):
-    return inference_jobs.run_inference_job(job_id, worker_name=run_inference.request.hostname or "worker")
+    return services.run_next_job(job_id, worker_name=run_inference.request.hostname or "worker")
 
 
 @shared_task(name="explorer.tasks.reap_stale_jobs")

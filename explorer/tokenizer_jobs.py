@@ -2,24 +2,16 @@
 scratch files and trained in a Celery worker, with progress events (fraction and ETA), the
 heartbeat, cancel and the reaper of every job; the ``Tokenizer`` row ends ready or failed with
 the reason."""
-import logging
 import os
 import time
 
 from django.conf import settings
-from django.utils import timezone
 
 from engine import tokenlab
 from explorer import services
 from explorer.models import Job, Tokenizer
 
-log = logging.getLogger(__name__)
-
 PROGRESS_INTERVAL_S = 0.25
-
-
-class _Cancelled(Exception):
-    pass
 
 
 def write_scratch(team, label, text):
@@ -60,7 +52,7 @@ def _corpus_for_job(spec):
 
 class _Progress:
     """The engine's ``progress(fraction)``: "progress" events at most every 0.25 s, with an ETA;
-    raises to stop training when the job was cancelled."""
+    raises ``services.JobCancelled`` to stop training when the job was cancelled."""
 
     def __init__(self, recorder, cancelled):
         self.recorder, self.cancelled = recorder, cancelled
@@ -68,7 +60,7 @@ class _Progress:
 
     def __call__(self, fraction):
         if self.cancelled():
-            raise _Cancelled()
+            raise services.JobCancelled()
         now = time.monotonic()
         if now - self.last < PROGRESS_INTERVAL_S and fraction < 1:
             return
@@ -81,63 +73,50 @@ class _Progress:
 
 
 def run_tokenizer_job(job_id, worker_name):
-    """Train a queued tokenizer job to its end; every outcome leaves job and row terminal."""
+    """Train a queued tokenizer job to its end (``services.job_run``); the ``Tokenizer`` row ends
+    ready, or failed with the job's reason. Returns the job's final status, or None when it was no
+    longer queued."""
     from explorer import tokenizers as lab  # it imports this module
-    now = timezone.now()
-    started = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED, cancel_requested=False).update(
-        status=Job.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker_name
-    )
+
     row = Tokenizer.objects.filter(job_id=job_id).first()
-    if not started:
-        log.info("tokenizer job %s is no longer queued; skipping", job_id)
-        if row is not None:
-            lab.refresh_status(row)
-        return None
-    job = Job.objects.get(pk=job_id)
-    services.record_status(job.pk, Job.Status.RUNNING, worker=worker_name)
-    recorder, heartbeat = services.EventRecorder(job), services.Heartbeat(job.pk)
-    heartbeat.start()
-    status, error, t0 = Job.Status.FAILED, "", time.monotonic()
-    try:
-        spec = job.spec["tokenizer"]
-        recorder({"kind": "start", "total_steps": 100, "device": "cpu"})
-        texts = _corpus_for_job(spec)
-        s = {k: spec[k] for k in ("kind", "vocab_size", "normalization", "lowercase", "pre_tokenizer", "special_tokens")}
-        tok = lab.train_tokenizer(s, texts, progress=_Progress(recorder, heartbeat.cancelled.is_set))
-        if heartbeat.cancelled.is_set():
-            raise _Cancelled()
-        if row is not None:
-            lab.save_file(row, tok)
-            row.kind, row.vocab_size, row.settings = tok.kind, tok.vocab_size, lab.clean(tok.settings or s)
-            row.status, row.error = Tokenizer.Status.READY, ""
-            row.save()
-        recorder({"kind": "end", "reason": "finished", "step": 100, "elapsed": time.monotonic() - t0,
-                  "vocab_size": tok.vocab_size})
-        status = Job.Status.SUCCEEDED
-    except _Cancelled:
-        recorder({"kind": "end", "reason": "cancelled", "elapsed": time.monotonic() - t0})
-        status, error = Job.Status.CANCELLED, ""
-    except lab.LabError as exc:
-        error = f"Invalid tokenizer: {exc}"
-    except Exception as exc:  # noqa: BLE001 - the reason goes on the job; the worker lives on
-        if heartbeat.cancelled.is_set():  # our _Cancelled, as the tokenizers library re-raised it
-            recorder({"kind": "end", "reason": "cancelled", "elapsed": time.monotonic() - t0})
-            status = Job.Status.CANCELLED
-        else:
-            log.exception("tokenizer job %s failed", job_id)
-            error = f"{type(exc).__name__}: {exc}"
-    finally:
-        heartbeat.stop()
-        _remove_scratch(job.spec["tokenizer"].get("path") or {})
-    try:
-        recorder.flush()
-    except Exception:  # noqa: BLE001
-        log.exception("could not save the last events of job %s", job_id)
-    if status != Job.Status.SUCCEEDED and row is not None:
-        Tokenizer.objects.filter(pk=row.pk).update(
-            status=Tokenizer.Status.FAILED, error=error or f"the training job was {status}")
-    services.record_status(job_id, status, expect=[Job.Status.RUNNING], error=error)
-    return status
+
+    def explain(exc):
+        return f"Invalid tokenizer: {exc}" if isinstance(exc, lab.LabError) else None
+
+    def fail_row(run):  # also when the job's last events could not be saved after the file was
+        if run.status != Job.Status.SUCCEEDED and row is not None:
+            Tokenizer.objects.filter(pk=row.pk).update(
+                status=Tokenizer.Status.FAILED, error=run.error or f"the training job was {run.status}")
+
+    with services.job_run(job_id, worker_name, what="tokenizer job", explain=explain, on_end=fail_row) as run:
+        if run is None:
+            if row is not None:
+                lab.refresh_status(row)
+            return None
+        spec = run.job.spec["tokenizer"]
+        try:
+            run.recorder({"kind": "start", "total_steps": 100, "device": "cpu"})
+            texts = _corpus_for_job(spec)
+            s = {k: spec[k] for k in ("kind", "vocab_size", "normalization", "lowercase", "pre_tokenizer",
+                                      "special_tokens")}
+            try:
+                tok = lab.train_tokenizer(s, texts, progress=_Progress(run.recorder, run.should_stop))
+            except Exception:
+                if run.should_stop():  # our JobCancelled, as the tokenizers library re-raised it
+                    raise services.JobCancelled() from None
+                raise
+            if run.should_stop():
+                raise services.JobCancelled()
+            if row is not None:
+                lab.save_file(row, tok)
+                row.kind, row.vocab_size, row.settings = tok.kind, tok.vocab_size, lab.clean(tok.settings or s)
+                row.status, row.error = Tokenizer.Status.READY, ""
+                row.save()
+            run.recorder({"kind": "end", "reason": "finished", "step": 100, "elapsed": run.elapsed(),
+                          "vocab_size": tok.vocab_size})
+        finally:
+            _remove_scratch(spec.get("path") or {})
+    return run.status
 
 
 def _remove_scratch(paths):

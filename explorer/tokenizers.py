@@ -11,6 +11,7 @@ import functools
 import logging
 import math
 import os
+import time
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -308,11 +309,18 @@ def train_tokenizer(settings_, texts, progress=None):
         raise LabError(message, field) from None
 
 
-def train(user, team, payload):
+def train(user, team, payload, priority="normal"):
     """Train a tokenizer: at once for a small corpus (returns ``(tokenizer, None)``), else as a job
-    (returns ``(tokenizer, job)`` with the row in status "training")."""
+    (returns ``(tokenizer, job)`` with the row in status "training") that waits its turn among the
+    CPU queue's jobs of every kind, at ``priority`` (``explorer.scheduling``)."""
+    from explorer import scheduling
+
     if not isinstance(payload, dict):
         raise LabError("expected a JSON object")
+    try:
+        priority_value = scheduling.check_priority(user, team, priority or "normal")
+    except (ValueError, scheduling.NotAllowed) as exc:
+        raise LabError(str(exc), "priority") from None
     s = _settings_from(payload)
     texts, description, corpus_spec = _corpus_from(team, payload)
     size = sum(len(t.encode("utf-8")) for t in texts)
@@ -329,6 +337,7 @@ def train(user, team, payload):
     with transaction.atomic():
         job = Job.objects.create(
             team=team, owner=user, name=f"Tokenizer {name}"[:200], kind="tokenizer", queue="cpu", total_steps=100,
+            priority=priority_value, queue_order=time.time(),
             spec=services.storable({"tokenizer": {**s, "name": name, "size_bytes": size,
                                                   **{k: v for k, v in corpus_spec.items() if k != "dataset_path"}}}),
         )

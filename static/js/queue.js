@@ -76,10 +76,10 @@ function fillRow(tr, job) {
   prio.hidden = !job.priority || job.priority === "normal";
   prio.className = `badge prio-${job.priority}`;
   prio.textContent = job.priority;
-  // a queued training job: its owner picks low/normal; maintainers any priority and "top"
+  // a queued job (training, inference, tokenizer): its owner picks low/normal; maintainers any priority and "top"
   const controls = role(tr, "queue-controls");
   const mine = job.owner === me;
-  controls.hidden = !(job.status === "queued" && job.kind === "train" && (mine || manager));
+  controls.hidden = !(job.status === "queued" && (mine || manager));
   const select = role(tr, "priority-select");
   select.value = job.priority || "normal";
   select.querySelector("option[value=high]").disabled = !manager;

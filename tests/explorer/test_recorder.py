@@ -58,15 +58,18 @@ def test_events_reach_watchers_before_they_are_saved(alice, tiny_spec):
     watcher = Watcher(job.pk)
     recorder = services.EventRecorder(job, save_interval=30)  # saved only at the end
     assert recorder.threads, "outside a transaction the recorder writes on threads of its own"
-    recorder({"kind": "start", "total_steps": 5, "device": "cpu"})
-    wait_until_numbering(recorder)
+    recorder({"kind": "start", "total_steps": 5, "device": "cpu"})  # anything but a step: saved at once
+    deadline = time.monotonic() + 10
+    while Job.objects.get(pk=job.pk).last_seq < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     with CaptureQueriesContext(connection) as queries:
         for n in range(1, 6):
             recorder(step(n))
     assert len(queries) == 0  # the engine's thread does not touch the database
     live = watcher.events(until_seq=7)
     assert [(e["seq"], e["kind"]) for e in live] == [(2, "start")] + [(s, "step") for s in range(3, 8)]
-    assert Job.objects.get(pk=job.pk).last_seq < 7  # sent, the steps not saved yet
+    assert Job.objects.get(pk=job.pk).last_seq == 2  # sent, the steps not saved yet
     recorder.drain()
     job.refresh_from_db()
     assert saved(job) == [(1, "status", None), (2, "start", None)] + [(s, "step", s - 2) for s in range(3, 8)]
@@ -109,3 +112,23 @@ def test_inside_a_transaction_the_recorder_works_inline(alice, tiny_spec):
         recorder(step(2))
         assert recorder.flush()
         assert Job.objects.get(pk=job.pk).last_seq == 4
+
+
+def test_a_worker_that_dies_before_saving_leaves_no_hole_and_the_requeue_comes_after(alice, tiny_spec):
+    from explorer.recorder import fill_unsaved
+
+    job = services.create_job(alice[0], alice[1], tiny_spec)
+    Job.objects.filter(pk=job.pk).update(status="running", worker="doomed@host")
+    watcher = Watcher(job.pk)
+    recorder = services.EventRecorder(Job.objects.get(pk=job.pk), save_interval=30)
+    for n in range(1, 6):
+        recorder(step(n))
+    assert [e["seq"] for e in watcher.events(until_seq=6)] == [2, 3, 4, 5, 6]  # seen live
+    recorder.close()  # the worker dies: nothing of it saved
+    assert Job.objects.get(pk=job.pk).last_seq == 1
+    services.lose_worker(Job.objects.get(pk=job.pk), "its worker stopped sending heartbeats.")
+    job.refresh_from_db()
+    kinds = list(job.events.order_by("seq").values_list("seq", "kind"))
+    assert kinds[:6] == [(1, "status")] + [(s, "lost") for s in range(2, 7)]
+    assert kinds[6:] and kinds[6][0] == 7 and kinds[6][1] == "status"  # requeued (or failed) after all seen
+    assert fill_unsaved(job.pk, "again") == 0  # nothing more to fill
