@@ -200,7 +200,7 @@ class EventRecorder:
     def _sender(self):
         """Asleep until an event comes; then sends at most every ``flush_interval`` (at once for
         anything but a step event), so an idle job costs nothing and a busy one a send per interval."""
-        while True:
+        while not self.stopping.is_set():  # (checked after each clear: close() sets stopping first)
             self.send_wake.wait()
             if self.stopping.is_set():
                 return

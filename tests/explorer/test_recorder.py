@@ -132,3 +132,15 @@ def test_a_worker_that_dies_before_saving_leaves_no_hole_and_the_requeue_comes_a
     assert kinds[:6] == [(1, "status")] + [(s, "lost") for s in range(2, 7)]
     assert kinds[6:] and kinds[6][0] == 7 and kinds[6][1] == "status"  # requeued (or failed) after all seen
     assert fill_unsaved(job.pk, "again") == 0  # nothing more to fill
+
+
+def test_close_always_stops_the_threads_even_mid_send(alice, tiny_spec):
+    # close() must not be lost in the sender's wake-up (it once cleared the wake that close set)
+    job = services.create_job(alice[0], alice[1], tiny_spec)
+    for i in range(150):
+        recorder = services.EventRecorder(job, flush_interval=0.0005 * (i % 4))
+        for n in range(3):
+            recorder(step(n))
+        threads = list(recorder.threads)
+        recorder.close()
+        assert not any(t.is_alive() for t in threads), f"a writer thread outlived close() (round {i})"
