@@ -89,7 +89,7 @@ class EventRecorder:
         self.outages = 0
         self.error = None  # an exception from a writer thread, raised in the engine's thread
         self.trace = None
-        self.redis, self.mark_failed = None, False
+        self.redis, self.mark_failed, self.marked = None, False, 0
         if background is None:  # a transaction's rows are invisible to another thread's connection
             background = not connection.in_atomic_block
         # send_wake: an event came; hurry: one that goes out at once; save_wake: write now
@@ -244,13 +244,18 @@ class EventRecorder:
                 self.save_wake.set()  # the first batch, an evaluation, a map: saved at once
 
     def _mark_sent(self, seq):
-        """Note in Redis the highest number sent, for ``fill_unsaved`` should this worker die."""
+        """Note in Redis a number at least as high as any sent, for ``fill_unsaved`` should this
+        worker die: ``MARK_AHEAD`` past the last one, so a write is needed only every so many
+        events (a few "lost" entries too many in that rare case, rather than a Redis call per send)."""
+        if seq <= self.marked:
+            return
         try:
             if self.redis is None:
                 import redis
 
                 self.redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1)
-            self.redis.set(sent_key(self.job_id), seq, ex=SENT_KEY_TTL_S)
+            self.redis.set(sent_key(self.job_id), seq + MARK_AHEAD, ex=SENT_KEY_TTL_S)
+            self.marked = seq + MARK_AHEAD
         except Exception:  # noqa: BLE001 - only the rare death before a write loses by it
             if not self.mark_failed:
                 log.warning("job %s: could not note its sent events in Redis", self.job_id, exc_info=True)
@@ -332,6 +337,7 @@ class EventRecorder:
 
 
 SENT_KEY_TTL_S = 7 * 24 * 3600
+MARK_AHEAD = 64
 
 
 def sent_key(job_id):
@@ -341,7 +347,8 @@ def sent_key(job_id):
 
 def fill_unsaved(job_id, why):
     """After a worker stopped without saving what it had sent (killed, or its database down for
-    good): log a "lost" event for each number it sent but never saved, so the log has no hole
+    good): log a "lost" event for each number it may have sent but never saved (up to its mark,
+    ``MARK_AHEAD`` past the last it sent), so the log has no hole
     and whatever is written next (the reaper's requeue, a final status) is numbered after every
     event a watcher may have seen, and reaches it. Returns how many were filled."""
     from explorer import services
