@@ -56,7 +56,7 @@ def saved(job):
 def test_events_reach_watchers_before_they_are_saved(alice, tiny_spec):
     job = services.create_job(alice[0], alice[1], tiny_spec)  # its log: 1 "queued"
     watcher = Watcher(job.pk)
-    recorder = services.EventRecorder(job, save_interval=30)  # saved only at the end
+    recorder = services.EventRecorder(job, save_interval=30, background=True)  # saved only at the end
     assert recorder.threads, "outside a transaction the recorder writes on threads of its own"
     recorder({"kind": "start", "total_steps": 5, "device": "cpu"})  # anything but a step: saved at once
     deadline = time.monotonic() + 10
@@ -80,7 +80,7 @@ def test_events_reach_watchers_before_they_are_saved(alice, tiny_spec):
 
 def test_another_writer_in_between_renumbers_and_loses_nothing(alice, tiny_spec, caplog):
     job = services.create_job(alice[0], alice[1], tiny_spec)
-    recorder = services.EventRecorder(job, save_interval=30)
+    recorder = services.EventRecorder(job, save_interval=30, background=True)
     recorder({"kind": "start", "total_steps": 4})
     wait_until_numbering(recorder)
     for n in (1, 2):
@@ -105,7 +105,7 @@ def test_inside_a_transaction_the_recorder_works_inline(alice, tiny_spec):
 
     job = services.create_job(alice[0], alice[1], tiny_spec)
     with transaction.atomic():
-        recorder = services.EventRecorder(job)
+        recorder = services.EventRecorder(job, background=True)
         assert not recorder.threads  # another thread could not see this transaction's rows
         recorder({"kind": "start", "total_steps": 2})
         recorder(step(1))
@@ -120,7 +120,7 @@ def test_a_worker_that_dies_before_saving_leaves_no_hole_and_the_requeue_comes_a
     job = services.create_job(alice[0], alice[1], tiny_spec)
     Job.objects.filter(pk=job.pk).update(status="running", worker="doomed@host")
     watcher = Watcher(job.pk)
-    recorder = services.EventRecorder(Job.objects.get(pk=job.pk), save_interval=30)
+    recorder = services.EventRecorder(Job.objects.get(pk=job.pk), save_interval=30, background=True)
     for n in range(1, 6):
         recorder(step(n))
     assert [e["seq"] for e in watcher.events(until_seq=6)] == [2, 3, 4, 5, 6]  # seen live
@@ -141,7 +141,7 @@ def test_close_always_stops_the_threads_even_mid_send(alice, tiny_spec):
     # close() must not be lost in the sender's wake-up (it once cleared the wake that close set)
     job = services.create_job(alice[0], alice[1], tiny_spec)
     for i in range(150):
-        recorder = services.EventRecorder(job, flush_interval=0.0005 * (i % 4))
+        recorder = services.EventRecorder(job, flush_interval=0.0005 * (i % 4), background=True)
         for n in range(3):
             recorder(step(n))
         threads = list(recorder.threads)
