@@ -12,9 +12,10 @@ Two paths leave the recorder, at two paces:
   heartbeat). Fewer, larger transactions: ten jobs streaming 50 events/s make 40 writes/s, not
   400.
 
-Both run on a writer thread of the recorder's own, so the training step pays for appending to
-a list and nothing else. Inside a transaction (a test's ``django_db`` block) the thread could not
-see the job row, so there the work is done inline, at the same paces.
+By default both run on the engine's thread, at those paces (a write every 0.25 s, not every
+step). With ``background=True`` they run on two threads of the recorder's own and the training
+step only appends to a deque; inside a transaction (a test's ``django_db`` block) the work is
+always done inline, since another thread could not see the job row.
 
 **Numbering.** Sequence numbers come from the job row (``Job.last_seq``), which every writer
 (worker, web, reaper) advances in a transaction. The recorder, the only writer of a running job,
