@@ -45,6 +45,14 @@ def wait_until_numbering(recorder, timeout=10):
         time.sleep(0.005)
 
 
+def wait_until_saved(job, seq, timeout=10):
+    """Until the job's log holds ``seq`` (a writer thread's pending write is done)."""
+    deadline = time.monotonic() + timeout
+    while Job.objects.get(pk=job.pk).last_seq < seq:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
 def step(n):
     return {"kind": "step", "step": n, "loss": 3.0 - n / 100}
 
@@ -82,7 +90,9 @@ def test_another_writer_in_between_renumbers_and_loses_nothing(alice, tiny_spec,
     job = services.create_job(alice[0], alice[1], tiny_spec)
     recorder = services.EventRecorder(job, save_interval=30, background=True)
     recorder({"kind": "start", "total_steps": 4})
-    wait_until_numbering(recorder)
+    # the start goes out at once and wakes the saver: wait for that write, else a slow machine's
+    # saver could write step 3 before the other writer comes (seen on CI)
+    wait_until_saved(job, 2)
     for n in (1, 2):
         recorder(step(n))
     recorder.flush()  # 1 queued, 2 start, 3-4 steps
