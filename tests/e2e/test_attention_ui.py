@@ -108,7 +108,7 @@ def test_panel_follows_new_maps_pins_a_step_and_enlarges_a_head(web, page):
     assert page.locator("#attention-stack").is_hidden()  # a decoder has one stack
     page.wait_for_selector("#attention-heatmap .main-svg")
     assert "layer 0, head 0" in page.locator("#attention-title").text_content()
-    assert page.locator("#loss-chart").get_attribute("data-points") == "2"  # the other events still replay
+    page.wait_for_function("() => document.querySelector('#loss-chart').dataset.points === '2'")  # the other events still replay
 
     # A new evaluation arrives live: followed.
     add(job, [m30], publish=True)

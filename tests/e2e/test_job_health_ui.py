@@ -50,7 +50,7 @@ def test_health_card_follows_a_real_job(stack, page, shots):
 
     page.wait_for_function("() => document.querySelector('#job-status').textContent.trim() === 'succeeded'", timeout=180_000)
     page.wait_for_function("() => Number(document.querySelector('#grad-chart').dataset.points) === 240")
-    assert points(page, "loss-chart") == 240
+    page.wait_for_function("() => document.querySelector('#loss-chart').dataset.points === '240'")
     page.wait_for_function("() => document.querySelectorAll('#health-layers tbody tr').length === 2")
     assert page.locator("#layers-step").text_content().startswith("· step 240")
     row = page.locator("#health-layers tbody tr").first.text_content()

@@ -1,5 +1,6 @@
-// A Plotly line chart fed point by point: points are buffered and drawn at most once per frame
-// (Plotly.extendTraces), so a replay of thousands of events costs one redraw, not thousands.
+// A Plotly line chart fed point by point: points are buffered and drawn in passes (at most ten a
+// second, see scheduleFlush; Plotly.extendTraces), so a replay of thousands of events costs one
+// redraw, not thousands.
 
 const MAX_DRAWN = 20000; // beyond this many points a trace is drawn thinned (every k-th point)
 
@@ -27,14 +28,50 @@ export function baseLayout(extra = {}) {
 
 export const CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d", "autoScale2d"] };
 
-/** Call ``chart.flush()`` once on the next animation frame, however many updates arrive first
+// Live charts share one drawing budget: every chart with new points is drawn in the same pass,
+// at most every DRAW_MIN_INTERVAL_MS and never more than DRAW_SHARE of the time (a pass that
+// took 30 ms waits 150 ms). Events may come 40 times a second; redrawing thousands of points
+// that often would take a core from a page (and from a worker training on the same machine).
+const DRAW_MIN_INTERVAL_MS = 100;
+const DRAW_SHARE = 0.2;
+const queued = new Set();
+let passPending = false;
+let nextPassAt = 0;
+
+function drawPass() {
+  passPending = false;
+  const t0 = performance.now();
+  const charts = [...queued];
+  queued.clear();
+  for (const chart of charts) {
+    try {
+      chart.flush();
+    } catch (err) {
+      console.error(err); // one broken chart must not stop the others
+    }
+  }
+  const now = performance.now();
+  nextPassAt = now + Math.max(DRAW_MIN_INTERVAL_MS, (now - t0) / DRAW_SHARE);
+}
+
+/** Call ``chart.flush()`` once in the next drawing pass, however many updates arrive first
  * (``chart.flush`` must reset ``chart.scheduled``). */
 export function scheduleFlush(chart) {
   if (chart.scheduled) return;
   chart.scheduled = true;
-  const run = () => chart.flush();
-  requestAnimationFrame(run);
-  setTimeout(run, 300); // a hidden tab gets no animation frames; draw anyway
+  queued.add(chart);
+  if (passPending) return;
+  passPending = true;
+  let done = false;
+  const run = () => {
+    if (done) return;
+    done = true;
+    drawPass();
+  };
+  setTimeout(() => {
+    requestAnimationFrame(run);
+    setTimeout(run, 300); // a hidden tab gets no animation frames; draw anyway
+  }, Math.max(0, nextPassAt - performance.now()));
 }
 
 export class SeriesChart {
