@@ -7,10 +7,12 @@ Two paths leave the recorder, at two paces:
   hands them to this process's background publisher). Nothing on this path waits for the
   database, so a busy or locked database (SQLite allows one writer at a time) does not hold up
   what a watcher sees.
-- **durable**: every ``save_interval`` (0.25 s), and at the end, the events not yet saved are
-  written in one transaction together with the job row's progress fields (step, summary,
-  heartbeat). Fewer, larger transactions: ten jobs streaming 50 events/s make 40 writes/s, not
-  400.
+- **durable**: every ``save_interval`` (0.25 s), at once for the ``SAVED_AT_ONCE`` kinds (the
+  job's start, each checkpoint, the end), and at the end, the events not yet saved are written in one transaction
+  together with the job row's progress fields (step, summary, heartbeat). Fewer, larger
+  transactions: ten jobs streaming 50 events/s make 40 writes/s, not 400; an evaluation's
+  events (eval, health, samples, maps) go out at once and are saved with the next write (saving
+  each at once doubled what reporting cost a tiny model's step, bench/instrumentation_overhead.py).
 
 By default both run on the engine's thread, at those paces (a write every 0.25 s, not every
 step). With ``background=True`` they run on two threads of the recorder's own and the training
@@ -47,6 +49,9 @@ from django.utils import timezone
 
 log = logging.getLogger(__name__)
 
+# saved at once: the start (the job row learns its device and total steps), each checkpoint (the
+# log then holds every step up to it, so a run resumed from it leaves no gap) and the end
+SAVED_AT_ONCE = frozenset({"start", "checkpoint", "end"})
 SUMMARY_KEYS = {
     "step": ("loss", "lr", "grad_norm", "tokens_per_s", "elapsed", "eta", "aux_loss", "mfu"),
     "eval": ("train_loss", "val_loss", "accuracy"),
@@ -148,7 +153,7 @@ class EventRecorder:
         now = time.monotonic()  # inline (inside a transaction): the same paces, on this thread
         if kind != "step" or now - self.last_send >= self.flush_interval:
             self._send_tick()
-        if kind != "step" or self.next_seq is None or now - self.last_save >= self._save_pace():
+        if kind in SAVED_AT_ONCE or self.next_seq is None or now - self.last_save >= self._save_pace():
             self._save_tick()
             if self.error is not None:
                 raise self.error
@@ -246,8 +251,8 @@ class EventRecorder:
             if self.next_seq is not None:  # numbered: out to the watchers now, saved later
                 self._send([_message(row) for row in rows], team=False)
                 self._mark_sent(rows[-1][0])
-            if self.next_seq is None or any(kind != "step" for kind, _ in taken):
-                self.save_wake.set()  # the first batch, an evaluation, a map: saved at once
+            if self.next_seq is None or any(kind in SAVED_AT_ONCE for kind, _ in taken):
+                self.save_wake.set()  # the first batch, the start, a checkpoint, the end: saved at once
 
     def _mark_sent(self, seq):
         """Note in Redis a number at least as high as any sent, for ``fill_unsaved`` should this

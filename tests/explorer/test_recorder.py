@@ -66,7 +66,7 @@ def test_events_reach_watchers_before_they_are_saved(alice, tiny_spec):
     watcher = Watcher(job.pk)
     recorder = services.EventRecorder(job, save_interval=30, background=True)  # saved only at the end
     assert recorder.threads, "outside a transaction the recorder writes on threads of its own"
-    recorder({"kind": "start", "total_steps": 5, "device": "cpu"})  # anything but a step: saved at once
+    recorder({"kind": "start", "total_steps": 5, "device": "cpu"})  # the start: saved at once
     deadline = time.monotonic() + 10
     while Job.objects.get(pk=job.pk).last_seq < 2:
         assert time.monotonic() < deadline
@@ -157,3 +157,26 @@ def test_close_always_stops_the_threads_even_mid_send(alice, tiny_spec):
         threads = list(recorder.threads)
         recorder.close()
         assert not any(t.is_alive() for t in threads), f"a writer thread outlived close() (round {i})"
+
+
+def test_inline_an_evaluation_goes_out_at_once_and_a_checkpoint_is_saved_at_once(alice, tiny_spec):
+    job = services.create_job(alice[0], alice[1], tiny_spec)
+    watcher = Watcher(job.pk)
+    recorder = services.EventRecorder(job, save_interval=30)  # the default: on the engine's thread
+    assert not recorder.threads
+    recorder({"kind": "start", "total_steps": 50, "device": "cpu"})
+    assert Job.objects.get(pk=job.pk).last_seq == 2  # the start: saved at once
+    for n in range(1, 6):
+        recorder(step(n))
+    recorder({"kind": "eval", "step": 5, "train_loss": 2.9, "val_loss": 3.1})
+    recorder({"kind": "health", "step": 5, "layers": {}})
+    live = watcher.events(until_seq=9)  # sent at once...
+    assert [e["kind"] for e in live][-2:] == ["eval", "health"]
+    assert Job.objects.get(pk=job.pk).last_seq == 2  # ...saved with the next write (not yet due)
+    recorder(step(6))
+    recorder({"kind": "checkpoint", "step": 6, "path": "ckpt-000006"})
+    job.refresh_from_db()
+    # a checkpoint is saved at once with everything before it: a run resumed from it leaves no gap
+    assert job.last_seq == 11 and job.step == 6 and job.summary["val_loss"] == 3.1
+    assert saved(job)[-3:] == [(9, "health", 5), (10, "step", 6), (11, "checkpoint", 6)]
+    recorder.drain()
