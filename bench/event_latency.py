@@ -263,9 +263,13 @@ def run(stack, cookie, user, team, *, jobs: int, rate: float, seconds: float, fl
     # publisher), publish_to_client (→ received); apart from it: saved_after (ts → its write done)
     parts = {"buffer": [], "publish_call": [], "publish_to_client": [], "saved_after": [], "db_write": []}
     complete, lost, duplicated, late = 0, 0, 0, 0
+    missing = {}  # job -> the first seqs it never received (to find the cause)
     for job_id, got in zip(job_ids, received):
         seqs = [s for s, _, _ in got]
-        lost += len(set(range(1, n + 1)) - set(seqs))
+        gone = sorted(set(range(1, n + 1)) - set(seqs))
+        lost += len(gone)
+        if gone:
+            missing[job_id] = {"seqs": gone[:20], "received": len(seqs), "last_received": seqs[-1] if seqs else None}
         duplicated += len(seqs) - len(set(seqs))
         complete += seqs == list(range(1, n + 1))
         late += produced[job_id]["late"]
@@ -292,6 +296,7 @@ def run(stack, cookie, user, team, *, jobs: int, rate: float, seconds: float, fl
         "events_sent": n * jobs,
         "events_received": len(latencies),
         "lost": lost,
+        "missing": missing,
         "duplicated": duplicated,
         "jobs_complete_in_order": complete,
         "events_sent_late": late,  # a producer more than one period behind its schedule

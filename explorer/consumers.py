@@ -2,20 +2,27 @@
 ``seq`` and then live, with no gap and no duplicate (``&omit=attention`` leaves a kind out of the
 replay only). A worker sends events before it saves them (``explorer.recorder``), so a live
 message can run ahead of the log: the consumer then holds it, reads the missing events from the
-database as soon as they are saved, and sends everything in order. ``/ws/teams/<id>/``: live job changes for the
+database as soon as they are saved, and sends everything in order. The channel layer can, rarely,
+lose a message (channels_redis, under load); one lost in the middle shows as a gap and is read
+from the log, and for one lost at the end (nothing after it to show the gap) the consumer reads
+where the log ends whenever the job has been quiet for ``TAIL_CHECK_S`` (``ENDED_CHECK_S`` once
+it has ended: a retry starts it again). ``/ws/teams/<id>/``: live job changes for the
 queue page. Both refuse users outside the team (close code 4403) and anonymous users (4401)."""
 import asyncio
+import time
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from explorer import services
-from explorer.models import JobEvent
+from explorer.models import Job, JobEvent
 from explorer.teams import jobs_visible_to, user_teams
 
 REPLAY_CHUNK = 2000
 GAP_RETRY_S = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)  # waits between reads of a gap from the log, the last repeated
+TAIL_CHECK_S = 2.0  # a job quiet this long: read where its log ends (one row by key)
+ENDED_CHECK_S = 10.0  # the same for a job that has ended
 
 
 class JobConsumer(AsyncJsonWebsocketConsumer):
@@ -26,7 +33,8 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         self.omit = set()
         self.ahead = {}  # seq -> live event that came before the ones up to it were read
         self.order = asyncio.Lock()  # one replay or send at a time (the gap task runs beside handlers)
-        self.gap_task = None
+        self.gap_task = self.tail_task = None
+        self.last_live = time.monotonic()
         if not user.is_authenticated:
             await self.close(code=4401)
             return
@@ -45,10 +53,12 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         self.omit = set(",".join(query.get("omit", [])).split(",")) - {""}
         await self.send_job()
         await self.replay(_int(query.get("after", ["0"])[0]))
+        self.tail_task = asyncio.ensure_future(self.watch_tail())
 
     async def disconnect(self, code):
-        if self.gap_task is not None:
-            self.gap_task.cancel()
+        for task in (self.gap_task, self.tail_task):
+            if task is not None:
+                task.cancel()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -100,6 +110,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "job", "job": job})
 
     async def job_events(self, message):
+        self.last_live = time.monotonic()
         async with self.order:
             events = [e for e in message["events"] if e["seq"] > self.last_seq]
             if not events:
@@ -127,6 +138,28 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
                         return
         finally:
             self.gap_task = None
+
+    async def watch_tail(self):
+        """While nothing comes live, read where the log ends now and then; send what this client
+        lacks (a live message the channel layer lost, with nothing after it to show the gap)."""
+        interval = TAIL_CHECK_S
+        while True:  # (counted from the last live message or check)
+            await asyncio.sleep(max(0.05, self.last_live + interval - time.monotonic()))
+            if time.monotonic() - self.last_live < interval:
+                continue
+            row = await database_sync_to_async(
+                lambda: Job.objects.filter(pk=self.job_id).values_list("last_seq", "status").first())()
+            if row is None:
+                return
+            last_seq, status = row
+            if last_seq > self.last_seq:
+                async with self.order:
+                    before = self.last_seq
+                    await self.replay(self.last_seq)
+                    if self.last_seq > before:
+                        await self.send_job()  # the brief (status, progress) as of now
+            self.last_live = time.monotonic()
+            interval = ENDED_CHECK_S if status in Job.TERMINAL else TAIL_CHECK_S
 
 
 class TeamConsumer(AsyncJsonWebsocketConsumer):

@@ -72,6 +72,34 @@ def test_job_socket_fills_a_gap_from_the_log(alice, tiny_spec):
     run(scenario())
 
 
+def test_job_socket_catches_up_a_lost_last_message_once_the_job_is_quiet(alice, tiny_spec, monkeypatch):
+    from explorer import consumers
+
+    monkeypatch.setattr(consumers, "TAIL_CHECK_S", 0.3)
+    job = services.create_job(alice[0], alice[1], tiny_spec)
+    headers = session_headers(alice[0])
+
+    async def scenario():
+        comm, ok = await connect(f"/ws/jobs/{job.pk}/", headers)
+        assert ok
+        await comm.receive_json_from(timeout=5)  # job snapshot
+        assert [e["seq"] for e in (await comm.receive_json_from(timeout=5))["events"]] == [1]
+        messages = await sync_to_async(services.append_events)(job.pk, [("step", {"step": 1, "loss": 1.0})])
+        await sync_to_async(services.publish)(job.pk, messages)
+        assert [e["seq"] for e in (await comm.receive_json_from(timeout=5))["events"]] == [2]
+        # the job's last events are saved but their broadcast is lost, and nothing comes after
+        await sync_to_async(services.append_events)(job.pk, [("step", {"step": 2, "loss": 0.9}),
+                                                             ("end", {"step": 2, "reason": "completed"})])
+        got = await comm.receive_json_from(timeout=5)  # read from the log after 0.3 s of quiet
+        assert [(e["seq"], e["kind"]) for e in got["events"]] == [(3, "step"), (4, "end")]
+        brief = await comm.receive_json_from(timeout=5)
+        assert brief["type"] == "job" and brief["job"]["id"] == job.pk
+        assert await comm.receive_nothing(timeout=0.8)  # caught up: nothing sent twice
+        await comm.disconnect()
+
+    run(scenario())
+
+
 def test_job_socket_holds_live_events_until_the_ones_before_them_are_saved(alice, tiny_spec):
     # The worker sends events before it saves them: a client that joins meanwhile gets them in
     # order once they are in the log, never with a hole.
