@@ -91,6 +91,7 @@ class EventRecorder:
         self.unsaved = []  # [seq or None, kind, data, ts], in order: sent (once numbered), not yet saved
         self.next_seq = self._first_seq()  # the number of the next event (None: the first write tells)
         self.last_send = self.last_save = self.last_team = 0.0
+        self.last_event, self.gap = None, None  # when the engine last called, and the usual time between calls
         self.down_since = None  # monotonic time of the first failed write of an outage
         self.outages = 0
         self.error = None  # an exception from a writer thread, raised in the engine's thread
@@ -150,8 +151,15 @@ class EventRecorder:
             if not self.send_wake.is_set():
                 self.send_wake.set()
             return
-        now = time.monotonic()  # inline (inside a transaction): the same paces, on this thread
-        if kind != "step" or now - self.last_send >= self.flush_interval:
+        now = time.monotonic()  # inline: the same paces, on this thread
+        if self.last_event is not None:
+            gap = now - self.last_event
+            self.gap = gap if self.gap is None else 0.8 * self.gap + 0.2 * gap
+        self.last_event = now
+        # a step goes out once flush_interval has passed since the last send, or now when the next
+        # step (at the usual gap) would come after that: nothing waits much more than the interval
+        due = self.last_send + self.flush_interval
+        if kind != "step" or now >= due or (self.gap is not None and now + self.gap > due):
             self._send_tick()
         if kind in SAVED_AT_ONCE or self.next_seq is None or now - self.last_save >= self._save_pace():
             self._save_tick()
