@@ -187,6 +187,7 @@ def test_screenshot_of_a_trained_copy_model(web, browser, shots):
         # as if hovering the answer's "a" (a real hover would scroll the page back down)
         page.locator('#attention-headview .attn-token[data-side="q"][data-i="12"]').dispatch_event("mouseenter")
         page.wait_for_timeout(300)
+        page.wait_for_function("() => !window.chartsIdle || window.chartsIdle()")  # every chart drawn
         page.screenshot(path=str(shots / "attention.png"), full_page=True)
         if os.environ.get("ATTENTION_CARD_SHOT"):  # the panel alone, for a closer look
             page.locator("#attention-card").screenshot(path=os.environ["ATTENTION_CARD_SHOT"])

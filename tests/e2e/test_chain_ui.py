@@ -52,6 +52,7 @@ def test_sft_then_dpo_chain_shows_reward_metrics_and_lineage(stack, page, shots)
     page.wait_for_function("() => window.jobPage.rewardPoints >= 10", timeout=120_000)
     wait_status(page, "succeeded")
     page.wait_for_function("() => window.jobPage.rewardPoints === 80")
+    page.wait_for_function("() => window.chartsIdle()")  # drawn (charts draw in passes, at most ten a second)
     assert "held out (step 80)" in page.locator("#dpo-summary").text_content()
     assert page.locator("#meta-parent a").get_attribute("href") == f"/jobs/{sft.pk}/"
     events = [e.payload for e in Job.objects.get(pk=dpo.pk).events.filter(kind="eval").order_by("seq")]
@@ -97,8 +98,10 @@ def test_a_cancelled_job_is_retried_from_its_page_and_resumes(stack, page, shots
 
     page.reload()  # the replay leaves them out too
     page.wait_for_function("() => window.jobPage.points === 3000 && window.jobPage.finished", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#loss-chart').dataset.points === '3000'")  # drawn
     page.mouse.move(0, 0)
     page.evaluate("() => window.scrollTo(0, 0)")
     page.wait_for_timeout(300)
+    page.wait_for_function("() => !window.chartsIdle || window.chartsIdle()")  # every chart drawn
     page.screenshot(path=str(shots / "checkpoints.png"), full_page=True)
     assert not errors, errors

@@ -74,6 +74,7 @@ def test_health_card_follows_a_real_job(stack, page, shots):
     page.mouse.move(0, 0)  # no chart's hover toolbar in the picture
     page.evaluate("() => window.scrollTo(0, 0)")  # the sticky top bar where it belongs
     page.wait_for_timeout(300)
+    page.wait_for_function("() => !window.chartsIdle || window.chartsIdle()")  # every chart drawn
     page.screenshot(path=str(shots / "job_health.png"), full_page=True)
     assert not errors, errors
 

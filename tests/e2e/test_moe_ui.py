@@ -96,6 +96,7 @@ def test_moe_card_follows_a_real_job(stack, browser, shots):
             const r = document.getElementById('moe-card').getBoundingClientRect();
             return {x: r.left + scrollX - 12, y: r.top + scrollY - 12, width: r.width + 24, height: r.height + 24};
         }""")
+        page.wait_for_function("() => !window.chartsIdle || window.chartsIdle()")  # every chart drawn
         page.screenshot(path=str(shots / "moe.png"), full_page=True, clip=box)
         assert not errors, errors
     finally:
