@@ -24,6 +24,15 @@ async def connect(path, headers):
     return comm, connected
 
 
+async def open_fresh_job(job, headers):
+    """A job socket on a job whose log holds only "queued" (1): past the snapshot and that replay."""
+    comm, ok = await connect(f"/ws/jobs/{job.pk}/", headers)
+    assert ok
+    await comm.receive_json_from(timeout=5)  # job snapshot
+    assert [e["seq"] for e in (await comm.receive_json_from(timeout=5))["events"]] == [1]
+    return comm
+
+
 def run(coro):
     import asyncio
 
@@ -57,10 +66,7 @@ def test_job_socket_fills_a_gap_from_the_log(alice, tiny_spec):
     headers = session_headers(alice[0])
 
     async def scenario():
-        comm, ok = await connect(f"/ws/jobs/{job.pk}/", headers)
-        assert ok
-        await comm.receive_json_from(timeout=5)  # job snapshot
-        assert [e["seq"] for e in (await comm.receive_json_from(timeout=5))["events"]] == [1]
+        comm = await open_fresh_job(job, headers)
         # Event 2 is saved but its broadcast is lost; event 3 arrives live: the consumer reads 2 from the log.
         await sync_to_async(services.append_events)(job.pk, [("step", {"step": 1, "loss": 1.0})])
         messages = await sync_to_async(services.append_events)(job.pk, [("step", {"step": 2, "loss": 0.9})])
@@ -80,10 +86,7 @@ def test_job_socket_catches_up_a_lost_last_message_once_the_job_is_quiet(alice, 
     headers = session_headers(alice[0])
 
     async def scenario():
-        comm, ok = await connect(f"/ws/jobs/{job.pk}/", headers)
-        assert ok
-        await comm.receive_json_from(timeout=5)  # job snapshot
-        assert [e["seq"] for e in (await comm.receive_json_from(timeout=5))["events"]] == [1]
+        comm = await open_fresh_job(job, headers)
         messages = await sync_to_async(services.append_events)(job.pk, [("step", {"step": 1, "loss": 1.0})])
         await sync_to_async(services.publish)(job.pk, messages)
         assert [e["seq"] for e in (await comm.receive_json_from(timeout=5))["events"]] == [2]
@@ -110,10 +113,7 @@ def test_job_socket_holds_live_events_until_the_ones_before_them_are_saved(alice
         return [{"seq": seq, "kind": "step", "ts": 0.0, "data": {"step": seq}} for seq in range(first, first + n)]
 
     async def scenario():
-        comm, ok = await connect(f"/ws/jobs/{job.pk}/", headers)
-        assert ok
-        await comm.receive_json_from(timeout=5)  # job snapshot
-        assert [e["seq"] for e in (await comm.receive_json_from(timeout=5))["events"]] == [1]
+        comm = await open_fresh_job(job, headers)
         # events 2-3 went out before this client joined and are not saved yet; 4-5 arrive live
         await sync_to_async(services.publish)(job.pk, live(4, 2))
         assert await comm.receive_nothing(timeout=0.4)  # held: 2-3 are not in the log yet
