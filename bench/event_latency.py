@@ -228,6 +228,9 @@ def run(stack, cookie, user, team, *, jobs: int, rate: float, seconds: float, fl
     n = int(rate * seconds)
     job_ids = [make_job(user, team, {}, f"latency {flush_interval} #{i}").pk for i in range(jobs)]
     get_channel_layer()  # imported and built once, before the fork, not on each producer's first flush
+    # as a Celery worker imports its tasks (and with them the engine and torch) before it forks its
+    # pool: each producer importing torch itself cost ~3 s of CPU, and put them seconds behind
+    from explorer import recorder, services  # noqa: F401
     connections.close_all()
     ctx = multiprocessing.get_context("fork")
     start_at, go, out = ctx.Value("d", 0.0), ctx.Event(), ctx.Queue()

@@ -131,14 +131,18 @@ CELERY_BEAT_SCHEDULE = {
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
+# Redis pub/sub: a group_send is one PUBLISH, and the ASGI server hears every group it joined on
+# one connection. The list-based RedisChannelLayer took a Lua script per send and a blocking pop
+# plus clean-up per message received; with ten jobs streaming 50 events/s it held a core of this
+# 2-core machine and put p99 worker->browser latency at 100-115 ms, against 12 ms with pub/sub
+# (bench/event_latency.py, bench/README.md). Pub/sub keeps nothing for a listener that is away;
+# the job consumer reads whatever it missed from the job's log (explorer.consumers).
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {
             "hosts": [REDIS_URL],
             "prefix": os.environ.get("EXPLORER_CHANNEL_PREFIX", "asgi"),
-            "capacity": 1000,
-            "expiry": 60,
         },
     }
 }

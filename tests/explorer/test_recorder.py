@@ -1,9 +1,10 @@
 """The worker's event path (explorer.recorder): events go out to watchers before they are saved,
 the engine's thread never waits for the database, and the log ends complete and in order."""
+import asyncio
+import threading
 import time
 
 import pytest
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -15,23 +16,25 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 class Watcher:
-    """A client of the job's group on the real Redis channel layer."""
+    """A client of the job's group on the real Redis channel layer, on an event loop of its own
+    (the pub/sub layer keeps a channel's subscription in the loop that made it, as the ASGI
+    server's one loop does)."""
 
     def __init__(self, job_id):
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True, name=f"watcher-{job_id}").start()
         self.layer, self.group = get_channel_layer(), services.job_group(job_id)
-        self.channel = async_to_sync(self.layer.new_channel)()
-        async_to_sync(self.layer.group_add)(self.group, self.channel)
+        self.channel = self.run(self.layer.new_channel())
+        self.run(self.layer.group_add(self.group, self.channel))
+
+    def run(self, coroutine, timeout=10):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def events(self, until_seq, timeout=10):
         got, deadline = [], time.monotonic() + timeout
-
-        async def receive():
-            import asyncio
-
-            return await asyncio.wait_for(self.layer.receive(self.channel), max(0.01, deadline - time.monotonic()))
-
         while not got or got[-1]["seq"] < until_seq:
-            message = async_to_sync(receive)()
+            wait = max(0.01, deadline - time.monotonic())
+            message = self.run(asyncio.wait_for(self.layer.receive(self.channel), wait), wait + 1)
             if message["type"] == "job.events":
                 got.extend(message["events"])
         return got

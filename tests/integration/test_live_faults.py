@@ -108,12 +108,13 @@ def test_redis_restart_loses_no_job_and_the_browser_catches_up(own_redis_stack, 
         return await watcher
 
     try:
-        events, drops = asyncio.run(scenario())
+        events, _ = asyncio.run(scenario())
     except AssertionError:
         job = Job.objects.get(pk=job_id)
         print(f"job {job.status} at step {job.step}, last_seq {job.last_seq}, error {job.error!r}")
         raise
-    assert drops >= 1  # the server closed the socket when Redis went away; the client came back
+    # the socket may stay open throughout (the pub/sub channel layer subscribes again by itself,
+    # tests/explorer/test_channel_layer.py) or be closed and reopened: either way nothing is missing
     assert_no_gap_no_duplicate(events, job_id)
     job = Job.objects.get(pk=job_id)
     assert job.status == "succeeded", job.error
