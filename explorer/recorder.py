@@ -299,7 +299,7 @@ class EventRecorder:
         from django.db import DatabaseError
 
         from explorer import services
-        from explorer.models import Job, JobEvent
+        from explorer.models import Job
 
         with self.saving:
             now, t0 = time.monotonic(), time.time()
@@ -308,19 +308,25 @@ class EventRecorder:
                 rows = list(self.unsaved)
             if not rows:
                 return
+            numbered = rows[0][0] is not None
+            progress = dict(heartbeat_at=timezone.now(), **services.storable({
+                "step": self.step, "total_steps": self.total_steps, "summary": dict(self.summary),
+                "device": self.device}))
             try:
                 with transaction.atomic():
-                    last_seq = Job.objects.select_for_update().filter(pk=self.job_id).values_list(
-                        "last_seq", flat=True).get()
-                    numbered = rows[0][0] is not None
-                    moved = numbered and rows[0][0] != last_seq + 1
-                    seqs = range(last_seq + 1, last_seq + 1 + len(rows)) if moved or not numbered else [r[0] for r in rows]
-                    JobEvent.objects.bulk_create([JobEvent(job_id=self.job_id, seq=seq, kind=kind, payload=data, ts=ts)
-                                                  for seq, (_, kind, data, ts) in zip(seqs, rows)])
-                    Job.objects.filter(pk=self.job_id).update(
-                        last_seq=seqs[-1], heartbeat_at=timezone.now(), **services.storable({
-                            "step": self.step, "total_steps": self.total_steps, "summary": dict(self.summary),
-                            "device": self.device}))
+                    # the usual case in one statement: the log ends where this recorder left it
+                    # (the update takes the row's lock, as select_for_update would)
+                    in_place = numbered and Job.objects.filter(pk=self.job_id, last_seq=rows[0][0] - 1).update(
+                        last_seq=rows[-1][0], **progress)
+                    if not in_place:  # not numbered yet, or another writer came in between: after the log's end
+                        last_seq = Job.objects.select_for_update().filter(pk=self.job_id).values_list(
+                            "last_seq", flat=True).get()
+                        seqs = range(last_seq + 1, last_seq + 1 + len(rows))
+                        Job.objects.filter(pk=self.job_id).update(last_seq=seqs[-1], **progress)
+                    else:
+                        seqs = [r[0] for r in rows]
+                    insert_events(self.job_id, seqs, rows)
+                moved = numbered and not in_place
             except DatabaseError as exc:
                 connection.close_if_unusable_or_obsolete()  # a broken connection is reopened next time
                 if self.down_since is None:
@@ -388,6 +394,23 @@ def fill_unsaved(job_id, why):
     services.publish(job_id, messages)
     log.warning("job %s: events %d-%d were sent but not saved (%s)", job_id, last_seq + 1, sent, why)
     return sent - last_seq
+
+
+def insert_events(job_id, seqs, rows):
+    """Insert a job's events, numbered ``seqs``, from recorder ``rows`` (``[seq, kind, data, ts]``)
+    in one ``executemany``: what ``bulk_create`` writes, with the payload adapted as the ORM adapts
+    a ``JSONField`` on each database, without building a model instance and compiling SQL for every
+    row (that took 4.8 ms of a 6.8 ms write of 60 step events; this takes about a third of it)."""
+    from explorer.models import JobEvent
+
+    fields = [JobEvent._meta.get_field(name) for name in ("job", "seq", "kind", "payload", "ts")]
+    quote, encoder = connection.ops.quote_name, fields[3].encoder
+    sql = (f"INSERT INTO {quote(JobEvent._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+           f"VALUES ({', '.join(['%s'] * len(fields))})")
+    adapt = connection.ops.adapt_json_value
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, [(job_id, seq, kind, adapt(data, encoder), ts)
+                                 for seq, (_, kind, data, ts) in zip(seqs, rows)])
 
 
 def _message(row):
