@@ -111,6 +111,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+def redis_db(url):
+    """The database number of a Redis URL: ``redis://host:port/3`` or ``unix:///path?db=3`` (0 if none)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    db = parse_qs(parts.query).get("db", [""])[0] or (parts.path.strip("/") if parts.scheme != "unix" else "")
+    return int(db) if db.isdigit() else 0
+
+
 def celery_url(url):
     """Celery names a unix-socket Redis ``redis+socket://``; channels_redis says ``unix://``."""
     if url.startswith("unix://"):
@@ -136,13 +145,15 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # plus clean-up per message received; with ten jobs streaming 50 events/s it held a core of this
 # 2-core machine and put p99 worker->browser latency at 100-115 ms, against 12 ms with pub/sub
 # (bench/event_latency.py, bench/README.md). Pub/sub keeps nothing for a listener that is away;
-# the job consumer reads whatever it missed from the job's log (explorer.consumers).
+# the job consumer reads whatever it missed from the job's log (explorer.consumers). Redis pub/sub
+# channels are server-wide, not per database, so the prefix carries the database's number: two
+# apps on one Redis server with different databases never hear each other's jobs.
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {
             "hosts": [REDIS_URL],
-            "prefix": os.environ.get("EXPLORER_CHANNEL_PREFIX", "asgi"),
+            "prefix": os.environ.get("EXPLORER_CHANNEL_PREFIX") or f"asgi{redis_db(REDIS_URL)}",
         },
     }
 }

@@ -48,3 +48,38 @@ def test_a_group_member_hears_again_after_redis_restarts(tmp_path):
         asyncio.run(scenario())
     finally:
         redis.stop()
+
+
+def test_the_prefix_keeps_apps_on_different_redis_databases_apart(tmp_path):
+    """Pub/sub channels are server-wide: without the database's number in the prefix, an app on
+    database 1 would hear the jobs of an app on database 2 of the same server."""
+    from explorer.settings import redis_db
+
+    assert [redis_db(u) for u in ("redis://h:6379/0", "redis://h:6379/14", "redis://h", "unix:///r.sock",
+                                  "unix:///r.sock?db=3", "rediss://u:p@h:1/5")] == [0, 14, 0, 0, 3, 5]
+    redis = EmbeddedRedis(tmp_path, persist=False)
+    url = redis.start()
+
+    def layer(db):
+        conf = settings.CHANNEL_LAYERS["default"]
+        return import_string(conf["BACKEND"])(hosts=[url], prefix=f"asgi{redis_db(f'redis://h/{db}')}")
+
+    async def scenario():
+        one, other, sender = layer(1), layer(2), layer(1)
+        mine, theirs = await one.new_channel(), await other.new_channel()
+        await one.group_add("job.7", mine)
+        await other.group_add("job.7", theirs)
+        await sender.group_send("job.7", {"type": "job.events", "n": 1})
+        assert (await asyncio.wait_for(one.receive(mine), 5))["n"] == 1
+        try:
+            await asyncio.wait_for(other.receive(theirs), 0.5)
+            raise AssertionError("an app on another database heard the job")
+        except asyncio.TimeoutError:
+            pass
+        for each in (one, other, sender):
+            await each.flush()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        redis.stop()
