@@ -66,6 +66,11 @@ def test_sft_then_dpo_chain_shows_reward_metrics_and_lineage(stack, page, shots)
     assert not errors, errors
 
 
+# enough that the page can cancel well before the end (it does so at 150 steps, after a
+# checkpoint), few enough that the retried attempt, trained while the page draws, is not minutes
+RETRIED_STEPS = 1200
+
+
 def test_a_cancelled_job_is_retried_from_its_page_and_resumes(stack, page, shots):
     user, team = make_user("rory")
     errors = []
@@ -73,7 +78,7 @@ def test_a_cancelled_job_is_retried_from_its_page_and_resumes(stack, page, shots
     page.set_viewport_size({"width": 1400, "height": 900})
     log_in(page, stack, "rory")  # first: the job must not finish before the page can cancel it
     job = services.create_job(user, team, {"model": MODEL, "data": {"source": "synthetic", "task": "copy", "task_length": 4},
-                                           "train": {**TRAIN, "steps": 3000, "eval_interval": 1000, "checkpoint_every": 100}},
+                                           "train": {**TRAIN, "steps": RETRIED_STEPS, "eval_interval": 400, "checkpoint_every": 100}},
                               name="interrupted run")
     page.goto(stack.url + f"/jobs/{job.pk}/")
     page.wait_for_function("() => window.jobPage.points >= 150", timeout=120_000)
@@ -90,15 +95,15 @@ def test_a_cancelled_job_is_retried_from_its_page_and_resumes(stack, page, shots
     page.wait_for_function("() => document.querySelector('#meta-attempt') && !document.querySelector('#meta-attempt').hidden")
     assert page.locator("[data-meta=attempt]").text_content() == "2"
     wait_status(page, "succeeded", timeout=240_000)
-    page.wait_for_function("() => window.jobPage.points === 3000", timeout=30_000)  # received...
-    page.wait_for_function("() => document.querySelector('#loss-chart').data[0].x.length >= 3000",
+    page.wait_for_function(f"() => window.jobPage.points === {RETRIED_STEPS}", timeout=30_000)  # received...
+    page.wait_for_function(f"() => document.querySelector('#loss-chart').data[0].x.length >= {RETRIED_STEPS}",
                            timeout=10_000)  # ...and drawn (charts draw in passes, at most ten a second)
     xs = page.evaluate("() => document.querySelector('#loss-chart').data[0].x")
-    assert xs == list(range(1, 3001))  # each step once: the abandoned steps past the checkpoint are gone
+    assert xs == list(range(1, RETRIED_STEPS + 1))  # each step once: the abandoned steps past the checkpoint are gone
 
     page.reload()  # the replay leaves them out too
-    page.wait_for_function("() => window.jobPage.points === 3000 && window.jobPage.finished", timeout=60_000)
-    page.wait_for_function("() => document.querySelector('#loss-chart').dataset.points === '3000'")  # drawn
+    page.wait_for_function(f"() => window.jobPage.points === {RETRIED_STEPS} && window.jobPage.finished", timeout=60_000)
+    page.wait_for_function(f"() => document.querySelector('#loss-chart').dataset.points === '{RETRIED_STEPS}'")  # drawn
     page.mouse.move(0, 0)
     page.evaluate("() => window.scrollTo(0, 0)")
     page.wait_for_timeout(300)
