@@ -13,9 +13,9 @@ import asyncio
 import time
 from urllib.parse import parse_qs
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from channels.consumer import get_handler_name
 
 from explorer import services
 from explorer.models import Job, JobEvent
