@@ -5,20 +5,29 @@ published while Redis was down is read from the job's log by the consumer)."""
 import asyncio
 import time
 
+import pytest
 from django.conf import settings
 from django.utils.module_loading import import_string
 
 from explorer.embedded_redis import EmbeddedRedis
 
 
-def make_layer(url):
+@pytest.fixture
+def redis(tmp_path):
+    """A Redis of the test's own, which it may stop and start."""
+    server = EmbeddedRedis(tmp_path, persist=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+def make_layer(url, prefix="layertest"):
     conf = settings.CHANNEL_LAYERS["default"]
-    return import_string(conf["BACKEND"])(**{**conf.get("CONFIG", {}), "hosts": [url], "prefix": "layertest"})
+    return import_string(conf["BACKEND"])(**{**conf.get("CONFIG", {}), "hosts": [url], "prefix": prefix})
 
 
-def test_a_group_member_hears_again_after_redis_restarts(tmp_path):
-    redis = EmbeddedRedis(tmp_path, persist=False)
-    url = redis.start()
+def test_a_group_member_hears_again_after_redis_restarts(redis):
+    url = redis.url
 
     async def scenario():
         watcher, sender = make_layer(url), make_layer(url)  # the ASGI server's and a worker's
@@ -44,25 +53,19 @@ def test_a_group_member_hears_again_after_redis_restarts(tmp_path):
         await watcher.flush()
         await sender.flush()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        redis.stop()
+    asyncio.run(scenario())
 
 
-def test_the_prefix_keeps_apps_on_different_redis_databases_apart(tmp_path):
+def test_the_prefix_keeps_apps_on_different_redis_databases_apart(redis):
     """Pub/sub channels are server-wide: without the database's number in the prefix, an app on
     database 1 would hear the jobs of an app on database 2 of the same server."""
     from explorer.settings import redis_db
 
     assert [redis_db(u) for u in ("redis://h:6379/0", "redis://h:6379/14", "redis://h", "unix:///r.sock",
                                   "unix:///r.sock?db=3", "rediss://u:p@h:1/5")] == [0, 14, 0, 0, 3, 5]
-    redis = EmbeddedRedis(tmp_path, persist=False)
-    url = redis.start()
 
-    def layer(db):
-        conf = settings.CHANNEL_LAYERS["default"]
-        return import_string(conf["BACKEND"])(hosts=[url], prefix=f"asgi{redis_db(f'redis://h/{db}')}")
+    def layer(db):  # an app on database ``db``, with the prefix the settings give it
+        return make_layer(redis.url, prefix=f"asgi{redis_db(f'redis://h/{db}')}")
 
     async def scenario():
         one, other, sender = layer(1), layer(2), layer(1)
@@ -79,7 +82,4 @@ def test_the_prefix_keeps_apps_on_different_redis_databases_apart(tmp_path):
         for each in (one, other, sender):
             await each.flush()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        redis.stop()
+    asyncio.run(scenario())
