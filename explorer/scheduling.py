@@ -189,11 +189,13 @@ def kick(routes=None):
 
 def _broker_lengths():
     """Messages waiting in each broker queue (Redis lists named after the queues); {} when the
-    broker cannot be asked (then ``kick`` assumes messages are waiting and sends nothing)."""
+    broker cannot be asked (then ``kick`` assumes messages are waiting and sends nothing). The
+    broker is ``settings.REDIS_URL``: ``CELERY_BROKER_URL`` spells a unix socket Celery's way
+    (``redis+socket://``), which redis-py refuses."""
     try:
         import redis
 
-        client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2)
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
         routes = {route_of(j) for j in Job.objects.filter(status=Job.Status.QUEUED).only("route", "queue")}
         return {r: client.llen(r) for r in routes}
     except Exception:  # noqa: BLE001 - a broker outage: the reaper tries again on its next tick

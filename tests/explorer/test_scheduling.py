@@ -183,3 +183,26 @@ def test_inference_jobs_count_against_the_active_jobs_quota(team, tiny_spec):
     resp = client_for(carol).post("/api/v1/inference", {"source": {"job": trained.pk}, "prompts": ["ab"]},
                                   content_type="application/json")
     assert resp.status_code == 400 and "limit per user is 1" in resp.json()["errors"]["quota"]
+
+
+def test_broker_lengths_read_an_embedded_redis_on_a_unix_socket(team, tiny_spec, settings, tmp_path, caplog):
+    """``make run``'s embedded Redis listens on a unix socket, which Celery spells ``redis+socket://``
+    and redis-py ``unix://``: the reaper read the queue lengths with Celery's URL and logged a
+    ValueError every 15 s."""
+    import redis
+
+    from explorer.embedded_redis import EmbeddedRedis
+    from explorer.settings import celery_url
+
+    server = EmbeddedRedis(tmp_path, persist=False)
+    url = server.start()
+    try:
+        settings.REDIS_URL, settings.CELERY_BROKER_URL = url, celery_url(url)
+        assert settings.CELERY_BROKER_URL.startswith("redis+socket://")
+        submit(team["alice"], team["team"], tiny_spec, name="waiting")
+        redis.Redis.from_url(url).rpush("cpu", "a message", "another")
+        with caplog.at_level("WARNING", logger="explorer.scheduling"):
+            assert scheduling._broker_lengths() == {"cpu": 2}
+        assert not caplog.records
+    finally:
+        server.stop()
