@@ -146,3 +146,15 @@ def test_config_from_hf_reads_a_real_config_json():
         "sliding_window": 4096, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
         "transformers_version": "4.34.0.dev0", "use_cache": True, "vocab_size": 32000})
     assert cfg == preset("mistral-7b")
+
+
+@pytest.mark.parametrize("model_type, field, value", [
+    ("llama", "hidden_size", -1), ("llama", "num_attention_heads", 0), ("gpt2", "n_embd", "64"),
+    ("t5", "d_kv", 0), ("bert", "tie_word_embeddings", "yes"), ("mixtral", "num_local_experts", 2.0),
+])
+def test_config_from_hf_refusals_name_the_field(model_type, field, value):
+    """transformers' strict dataclasses raise huggingface_hub's own errors (not ValueError), and a
+    size of 0 divided by zero in the mapping: each is a ConfigError keyed by the config.json field."""
+    with pytest.raises(ConfigError) as caught:
+        config_from_hf({"model_type": model_type, field: value})
+    assert field in caught.value.errors

@@ -25,6 +25,33 @@ def test_import_hf_config(alice_client):
     assert bad.status_code == 400 and "opt" in json.dumps(bad.json())
 
 
+@pytest.mark.parametrize("model_type, field, value", [
+    ("llama", "hidden_size", -1),  # transformers' StrictDataclassClassValidationError answered 500
+    ("llama", "hidden_size", "x"),  # ... and its StrictDataclassFieldValidationError
+    ("llama", "num_attention_heads", 0),  # a ZeroDivisionError in the mapping
+    ("mistral", "intermediate_size", None),
+    ("mixtral", "num_experts_per_tok", 0),
+    ("mixtral", "hidden_size", 1.5),
+    ("gpt2", "n_head", 0),
+    ("gpt2", "tie_word_embeddings", "yes"),
+    ("bert", "layer_norm_eps", "x"),
+    ("bert", "num_hidden_layers", True),
+    ("t5", "d_model", -1),
+    ("t5", "num_heads", [2]),
+])
+def test_import_hf_config_names_the_refused_field(alice_client, model_type, field, value):
+    resp = alice_client.post("/api/v1/import/hf-config", data=json.dumps({"model_type": model_type, field: value}),
+                             content_type="application/json")
+    assert resp.status_code == 400, resp.content
+    assert field in resp.json()["errors"], resp.json()
+
+
+def test_import_hf_config_explains_a_refused_combination(alice_client):
+    bad = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 5}  # heads must divide the width
+    resp = alice_client.post("/api/v1/import/hf-config", data=json.dumps(bad), content_type="application/json")
+    assert resp.status_code == 400 and "attention heads" in json.dumps(resp.json()), resp.content
+
+
 def test_composer_loads_a_presets_architecture(alice_client):
     html = alice_client.get("/compose/?preset=llama-2-7b").content.decode()
     assert 'value="4096"' in html and 'value="rope"' in html
