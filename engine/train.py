@@ -4,12 +4,14 @@ The engine knows nothing of where events go; the caller's ``on_event`` stores or
 them. Event kinds (all values JSON-serialisable; a non-finite number is sent as None):
 
     start  (resumed_from_step when resuming,) total_steps, params, vocab_size, device, tokens_per_step (all micro-batches of one
-           optimizer step), train_tokens, val_tokens
+           optimizer step), train_tokens, val_tokens, peak_flops (the device's dense peak FLOP/s, None
+           if unknown) and peak_source (where it came from: a datasheet, measured now, cached from...)
     step   step (1-based), loss, lr, grad_norm (before clipping), tokens_per_s, elapsed, eta;
            effective_batch (batch_size × grad_accum_steps), clipped (grad_norm > grad_clip),
            update_ratio (‖Δw‖ / ‖w‖ over all weights, this step), spike (a loss spike since the
            last step event: see SPIKE_K), mfu (see ``_flops_per_step``; None where the peak is
-           unknown); with experts also aux_loss (the weighted load-balancing + z-loss terms);
+           unknown; at most 1: a faster step raises the peak, and that step event carries the new
+           peak_flops and peak_source); with experts also aux_loss (the weighted load-balancing + z-loss terms);
            with objective "dpo" also chosen_logp, rejected_logp (the policy's summed response
            log-probabilities), reward_margin (β-scaled, chosen's minus rejected's) and
            reward_accuracy (share of pairs with a positive margin), means since the last step event
@@ -60,7 +62,7 @@ from .config import JobSpec, ModelConfig, TrainConfig, parse_spec
 from .data import load_data
 from .device import DEVICES
 from .errors import ConfigError
-from .hardware import HARDWARE
+from .hardware import HARDWARE, raise_cpu_peak
 from .model import build_model
 from .objectives import build_objective, exact_rows
 from .optim import configure_optimizer, lr_at  # noqa: F401 - lr_at and configure_optimizer are public here
@@ -171,13 +173,30 @@ def _catalogue_key(device_name: str) -> str | None:
 def peak_flops(device: torch.device) -> float | None:
     """Dense peak FLOP/s of ``device`` in the precision training runs at: a CUDA GPU's bf16 figure
     from the catalogue (None if its name is not there), the CPU's measured fp32 matmul rate
-    (``hardware.measure_cpu``, timed once per process)."""
+    (``hardware.measure_cpu``, timed once per machine)."""
+    return peak_and_source(device)[0]
+
+
+def peak_and_source(device: torch.device) -> tuple[float | None, str | None]:
+    """``peak_flops`` and where the figure came from (a datasheet, a measurement, the cache)."""
     if device.type == "cuda":
         key = _catalogue_key(torch.cuda.get_device_name(device))
-        return HARDWARE[key].peak_flops("bf16") if key else None
+        return (HARDWARE[key].peak_flops("bf16"), f"datasheet: {HARDWARE[key].source}") if key else (None, None)
     if device.type == "cpu":
-        return HARDWARE["cpu-local"].peak_flops("fp32")
-    return None
+        return HARDWARE["cpu-local"].peak_flops("fp32"), HARDWARE["cpu-local"].peak_source()
+    return None, None
+
+
+def _mfu(achieved: float, peak: float, device: torch.device, step: int) -> tuple[float, float, str | None]:
+    """(MFU, peak, why the peak was raised or None). MFU is at most 1: a step faster than the peak
+    shows the peak was low (a CPU timed while the machine was busy), so the peak is raised to the
+    step's rate (for the CPU also in the per-machine cache) and the events say so."""
+    if achieved <= peak:
+        return achieved / peak, peak, None
+    why = f"step {step} ran at {achieved / 1e9:,.1f} GFLOP/s, above the peak of {peak / 1e9:,.1f} GFLOP/s"
+    if device.type == "cpu":
+        raise_cpu_peak(achieved, why)
+    return 1.0, achieved, f"raised: {why}"
 
 
 def train(
@@ -236,7 +255,7 @@ def train(
     # not counted in the FLOPs)
     tokens_per_step = accum * sum(t.numel() for t in train_evals[0][:-1])
     flops_per_step = _flops_per_step(m_cfg, accum * train_evals[0][0].size(0), train_evals[0][0].size(1))
-    peak = peak_flops(device)
+    peak, peak_source = peak_and_source(device)
     params = [p for p in model.parameters() if p.requires_grad]
     blocks = _blocks(model)
     described = data.describe()
@@ -252,6 +271,8 @@ def train(
         "tokens_per_step": tokens_per_step,
         "train_tokens": described["train_tokens"],
         "val_tokens": described["val_tokens"],
+        "peak_flops": peak,
+        "peak_source": peak_source,
     })
     bar = None
     if progress:
@@ -361,6 +382,9 @@ def train(
         if is_log:
             elapsed = time.perf_counter() - start
             step_time = sum(step_times) / len(step_times)
+            mfu, raised = None, None
+            if flops_per_step and peak:
+                mfu, peak, raised = _mfu(flops_per_step / step_time, peak, device, step)
             emit({
                 "kind": "step",
                 "step": step,
@@ -375,7 +399,8 @@ def train(
                 "update_ratio": _finite(update_ratio),
                 "spike": spiked,
                 # model FLOPs utilisation: analyze's useful FLOPs per step / step time / peak FLOP/s
-                "mfu": _finite(flops_per_step / step_time / peak) if flops_per_step and peak else None,
+                "mfu": _finite(mfu) if mfu is not None else None,
+                **({"peak_flops": peak, "peak_source": raised} if raised else {}),
                 **({"aux_loss": _finite(sum(pending_aux) / len(pending_aux))} if moe else {}),
                 **objective.step_metrics(),  # DPO: log-probabilities and rewards since the last step event
             })

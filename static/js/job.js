@@ -200,6 +200,7 @@ function applyEvent(e) {
       if (d.total_steps) metrics.total_steps = d.total_steps;
       if (d.params) metrics.params = d.params;
       if (d.device) setMeta("device", d.device);
+      if (d.peak_flops !== undefined) setPeak(d.peak_flops, d.peak_source);
       break;
     case "step":
       lossChart.addStep(d.step, d.loss, d.spike);
@@ -214,6 +215,7 @@ function applyEvent(e) {
       }
       if (d.spike) healthEvents.push({ kind: "spike", step: d.step, text: `step ${d.step}: loss spike, loss ${fmt.loss(d.loss)}` });
       Object.assign(metrics, pick(d, ["step", "loss", "lr", "tokens_per_s", "elapsed", "eta", "aux_loss", "mfu"]));
+      if (d.peak_source) setPeak(d.peak_flops, d.peak_source); // a step beat the peak: raised
       break;
     case "health":
       if (!lastHealth || d.step >= lastHealth.step) lastHealth = d;
@@ -286,6 +288,16 @@ function applyEvents(events) {
 }
 
 // ------------------------------------------------------------------ rendering
+// The MFU tile says which peak it divides by and where that came from (a datasheet, measured now,
+// cached from the per-machine file, or raised when a step ran faster than it).
+function setPeak(flops, source) {
+  const el = $("mfu-peak");
+  if (!el) return;
+  el.textContent = flops ? `of ${fmt.flops(flops)}/s · ${String(source || "").split(/[ :(]/)[0]}` : "peak unknown";
+  $("mfu-tile").title = `Model FLOPs utilisation: achieved FLOP/s ÷ device peak; FLOPs from the analysis. `
+    + (flops ? `Peak ${fmt.flops(flops)}/s, ${source}` : "No peak is known for this device.");
+}
+
 function tile(key, text) {
   const el = document.querySelector(`[data-tile="${key}"]`);
   if (el && el.textContent !== text) el.textContent = text;

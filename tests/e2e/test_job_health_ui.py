@@ -42,6 +42,10 @@ def test_health_card_follows_a_real_job(stack, page, shots):
     assert "clip 0.5" in page.locator("#grad-chart").text_content()  # the threshold's label
     page.wait_for_function("() => /%$/.test(document.querySelector('[data-tile=mfu]').textContent.trim())")
     assert "device peak" in page.locator("#mfu-tile").get_attribute("title")
+    # never above 100% (a busy machine's CPU peak gave 133%), and the tile says which peak and whence
+    assert 0 < float(page.locator("[data-tile=mfu]").text_content().strip().rstrip("%")) <= 100
+    assert page.locator("#mfu-peak").text_content().split(" · ")[1] in ("measured", "cached", "raised")
+    assert "FLOP/s, " in page.locator("#mfu-tile").get_attribute("title")
 
     # Reload mid-run: the health history comes back from the log with the loss curve.
     before = points(page, "grad-chart")

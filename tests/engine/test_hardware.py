@@ -30,6 +30,36 @@ def test_cpu_local_is_measured():
     assert measure_cpu() is measured  # timed once
 
 
+def test_cpu_peak_is_measured_once_per_machine_and_only_goes_up(tmp_path, monkeypatch):
+    """The peak is the fastest of several matmuls on the training threads, kept in a per-machine
+    file keyed by CPU model, thread count and torch version; a later process reads it from there
+    (not timing a machine that other workers keep busy), and says so."""
+    import torch
+
+    from engine import hardware
+
+    monkeypatch.setenv("ENGINE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(hardware, "_MEASURED", {})
+    threads = torch.get_num_threads()
+    measured = measure_cpu()
+    assert measured["source"] == (f"measured now (fastest of {hardware.CPU_REPEATS} fp32 {hardware.CPU_MATMUL}² "
+                                  f"matmuls on {threads} threads)")
+    cache = json.loads((tmp_path / "cpu_peak.json").read_text())
+    key = f"{hardware.cpu_model()} | {threads} threads | torch {torch.__version__.split('+')[0]}"
+    assert cache[key]["fp32"] == measured["flops"]["fp32"]
+    monkeypatch.setattr(hardware, "_MEASURED", {})  # a new process
+    again = measure_cpu()
+    assert again["flops"] == measured["flops"]
+    assert again["source"].startswith(f"cached from {tmp_path / 'cpu_peak.json'}")
+    assert HARDWARE["cpu-local"].to_dict()["source"] == again["source"]
+    hardware._write_peak(tmp_path / "cpu_peak.json", key, {"fp32": 1.0, "bandwidth": 1.0})  # a slower figure
+    assert json.loads((tmp_path / "cpu_peak.json").read_text())[key]["fp32"] == measured["flops"]["fp32"]
+    raised = hardware.raise_cpu_peak(2 * measured["flops"]["fp32"], "a step ran faster")
+    assert raised is again and raised["flops"]["fp32"] == 2 * measured["flops"]["fp32"]
+    assert raised["source"] == "raised: a step ran faster"
+    assert json.loads((tmp_path / "cpu_peak.json").read_text())[key]["fp32"] == 2 * measured["flops"]["fp32"]
+
+
 def test_llama_2_7b_inference_fits_an_a100_80gb():
     result = fit(preset("llama-2-7b"), "a100-80gb", seq_len=4096, dtype="bf16")
     assert result["inference"]["fits"]
