@@ -1,11 +1,14 @@
 """Test settings: the app's settings, pointed at a throw-away var/ dir and a real Redis.
 
-Redis: REDIS_URL when set; else the local server on 127.0.0.1:6379 (database 14, away from a dev
-app on database 0) when it answers; else an embedded one started for this test run. Never a fake.
-Subprocesses started by the integration tests get the same environment.
+Redis: REDIS_URL when set (then it is this run's alone: another run on the same server and
+database would take its Celery messages); else a private embedded server on a unix socket, started
+for this test session (as ``make run`` starts one) and stopped when it ends, so two test runs on
+one machine never share queues, keys or pub/sub channels. Never a fake. Subprocesses started by
+the integration tests inherit REDIS_URL with the environment, so they use the same server.
 """
 import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("EXPLORER_VAR_DIR", tempfile.mkdtemp(prefix="lae-test-"))
@@ -15,14 +18,17 @@ os.environ.setdefault("EXPLORER_CHANNEL_PREFIX", f"test{os.getpid()}")
 os.environ.setdefault("EXPLORER_RATELIMIT_LOGIN", "0")
 os.environ.setdefault("EXPLORER_RATELIMIT_JOBS", "0")
 if not os.environ.get("REDIS_URL"):
-    from explorer.embedded_redis import EmbeddedRedis, ping_tcp
+    from explorer.embedded_redis import EmbeddedRedis
 
-    if ping_tcp("127.0.0.1", 6379):
-        os.environ["REDIS_URL"] = "redis://127.0.0.1:6379/14"
-    else:
-        _redis = EmbeddedRedis(os.environ["EXPLORER_VAR_DIR"], persist=False)
-        os.environ["REDIS_URL"] = _redis.start()
-        atexit.register(_redis.stop)
+    # its own directory, not EXPLORER_VAR_DIR's (which a caller may share between runs)
+    _redis_dir = tempfile.mkdtemp(prefix="lae-test-redis-")
+    _redis = EmbeddedRedis(_redis_dir, persist=False)
+    os.environ["REDIS_URL"] = _redis.start()
+
+    @atexit.register
+    def _stop_redis():
+        _redis.stop()
+        shutil.rmtree(_redis_dir, ignore_errors=True)
 
 from explorer.settings import *  # noqa: E402,F401,F403
 
