@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # lies on disk; from PyPI, Linux wheels are CUDA builds). On a GPU host: make TORCH_SPEC=torch
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
 
-.PHONY: run test test-fast bench bench-live venv system-deps clean
+.PHONY: run test test-fast screenshots bench bench-live venv system-deps clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,11 @@ test: $(STAMP) system-deps
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests/engine tests/explorer
+
+# The documentation's screenshots (docs/screenshots/*.png), retaken by the browser tests; `make test`
+# writes its own under var/screenshots/ and leaves the tracked ones alone. Look, then commit.
+screenshots: $(STAMP) system-deps
+	EXPLORER_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(PY) -m pytest tests/e2e
 
 # Each writes bench/results/<name>.json; about 15 minutes in all on 2 quiet cores (see bench/README.md).
 # nanogpt_shakespeare and quantization skip with a note without ../shared/data/tinyshakespeare.txt.
