@@ -18,4 +18,5 @@ RUN useradd --create-home --uid 1000 explorer && mkdir -p /data && chown explore
 USER explorer
 ENV EXPLORER_VAR_DIR=/data EXPLORER_MEDIA_ROOT=/data/media
 EXPOSE 8000
-CMD ["uvicorn", "explorer.asgi:application", "--host", "0.0.0.0", "--port", "8000"]
+# gunicorn supervises WEB_CONCURRENCY uvicorn worker processes (default 1; docker-compose.yml sets 4)
+CMD ["gunicorn", "explorer.asgi:application", "-k", "uvicorn.workers.UvicornWorker", "--bind", "0.0.0.0:8000"]

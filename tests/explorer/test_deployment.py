@@ -16,6 +16,17 @@ def test_docker_compose_file_is_valid():
     for service in ("web:", "worker-cpu:", "worker-gpu:", "beat:", "redis:", "postgres:"):
         assert service in result.stdout
     assert "driver: nvidia" in result.stdout and "REDIS_URL: redis://redis:6379/0" in result.stdout
+    # the web: gunicorn supervising WEB_CONCURRENCY uvicorn worker processes, not one interpreter
+    web = result.stdout.split("\n  web:", 1)[1].split("\n  worker-", 1)[0]
+    assert "gunicorn explorer.asgi:application" in web and "-k uvicorn.workers.UvicornWorker" in web
+    assert "WEB_CONCURRENCY: '4'" in web
+
+
+def test_the_image_serves_with_gunicorn_and_uvicorn_workers():
+    cmd = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD")]
+    assert cmd == ['CMD ["gunicorn", "explorer.asgi:application", "-k", "uvicorn.workers.UvicornWorker", '
+                   '"--bind", "0.0.0.0:8000"]']
+    assert '"gunicorn>=' in (ROOT / "pyproject.toml").read_text()  # installed with the app
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed (make system-deps)")
