@@ -30,6 +30,7 @@ import statistics
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Case, Count, IntegerField, OuterRef, Q, Subquery, Value, When
+from django.db.models.fields.json import KT
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -204,15 +205,6 @@ def _broker_lengths():
 
 
 # ---------------------------------------------------------------------------- place and start time
-def _workers(route):
-    """How many workers serve ``route`` (registered and online; 1 when none has registered)."""
-    try:
-        from explorer.workers import online_count  # the workers registry, where installed
-    except ImportError:
-        return 1
-    return max(1, online_count(route))
-
-
 def _tokens_per_step(spec):
     t = spec.get("train", {})
     return max(1, int(t.get("batch_size", 32)) * int(t.get("grad_accum_steps", 1)) * int(spec.get("model", {}).get("block_size", 64)))
@@ -235,43 +227,97 @@ def _typical_seconds(queue, kind):
     return statistics.median(seen) if seen else DEFAULT_SECONDS.get(kind, 30.0)
 
 
+# The spec sizes a waiting training job's duration needs, read in SQL by ``forecast``: decoding
+# every waiting job's whole spec and summary into a model took most of a queue page's time
+# (bench/load.py: 200 jobs waiting, 50 on the page).
+SPEC_SIZES = {"batch_size": "train", "grad_accum_steps": "train", "block_size": "model"}
+SIZE_COLUMNS = [f"spec_{key}" for key in SPEC_SIZES]
+
+
+def _with_sizes(jobs):
+    return jobs.annotate(**{f"spec_{key}": KT(f"spec__{section}__{key}") for key, section in SPEC_SIZES.items()})
+
+
+def _sized_tokens_per_step(sizes):
+    """``_tokens_per_step`` of the spec sizes ``_with_sizes`` read (JSON text, None where unset)."""
+    t = {key: int(float(value)) for key, value in zip(SPEC_SIZES, sizes) if value is not None}
+    return _tokens_per_step({"train": t, "model": t})
+
+
+def _seconds_left(kind, queue, step, total_steps, tokens_per_step, speed_of, typical):
+    steps_left = max(0, total_steps - step)
+    if kind != "train":
+        if kind not in typical:
+            typical[kind] = _typical_seconds(queue, kind)
+        return typical[kind] * steps_left / max(1, total_steps)
+    return steps_left * tokens_per_step / speed_of(queue)
+
+
 def duration_estimate(job, speed=None, typical=None):
     """Seconds ``job`` will take from now: the engine's own ETA while it runs; else, for training,
     its tokens over the queue's recent tokens/s; for another kind, the part left of the recent
     wall time of that kind (``typical``: {kind: seconds}, a cache filled as needed)."""
     if job.status == Job.Status.RUNNING and isinstance(job.summary.get("eta"), (int, float)):
         return float(job.summary["eta"])
-    steps_left = max(0, job.total_steps - job.step)
-    if job.kind != "train":
-        typical = {} if typical is None else typical
-        if job.kind not in typical:
-            typical[job.kind] = _typical_seconds(job.queue, job.kind)
-        return typical[job.kind] * steps_left / max(1, job.total_steps)
-    speed = speed or _speed(job.queue)
-    return steps_left * _tokens_per_step(job.spec) / speed
+    return _seconds_left(job.kind, job.queue, job.step, job.total_steps, _tokens_per_step(job.spec),
+                         lambda queue: speed or _speed(queue), {} if typical is None else typical)
+
+
+def _online_counts(routes):
+    """{route: live workers taking it} (1 where none has registered), in one query."""
+    try:  # the workers registry, where installed
+        from explorer.workers import Worker, consumed, offline_cutoff
+    except ImportError:
+        return dict.fromkeys(routes, 1)
+    live = [consumed(w) for w in Worker.objects.filter(status=Worker.Status.ONLINE, heartbeat_at__gte=offline_cutoff())]
+    return {route: max(1, sum(route in queues for queues in live)) for route in routes}
 
 
 def forecast(routes):
     """{job_id: {"position", "starts_in_s"}} for every queued job of ``routes``: the
     workers of each route take the jobs in order, each as soon as one is free (the running jobs'
-    ETAs first). A job at a quota waits for its turn like the others: a rough but honest bound."""
-    out = {}
+    ETAs first). A job at a quota waits for its turn like the others: a rough but honest bound.
+    A fixed number of queries however many jobs wait or run on however many routes: one for the
+    waiting jobs, one for the running ones, one for the workers, one per queue (speed) and kind
+    (typical time), and only the columns the estimate reads."""
+    routes = set(routes)
+    if not routes:
+        return {}
+    on_routes = Q(route__in=routes) | Q(route="", queue__in=routes)
+    columns = ["pk", "kind", "queue", "route", "step", "total_steps", *SIZE_COLUMNS]
+    queued = list(_with_sizes(ordered(Job.objects.filter(status=Job.Status.QUEUED).filter(on_routes)))
+                  .values_list(*columns))
+    if not queued:
+        return {}
+    running = _with_sizes(Job.objects.filter(status=Job.Status.RUNNING).filter(on_routes)).values_list(
+        *columns, "summary")
+    speeds, typical = {}, {}
+
+    def speed_of(queue):
+        if queue not in speeds:
+            speeds[queue] = _speed(queue)
+        return speeds[queue]
+
+    def seconds(kind, queue, step, total_steps, *sizes):
+        return _seconds_left(kind, queue, step, total_steps, _sized_tokens_per_step(sizes), speed_of, typical)
+
+    free = {route: [] for route in routes}
+    for _, kind, queue, route, step, total_steps, *sizes, summary in running:
+        eta = (summary or {}).get("eta")
+        free[route or queue].append(float(eta) if isinstance(eta, (int, float))
+                                    else seconds(kind, queue, step, total_steps, *sizes))
+    workers = _online_counts(routes)
     for route in routes:
-        queued = list(ordered(Job.objects.filter(status=Job.Status.QUEUED).filter(on_route(route))))
-        if not queued:
-            continue
-        running = Job.objects.filter(status=Job.Status.RUNNING).filter(on_route(route))
-        typical = {}
-        free = sorted(duration_estimate(j, typical=typical) for j in running)
-        n = _workers(route)
-        free = (free + [0.0] * n)[:max(n, len(free))]
-        free.sort()
-        speed = _speed(queued[0].queue)
-        for position, job in enumerate(queued, start=1):
-            start = free.pop(0)
-            out[job.pk] = {"position": position, "starts_in_s": start}
-            free.append(start + duration_estimate(job, speed, typical))
-            free.sort()
+        n = workers[route]
+        free[route] = sorted((sorted(free[route]) + [0.0] * n)[:max(n, len(free[route]))])
+    out, places = {}, dict.fromkeys(routes, 0)
+    for pk, kind, queue, route, step, total_steps, *sizes in queued:
+        route = route or queue
+        places[route] += 1
+        start = free[route].pop(0)
+        out[pk] = {"position": places[route], "starts_in_s": start}
+        free[route].append(start + seconds(kind, queue, step, total_steps, *sizes))
+        free[route].sort()
     return out
 
 

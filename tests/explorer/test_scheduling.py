@@ -206,3 +206,47 @@ def test_broker_lengths_read_an_embedded_redis_on_a_unix_socket(team, tiny_spec,
         assert not caplog.records
     finally:
         server.stop()
+
+
+def test_first_pages_take_as_many_queries_for_many_jobs_as_for_few(team, tiny_spec):
+    """The queue page and GET /api/v1/jobs place every waiting job (position, estimated start):
+    a fixed number of queries however many jobs wait, run or finished, on however many routes
+    (it was one query per route and per running job without an ETA)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    t, alice = team["team"], team["alice"]
+    client = client_for(alice)
+    template = submit(alice, t, tiny_spec, name="template")
+
+    def add(n, status, route=""):
+        rows = []
+        for i in range(n):
+            job = Job.objects.get(pk=template.pk)
+            job.pk, job.name, job.status, job.route = None, f"{status} {i}", status, route
+            job.queue_order = template.queue_order + len(rows) + 1
+            rows.append(job)
+        Job.objects.bulk_create(rows)
+
+    def queries():
+        counts = []
+        for url in ("/api/v1/jobs?limit=50", "/queue/"):
+            client.get(url)  # anything cached per process is cached
+            with CaptureQueriesContext(connection) as ctx:
+                assert client.get(url).status_code == 200
+            counts.append(len(ctx.captured_queries))
+        return counts
+
+    add(1, "running")
+    add(1, "succeeded")
+    few = queries()
+    add(200, "succeeded")
+    add(5, "running")  # no ETA in their summaries: each used to read the queue's speed again
+    add(3, "running", route="cpu.1g")
+    add(20, "queued", route="cpu.4g")
+    add(60, "queued")
+    add(20, "queued", route="cpu.1g")  # the newest: the first pages show jobs of all three routes
+    assert Job.objects.filter(status="queued").count() == 101
+    page = client.get("/api/v1/jobs?limit=50").json()["jobs"]
+    assert len(page) == 50 and all(j["status"] == "queued" and j["position"] >= 1 for j in page)
+    assert queries() == few
