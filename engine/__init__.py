@@ -81,31 +81,29 @@ Analysis
     ``structure(ModelConfig, t=32)``: the attention mask and the position signal as matrices to draw.
 """
 
-import warnings
-
-from .analysis import analyze
-from .attention import ATTENTIONS
-from .attention_maps import attention_event, attention_snapshot
-from .cache import KVCache, SlidingWindowCache
-from .capture import capture_attention
-from .config import ConfigError, DataConfig, JobSpec, ModelConfig, TrainConfig, choices, field_specs, parse_spec
-from .data import DATA_SOURCES, describe_data
-from .ffn import FFNS
-from .hardware import HARDWARE, fit, largest_batch
-from .inference import run_inference
-from .quantize import QUANTIZATIONS, quantization_table, quantize, weight_bytes
-from . import checkpoint
-from .hf_config import config_from_hf
-from .interop import from_transformers, to_transformers
-from .model import build_model, generate
-from .norm import NORMS
-from .position import POSITIONS
-from .presets import PRESETS, preset
-from .structure import structure
-from .tasks import TASKS
-from .tokenizers import TOKENIZERS
+from .analysis.costs import analyze
+from .nn.attention import ATTENTIONS
+from .introspect.attention_maps import attention_event, attention_snapshot
+from .nn.cache import KVCache, SlidingWindowCache
+from .introspect.capture import capture_attention
+from .config.schema import ConfigError, DataConfig, JobSpec, ModelConfig, TrainConfig, choices, field_specs, parse_spec
+from .data.datasets import DATA_SOURCES, describe_data
+from .nn.ffn import FFNS
+from .analysis.hardware import HARDWARE, fit, largest_batch
+from .inference.run import run_inference
+from .inference.quantize import QUANTIZATIONS, quantization_table, quantize, weight_bytes
+from .training import checkpoint
+from .interop.hf_config import config_from_hf
+from .interop.mappings import from_transformers, to_transformers
+from .models.decoder import build_model, generate
+from .nn.norm import NORMS
+from .nn.position import POSITIONS
+from .config.presets import PRESETS, preset
+from .analysis.structure import structure
+from .data.tasks import TASKS
+from .data.tokenizers import TOKENIZERS
 from . import tokenlab
-from .train import TrainResult, train
+from .training.loop import TrainResult, train
 
 __all__ = [
     "ModelConfig",
@@ -151,8 +149,3 @@ __all__ = [
     "quantization_table",
     "weight_bytes",
 ]
-
-# ``python -m engine.train`` runs a module this package has already imported (for ``train``);
-# runpy warns about that after importing the package, harmlessly since the module only
-# defines things, so hush that one warning
-warnings.filterwarnings("ignore", message=r"'engine\.train' found in sys\.modules", category=RuntimeWarning)

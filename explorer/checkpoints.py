@@ -20,7 +20,7 @@ import zipfile
 from django.conf import settings
 from django.db import transaction
 
-import engine.checkpoint as ckpt
+import engine.training.checkpoint as ckpt
 from explorer.models import Job
 
 

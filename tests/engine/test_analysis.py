@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from engine import FFNS, NORMS, ModelConfig, analyze, build_model
-from engine.attention import ATTENTION_FUNCTIONS, ATTENTIONS, MaskedAttention
-from engine.model import is_moe_layer
+from engine.nn.attention import ATTENTION_FUNCTIONS, ATTENTIONS, MaskedAttention
+from engine.models.decoder import is_moe_layer
 
 from .conftest import model_variants, variant_id
 
@@ -211,10 +211,10 @@ def test_encoder_families_cost_more_attention_and_cache_less(tiny_config):
 import json  # noqa: E402
 
 from engine import PRESETS, preset  # noqa: E402
-from engine.analysis import (  # noqa: E402
+from engine.analysis.costs import (  # noqa: E402
     DTYPE_BYTES, OPTIMIZER_STATES, QUANTIZATIONS, SHARDINGS, WEIGHT_BYTES, analysis_options,
 )
-from engine.hardware import HARDWARE  # noqa: E402
+from engine.analysis.hardware import HARDWARE  # noqa: E402
 
 ALL_ON = {"dtype": "bf16", "optimizer": "adamw8bit", "n_gpus": 8, "sharding": "zero3", "activation_checkpointing": True,
           "flash_attention": True, "quantization": "int4", "hardware": "h100-sxm", "price_per_gpu_hour": 2.5,

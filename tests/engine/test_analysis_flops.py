@@ -16,7 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from engine import analyze, build_model
-from engine.attention import ATTENTION_FUNCTIONS, ATTENTIONS
+from engine.nn.attention import ATTENTION_FUNCTIONS, ATTENTIONS
 
 aten = torch.ops.aten
 # PyTorch's flop counter has formulas for the CUDA SDPA kernels but not the CPU flash one, which
@@ -61,7 +61,7 @@ def test_executed_flops_equal_the_flop_counter(kind, variant, attn_impl, t, tiny
 
 def test_linear_attention_executes_its_chunks(tiny_config, monkeypatch):
     """Several chunks and a padded last one: the chunk form's own executed count."""
-    from engine.attention import LinearAttention
+    from engine.nn.attention import LinearAttention
 
     monkeypatch.setattr(LinearAttention, "chunk", 4)
     cfg = dataclasses.replace(tiny_config, attention="linear")

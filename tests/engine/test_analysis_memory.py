@@ -11,7 +11,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from engine import analyze, build_model
-from engine.analysis import OPTIMIZER_STATES, QUANTIZATIONS, SHARDINGS
+from engine.analysis.costs import OPTIMIZER_STATES, QUANTIZATIONS, SHARDINGS
 
 from .test_analysis import saved_activation_bytes
 

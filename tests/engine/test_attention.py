@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from engine.attention import (
+from engine.nn.attention import (
     ATTENTION_FUNCTIONS,
     ATTENTIONS,
     FEATURE_MAPS,
@@ -14,7 +14,7 @@ from engine.attention import (
     eager_attention,
     repeat_kv,
 )
-from engine.position import alibi_bias, alibi_slopes
+from engine.nn.position import alibi_bias, alibi_slopes
 
 SOFTMAX_KINDS = [k for k in ATTENTIONS if issubclass(ATTENTIONS[k], MaskedAttention)]
 

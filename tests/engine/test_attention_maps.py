@@ -1,4 +1,4 @@
-"""engine.attention_maps: the "attention" event of one held-out input."""
+"""engine.introspect.attention_maps: the "attention" event of one held-out input."""
 
 import contextlib
 import json
@@ -7,9 +7,9 @@ import torch
 
 import engine
 from engine import build_model, parse_spec
-from engine.attention_maps import attention_event, attention_snapshot, decode_maps, display_token, eval_input
-from engine.data import load_data
-from engine.objectives import OBJECTIVES
+from engine.introspect.attention_maps import attention_event, attention_snapshot, decode_maps, display_token, eval_input
+from engine.data.datasets import load_data
+from engine.training.objectives import OBJECTIVES
 
 
 def setup(job, **model):

@@ -1,4 +1,4 @@
-"""engine.attention_zoom: overviews of long inputs and regions at full resolution, for every
+"""engine.introspect.attention_zoom: overviews of long inputs and regions at full resolution, for every
 attention kind, equal to the weights ``capture_attention`` gives."""
 
 import json
@@ -9,8 +9,8 @@ import torch
 
 import engine
 from engine import ATTENTIONS, ModelConfig, build_model
-from engine.attention_maps import attention_snapshot, decode_ids, decode_maps, encode_ids, event_inputs
-from engine.attention_zoom import attention_region, blocks, layer_scores, pool_blocks
+from engine.introspect.attention_maps import attention_snapshot, decode_ids, decode_maps, encode_ids, event_inputs
+from engine.introspect.attention_zoom import attention_region, blocks, layer_scores, pool_blocks
 from tests.engine.conftest import TINY, TINY_PATTERNS
 
 BYTE = engine.TOKENIZERS["byte"]()
@@ -156,7 +156,7 @@ def test_2048_tokens_stay_cheap():
 
 def test_rows_are_scored_in_bounded_chunks(monkeypatch):
     """Memory: no more than ROW_CHUNK_FLOATS weights exist at once, and chunking changes nothing."""
-    import engine.attention_zoom as zoom
+    import engine.introspect.attention_zoom as zoom
 
     model, _ = model_of(block_size=256)
     idx = torch.randint(23, (1, 256))

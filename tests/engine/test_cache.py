@@ -1,6 +1,6 @@
 import torch
 
-from engine.cache import KVCache, SlidingWindowCache
+from engine.nn.cache import KVCache, SlidingWindowCache
 
 
 def kv(t, start=0):

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import engine
+import engine.nn.attention
 from engine import build_model, capture_attention
-from engine.attention import ATTENTIONS
+from engine.nn.attention import ATTENTIONS
 
 
 @pytest.mark.parametrize("kind", ATTENTIONS)
@@ -47,7 +48,7 @@ def test_no_weights_are_computed_outside_the_context(tiny_config, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("attention weights computed without a capture")
 
-    monkeypatch.setattr(engine.attention, "attention_weights", refuse)
+    monkeypatch.setattr(engine.nn.attention, "attention_weights", refuse)
     model(idx)  # the fused kernel only
 
 

@@ -246,7 +246,7 @@ def test_show_if_names_real_fields_and_values():
 def test_every_form_field_has_a_group_and_groups_name_real_fields():
     import dataclasses
 
-    from engine.config import FIELD_GROUPS, SECTIONS
+    from engine.config.schema import FIELD_GROUPS, SECTIONS
 
     specs = field_specs()
     assert not [s["name"] for s in specs if s["group"] == "Other"]

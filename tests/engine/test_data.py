@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine import DATA_SOURCES, TASKS, ConfigError, DataConfig, describe_data
-from engine.data import STDLIB_MAX_CHARS, load_data, read_stdlib
+from engine.data.datasets import STDLIB_MAX_CHARS, load_data, read_stdlib
 
 DESCRIBE_KEYS = {"vocab_size", "n_tokens", "train_tokens", "val_tokens", "name", "description"}
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from engine import build_model
-from engine.attention import ATTENTIONS
-from engine.cache import KVCache, SlidingWindowCache
+from engine.nn.attention import ATTENTIONS
+from engine.nn.cache import KVCache, SlidingWindowCache
 
 
 def kv(t, start=0, b=2, h=3, hs=4):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from engine.device import DEVICES
+from engine.nn.device import DEVICES
 
 
 def test_cpu_and_auto_without_gpu(monkeypatch):

@@ -9,10 +9,10 @@ import torch
 
 import engine
 from engine import ConfigError
-from engine.chat import END, corrupt
-from engine.data import load_data
-from engine.objectives import build_objective
-from engine.preference import DPO, sequence_logprobs
+from engine.data.chat import END, corrupt
+from engine.data.datasets import load_data
+from engine.training.objectives import build_objective
+from engine.training.preference import DPO, sequence_logprobs
 
 from .conftest import TINY
 
@@ -181,7 +181,7 @@ def _run(job, **kw):
 
 
 def test_resumed_dpo_run_continues_the_same_curve(tmp_path):
-    from engine.checkpoint import latest_checkpoint
+    from engine.training.checkpoint import latest_checkpoint
 
     # the reference is rebuilt on resume (the seeded start), not copied from the resumed weights
     job = {"model": {**CHAT, "dropout": 0.1}, "data": {"task": "sort", "task_length": 3},
@@ -201,7 +201,7 @@ def test_resumed_dpo_run_continues_the_same_curve(tmp_path):
 
 
 def test_sft_then_dpo_from_its_checkpoint(tmp_path):
-    from engine.checkpoint import latest_checkpoint
+    from engine.training.checkpoint import latest_checkpoint
 
     # bytes, so the SFT and DPO sets share a tokenizer and a vocabulary
     data = {"task": "sort", "task_length": 3, "tokenizer": "byte"}

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from engine import build_model
-from engine.attention import ATTENTIONS, FEATURE_MAPS, LinearAttention, MaskedAttention
-from engine.position import POSITIONS
+from engine.nn.attention import ATTENTIONS, FEATURE_MAPS, LinearAttention, MaskedAttention
+from engine.nn.position import POSITIONS
 
 from .conftest import variant_id
 

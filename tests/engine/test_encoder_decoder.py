@@ -8,8 +8,8 @@ import torch
 
 import engine
 from engine import build_model
-from engine.attention import ATTENTIONS
-from engine.position import POSITIONS
+from engine.nn.attention import ATTENTIONS
+from engine.nn.position import POSITIONS
 
 from .conftest import TINY, variant_id
 
@@ -94,7 +94,7 @@ def test_copy_is_learnt():
 
 
 def test_text_generation_helper_handles_the_families(s2s_config):
-    from engine.tokenizers import CharTokenizer
+    from engine.data.tokenizers import CharTokenizer
 
     tokenizer = CharTokenizer("abcdefghij")
     cfg = dataclasses.replace(s2s_config, vocab_size=tokenizer.vocab_size + 1)

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from engine.ffn import FFNS
+from engine.nn.ffn import FFNS
 
 
 @pytest.mark.parametrize("name", FFNS)

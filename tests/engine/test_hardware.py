@@ -4,7 +4,7 @@ import math
 import pytest
 
 from engine import ModelConfig, analyze, preset
-from engine.hardware import HARDWARE, MAX_BATCH, fit, largest_batch, measure_cpu, train_memory
+from engine.analysis.hardware import HARDWARE, MAX_BATCH, fit, largest_batch, measure_cpu, train_memory
 
 
 @pytest.mark.parametrize("key", list(HARDWARE))

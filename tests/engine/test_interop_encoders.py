@@ -1,4 +1,4 @@
-"""engine.interop_encoders: our encoder and encoder-decoder give transformers' BERT and T5 outputs
+"""engine.interop.encoders: our encoder and encoder-decoder give transformers' BERT and T5 outputs
 with the same weights (random weights, float32, |diff| ≤ 1e-4), both ways, with equal parameter
 counts. The mappings go through ``interop``'s ``to_transformers``/``from_transformers`` as
 entries of ``interop.MAPPINGS``."""
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine import ModelConfig, build_model, interop
-from engine.interop_encoders import Bert, T5
+from engine.interop.encoders import Bert, T5
 
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random weights only; nothing is downloaded
@@ -122,7 +122,7 @@ def test_bert_hidden_states_match_bert_model():
 
 
 def test_load_bert_body_from_a_bert_model_state_dict():
-    from engine.interop_encoders import load_bert_body
+    from engine.interop.encoders import load_bert_body
 
     hf = _randomise(transformers.BertModel(transformers.BertConfig(**HF_CONFIGS["bert"][0]))).eval()
     cfg = ModelConfig(**Bert.engine_config(hf.config))

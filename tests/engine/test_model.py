@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from engine import POSITIONS, build_model, generate
-from engine.attention import ATTENTIONS
-from engine.cache import SlidingWindowCache
-from engine.tokenizers import CharTokenizer
+from engine.nn.attention import ATTENTIONS
+from engine.nn.cache import SlidingWindowCache
+from engine.data.tokenizers import CharTokenizer
 
 from .conftest import model_variants, variant_id
 
@@ -252,8 +252,8 @@ def test_moe_model_adds_its_losses_and_reports_routing(tiny_config):
 def test_missing_moe_module_is_a_clear_error(tiny_config, monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "engine.moe", None)  # as if the file were absent
-    with pytest.raises(RuntimeError, match="engine/moe.py"):
+    monkeypatch.setitem(sys.modules, "engine.nn.moe", None)  # as if the file were absent
+    with pytest.raises(RuntimeError, match="engine/nn/moe.py"):
         build_model(dataclasses.replace(tiny_config, n_expert=2))
 
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from engine import ModelConfig
-from engine.ffn import FFNS
-from engine.moe import MoE
+from engine.nn.ffn import FFNS
+from engine.nn.moe import MoE
 
 from .conftest import TINY
 

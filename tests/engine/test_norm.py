@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from engine.norm import NORM_PLACEMENTS, NORMS
+from engine.nn.norm import NORM_PLACEMENTS, NORMS
 
 
 @pytest.mark.parametrize("name", NORMS)

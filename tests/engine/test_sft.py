@@ -9,9 +9,9 @@ import torch
 
 import engine
 from engine import ConfigError
-from engine.chat import END, ChatFile, cut_response, pad_rows, parse, render, render_pair
-from engine.data import load_data
-from engine.objectives import TRAINING_OBJECTIVES, build_objective
+from engine.data.chat import END, ChatFile, cut_response, pad_rows, parse, render, render_pair
+from engine.data.datasets import load_data
+from engine.training.objectives import TRAINING_OBJECTIVES, build_objective
 
 from .conftest import TINY
 

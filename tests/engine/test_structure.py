@@ -1,4 +1,4 @@
-"""``engine.structure``: the pictures are the registries' own definitions, for any size."""
+"""``engine.analysis.structure``: the pictures are the registries' own definitions, for any size."""
 import json
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine import ATTENTIONS, ModelConfig, preset, structure
-from engine.position import alibi_slopes
+from engine.nn.position import alibi_slopes
 
 
 @pytest.mark.parametrize("attention", [a for a in ATTENTIONS if a != "linear"])

@@ -1,7 +1,7 @@
 import pytest
 
 from engine import TOKENIZERS, tokenlab
-from engine.tokenizers import ByteTokenizer, CharTokenizer, tokenizer_from_dict
+from engine.data.tokenizers import ByteTokenizer, CharTokenizer, tokenizer_from_dict
 
 SAMPLE = "def f(x):\n    return x ** 2  # naïve\n"
 

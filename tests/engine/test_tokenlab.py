@@ -4,7 +4,7 @@ import unicodedata
 import pytest
 
 from engine import ConfigError, DataConfig, describe_data, parse_spec, tokenlab, train
-from engine.data import load_data
+from engine.data.datasets import load_data
 
 # vocab sizes that train in milliseconds on the multilingual sample (~4 kB, ~520 distinct characters)
 VOCAB = {"bpe": 400, "bpe_byte_fallback": 500, "unigram": 800, "wordpiece": 1200, "sentencepiece_bpe": 500,
@@ -342,7 +342,7 @@ def test_a_job_trains_on_the_lab_tokenizers_ids(tmp_path, text_file, tiny_job, t
     tiny_job["train"].update(steps=3, eval_interval=3, sample_tokens=4)
     result = train(parse_spec(tiny_job))
     assert result.steps_done == 3 and result.tokenizer.vocab_size == lab.vocab_size
-    from engine.tokenizers import tokenizer_from_dict
+    from engine.data.tokenizers import tokenizer_from_dict
 
     restored = tokenizer_from_dict(result.tokenizer.to_dict())
     assert restored.encode(text) == lab.encode(text).ids

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine import TrainConfig, build_model, parse_spec, train
-from engine.train import configure_optimizer, lr_at
+from engine.training.loop import configure_optimizer, lr_at
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -173,13 +173,13 @@ def test_progress_bar(tiny_job, capsys):
 def test_command_line(tiny_job, tmp_path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(tiny_job))
-    done = subprocess.run([sys.executable, "-m", "engine.train", str(spec)], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-m", "engine.training", str(spec)], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "final val loss" in done.stdout and "held-out accuracy" in done.stdout
     assert "Warning" not in done.stderr
     tiny_job["model"]["n_head"] = 5
     spec.write_text(json.dumps(tiny_job))
-    done = subprocess.run([sys.executable, "-m", "engine.train", str(spec)], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-m", "engine.training", str(spec)], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2 and "model.n_head: n_head (5) must divide n_embd (32)" in done.stdout
 
 
@@ -214,9 +214,9 @@ def test_defaults_train_as_before(tiny_job):
 
 def test_gradient_accumulation_equals_the_larger_batch(tiny_job):
     """Two micro-batches of b rows give the gradient of one batch of 2b rows (dropout 0)."""
-    from engine.data import load_data
-    from engine.objectives import OBJECTIVES
-    from engine.train import accumulate_gradients
+    from engine.data.datasets import load_data
+    from engine.training.objectives import OBJECTIVES
+    from engine.training.loop import accumulate_gradients
 
     spec = parse_spec(tiny_job)
     objective = OBJECTIVES[spec.model.family](load_data(spec.data), spec.model)
@@ -274,7 +274,7 @@ def test_encoder_decoder_health_names_both_stacks(tiny_job):
 
 
 def test_mfu_peak_of_a_cuda_device_name():
-    from engine.train import _catalogue_key
+    from engine.training.loop import _catalogue_key
 
     assert _catalogue_key("NVIDIA H200") == "h200"
     assert _catalogue_key("NVIDIA H100 80GB HBM3") == "h100-sxm"
@@ -289,7 +289,7 @@ def test_mfu_peak_of_a_cuda_device_name():
 def _patch_training_loss(monkeypatch, change):
     """Make the training forward's loss ``change(call, loss)``, call counting training forwards
     from 1 (evaluation runs in eval mode and is left alone)."""
-    engine_train = sys.modules["engine.train"]  # the package's ``train`` attribute is the function
+    import engine.training.loop as engine_train  # the module; ``engine.train`` is the function
     build_plain, calls = engine_train.build_model, []
 
     def build(cfg):
@@ -352,7 +352,7 @@ def test_nonfinite_stop(tiny_job, monkeypatch):
 
 
 def test_skipping_forever_stops(tiny_job, monkeypatch):
-    from engine.train import MAX_NONFINITE_IN_A_ROW
+    from engine.training.loop import MAX_NONFINITE_IN_A_ROW
 
     _patch_training_loss(monkeypatch, lambda call, loss: loss * math.nan)
     tiny_job["train"]["steps"] = 30
@@ -376,7 +376,7 @@ def test_absurd_learning_rate_is_caught(tiny_job):
 
 
 def test_loss_spike_is_flagged(tiny_job, monkeypatch):
-    from engine.train import SPIKE_MIN_HISTORY
+    from engine.training.loop import SPIKE_MIN_HISTORY
 
     spike_at = SPIKE_MIN_HISTORY + 5
     _patch_training_loss(monkeypatch, lambda call, loss: loss * 10 if call == spike_at else loss)
