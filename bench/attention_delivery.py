@@ -129,7 +129,7 @@ def build(args):
 
     from engine import parse_spec
     from engine.data.datasets import load_data
-    from engine.models.decoder import build_model
+    from engine.models.families import build_model
     from engine.training.objectives import build_objective
 
     spec = parse_spec({

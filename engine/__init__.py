@@ -86,7 +86,8 @@ from .nn.attention import ATTENTIONS
 from .introspect.attention_maps import attention_event, attention_snapshot
 from .nn.cache import KVCache, SlidingWindowCache
 from .introspect.capture import capture_attention
-from .config.schema import ConfigError, DataConfig, JobSpec, ModelConfig, TrainConfig, choices, field_specs, parse_spec
+from .config.schema import ConfigError, DataConfig, JobSpec, ModelConfig, TrainConfig, choices, field_specs
+from .training.spec import parse_spec
 from .data.datasets import DATA_SOURCES, describe_data
 from .nn.ffn import FFNS
 from .analysis.hardware import HARDWARE, fit, largest_batch
@@ -95,7 +96,8 @@ from .inference.quantize import QUANTIZATIONS, quantization_table, quantize, wei
 from .training import checkpoint
 from .interop.hf_config import config_from_hf
 from .interop.mappings import from_transformers, to_transformers
-from .models.decoder import build_model, generate
+from .models.decoder import generate
+from .models.families import build_model
 from .nn.norm import NORMS
 from .nn.position import POSITIONS
 from .config.presets import PRESETS, preset

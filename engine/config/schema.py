@@ -2,8 +2,9 @@
 
 Each field carries its form metadata (label, help, bounds, registry of choices), so one
 declaration drives validation, ``field_specs()`` for the web form and the error messages.
-``parse_spec`` turns a JSON-like dict into a validated ``JobSpec`` or raises a ``ConfigError``
-listing every problem, keyed by dotted field name ("model.n_head").
+``validate()`` raises a ``ConfigError`` listing every problem, keyed by dotted field name
+("model.n_head"); ``engine.training.spec.parse_spec`` adds the checks that need the data.
+Nothing here imports torch: choice fields name their registries, resolved when needed.
 """
 
 from __future__ import annotations
@@ -13,18 +14,38 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
-from ..nn.attention import ATTENTION_FUNCTIONS, ATTENTIONS, FEATURE_MAPS
-from ..data.datasets import DATA_SOURCES, load_data
-from ..nn.device import DEVICES
+import importlib
+
 from .errors import ConfigError
-from ..nn.ffn import FFNS
-from ..models.families import FAMILIES, family_checks
-from ..nn.norm import NORM_PLACEMENTS, NORMS
-from ..training.objectives import TRAINING_OBJECTIVES
-from ..training.optim import NONFINITE_ACTIONS, OPTIMIZERS, SCHEDULES, WSD_DECAYS
-from ..nn.position import POSITIONS, ROPE_SCALINGS
-from ..data.tasks import TASKS
-from ..data.tokenizers import TOKENIZERS
+
+# The registries of the choice fields, named "module:attribute" and imported only when their
+# keys are needed (``resolve``), so that reading or writing a config imports no torch and no
+# layer above this one (as transformers' configuration_*.py and LitGPT's config.py). Each name
+# mirrors the registry it points to.
+FAMILIES = "engine.models.families:FAMILIES"
+NORMS = "engine.nn.norm:NORMS"
+NORM_PLACEMENTS = "engine.nn.norm:NORM_PLACEMENTS"
+POSITIONS = "engine.nn.position:POSITIONS"
+ROPE_SCALINGS = "engine.nn.position:ROPE_SCALINGS"
+ATTENTIONS = "engine.nn.attention:ATTENTIONS"
+FEATURE_MAPS = "engine.nn.attention:FEATURE_MAPS"
+ATTENTION_FUNCTIONS = "engine.nn.attention:ATTENTION_FUNCTIONS"
+FFNS = "engine.nn.ffn:FFNS"
+DEVICES = "engine.nn.device:DEVICES"
+TOKENIZERS = "engine.data.tokenizers:TOKENIZERS"
+DATA_SOURCES = "engine.data.datasets:DATA_SOURCES"
+TASKS = "engine.data.tasks:TASKS"
+OPTIMIZERS = "engine.training.optim:OPTIMIZERS"
+SCHEDULES = "engine.training.optim:SCHEDULES"
+WSD_DECAYS = "engine.training.optim:WSD_DECAYS"
+NONFINITE_ACTIONS = "engine.training.optim:NONFINITE_ACTIONS"
+TRAINING_OBJECTIVES = "engine.training.objectives:TRAINING_OBJECTIVES"
+
+
+def resolve(ref: str):
+    """The object a "package.module:attribute" reference names, its module imported now."""
+    module, _, attribute = ref.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 MAX_SEED = 2**32 - 1
 
@@ -384,7 +405,8 @@ class JobSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> JobSpec:
-        return parse_spec(d)
+        # validating a whole spec loads its data, which the training layer does
+        return resolve("engine.training.spec:parse_spec")(d)
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
@@ -444,8 +466,9 @@ def _check_value(name: str, meta: dict, value, upper_bounds: bool = True) -> str
     if value is None:
         return None
     if meta["kind"] == "choice":
-        if value not in meta["choices"]:
-            return f"unknown {name} {value!r}; choose from {list(meta['choices'])}"
+        registry = resolve(meta["choices"])
+        if value not in registry:
+            return f"unknown {name} {value!r}; choose from {list(registry)}"
         return None
     lo, hi = meta["min"], meta["max"] if upper_bounds or meta["kind"] != "int" else None
     if lo is not None and (value <= lo if meta["min_open"] else value < lo):
@@ -471,7 +494,7 @@ def _cross_checks(section: str, cfg, bad: set[str]) -> dict[str, str]:
         if (ok("source", "tokenizer", "tokenizer_file") and cfg.source != "synthetic" and cfg.tokenizer == "file"
                 and not cfg.tokenizer_file):
             errors["tokenizer_file"] = "tokenizer_file is required when tokenizer is 'file'"
-        limit = TASKS[cfg.task].max_length if ok("task") else None
+        limit = resolve(TASKS)[cfg.task].max_length if ok("task") else None
         if ok("source", "task_length") and limit and cfg.source == "synthetic" and cfg.task_length > limit:
             errors["task_length"] = f"task_length ({cfg.task_length}) must be ≤ {limit} for {cfg.task}"
     return errors
@@ -490,12 +513,35 @@ def _model_checks(cfg: ModelConfig, ok) -> dict[str, str]:
                                   f"n_embd / n_head ({head_dim}) must be even")
     if ok("position", "attention") and cfg.position in ("alibi", "t5_relative") and cfg.attention == "linear":
         errors["position"] = f"position {cfg.position!r} biases attention scores, which attention 'linear' has " \
-                             f"none of; choose from {[p for p in POSITIONS if p not in ('alibi', 't5_relative')]}"
+                             f"none of; choose from {[p for p in resolve(POSITIONS) if p not in ('alibi', 't5_relative')]}"
     if ok("n_expert", "top_k") and cfg.n_expert and cfg.top_k > cfg.n_expert:
         errors["top_k"] = f"top_k ({cfg.top_k}) must be ≤ n_expert ({cfg.n_expert})"
     if ok("n_expert", "moe_every", "n_layer") and cfg.n_expert and cfg.moe_every > cfg.n_layer:
         errors["moe_every"] = f"moe_every ({cfg.moe_every}) must be ≤ n_layer ({cfg.n_layer}), or no layer is MoE"
     errors.update(family_checks(cfg, ok))
+    return errors
+
+
+def family_checks(cfg: ModelConfig, ok) -> dict[str, str]:
+    """Config checks that depend on the family (``ok(*fields)``: none of them already in error)."""
+    errors = {}
+    if ok("family", "n_decoder_layer") and cfg.n_decoder_layer is not None and cfg.family != "encoder_decoder":
+        errors["n_decoder_layer"] = (f"n_decoder_layer ({cfg.n_decoder_layer}) only applies to family "
+                                     f"'encoder_decoder' (got {cfg.family!r}); leave it empty")
+    if ok("family", "n_token_type") and cfg.n_token_type and cfg.family != "encoder":
+        errors["n_token_type"] = (f"n_token_type ({cfg.n_token_type}) only applies to family 'encoder' "
+                                  f"(got {cfg.family!r})")
+    if ok("family", "block_size") and cfg.family == "encoder_decoder" and cfg.block_size < 2:
+        errors["block_size"] = ("block_size (1) must be ≥ 2 for 'encoder_decoder': span corruption keeps "
+                                "one token and hides another")
+    if ok("relative_attention_num_buckets", "relative_attention_max_distance") and cfg.position == "t5_relative":
+        # a causal stack gives the first half of its buckets to exact distances; the log-spaced rest
+        # must reach further, or T5's formula divides by log(1) = 0
+        exact = cfg.relative_attention_num_buckets // 2
+        if cfg.relative_attention_max_distance <= exact:
+            errors["relative_attention_max_distance"] = (
+                f"relative_attention_max_distance ({cfg.relative_attention_max_distance}) must exceed "
+                f"relative_attention_num_buckets / 2 ({exact}), the distances a causal stack gives a bucket each")
     return errors
 
 
@@ -529,55 +575,6 @@ def _parse_section(cls: type[Section], d, check_values: bool = True,
     bad = {name for name in fields if f"{section}.{name}" in errors}
     errors.update({f"{section}.{k}": v for k, v in _cross_checks(section, cfg, bad).items()})
     return cfg, errors
-
-
-def parse_spec(d: dict) -> JobSpec:
-    """Validate a ``{"model": {...}, "data": {...}, "train": {...}}`` dict (missing sections and
-    keys take defaults) into a ``JobSpec``, including the checks that need the data: the text
-    file must be readable UTF-8, each split must be longer than the context, a synthetic
-    example must fit in the context. Sets ``model.vocab_size`` from the data when it is None.
-    Raises ``ConfigError`` with every problem found."""
-    if not isinstance(d, dict):
-        raise ConfigError({"spec": f"a job spec must be an object with sections {list(SECTIONS)}"})
-    errors = {key: f"unknown section {key!r}; choose from {list(SECTIONS)}" for key in d if key not in SECTIONS}
-    parsed = {}
-    for section, cls in SECTIONS.items():
-        parsed[section], section_errors = _parse_section(cls, d.get(section))
-        errors.update(section_errors)
-    model, data, train = parsed["model"], parsed["data"], parsed["train"]
-
-    objective = train.objective if "train.objective" not in errors else "pretrain"
-    if "model.family" not in errors and model.family not in TRAINING_OBJECTIVES[objective]:
-        trains = list(TRAINING_OBJECTIVES[objective])
-        errors["train.objective"] = (f"objective {objective!r} trains family {' or '.join(map(repr, trains))}, "
-                                     f"not {model.family!r}: choose family 'decoder' or objective 'pretrain'")
-    if not any(k.startswith("data") or k == "train.objective" for k in errors):
-        try:
-            dataset = load_data(data, objective)
-        except ConfigError as e:
-            errors.update(e.errors)
-        else:
-            # the objective's special tokens ([MASK], a start token, sentinels) sit above the data's
-            family_ok = not any(k in errors for k in ("model.family", "model.block_size", "model.noise_density",
-                                                      "model.mean_span_length"))
-            cls = TRAINING_OBJECTIVES[objective][model.family]
-            special = cls.n_special(model, dataset) if family_ok else 0
-            needed = dataset.vocab_size + special
-            if model.vocab_size is None:
-                model.vocab_size = needed
-            elif model.vocab_size < needed and "model.vocab_size" not in errors:
-                errors["model.vocab_size"] = (
-                    f"vocab_size ({model.vocab_size}) is smaller than the data's vocabulary "
-                    f"({dataset.vocab_size} symbols{f' + {special} special tokens' if special else ''}); "
-                    "leave it empty to use the data's"
-                )
-            if "model.block_size" not in errors:
-                problem = dataset.check_block_size(model.block_size)
-                if problem:
-                    errors["model.block_size"] = problem
-    if errors:
-        raise ConfigError(errors)
-    return JobSpec(model=model, data=data, train=train)
 
 
 # ---------------------------------------------------------------------------- form description
@@ -644,7 +641,7 @@ def field_specs() -> list[dict]:
             if meta["kind"] == "float":
                 spec["step"] = meta["step"]
             if meta["kind"] == "choice":
-                spec["choices"] = list(meta["choices"])
+                spec["choices"] = list(resolve(meta["choices"]))
             if meta["show_if"]:
                 spec["show_if"] = meta["show_if"]
             specs.append(spec)
@@ -654,22 +651,22 @@ def field_specs() -> list[dict]:
 def choices() -> dict[str, list[str]]:
     """The option lists of every choice field, straight from the registries."""
     return {
-        "family": list(FAMILIES),
-        "norm": list(NORMS),
-        "norm_placement": list(NORM_PLACEMENTS),
-        "position": list(POSITIONS),
-        "rope_scaling": list(ROPE_SCALINGS),
-        "attention": list(ATTENTIONS),
-        "feature_map": list(FEATURE_MAPS),
-        "ffn": list(FFNS),
-        "attn_impl": list(ATTENTION_FUNCTIONS),
-        "tokenizer": list(TOKENIZERS),
-        "source": list(DATA_SOURCES),
-        "task": list(TASKS),
-        "device": list(DEVICES),
-        "optimizer": list(OPTIMIZERS),
-        "schedule": list(SCHEDULES),
-        "decay_shape": list(WSD_DECAYS),
-        "on_nonfinite": list(NONFINITE_ACTIONS),
-        "objective": list(TRAINING_OBJECTIVES),
+        "family": list(resolve(FAMILIES)),
+        "norm": list(resolve(NORMS)),
+        "norm_placement": list(resolve(NORM_PLACEMENTS)),
+        "position": list(resolve(POSITIONS)),
+        "rope_scaling": list(resolve(ROPE_SCALINGS)),
+        "attention": list(resolve(ATTENTIONS)),
+        "feature_map": list(resolve(FEATURE_MAPS)),
+        "ffn": list(resolve(FFNS)),
+        "attn_impl": list(resolve(ATTENTION_FUNCTIONS)),
+        "tokenizer": list(resolve(TOKENIZERS)),
+        "source": list(resolve(DATA_SOURCES)),
+        "task": list(resolve(TASKS)),
+        "device": list(resolve(DEVICES)),
+        "optimizer": list(resolve(OPTIMIZERS)),
+        "schedule": list(resolve(SCHEDULES)),
+        "decay_shape": list(resolve(WSD_DECAYS)),
+        "on_nonfinite": list(resolve(NONFINITE_ACTIONS)),
+        "objective": list(resolve(TRAINING_OBJECTIVES)),
     }

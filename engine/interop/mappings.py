@@ -27,7 +27,7 @@ from ..nn.attention import ATTENTION_FUNCTIONS
 from ..config.schema import ModelConfig
 from ..config.errors import ConfigError
 from ..nn.ffn import FFNS
-from ..models.decoder import build_model
+from ..models.families import build_model
 
 
 @dataclass(frozen=True)

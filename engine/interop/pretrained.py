@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 from ..config.schema import ModelConfig
 from .encoders import Bert, load_bert_body
-from ..models.decoder import build_model
+from ..models.families import build_model
 
 
 class WordPieceTokenizer:

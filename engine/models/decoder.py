@@ -294,13 +294,6 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: f
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
-def build_model(config: ModelConfig) -> nn.Module:
-    """Build the model named by ``config.family``; ``config.vocab_size`` must be set."""
-    from .families import FAMILIES  # the other families build on this module's Block
-
-    return FAMILIES[config.family](config)
-
-
 def generate(
     model: nn.Module,
     tokenizer: Tokenizer,

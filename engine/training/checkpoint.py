@@ -289,7 +289,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, checkpoint: Checkpoint) -> 
 
 def load_model(path: str, device: str | torch.device = "cpu"):
     """``(model, tokenizer, config)`` from a checkpoint, the model in eval mode on ``device``."""
-    from ..models.decoder import build_model
+    from ..models.families import build_model
 
     checkpoint = read_checkpoint(path)
     config = checkpoint.model_config

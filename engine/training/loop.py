@@ -56,12 +56,13 @@ from ..analysis.costs import analyze
 from ..introspect.attention_maps import attention_event
 from .checkpoint import (architecture_mismatch, load_optimizer, load_weights, read_checkpoint, restore_rng, rng_state,
                          SNAPSHOT_BYTES, save_checkpoint, save_snapshot)
-from ..config.schema import JobSpec, ModelConfig, TrainConfig, parse_spec
+from ..config.schema import JobSpec, ModelConfig, TrainConfig
+from .spec import parse_spec
 from ..data.datasets import load_data
 from ..nn.device import DEVICES
 from ..config.errors import ConfigError
 from ..analysis.hardware import HARDWARE
-from ..models.decoder import build_model
+from ..models.families import build_model
 from .objectives import build_objective, exact_rows
 from .optim import configure_optimizer, lr_at  # noqa: F401 - lr_at and configure_optimizer are public here
 from ..data.tokenizers import Tokenizer
