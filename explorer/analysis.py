@@ -17,7 +17,7 @@ import json
 import math
 
 import engine
-from engine.analysis.costs import analysis_options
+from engine.analysis import analysis_options
 
 from .services import SpecError, field_applies
 

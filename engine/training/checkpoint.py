@@ -26,9 +26,9 @@ are otherwise never saved). At most ``SNAPSHOTS_KEPT`` of them and ``SNAPSHOT_BY
 oldest dropped first. They are not checkpoints (``list_checkpoints`` leaves them out: no resume
 or export from them); ``list_weights`` finds both.
 
-``load_model(path)`` gives (model, tokenizer, config) for inference; ``export_transformers(path,
-out_dir)`` writes a ``transformers`` model directory (``save_pretrained``) where
-``engine.interop`` maps the architecture.
+``load_model(path)`` gives (model, tokenizer, config) for inference;
+``engine.interop.export.export_transformers(path, out_dir)`` writes a ``transformers`` model
+directory (``save_pretrained``) where ``engine.interop`` maps the architecture.
 """
 
 from __future__ import annotations
@@ -296,19 +296,3 @@ def load_model(path: str, device: str | torch.device = "cpu"):
     model = build_model(config)
     load_weights(model, path)
     return model.to(device).eval(), tokenizer_from_dict(checkpoint.tokenizer), config
-
-
-def export_transformers(path: str, out_dir: str, model_type: str | None = None) -> dict:
-    """Write the checkpoint as a ``transformers`` model directory (config.json and
-    model.safetensors via ``save_pretrained``), plus the engine's tokenizer as
-    ``explorer_tokenizer.json``; ValueError when no ``transformers`` architecture expresses it.
-    Returns {"model_type", "files"}."""
-    from ..interop.mappings import to_transformers
-
-    model, tokenizer, _ = load_model(path)
-    hf_model = to_transformers(model, model_type)
-    os.makedirs(out_dir, exist_ok=True)
-    hf_model.save_pretrained(out_dir, safe_serialization=True)
-    with open(os.path.join(out_dir, "explorer_tokenizer.json"), "w", encoding="utf-8") as f:
-        json.dump(tokenizer.to_dict(), f)
-    return {"model_type": hf_model.config.model_type, "files": sorted(os.listdir(out_dir))}

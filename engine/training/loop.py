@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..analysis.costs import analyze
+from ..analysis import analyze
 from ..introspect.attention_maps import attention_event
 from .checkpoint import (architecture_mismatch, load_optimizer, load_weights, read_checkpoint, restore_rng, rng_state,
                          SNAPSHOT_BYTES, save_checkpoint, save_snapshot)

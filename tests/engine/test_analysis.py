@@ -211,9 +211,8 @@ def test_encoder_families_cost_more_attention_and_cache_less(tiny_config):
 import json  # noqa: E402
 
 from engine import PRESETS, preset  # noqa: E402
-from engine.analysis.costs import (  # noqa: E402
-    DTYPE_BYTES, OPTIMIZER_STATES, QUANTIZATIONS, SHARDINGS, WEIGHT_BYTES, analysis_options,
-)
+from engine.analysis import analysis_options  # noqa: E402
+from engine.analysis.costs import DTYPE_BYTES, OPTIMIZER_STATES, QUANTIZATIONS, SHARDINGS, WEIGHT_BYTES  # noqa: E402
 from engine.analysis.hardware import HARDWARE  # noqa: E402
 
 ALL_ON = {"dtype": "bf16", "optimizer": "adamw8bit", "n_gpus": 8, "sharding": "zero3", "activation_checkpointing": True,

@@ -146,3 +146,16 @@ def test_config_from_hf_reads_a_real_config_json():
         "sliding_window": 4096, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
         "transformers_version": "4.34.0.dev0", "use_cache": True, "vocab_size": 32000})
     assert cfg == preset("mistral-7b")
+
+
+def test_config_from_hf_is_part_of_the_interop_package():
+    """Issue 14, defect 6: the analysis issue asked for ``engine.interop.config_from_hf``."""
+    import engine
+    from engine import interop
+
+    assert interop.config_from_hf is engine.config_from_hf is config_from_hf
+    hf = preset("llama-2-7b")
+    cfg = interop.config_from_hf({"model_type": "llama", "hidden_size": hf.n_embd, "num_attention_heads": hf.n_head,
+                                  "num_hidden_layers": hf.n_layer, "intermediate_size": hf.ffn_hidden,
+                                  "vocab_size": hf.vocab_size, "max_position_embeddings": hf.block_size})
+    assert analyze(cfg)["params"]["total"] == analyze(hf)["params"]["total"]
