@@ -2,7 +2,7 @@
 
 Each entry copies the published shape (the model card's ``config.json``): layers, heads,
 width, FFN width, vocabulary, context, norm epsilon, RoPE base, sliding window, experts.
-``tests/engine/test_presets.py`` builds the matching ``transformers`` model on the meta device
+``tests/engine/config/test_presets.py`` builds the matching ``transformers`` model on the meta device
 and checks that ``analyze`` counts exactly its parameters.
 
 Most of these are larger than the composer's bounds (``ModelConfig.validate`` refuses a

@@ -581,7 +581,7 @@ def _parse_section(cls: type[Section], d, check_values: bool = True,
 
 
 # How the composer groups each section's fields, in display order. A form field missing here
-# still shows, last, under "Other" (tests/engine/test_config.py asserts there is none).
+# still shows, last, under "Other" (tests/engine/config/test_config.py asserts there is none).
 FIELD_GROUPS = {
     "model": {
         "Shape": ("family", "n_layer", "n_decoder_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout",

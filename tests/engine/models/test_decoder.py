@@ -10,7 +10,7 @@ from engine.nn.attention import ATTENTIONS
 from engine.nn.cache import SlidingWindowCache
 from engine.data.tokenizers import CharTokenizer
 
-from .conftest import model_variants, variant_id
+from ..conftest import model_variants, variant_id
 
 VARIANTS = model_variants()
 

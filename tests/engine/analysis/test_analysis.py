@@ -8,7 +8,7 @@ from engine import FFNS, NORMS, ModelConfig, analyze, build_model
 from engine.nn.attention import ATTENTION_FUNCTIONS, ATTENTIONS, MaskedAttention
 from engine.models.decoder import is_moe_layer
 
-from .conftest import model_variants, variant_id
+from ..conftest import model_variants, variant_id
 
 COMBINATIONS = [
     {"norm": norm, "ffn": ffn, "bias": bias, "tie_embeddings": tie}

@@ -14,7 +14,7 @@ from engine.data.datasets import load_data
 from engine.training.objectives import build_objective
 from engine.training.preference import DPO, sequence_logprobs
 
-from .conftest import TINY
+from ..conftest import TINY
 
 CHAT = {**TINY, "block_size": 48}
 DPO_TRAIN = {"objective": "dpo", "dpo_beta": 0.5, "steps": 60, "batch_size": 16, "lr": 1e-2, "warmup_steps": 5,

@@ -13,7 +13,7 @@ from engine.data.chat import END, ChatFile, cut_response, pad_rows, parse, rende
 from engine.data.datasets import load_data
 from engine.training.objectives import TRAINING_OBJECTIVES, build_objective
 
-from .conftest import TINY
+from ..conftest import TINY
 
 CHAT = {**TINY, "block_size": 48}  # the template alone is 32 characters
 SFT_TRAIN = {"objective": "sft", "steps": 40, "batch_size": 16, "lr": 1e-2, "warmup_steps": 5, "eval_interval": 20,

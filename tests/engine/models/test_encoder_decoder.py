@@ -11,7 +11,7 @@ from engine import build_model
 from engine.nn.attention import ATTENTIONS
 from engine.nn.position import POSITIONS
 
-from .conftest import TINY, variant_id
+from ..conftest import TINY, variant_id
 
 VARIANTS = [{"attention": k} for k in ATTENTIONS] + [{"position": p} for p in POSITIONS if p != "alibi"] + [
     {"position": "alibi", "attention": "full"}, {"norm_placement": "post"}, {"norm_placement": "sandwich"},

@@ -11,7 +11,7 @@ import torch
 from engine import TrainConfig, build_model, parse_spec, train
 from engine.training.loop import configure_optimizer, lr_at
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 EVENT_KEYS = {
     "start": {"kind", "total_steps", "params", "vocab_size", "device", "tokens_per_step", "train_tokens", "val_tokens"},

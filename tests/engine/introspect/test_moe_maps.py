@@ -11,7 +11,7 @@ from engine.nn.moe import MoE
 from engine.introspect.moe_maps import capture_routing, moe_layers, routing_event, routing_snapshot
 from engine.training.objectives import OBJECTIVES
 
-from .conftest import TINY, TINY_JOB
+from ..conftest import TINY, TINY_JOB
 
 CPU = torch.device("cpu")
 # capacity 1.0 with top-2 over 4 experts: a short input already overflows some expert

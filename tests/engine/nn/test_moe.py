@@ -10,7 +10,7 @@ from engine import ModelConfig
 from engine.nn.ffn import FFNS
 from engine.nn.moe import MoE
 
-from .conftest import TINY
+from ..conftest import TINY
 
 MOE_DEFAULTS = dict(n_expert=4, top_k=2, capacity_factor=0.0, moe_every=1, shared_expert=False,
                     moe_renormalize=True, aux_loss_coef=0.01, z_loss_coef=0.001, ffn_hidden=None)

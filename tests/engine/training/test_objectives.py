@@ -8,7 +8,7 @@ from engine.data.datasets import load_data
 from engine.training.objectives import (OBJECTIVES, TRAINING_OBJECTIVES, build_objective, mask_tokens, span_corrupt,
                                span_counts, span_restore)
 
-from .conftest import TINY
+from ..conftest import TINY
 
 
 def test_mlm_masking_statistics():

@@ -10,7 +10,7 @@ from engine import build_model
 from engine.nn.attention import ATTENTIONS, FEATURE_MAPS, LinearAttention, MaskedAttention
 from engine.nn.position import POSITIONS
 
-from .conftest import variant_id
+from ..conftest import variant_id
 
 SOFTMAX_KINDS = [k for k, cls in ATTENTIONS.items() if issubclass(cls, MaskedAttention)]
 VARIANTS = [{"attention": k} for k in ATTENTIONS] + [{"position": p} for p in POSITIONS if p != "alibi"] + [
