@@ -74,3 +74,15 @@ def test_every_public_name_resolves_to_its_module():
     assert engine.tokenlab.__name__ == "engine.tokenlab"
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         engine.nonexistent  # noqa: B018
+
+
+def test_import_contracts_hold():
+    """pyproject.toml's import-linter contracts: the engine's layers (docs/engine.md, "Layers"),
+    a torch-free engine.config and no web stack in the engine."""
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    if not lint_imports.exists():
+        pytest.skip("import-linter is not installed (pip install -e '.[test]')")
+    done = subprocess.run([str(lint_imports), "--no-cache"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "0 broken" in done.stdout
