@@ -128,9 +128,9 @@ def build(args):
     import torch
 
     from engine import parse_spec
-    from engine.data import load_data
-    from engine.model import build_model
-    from engine.objectives import build_objective
+    from engine.data.datasets import load_data
+    from engine.models.families import build_model
+    from engine.training.objectives import build_objective
 
     spec = parse_spec({
         "model": {"n_layer": 1, "n_head": args.n_head, "n_embd": args.n_embd, "block_size": args.block_size},
@@ -146,7 +146,7 @@ def server_side(model, objective, repeats: int, **window) -> tuple[dict, dict]:
     """The event and its (a) compute+encode time, encode alone, (b) size."""
     import torch
 
-    from engine.attention_maps import attention_event, decode_maps, encode_maps
+    from engine.introspect.attention_maps import attention_event, decode_maps, encode_maps
 
     times = []
     for _ in range(repeats):
@@ -318,7 +318,7 @@ async (event) => {
 def one_head(model, objective, t: int) -> dict:
     """The engine's event with a window of the last ``t`` positions, less all heads but the first
     (cropped before quantising, as the engine does: a 2,048-key row's weights mostly round to 0)."""
-    from engine.attention_maps import decode_maps, encode_maps
+    from engine.introspect.attention_maps import decode_maps, encode_maps
 
     event, _ = server_side(model, objective, 1, max_tokens=t, max_bytes=10**12)
     stack = event["stacks"]["self"]

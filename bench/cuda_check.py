@@ -41,7 +41,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from engine import HARDWARE, ModelConfig, analyze, build_model, parse_spec, train  # noqa: E402
-from engine.interop import to_transformers  # noqa: E402
+from engine.interop.mappings import to_transformers  # noqa: E402
 
 GPT2 = dict(position="learned", norm="layernorm", ffn="gelu", bias=True, tie_embeddings=True, dropout=0.0)
 LLAMA = dict(position="rope", norm="rmsnorm", ffn="swiglu", bias=False, tie_embeddings=False, dropout=0.0)

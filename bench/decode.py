@@ -24,7 +24,7 @@ from common import SHAPES, VOCAB, write
 import torch  # noqa: E402
 
 from engine import ModelConfig, build_model  # noqa: E402
-from engine.interop import to_transformers  # noqa: E402
+from engine.interop.mappings import to_transformers  # noqa: E402
 
 
 

@@ -81,7 +81,7 @@ def run_once(spec_dict: dict, *, recorder: bool, maps: bool, user, team) -> dict
 
     import importlib
 
-    engine_train = importlib.import_module("engine.train")  # the module (``engine.train`` is also the function)
+    engine_train = importlib.import_module("engine.training.loop")  # the module (``engine.train`` is also the function)
 
     in_maps = []
     attention_event = engine_train.attention_event

@@ -4,10 +4,10 @@
 
 Trains the nanoGPT shakespeare_char shape (4 layers, 4 heads, width 128, context 64; see
 ``nanogpt_shakespeare.py``) for ``--steps`` steps, char-level, then for every method of
-``engine.quantize.QUANTIZATIONS`` measures, with ``engine.quantize.quantization_table``: weight
+``engine.inference.quantize.QUANTIZATIONS`` measures, with ``engine.inference.quantize.quantization_table``: weight
 bytes (embeddings and the tied head stay fp32), held-out perplexity on ``--eval-tokens`` tokens
 of the validation split and its change, greedy KV-cached decode tokens/s at batch 1 (fastest of
-``--repeats``) and the largest logit difference from fp32. Then ``engine.inference.run_inference``
+``--repeats``) and the largest logit difference from fp32. Then ``engine.inference.run.run_inference``
 samples a few prompts with and without the KV cache, fp32 and int8-weight, and reports time to
 first token, tokens/s and peak memory side by side (same seed, so the same tokens).
 Writes bench/results/quantization.json.
@@ -24,9 +24,9 @@ from common import ROOT, write
 import torch  # noqa: E402
 
 from engine import parse_spec, train  # noqa: E402
-from engine.data import load_data  # noqa: E402
-from engine.inference import run_inference  # noqa: E402
-from engine.quantize import format_table, quantization_table, quantize  # noqa: E402
+from engine.data.datasets import load_data  # noqa: E402
+from engine.inference.run import run_inference  # noqa: E402
+from engine.inference.quantize import format_table, quantization_table, quantize  # noqa: E402
 
 DEFAULT_PATH = str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt")
 PROMPTS = ["ROMEO:\n", "LUCIO:\n", "GREMIO:\n"]  # the first two share a length: one batch of 2, one of 1

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from engine import ModelConfig, build_model  # noqa: E402
-from engine.interop import to_transformers  # noqa: E402
+from engine.interop.mappings import to_transformers  # noqa: E402
 
 
 

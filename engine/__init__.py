@@ -1,5 +1,10 @@
 """The LLM Architecture Explorer's engine: pure PyTorch, no web framework.
 
+Every name below is imported on first use (module ``__getattr__``): ``import engine`` loads no
+torch. The code lives in layers, each importing only from those before it (docs/engine.md,
+"Layers"): ``config`` -> ``nn`` -> ``models`` -> ``data``, ``tokenlab`` -> ``inference``,
+``analysis``, ``introspect`` -> ``training`` -> ``interop``.
+
 Config in, events out::
 
     from engine import parse_spec, train, analyze
@@ -34,32 +39,34 @@ Model
     ``generate(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)``; components
     come from ``NORMS``, ``POSITIONS``, ``ATTENTIONS``, ``FFNS``.
     ``generate(model, tokenizer, prompt, ...)`` -> str. ``KVCache``, ``SlidingWindowCache``.
-    The other families: ``engine.encoder``, ``engine.encoder_decoder``; ``engine.pretrained.load_minilm()``.
+    The other families: ``engine.models.encoder``, ``engine.models.encoder_decoder``;
+    ``engine.interop.pretrained.load_minilm()``.
     ``capture_attention(model, layers, heads)``: a context manager collecting attention weights;
     ``attention_snapshot`` / ``attention_event``: every layer's and head's maps on one held-out
-    input as a compact "attention" event (``engine.attention_maps``).
+    input as a compact "attention" event (``engine.introspect.attention_maps``).
 
 Training
     ``train(spec, on_event=..., should_stop=..., progress=False, checkpoint_dir=None,
     resume_from=None, init_from=None)`` -> ``TrainResult``; events are plain dicts of kind
     "start", "step", "health", "moe", "eval", "attention", "routing", "nonfinite", "checkpoint"
-    and "end" (see ``engine.train``). Optimizers and schedules: ``engine.optim``.
+    and "end" (see ``engine.training.loop``). Optimizers and schedules: ``engine.training.optim``.
     ``TrainConfig.objective``: "pretrain" (the family's own), "sft" (prompt/response pairs in a
-    chat template, loss on responses only: ``engine.chat``) or "dpo" (preference pairs against a
-    frozen reference model: ``engine.preference``); data from JSONL files (source "jsonl") or
+    chat template, loss on responses only: ``engine.data.chat``) or "dpo" (preference pairs against a
+    frozen reference model: ``engine.training.preference``); data from JSONL files (source "jsonl") or
     built-in synthetic sets.
 
 Checkpoints
-    ``engine.checkpoint``: safetensors weights + optimiser state + data position and RNG states;
-    ``load_model(path)`` -> (model, tokenizer, config); ``export_transformers(path, out_dir)``.
+    ``engine.checkpoint`` (``engine.training.checkpoint``): safetensors weights + optimiser state + data position and RNG states;
+    ``load_model(path)`` -> (model, tokenizer, config); ``engine.interop.export.export_transformers(path,
+    out_dir)``.
 
 Inference and quantisation
     ``run_inference(model, tokenizer, prompts, max_new_tokens=, temperature=, top_k=, top_p=,
     stop=, seed=, compare_cache=)`` -> completions with per-token probabilities and alternatives,
-    time to first token, tokens/s and peak memory (``engine.inference``); encoders return
+    time to first token, tokens/s and peak memory (``engine.inference.run``); encoders return
     embedding similarities. ``quantize(model, method)`` over ``QUANTIZATIONS`` (int8 dynamic,
     int8 weight-only, int4 group-wise) and ``quantization_table(model, val_tokens)`` -> perplexity,
-    size and speed per method (``engine.quantize``).
+    size and speed per method (``engine.inference.quantize``).
 
 Interop
     ``to_transformers(model)`` -> the matching ``transformers`` model (GPT-2, Llama, Mistral,
@@ -68,7 +75,8 @@ Interop
 
 Presets
     ``PRESETS`` (GPT-2, BERT, T5, Llama 2/3, Mistral, Mixtral, Phi-3 ... as ModelConfigs, each
-    with a description and source), ``preset(name)``; ``config_from_hf(config_json_dict)``.
+    with a description and source), ``preset(name)``; ``config_from_hf(config_json_dict)`` (also
+    ``engine.interop.config_from_hf``).
 
 Analysis
     ``analyze(ModelConfig, vocab_size=, batch_size=, seq_len=, dtype=, optimizer=, n_gpus=,
@@ -81,31 +89,70 @@ Analysis
     ``structure(ModelConfig, t=32)``: the attention mask and the position signal as matrices to draw.
 """
 
-import warnings
+import importlib
 
-from .analysis import analyze
-from .attention import ATTENTIONS
-from .attention_maps import attention_event, attention_snapshot
-from .cache import KVCache, SlidingWindowCache
-from .capture import capture_attention
-from .config import ConfigError, DataConfig, JobSpec, ModelConfig, TrainConfig, choices, field_specs, parse_spec
-from .data import DATA_SOURCES, describe_data
-from .ffn import FFNS
-from .hardware import HARDWARE, fit, largest_batch
-from .inference import run_inference
-from .quantize import QUANTIZATIONS, quantization_table, quantize, weight_bytes
-from . import checkpoint
-from .hf_config import config_from_hf
-from .interop import from_transformers, to_transformers
-from .model import build_model, generate
-from .norm import NORMS
-from .position import POSITIONS
-from .presets import PRESETS, preset
-from .structure import structure
-from .tasks import TASKS
-from .tokenizers import TOKENIZERS
-from . import tokenlab
-from .train import TrainResult, train
+# name -> "module:attribute" (or "module" for a module): imported on first use, so that
+# ``import engine`` and ``import engine.config`` load no torch
+_PUBLIC = {
+    "ModelConfig": "engine.config.schema:ModelConfig",
+    "DataConfig": "engine.config.schema:DataConfig",
+    "TrainConfig": "engine.config.schema:TrainConfig",
+    "JobSpec": "engine.config.schema:JobSpec",
+    "ConfigError": "engine.config.errors:ConfigError",
+    "choices": "engine.config.schema:choices",
+    "field_specs": "engine.config.schema:field_specs",
+    "PRESETS": "engine.config.presets:PRESETS",
+    "preset": "engine.config.presets:preset",
+    "NORMS": "engine.nn.norm:NORMS",
+    "POSITIONS": "engine.nn.position:POSITIONS",
+    "FFNS": "engine.nn.ffn:FFNS",
+    "ATTENTIONS": "engine.nn.attention:ATTENTIONS",
+    "KVCache": "engine.nn.cache:KVCache",
+    "SlidingWindowCache": "engine.nn.cache:SlidingWindowCache",
+    "build_model": "engine.models.families:build_model",
+    "generate": "engine.models.decoder:generate",
+    "DATA_SOURCES": "engine.data.datasets:DATA_SOURCES",
+    "describe_data": "engine.data.datasets:describe_data",
+    "TASKS": "engine.data.tasks:TASKS",
+    "TOKENIZERS": "engine.data.tokenizers:TOKENIZERS",
+    "tokenlab": "engine.tokenlab",
+    "parse_spec": "engine.training.spec:parse_spec",
+    "train": "engine.training.loop:train",
+    "TrainResult": "engine.training.loop:TrainResult",
+    "checkpoint": "engine.training.checkpoint",
+    "run_inference": "engine.inference.run:run_inference",
+    "QUANTIZATIONS": "engine.inference.quantize:QUANTIZATIONS",
+    "quantize": "engine.inference.quantize:quantize",
+    "quantization_table": "engine.inference.quantize:quantization_table",
+    "weight_bytes": "engine.inference.quantize:weight_bytes",
+    "analyze": "engine.analysis:analyze",
+    "HARDWARE": "engine.analysis.hardware:HARDWARE",
+    "fit": "engine.analysis.hardware:fit",
+    "largest_batch": "engine.analysis.hardware:largest_batch",
+    "structure": "engine.analysis.structure:structure",
+    "capture_attention": "engine.introspect.capture:capture_attention",
+    "attention_snapshot": "engine.introspect.attention_maps:attention_snapshot",
+    "attention_event": "engine.introspect.attention_maps:attention_event",
+    "to_transformers": "engine.interop.mappings:to_transformers",
+    "from_transformers": "engine.interop.mappings:from_transformers",
+    "config_from_hf": "engine.interop:config_from_hf",
+}
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    module, _, attribute = _PUBLIC[name].partition(":")
+    value = importlib.import_module(module)
+    if attribute:
+        value = getattr(value, attribute)
+    globals()[name] = value  # once resolved, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
 
 __all__ = [
     "ModelConfig",
@@ -151,8 +198,3 @@ __all__ = [
     "quantization_table",
     "weight_bytes",
 ]
-
-# ``python -m engine.train`` runs a module this package has already imported (for ``train``);
-# runpy warns about that after importing the package, harmlessly since the module only
-# defines things, so hush that one warning
-warnings.filterwarnings("ignore", message=r"'engine\.train' found in sys\.modules", category=RuntimeWarning)

@@ -24,9 +24,9 @@ from collections import OrderedDict
 
 import torch
 
-import engine.checkpoint as ckpt
-from engine.attention_maps import event_inputs, label_tokens
-from engine.attention_zoom import OVERVIEW_CELLS, layer_scores
+import engine.training.checkpoint as ckpt
+from engine.introspect.attention_maps import event_inputs, label_tokens
+from engine.introspect.attention_zoom import OVERVIEW_CELLS, layer_scores
 from explorer.checkpoints import job_dir
 from explorer.models import JobEvent
 

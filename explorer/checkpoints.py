@@ -20,7 +20,8 @@ import zipfile
 from django.conf import settings
 from django.db import transaction
 
-import engine.checkpoint as ckpt
+import engine.training.checkpoint as ckpt
+from engine.interop.export import export_transformers
 from explorer.models import Job
 
 
@@ -132,7 +133,7 @@ def zip_transformers(job, step):
     tmp = tempfile.mkdtemp(prefix="export-")
     try:
         out = os.path.join(tmp, "model")
-        ckpt.export_transformers(path, out)
+        export_transformers(path, out)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
             for name in sorted(os.listdir(out)):

@@ -19,9 +19,9 @@ import torch
 from django.db import transaction
 
 import engine
-import engine.checkpoint as engine_checkpoint
-from engine.data import load_data
-from engine.tokenizers import tokenizer_from_dict
+import engine.training.checkpoint as engine_checkpoint
+from engine.data.datasets import load_data
+from engine.data.tokenizers import tokenizer_from_dict
 from explorer import services
 from explorer.checkpoints import NoCheckpoint, checkpoint_path, job_dir
 from explorer.models import Job
@@ -164,7 +164,7 @@ def _source(team, value, errors):
             errors["source"] = f"unknown pretrained model {key!r}; choose from {list(PRETRAINED)}"
             return none
         try:
-            from engine.pretrained import minilm_path
+            from engine.interop.pretrained import minilm_path
 
             minilm_path()
         except RuntimeError as exc:
@@ -347,7 +347,7 @@ def _load(spec):
     """(model, tokenizer, data config and objective of the source job or None)."""
     source = spec["source"]
     if "pretrained" in source:
-        from engine.pretrained import load_minilm
+        from engine.interop.pretrained import load_minilm
 
         model, tokenizer = load_minilm()
         return model, tokenizer, None

@@ -19,7 +19,7 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 import engine
-import engine.checkpoint as engine_checkpoint
+import engine.training.checkpoint as engine_checkpoint
 from explorer.models import Dataset, Job, JobEvent
 from explorer.publisher import publisher
 from explorer.recorder import SUMMARY_KEYS, EventRecorder, EventStoreUnavailable  # noqa: F401 (the worker's event path)

@@ -1,6 +1,6 @@
 """The job page's attention panel in headless Chromium.
 
-Maps made by the real engine (``engine.attention_maps``) are stored as a job's events with
+Maps made by the real engine (``engine.introspect.attention_maps``) are stored as a job's events with
 ``services.append_events`` and published as a worker would: the panel shows the newest, pins a
 chosen step while new ones arrive live, enlarges a head, and offers an encoder-decoder's three
 stacks. The last test watches a real job through the worker and runs once ``engine.train``
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import engine
-from engine.attention_maps import attention_event
+from engine.introspect.attention_maps import attention_event
 from explorer import services
 from explorer.models import Job
 from tests.conftest import make_user
@@ -34,7 +34,7 @@ COPY = {
 def train_events(raw):
     """``engine.train``'s events for ``raw``, with an "attention" event after each evaluation
     (made the way train's ``_evaluate`` is to make it, until it does so itself)."""
-    train_module = sys.modules["engine.train"]
+    import engine.training.loop as train_module  # the module; ``engine.train`` is the function
     evaluate, maps = train_module._evaluate, {}
 
     def with_maps(*args, **kwargs):
@@ -62,8 +62,8 @@ def train_events(raw):
 def untrained_maps(raw, steps):
     spec = engine.parse_spec(raw)
     torch.manual_seed(0)
-    from engine.data import load_data
-    from engine.objectives import OBJECTIVES
+    from engine.data.datasets import load_data
+    from engine.training.objectives import OBJECTIVES
 
     objective = OBJECTIVES[spec.model.family](load_data(spec.data), spec.model)
     model = engine.build_model(spec.model)

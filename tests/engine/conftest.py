@@ -55,10 +55,10 @@ def _seed():
 def model_variants() -> list[dict]:
     """Config overrides that cover every key of every model registry, one at a time (so a new
     entry is tested automatically), plus combinations that change parameter shapes."""
-    from engine.attention import ATTENTIONS, FEATURE_MAPS
-    from engine.ffn import FFNS
-    from engine.norm import NORM_PLACEMENTS, NORMS
-    from engine.position import POSITIONS, ROPE_SCALINGS
+    from engine.nn.attention import ATTENTIONS, FEATURE_MAPS
+    from engine.nn.ffn import FFNS
+    from engine.nn.norm import NORM_PLACEMENTS, NORMS
+    from engine.nn.position import POSITIONS, ROPE_SCALINGS
 
     out = [{"norm": k} for k in NORMS] + [{"norm_placement": k} for k in NORM_PLACEMENTS]
     out += [{"position": k} for k in POSITIONS] + [{"ffn": k} for k in FFNS]

@@ -1,4 +1,4 @@
-"""Attention events ("attention", from engine.attention_maps): stored, filtered by the events
+"""Attention events ("attention", from engine.introspect.attention_maps): stored, filtered by the events
 API, left out of summaries, and small enough for one channel-layer message."""
 import json
 

@@ -10,8 +10,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 import engine
-from engine.attention_maps import event_inputs
-from engine.attention_zoom import attention_region
+from engine.introspect.attention_maps import decode_maps, display_token, event_inputs
+from engine.introspect.attention_zoom import attention_region
 from explorer import attention_detail, checkpoints, services
 from explorer.datasets import save_upload
 
@@ -55,7 +55,7 @@ def test_region_equals_the_engine_on_the_events_input(alice_client, long_job):
     (idx,), _ = event_inputs(event)
     expected = attention_region(model, idx, 0, 1, 1000, 1100, 950, 1070)["weights"]
     assert (decode(body) - expected).abs().max() <= body["scale"] / 255
-    assert body["queries"] == [engine.attention_maps.display_token(tokenizer.decode([i])) for i in idx[0, 1000:1100].tolist()]
+    assert body["queries"] == [display_token(tokenizer.decode([i])) for i in idx[0, 1000:1100].tolist()]
     assert len(body["keys"]) == 120
     # the whole map, pooled: no labels, rows of cells are distributions over key blocks
     whole = alice_client.get(url, {"head": 0}).json()
@@ -124,7 +124,7 @@ def test_an_evaluation_whose_checkpoint_was_pruned_zooms_from_its_kept_weights(a
     body = alice_client.get(url, {"step": 2, "head": 1}).json()
     assert body["checkpoint_step"] == 2 and body["exact"] and body["note"] is None
     # the whole map pooled as the overview is: it equals what training sent at step 2
-    sent = engine.attention_maps.decode_maps(ov["maps"], ov["shape"])[0, 1]
+    sent = decode_maps(ov["maps"], ov["shape"])[0, 1]
     got = decode(body)
     assert body["block"] == [2, 2] and (got / got.sum(-1, keepdim=True) - sent).abs().max() <= 3 / 255
     # and a full-resolution region equals a direct recomputation from step 2's weights

@@ -1,0 +1,125 @@
+"""Real models as ``ModelConfig`` presets, for analysis: ``analyze(preset("llama-2-7b"))``.
+
+Each entry copies the published shape (the model card's ``config.json``): layers, heads,
+width, FFN width, vocabulary, context, norm epsilon, RoPE base, sliding window, experts.
+``tests/engine/config/test_presets.py`` builds the matching ``transformers`` model on the meta device
+and checks that ``analyze`` counts exactly its parameters.
+
+Most of these are larger than the composer's bounds (``ModelConfig.validate`` refuses a
+70B model's 80 layers and 8192 width): they are for ``analyze``, not for training here.
+Training-only fields keep our defaults; a preset sets dropout to the published value.
+
+Left out, since the engine cannot express them exactly:
+- Qwen2: biases on q, k and v but none on o_proj (our ``bias`` is one switch);
+- Gemma: embeddings scaled by √width, RMSNorm gains stored as (1 + w), and Gemma-7B's
+  16 heads × 256 ≠ its 3072 width (ours needs head size = width / heads);
+- Llama 3.1's "llama3" RoPE frequency scaling (its 128K context): the 405B preset is the model
+  at its 8K pre-training context, the same parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .schema import ModelConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One real model: its config, a line saying what it is, and where the numbers come from."""
+
+    config: ModelConfig
+    description: str
+    source: str
+
+
+def preset(name: str) -> ModelConfig:
+    """A fresh copy of preset ``name``'s config (so callers may change it)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {list(PRESETS)}")
+    return ModelConfig.from_dict(PRESETS[name].config.to_dict())
+
+
+# ---------------------------------------------------------------------------- shared shapes
+
+
+def _gpt2(n_layer: int, n_head: int, n_embd: int) -> ModelConfig:
+    # Radford et al. 2019: learned positions, LayerNorm, tanh-GELU 4x MLP, tied head
+    return ModelConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=1024, vocab_size=50257,
+                       dropout=0.1, norm_eps=1e-5)
+
+
+def _bert(n_layer: int, n_head: int, n_embd: int) -> ModelConfig:
+    # Devlin et al. 2019: post-norm, exact GELU, 2 segment types, LayerNorm eps 1e-12
+    return ModelConfig(family="encoder", n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=512,
+                       vocab_size=30522, dropout=0.1, norm_placement="post", norm_eps=1e-12, ffn="gelu_exact",
+                       n_token_type=2)
+
+
+def _t5(n_layer: int, n_head: int, n_embd: int) -> ModelConfig:
+    # Raffel et al. 2020 (v1.0): ReLU 4x FFN, relative bias of 32 buckets up to distance 128,
+    # trained on 512-token inputs
+    return ModelConfig(family="encoder_decoder", n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=512,
+                       vocab_size=32128, dropout=0.1, bias=False, norm="rmsnorm", norm_eps=1e-6,
+                       position="t5_relative", ffn="relu")
+
+
+def _llama(n_layer: int, n_head: int, n_embd: int, ffn_hidden: int, *, n_kv_head: int | None = None,
+           block_size: int = 4096, vocab_size: int = 32000, rope_theta: float = 10000.0, **kw) -> ModelConfig:
+    # Touvron et al. 2023: RoPE, RMSNorm, SwiGLU, no biases, untied head
+    return ModelConfig(n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd, block_size=block_size,
+                       vocab_size=vocab_size, dropout=0.0, bias=False, norm="rmsnorm", norm_eps=1e-5,
+                       position="rope", rope_theta=rope_theta, ffn="swiglu", ffn_hidden=ffn_hidden,
+                       tie_embeddings=False, **kw)
+
+
+def _mixtral(n_layer: int, n_head: int, n_embd: int, ffn_hidden: int, **kw) -> ModelConfig:
+    # Jiang et al. 2024: every FFN 8 SwiGLU experts, top-2, renormalised, dropless
+    return _llama(n_layer, n_head, n_embd, ffn_hidden, n_kv_head=8, rope_theta=1e6, n_expert=8, top_k=2,
+                  capacity_factor=0.0, **kw)
+
+
+PRESETS = {
+    "gpt2": Preset(_gpt2(12, 12, 768), "GPT-2 small, 124M", "Radford et al. 2019; huggingface.co/gpt2"),
+    "gpt2-medium": Preset(_gpt2(24, 16, 1024), "GPT-2 medium, 355M", "Radford et al. 2019; huggingface.co/gpt2-medium"),
+    "gpt2-large": Preset(_gpt2(36, 20, 1280), "GPT-2 large, 774M", "Radford et al. 2019; huggingface.co/gpt2-large"),
+    "gpt2-xl": Preset(_gpt2(48, 25, 1600), "GPT-2 XL, 1.5B", "Radford et al. 2019; huggingface.co/gpt2-xl"),
+    "bert-base": Preset(_bert(12, 12, 768), "BERT base (uncased), 110M, with its MLM head",
+                        "Devlin et al. 2019; huggingface.co/bert-base-uncased"),
+    "bert-large": Preset(_bert(24, 16, 1024), "BERT large (uncased), 340M, with its MLM head",
+                         "Devlin et al. 2019; huggingface.co/bert-large-uncased"),
+    "t5-base": Preset(_t5(12, 12, 768), "T5 base (v1.0), 220M encoder-decoder",
+                      "Raffel et al. 2020; huggingface.co/google-t5/t5-base"),
+    "t5-large": Preset(_t5(24, 16, 1024), "T5 large (v1.0), 740M encoder-decoder",
+                       "Raffel et al. 2020; huggingface.co/google-t5/t5-large"),
+    "llama-2-7b": Preset(_llama(32, 32, 4096, 11008), "Llama 2 7B",
+                         "Touvron et al. 2023, Llama 2; huggingface.co/meta-llama/Llama-2-7b-hf"),
+    "llama-2-13b": Preset(_llama(40, 40, 5120, 13824), "Llama 2 13B",
+                          "Touvron et al. 2023, Llama 2; huggingface.co/meta-llama/Llama-2-13b-hf"),
+    "llama-2-70b": Preset(_llama(80, 64, 8192, 28672, n_kv_head=8), "Llama 2 70B, grouped-query attention",
+                          "Touvron et al. 2023, Llama 2; huggingface.co/meta-llama/Llama-2-70b-hf"),
+    "llama-3-8b": Preset(_llama(32, 32, 4096, 14336, n_kv_head=8, block_size=8192, vocab_size=128256,
+                                rope_theta=500000.0), "Llama 3 8B, 128K-token vocabulary",
+                         "Llama Team 2024, The Llama 3 Herd of Models; huggingface.co/meta-llama/Meta-Llama-3-8B"),
+    "llama-3-70b": Preset(_llama(80, 64, 8192, 28672, n_kv_head=8, block_size=8192, vocab_size=128256,
+                                 rope_theta=500000.0), "Llama 3 70B",
+                          "Llama Team 2024, The Llama 3 Herd of Models; huggingface.co/meta-llama/Meta-Llama-3-70B"),
+    "llama-3-405b": Preset(_llama(126, 128, 16384, 53248, n_kv_head=8, block_size=8192, vocab_size=128256,
+                                  rope_theta=500000.0), "Llama 3.1 405B at its 8K pre-training context",
+                           "Llama Team 2024, The Llama 3 Herd of Models, Table 3; "
+                           "huggingface.co/meta-llama/Llama-3.1-405B"),
+    "mistral-7b": Preset(_llama(32, 32, 4096, 14336, n_kv_head=8, block_size=32768, attention="sliding",
+                                window=4096), "Mistral 7B v0.1, 4096-token sliding window",
+                         "Jiang et al. 2023, Mistral 7B; huggingface.co/mistralai/Mistral-7B-v0.1"),
+    "mixtral-8x7b": Preset(_mixtral(32, 32, 4096, 14336, block_size=32768, aux_loss_coef=0.02),
+                           "Mixtral 8x7B: 47B parameters, 13B active per token",
+                           "Jiang et al. 2024, Mixtral of Experts; huggingface.co/mistralai/Mixtral-8x7B-v0.1"),
+    "mixtral-8x22b": Preset(_mixtral(56, 48, 6144, 16384, block_size=65536, vocab_size=32768,
+                                     aux_loss_coef=0.001), "Mixtral 8x22B: 141B parameters, 39B active per token",
+                            "Mistral AI 2024; huggingface.co/mistralai/Mixtral-8x22B-v0.1"),
+    # Phi-3's fused qkv_proj and gate_up_proj are only storage: the maths is Mistral's
+    "phi-3-mini": Preset(_llama(32, 32, 3072, 8192, vocab_size=32064, attention="sliding", window=2047),
+                         "Phi-3-mini-4k, 3.8B, 2047-token sliding window",
+                         "Abdin et al. 2024, Phi-3 Technical Report; "
+                         "huggingface.co/microsoft/Phi-3-mini-4k-instruct"),
+}

@@ -1,0 +1,173 @@
+"""Presets of real models: each one's analytic parameter count equals the ``transformers`` model
+built from the same shape (on the meta device: no memory, no download), and each survives a
+round trip through its HF config dict; ``config_from_hf`` refuses what we cannot express."""
+
+
+import pytest
+import torch
+
+from engine import ConfigError, ModelConfig, analyze
+from engine.nn.ffn import FFNS
+from engine.interop.hf_config import config_from_hf
+from engine.interop.mappings import MAPPINGS
+from engine.config.presets import PRESETS, preset
+
+transformers = pytest.importorskip("transformers")
+
+
+def mapping_of(cfg: ModelConfig):
+    """The first interop mapping that expresses ``cfg`` (every preset has one)."""
+    fits = [m for m in MAPPINGS.values() if not m.problems(cfg)]
+    assert fits, {k: m.problems(cfg) for k, m in MAPPINGS.items()}
+    return fits[0]
+
+
+def meta_numel(model_cls, hf_config) -> int:
+    # parameters() yields a tied weight once, as analyze counts it
+    with torch.device("meta"):
+        model = model_cls(hf_config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def hf_params(cfg: ModelConfig) -> int:
+    m = mapping_of(cfg)
+    model_cls = getattr(transformers, m.hf_class)  # BertForMaskedLM, T5ForConditionalGeneration, ...
+    return meta_numel(model_cls, model_cls.config_class(**m.hf_config(cfg)))
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_params_equal_transformers(name):
+    cfg = PRESETS[name].config
+    assert analyze(cfg)["params"]["total"] == hf_params(cfg)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_is_described(name):
+    p = PRESETS[name]
+    assert p.description and "\n" not in p.description
+    assert p.source
+    assert p.config.vocab_size is not None
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_breaks_only_the_size_bounds(name):
+    # the big models exceed the composer's bounds (80 layers, 8192 wide, 32K context), nothing else
+    try:
+        PRESETS[name].config.validate()
+    except ConfigError as e:
+        assert all("must be ≤" in message for message in e.errors.values()), e.errors
+
+
+def test_known_figures():
+    assert analyze(preset("gpt2"))["params"]["total"] == 124_439_808
+    assert analyze(preset("llama-2-7b"))["params"]["total"] == 6_738_415_616
+    assert analyze(preset("mixtral-8x7b"))["params"]["total"] == 46_702_792_704
+    # transformers' default configs are these shapes (LlamaConfig(): LLaMA-7B; MixtralConfig(): 8x7B)
+    assert meta_numel(transformers.LlamaForCausalLM, transformers.LlamaConfig()) == 6_738_415_616
+    assert meta_numel(transformers.MixtralForCausalLM, transformers.MixtralConfig()) == 46_702_792_704
+    assert meta_numel(transformers.GPT2LMHeadModel, transformers.GPT2Config()) == 124_439_808
+
+
+def test_phi3_equals_phi3_model():
+    # no interop mapping for phi3: its own config, from the model card's config.json
+    hf = transformers.Phi3Config(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                                 num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                                 sliding_window=2047, tie_word_embeddings=False)
+    assert analyze(preset("phi-3-mini"))["params"]["total"] == meta_numel(transformers.Phi3ForCausalLM, hf)
+
+
+def test_analyze_405b():
+    # its speed (target ≤ 20 ms) is measured by bench/analyze_speed.py, not asserted here
+    assert analyze(preset("llama-3-405b"), batch_size=1)["params"]["total"] == 405_853_388_800
+
+
+def test_preset_returns_a_copy_and_names_the_choices():
+    cfg = preset("gpt2")
+    cfg.n_layer = 1
+    assert PRESETS["gpt2"].config.n_layer == 12
+    with pytest.raises(ValueError, match=r"unknown preset 'gpt-5'; choose from \['gpt2', "):
+        preset("gpt-5")
+
+
+# ---------------------------------------------------------------------------- config_from_hf
+
+
+def spelled_alike(cfg: ModelConfig) -> dict:
+    """The config with the FFN width as a number: interop writes a width as ``ffn_mult`` when
+    that reproduces it (Mixtral 8x22B's 16384 = 8/3 × 6144), a preset as ``ffn_hidden``."""
+    d = cfg.to_dict()
+    d["ffn_hidden"], d["ffn_mult"] = FFNS[cfg.ffn].hidden_dim(cfg), None
+    return d
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_round_trip_through_hf_config(name):
+    cfg = PRESETS[name].config
+    m = mapping_of(cfg)
+    d = getattr(transformers, m.hf_class).config_class(**m.hf_config(cfg)).to_dict()
+    back = config_from_hf(d)
+    assert spelled_alike(back) == spelled_alike(cfg)
+    assert analyze(back)["params"]["total"] == analyze(cfg)["params"]["total"]
+
+
+def llama_dict(**kw) -> dict:
+    return {**transformers.LlamaConfig(**MAPPINGS["llama"].hf_config(preset("llama-2-7b"))).to_dict(), **kw}
+
+
+@pytest.mark.parametrize("d, message", [
+    ({"model_type": "qwen2"}, r"unsupported model_type 'qwen2'; choose from \['gpt2', 'llama'"),
+    ({"n_layer": 2}, r"unsupported model_type None"),
+    (llama_dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
+     r"rope_type 'dynamic' is not supported; choose from \['default', 'linear', 'yarn'\]"),
+    (llama_dict(hidden_act="gelu"), r"hidden_act 'gelu' is not supported; choose from \['silu'\]"),
+    (llama_dict(attention_bias=True), r"attention_bias and mlp_bias must be equal"),
+    (llama_dict(head_dim=64, num_attention_heads=16), r"head_dim 64 x 16 heads != hidden_size 4096"),
+    ({"model_type": "gpt2", "activation_function": "relu"}, r"GPT-2 activation 'relu' is not supported"),
+    ({"model_type": "bert", "position_embedding_type": "relative_key"},
+     r"position_embedding_type 'relative_key' is not supported; choose from \['absolute'\]"),
+    ({"model_type": "t5", "feed_forward_proj": "gated-silu"},
+     r"feed_forward_proj 'gated-silu' is not supported; choose from \['relu', 'gated-gelu'\]"),
+    ({"model_type": "mixtral", "router_jitter_noise": 0.1}, r"router_jitter_noise must be 0"),
+    ({"model_type": "gpt2", "add_cross_attention": True}, r"gpt2 add_cross_attention=True is not supported"),
+    ({"model_type": "bert", "is_decoder": True}, r"bert is_decoder=True is not supported"),
+])
+def test_config_from_hf_refuses_what_we_cannot_express(d, message):
+    with pytest.raises((ValueError, ConfigError), match=message):
+        config_from_hf(d)
+
+
+def test_config_from_hf_reads_a_real_config_json():
+    # Mistral-7B-v0.1's config.json, as published (legacy rope_theta key, no rope_parameters)
+    cfg = config_from_hf({
+        "architectures": ["MistralForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+        "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 14336,
+        "max_position_embeddings": 32768, "model_type": "mistral", "num_attention_heads": 32,
+        "num_hidden_layers": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
+        "sliding_window": 4096, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "transformers_version": "4.34.0.dev0", "use_cache": True, "vocab_size": 32000})
+    assert cfg == preset("mistral-7b")
+
+
+@pytest.mark.parametrize("model_type, field, value", [
+    ("llama", "hidden_size", -1), ("llama", "num_attention_heads", 0), ("gpt2", "n_embd", "64"),
+    ("t5", "d_kv", 0), ("bert", "tie_word_embeddings", "yes"), ("mixtral", "num_local_experts", 2.0),
+])
+def test_config_from_hf_refusals_name_the_field(model_type, field, value):
+    """transformers' strict dataclasses raise huggingface_hub's own errors (not ValueError), and a
+    size of 0 divided by zero in the mapping: each is a ConfigError keyed by the config.json field."""
+    with pytest.raises(ConfigError) as caught:
+        config_from_hf({"model_type": model_type, field: value})
+    assert field in caught.value.errors
+
+
+def test_config_from_hf_is_part_of_the_interop_package():
+    """Issue 14, defect 6: the analysis issue asked for ``engine.interop.config_from_hf``."""
+    import engine
+    from engine import interop
+
+    assert interop.config_from_hf is engine.config_from_hf is config_from_hf
+    hf = preset("llama-2-7b")
+    cfg = interop.config_from_hf({"model_type": "llama", "hidden_size": hf.n_embd, "num_attention_heads": hf.n_head,
+                                  "num_hidden_layers": hf.n_layer, "intermediate_size": hf.ffn_hidden,
+                                  "vocab_size": hf.vocab_size, "max_position_embeddings": hf.block_size})
+    assert analyze(cfg)["params"]["total"] == analyze(hf)["params"]["total"]

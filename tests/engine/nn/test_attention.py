@@ -1,0 +1,176 @@
+import dataclasses
+
+import pytest
+import torch
+
+from engine.nn.attention import (
+    ATTENTION_FUNCTIONS,
+    ATTENTIONS,
+    FEATURE_MAPS,
+    CausalSelfAttention,
+    DilatedAttention,
+    LinearAttention,
+    MaskedAttention,
+    eager_attention,
+    repeat_kv,
+)
+from engine.nn.position import alibi_bias, alibi_slopes
+
+SOFTMAX_KINDS = [k for k in ATTENTIONS if issubclass(ATTENTIONS[k], MaskedAttention)]
+
+
+@pytest.mark.parametrize("impl", ATTENTION_FUNCTIONS)
+def test_matches_eager_reference(impl):
+    q, k, v = (torch.randn(2, 4, 9, 8) for _ in range(3))  # (B, nh, T, hs)
+    torch.testing.assert_close(
+        ATTENTION_FUNCTIONS[impl](q, k, v, dropout_p=0.0), eager_attention(q, k, v, dropout_p=0.0)
+    )
+
+
+@pytest.mark.parametrize("impl", ATTENTION_FUNCTIONS)
+@pytest.mark.parametrize("softcap", [0.0, 2.0])
+def test_kernels_agree_with_a_mask_and_a_bias(impl, softcap):
+    q, k, v = (torch.randn(2, 4, 5, 8) for _ in range(3))
+    mask = torch.rand(4, 5, 5) > 0.5
+    mask |= torch.eye(5, dtype=torch.bool)  # every query keeps one key
+    bias = alibi_bias(alibi_slopes(4), torch.arange(5), torch.arange(5))
+    kw = dict(mask=mask, bias=bias, softcap=softcap, dropout_p=0.0)
+    torch.testing.assert_close(ATTENTION_FUNCTIONS[impl](q, k, v, **kw), eager_attention(q, k, v, **kw))
+
+
+@pytest.mark.parametrize("impl", ATTENTION_FUNCTIONS)
+def test_is_causal(impl):
+    q, k, v = (torch.randn(1, 2, 6, 4) for _ in range(3))
+    y = ATTENTION_FUNCTIONS[impl](q, k, v, dropout_p=0.0)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, 4:], v2[:, :, 4:] = torch.randn(1, 2, 2, 4), torch.randn(1, 2, 2, 4)
+    y2 = ATTENTION_FUNCTIONS[impl](q, k2, v2, dropout_p=0.0)
+    torch.testing.assert_close(y[:, :, :4], y2[:, :, :4])
+    assert not torch.allclose(y[:, :, 4:], y2[:, :, 4:])
+
+
+# ---- patterns: each mask equals its definition, written out plainly
+
+
+def reference_allowed(cfg, kind: str, head: int, i: int, j: int) -> bool:
+    """Whether query i may see key j, from the docstrings' definitions."""
+    if j > i:
+        return False
+    if kind in ("full", "linear"):
+        return True
+    if kind == "sliding":
+        return i - j < cfg.window
+    if kind == "dilated":
+        group = head * min(4, cfg.n_head) // cfg.n_head
+        return (i - j) % cfg.dilation**group == 0
+    if kind == "block_sparse":
+        b, s = cfg.sparse_block, cfg.sparse_stride
+        same_block = i // b == j // b
+        summary = j % (b * s) == b * s - 1
+        return same_block or summary
+    raise AssertionError(f"no reference for {kind}; add one")
+
+
+@pytest.mark.parametrize("kind", SOFTMAX_KINDS)
+@pytest.mark.parametrize("n_head,extra", [(4, {}), (8, {"window": 3, "dilation": 3, "sparse_block": 3})])
+def test_mask_equals_its_definition(kind, n_head, extra, tiny_config):
+    cfg = dataclasses.replace(tiny_config, n_head=n_head, attention=kind, **extra)
+    pattern = ATTENTIONS[kind](cfg)
+    t = 20
+    mask = pattern.mask(0, t, 0, t, torch.device("cpu")).expand(n_head, t, t)
+    for h in range(n_head):
+        expected = torch.tensor([[reference_allowed(cfg, kind, h, i, j) for j in range(t)] for i in range(t)])
+        assert torch.equal(mask[h], expected), f"head {h}"
+    assert pattern.mask(0, t, 0, t, torch.device("cpu")) is pattern.mask(0, t, 0, t, torch.device("cpu"))  # cached
+    # a decoding step: one query at position 12 over keys 5..12 is the same rows and columns
+    step = pattern.mask(12, 1, 5, 8, torch.device("cpu")).expand(n_head, 1, 8)
+    assert torch.equal(step[:, 0], mask[:, 12, 5:13])
+    assert pattern.mean_keys(cfg, t) == pytest.approx(mask.sum().item() / (n_head * t))
+
+
+def test_dilated_head_groups():
+    assert DilatedAttention.head_steps(8, 2) == [1, 1, 2, 2, 4, 4, 8, 8]
+    assert DilatedAttention.head_steps(2, 3) == [1, 3]
+
+
+@pytest.mark.parametrize("kind", ATTENTIONS)
+def test_every_kind_is_causal(kind, tiny_config):
+    attn = CausalSelfAttention(dataclasses.replace(tiny_config, attention=kind)).eval()
+    x = torch.randn(2, 12, tiny_config.n_embd)
+    changed = x.clone()
+    changed[:, 7] = torch.randn(2, tiny_config.n_embd)
+    torch.testing.assert_close(attn(x)[:, :7], attn(changed)[:, :7])
+    assert not torch.allclose(attn(x)[:, 7:], attn(changed)[:, 7:])
+
+
+@pytest.mark.parametrize("kind", SOFTMAX_KINDS)
+@pytest.mark.parametrize("alibi", [False, True])
+def test_module_sdpa_equals_eager(kind, alibi, tiny_config):
+    cfg = dataclasses.replace(tiny_config, attention=kind)
+    sdpa = CausalSelfAttention(dataclasses.replace(cfg, attn_impl="sdpa"))
+    eager = CausalSelfAttention(dataclasses.replace(cfg, attn_impl="eager"))
+    eager.load_state_dict(sdpa.state_dict())
+    x = torch.randn(2, 7, tiny_config.n_embd)
+    slopes = alibi_slopes(cfg.n_head)
+    kw = {"bias": lambda q_pos, k_pos: alibi_bias(slopes, q_pos, k_pos)} if alibi else {}
+    torch.testing.assert_close(sdpa(x, **kw), eager(x, **kw))
+
+
+@pytest.mark.parametrize("feature_map", FEATURE_MAPS)
+@pytest.mark.parametrize("chunk", [4, 64])  # several chunks, the last one padded; one chunk
+def test_linear_causal_form_equals_the_quadratic_reference(feature_map, chunk, tiny_config, monkeypatch):
+    monkeypatch.setattr(LinearAttention, "chunk", chunk)
+    pattern = LinearAttention(dataclasses.replace(tiny_config, feature_map=feature_map))
+    q, k, v = (torch.randn(2, 4, 11, 8) for _ in range(3))
+    fast, none = pattern.attend(q, k, v, q_start=0, bias=None, dropout_p=0.0, need_weights=False)
+    assert none is None
+    phi = FEATURE_MAPS[feature_map]
+    a = (phi(q) @ phi(k).transpose(-2, -1)).tril()  # plainly: causal φ(q)·φ(k), each row over its sum
+    reference = (a / (a.sum(-1, keepdim=True) + LinearAttention.eps)) @ v
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+    # the last 3 queries against all keys (a cached decoding step) are the same rows
+    tail, _ = pattern.attend(q[:, :, -3:], k, v, q_start=8, bias=None, dropout_p=0.0, need_weights=False)
+    torch.testing.assert_close(tail, reference[:, :, -3:], rtol=1e-4, atol=1e-5)
+
+
+def test_linear_attention_builds_no_t_by_t_tensor(tiny_config):
+    pattern = LinearAttention(tiny_config)
+    t = 200
+    q, k, v = (torch.randn(1, 2, t, 4) for _ in range(3))
+    shapes = []
+
+    class Spy(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor):
+                shapes.append(tuple(out.shape))
+            return out
+
+    with Spy():
+        pattern.attend(q, k, v, q_start=0, bias=None, dropout_p=0.0, need_weights=False)
+    assert shapes and not any(s.count(t) >= 2 for s in shapes)
+
+
+@pytest.mark.parametrize("n_kv_head", [1, 2, 4])
+@pytest.mark.parametrize("bias,qk_norm", [(True, False), (False, True)])
+def test_param_count_and_hf_names(n_kv_head, bias, qk_norm, tiny_config):
+    cfg = dataclasses.replace(tiny_config, bias=bias, n_kv_head=n_kv_head, qk_norm=qk_norm)
+    attn = CausalSelfAttention(cfg)
+    assert CausalSelfAttention.num_params(cfg) == sum(p.numel() for p in attn.parameters())
+    names = {n.split(".")[0] for n, _ in attn.named_parameters()}
+    assert names == {"q_proj", "k_proj", "v_proj", "o_proj"} | ({"q_norm", "k_norm"} if qk_norm else set())
+    assert attn.k_proj.weight.shape == (n_kv_head * 8, cfg.n_embd)
+
+
+def test_grouped_query_attention_shares_each_kv_head_within_its_group(tiny_config):
+    """GQA equals multi-head attention whose k/v projections repeat each kv head's rows."""
+    gqa = CausalSelfAttention(dataclasses.replace(tiny_config, n_kv_head=2))
+    mha = CausalSelfAttention(tiny_config)
+    sd = gqa.state_dict()
+    for name in ("k_proj", "v_proj"):
+        w, b = sd[f"{name}.weight"], sd[f"{name}.bias"]
+        sd[f"{name}.weight"] = repeat_kv(w.view(1, 2, 8, -1), 2).reshape(32, -1)
+        sd[f"{name}.bias"] = repeat_kv(b.view(1, 2, 8, 1), 2).reshape(32)
+    mha.load_state_dict(sd)
+    x = torch.randn(2, 6, tiny_config.n_embd)
+    torch.testing.assert_close(gqa(x), mha(x))
