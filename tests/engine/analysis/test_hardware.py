@@ -36,7 +36,7 @@ def test_cpu_peak_is_measured_once_per_machine_and_only_goes_up(tmp_path, monkey
     (not timing a machine that other workers keep busy), and says so."""
     import torch
 
-    from engine import hardware
+    from engine.analysis import hardware
 
     monkeypatch.setenv("ENGINE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(hardware, "_MEASURED", {})

@@ -271,7 +271,7 @@ def test_mfu_never_exceeds_one_and_a_low_peak_is_raised(tiny_job, tmp_path, monk
     workers started. A per-machine figure taken that way (here, written to the cache as a busy
     machine's 1 MFLOP/s) is raised to the first step's rate, MFU stays ≤ 1, the events say where
     the peak came from, and the cache keeps the higher figure."""
-    from engine import hardware
+    from engine.analysis import hardware
 
     monkeypatch.setenv("ENGINE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(hardware, "_MEASURED", {})
