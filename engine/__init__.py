@@ -32,7 +32,10 @@ Model
     ``forward(idx, targets=None, *, cache=None, start_pos=0) -> (logits, loss)``, ``num_params()``,
     ``make_cache()``, ``moe_stats()`` and
     ``generate(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)``; components
-    come from ``NORMS``, ``POSITIONS``, ``ATTENTIONS``, ``FFNS``.
+    come from ``NORMS``, ``POSITIONS``, ``ATTENTIONS``, ``FFNS``. An attention kind is one
+    ``AttentionKind`` subclass (costs, KV bound, mask, label, colour token, help on the class);
+    ``register_attention(name, cls)`` / ``unregister_attention(name)`` add one at run time,
+    ``describe_attentions()`` lists them for the web app.
     ``generate(model, tokenizer, prompt, ...)`` -> str. ``KVCache``, ``SlidingWindowCache``.
     The other families: ``engine.encoder``, ``engine.encoder_decoder``; ``engine.pretrained.load_minilm()``.
     ``capture_attention(model, layers, heads)``: a context manager collecting attention weights;
@@ -84,7 +87,7 @@ Analysis
 import warnings
 
 from .analysis import analyze
-from .attention import ATTENTIONS
+from .attention import ATTENTIONS, AttentionKind, describe_attentions, register_attention, unregister_attention
 from .attention_maps import attention_event, attention_snapshot
 from .cache import KVCache, SlidingWindowCache
 from .capture import capture_attention
@@ -130,6 +133,10 @@ __all__ = [
     "POSITIONS",
     "FFNS",
     "ATTENTIONS",
+    "AttentionKind",
+    "register_attention",
+    "unregister_attention",
+    "describe_attentions",
     "KVCache",
     "SlidingWindowCache",
     "capture_attention",
