@@ -223,8 +223,10 @@ def _curves(cfg, analysis: dict) -> dict:
             "kv_cache": [per_token * cls.kv_positions(other, t) for t in contexts],
             "attention_flops": [n_layers * cls.flops_per_token(other, t) for t in contexts],
         })
-        if cls.kv_bound(other) is not None:
-            bounded.append(f"{kind}: × min(T, {cls.kv_bound(other):,})")
+        bound = cls.kv_bound(other)
+        if bound is not None:  # named by the config field that sets it, if one does: "min(T, window)"
+            named = [f for f in cls.fields if getattr(other, f) == bound]
+            bounded.append(f"{kind}: × min(T, {named[0] if named else f'{bound:,}'})")
     return {
         "contexts": contexts,
         "block_size": cfg.block_size,
