@@ -37,7 +37,10 @@ Model
     ``forward(idx, targets=None, *, cache=None, start_pos=0) -> (logits, loss)``, ``num_params()``,
     ``make_cache()``, ``moe_stats()`` and
     ``generate(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)``; components
-    come from ``NORMS``, ``POSITIONS``, ``ATTENTIONS``, ``FFNS``.
+    come from ``NORMS``, ``POSITIONS``, ``ATTENTIONS``, ``FFNS``. An attention kind is one
+    ``AttentionKind`` subclass (costs, KV bound, mask, label, colour token, help on the class);
+    ``register_attention(name, cls)`` / ``unregister_attention(name)`` add one at run time,
+    ``describe_attentions()`` lists them for the web app.
     ``generate(model, tokenizer, prompt, ...)`` -> str. ``KVCache``, ``SlidingWindowCache``.
     The other families: ``engine.models.encoder``, ``engine.models.encoder_decoder``;
     ``engine.interop.pretrained.load_minilm()``.
@@ -107,6 +110,10 @@ _PUBLIC = {
     "POSITIONS": "engine.nn.position:POSITIONS",
     "FFNS": "engine.nn.ffn:FFNS",
     "ATTENTIONS": "engine.nn.attention:ATTENTIONS",
+    "AttentionKind": "engine.nn.attention:AttentionKind",
+    "register_attention": "engine.nn.attention:register_attention",
+    "unregister_attention": "engine.nn.attention:unregister_attention",
+    "describe_attentions": "engine.nn.attention:describe_attentions",
     "KVCache": "engine.nn.cache:KVCache",
     "SlidingWindowCache": "engine.nn.cache:SlidingWindowCache",
     "build_model": "engine.models.families:build_model",
@@ -177,6 +184,10 @@ __all__ = [
     "POSITIONS",
     "FFNS",
     "ATTENTIONS",
+    "AttentionKind",
+    "register_attention",
+    "unregister_attention",
+    "describe_attentions",
     "KVCache",
     "SlidingWindowCache",
     "capture_attention",

@@ -52,6 +52,7 @@ def options() -> dict:
     if None not in out["quantization"]:
         out["quantization"] = [None, *out["quantization"]]
     out["devices"] = [{"key": k, "name": d.name, "memory": d.memory} for k, d in engine.HARDWARE.items()]
+    out["attention_kinds"] = engine.describe_attentions()  # each kind's colour token, for the charts
     return out
 
 
@@ -72,11 +73,13 @@ def report(payload) -> dict:
     if errors:
         raise SpecError(errors)
     # the same question asked again (the composer re-asks on every keystroke) is answered from memory
-    return _cached(json.dumps({"model": cfg.to_dict(), "settings": settings}, sort_keys=True))
+    return _cached(json.dumps({"model": cfg.to_dict(), "settings": settings}, sort_keys=True),
+                   tuple(engine.ATTENTIONS.items()))
 
 
 @functools.lru_cache(maxsize=256)
-def _cached(key: str) -> dict:
+def _cached(key: str, attentions: tuple) -> dict:
+    # ``attentions``: the registered kinds, so a kind registered at run time joins the curves
     data = json.loads(key)
     cfg, s = engine.ModelConfig.from_dict(data["model"]), data["settings"]
     try:
@@ -209,25 +212,29 @@ def _curves(cfg, analysis: dict) -> dict:
     contexts = curve_contexts(cfg.block_size)
     per_token = analysis["kv_cache_per_token"]
     n_layers = cfg.n_layer + ((cfg.n_decoder_layer or cfg.n_layer) if cfg.family == "encoder_decoder" else 0)
-    series = []
+    series, bounded = [], []
     for kind in [cfg.attention, *(k for k in engine.ATTENTIONS if k != cfg.attention)]:
-        other = dataclasses.replace(cfg, attention=kind)
+        other, cls = dataclasses.replace(cfg, attention=kind), engine.ATTENTIONS[kind]
         series.append({
             "attention": kind,
-            "label": {"sliding": f"sliding (window {cfg.window:,})", "dilated": f"dilated (×{cfg.dilation})",
-                      "block_sparse": f"block_sparse ({cfg.sparse_block}/{cfg.sparse_stride})"}.get(kind, kind),
+            "label": cls.label(other),  # with the values it reads: "sliding (window 4,096)"
+            "color": cls.color,  # a token the charts' theme maps to a colour
             "chosen": kind == cfg.attention,
-            "kv_cache": [per_token * (min(t, cfg.window) if kind == "sliding" else t) for t in contexts],
-            "attention_flops": [n_layers * engine.ATTENTIONS[kind].flops_per_token(other, t) for t in contexts],
+            "kv_cache": [per_token * cls.kv_positions(other, t) for t in contexts],
+            "attention_flops": [n_layers * cls.flops_per_token(other, t) for t in contexts],
         })
+        bound = cls.kv_bound(other)
+        if bound is not None:  # named by the config field that sets it, if one does: "min(T, window)"
+            named = [f for f in cls.fields if getattr(other, f) == bound]
+            bounded.append(f"{kind}: × min(T, {named[0] if named else f'{bound:,}'})")
     return {
         "contexts": contexts,
         "block_size": cfg.block_size,
         "n_attention_layers": n_layers,
         "series": series,
         "formulas": {
-            "kv_cache": f"KV cache(T) = kv_cache_per_token × cached positions = {per_token:,} B × T "
-                        "(sliding: × min(T, window)); one sequence",
+            "kv_cache": f"KV cache(T) = kv_cache_per_token × cached positions = {per_token:,} B × T"
+                        + (f" ({'; '.join(bounded)})" if bounded else "") + "; one sequence",
             "attention_flops": f"attention FLOPs/token(T) = {n_layers} layers × 4 · n_embd · K̄(T), "
                                "K̄ = mean keys a query sees (full: (T+1)/2; linear: constant)",
         },

@@ -58,6 +58,7 @@ def composer_options(team):
     return {
         "fields": engine.field_specs(),
         "choices": engine.choices(),
+        "attention_kinds": engine.describe_attentions(),
         "datasets": [
             {"id": d.pk, "name": d.name, "size_bytes": d.size_bytes, "n_chars": d.n_chars}
             for d in Dataset.objects.filter(team=team)
@@ -81,11 +82,14 @@ def _holds(condition, value):
 def field_applies(name, flat):
     """Whether field ``name`` ("section.key") matters given the other values, ``flat`` by
     "section.key" (the engine's ``show_if``: no window without sliding attention...)."""
-    return all(_holds(cond, flat.get(other)) for other, cond in (_show_if().get(name) or {}).items())
+    show_if = _show_if(tuple(engine.ATTENTIONS.items()))
+    return all(_holds(cond, flat.get(other)) for other, cond in (show_if.get(name) or {}).items())
 
 
-@functools.cache
-def _show_if():
+@functools.lru_cache(maxsize=4)
+def _show_if(attentions):
+    """Every field's ``show_if``, for the attention kinds registered now (``attentions``, the cache's
+    key: a kind registered at run time brings its fields with it)."""
     return {s["name"]: s.get("show_if") for s in engine.field_specs()}
 
 

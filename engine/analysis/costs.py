@@ -10,8 +10,10 @@ projections, for MoE only the router, its top_k experts and the shared one, and 
 embedding lookups are free) plus attention's QKᵀ and AV, 4·n_embd per key a query sees, i.e.
 4·n_embd·K̄ per layer where K̄ is the mean number of keys a query at context T attends to,
 counted exactly from the pattern's mask (full causal: (T+1)/2; sliding: ≤ window; ...). Linear
-attention has no scores: 4·n_embd·head_dim + 4·n_embd per layer, independent of T
-(``ATTENTIONS[kind].flops_per_token``):
+attention has no scores: 4·n_embd·head_dim + 4·n_embd per layer, independent of T. Every
+figure that differs by attention kind is asked of its class (``ATTENTIONS[kind]``:
+``flops_per_token``, ``decode_flops_per_token``, ``executed_flops_per_token``,
+``saved_activations``, ``kv_positions``, ``has_scores``):
 
     per_token_forward = 2 · N_matmul_active + n_layer · attention_flops(T)   (= per_token_prefill)
     per_token_decode  = 2 · N_matmul_active + n_layer · 4 · n_embd · K_last(T)
@@ -57,7 +59,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..nn.attention import ATTENTIONS, CausalSelfAttention, LinearAttention
+from ..nn.attention import ATTENTIONS, CausalSelfAttention
 from ..models.encoder import MLMHead
 from ..nn.ffn import FFNS
 from ..nn.norm import NORM_PLACEMENTS, NORMS
@@ -104,7 +106,7 @@ def _analyze(cfg: ModelConfig, *, vocab_size, batch_size, seq_len, dtype, optimi
     n_kv = cfg.n_kv_head or a
     hs = d // a
     kv_dim = n_kv * hs
-    linear = cfg.attention == "linear"
+    scores = kind.has_scores  # a softmax over a score matrix (linear attention has none)
 
     # ---- parameters
     # the stacks of blocks: the decoder's or encoder's, or an encoder-decoder's two (encoder first)
@@ -155,27 +157,20 @@ def _analyze(cfg: ModelConfig, *, vocab_size, batch_size, seq_len, dtype, optimi
     if cfg.family == "encoder":
         matmul += d * d  # the MLM head's dense layer
     attention_flops = kind.flops_per_token(cfg, t)
-    # what one query at position t - 1 sees: the mask's last row, from the running mean
-    last_keys = None
-    if not linear:
-        last_keys = 1.0 if t == 1 else t * kind.mean_keys(cfg, t) - (t - 1) * kind.mean_keys(cfg, t - 1)
-    # linear attention decodes recurrently: the state update φ(k)vᵀ and φ(q)·S, hs² each, and z
-    decode_attention = 4 * d * hs + 4 * d if linear else 4 * d * last_keys
+    # what one query at position t - 1 sees (None: linear attention's recurrent state), and its cost
+    last_keys = kind.decode_keys(cfg, t)
+    decode_attention = kind.decode_flops_per_token(cfg, t)
     # what the kernels run: every score of the T×T matrix (the mask applied after), or linear
-    # attention's chunked products, its last chunk padded (φ(q)·z adds 2·n_embd)
-    if linear:
-        c = min(LinearAttention.chunk, t)
-        executed_causal = (4 * d * hs + 4 * d * c + 2 * d) * (-(-t // c) * c) / t
-        executed_symmetric = 4 * d * hs + 2 * d  # one global state
-    else:
-        executed_causal = executed_symmetric = 4 * d * t
+    # attention's chunked products
+    executed_causal = kind.executed_flops_per_token(cfg, t)
+    executed_symmetric = kind.executed_flops_per_token(cfg, t, causal=False)
     if cfg.family == "decoder":
         attention_total = n_layer * attention_flops
         executed_total = n_layer * executed_causal
         decode_matmul, decode_attn_total = matmul, n_layer * decode_attention
     else:
         # a symmetric pattern sees the causal keys on both sides, the query once: 2·K̄ − 1 keys
-        both = attention_flops if linear else 2 * attention_flops - 4 * d
+        both = kind.flops_per_token(cfg, t, causal=False)
         # the encoder's layers; a decoder's causal ones and its cross-attention to all t inputs
         attention_total = n_layer * both + n_cross * (attention_flops + 4 * d * t)
         executed_total = n_layer * executed_symmetric + n_cross * (executed_causal + 4 * d * t)
@@ -191,14 +186,11 @@ def _analyze(cfg: ModelConfig, *, vocab_size, batch_size, seq_len, dtype, optimi
     # ---- training memory
     # activations are linear in the batch: count them per sequence (in elements of ``dtype``)
     st, kv_st = t * d, t * kv_dim  # one sequence's (T, C) tensor, and its k (or v)
-    if linear:  # no T×T matrix: per-chunk states (hs² per C positions), (C, C) products
-        c = min(LinearAttention.chunk, t)
-        square, attn_matrix, dropout_attn = 0, a * -(-t // c) * c * (3 * hs**2 // c + 2 * c), False
-        extra = 6 * st
-    else:  # every softmax pattern here still materialises the masked T×T scores
-        square = a * t * t
-        attn_matrix, dropout_attn = square, cfg.dropout > 0
-        extra = 0
+    # every softmax pattern here still materialises the masked T×T scores; linear attention keeps
+    # per-chunk states (hs² per C positions) and (C, C) products instead
+    attn_matrix, extra = kind.saved_activations(cfg, t)
+    square = attn_matrix if scores else 0
+    dropout_attn = scores and cfg.dropout > 0
     # a soft-cap keeps the scores and their tanh; ALiBi its biased scores
     square_extra = square * (2 * bool(cfg.attn_softcap) + (cfg.position == "alibi"))
     if cfg.position == "rope":  # the rotated halves of q and k
@@ -217,12 +209,12 @@ def _analyze(cfg: ModelConfig, *, vocab_size, batch_size, seq_len, dtype, optimi
     # the softmax output (linear attention: its states) is fp32 under autocast too: the eager
     # path takes softmax(scores.float()) and AV reads a 16-bit copy; PyTorch's math SDPA kernel
     # upcasts half inputs and keeps the fp32 weights (an H200 measurement agrees, docs/engine.md)
-    softmax_bytes = 4 + (bpe if bpe < 4 and cfg.attn_impl == "eager" and not linear else 0)
+    softmax_bytes = 4 + (bpe if bpe < 4 and cfg.attn_impl == "eager" and scores else 0)
     # dropout masks: 1 byte each on GPU, but PyTorch's CPU path keeps them in the activation
     # dtype, so count them at that width (two residual dropouts and the attention one per layer)
     layer_masks = 2 * st if dropout else 0
     attn_masks = attn_matrix if dropout_attn else 0
-    if flash and not linear:  # a fused kernel keeps a fp32 logsumexp per row and head, not the T×T
+    if flash and scores:  # a fused kernel keeps a fp32 logsumexp per row and head, not the T×T
         attn_bytes = a * t * 4
     else:
         attn_bytes = attn_matrix * softmax_bytes + (attn_elems + attn_masks) * bpe
@@ -275,7 +267,7 @@ def _analyze(cfg: ModelConfig, *, vocab_size, batch_size, seq_len, dtype, optimi
     per_gpu["total"] = sum(per_gpu.values())
 
     # ---- inference memory
-    kv_tokens = min(t, cfg.window) if cfg.attention == "sliding" else t
+    kv_tokens = kind.kv_positions(cfg, t)  # min(t, window) for sliding attention
     kv_per_token = 2 * n_kv_layers * kv_dim * bpe  # a key and a value per generating layer and kv head
     kv_cache_batch = kv_per_token * kv_tokens * b
     if quant is None:
@@ -293,8 +285,8 @@ def _analyze(cfg: ModelConfig, *, vocab_size, batch_size, seq_len, dtype, optimi
         infer_weights = block_elems * quant["bits"] // 8 + scales + (total - block_elems) * 2
     # a forward's transient peak: the residual, norm output, q, k, v, attention output and the
     # scores with their softmax (or a fused kernel's logsumexp); or the FFN's hidden tensors
-    scores = a * t * 4 if flash and not linear else (2 * square * bpe if not linear else attn_matrix * 4)
-    attn_ws = (4 * st + 2 * kv_st) * bpe + scores
+    score_bytes = a * t * 4 if flash and scores else (2 * square * bpe if scores else attn_matrix * 4)
+    attn_ws = (4 * st + 2 * kv_st) * bpe + score_bytes
     ffn_ws = (3 * st + ffn.n_proj * hidden * t) * bpe
     logits = t * vocab * bpe
     infer_activations = int(b * (max(attn_ws, ffn_ws) + logits))
@@ -347,7 +339,8 @@ def _analyze(cfg: ModelConfig, *, vocab_size, batch_size, seq_len, dtype, optimi
     if formulas:
         report["formulas"] = _formulas(report, cfg, d=d, hs=hs, n_kv=n_kv, t=t, b=b, bpe=bpe, vocab=vocab,
                                        matmul=matmul, n_kv_layers=n_kv_layers, state_bytes=state_bytes,
-                                       passes=passes, quant=quant, block_elems=block_elems, last_keys=last_keys)
+                                       passes=passes, quant=quant, block_elems=block_elems, last_keys=last_keys,
+                                       kind=kind)
     return report
 
 
@@ -359,7 +352,7 @@ def _n(x) -> str:
 
 
 def _formulas(r: dict, cfg, *, d, hs, n_kv, t, b, bpe, vocab, matmul, n_kv_layers, state_bytes, passes,
-              quant, block_elems, last_keys) -> dict:
+              quant, block_elems, last_keys, kind) -> dict:
     """term -> "symbols = numbers = result" for the UI's footnotes."""
     p, fl, m, s = r["params"], r["flops"], r["memory"], r["settings"]
     inf, gpu = m["inference"], m["train_per_gpu"]
@@ -399,8 +392,8 @@ def _formulas(r: dict, cfg, *, d, hs, n_kv, t, b, bpe, vocab, matmul, n_kv_layer
                                            f"(K̄: the mean keys a query sees at T = {_n(t)})",
         "flops.executed_attention_per_token_layer":
             f"4 × d × T = 4 × {d} × {_n(t)} = {_n(fl['executed_attention_per_token_layer'])} (every score of T×T)"
-            if cfg.attention != "linear" else
-            f"chunked linear attention, as run: {_n(fl['executed_attention_per_token_layer'])}",
+            if kind.executed_formula is None else
+            f"{kind.executed_formula}: {_n(fl['executed_attention_per_token_layer'])}",
         "flops.per_token_forward": f"2 × N_matmul + attention = 2 × {_n(matmul)} + {_n(attn)} = {_n(fwd)}",
         "flops.executed_per_token_forward": f"2 × N_matmul + attention as run = 2 × {_n(matmul)} + "
                                             f"{_n(fl['executed_per_token_forward'] - 2 * matmul)} = "
@@ -441,7 +434,7 @@ def _formulas(r: dict, cfg, *, d, hs, n_kv, t, b, bpe, vocab, matmul, n_kv_layer
                                   f"{_n(inf['kv_cache'])} + {_n(inf['activations'])} = {_n(inf['total'])} B",
     }
     if fl["per_token_decode"] is not None:
-        keys = "(4 × d × hs + 4 × d) (a recurrent state)" if last_keys is None else f"4 × d × {_n(last_keys)} keys"
+        keys = kind.decode_formula if last_keys is None else f"4 × d × {_n(last_keys)} keys"
         f["flops.per_token_decode"] = (f"2 × N_matmul (the generating stack) + n_layer × {keys} = "
                                        f"{_n(fl['per_token_decode'])}")
     return f

@@ -24,19 +24,11 @@ def structure(config, t: int = 32) -> dict:
 
 def _mask(config, t: int) -> dict:
     causal = config.family != "encoder"
-    kind = ATTENTIONS[config.attention](config, causal=causal)
-    if config.attention == "linear":  # no scores: every key before (or, in an encoder, around) a query counts
-        allowed = torch.ones(t, t, dtype=torch.bool)
-        allowed = allowed.tril() if causal else allowed
-        heads = [allowed]
-        note = "linear attention has no score matrix: each query sums over these keys through its running state"
-    else:
-        m = kind.mask(0, t, 0, t, torch.device("cpu"))  # (1 or nh, T, T)
-        heads = [m[i] for i in sorted({0, m.size(0) // 2, m.size(0) - 1})]  # distinct per-head patterns
-        note = ""
+    kind = ATTENTIONS[config.attention]
+    heads, note = kind(config, causal=causal).structure_mask(t)  # the distinct (T, T) pictures
     keys = [float(h.sum(-1).float().mean()) for h in heads]
-    return {"attention": config.attention, "causal": causal, "heads": [h.int().tolist() for h in heads],
-            "mean_keys": keys, "note": note}
+    return {"attention": config.attention, "label": kind.label(config), "color": kind.color, "causal": causal,
+            "heads": [h.int().tolist() for h in heads], "mean_keys": keys, "note": note}
 
 
 def _position(config, t: int) -> dict:

@@ -110,7 +110,15 @@ class Section:
             raise ConfigError(errors)
 
 
-SOFTMAX = ["full", "sliding", "dilated", "block_sparse"]  # the attention patterns with scores
+def _attention(question: str, **kw):
+    """A help text or ``show_if`` list asked of the attention registry when ``field_specs`` runs,
+    so a kind registered at run time is described and shown its fields."""
+    def ask():
+        return resolve(f"engine.nn.attention:{question}")(**kw)
+    return ask
+
+
+SOFTMAX = _attention("attention_kinds", has_scores=True)  # the attention patterns with scores
 MOE = {"model.n_expert": {"min": 1}}  # show_if of the fields that only matter with experts
 ENCODER = {"model.family": ["encoder"]}
 ENCODER_DECODER = {"model.family": ["encoder_decoder"]}
@@ -193,28 +201,25 @@ class ModelConfig(Section):
         "Context the model was trained at, which YaRN keeps the high frequencies for (empty = block_size).",
         min=1, max=1_000_000, optional=True, show_if={"model.position": ["rope"], "model.rope_scaling": ["yarn"]})
     attention: str = choice(
-        "full", ATTENTIONS, "Attention pattern",
-        "Which earlier tokens each query sees (in an encoder, the same pattern on both sides): all (cost grows "
-        "with context²), a sliding window, dilated distances per head group, Sparse Transformer blocks, or "
-        "linear attention (cost linear in context, no softmax).")
+        "full", ATTENTIONS, "Attention pattern", _attention("attention_help"))
     window: int = integer(64, "Window", "Sliding attention: each token sees the last this many tokens incl. itself; "
                           "compute and KV cache stop growing beyond it.", min=1, max=1_000_000,
-                          show_if={"model.attention": ["sliding"]})
+                          show_if={"model.attention": _attention("attention_kinds", reads="window")})
     dilation: int = integer(2, "Dilation",
                             "Dilated attention: head group g (of up to 4) sees keys at distances that are multiples "
                             "of dilation^g; larger values make far groups sparser and cheaper.", min=1, max=64,
-                            show_if={"model.attention": ["dilated"]})
+                            show_if={"model.attention": _attention("attention_kinds", reads="dilation")})
     sparse_block: int = integer(16, "Sparse block",
                                 "Block-sparse attention: tokens see their own block of this many tokens plus the "
                                 "summary positions; cost grows with the block, not the context.", min=1, max=8192,
-                                show_if={"model.attention": ["block_sparse"]})
+                                show_if={"model.attention": _attention("attention_kinds", reads="sparse_block")})
     sparse_stride: int = integer(4, "Summary stride",
                                  "Block-sparse attention: the last token of every this-many-th block is a summary "
                                  "all later tokens see; smaller strides add keys and cost.", min=1, max=8192,
-                                 show_if={"model.attention": ["block_sparse"]})
+                                 show_if={"model.attention": _attention("attention_kinds", reads="sparse_stride")})
     feature_map: str = choice("elu", FEATURE_MAPS, "Feature map",
                               "Linear attention's positive feature map φ: elu+1 (smooth) or relu (sparse); same cost.",
-                              show_if={"model.attention": ["linear"]})
+                              show_if={"model.attention": _attention("attention_kinds", reads="feature_map")})
     attn_impl: str = choice("sdpa", ATTENTION_FUNCTIONS, "Attention kernel",
                             "Same maths either way: PyTorch's fused kernel (sdpa) or the readable reference (eager).",
                             show_if={"model.attention": SOFTMAX})
@@ -511,9 +516,11 @@ def _model_checks(cfg: ModelConfig, ok) -> dict[str, str]:
         if head_dim % 2:
             errors["position"] = (f"position 'rope' rotates pairs of dimensions, so the head size "
                                   f"n_embd / n_head ({head_dim}) must be even")
-    if ok("position", "attention") and cfg.position in ("alibi", "t5_relative") and cfg.attention == "linear":
-        errors["position"] = f"position {cfg.position!r} biases attention scores, which attention 'linear' has " \
-                             f"none of; choose from {[p for p in resolve(POSITIONS) if p not in ('alibi', 't5_relative')]}"
+    if ok("position", "attention") and cfg.position in ("alibi", "t5_relative") \
+            and not resolve(ATTENTIONS)[cfg.attention].has_scores:
+        errors["position"] = f"position {cfg.position!r} biases attention scores, which attention " \
+                             f"{cfg.attention!r} has none of; choose from " \
+                             f"{[p for p in resolve(POSITIONS) if p not in ('alibi', 't5_relative')]}"
     if ok("n_expert", "top_k") and cfg.n_expert and cfg.top_k > cfg.n_expert:
         errors["top_k"] = f"top_k ({cfg.top_k}) must be ≤ n_expert ({cfg.n_expert})"
     if ok("n_expert", "moe_every", "n_layer") and cfg.n_expert and cfg.moe_every > cfg.n_layer:
@@ -636,14 +643,14 @@ def field_specs() -> list[dict]:
                 "default": f.default,
                 "min": meta["min"],
                 "max": meta["max"],
-                "help": meta["help"],
+                "help": meta["help"]() if callable(meta["help"]) else meta["help"],
             }
             if meta["kind"] == "float":
                 spec["step"] = meta["step"]
             if meta["kind"] == "choice":
                 spec["choices"] = list(resolve(meta["choices"]))
             if meta["show_if"]:
-                spec["show_if"] = meta["show_if"]
+                spec["show_if"] = {k: v() if callable(v) else v for k, v in meta["show_if"].items()}
             specs.append(spec)
     return specs
 

@@ -12,7 +12,7 @@ browser drawing even one stalls (BertViz at ~512 tokens). So nothing here holds 
 queries and keys the pattern was given (post-RoPE, ~T·(n_head + n_kv_head)·head_dim floats);
 the weights are recomputed from them in chunks of query rows (``ROW_CHUNK_FLOATS`` floats at a
 time, 64 MB), through the pattern's own mask, position bias and soft-cap
-(``engine.attention.attention_weights``), so they equal what ``capture_attention`` returns.
+(the pattern's ``weights_at``), so they equal what ``capture_attention`` returns.
 
 Pooling. Positions fall in blocks of ``b = ceil(T / cells)`` (the last one shorter); a cell of
 query block I and key block J holds ``Σ_{i∈I, j∈J} w_ij / |I|``: the mean, over the block's
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..nn.attention import LinearAttention, _cached_mask, attention_weights, repeat_kv
+from ..nn.attention import repeat_kv
 
 OVERVIEW_CELLS = 128  # cells per side of an overview: 128² bytes a head
 ROW_CHUNK_FLOATS = 1 << 24  # weights computed at once: 64 MB of float32
@@ -83,24 +83,15 @@ class LayerScores:
         if heads is not None:
             q, k = q[list(heads)], k[list(heads)]
         k_start = self.q_start + tq - tk
-        if isinstance(self.pattern, LinearAttention):
-            fq, fk = self.pattern.phi(q), self.pattern.phi(k)
-            a = fq @ fk.transpose(-2, -1)  # (H, R, Tk)
-            if self.pattern.causal:  # as ``LinearAttention.weights``: key j ≤ query i + Tk − Tq
-                allowed = torch.arange(tk, device=q.device)[None] <= torch.arange(r0, r1, device=q.device)[:, None] + tk - tq
-                a = a.masked_fill(~allowed, 0.0)
-            return a / (a.sum(-1, keepdim=True) + self.pattern.eps)
-        # the uncached mask builder: row chunks must not evict the training shapes' masks
-        mask = _cached_mask.__wrapped__(self.pattern, self.q_start + r0, r1 - r0, k_start, tk, q.device)
-        if mask.size(0) > 1 and heads is not None:
-            mask = mask[list(heads)]  # a per-head pattern (dilated)
         bias = None
         if self.bias is not None:
             pos = torch.arange(k_start, self.q_start + tq, device=q.device)  # (Tk,)
             bias = self.bias(pos[-tq:][r0:r1], pos)  # (nh, R, Tk)
             if heads is not None:
                 bias = bias[list(heads)]
-        return attention_weights(q, k, mask=mask, bias=bias, softcap=self.pattern.softcap).float()
+        # the pattern's own weights (mask, soft-cap, or linear attention's φ(q)·φ(k)), its mask
+        # built afresh: row chunks must not evict the training shapes' masks
+        return self.pattern.weights_at(q, k, q_start=self.q_start + r0, k_start=k_start, bias=bias, heads=heads)
 
     def chunks(self, r0: int, r1: int, n_heads: int, align: int = 1) -> Iterator[tuple[int, int]]:
         """[a, b) spans of rows r0..r1 whose weights fit in ``ROW_CHUNK_FLOATS``, ``align``-sized."""

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn.attention import CausalSelfAttention
+from ..nn.attention import ATTENTIONS, CausalSelfAttention
 from ..nn.cache import KVCache, Linear, SlidingWindowCache, keep_weights
 from ..nn.ffn import FFNS
 from ..nn.norm import NORM_PLACEMENTS, NORMS
@@ -103,11 +103,11 @@ class Decoder(nn.Module):
         return n
 
     def make_cache(self, capacity: int | None = None) -> KVCache:
-        """The cache ``generate`` uses: bounded by the window for sliding attention. ``capacity``,
-        the positions a full cache will hold, lets it allocate once rather than grow."""
-        if self.config.attention == "sliding":
-            return SlidingWindowCache(self.config.window)
-        return KVCache(capacity)
+        """The cache ``generate`` uses: bounded when the attention kind's queries reach only the last
+        ``kv_bound`` positions (sliding attention's window). ``capacity``, the positions a full
+        cache will hold, lets it allocate once rather than grow."""
+        bound = ATTENTIONS[self.config.attention].kv_bound(self.config)
+        return KVCache(capacity) if bound is None else SlidingWindowCache(bound)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: KVCache | None = None, start_pos: int = 0):
@@ -141,9 +141,9 @@ class Decoder(nn.Module):
         common case (pre-norm, plain causal softmax attention through SDPA, no experts, no
         score bias or soft-caps, no QK-norm, nothing captured, no dropout)."""
         c = self.config
-        return (not self.training and c.norm_placement == "pre" and c.attention == "full" and c.attn_impl == "sdpa" and not c.n_expert
-                and not c.attn_softcap and not c.final_softcap and not c.qk_norm and self.wpe.score_bias() is None
-                and all(b.attn.capture is None for b in self.h))
+        return (not self.training and c.norm_placement == "pre" and ATTENTIONS[c.attention].plain_causal
+                and c.attn_impl == "sdpa" and not c.n_expert and not c.attn_softcap and not c.final_softcap
+                and not c.qk_norm and self.wpe.score_bias() is None and all(b.attn.capture is None for b in self.h))
 
     def _decode_step(self, idx: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
         """Logits (B, 1, vocab) of one new token at position ``pos`` with a filled ``cache``: the

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn.attention import CrossAttention
+from ..nn.attention import ATTENTIONS, CrossAttention
 from ..nn.cache import KVCache, SlidingWindowCache, keep_weights
 from .encoder import embedding_norm
 from .decoder import Block, add_moe_loss, init_weights, make_norm, moe_stats, require_vocab, sample
@@ -84,10 +84,10 @@ class EncoderDecoder(nn.Module):
         return n
 
     def make_cache(self) -> KVCache:
-        """The decoder self-attention's cache (the encoder output is computed once per generate)."""
-        if self.config.attention == "sliding":
-            return SlidingWindowCache(self.config.window)
-        return KVCache()
+        """The decoder self-attention's cache (the encoder output is computed once per generate),
+        bounded as the attention kind's ``kv_bound`` allows."""
+        bound = ATTENTIONS[self.config.attention].kv_bound(self.config)
+        return KVCache() if bound is None else SlidingWindowCache(bound)
 
     def _check_length(self, t: int, what: str) -> None:
         if not self.wpe.extrapolates and t > self.config.block_size:

@@ -10,10 +10,12 @@ on (B, nh, Tq, hs) queries and (B, n_kv, Tk, hs) keys/values (n_kv divides nh: q
 key/value head h // (nh / n_kv), GQA), the keys being the positions
 ``q_start + Tq - Tk .. q_start + Tq - 1`` (a cache may hold fewer than all earlier ones); every
 entry is causal unless built with ``causal=False`` (an encoder's, where a pattern becomes symmetric:
-query i sees key j when the causal pattern lets i see j or j see i). The softmax patterns
-differ only in ``allowed(q_pos, k_pos)``, their mask,
-built once per shape and cached; ``mean_keys(config, t)`` counts what a query attends to, for
-``analysis``.
+query i sees key j when the causal pattern lets i see j or j see i). Every entry subclasses
+``AttentionKind``, which carries all that differs between kinds (costs, KV bound, label, colour
+token, help, the fields it reads), so no code elsewhere branches on a kind's name; the softmax
+patterns (``MaskedAttention``) differ only in ``allowed(q_pos, k_pos)``, their mask, built once
+per shape and cached, and ``mean_keys(config, t)``, what a query attends to. A kind added at run
+time goes through ``register_attention(name, cls)``.
 
 ``ATTENTION_FUNCTIONS`` (config ``attn_impl``): the softmax kernel, sharing
 ``(q, k, v, *, mask, bias, softcap, dropout_p) -> y`` as ``ALL_ATTENTION_FUNCTIONS`` does in
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn as nn
@@ -97,8 +99,107 @@ def sdpa_attention(q, k, v, *, mask=None, bias=None, softcap=0.0, dropout_p=0.0)
 # ---------------------------------------------------------------------------- patterns
 
 
-@functools.lru_cache(maxsize=8)  # a T×T mask per shape in use: training, eval, a prefill
-def _cached_mask(kind: MaskedAttention, q_start: int, tq: int, k_start: int, tk: int, device) -> torch.Tensor:
+class AttentionKind:
+    """What every ``ATTENTIONS`` entry is: everything that differs between attention kinds lives
+    on its class, so the rest of the engine, the web app and its charts ask the class instead of
+    branching on a kind's name (as transformers' ``ALL_ATTENTION_FUNCTIONS`` holds its kernels).
+
+    An instance, ``cls(config, *, causal=True)``, attends (``attend``), gives the weights of any
+    block of queries (``weights_at``) and draws its pattern (``structure_mask``). The class answers
+    from a config alone, without tensors, for ``analyze``, the composer and the charts: how many
+    keys a query sees and what that costs (``mean_keys``, ``flops_per_token``,
+    ``decode_flops_per_token``, ``executed_flops_per_token``, ``saved_activations``), how many
+    positions its KV cache must keep (``kv_bound``), whether it has softmax scores, its ``label``
+    and colour token, its phrase in the form's help and the config ``fields`` only it reads.
+    ``MaskedAttention`` gives a softmax pattern all but ``allowed`` and ``mean_keys``."""
+
+    help: ClassVar[str] = ""  # its phrase in the composer's help on ``attention``: "a sliding window"
+    color: ClassVar[str] = "slate"  # a colour token; the charts' theme module maps it to a colour
+    fields: ClassVar[tuple[str, ...]] = ()  # ModelConfig fields only this kind reads (the form shows them for it)
+    has_scores: ClassVar[bool] = True  # softmax over q·kᵀ: a score bias, soft-cap, kernel choice, flash apply
+    plain_causal: ClassVar[bool] = False  # exactly the causal mask, so kernels may use is_causal
+    # ``analyze``'s formula wording for a kind whose costs are not a softmax's (None: the softmax's)
+    decode_formula: ClassVar[str | None] = None
+    executed_formula: ClassVar[str | None] = None
+
+    def __init__(self, config: ModelConfig, *, causal: bool = True):
+        self.causal = causal
+
+    def attend(self, q, k, v, *, q_start: int, bias, dropout_p: float, need_weights: bool):
+        """(y (B, nh, Tq, hs), weights (B, nh, Tq, Tk) or None); see the module docstring."""
+        raise NotImplementedError
+
+    def weights_at(self, q: torch.Tensor, k: torch.Tensor, *, q_start: int, k_start: int, bias=None,
+                   heads=None) -> torch.Tensor:
+        """Normalised weights (H, Tq, Tk) float32 of queries (H, Tq, hs) at positions ``q_start ..``
+        over keys (H, Tk, hs) at ``k_start ..`` (one per query head), equal to what ``attend``
+        captures; ``bias`` the position scheme's score bias for these (H, Tq, Tk), ``heads`` which of
+        the pattern's heads q holds (None: all). Any mask is built afresh, not cached: blocks of
+        rows must not evict the training shapes' masks (``attention_zoom``)."""
+        raise NotImplementedError
+
+    def structure_mask(self, t: int) -> tuple[list[torch.Tensor], str]:
+        """The distinct (T, T) bool pictures of which keys each query reaches (one per group of
+        heads that differs), and a note, for the structure view (``engine.structure``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def label(cls, config: ModelConfig) -> str:
+        """The kind as charts name it, with the config's values it reads: "sliding (window 4,096)"
+        (``config.attention`` names the kind)."""
+        detail = cls.describe(config)
+        return f"{config.attention} ({detail})" if detail else config.attention
+
+    @classmethod
+    def describe(cls, config: ModelConfig) -> str:
+        """The config's values this kind reads, for its ``label``: "window 4,096"; "" for none."""
+        return ""
+
+    @classmethod
+    def kv_bound(cls, config: ModelConfig) -> int | None:
+        """The most past positions a query can reach, so the KV cache needs (a ``SlidingWindowCache``
+        of that many); None when every past position may be needed."""
+        return None
+
+    @classmethod
+    def kv_positions(cls, config: ModelConfig, t: int) -> int:
+        """Positions the KV cache holds at context ``t``: t, or min(t, ``kv_bound``)."""
+        bound = cls.kv_bound(config)
+        return t if bound is None else min(t, bound)
+
+    @staticmethod
+    def mean_keys(config: ModelConfig, t: int) -> float:
+        """K̄(t): the mean number of keys a query of a causal sequence of ``t`` sees."""
+        raise NotImplementedError
+
+    @classmethod
+    def flops_per_token(cls, config: ModelConfig, t: int, *, causal: bool = True) -> float:
+        """Useful forward FLOPs of one layer's attention for one token at context ``t``."""
+        raise NotImplementedError
+
+    @classmethod
+    def decode_keys(cls, config: ModelConfig, t: int) -> float | None:
+        """Keys the newest of ``t`` tokens sees when decoding; None for a recurrent state."""
+        return None
+
+    @classmethod
+    def decode_flops_per_token(cls, config: ModelConfig, t: int) -> float:
+        """Forward FLOPs of one layer's attention for the newest token over ``t`` cached ones."""
+        raise NotImplementedError
+
+    @classmethod
+    def executed_flops_per_token(cls, config: ModelConfig, t: int, *, causal: bool = True) -> float:
+        """FLOPs per token and layer that the kernels actually run (``torch.utils.flop_counter``'s)."""
+        raise NotImplementedError
+
+    @classmethod
+    def saved_activations(cls, config: ModelConfig, t: int) -> tuple[int, int]:
+        """Elements one layer keeps for the backward pass per sequence of ``t``: (its attention
+        matrix or states, any other tensors of its own)."""
+        raise NotImplementedError
+
+
+def _build_mask(kind: MaskedAttention, q_start: int, tq: int, k_start: int, tk: int, device) -> torch.Tensor:
     q_pos = torch.arange(q_start, q_start + tq, device=device)
     k_pos = torch.arange(k_start, k_start + tk, device=device)
     allowed = kind.allowed(q_pos[:, None], k_pos[None, :])
@@ -107,18 +208,19 @@ def _cached_mask(kind: MaskedAttention, q_start: int, tq: int, k_start: int, tk:
     return allowed if allowed.dim() == 3 else allowed[None]  # (1 or nh, Tq, Tk)
 
 
-class MaskedAttention:
+_cached_mask = functools.lru_cache(maxsize=8)(_build_mask)  # a T×T mask per shape in use: training, eval, a prefill
+
+
+class MaskedAttention(AttentionKind):
     """Softmax attention restricted by a boolean mask: the shared machinery of the softmax patterns.
 
-    Subclasses define ``allowed(q_pos (Tq, 1), k_pos (1, Tk)) -> bool (Tq, Tk) or (nh, Tq, Tk)``
-    and, as ``params``, the config values it depends on (the key of the mask cache)."""
-
-    plain_causal = False  # True when the mask is exactly causal, so kernels may use is_causal
+    Subclasses define ``allowed(q_pos (Tq, 1), k_pos (1, Tk)) -> bool (Tq, Tk) or (nh, Tq, Tk)``,
+    ``mean_keys`` and, as ``params``, the config values it depends on (the key of the mask cache)."""
 
     def __init__(self, config: ModelConfig, *, causal: bool = True):
+        super().__init__(config, causal=causal)
         self.impl = config.attn_impl
         self.softcap = config.attn_softcap
-        self.causal = causal
         self.params: tuple = ()
 
     def __hash__(self):
@@ -130,8 +232,10 @@ class MaskedAttention:
     def allowed(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def mask(self, q_start: int, tq: int, k_start: int, tk: int, device: torch.device) -> torch.Tensor:
-        return _cached_mask(self, q_start, tq, k_start, tk, device)
+    def mask(self, q_start: int, tq: int, k_start: int, tk: int, device: torch.device, *,
+             cached: bool = True) -> torch.Tensor:
+        """(1 or nh, Tq, Tk) bool: which keys at ``k_start ..`` each query at ``q_start ..`` sees."""
+        return (_cached_mask if cached else _build_mask)(self, q_start, tq, k_start, tk, device)
 
     def attend(self, q, k, v, *, q_start: int, bias, dropout_p: float, need_weights: bool):
         tq, tk = q.size(-2), k.size(-2)
@@ -154,20 +258,47 @@ class MaskedAttention:
         y = ATTENTION_FUNCTIONS[self.impl](q, k, v, mask=mask, bias=bias, softcap=self.softcap, dropout_p=dropout_p)
         return y, None
 
-    @staticmethod
-    def mean_keys(config: ModelConfig, t: int) -> float:
-        raise NotImplementedError
+    def weights_at(self, q, k, *, q_start, k_start, bias=None, heads=None):
+        mask = self.mask(q_start, q.size(-2), k_start, k.size(-2), q.device, cached=False)  # (1 or nh, Tq, Tk)
+        if mask.size(0) > 1 and heads is not None:
+            mask = mask[list(heads)]  # a per-head pattern (dilated)
+        return attention_weights(q, k, mask=mask, bias=bias, softcap=self.softcap).float()
+
+    def structure_mask(self, t):
+        m = self.mask(0, t, 0, t, torch.device("cpu"))  # (1 or nh, T, T)
+        return [m[i] for i in sorted({0, m.size(0) // 2, m.size(0) - 1})], ""  # distinct per-head patterns
 
     @classmethod
-    def flops_per_token(cls, config: ModelConfig, t: int) -> float:
-        """Forward FLOPs of one layer's q kᵀ and weights·v for one token at context ``t``:
-        2 FLOPs per multiply-add, hs per key and head for each."""
-        return 4 * config.n_embd * cls.mean_keys(config, t)
+    def flops_per_token(cls, config, t, *, causal=True):
+        """2 FLOPs per multiply-add, hs per key and head for q kᵀ and again for weights·v: 4·n_embd·K̄;
+        a bidirectional pattern sees the causal keys on both sides and itself once, 2·K̄ − 1."""
+        keys = cls.mean_keys(config, t)
+        return 4 * config.n_embd * (keys if causal else 2 * keys - 1)
+
+    @classmethod
+    def decode_keys(cls, config, t):
+        # the mask's last row, from the running mean
+        return 1.0 if t == 1 else t * cls.mean_keys(config, t) - (t - 1) * cls.mean_keys(config, t - 1)
+
+    @classmethod
+    def decode_flops_per_token(cls, config, t):
+        return 4 * config.n_embd * cls.decode_keys(config, t)
+
+    @classmethod
+    def executed_flops_per_token(cls, config, t, *, causal=True):
+        # SDPA and the eager path score every key of the T×T matrix and mask afterwards
+        return 4 * config.n_embd * t
+
+    @classmethod
+    def saved_activations(cls, config, t):
+        return config.n_head * t * t, 0  # the masked T×T weights per head
 
 
 class FullAttention(MaskedAttention):
     """Every query sees itself and every earlier key (the standard causal mask)."""
 
+    help = "all (cost grows with context²)"
+    color = "indigo"
     plain_causal = True
 
     def allowed(self, q_pos, k_pos):
@@ -182,6 +313,10 @@ class SlidingAttention(MaskedAttention):
     """Each query sees the last ``window`` positions including itself (Longformer's local
     attention, Mistral 7B's sliding window): cost and KV cache bounded by the window."""
 
+    help = "a sliding window"
+    color = "teal"
+    fields = ("window",)
+
     def __init__(self, config, *, causal=True):
         super().__init__(config, causal=causal)
         self.window = config.window
@@ -189,6 +324,14 @@ class SlidingAttention(MaskedAttention):
 
     def allowed(self, q_pos, k_pos):
         return (k_pos <= q_pos) & (q_pos - k_pos < self.window)
+
+    @classmethod
+    def describe(cls, config):
+        return f"window {config.window:,}"
+
+    @classmethod
+    def kv_bound(cls, config):
+        return config.window
 
     @staticmethod
     def mean_keys(config, t):
@@ -202,6 +345,10 @@ class DilatedAttention(MaskedAttention):
     g = h * groups // n_head); group g sees the earlier keys at distances that are multiples of
     ``dilation**g``, so group 0 is full attention and later groups reach as far with fewer keys
     (after LongNet's dilated attention, Ding et al. 2023, without its segmenting)."""
+
+    help = "dilated distances per head group"
+    color = "amber"
+    fields = ("dilation",)
 
     def __init__(self, config, *, causal=True):
         super().__init__(config, causal=causal)
@@ -217,6 +364,10 @@ class DilatedAttention(MaskedAttention):
         steps = torch.tensor(self.head_steps(self.n_head, self.dilation), device=q_pos.device)[:, None, None]
         distance = (q_pos - k_pos)[None]  # (1, Tq, Tk)
         return (distance >= 0) & (distance % steps == 0)  # (nh, Tq, Tk)
+
+    @classmethod
+    def describe(cls, config):
+        return f"×{config.dilation}"
 
     @staticmethod
     def mean_keys(config, t):
@@ -240,6 +391,10 @@ class BlockSparseAttention(MaskedAttention):
 
     so information crosses blocks only through the summaries."""
 
+    help = "Sparse Transformer blocks"
+    color = "pink"
+    fields = ("sparse_block", "sparse_stride")
+
     def __init__(self, config, *, causal=True):
         super().__init__(config, causal=causal)
         self.block, self.stride = config.sparse_block, config.sparse_stride
@@ -250,6 +405,10 @@ class BlockSparseAttention(MaskedAttention):
         local = q_pos // self.block == k_pos // self.block
         summary = k_pos % period == period - 1
         return (k_pos <= q_pos) & (local | summary)
+
+    @classmethod
+    def describe(cls, config):
+        return f"{config.sparse_block}/{config.sparse_stride}"
 
     @staticmethod
     def mean_keys(config, t):
@@ -275,7 +434,7 @@ def elu_feature(x: torch.Tensor) -> torch.Tensor:
 FEATURE_MAPS = {"elu": elu_feature, "relu": F.relu}
 
 
-class LinearAttention:
+class LinearAttention(AttentionKind):
     """Linear attention (Katharopoulos et al. 2020, "Transformers are RNNs"): softmax(q·k)
     replaced by φ(q)·φ(k), so y_i = φ(q_i)·S_i / (φ(q_i)·z_i) with running sums
     S_i = Σ_{j≤i} φ(k_j) v_jᵀ and z_i = Σ_{j≤i} φ(k_j): cost linear in T, no T×T matrix.
@@ -286,12 +445,18 @@ class LinearAttention:
     of per-chunk states, which keeps memory at T·(hs²/C + C) per head rather than T·hs² for a
     per-position cumulative sum."""
 
+    help = "linear attention (cost linear in context, no softmax)"
+    color = "slate"
+    fields = ("feature_map",)
+    has_scores = False
+    decode_formula = "(4 × d × hs + 4 × d) (a recurrent state)"
+    executed_formula = "chunked linear attention, as run"
     eps = 1e-6  # keeps relu features' all-zero rows finite (they give 0)
     chunk = 64
 
     def __init__(self, config: ModelConfig, *, causal: bool = True):
+        super().__init__(config, causal=causal)
         self.phi = FEATURE_MAPS[config.feature_map]
-        self.causal = causal
 
     def attend(self, q, k, v, *, q_start: int, bias, dropout_p: float, need_weights: bool):
         n_rep = q.size(-3) // k.size(-3)
@@ -338,13 +503,47 @@ class LinearAttention:
             a = a.masked_fill(~causal, 0.0)
         return a / (a.sum(-1, keepdim=True) + self.eps)
 
-    @staticmethod
-    def flops_per_token(config: ModelConfig, t: int) -> float:
+    def weights_at(self, q, k, *, q_start, k_start, bias=None, heads=None):
+        a = self.phi(q.float()) @ self.phi(k.float()).transpose(-2, -1)  # (H, Tq, Tk)
+        if self.causal:  # key position ≤ query position, as ``weights``
+            q_pos = torch.arange(q_start, q_start + q.size(-2), device=q.device)
+            k_pos = torch.arange(k_start, k_start + k.size(-2), device=q.device)
+            a = a.masked_fill(~(k_pos[None, :] <= q_pos[:, None]), 0.0)
+        return a / (a.sum(-1, keepdim=True) + self.eps)
+
+    def structure_mask(self, t):
+        allowed = torch.ones(t, t, dtype=torch.bool)  # every key before (or, in an encoder, around) a query counts
+        return [allowed.tril() if self.causal else allowed], \
+            "linear attention has no score matrix: each query sums over these keys through its running state"
+
+    @classmethod
+    def flops_per_token(cls, config, t, *, causal=True):
         """Per token and head: φ(k) vᵀ into the chunk state and φ(q)·S, hs² multiply-adds each,
-        and the in-chunk products φ(q)·φ(k) and weights·v, about C/2 keys of hs each."""
+        and the in-chunk products φ(q)·φ(k) and weights·v, about C/2 keys of hs each (counted the
+        same way for the bidirectional, one-state form)."""
         hs = config.n_embd // config.n_head
-        c = min(LinearAttention.chunk, t)
+        c = min(cls.chunk, t)
         return 4 * config.n_embd * hs + 4 * config.n_embd * (c + 1) / 2
+
+    @classmethod
+    def decode_flops_per_token(cls, config, t):
+        # decodes recurrently: the state update φ(k)vᵀ and φ(q)·S, hs² each, and z
+        d = config.n_embd
+        return 4 * d * (d // config.n_head) + 4 * d
+
+    @classmethod
+    def executed_flops_per_token(cls, config, t, *, causal=True):
+        d, hs = config.n_embd, config.n_embd // config.n_head
+        if not causal:
+            return 4 * d * hs + 2 * d  # one global state; φ(q)·z adds 2·n_embd
+        c = min(cls.chunk, t)
+        return (4 * d * hs + 4 * d * c + 2 * d) * (-(-t // c) * c) / t  # the chunked products, last chunk padded
+
+    @classmethod
+    def saved_activations(cls, config, t):
+        # no T×T matrix: per-chunk states (hs² per C positions) and (C, C) products; feature maps
+        hs, c = config.n_embd // config.n_head, min(cls.chunk, t)
+        return config.n_head * -(-t // c) * c * (3 * hs**2 // c + 2 * c), 6 * t * config.n_embd
 
 
 # ---------------------------------------------------------------------------- the module
@@ -442,7 +641,7 @@ class CrossAttention(CausalSelfAttention):
 
     def __init__(self, config: ModelConfig, layer_idx: int = 0):
         super().__init__(config, layer_idx, causal=False)
-        if config.attention != "linear":
+        if self.pattern.has_scores:
             self.pattern = FullAttention(config, causal=False)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
@@ -470,3 +669,50 @@ ATTENTIONS = {
     "block_sparse": BlockSparseAttention,
     "linear": LinearAttention,
 }
+_BUILT_IN = frozenset(ATTENTIONS)
+
+
+def register_attention(name: str, cls: type[AttentionKind]) -> None:
+    """Add an attention kind at run time (a plugin, a test), as transformers'
+    ``AttentionInterface.register`` adds a kernel: validation, ``choices()``, ``field_specs()``
+    (its ``help`` and ``fields``), ``analyze``, ``structure``, the web app's options and charts
+    and training find it at once. A kind shipped with the engine goes in ``ATTENTIONS`` above."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"an attention kind's name must be an identifier, got {name!r}")
+    if name in ATTENTIONS:
+        raise ValueError(f"attention {name!r} is already registered; choose a name not in {list(ATTENTIONS)}")
+    if not (isinstance(cls, type) and issubclass(cls, AttentionKind)):
+        raise TypeError(f"attention {name!r} must be a subclass of AttentionKind (MaskedAttention for a "
+                        f"softmax over a mask), got {cls!r}")
+    ATTENTIONS[name] = cls
+
+
+def unregister_attention(name: str) -> None:
+    """Remove a kind ``register_attention`` added; the engine's own cannot be removed."""
+    if name in _BUILT_IN:
+        raise ValueError(f"attention {name!r} is built in; only registered kinds can be removed")
+    if name not in ATTENTIONS:
+        raise ValueError(f"unknown attention {name!r}; registered: {[k for k in ATTENTIONS if k not in _BUILT_IN]}")
+    del ATTENTIONS[name]
+    _cached_mask.cache_clear()  # no mask of the removed class outlives it
+
+
+def attention_kinds(*, has_scores: bool | None = None, reads: str | None = None) -> list[str]:
+    """The registered kinds in order, or those with (without) softmax scores, or those that read
+    the config field ``reads``: the composer's ``show_if`` lists, asked when the form is built."""
+    return [name for name, cls in ATTENTIONS.items()
+            if (has_scores is None or cls.has_scores == has_scores) and (reads is None or reads in cls.fields)]
+
+
+def describe_attentions() -> list[dict]:
+    """Each registered kind for the web app's options and charts: ``name``, colour token, help
+    phrase, whether it has softmax scores and the config fields it reads."""
+    return [{"name": name, "color": cls.color, "help": cls.help or name, "has_scores": cls.has_scores,
+             "fields": list(cls.fields)} for name, cls in ATTENTIONS.items()]
+
+
+def attention_help() -> str:
+    """The composer's help on ``attention``, one phrase per registered kind."""
+    phrases = [cls.help or name for name, cls in ATTENTIONS.items()]
+    listed = ", ".join(phrases[:-1]) + ", or " + phrases[-1] if len(phrases) > 1 else phrases[0]
+    return f"Which earlier tokens each query sees (in an encoder, the same pattern on both sides): {listed}."

@@ -144,24 +144,23 @@ function renderActive(params) {
   out("params.active_note", `${fmt.percent(params.active / params.total)} of the weights${experts}`);
 }
 
-/** Cached positions at full context: the whole block, or the window when sliding-window attention bounds the cache. */
-function cachedPositions(spec) {
-  const m = spec?.model || {};
-  const block = m.block_size ?? dflts["model.block_size"];
-  const attention = m.attention ?? dflts["model.attention"];
-  const window = m.window ?? dflts["model.window"];
-  if (attention === "sliding" && Number.isFinite(window) && window < block) return { n: window, note: `window ${fmt.int(window)}` };
-  return { n: block, note: Number.isFinite(block) ? `${fmt.int(block)} tokens` : "" };
+/** Cached positions at full context (the engine's, from the attention kind's KV bound): the whole
+ * block, or a window of the last positions when the kind bounds the cache (sliding attention). */
+function cachedPositions(analysis) {
+  const s = analysis?.settings || {};
+  const n = s.kv_cache_tokens, block = s.seq_len;
+  if (!Number.isFinite(n)) return { n: null, note: "" };
+  return { n, note: n < block ? `window ${fmt.int(n)}` : `${fmt.int(n)} tokens` };
 }
 
-function renderAnalysis(analysis, queue, spec) {
+function renderAnalysis(analysis, queue) {
   renderParams(analysis?.params);
   const f = analysis?.flops || {};
   out("flops.per_token_forward", fmt.flops(f.per_token_forward));
   out("flops.per_token_train", fmt.flops(f.per_token_train));
   out("flops.per_step_train", fmt.flops(f.per_step_train));
   out("kv_cache_per_token", fmt.bytes(analysis?.kv_cache_per_token));
-  const ctx = cachedPositions(spec);
+  const ctx = cachedPositions(analysis);
   const kv = analysis?.kv_cache_per_token;
   // The engine's own figure when it gives one (window-aware); else per token × cached positions.
   const full = analysis?.kv_cache ?? (kv != null && Number.isFinite(ctx.n) ? kv * ctx.n : null);
@@ -252,7 +251,7 @@ async function estimate() {
   updateCompareLink();
   const errors = { ...(res.errors || {}), ...local };
   renderErrors(errors);
-  renderAnalysis(res.analysis, res.queue || guessQueue(), spec);
+  renderAnalysis(res.analysis, res.queue || guessQueue());
   renderData(res.data, res.vocab_size);
   out("queue", (res.queue || guessQueue()).toUpperCase());
   const n = Object.keys(errors).length;

@@ -4,6 +4,7 @@
 // the job's events over its websocket, replayed from the start on each connect.
 import { api, ApiError, LiveSocket } from "./api.js";
 import * as fmt from "./format.js";
+import { CONFIG, THEME } from "./charts/theme.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const $ = (id) => document.getElementById(id);
@@ -303,9 +304,10 @@ function renderSimilarity(gen) {
     colorscale: [[0, "#f5f6ff"], [0.5, "#a5b4fc"], [1, "#3730a3"]], texttemplate: "%{z:.2f}",
     hovertemplate: "%{y}<br>%{x}<br>cosine %{z:.3f}<extra></extra>", colorbar: { thickness: 12 },
   }], {
+    ...THEME, font: { ...THEME.font, size: 12 },
     margin: { l: 210, r: 20, t: 10, b: 120 }, yaxis: { autorange: "reversed", automargin: true },
-    xaxis: { tickangle: -30, automargin: true }, font: { size: 12 },
-  }, { displayModeBar: false, responsive: true });
+    xaxis: { tickangle: -30, automargin: true },
+  }, { ...CONFIG, displayModeBar: false });
 }
 
 // ---------------------------------------------------------------------------- events

@@ -4,7 +4,8 @@
 // the state: ?jobs=3,5&smooth=0.6&metrics=train_loss,val_loss&step=120
 import { getJSON } from "./api.js";
 import * as fmt from "./format.js";
-import { CONFIG, baseLayout } from "./charts/series.js";
+import { baseLayout } from "./charts/series.js";
+import { CONFIG } from "./charts/theme.js";
 
 export const RUN_COLORS = ["#4f46e5", "#db2777", "#0d9488", "#d97706", "#0284c7", "#65a30d", "#9333ea", "#475569"];
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);

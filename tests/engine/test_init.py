@@ -9,7 +9,8 @@ import engine
 PUBLIC = [
     "ModelConfig", "DataConfig", "TrainConfig", "JobSpec", "ConfigError", "parse_spec", "build_model", "train",
     "TrainResult", "analyze", "describe_data", "choices", "field_specs", "generate", "TOKENIZERS", "DATA_SOURCES",
-    "TASKS", "NORMS", "POSITIONS", "FFNS", "ATTENTIONS", "KVCache", "SlidingWindowCache", "capture_attention",
+    "TASKS", "NORMS", "POSITIONS", "FFNS", "ATTENTIONS", "AttentionKind", "register_attention",
+    "unregister_attention", "describe_attentions", "KVCache", "SlidingWindowCache", "capture_attention",
     "attention_snapshot", "attention_event",
     "to_transformers", "from_transformers", "config_from_hf", "PRESETS", "preset",
     "HARDWARE", "fit", "largest_batch", "tokenlab", "structure",

@@ -1,9 +1,11 @@
 // What the analysis charts share: layout, colours per component and per model, units, and the
-// formula strings the engine returns (report.formulas), shown on hover and as footnotes.
+// formula strings the engine returns (report.formulas), shown on hover and as footnotes. An
+// attention kind's colour is not here: the report carries its token (series.color), which the
+// theme module maps (color()).
 import * as fmt from "../format.js";
-import { AXIS, CONFIG, THEME } from "./series.js";
+import { AXIS, CONFIG, PALETTE, THEME, color } from "./theme.js";
 
-export { CONFIG };
+export { CONFIG, color };
 
 export const PART_COLORS = {
   embedding: "#4f46e5", position: "#8b85f0", attention: "#0ea5a4", cross_attention: "#5eead4",
@@ -12,8 +14,7 @@ export const PART_COLORS = {
 export const MEMORY_COLORS = {
   weights: "#4f46e5", gradients: "#8b85f0", optimizer: "#f59e0b", activations: "#0ea5a4", kv_cache: "#ec4899",
 };
-export const MODEL_COLORS = ["#4f46e5", "#db2777", "#0d9488", "#d97706"];
-export const ATTENTION_COLORS = { full: "#4f46e5", sliding: "#0d9488", dilated: "#d97706", block_sparse: "#db2777", linear: "#64748b" };
+export const MODEL_COLORS = [PALETTE.indigo, PALETTE.pink, PALETTE.teal, PALETTE.amber];
 
 export const GiB = 2 ** 30;
 

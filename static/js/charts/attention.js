@@ -12,7 +12,7 @@
 // blocks (N ≤ 128 a side). The thumbnails and the large map then show the overview (token-index
 // axes), and zooming into the large map fetches that region's detail from the server
 // (./attention_zoom.js); the head view keeps the window of the last positions.
-import { CONFIG } from "./series.js";
+import { CONFIG, MONO, THEME } from "./theme.js";
 import { ZoomableMap } from "./attention_zoom.js";
 
 // white -> indigo, the accent's hue; the same stops for the canvases and for Plotly
@@ -330,11 +330,10 @@ export class AttentionPanel {
       hovertemplate: "query %{y} “%{customdata[0]}” → key %{x} “%{customdata[1]}”<br>weight %{z:.3f}<extra></extra>",
       colorbar: { thickness: 10, outlinewidth: 0, tickfont: { size: 10 }, len: 1 },
     }];
-    const axis = { ticks: "", tickfont: { size: 11, family: "ui-monospace, SFMono-Regular, Menlo, monospace" }, automargin: true, fixedrange: true, showgrid: false, zeroline: false };
+    const axis = { ticks: "", tickfont: { size: 11, family: MONO }, automargin: true, fixedrange: true, showgrid: false, zeroline: false };
     const layout = {
+      ...THEME,
       margin: { l: 8, r: 8, t: 8, b: 8 },
-      font: { family: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size: 11, color: "#4b5565" },
-      paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
       xaxis: { ...axis, ...ticks(xs, st.keys), side: "top", tickangle: 0, title: { text: "key", font: { size: 11 }, standoff: 4 } },
       yaxis: { ...axis, ...ticks(ys, st.queries), autorange: "reversed", title: { text: "query", font: { size: 11 }, standoff: 4 } },
     };

@@ -8,11 +8,11 @@
 // a response for a view that is no longer shown is dropped. Overview cells and pooled region
 // cells hold the mean, over a query block, of the mass given to a key block; at full resolution a
 // cell is the weight itself.
+import { MONO, THEME } from "./theme.js";
 
 const DEBOUNCE_MS = 180;
 const CELLS = 128;          // cells a side asked for; a side that fits is at full resolution
 const MAX_TICKS = 40;       // token labels per axis, at most
-const MONO = "ui-monospace, SFMono-Regular, Menlo, monospace";
 
 const every = (n) => Math.max(1, Math.ceil(n / MAX_TICKS));
 
@@ -94,9 +94,8 @@ export class ZoomableMap {
       zeroline: false, fixedrange: false,
     };
     return {
-      margin: { l: 8, r: 8, t: 8, b: 8 },
-      font: { family: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size: 11, color: "#4b5565" },
-      paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", dragmode: "zoom",
+      ...THEME,
+      margin: { l: 8, r: 8, t: 8, b: 8 }, dragmode: "zoom",
       xaxis: { ...axis, ...xticks, range: x, side: "top", title: { text: "key position", font: { size: 11 }, standoff: 4 } },
       yaxis: { ...axis, ...yticks, range: y, title: { text: "query position", font: { size: 11 }, standoff: 4 } },
     };

@@ -1,7 +1,7 @@
 // KV cache and attention FLOPs per token against context length, log-log: the model's attention
 // pattern bold, the other patterns thin and dashed (composer), or each model's own (compare); a
 // dotted line marks each model's context (block_size).
-import { ATTENTION_COLORS, MODEL_COLORS, bytes, flops, layout, plot, wrap } from "./analysis_common.js";
+import { MODEL_COLORS, bytes, color, flops, layout, plot, wrap } from "./analysis_common.js";
 
 const METRICS = {
   kv_cache: { title: "KV cache per sequence", fmt: bytes, axis: "bytes" },
@@ -24,7 +24,7 @@ export function renderPatternCurves(el, report, metric) {
   const c = report.curves;
   const spec = METRICS[metric];
   const data = c.series.map((s) => line(c.contexts, s[metric], s.chosen ? `${s.label || s.attention} (this model)` : s.label || s.attention,
-    ATTENTION_COLORS[s.attention] || "#64748b", { chosen: s.chosen, fmtValue: spec.fmt, formula: c.formulas?.[metric] }));
+    color(s.color), { chosen: s.chosen, fmtValue: spec.fmt, formula: c.formulas?.[metric] }));
   plot(el, data, curveLayout(spec, [c.block_size]));
 }
 

@@ -2,7 +2,8 @@
 // token-choices (counting each of a token's top-k picks) sent to that expert, at the latest
 // "moe" event. The colour scale runs from 0 to 2/n_expert, so a balanced router (1/n_expert
 // everywhere) sits at the neutral middle; idle experts go teal, overloaded ones orange.
-import { AXIS, CONFIG, THEME, scheduleFlush } from "./series.js";
+import { scheduleFlush } from "./series.js";
+import { AXIS, CONFIG, THEME } from "./theme.js";
 
 const COLORSCALE = [[0, "#0f766e"], [0.25, "#8fdcd0"], [0.5, "#f4f5f7"], [0.75, "#fbbf77"], [1, "#c2410c"]];
 
@@ -51,9 +52,7 @@ export class ExpertLoadChart {
     }];
     const layout = {
       margin: { l: 8, r: 8, t: 6, b: 8 },
-      font: { family: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size: 11, color: "#4b5565" },
-      paper_bgcolor: "rgba(0,0,0,0)",
-      plot_bgcolor: "rgba(0,0,0,0)",
+      ...THEME,
       xaxis: { side: "top", automargin: true, tickfont: { size: 11 }, ticks: "", fixedrange: true },
       yaxis: { autorange: "reversed", automargin: true, tickfont: { size: 11 }, ticks: "", fixedrange: true },
     };

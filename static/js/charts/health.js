@@ -1,6 +1,7 @@
 // Training health: the gradient norm against the clip threshold, the update/weight ratio, and the
 // per-block norms of the latest "health" event (engine/train.py's step and health events).
-import { COLORS, SeriesChart, baseLayout } from "./series.js";
+import { SeriesChart, baseLayout } from "./series.js";
+import { COLORS } from "./theme.js";
 import * as fmt from "../format.js";
 
 const axis = { gridcolor: "#eef0f3", linecolor: "#e3e6eb", automargin: true };

@@ -1,6 +1,7 @@
 // Loss chart: training loss at every logged step, and validation / evaluation-train loss at evals;
 // loss spikes and non-finite steps (skipped, lr lowered or stopped) as markers, their reason on hover.
-import { COLORS, SeriesChart, baseLayout } from "./series.js";
+import { SeriesChart, baseLayout } from "./series.js";
+import { COLORS } from "./theme.js";
 
 const TRAIN = 0;
 const VAL = 1;

@@ -1,5 +1,6 @@
 // Learning-rate schedule, as the optimiser actually used it.
-import { COLORS, SeriesChart, baseLayout } from "./series.js";
+import { SeriesChart, baseLayout } from "./series.js";
+import { COLORS } from "./theme.js";
 
 export class LrChart {
   constructor(el) {

@@ -2,7 +2,8 @@
 // (log π − log π_ref)(y_l)] and the share of pairs it ranks right, on training batches (lines)
 // and held-out pairs (markers, at each evaluation); and the policy's summed log-probabilities of
 // the chosen and rejected responses, which DPO pulls apart.
-import { COLORS, SeriesChart, baseLayout } from "./series.js";
+import { SeriesChart, baseLayout } from "./series.js";
+import { COLORS } from "./theme.js";
 
 const AXIS2 = { overlaying: "y", side: "right", range: [0, 1.02], tickformat: ".0%", showgrid: false, zeroline: false, automargin: true };
 

@@ -1,6 +1,7 @@
 // Router health over training: token-choices dropped by the experts' capacity limit (all MoE
 // layers together, left axis) and the load-balancing aux loss (mean over MoE layers, right axis).
-import { COLORS, SeriesChart, baseLayout } from "./series.js";
+import { SeriesChart, baseLayout } from "./series.js";
+import { COLORS } from "./theme.js";
 
 export class RouterChart {
   constructor(el) {

@@ -2,17 +2,9 @@
 // second, see scheduleFlush; Plotly.extendTraces), so a replay of thousands of events costs one
 // redraw, not thousands.
 
+import { AXIS, CONFIG, THEME } from "./theme.js";
+
 const MAX_DRAWN = 20000; // beyond this many points a trace is drawn thinned (every k-th point)
-
-export const COLORS = { accent: "#4f46e5", pink: "#db2777", teal: "#0d9488", amber: "#d97706", grey: "#94a3b8" };
-
-// The look every chart shares: transparent background, the app's font, light grid lines.
-export const AXIS = { gridcolor: "#eef0f3", zerolinecolor: "#e3e6eb", linecolor: "#e3e6eb", tickfont: { size: 11 }, automargin: true };
-export const THEME = {
-  font: { family: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size: 11, color: "#4b5565" },
-  paper_bgcolor: "rgba(0,0,0,0)",
-  plot_bgcolor: "rgba(0,0,0,0)",
-};
 
 export function baseLayout(extra = {}) {
   return {
@@ -25,8 +17,6 @@ export function baseLayout(extra = {}) {
     ...extra,
   };
 }
-
-export const CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d", "autoScale2d"] };
 
 // Live charts share one drawing budget: every chart with new points is drawn in the same pass,
 // at most every DRAW_MIN_INTERVAL_MS, and after a pass the page waits four times as long as it

@@ -1,5 +1,6 @@
 // Training throughput in tokens per second.
-import { COLORS, SeriesChart, baseLayout } from "./series.js";
+import { SeriesChart, baseLayout } from "./series.js";
+import { COLORS } from "./theme.js";
 
 export class ThroughputChart {
   constructor(el) {
