@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import engine
-from engine.attention import MaskedAttention, SlidingAttention
+from engine.nn.attention import MaskedAttention, SlidingAttention
 from explorer import services
 from explorer.models import Job
 
