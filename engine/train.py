@@ -1,39 +1,10 @@
 """The training loop: a ``JobSpec`` in, plain-dict events out.
 
 The engine knows nothing of where events go; the caller's ``on_event`` stores or forwards
-them. Event kinds (all values JSON-serialisable; a non-finite number is sent as None):
-
-    start  (resumed_from_step when resuming,) total_steps, params, vocab_size, device, tokens_per_step (all micro-batches of one
-           optimizer step), train_tokens, val_tokens
-    step   step (1-based), loss, lr, grad_norm (before clipping), tokens_per_s, elapsed, eta;
-           effective_batch (batch_size × grad_accum_steps), clipped (grad_norm > grad_clip),
-           update_ratio (‖Δw‖ / ‖w‖ over all weights, this step), spike (a loss spike since the
-           last step event: see SPIKE_K), mfu (see ``_flops_per_step``; None where the peak is
-           unknown); with experts also aux_loss (the weighted load-balancing + z-loss terms);
-           with objective "dpo" also chosen_logp, rejected_logp (the policy's summed response
-           log-probabilities), reward_margin (β-scaled, chosen's minus rejected's) and
-           reward_accuracy (share of pairs with a positive margin), means since the last step event
-    health step, layers [{layer, name, grad_norm (before clipping), weight_norm, update_ratio}],
-           one per transformer block (encoder first), at every eval step before moe and eval
-    moe    step, layers [{layer, tokens_per_expert, dropped, aux_loss, z_loss}] (experts only,
-           every 10th step and every eval step, before the eval event)
-    eval   step, train_loss, val_loss, accuracy, sample {prompt, completion, expected}; accuracy is
-           the family's: decoder and encoder-decoder the exact-match rate of synthetic answers
-           (None for text), encoder the share of masked tokens recovered (text included); objective
-           "sft": loss on the responses, exact match on synthetic instructions (None for a file);
-           "dpo": the DPO loss, accuracy the held-out reward accuracy, plus reward_margin,
-           reward_accuracy, chosen_logp, rejected_logp; a chat sample's completion stops at <|end|>
-    attention  step, tokens, window, stacks {name: {n_layer, n_head, shape, maps}} right after each
-           eval event (unless ``attention_maps`` is off): every layer's and head's weights on one
-           held-out example, quantised to bytes (``engine.attention_maps``)
-    routing  step, tokens, window, top_k, n_expert, layers [{layer, input, experts, weights, dropped}]
-           (experts only, right after each eval and attention event): each MoE layer's top-k experts,
-           gate weights and capacity drops per token of the same held-out example (``engine.moe_maps``)
-    nonfinite  step, action ("skip" | "lower_lr" | "stop"), message: a step whose loss or
-           gradient norm was NaN or infinite, and what ``on_nonfinite`` did about it
-    checkpoint  step, name ("step-000100"), bytes: a checkpoint was written (``checkpoint_dir``)
-    end    step, reason ("completed" | "cancelled" | "nonfinite"), elapsed, final_val_loss (None
-           before any eval)
+them. The events ("start", "step", "health", "moe", "eval", "attention", "routing",
+"nonfinite", "checkpoint", "end"), their keys and what each means are defined once, in
+``engine.events`` (a table in docs/events.md); all values are JSON-serialisable, a non-finite
+number is sent as None.
 
 Run from a shell: ``python -m engine.train spec.json`` (a tqdm bar, then the final numbers).
 """
@@ -60,6 +31,8 @@ from .config import JobSpec, ModelConfig, TrainConfig, parse_spec
 from .data import load_data
 from .device import DEVICES
 from .errors import ConfigError
+from .events import (CheckpointEvent, EndEvent, EvalEvent, Event, HealthEvent, HealthLayer, MoeEvent, MoeLayer,
+                     NonfiniteEvent, StartEvent, StepEvent)
 from .hardware import HARDWARE
 from .model import build_model
 from .objectives import build_objective, exact_rows
@@ -183,7 +156,7 @@ def peak_flops(device: torch.device) -> float | None:
 def train(
     spec: JobSpec,
     *,
-    on_event: Callable[[dict], None] | None = None,
+    on_event: Callable[[Event], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress: bool = False,
     checkpoint_dir: str | None = None,
@@ -242,17 +215,17 @@ def train(
     described = data.describe()
 
     start = time.perf_counter()
-    emit({
-        "kind": "start",
+    emit(StartEvent(
+        kind="start",
         **({"resumed_from_step": resumed.step} if resume_from else {}),
-        "total_steps": t_cfg.steps,
-        "params": model.num_params(),
-        "vocab_size": m_cfg.vocab_size,
-        "device": str(device),
-        "tokens_per_step": tokens_per_step,
-        "train_tokens": described["train_tokens"],
-        "val_tokens": described["val_tokens"],
-    })
+        total_steps=t_cfg.steps,
+        params=model.num_params(),
+        vocab_size=m_cfg.vocab_size,
+        device=str(device),
+        tokens_per_step=tokens_per_step,
+        train_tokens=described["train_tokens"],
+        val_tokens=described["val_tokens"],
+    ))
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -283,8 +256,8 @@ def train(
         path = save_checkpoint(checkpoint_dir, step=step, model=model, optimizer=optimizer, spec=spec.to_dict(),
                                tokenizer=data.tokenizer, trainer=trainer)
         saved_step = step
-        emit({"kind": "checkpoint", "step": step, "name": os.path.basename(path),
-              "bytes": sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))})
+        emit(CheckpointEvent(kind="checkpoint", step=step, name=os.path.basename(path),
+                             bytes=sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))))
 
     moe = m_cfg.n_expert > 0
     final_val_loss = None
@@ -342,7 +315,7 @@ def train(
                 message = f"{what}; step skipped, learning rate multiplier now {lr_scale:g}"
             else:
                 message = f"{what}; step skipped"
-            emit({"kind": "nonfinite", "step": step, "action": action, "message": message})
+            emit(NonfiniteEvent(kind="nonfinite", step=step, action=action, message=message))
             if action == "stop":
                 result.reason, result.message = "nonfinite", message
                 break
@@ -361,24 +334,24 @@ def train(
         if is_log:
             elapsed = time.perf_counter() - start
             step_time = sum(step_times) / len(step_times)
-            emit({
-                "kind": "step",
-                "step": step,
-                "loss": _finite(sum(pending_losses) / len(pending_losses)),  # mean since the last step event
-                "lr": lr,
-                "grad_norm": _finite(grad_norm),
-                "tokens_per_s": tokens_per_step / step_time,
-                "elapsed": elapsed,
-                "eta": _eta(step, t_cfg, step_time, eval_times),
-                "effective_batch": effective_batch,
-                "clipped": bool(t_cfg.grad_clip) and grad_norm > t_cfg.grad_clip,
-                "update_ratio": _finite(update_ratio),
-                "spike": spiked,
+            emit(StepEvent(
+                kind="step",
+                step=step,
+                loss=_finite(sum(pending_losses) / len(pending_losses)),  # mean since the last step event
+                lr=lr,
+                grad_norm=_finite(grad_norm),
+                tokens_per_s=tokens_per_step / step_time,
+                elapsed=elapsed,
+                eta=_eta(step, t_cfg, step_time, eval_times),
+                effective_batch=effective_batch,
+                clipped=bool(t_cfg.grad_clip) and grad_norm > t_cfg.grad_clip,
+                update_ratio=_finite(update_ratio),
+                spike=spiked,
                 # model FLOPs utilisation: analyze's useful FLOPs per step / step time / peak FLOP/s
-                "mfu": _finite(flops_per_step / step_time / peak) if flops_per_step and peak else None,
+                mfu=_finite(flops_per_step / step_time / peak) if flops_per_step and peak else None,
                 **({"aux_loss": _finite(sum(pending_aux) / len(pending_aux))} if moe else {}),
                 **objective.step_metrics(),  # DPO: log-probabilities and rewards since the last step event
-            })
+            ))
             pending_losses.clear()
             pending_aux.clear()
             spiked = False
@@ -386,17 +359,17 @@ def train(
             step_times.clear()
 
         if is_eval:
-            emit({"kind": "health", "step": step, "layers": [
-                {"layer": i, "name": name, "grad_norm": _finite(block_grads[name]),
-                 "weight_norm": _finite(_norm([p.detach() for p in ps])),
-                 "update_ratio": _finite(block_updates.get(name, 0.0))}
+            emit(HealthEvent(kind="health", step=step, layers=[
+                HealthLayer(layer=i, name=name, grad_norm=_finite(block_grads[name]),
+                            weight_norm=_finite(_norm([p.detach() for p in ps])),
+                            update_ratio=_finite(block_updates.get(name, 0.0)))
                 for i, (name, ps) in enumerate(blocks.items())
-            ]})
+            ]))
         if moe and (is_eval or step % 10 == 0):  # the routing of this step's training batch
-            emit({"kind": "moe", "step": step, "layers": [
-                {**layer, "aux_loss": _finite(layer["aux_loss"]), "z_loss": _finite(layer["z_loss"])}
+            emit(MoeEvent(kind="moe", step=step, layers=[
+                MoeLayer(**{**layer, "aux_loss": _finite(layer["aux_loss"]), "z_loss": _finite(layer["z_loss"])})
                 for layer in model.moe_stats()
-            ]})
+            ]))
         if is_eval:
             t_eval = time.perf_counter()
             event = _evaluate(model, objective, train_evals, val_evals, spec, device, autocast, step)
@@ -434,13 +407,13 @@ def train(
     if bar is not None:
         bar.close()
     model.eval()
-    emit({
-        "kind": "end",
-        "step": result.steps_done,
-        "reason": result.reason,
-        "elapsed": time.perf_counter() - start,
-        "final_val_loss": final_val_loss,
-    })
+    emit(EndEvent(
+        kind="end",
+        step=result.steps_done,
+        reason=result.reason,
+        elapsed=time.perf_counter() - start,
+        final_val_loss=final_val_loss,
+    ))
     return result
 
 
@@ -480,7 +453,7 @@ def _eta(step: int, cfg: TrainConfig, step_time: float, eval_times: list[float])
     return (cfg.steps - step) * step_time + remaining_evals * eval_time
 
 
-def _evaluate(model, objective, train_evals, val_evals, spec: JobSpec, device, autocast, step: int) -> dict:
+def _evaluate(model, objective, train_evals, val_evals, spec: JobSpec, device, autocast, step: int) -> EvalEvent:
     on_device = lambda batches: [tuple(t.to(device) for t in b) for b in batches]  # noqa: E731
     extra = {}
     if objective.evaluate is not None:  # DPO: its own loss, reward accuracy and margin
@@ -492,15 +465,15 @@ def _evaluate(model, objective, train_evals, val_evals, spec: JobSpec, device, a
     model.eval()
     sample = objective.sample(model, device, autocast, spec.train.seed, spec.train.sample_tokens)
     model.train()
-    return {
-        "kind": "eval",
-        "step": step,
-        "train_loss": _finite(train_loss),
-        "val_loss": _finite(val_loss),
-        "accuracy": accuracy if objective.scored else None,
-        "sample": sample,
+    return EvalEvent(
+        kind="eval",
+        step=step,
+        train_loss=_finite(train_loss),
+        val_loss=_finite(val_loss),
+        accuracy=accuracy if objective.scored else None,
+        sample=sample,
         **extra,
-    }
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
