@@ -52,7 +52,7 @@ Training
     ``train(spec, on_event=..., should_stop=..., progress=False, checkpoint_dir=None,
     resume_from=None, init_from=None)`` -> ``TrainResult``; events are plain dicts of kind
     "start", "step", "health", "moe", "eval", "attention", "routing", "nonfinite", "checkpoint"
-    and "end" (see ``engine.training.loop``). Optimizers and schedules: ``engine.training.optim``.
+    and "end" (defined in ``engine.config.events``; docs/events.md). Optimizers and schedules: ``engine.training.optim``.
     ``TrainConfig.objective``: "pretrain" (the family's own), "sft" (prompt/response pairs in a
     chat template, loss on responses only: ``engine.data.chat``) or "dpo" (preference pairs against a
     frozen reference model: ``engine.training.preference``); data from JSONL files (source "jsonl") or

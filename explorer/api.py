@@ -716,3 +716,21 @@ def undrain_worker(request, name: str):
 
 
 api.add_router("/workers", workers_router)
+
+
+# ---------------------------------------------------------------------------- the event contract
+events_router = Router(tags=["jobs"])
+
+
+@events_router.get("/schema", response=dict[str, Any], summary="The events a job emits, as JSON Schema")
+def event_schema(request):
+    """Every event kind of ``GET /api/v1/jobs/{id}/events`` and the job's websocket, with its keys
+    and their types: a JSON Schema (draft 2020-12) built from ``engine.config.events``' definitions. An
+    event's ``data`` is the schema's object without its ``kind``; ``x-kinds`` says which jobs
+    emit each kind and which keys the job's ``summary`` keeps."""
+    from engine.config.events import event_schema as schema
+
+    return schema()
+
+
+api.add_router("/events", events_router)

@@ -20,6 +20,7 @@ from django.db import transaction
 
 import engine
 import engine.training.checkpoint as engine_checkpoint
+from engine.config import events
 from engine.data.datasets import load_data
 from engine.data.tokenizers import tokenizer_from_dict
 from explorer import services
@@ -338,9 +339,9 @@ class _Progress:
         self.last = now
         elapsed = now - self.t0
         eta = elapsed * (1 - self.fraction) / self.fraction if self.fraction > 0 else None
-        self.recorder({"kind": "progress", "fraction": round(self.fraction, 4), "step": round(self.fraction * 100),
-                       "elapsed": round(elapsed, 3), "eta": eta if eta is None else round(eta, 3),
-                       "phase": phase, "detail": detail})
+        self.recorder(events.ProgressEvent(kind="progress", fraction=round(self.fraction, 4),
+                                           step=round(self.fraction * 100), elapsed=round(elapsed, 3),
+                                           eta=eta if eta is None else round(eta, 3), phase=phase, detail=detail))
 
 
 def _load(spec):
@@ -435,9 +436,9 @@ def run_inference_job(job_id, worker_name):
         model, tokenizer, job_spec = _load(spec)
         n_params = sum(p.numel() for p in model.parameters())
         Job.objects.filter(pk=job_id).update(params=n_params)
-        recorder({"kind": "start", "total_steps": 100, "device": str(next(model.parameters()).device),
-                  "family": model.config.family, "params": n_params, "source": spec["source"],
-                  "n_prompts": len(spec["prompts"])})
+        recorder(events.StartEvent(kind="start", total_steps=100, device=str(next(model.parameters()).device),
+                                   family=model.config.family, params=n_params, source=spec["source"],
+                                   n_prompts=len(spec["prompts"])))
         share = 0.5 if spec["quantization"] else 1.0  # of the bar: generation, then the table
 
         def on_progress(done, total):
@@ -446,7 +447,7 @@ def run_inference_job(job_id, worker_name):
         out = engine.run_inference(model, tokenizer, spec["prompts"], **_sampling(spec),
                                    top_alternatives=spec["top_alternatives"], compare_cache=spec["compare_cache"],
                                    on_progress=on_progress)
-        recorder({"kind": "generation", **out})
+        recorder(events.GenerationEvent(kind="generation", **out))
         with_cache = out["measurements"].get("with_cache") or out["measurements"].get("forward") or {}
         recorder.summary.update({k: with_cache[k] for k in ("tokens_per_s", "ttft_s") if k in with_cache})
         if spec["quantization"]:
@@ -454,7 +455,7 @@ def run_inference_job(job_id, worker_name):
                 table = _quantization(model, tokenizer, job_spec, spec, out, progress, share)
             except ValueError as exc:  # e.g. too few held-out tokens: the completions still stand
                 table = {"rows": [], "error": str(exc)}
-            recorder({"kind": "quantization", **table})
+            recorder(events.QuantizationEvent(kind="quantization", **table))
         progress(1.0, "done", force=True)
-        recorder({"kind": "end", "reason": "finished", "step": 100, "elapsed": round(run.elapsed(), 3)})
+        recorder(events.EndEvent(kind="end", reason="finished", step=100, elapsed=round(run.elapsed(), 3)))
     return run.status

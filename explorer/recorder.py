@@ -8,7 +8,7 @@ Two paths leave the recorder, at two paces:
   database, so a busy or locked database (SQLite allows one writer at a time) does not hold up
   what a watcher sees.
 - **durable**: every ``save_interval`` (0.25 s), at once for the ``SAVED_AT_ONCE`` kinds (the
-  job's start, each checkpoint, the end), and at the end, the events not yet saved are written in one transaction
+  job's start, each checkpoint, the end: ``engine.config.events``' milestones), and at the end, the events not yet saved are written in one transaction
   together with the job row's progress fields (step, summary, heartbeat). Fewer, larger
   transactions: ten jobs streaming 50 events/s make 40 writes/s, not 400; an evaluation's
   events (eval, health, samples, maps) go out at once and are saved with the next write (saving
@@ -47,16 +47,15 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from engine.config import events
+
 log = logging.getLogger(__name__)
 
-# saved at once: the start (the job row learns its device and total steps), each checkpoint (the
-# log then holds every step up to it, so a run resumed from it leaves no gap) and the end
-SAVED_AT_ONCE = frozenset({"start", "checkpoint", "end"})
-SUMMARY_KEYS = {
-    "step": ("loss", "lr", "grad_norm", "tokens_per_s", "elapsed", "eta", "aux_loss", "mfu"),
-    "eval": ("train_loss", "val_loss", "accuracy"),
-    "start": ("params", "vocab_size", "tokens_per_step"),
-}
+# from the event contract (``engine.config.events.EVENTS``): the kinds saved at once, the start (the job
+# row learns its device and total steps), each checkpoint (the log then holds every step up to it,
+# so a run resumed from it leaves no gap) and the end; and, by kind, the keys the job's summary keeps
+SAVED_AT_ONCE = events.SAVED_AT_ONCE
+SUMMARY_KEYS = events.SUMMARY_KEYS
 
 
 class EventStoreUnavailable(RuntimeError):

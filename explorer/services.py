@@ -20,6 +20,7 @@ from django.utils import timezone
 
 import engine
 import engine.training.checkpoint as engine_checkpoint
+from engine.config import events
 from explorer.models import Dataset, Job, JobEvent
 from explorer.publisher import publisher
 from explorer.recorder import SUMMARY_KEYS, EventRecorder, EventStoreUnavailable  # noqa: F401 (the worker's event path)
@@ -586,7 +587,7 @@ def _end_run(run, what, ended_by_cancel, on_end):
     job_id = run.job.pk
     try:
         if ended_by_cancel:  # (a training run's engine writes its own "end")
-            run.recorder({"kind": "end", "reason": "cancelled", "elapsed": round(run.elapsed(), 3)})
+            run.recorder(events.EndEvent(kind="end", reason="cancelled", elapsed=round(run.elapsed(), 3)))
         run.recorder.drain()
     except Exception as exc:  # noqa: BLE001 - the job cannot be called a success without its events
         log.exception("could not save the last events of %s %s", what, job_id)

@@ -8,6 +8,7 @@ import time
 from django.conf import settings
 
 from engine import tokenlab
+from engine.config import events
 from explorer import services
 from explorer.models import Job, Tokenizer
 
@@ -68,8 +69,8 @@ class _Progress:
         fraction = max(0.0, min(1.0, float(fraction)))
         elapsed = now - self.t0
         eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
-        self.recorder({"kind": "progress", "fraction": fraction, "step": round(fraction * 100),
-                       "elapsed": elapsed, "eta": eta})
+        self.recorder(events.ProgressEvent(kind="progress", fraction=fraction, step=round(fraction * 100),
+                                           elapsed=elapsed, eta=eta))
 
 
 def run_tokenizer_job(job_id, worker_name):
@@ -95,7 +96,7 @@ def run_tokenizer_job(job_id, worker_name):
             return None
         spec = run.job.spec["tokenizer"]
         try:
-            run.recorder({"kind": "start", "total_steps": 100, "device": "cpu"})
+            run.recorder(events.StartEvent(kind="start", total_steps=100, device="cpu"))
             texts = _corpus_for_job(spec)
             s = {k: spec[k] for k in ("kind", "vocab_size", "normalization", "lowercase", "pre_tokenizer",
                                       "special_tokens")}
@@ -112,8 +113,8 @@ def run_tokenizer_job(job_id, worker_name):
                 row.kind, row.vocab_size, row.settings = tok.kind, tok.vocab_size, lab.clean(tok.settings or s)
                 row.status, row.error = Tokenizer.Status.READY, ""
                 row.save()
-            run.recorder({"kind": "end", "reason": "finished", "step": 100, "elapsed": run.elapsed(),
-                          "vocab_size": tok.vocab_size})
+            run.recorder(events.EndEvent(kind="end", reason="finished", step=100, elapsed=run.elapsed(),
+                                         vocab_size=tok.vocab_size))
         finally:
             _remove_scratch(spec.get("path") or {})
     return run.status

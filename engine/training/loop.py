@@ -1,41 +1,10 @@
 """The training loop: a ``JobSpec`` in, plain-dict events out.
 
 The engine knows nothing of where events go; the caller's ``on_event`` stores or forwards
-them. Event kinds (all values JSON-serialisable; a non-finite number is sent as None):
-
-    start  (resumed_from_step when resuming,) total_steps, params, vocab_size, device, tokens_per_step (all micro-batches of one
-           optimizer step), train_tokens, val_tokens, peak_flops (the device's dense peak FLOP/s, None
-           if unknown) and peak_source (where it came from: a datasheet, measured now, cached from...)
-    step   step (1-based), loss, lr, grad_norm (before clipping), tokens_per_s, elapsed, eta;
-           effective_batch (batch_size × grad_accum_steps), clipped (grad_norm > grad_clip),
-           update_ratio (‖Δw‖ / ‖w‖ over all weights, this step), spike (a loss spike since the
-           last step event: see SPIKE_K), mfu (see ``_flops_per_step``; None where the peak is
-           unknown; at most 1: a faster step raises the peak, and that step event carries the new
-           peak_flops and peak_source); with experts also aux_loss (the weighted load-balancing + z-loss terms);
-           with objective "dpo" also chosen_logp, rejected_logp (the policy's summed response
-           log-probabilities), reward_margin (β-scaled, chosen's minus rejected's) and
-           reward_accuracy (share of pairs with a positive margin), means since the last step event
-    health step, layers [{layer, name, grad_norm (before clipping), weight_norm, update_ratio}],
-           one per transformer block (encoder first), at every eval step before moe and eval
-    moe    step, layers [{layer, tokens_per_expert, dropped, aux_loss, z_loss}] (experts only,
-           every 10th step and every eval step, before the eval event)
-    eval   step, train_loss, val_loss, accuracy, sample {prompt, completion, expected}; accuracy is
-           the family's: decoder and encoder-decoder the exact-match rate of synthetic answers
-           (None for text), encoder the share of masked tokens recovered (text included); objective
-           "sft": loss on the responses, exact match on synthetic instructions (None for a file);
-           "dpo": the DPO loss, accuracy the held-out reward accuracy, plus reward_margin,
-           reward_accuracy, chosen_logp, rejected_logp; a chat sample's completion stops at <|end|>
-    attention  step, tokens, window, stacks {name: {n_layer, n_head, shape, maps}} right after each
-           eval event (unless ``attention_maps`` is off): every layer's and head's weights on one
-           held-out example, quantised to bytes (``engine.attention_maps``)
-    routing  step, tokens, window, top_k, n_expert, layers [{layer, input, experts, weights, dropped}]
-           (experts only, right after each eval and attention event): each MoE layer's top-k experts,
-           gate weights and capacity drops per token of the same held-out example (``engine.moe_maps``)
-    nonfinite  step, action ("skip" | "lower_lr" | "stop"), message: a step whose loss or
-           gradient norm was NaN or infinite, and what ``on_nonfinite`` did about it
-    checkpoint  step, name ("step-000100"), bytes: a checkpoint was written (``checkpoint_dir``)
-    end    step, reason ("completed" | "cancelled" | "nonfinite"), elapsed, final_val_loss (None
-           before any eval)
+them. The events ("start", "step", "health", "moe", "eval", "attention", "routing",
+"nonfinite", "checkpoint", "end"), their keys and what each means are defined once, in
+``engine.config.events`` (a table in docs/events.md); all values are JSON-serialisable, a non-finite
+number is sent as None.
 
 Run from a shell: ``python -m engine.training spec.json`` (a tqdm bar, then the final numbers).
 """
@@ -63,6 +32,8 @@ from .spec import parse_spec
 from ..data.datasets import load_data
 from ..nn.device import DEVICES
 from ..config.errors import ConfigError
+from ..config.events import (CheckpointEvent, EndEvent, EvalEvent, Event, HealthEvent, HealthLayer, MoeEvent, MoeLayer,
+                     NonfiniteEvent, StartEvent, StepEvent)
 from ..analysis.hardware import HARDWARE, raise_cpu_peak
 from ..models.families import build_model
 from .objectives import build_objective, exact_rows
@@ -203,7 +174,7 @@ def _mfu(achieved: float, peak: float, device: torch.device, step: int) -> tuple
 def train(
     spec: JobSpec,
     *,
-    on_event: Callable[[dict], None] | None = None,
+    on_event: Callable[[Event], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress: bool = False,
     checkpoint_dir: str | None = None,
@@ -224,250 +195,355 @@ def train(
     checkpoint's weights only (fine-tuning).
     Either raises ``ConfigError`` when the checkpoint's architecture or tokenizer differs."""
     spec = parse_spec(spec.to_dict())  # validate (again) and resolve vocab_size; cheap, data is cached
-    m_cfg, d_cfg, t_cfg = spec.model, spec.data, spec.train
-    emit = on_event or (lambda event: None)
-    device = DEVICES[t_cfg.device]()
-    if device.type == "cuda":
-        # bf16 keeps fp32's exponent range, so unlike fp16 no loss scaling is needed
-        autocast = lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)  # noqa: E731
-    else:
-        autocast = contextlib.nullcontext
+    run = _Run(spec, emit=on_event or (lambda event: None), checkpoint_dir=checkpoint_dir,
+               checkpoint_every=spec.train.checkpoint_every if checkpoint_every is None else checkpoint_every,
+               resume_from=resume_from, init_from=init_from)
+    run.emit_start()
+    bar = _ProgressBar(spec.train.steps) if progress else None
+    run.model.train()
+    for step in range(run.first_step, spec.train.steps + 1):
+        if should_stop is not None and should_stop():
+            run.cancel()
+            break
+        if not run.step(step):  # the non-finite policy stopped the run
+            break
+        if bar is not None:
+            bar.update(run.result.train_losses[-1], run.final_val_loss)
+    if bar is not None:
+        bar.close()
+    run.model.eval()
+    run.emit_end()
+    return run.result
 
-    # the data first: building it the first time (it is cached) may draw from the global RNG
-    data = load_data(d_cfg, t_cfg.objective)
-    torch.manual_seed(t_cfg.seed)  # initialisation and dropout
-    objective = build_objective(data, m_cfg, t_cfg)
-    model = build_model(m_cfg).to(device)
-    # the training forward only: evaluation and sampling run other shapes, which would recompile
-    forward = torch.compile(model) if t_cfg.compile else model
-    optimizer = configure_optimizer(model, t_cfg, device)
-    batches = torch.Generator().manual_seed(t_cfg.seed)  # batch order, apart from the global RNG
-    init_from = None if resume_from else (init_from or t_cfg.init_from)  # a resumed run has its own weights
-    resumed = _restore(resume_from or init_from, spec, data.tokenizer, model, optimizer if resume_from else None,
-                       batches, "train.resume_from" if resume_from else "train.init_from")
-    # the step's loss: the model's own, or DPO's against a frozen copy of the weights the job starts from
-    forward = objective.wrap(forward, model, spec=spec, init_from=init_from, resuming=bool(resume_from))
-    train_evals = objective.eval_batches("train", t_cfg.batch_size, t_cfg.eval_iters)
-    val_evals = objective.eval_batches("val", t_cfg.batch_size, t_cfg.eval_iters)
-    accum = t_cfg.grad_accum_steps
-    effective_batch = t_cfg.batch_size * accum
-    # the tokens the model reads per optimizer step (an encoder-decoder's input and output)
-    # (DPO's batches hold 2 rows per pair, chosen and rejected; its reference model's forward is
-    # not counted in the FLOPs)
-    tokens_per_step = accum * sum(t.numel() for t in train_evals[0][:-1])
-    flops_per_step = _flops_per_step(m_cfg, accum * train_evals[0][0].size(0), train_evals[0][0].size(1))
-    peak, peak_source = peak_and_source(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    blocks = _blocks(model)
-    described = data.describe()
 
-    start = time.perf_counter()
-    emit({
-        "kind": "start",
-        **({"resumed_from_step": resumed.step} if resume_from else {}),
-        "total_steps": t_cfg.steps,
-        "params": model.num_params(),
-        "vocab_size": m_cfg.vocab_size,
-        "device": str(device),
-        "tokens_per_step": tokens_per_step,
-        "train_tokens": described["train_tokens"],
-        "val_tokens": described["val_tokens"],
-        "peak_flops": peak,
-        "peak_source": peak_source,
-    })
-    bar = None
-    if progress:
+class _ProgressBar:
+    """``train(progress=True)``'s tqdm bar: a step at a time, with the last losses."""
+
+    def __init__(self, total: int):
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=t_cfg.steps, unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
 
-    result = TrainResult(model=model, tokenizer=data.tokenizer, steps_done=0, cancelled=False)
-    step_times = deque(maxlen=20)  # recent optimizer steps only, so evals do not distort tokens/s
-    eval_times: list[float] = []
-    pending_losses: list[float] = []
-    pending_aux: list[float] = []
-    recent_losses = deque(maxlen=SPIKE_WINDOW)  # finite step losses, for spike detection
-    spiked = False  # a spike since the last step event
-    lr_scale, nonfinite_in_a_row = 1.0, 0  # "lower_lr" halves lr_scale
-    first_step, saved_step = 1, 0
-    if checkpoint_every is None:
-        checkpoint_every = t_cfg.checkpoint_every
-    if resume_from:
-        state = resumed.trainer
-        lr_scale, nonfinite_in_a_row = state["lr_scale"], state["nonfinite_in_a_row"]
-        recent_losses.extend(state["recent_losses"])
-        first_step, saved_step, result.steps_done = resumed.step + 1, resumed.step, resumed.step
+    def update(self, loss: float, val_loss: float | None) -> None:
+        shown = {"loss": f"{loss:.3f}"}
+        if val_loss is not None:
+            shown["val_loss"] = f"{val_loss:.3f}"
+        self.bar.set_postfix(shown, refresh=False)
+        self.bar.update(1)
 
-    def save(step):
-        nonlocal saved_step
-        trainer = {"rng": rng_state(batches), "lr_scale": lr_scale, "nonfinite_in_a_row": nonfinite_in_a_row,
-                   "recent_losses": list(recent_losses)}
-        path = save_checkpoint(checkpoint_dir, step=step, model=model, optimizer=optimizer, spec=spec.to_dict(),
-                               tokenizer=data.tokenizer, trainer=trainer)
-        saved_step = step
-        emit({"kind": "checkpoint", "step": step, "name": os.path.basename(path),
-              "bytes": sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))})
+    def close(self) -> None:
+        self.bar.close()
 
-    moe = m_cfg.n_expert > 0
-    final_val_loss = None
-    model.train()
-    for step in range(first_step, t_cfg.steps + 1):
-        if should_stop is not None and should_stop():
-            result.cancelled, result.reason = True, "cancelled"
-            if checkpoint_dir and result.steps_done > saved_step:  # resume where the cancel came
-                save(result.steps_done)
-            break
+
+@dataclass
+class _Telemetry:
+    """What a step event reports, gathered between two of them: the recent steps' times (so
+    evaluations do not distort tokens/s), the evaluations' times (for the ETA), the losses and
+    MoE terms since the last step event, and the loss-spike detector's window."""
+
+    step_times: deque = field(default_factory=lambda: deque(maxlen=20))
+    eval_times: list[float] = field(default_factory=list)
+    pending_losses: list[float] = field(default_factory=list)
+    pending_aux: list[float] = field(default_factory=list)
+    recent_losses: deque = field(default_factory=lambda: deque(maxlen=SPIKE_WINDOW))  # finite step losses
+    spiked: bool = False  # a spike since the last step event
+
+    def add(self, seconds: float, loss: float, aux: float, finite: bool) -> None:
+        self.step_times.append(seconds)
+        self.pending_losses.append(loss)
+        self.pending_aux.append(aux)
+        if finite:
+            if len(self.recent_losses) >= SPIKE_MIN_HISTORY:
+                mean = sum(self.recent_losses) / len(self.recent_losses)
+                std = math.sqrt(sum((x - mean) ** 2 for x in self.recent_losses) / len(self.recent_losses))
+                self.spiked = self.spiked or loss > mean + SPIKE_K * std
+            self.recent_losses.append(loss)
+
+    def step_time(self) -> float:
+        return sum(self.step_times) / len(self.step_times)
+
+    def take(self) -> tuple[float, float, bool]:
+        """The mean loss and MoE terms since the last step event, and whether a spike came;
+        starts the next interval."""
+        out = (sum(self.pending_losses) / len(self.pending_losses), sum(self.pending_aux) / len(self.pending_aux),
+               self.spiked)
+        self.pending_losses.clear()
+        self.pending_aux.clear()
+        self.spiked = False
+        return out
+
+
+class _Run:
+    """One ``train`` call's state: what it built from the spec, the telemetry, the non-finite
+    policy's state and the last checkpoint; ``step(n)`` runs optimizer step ``n`` and its events."""
+
+    def __init__(self, spec: JobSpec, *, emit, checkpoint_dir, checkpoint_every, resume_from, init_from):
+        self.spec, self.emit = spec, emit
+        self.checkpoint_dir, self.checkpoint_every, self.resume_from = checkpoint_dir, checkpoint_every, resume_from
+        m_cfg, d_cfg, t_cfg = spec.model, spec.data, spec.train
+        self.cfg = t_cfg
+        self.device = device = DEVICES[t_cfg.device]()
+        if device.type == "cuda":
+            # bf16 keeps fp32's exponent range, so unlike fp16 no loss scaling is needed
+            self.autocast = lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        else:
+            self.autocast = contextlib.nullcontext
+
+        # the data first: building it the first time (it is cached) may draw from the global RNG
+        self.data = data = load_data(d_cfg, t_cfg.objective)
+        torch.manual_seed(t_cfg.seed)  # initialisation and dropout
+        self.objective = objective = build_objective(data, m_cfg, t_cfg)
+        self.model = model = build_model(m_cfg).to(device)
+        # the training forward only: evaluation and sampling run other shapes, which would recompile
+        forward = torch.compile(model) if t_cfg.compile else model
+        self.optimizer = configure_optimizer(model, t_cfg, device)
+        self.batches = torch.Generator().manual_seed(t_cfg.seed)  # batch order, apart from the global RNG
+        init_from = None if resume_from else (init_from or t_cfg.init_from)  # a resumed run has its own weights
+        self.resumed = _restore(resume_from or init_from, spec, data.tokenizer, model,
+                                self.optimizer if resume_from else None, self.batches,
+                                "train.resume_from" if resume_from else "train.init_from")
+        # the step's loss: the model's own, or DPO's against a frozen copy of the weights the job starts from
+        self.forward = objective.wrap(forward, model, spec=spec, init_from=init_from, resuming=bool(resume_from))
+        self.train_evals = objective.eval_batches("train", t_cfg.batch_size, t_cfg.eval_iters)
+        self.val_evals = objective.eval_batches("val", t_cfg.batch_size, t_cfg.eval_iters)
+        accum = t_cfg.grad_accum_steps
+        self.effective_batch = t_cfg.batch_size * accum
+        # the tokens the model reads per optimizer step (an encoder-decoder's input and output)
+        # (DPO's batches hold 2 rows per pair, chosen and rejected; its reference model's forward is
+        # not counted in the FLOPs)
+        self.tokens_per_step = accum * sum(t.numel() for t in self.train_evals[0][:-1])
+        self.flops_per_step = _flops_per_step(m_cfg, accum * self.train_evals[0][0].size(0),
+                                              self.train_evals[0][0].size(1))
+        self.peak, self.peak_source = peak_and_source(device)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.blocks = _blocks(model)
+        self.moe = m_cfg.n_expert > 0
+
+        self.result = TrainResult(model=model, tokenizer=data.tokenizer, steps_done=0, cancelled=False)
+        self.telemetry = _Telemetry()
+        self.lr_scale, self.nonfinite_in_a_row = 1.0, 0  # "lower_lr" halves lr_scale
+        self.first_step, self.saved_step = 1, 0
+        self.final_val_loss = None
+        if resume_from:
+            state = self.resumed.trainer
+            self.lr_scale, self.nonfinite_in_a_row = state["lr_scale"], state["nonfinite_in_a_row"]
+            self.telemetry.recent_losses.extend(state["recent_losses"])
+            self.first_step, self.saved_step = self.resumed.step + 1, self.resumed.step
+            self.result.steps_done = self.resumed.step
+
+    # ------------------------------------------------------------------ start and end
+    def emit_start(self) -> None:
+        described = self.data.describe()
+        self.start = time.perf_counter()
+        self.emit(StartEvent(
+            kind="start",
+            **({"resumed_from_step": self.resumed.step} if self.resume_from else {}),
+            total_steps=self.cfg.steps,
+            params=self.model.num_params(),
+            vocab_size=self.spec.model.vocab_size,
+            device=str(self.device),
+            tokens_per_step=self.tokens_per_step,
+            train_tokens=described["train_tokens"],
+            val_tokens=described["val_tokens"],
+            peak_flops=self.peak,
+            peak_source=self.peak_source,
+        ))
+
+    def cancel(self) -> None:
+        self.result.cancelled, self.result.reason = True, "cancelled"
+        if self.checkpoint_dir and self.result.steps_done > self.saved_step:  # resume where the cancel came
+            self.save(self.result.steps_done)
+
+    def emit_end(self) -> None:
+        self.emit(EndEvent(
+            kind="end",
+            step=self.result.steps_done,
+            reason=self.result.reason,
+            elapsed=time.perf_counter() - self.start,
+            final_val_loss=self.final_val_loss,
+        ))
+
+    # ------------------------------------------------------------------ one optimizer step
+    def step(self, step: int) -> bool:
+        """Optimizer step ``step`` and what follows it (its step event at log steps, an
+        evaluation at eval steps, a checkpoint when one is due); False when the non-finite
+        policy stopped the run (the step is then not counted)."""
+        t_cfg = self.cfg
         t0 = time.perf_counter()
-        lr = lr_at(step, t_cfg) * lr_scale
-        for group in optimizer.param_groups:
+        lr = lr_at(step, t_cfg) * self.lr_scale
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
         is_log = step % t_cfg.log_interval == 0 or step == t_cfg.steps
         is_eval = step % t_cfg.eval_interval == 0 or step == t_cfg.steps
-        micro_batches = ([t.to(device) for t in objective.get_batch("train", t_cfg.batch_size, batches)]
-                         for _ in range(accum))
-        optimizer.zero_grad(set_to_none=True)
-        loss, aux_value = accumulate_gradients(forward, model, micro_batches, accum, autocast)
+        micro_batches = ([t.to(self.device) for t in self.objective.get_batch("train", t_cfg.batch_size, self.batches)]
+                         for _ in range(t_cfg.grad_accum_steps))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, aux_value = accumulate_gradients(self.forward, self.model, micro_batches, t_cfg.grad_accum_steps,
+                                               self.autocast)
+        block_grads = None
         if is_eval:  # before clipping scales them
-            block_grads = {name: _norm([p.grad for p in ps if p.grad is not None]) for name, ps in blocks.items()}
+            block_grads = {name: _norm([p.grad for p in ps if p.grad is not None]) for name, ps in self.blocks.items()}
         # clip_grad_norm_ returns the norm before clipping; an infinite max only measures it
-        grad_norm = float(nn.utils.clip_grad_norm_(params, t_cfg.grad_clip or math.inf))
+        grad_norm = float(nn.utils.clip_grad_norm_(self.params, t_cfg.grad_clip or math.inf))
         # also waits for the GPU, so the timing below is honest; reported without MoE's terms,
         # so that it compares with the validation loss
         loss_value = loss.item() - aux_value
         finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
         update_ratio, block_updates = 0.0, {}
         if finite:
-            nonfinite_in_a_row = 0
-            before = [p.detach().clone() for p in params] if is_log or is_eval else None
-            optimizer.step()
-            if before is not None:  # ‖Δw‖ / ‖w‖ from a copy of the weights, at log and eval steps only
-                deltas = torch._foreach_sub([p.detach() for p in params], before)
-                update_ratio = float(_norm(deltas) / _norm(before).clamp_min(1e-30))
-                if is_eval:
-                    index = {id(p): i for i, p in enumerate(params)}
-                    for name, ps in blocks.items():
-                        ids = [index[id(p)] for p in ps]
-                        block_updates[name] = float(_norm([deltas[i] for i in ids])
-                                                    / _norm([before[i] for i in ids]).clamp_min(1e-30))
-                del before, deltas
+            self.nonfinite_in_a_row = 0
+            update_ratio, block_updates = self._update(measure=is_log or is_eval, per_block=is_eval)
         else:
-            optimizer.zero_grad(set_to_none=True)
-            nonfinite_in_a_row += 1
-            action = t_cfg.on_nonfinite
-            what = f"step {step}: loss {loss_value:g}, gradient norm {grad_norm:g}"
-            if action == "stop":
-                message = f"{what}; stopping the run"
-            elif nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
-                action, message = "stop", f"{what}; {nonfinite_in_a_row} non-finite steps in a row, stopping the run"
-            elif action == "lower_lr":
-                lr_scale *= 0.5
-                message = f"{what}; step skipped, learning rate multiplier now {lr_scale:g}"
-            else:
-                message = f"{what}; step skipped"
-            emit({"kind": "nonfinite", "step": step, "action": action, "message": message})
-            if action == "stop":
-                result.reason, result.message = "nonfinite", message
-                break
-        step_times.append(time.perf_counter() - t0)
-        result.train_losses.append(loss_value)
-        result.steps_done = step
-        pending_losses.append(loss_value)
-        pending_aux.append(aux_value)
-        if finite:
-            if len(recent_losses) >= SPIKE_MIN_HISTORY:
-                mean = sum(recent_losses) / len(recent_losses)
-                std = math.sqrt(sum((x - mean) ** 2 for x in recent_losses) / len(recent_losses))
-                spiked = spiked or loss_value > mean + SPIKE_K * std
-            recent_losses.append(loss_value)
+            self.optimizer.zero_grad(set_to_none=True)
+            if not self._on_nonfinite(step, loss_value, grad_norm):
+                return False
+        self.telemetry.add(time.perf_counter() - t0, loss_value, aux_value, finite)
+        self.result.train_losses.append(loss_value)
+        self.result.steps_done = step
 
         if is_log:
-            elapsed = time.perf_counter() - start
-            step_time = sum(step_times) / len(step_times)
-            mfu, raised = None, None
-            if flops_per_step and peak:
-                mfu, peak, raised = _mfu(flops_per_step / step_time, peak, device, step)
-            emit({
-                "kind": "step",
-                "step": step,
-                "loss": _finite(sum(pending_losses) / len(pending_losses)),  # mean since the last step event
-                "lr": lr,
-                "grad_norm": _finite(grad_norm),
-                "tokens_per_s": tokens_per_step / step_time,
-                "elapsed": elapsed,
-                "eta": _eta(step, t_cfg, step_time, eval_times),
-                "effective_batch": effective_batch,
-                "clipped": bool(t_cfg.grad_clip) and grad_norm > t_cfg.grad_clip,
-                "update_ratio": _finite(update_ratio),
-                "spike": spiked,
-                # model FLOPs utilisation: analyze's useful FLOPs per step / step time / peak FLOP/s
-                "mfu": _finite(mfu) if mfu is not None else None,
-                **({"peak_flops": peak, "peak_source": raised} if raised else {}),
-                **({"aux_loss": _finite(sum(pending_aux) / len(pending_aux))} if moe else {}),
-                **objective.step_metrics(),  # DPO: log-probabilities and rewards since the last step event
-            })
-            pending_losses.clear()
-            pending_aux.clear()
-            spiked = False
+            self._emit_step(step, lr, grad_norm, update_ratio)
         if t_cfg.compile and step == 1:  # that step compiled the model: keep it out of tokens/s and ETA
-            step_times.clear()
-
+            self.telemetry.step_times.clear()
         if is_eval:
-            emit({"kind": "health", "step": step, "layers": [
-                {"layer": i, "name": name, "grad_norm": _finite(block_grads[name]),
-                 "weight_norm": _finite(_norm([p.detach() for p in ps])),
-                 "update_ratio": _finite(block_updates.get(name, 0.0))}
-                for i, (name, ps) in enumerate(blocks.items())
-            ]})
-        if moe and (is_eval or step % 10 == 0):  # the routing of this step's training batch
-            emit({"kind": "moe", "step": step, "layers": [
-                {**layer, "aux_loss": _finite(layer["aux_loss"]), "z_loss": _finite(layer["z_loss"])}
-                for layer in model.moe_stats()
-            ]})
+            self._emit_health(step, block_grads, block_updates)
+        if self.moe and (is_eval or step % 10 == 0):  # the routing of this step's training batch
+            self.emit(MoeEvent(kind="moe", step=step, layers=[
+                MoeLayer(**{**layer, "aux_loss": _finite(layer["aux_loss"]), "z_loss": _finite(layer["z_loss"])})
+                for layer in self.model.moe_stats()
+            ]))
         if is_eval:
-            t_eval = time.perf_counter()
-            event = _evaluate(model, objective, train_evals, val_evals, spec, device, autocast, step)
-            # every layer's and head's weights on one held-out example: watch the patterns form
-            maps = attention_event(model, objective, device, autocast, step) if t_cfg.attention_maps else None
-            eval_times.append(time.perf_counter() - t_eval)
-            final_val_loss = event["val_loss"]
-            result.val_losses.append((step, final_val_loss if final_val_loss is not None else math.nan))
-            result.final_accuracy = event["accuracy"]
-            emit(event)
-            if maps is not None:
-                emit(maps)
-                checkpoint_due = (checkpoint_every and step % checkpoint_every == 0) or step == t_cfg.steps
-                weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-                if checkpoint_dir and "input" in maps and not checkpoint_due and weight_bytes <= SNAPSHOT_BYTES // 4:
-                    # a long input's overview: keep this step's weights so the page can zoom into it
-                    # (for models small enough that a few snapshots fit the budget; else the nearest
-                    # checkpoint serves, marked approximate)
-                    save_snapshot(checkpoint_dir, step=step, model=model, spec=spec.to_dict(), tokenizer=data.tokenizer)
-            if moe:  # which expert each token of the same held-out example went to
-                from ..introspect.moe_maps import routing_event  # moe.py loads only for models with experts (as in model.py)
+            self._evaluate(step)
+        if self._checkpoint_due(step):
+            self.save(step)  # last in the step: the RNG state is the one the next step starts from
+        return True
 
-                routing = routing_event(model, objective, device, autocast, step)
-                if routing is not None:
-                    emit(routing)
-        if checkpoint_dir and ((checkpoint_every and step % checkpoint_every == 0) or step == t_cfg.steps):
-            save(step)  # last in the step: the RNG state is the one the next step starts from
-        if bar is not None:
-            shown = {"loss": f"{loss_value:.3f}"}
-            if final_val_loss is not None:
-                shown["val_loss"] = f"{final_val_loss:.3f}"
-            bar.set_postfix(shown, refresh=False)
-            bar.update(1)
+    def _update(self, measure: bool, per_block: bool) -> tuple[float, dict[str, float]]:
+        """The optimizer's step; with ``measure``, ‖Δw‖ / ‖w‖ over all weights from a copy of them
+        (at log and eval steps only), and with ``per_block`` the same for each block."""
+        params = self.params
+        before = [p.detach().clone() for p in params] if measure else None
+        self.optimizer.step()
+        if before is None:
+            return 0.0, {}
+        deltas = torch._foreach_sub([p.detach() for p in params], before)
+        update_ratio = float(_norm(deltas) / _norm(before).clamp_min(1e-30))
+        block_updates = {}
+        if per_block:
+            index = {id(p): i for i, p in enumerate(params)}
+            for name, ps in self.blocks.items():
+                ids = [index[id(p)] for p in ps]
+                block_updates[name] = float(_norm([deltas[i] for i in ids])
+                                            / _norm([before[i] for i in ids]).clamp_min(1e-30))
+        return update_ratio, block_updates
 
-    if bar is not None:
-        bar.close()
-    model.eval()
-    emit({
-        "kind": "end",
-        "step": result.steps_done,
-        "reason": result.reason,
-        "elapsed": time.perf_counter() - start,
-        "final_val_loss": final_val_loss,
-    })
-    return result
+    def _on_nonfinite(self, step: int, loss_value: float, grad_norm: float) -> bool:
+        """A step with a NaN or infinite loss or gradient norm (its update skipped): apply
+        ``on_nonfinite``, emit what was done; False when the run stops."""
+        self.nonfinite_in_a_row += 1
+        action = self.cfg.on_nonfinite
+        what = f"step {step}: loss {loss_value:g}, gradient norm {grad_norm:g}"
+        if action == "stop":
+            message = f"{what}; stopping the run"
+        elif self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            action, message = "stop", f"{what}; {self.nonfinite_in_a_row} non-finite steps in a row, stopping the run"
+        elif action == "lower_lr":
+            self.lr_scale *= 0.5
+            message = f"{what}; step skipped, learning rate multiplier now {self.lr_scale:g}"
+        else:
+            message = f"{what}; step skipped"
+        self.emit(NonfiniteEvent(kind="nonfinite", step=step, action=action, message=message))
+        if action == "stop":
+            self.result.reason, self.result.message = "nonfinite", message
+            return False
+        return True
+
+    # ------------------------------------------------------------------ events
+    def _emit_step(self, step: int, lr: float, grad_norm: float, update_ratio: float) -> None:
+        t_cfg, telemetry = self.cfg, self.telemetry
+        step_time = telemetry.step_time()
+        loss, aux, spiked = telemetry.take()
+        mfu, raised = None, None
+        if self.flops_per_step and self.peak:
+            mfu, self.peak, raised = _mfu(self.flops_per_step / step_time, self.peak, self.device, step)
+        self.emit(StepEvent(
+            kind="step",
+            step=step,
+            loss=_finite(loss),  # mean since the last step event
+            lr=lr,
+            grad_norm=_finite(grad_norm),
+            tokens_per_s=self.tokens_per_step / step_time,
+            elapsed=time.perf_counter() - self.start,
+            eta=_eta(step, t_cfg, step_time, telemetry.eval_times),
+            effective_batch=self.effective_batch,
+            clipped=bool(t_cfg.grad_clip) and grad_norm > t_cfg.grad_clip,
+            update_ratio=_finite(update_ratio),
+            spike=spiked,
+            # model FLOPs utilisation: analyze's useful FLOPs per step / step time / peak FLOP/s
+            mfu=_finite(mfu) if mfu is not None else None,
+            **({"peak_flops": self.peak, "peak_source": raised} if raised else {}),
+            **({"aux_loss": _finite(aux)} if self.moe else {}),
+            **self.objective.step_metrics(),  # DPO: log-probabilities and rewards since the last step event
+        ))
+
+    def _emit_health(self, step: int, block_grads: dict, block_updates: dict[str, float]) -> None:
+        self.emit(HealthEvent(kind="health", step=step, layers=[
+            HealthLayer(layer=i, name=name, grad_norm=_finite(block_grads[name]),
+                        weight_norm=_finite(_norm([p.detach() for p in ps])),
+                        update_ratio=_finite(block_updates.get(name, 0.0)))
+            for i, (name, ps) in enumerate(self.blocks.items())
+        ]))
+
+    def _evaluate(self, step: int) -> None:
+        """The eval event, then the attention maps (keeping the weights for a long input's zoom
+        when the snapshot policy allows) and, with experts, the routing of the same example."""
+        model, objective = self.model, self.objective
+        t_eval = time.perf_counter()
+        event = _evaluate(model, objective, self.train_evals, self.val_evals, self.spec, self.device, self.autocast, step)
+        # every layer's and head's weights on one held-out example: watch the patterns form
+        maps = (attention_event(model, objective, self.device, self.autocast, step)
+                if self.cfg.attention_maps else None)
+        self.telemetry.eval_times.append(time.perf_counter() - t_eval)
+        self.final_val_loss = event["val_loss"]
+        self.result.val_losses.append((step, self.final_val_loss if self.final_val_loss is not None else math.nan))
+        self.result.final_accuracy = event["accuracy"]
+        self.emit(event)
+        if maps is not None:
+            self.emit(maps)
+            if self._snapshot_due(step, maps):
+                # a long input's overview: keep this step's weights so the page can zoom into it
+                save_snapshot(self.checkpoint_dir, step=step, model=model, spec=self.spec.to_dict(),
+                              tokenizer=self.data.tokenizer)
+        if self.moe:  # which expert each token of the same held-out example went to
+            from ..introspect.moe_maps import routing_event  # moe.py loads only for models with experts (as in model.py)
+
+            routing = routing_event(model, objective, self.device, self.autocast, step)
+            if routing is not None:
+                self.emit(routing)
+
+    # ------------------------------------------------------------------ checkpoints and snapshots
+    def _checkpoint_due(self, step: int) -> bool:
+        return bool(self.checkpoint_dir) and bool(
+            (self.checkpoint_every and step % self.checkpoint_every == 0) or step == self.cfg.steps)
+
+    def _snapshot_due(self, step: int, maps: dict) -> bool:
+        """Whether to keep this evaluation's weights beside the checkpoints: for a long input's
+        maps ("input": the page can zoom into them), at a step no checkpoint keeps, and for models
+        small enough that a few snapshots fit the budget (else the nearest checkpoint serves,
+        marked approximate)."""
+        weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return (bool(self.checkpoint_dir) and "input" in maps and not self._checkpoint_due(step)
+                and weight_bytes <= SNAPSHOT_BYTES // 4)
+
+    def save(self, step: int) -> None:
+        trainer = {"rng": rng_state(self.batches), "lr_scale": self.lr_scale,
+                   "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                   "recent_losses": list(self.telemetry.recent_losses)}
+        path = save_checkpoint(self.checkpoint_dir, step=step, model=self.model, optimizer=self.optimizer,
+                               spec=self.spec.to_dict(), tokenizer=self.data.tokenizer, trainer=trainer)
+        self.saved_step = step
+        self.emit(CheckpointEvent(kind="checkpoint", step=step, name=os.path.basename(path),
+                                  bytes=sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))))
 
 
 def _restore(path, spec: JobSpec, tokenizer, model, optimizer, batches, field_name: str):
@@ -506,7 +582,7 @@ def _eta(step: int, cfg: TrainConfig, step_time: float, eval_times: list[float])
     return (cfg.steps - step) * step_time + remaining_evals * eval_time
 
 
-def _evaluate(model, objective, train_evals, val_evals, spec: JobSpec, device, autocast, step: int) -> dict:
+def _evaluate(model, objective, train_evals, val_evals, spec: JobSpec, device, autocast, step: int) -> EvalEvent:
     on_device = lambda batches: [tuple(t.to(device) for t in b) for b in batches]  # noqa: E731
     extra = {}
     if objective.evaluate is not None:  # DPO: its own loss, reward accuracy and margin
@@ -518,15 +594,15 @@ def _evaluate(model, objective, train_evals, val_evals, spec: JobSpec, device, a
     model.eval()
     sample = objective.sample(model, device, autocast, spec.train.seed, spec.train.sample_tokens)
     model.train()
-    return {
-        "kind": "eval",
-        "step": step,
-        "train_loss": _finite(train_loss),
-        "val_loss": _finite(val_loss),
-        "accuracy": accuracy if objective.scored else None,
-        "sample": sample,
+    return EvalEvent(
+        kind="eval",
+        step=step,
+        train_loss=_finite(train_loss),
+        val_loss=_finite(val_loss),
+        accuracy=accuracy if objective.scored else None,
+        sample=sample,
         **extra,
-    }
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

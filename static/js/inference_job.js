@@ -3,6 +3,7 @@
 // by side, the quantisation table and, for encoders, the similarity heatmap. Everything comes from
 // the job's events over its websocket, replayed from the start on each connect.
 import { api, ApiError, LiveSocket } from "./api.js";
+import { KIND } from "./events.js";
 import * as fmt from "./format.js";
 import { CONFIG, THEME } from "./charts/theme.js";
 
@@ -313,21 +314,21 @@ function renderSimilarity(gen) {
 // ---------------------------------------------------------------------------- events
 function apply(e) {
   const d = e.data || {};
-  if (e.kind === "progress") {
+  if (e.kind === KIND.progress) {
     state.fraction = d.fraction ?? state.fraction;
     state.eta = d.eta ?? null;
     state.detail = d.detail || "";
-  } else if (e.kind === "start") {
+  } else if (e.kind === KIND.start) {
     if (d.params) job.params = d.params;
-  } else if (e.kind === "generation") {
+  } else if (e.kind === KIND.generation) {
     state.generation = d;
     renderCompletions(d);
     renderSpeed(d);
     if (d.family === "encoder") renderSimilarity(d);
-  } else if (e.kind === "quantization") {
+  } else if (e.kind === KIND.quantization) {
     state.quantization = d;
     renderQuantization(d);
-  } else if (e.kind === "status") {
+  } else if (e.kind === KIND.status) {
     job.status = d.status;
     if (d.error) job.error = d.error;
   }

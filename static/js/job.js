@@ -12,6 +12,7 @@ import { ThroughputChart } from "./charts/throughput.js";
 import { AttentionPanel } from "./charts/attention.js";
 import { GradNormChart, UpdateRatioChart, renderLayerTable } from "./charts/health.js";
 import { LogpChart, RewardChart } from "./charts/preference.js";
+import { KIND } from "./events.js";
 import * as fmt from "./format.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
@@ -54,7 +55,7 @@ const attention = new AttentionPanel($("attention-card"), {
 });
 async function loadAttentionIndex() {
   try {
-    const body = await getJSON(eventsURL({ kind: "attention", brief: true, limit: 20000 }));
+    const body = await getJSON(eventsURL({ kind: KIND.attention, brief: true, limit: 20000 }));
     attention.addIndex(body.events.map((e) => ({ seq: e.seq, step: e.data.step })));
   } catch (err) {
     console.warn("could not load the attention maps", err);
@@ -99,12 +100,12 @@ function renderReward() {
 const retries = [];
 function supersededBy(e) {
   const step = e.data?.step;
-  if (step == null || e.kind === "status" || e.kind === "checkpoint") return false;
+  if (step == null || e.kind === KIND.status || e.kind === KIND.checkpoint) return false;
   return retries.some((r) => e.seq < r.seq && step > r.step);
 }
 async function loadRetries() {
   try {
-    const body = await getJSON(eventsURL({ kind: "status", limit: 20000 }));
+    const body = await getJSON(eventsURL({ kind: KIND.status, limit: 20000 }));
     for (const e of body.events) {
       if (e.data.attempt > 1) retries.push({ seq: e.seq, step: e.data.resume_from_step || 0 });
     }
@@ -179,7 +180,7 @@ function applyJob(snapshot) {
 function applyEvent(e) {
   const d = e.data || {};
   switch (e.kind) {
-    case "status":
+    case KIND.status:
       if (e.seq > snapshotSeq) {
         setStatus(d.status);
         if (d.error) $("error-text").textContent = d.error;
@@ -193,16 +194,16 @@ function applyEvent(e) {
         setMeta("attempt", String(d.attempt));
       }
       break;
-    case "checkpoint":
+    case KIND.checkpoint:
       addCheckpoint(d, e.ts);
       break;
-    case "start":
+    case KIND.start:
       if (d.total_steps) metrics.total_steps = d.total_steps;
       if (d.params) metrics.params = d.params;
       if (d.device) setMeta("device", d.device);
       if (d.peak_flops !== undefined) setPeak(d.peak_flops, d.peak_source);
       break;
-    case "step":
+    case KIND.step:
       lossChart.addStep(d.step, d.loss, d.spike);
       lrChart.addDataPoint(d.step, d.lr);
       tpsChart.addDataPoint(d.step, d.tokens_per_s);
@@ -217,14 +218,14 @@ function applyEvent(e) {
       Object.assign(metrics, pick(d, ["step", "loss", "lr", "tokens_per_s", "elapsed", "eta", "aux_loss", "mfu"]));
       if (d.peak_source) setPeak(d.peak_flops, d.peak_source); // a step beat the peak: raised
       break;
-    case "health":
+    case KIND.health:
       if (!lastHealth || d.step >= lastHealth.step) lastHealth = d;
       break;
-    case "nonfinite":
+    case KIND.nonfinite:
       lossChart.addNonfinite(d.step, d.message);
-      healthEvents.push({ kind: "nonfinite", step: d.step, action: d.action, text: d.message || `step ${d.step}: non-finite` });
+      healthEvents.push({ kind: KIND.nonfinite, step: d.step, action: d.action, text: d.message || `step ${d.step}: non-finite` });
       break;
-    case "eval":
+    case KIND.eval:
       lossChart.addEval(d.step, d.train_loss, d.val_loss);
       if (rewardChart && d.reward_margin !== undefined) {
         rewardChart.addEval(d);
@@ -233,7 +234,7 @@ function applyEvent(e) {
       Object.assign(metrics, pick(d, ["val_loss", "accuracy"]));
       if (d.sample) samples.push({ step: d.step, val_loss: d.val_loss, ...d.sample });
       break;
-    case "moe":
+    case KIND.moe:
       // The card is unhidden before drawing, so Plotly measures its real width.
       $("moe-card").hidden = false;
       expertChart.update(d);
@@ -241,14 +242,14 @@ function applyEvent(e) {
       expertTimeChart.addEvent(d);
       if (!lastMoe || d.step >= lastMoe.step) lastMoe = d;
       break;
-    case "routing":
+    case KIND.routing:
       $("moe-card").hidden = false;
       routing.addEvent(d);
       break;
-    case "attention":
+    case KIND.attention:
       attention.addEvent(e.seq, d);
       break;
-    case "end":
+    case KIND.end:
       endInfo = d;
       Object.assign(metrics, pick(d, ["step", "elapsed"]));
       if (d.final_val_loss != null) metrics.val_loss = d.final_val_loss;

@@ -1,6 +1,7 @@
 // A tokenization-lab job: a progress bar with ETA from the job's "progress" events, live over its
 // websocket (replayed from the start on each connect, so a reload shows the same state).
 import { api, ApiError, LiveSocket } from "./api.js";
+import { KIND } from "./events.js";
 import * as fmt from "./format.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
@@ -29,10 +30,10 @@ function render() {
 
 function apply(e) {
   const d = e.data || {};
-  if (e.kind === "progress") {
+  if (e.kind === KIND.progress) {
     fraction = d.fraction ?? fraction;
     eta = d.eta ?? null;
-  } else if (e.kind === "status") {
+  } else if (e.kind === KIND.status) {
     job.status = d.status;
     if (d.error) job.error = d.error;
   }
