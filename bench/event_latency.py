@@ -58,7 +58,7 @@ def setup_django(tmp: Path, redis_db: int = 13, database: str = "sqlite") -> Non
         REDIS_URL=f"redis://127.0.0.1:6379/{redis_db}",
         EXPLORER_CHANNEL_PREFIX=f"bench{os.getpid()}",
         EXPLORER_LOG_LEVEL="WARNING",
-        DJANGO_SETTINGS_MODULE="tests.settings",  # the app's settings; what tests.stack starts its processes with
+        DJANGO_SETTINGS_MODULE="config.settings.test",  # the app's settings; what tests.stack starts its processes with
     )
     import atexit
     import shutil

@@ -8,10 +8,10 @@ from typing import Any, Optional
 
 from django.conf import settings
 from django.http import Http404, HttpResponse
-from ninja import Body, File, Form, NinjaAPI, Router, Schema, Status
-from ninja.errors import HttpError, ValidationError
+from ninja import Body, File, Form, Router, Schema, Status
+from ninja.errors import HttpError
 from ninja.files import UploadedFile
-from ninja.security import HttpBearer, django_auth
+from ninja.security import HttpBearer
 
 from explorer import analysis as analysis_service
 from explorer import checkpoints, ratelimit, scheduling
@@ -28,34 +28,6 @@ class TokenAuth(HttpBearer):
         if user is not None:
             request.user = user
         return user
-
-
-api = NinjaAPI(
-    title="LLM Architecture Explorer API",
-    version="1",
-    auth=[TokenAuth(), django_auth],
-    urls_namespace="api",
-    docs_url="/docs",
-)
-
-
-@api.exception_handler(ValidationError)
-def validation_error(request, exc):
-    errors = {}
-    for err in exc.errors:
-        loc = [str(p) for p in err.get("loc", []) if p not in ("body", "query", "path", "form", "payload")]
-        errors[".".join(loc) or "request"] = err.get("msg", "invalid")
-    return api.create_response(request, {"detail": "Invalid request", "errors": errors}, status=400)
-
-
-@api.exception_handler(services.SpecError)
-def spec_error(request, exc):
-    return api.create_response(request, {"detail": "Invalid job", "errors": exc.errors}, status=400)
-
-
-@api.exception_handler(Http404)
-def not_found(request, exc):
-    return api.create_response(request, {"detail": str(exc) or "Not found"}, status=404)
 
 
 # ---------------------------------------------------------------------------- schemas
@@ -657,16 +629,10 @@ def inference_options(request, team: Optional[str] = None):
     return inference_jobs.options(_team(request, team))
 
 
-api.add_router("/jobs", jobs)
-api.add_router("/", analysis)
-api.add_router("/", presets)
-api.add_router("/", composer)
-api.add_router("/datasets", datasets)
-api.add_router("/", tokenizer_lab)
-api.add_router("/", inference)
+account = Router(tags=["account"])
 
 
-@api.get("/me", tags=["account"], summary="Who you are and your teams")
+@account.get("/me", summary="Who you are and your teams")
 def me(request):
     return {
         "username": request.user.get_username(),
@@ -714,5 +680,3 @@ def drain_worker(request, name: str):
 def undrain_worker(request, name: str):
     return _set_draining(request, name, False)
 
-
-api.add_router("/workers", workers_router)

@@ -360,7 +360,7 @@ def can_manage(user):
 def control(action, worker):
     """Ask ``worker`` to ``cancel_consumer`` or ``add_consumer`` each of its queues (a broadcast
     over the broker; a stopped worker starts with all its queues anyway)."""
-    from explorer.celery import app
+    from config.celery_app import app
 
     for queue in consumed(worker):
         getattr(app.control, action)(queue, destination=[worker.name])

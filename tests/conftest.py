@@ -42,7 +42,7 @@ def alice_client(client, alice):
 
 @pytest.fixture(scope="module")
 def stack(django_db_setup, django_db_blocker, tmp_path_factory):
-    from explorer.celery import app
+    from config.celery_app import app
 
     with django_db_blocker.unblock():
         app.control.purge()  # messages left by earlier tests or runs on this Redis database

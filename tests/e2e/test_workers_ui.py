@@ -16,7 +16,7 @@ import pytest
 from django.utils import timezone
 
 from explorer import services, workers
-from explorer.celery import app
+from config.celery_app import app
 from explorer.models import Job, Membership, Team, Worker
 from tests.conftest import TINY_SPEC, make_user
 from tests.e2e.helpers import log_in

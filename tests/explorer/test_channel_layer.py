@@ -59,7 +59,7 @@ def test_a_group_member_hears_again_after_redis_restarts(redis):
 def test_the_prefix_keeps_apps_on_different_redis_databases_apart(redis):
     """Pub/sub channels are server-wide: without the database's number in the prefix, an app on
     database 1 would hear the jobs of an app on database 2 of the same server."""
-    from explorer.settings import redis_db
+    from config.settings.base import redis_db
 
     assert [redis_db(u) for u in ("redis://h:6379/0", "redis://h:6379/14", "redis://h", "unix:///r.sock",
                                   "unix:///r.sock?db=3", "rediss://u:p@h:1/5")] == [0, 14, 0, 0, 3, 5]

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.test import Client
 
 from explorer import services
-from explorer.asgi import application
+from config.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

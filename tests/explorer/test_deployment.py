@@ -30,7 +30,7 @@ def _settings_in_a_fresh_process(env):
     import sys
 
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "EXPLORER_PRODUCTION"))}
-    return subprocess.run([sys.executable, "-c", "import explorer.settings as s; print(len(s.SECRET_KEY))"],
+    return subprocess.run([sys.executable, "-c", "import config.settings.local as s; print(len(s.SECRET_KEY))"],
                           env={**base, **env}, capture_output=True, text=True, cwd=ROOT)
 
 

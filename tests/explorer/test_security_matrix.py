@@ -27,7 +27,7 @@ from django.urls import URLResolver, get_resolver, reverse
 
 from explorer import services
 from explorer import tokenizers as lab
-from explorer.api import api
+from config.api import api
 from explorer.datasets import save_upload
 from explorer.models import ApiToken, Dataset, Job, Membership, Team, Tokenizer, Worker
 from explorer.routing import websocket_urlpatterns
@@ -554,7 +554,7 @@ def ws_headers(user=None):
 
 
 async def ws_connect(path, headers):
-    from explorer.asgi import application
+    from config.asgi import application
 
     comm = WebsocketCommunicator(application, path, headers=headers)
     connected, code = await comm.connect(timeout=5)

@@ -199,7 +199,7 @@ def test_a_job_out_of_memory_fails_with_the_reason_and_the_estimate(alice, tiny_
         "resource.setrlimit(resource.RLIMIT_AS, (size + 600 * 2**20, resource.RLIM_INFINITY))\n"
         f"print(services.run_job({job.pk}, 'capped-worker'))\n"
     )
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", DATABASE_URL=database_url(connection.settings_dict))
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="config.settings.test", DATABASE_URL=database_url(connection.settings_dict))
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.stdout.strip().endswith("failed"), done.stdout + done.stderr
     job.refresh_from_db()

@@ -227,7 +227,7 @@ def test_staff_can_drain(client, controls):
 
 
 def test_control_cancels_every_queue_of_the_worker(monkeypatch):
-    from explorer.celery import app
+    from config.celery_app import app
 
     calls = []
     monkeypatch.setattr(app.control, "cancel_consumer", lambda queue, destination: calls.append((queue, destination)))

@@ -2,8 +2,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from config.api import api
 from explorer import ratelimit, views
-from explorer.api import api
 
 urlpatterns = [
     path("", views.home, name="home"),

@@ -24,7 +24,7 @@ if not os.environ.get("REDIS_URL"):
         os.environ["REDIS_URL"] = _redis.start()
         atexit.register(_redis.stop)
 
-from explorer.settings import *  # noqa: E402,F401,F403
+from config.settings.base import *  # noqa: E402,F401,F403
 
 # Fast password hashing in tests (the test stack's subprocesses use these settings too).
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dj_database_url
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]
 VAR_DIR = Path(os.environ.get("EXPLORER_VAR_DIR", BASE_DIR / "var"))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
@@ -68,9 +68,9 @@ MIDDLEWARE = [
     "explorer.middleware.CurrentTeamMiddleware",
 ]
 
-ROOT_URLCONF = "explorer.urls"
-ASGI_APPLICATION = "explorer.asgi.application"
-WSGI_APPLICATION = "explorer.wsgi.application"
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = "config.wsgi.application"
 
 TEMPLATES = [
     {
