@@ -175,7 +175,7 @@ def server_side(model, objective, repeats: int, **window) -> tuple[dict, dict]:
 
 def seed_job(user, team, spec):
     """A running job with the events a page has before its first evaluation's maps."""
-    from explorer import services
+    from explorer.jobs import services
 
     job = make_job(user, team, spec.to_dict(), "attention delivery")
     recorder = services.EventRecorder(job)

@@ -171,7 +171,7 @@ def change(team_ids, every, start_at, go, seconds, out):
     each team's queue pages must show. Reports (job, team, t_before, t_after, queued count)."""
     from django.db import connections
 
-    from explorer import services
+    from explorer.jobs import services
     from explorer.models import Job
 
     connections.close_all()
@@ -192,7 +192,7 @@ def change(team_ids, every, start_at, go, seconds, out):
         changes.append({"job": job.pk, "team": team_id, "t0": t0, "t1": time.time(), "ok": ok,
                         "queued": Job.objects.filter(status="queued").count()})
     try:  # sends may be queued to a background publisher: let them out before the process ends
-        from explorer.publisher import publisher
+        from explorer.jobs.publisher import publisher
 
         publisher().wait(10)
     except ImportError:

@@ -6,7 +6,7 @@ from ninja.errors import ValidationError
 from ninja.security import django_auth
 
 from explorer import api as app_api
-from explorer import services
+from explorer.jobs import services
 
 api = NinjaAPI(
     title="LLM Architecture Explorer API",

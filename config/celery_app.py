@@ -7,4 +7,4 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
 app = Celery("explorer")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["explorer"])
+app.autodiscover_tasks(["explorer.jobs"])

@@ -3,7 +3,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from config.api import api
-from explorer import ratelimit, views
+from explorer import views
+from explorer.accounts import ratelimit
 
 urlpatterns = [
     path("", views.home, name="home"),

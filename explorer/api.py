@@ -13,13 +13,15 @@ from ninja.errors import HttpError
 from ninja.files import UploadedFile
 from ninja.security import HttpBearer
 
-from explorer import analysis as analysis_service
-from explorer import checkpoints, ratelimit, scheduling
-from explorer import services
-from explorer import tokenizers as lab
-from explorer.datasets import DatasetError, save_upload
+from explorer.training import analysis as analysis_service
+from explorer.training import checkpoints
+from explorer.accounts import ratelimit
+from explorer.scheduling import queue as scheduling
+from explorer.jobs import services
+from explorer.tokenizers import lab
+from explorer.datasets.uploads import DatasetError, save_upload
 from explorer.models import ApiToken, Dataset, JobEvent
-from explorer.teams import get_job_or_404, jobs_visible_to, resolve_team, user_teams
+from explorer.accounts.teams import get_job_or_404, jobs_visible_to, resolve_team, user_teams
 
 
 class TokenAuth(HttpBearer):
@@ -355,8 +357,8 @@ def attention_region(request, job_id: int, step: Optional[int] = None, stack: st
     ``step`` (default the newest), pooled to at most ``cells`` per side (≤ 256), recomputed from
     that step's weights (a checkpoint, or the weights kept for that evaluation), else from the
     nearest kept within ``checkpoint_every`` steps, marked ``exact: false`` with a ``note``; 404
-    when none is kept. Only events of long inputs (with an overview) have detail. See ``explorer.attention_detail.region`` for the answer's fields."""
-    from explorer import attention_detail  # torch work in the web process: loaded on first use
+    when none is kept. Only events of long inputs (with an overview) have detail. See ``explorer.training.attention_detail.region`` for the answer's fields."""
+    from explorer.training import attention_detail  # torch work in the web process: loaded on first use
 
     job = get_job_or_404(request.user, job_id)
     try:
@@ -612,7 +614,7 @@ def create_inference_job(request, payload: InferenceIn):
     (``compare_cache``); ``quantization`` (decoders only) adds a table of perplexity, size and speed
     per method. Encoders give the prompts' embedding similarities. The job's events (``/jobs/{id}/
     events``): "progress", "generation", "quantization", "end"."""
-    from explorer import inference_jobs
+    from explorer.inference import jobs as inference_jobs
 
     team = _team(request, payload.team)
     if refusal := ratelimit.refuse_job(request.user):
@@ -624,7 +626,7 @@ def create_inference_job(request, payload: InferenceIn):
 
 @inference.get("/inference/options", summary="What an inference job can start from, and its settings' limits")
 def inference_options(request, team: Optional[str] = None):
-    from explorer import inference_jobs
+    from explorer.inference import jobs as inference_jobs
 
     return inference_jobs.options(_team(request, team))
 
@@ -649,13 +651,13 @@ workers_router = Router(tags=["workers"])
 def list_workers(request):
     """Every worker; a current job of another team shows only as ``{"busy": true}``.
     ``can_manage``: whether you may drain them (staff, maintainers and admins of a shared team)."""
-    from explorer import workers
+    from explorer.scheduling import workers
 
     return workers.workers_for(request.user)
 
 
 def _set_draining(request, name, draining):
-    from explorer import workers
+    from explorer.scheduling import workers
     from explorer.models import Worker
 
     worker = Worker.objects.filter(name=name).first()

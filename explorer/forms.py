@@ -5,7 +5,9 @@ from django import forms
 from django.contrib.auth.forms import UserCreationForm
 
 import engine
-from explorer import checkpoints, services, tokenizers
+from explorer.training import checkpoints
+from explorer.jobs import services
+from explorer.tokenizers import lab as tokenizers
 from explorer.models import Dataset
 
 SECTIONS = [
@@ -132,7 +134,7 @@ class ApiTokenForm(forms.Form):
                                   help_text="The token sees and submits to this team only.")
 
     def __init__(self, user, *args, **kwargs):
-        from explorer.teams import user_teams
+        from explorer.accounts.teams import user_teams
 
         super().__init__(*args, **kwargs)
         self.fields["team"].queryset = user_teams(user)

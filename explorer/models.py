@@ -13,7 +13,7 @@ class Team(models.Model):
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="teams")
     created_at = models.DateTimeField(auto_now_add=True)
 
-    # Quotas, set by the team's admins; empty = no limit (explorer.scheduling). The running limits
+    # Quotas, set by the team's admins; empty = no limit (explorer.scheduling.queue). The running limits
     # hold jobs in the queue; the others refuse a submission with a message.
     max_running = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs of the team running at once")
     max_running_per_user = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs of one member running at once")
@@ -119,7 +119,7 @@ class Job(models.Model):
     # the broker queue its messages go to: the queue, or a memory tier of it ("cpu.8g"); "" = queue
     route = models.CharField(max_length=40, blank=True, default="")
     params = models.PositiveBigIntegerField(default=0)
-    # explorer.scheduling: high (2) before normal (1) before low (0); then fair share; then queue_order
+    # explorer.scheduling.queue: high (2) before normal (1) before low (0); then fair share; then queue_order
     priority = models.SmallIntegerField(default=1)
     queue_order = models.FloatField(default=0.0, help_text="Submission time (Unix); lowered to move a job up")
     # 1, then 2, 3, ... each time the job is retried (resuming from its last checkpoint)
@@ -153,7 +153,7 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["team", "-created_at"]),
             models.Index(fields=["queue", "status", "created_at"]),
-            # the queue's fair share counts each owner's running jobs (explorer.scheduling)
+            # the queue's fair share counts each owner's running jobs (explorer.scheduling.queue)
             models.Index(fields=["owner", "team", "status"]),
             # recent finished jobs' speed, for estimated starts
             models.Index(fields=["queue", "status", "-finished_at"]),
@@ -220,7 +220,7 @@ class ApiToken(models.Model):
     @classmethod
     def authenticate(cls, raw):
         """The token's user, with ``token_team_id`` set when the token is scoped to a team
-        (``explorer.teams`` then shows that team only); None for an unknown or revoked token,
+        (``explorer.accounts.teams`` then shows that team only); None for an unknown or revoked token,
         or one whose user has left its team."""
         token = cls.objects.select_related("user").filter(key_hash=cls.hash(raw), revoked_at=None).first()
         if token is None or not token.user.is_active:
@@ -234,7 +234,7 @@ class ApiToken(models.Model):
 
 
 class Worker(models.Model):
-    """A Celery worker as it registered itself at start (explorer.workers): its device, the
+    """A Celery worker as it registered itself at start (explorer.scheduling.workers): its device, the
     queues it takes jobs from and, from its heartbeats (every few seconds), how busy it is."""
 
     class Status(models.TextChoices):

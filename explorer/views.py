@@ -14,13 +14,17 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from explorer import analysis, checkpoints, ratelimit, scheduling, services
-from explorer import tokenizers as lab
-from explorer.datasets import DatasetError, save_upload
-from explorer import teams as teams_service
+from explorer.training import analysis
+from explorer.training import checkpoints
+from explorer.accounts import ratelimit
+from explorer.scheduling import queue as scheduling
+from explorer.jobs import services
+from explorer.tokenizers import lab
+from explorer.datasets.uploads import DatasetError, save_upload
+from explorer.accounts import teams as teams_service
 from explorer.forms import ApiTokenForm, ComposeForm, DatasetUploadForm, MemberForm, SignupForm, TeamQuotaForm
 from explorer.models import ApiToken, Dataset, Membership, Tokenizer
-from explorer.teams import create_personal_team, get_job_or_404, jobs_visible_to, user_teams
+from explorer.accounts.teams import create_personal_team, get_job_or_404, jobs_visible_to, user_teams
 
 
 def _safe_next(request):
@@ -271,7 +275,7 @@ def inference(request):
     """The inference form: a model (a team job's checkpoint or MiniLM), prompts, sampling settings,
     quantisation; static/js/inference.js posts it to /api/v1/inference and opens the job's page.
     ``?job=<id>`` preselects that job."""
-    from explorer import inference_jobs
+    from explorer.inference import jobs as inference_jobs
 
     team = _team_or_404(request)
     return render(request, "explorer/inference.html", {
@@ -362,6 +366,6 @@ def switch_team(request):
 @login_required
 def workers(request):
     """The workers, live (static/js/workers.js polls /api/v1/workers)."""
-    from explorer import workers as registry
+    from explorer.scheduling import workers as registry
 
     return render(request, "explorer/workers.html", {"initial": registry.workers_for(request.user), "nav": "workers"})

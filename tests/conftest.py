@@ -18,7 +18,7 @@ def tiny_spec():
 def make_user(name):
     from django.contrib.auth import get_user_model
 
-    from explorer.teams import create_personal_team
+    from explorer.accounts.teams import create_personal_team
 
     user = get_user_model().objects.create_user(name, password="pw-" + name + "-123")
     return user, create_personal_team(user)

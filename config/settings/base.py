@@ -65,7 +65,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "explorer.middleware.CurrentTeamMiddleware",
+    "explorer.accounts.middleware.CurrentTeamMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -82,7 +82,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "explorer.context_processors.teams",
+                "explorer.accounts.context_processors.teams",
             ],
         },
     },
@@ -145,7 +145,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # plus clean-up per message received; with ten jobs streaming 50 events/s it held a core of this
 # 2-core machine and put p99 worker->browser latency at 100-115 ms, against 12 ms with pub/sub
 # (bench/event_latency.py, bench/README.md). Pub/sub keeps nothing for a listener that is away;
-# the job consumer reads whatever it missed from the job's log (explorer.consumers). Redis pub/sub
+# the job consumer reads whatever it missed from the job's log (explorer.jobs.consumers). Redis pub/sub
 # channels are server-wide, not per database, so the prefix carries the database's number: two
 # apps on one Redis server with different databases never hear each other's jobs.
 CHANNEL_LAYERS = {
@@ -165,9 +165,9 @@ CHANNEL_LAYERS = {
 JOB_HEARTBEAT_TIMEOUT_S = env_int("EXPLORER_JOB_HEARTBEAT_TIMEOUT_S", 40)
 JOB_AUTO_RETRIES = env_int("EXPLORER_JOB_AUTO_RETRIES", 1)
 # A worker keeps a job's events in memory while the database refuses them, for at most this long;
-# then the job fails with that reason (explorer.services.EventRecorder).
+# then the job fails with that reason (explorer.jobs.services.EventRecorder).
 EVENT_DB_OUTAGE_S = env_int("EXPLORER_EVENT_DB_OUTAGE_S", 120)
-# Workers (explorer.workers): the share of a worker's memory its jobs may use (split between its
+# Workers (explorer.scheduling.workers): the share of a worker's memory its jobs may use (split between its
 # concurrent jobs), how often it sends a heartbeat, and after how long without one it is offline.
 WORKER_MEMORY_FRACTION = float(os.environ.get("EXPLORER_WORKER_MEMORY_FRACTION", "0.8"))
 WORKER_HEARTBEAT_S = env_int("EXPLORER_WORKER_HEARTBEAT_S", 5)

@@ -8,7 +8,8 @@ Screenshots: docs/screenshots/dpo.png, docs/screenshots/checkpoints.png.
 """
 import pytest
 
-from explorer import checkpoints, services
+from explorer.training import checkpoints
+from explorer.jobs import services
 from explorer.models import Job
 from tests.conftest import make_user
 from tests.e2e.helpers import log_in

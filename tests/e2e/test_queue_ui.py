@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from explorer import services
+from explorer.jobs import services
 from explorer.models import Job, Membership
 from tests.conftest import TINY_SPEC, make_user
 from tests.e2e.helpers import log_in

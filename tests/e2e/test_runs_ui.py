@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from explorer import services
+from explorer.jobs import services
 from explorer.models import Job
 from tests.conftest import TINY_SPEC, make_user
 from tests.e2e.helpers import log_in

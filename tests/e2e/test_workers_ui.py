@@ -15,7 +15,8 @@ import celery
 import pytest
 from django.utils import timezone
 
-from explorer import services, workers
+from explorer.jobs import services
+from explorer.scheduling import workers
 from config.celery_app import app
 from explorer.models import Job, Membership, Team, Worker
 from tests.conftest import TINY_SPEC, make_user

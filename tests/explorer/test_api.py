@@ -5,7 +5,7 @@ import pytest
 from django.test import Client
 
 from explorer.models import ApiToken, Job
-from explorer import services
+from explorer.jobs import services
 
 pytestmark = pytest.mark.django_db
 
@@ -161,7 +161,7 @@ def test_nul_characters_never_reach_the_database(alice, alice_client, tiny_spec)
                              content_type="application/json")
     assert resp.status_code == 201, resp.content
     assert Job.objects.get(pk=resp.json()["id"]).name == "nul\ufffdname"
-    from explorer import services
+    from explorer.jobs import services
 
     job = Job.objects.get(pk=resp.json()["id"])
     services.append_events(job.pk, [("eval", {"sample": {"completion": "a\x00b"}})])

@@ -7,7 +7,7 @@ import torch
 from asgiref.sync import sync_to_async
 
 import engine
-from explorer import services
+from explorer.jobs import services
 from explorer.models import Job
 from tests.explorer.test_consumers import connect, run, session_headers
 

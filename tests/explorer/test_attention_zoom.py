@@ -12,8 +12,10 @@ from django.test import Client
 import engine
 from engine.attention_maps import event_inputs
 from engine.attention_zoom import attention_region
-from explorer import attention_detail, checkpoints, services
-from explorer.datasets import save_upload
+from explorer.training import attention_detail
+from explorer.training import checkpoints
+from explorer.jobs import services
+from explorer.datasets.uploads import save_upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -11,7 +11,8 @@ import torch
 from django.test import Client
 
 import engine
-from explorer import checkpoints, services
+from explorer.training import checkpoints
+from explorer.jobs import services
 from explorer.models import Job
 
 pytestmark = pytest.mark.django_db(transaction=True)

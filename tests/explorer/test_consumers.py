@@ -5,7 +5,7 @@ from channels.testing.websocket import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 
-from explorer import services
+from explorer.jobs import services
 from config.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -79,7 +79,7 @@ def test_job_socket_fills_a_gap_from_the_log(alice, tiny_spec):
 
 
 def test_job_socket_catches_up_a_lost_last_message_once_the_job_is_quiet(alice, tiny_spec, monkeypatch):
-    from explorer import consumers
+    from explorer.jobs import consumers
 
     monkeypatch.setattr(consumers, "TAIL_CHECK_S", 0.3)
     job = services.create_job(alice[0], alice[1], tiny_spec)

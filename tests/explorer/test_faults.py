@@ -7,7 +7,7 @@ import time
 import pytest
 from django.db import connection, connections
 
-from explorer import services
+from explorer.jobs import services
 from explorer.models import Job
 
 pytestmark = pytest.mark.django_db(transaction=True)

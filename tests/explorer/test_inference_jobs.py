@@ -11,7 +11,8 @@ import time
 import pytest
 from django.test import Client
 
-from explorer import inference_jobs, services
+from explorer.inference import jobs as inference_jobs
+from explorer.jobs import services
 from explorer.models import Job
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the heartbeat thread reads the job

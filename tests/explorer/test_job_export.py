@@ -5,7 +5,7 @@ import io
 import pytest
 from django.test import Client
 
-from explorer import services
+from explorer.jobs import services
 from explorer.api import EXPORT_EVAL_COLUMNS, EXPORT_STEP_COLUMNS
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -4,10 +4,12 @@ training), with the real engine: the same guarantees for each kind, whose runner
 import pytest
 
 import engine
-from explorer import inference_jobs, scheduling, services
-from explorer import tokenizers as lab
+from explorer.inference import jobs as inference_jobs
+from explorer.scheduling import queue as scheduling
+from explorer.jobs import services
+from explorer.tokenizers import lab
 from explorer.models import Job, Tokenizer
-from explorer.recorder import EventRecorder, EventStoreUnavailable
+from explorer.jobs.recorder import EventRecorder, EventStoreUnavailable
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the heartbeat thread reads the job
 

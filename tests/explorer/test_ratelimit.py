@@ -10,7 +10,7 @@ import uuid
 import pytest
 from django.test import Client
 
-from explorer import ratelimit
+from explorer.accounts import ratelimit
 from explorer.models import Job
 
 pytestmark = pytest.mark.django_db
@@ -98,9 +98,9 @@ def test_zero_turns_a_limit_off(limits, alice_client, tiny_spec):
 
 def test_an_unreachable_redis_fails_open_with_a_warning(limits, alice, alice_client, tiny_spec, caplog):
     limits.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
-    with caplog.at_level(logging.WARNING, logger="explorer.ratelimit"):
+    with caplog.at_level(logging.WARNING, logger="explorer.accounts.ratelimit"):
         assert {post_job(alice_client, tiny_spec).status_code for _ in range(3)} == {201}
         for _ in range(4):
             assert post_login(Client(), "alice", "wrong").status_code == 200
-    warnings = [r.getMessage() for r in caplog.records if r.name == "explorer.ratelimit"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "explorer.accounts.ratelimit"]
     assert warnings and all("not applied" in w and "127.0.0.1:1" in w for w in warnings)

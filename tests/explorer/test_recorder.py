@@ -1,4 +1,4 @@
-"""The worker's event path (explorer.recorder): events go out to watchers before they are saved,
+"""The worker's event path (explorer.jobs.recorder): events go out to watchers before they are saved,
 the engine's thread never waits for the database, and the log ends complete and in order."""
 import asyncio
 import threading
@@ -9,7 +9,7 @@ from channels.layers import get_channel_layer
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from explorer import services
+from explorer.jobs import services
 from explorer.models import Job
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -128,7 +128,7 @@ def test_inside_a_transaction_the_recorder_works_inline(alice, tiny_spec):
 
 
 def test_a_worker_that_dies_before_saving_leaves_no_hole_and_the_requeue_comes_after(alice, tiny_spec):
-    from explorer.recorder import MARK_AHEAD, fill_unsaved
+    from explorer.jobs.recorder import MARK_AHEAD, fill_unsaved
 
     job = services.create_job(alice[0], alice[1], tiny_spec)
     Job.objects.filter(pk=job.pk).update(status="running", worker="doomed@host")

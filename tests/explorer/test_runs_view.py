@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from explorer import services
+from explorer.jobs import services
 
 pytestmark = pytest.mark.django_db
 

@@ -5,7 +5,8 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from explorer import scheduling, services
+from explorer.scheduling import queue as scheduling
+from explorer.jobs import services
 from explorer.models import Job, Membership
 from tests.conftest import make_user
 

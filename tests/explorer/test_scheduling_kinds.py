@@ -6,8 +6,11 @@ import json
 import pytest
 from django.test import Client
 
-from explorer import inference_jobs, scheduling, services, tasks
-from explorer import tokenizers as lab
+from explorer.inference import jobs as inference_jobs
+from explorer.scheduling import queue as scheduling
+from explorer.jobs import services
+from explorer.jobs import tasks
+from explorer.tokenizers import lab
 from explorer.models import Job, Membership, Tokenizer
 from tests.conftest import make_user
 

@@ -25,12 +25,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import URLResolver, get_resolver, reverse
 
-from explorer import services
-from explorer import tokenizers as lab
+from explorer.jobs import services
+from explorer.tokenizers import lab
 from config.api import api
-from explorer.datasets import save_upload
+from explorer.datasets.uploads import save_upload
 from explorer.models import ApiToken, Dataset, Job, Membership, Team, Tokenizer, Worker
-from explorer.routing import websocket_urlpatterns
+from explorer.jobs.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db
 

@@ -5,7 +5,7 @@ import time
 import pytest
 from django.utils import timezone
 
-from explorer import services
+from explorer.jobs import services
 from explorer.models import Job
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -114,7 +114,7 @@ def test_queue_positions_follow_submission_order(alice, bob, tiny_spec):
     b1 = services.create_job(bob[0], bob[1], tiny_spec)
     a2 = services.create_job(alice[0], alice[1], tiny_spec)
     positions = services.queue_positions([a1, b1, a2])
-    # no job running: submission order across teams (explorer.scheduling), starts one after another
+    # no job running: submission order across teams (explorer.scheduling.queue), starts one after another
     assert {pk: p["position"] for pk, p in positions.items()} == {a1.pk: 1, b1.pk: 2, a2.pk: 3}
     starts = [positions[j.pk]["starts_in_s"] for j in (a1, b1, a2)]
     assert starts[0] == 0 and starts == sorted(starts) and starts[1] > 0

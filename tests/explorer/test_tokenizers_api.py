@@ -6,9 +6,9 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from explorer import services
-from explorer import tokenizer_jobs
-from explorer import tokenizers as lab
+from explorer.jobs import services
+from explorer.tokenizers import jobs as tokenizer_jobs
+from explorer.tokenizers import lab
 from explorer.models import Job, Tokenizer
 
 pytestmark = pytest.mark.django_db

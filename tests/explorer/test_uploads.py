@@ -3,7 +3,7 @@ tokenization lab's imports (which have their own size check)."""
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from explorer.datasets import TEXT_EXTENSIONS
+from explorer.datasets.uploads import TEXT_EXTENSIONS
 from explorer.models import Dataset, Tokenizer
 
 pytestmark = pytest.mark.django_db

@@ -1,4 +1,4 @@
-"""explorer.workers: the fit gate's routes and refusals, the device probe, draining rights and
+"""explorer.scheduling.workers: the fit gate's routes and refusals, the device probe, draining rights and
 who sees which current job."""
 from datetime import timedelta
 
@@ -7,7 +7,8 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
-from explorer import services, workers
+from explorer.jobs import services
+from explorer.scheduling import workers
 from explorer.models import Job, Membership, Worker
 from tests.conftest import make_user
 
@@ -116,7 +117,7 @@ def test_the_composer_refuses_a_job_no_worker_can_hold(alice_client, tiny_spec):
 
 
 def test_enqueue_sends_the_job_to_its_route(alice, tiny_spec, monkeypatch, django_capture_on_commit_callbacks):
-    from explorer import tasks
+    from explorer.jobs import tasks
 
     sent = []
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from explorer import services
+from explorer.jobs import services
 from explorer.models import Job
 from tests.integration.test_job_stream import past_step, submit, user_with_token, watch, with_steps
 

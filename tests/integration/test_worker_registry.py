@@ -10,7 +10,8 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from explorer import services, workers
+from explorer.jobs import services
+from explorer.scheduling import workers
 from config.celery_app import app
 from explorer.models import Job, Worker
 from tests.conftest import TINY_SPEC, make_user

@@ -143,7 +143,9 @@ def on_route(route):
 def runners():
     """Each job kind's runner, ``(job_id, worker_name) -> final status, or None when the job was
     no longer queued``; each runs its work inside ``services.job_run``."""
-    from explorer import inference_jobs, services, tokenizer_jobs  # they import torch and the engine
+    from explorer.inference import jobs as inference_jobs  # they import torch and the engine
+    from explorer.jobs import services
+    from explorer.tokenizers import jobs as tokenizer_jobs
 
     return {"train": services.run_job, "inference": inference_jobs.run_inference_job,
             "tokenizer": tokenizer_jobs.run_tokenizer_job}
@@ -172,7 +174,7 @@ def run_next(route, worker_name):
 def kick(routes=None):
     """Send a run message to each route with queued jobs and no message waiting in the broker (a
     message that found only quota-blocked jobs, or a lost one). Returns the routes kicked."""
-    from explorer import tasks
+    from explorer.jobs import tasks
 
     queued = Job.objects.filter(status=Job.Status.QUEUED)
     if routes is not None:
@@ -205,7 +207,7 @@ def _broker_lengths():
 def _workers(route):
     """How many workers serve ``route`` (registered and online; 1 when none has registered)."""
     try:
-        from explorer.workers import online_count  # the workers registry, where installed
+        from explorer.scheduling.workers import online_count  # the workers registry, where installed
     except ImportError:
         return 1
     return max(1, online_count(route))
@@ -301,7 +303,7 @@ def move_to_top(user, job):
 
 
 def _reorder(job, **fields):
-    from explorer import services
+    from explorer.jobs import services
 
     with transaction.atomic():
         if not Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).exists():

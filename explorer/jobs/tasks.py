@@ -2,11 +2,12 @@
 from celery import shared_task
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 
-from explorer import services, workers
+from explorer.jobs import services
+from explorer.scheduling import workers
 
 
 # A message names the job it was sent for, but the best queued job of that job's route runs
-# (priorities, fair share, quotas; ``explorer.scheduling``): maybe another one, of any kind. The
+# (priorities, fair share, quotas; ``explorer.scheduling.queue``): maybe another one, of any kind. The
 # three names stay so each kind keeps its task (and messages already in the broker still run).
 @shared_task(name="explorer.tasks.run_job", acks_late=True, reject_on_worker_lost=True)
 def run_job(job_id):

@@ -22,8 +22,8 @@ import engine
 import engine.checkpoint as engine_checkpoint
 from engine.data import load_data
 from engine.tokenizers import tokenizer_from_dict
-from explorer import services
-from explorer.checkpoints import NoCheckpoint, checkpoint_path, job_dir
+from explorer.jobs import services
+from explorer.training.checkpoints import NoCheckpoint, checkpoint_path, job_dir
 from explorer.models import Job
 
 MAX_PROMPTS = 16
@@ -283,8 +283,8 @@ def create_inference_job(user, team, payload, name="", priority="normal"):
     """Validate ``payload`` (see ``validate``), check the user's right to the priority and the
     team's submission quotas (an inference job counts as an active job), save a queued
     "inference" job and enqueue it. It waits its turn among the queue's jobs of every kind
-    (``explorer.scheduling``)."""
-    from explorer import scheduling
+    (``explorer.scheduling.queue``)."""
+    from explorer.scheduling import queue as scheduling
 
     spec = validate(team, payload)
     try:
@@ -312,7 +312,7 @@ def create_inference_job(user, team, payload, name="", priority="normal"):
 
 
 def enqueue(job_id):
-    from explorer import tasks  # tasks import this module
+    from explorer.jobs import tasks  # tasks import this module
 
     result = tasks.run_inference.apply_async(args=[job_id], queue="cpu")
     Job.objects.filter(pk=job_id).update(celery_task_id=result.id)

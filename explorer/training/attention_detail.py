@@ -27,7 +27,7 @@ import torch
 import engine.checkpoint as ckpt
 from engine.attention_maps import event_inputs, label_tokens
 from engine.attention_zoom import OVERVIEW_CELLS, layer_scores
-from explorer.checkpoints import job_dir
+from explorer.training.checkpoints import job_dir
 from explorer.models import JobEvent
 
 MAX_CELLS = 256  # cells per side a request may ask for

@@ -4,7 +4,7 @@ Built-in tokenizers are named by string ("byte", "char", "minilm-wordpiece"); a 
 ``Tokenizer`` rows named by id, and a user reaches only their team's (an unknown id and another
 team's id get the same answer). Training on a small corpus happens in the request; a larger one
 becomes a ``Job`` of kind "tokenizer" on the CPU queue, run in a worker by
-``explorer.tokenizer_jobs.run_tokenizer_job`` with the same event log, heartbeat, cancel and
+``explorer.tokenizers.jobs.run_tokenizer_job`` with the same event log, heartbeat, cancel and
 reaper as a training job.
 """
 import functools
@@ -18,7 +18,8 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 
 from engine import tokenlab
-from explorer import services, tokenizer_jobs
+from explorer.jobs import services
+from explorer.tokenizers import jobs as tokenizer_jobs
 from explorer.models import Dataset, Job, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -312,8 +313,8 @@ def train_tokenizer(settings_, texts, progress=None):
 def train(user, team, payload, priority="normal"):
     """Train a tokenizer: at once for a small corpus (returns ``(tokenizer, None)``), else as a job
     (returns ``(tokenizer, job)`` with the row in status "training") that waits its turn among the
-    CPU queue's jobs of every kind, at ``priority`` (``explorer.scheduling``)."""
-    from explorer import scheduling
+    CPU queue's jobs of every kind, at ``priority`` (``explorer.scheduling.queue``)."""
+    from explorer.scheduling import queue as scheduling
 
     if not isinstance(payload, dict):
         raise LabError("expected a JSON object")

@@ -4,7 +4,7 @@ import os
 from django.conf import settings
 from django.core.files.base import ContentFile
 
-from explorer import services
+from explorer.jobs import services
 from explorer.models import Dataset
 
 

@@ -29,7 +29,7 @@ is lost, and a watcher's log differs from the saved one only in that rare case, 
 reloads. (If the start cannot be read, the first batch is saved first and sent after.)
 
 A watcher that joins while sent events are not saved yet sees a gap in the numbers: the
-websocket consumer (``explorer.consumers``) then reads the gap from the database, waiting for
+websocket consumer (``explorer.jobs.consumers``) then reads the gap from the database, waiting for
 the write if it has not happened yet.
 
 **Outages.** When the database refuses a write, the events stay in memory, in order, and are
@@ -240,7 +240,7 @@ class EventRecorder:
 
     def _send_tick(self):
         """Number what came in and send it (before the first write, leave it to the write)."""
-        from explorer import services
+        from explorer.jobs import services
 
         with self.sending:
             taken = [self.incoming.popleft() for _ in range(len(self.incoming))]
@@ -281,7 +281,7 @@ class EventRecorder:
             self.mark_failed = True
 
     def _send(self, messages, team):
-        from explorer import services
+        from explorer.jobs import services
 
         t0 = time.time()
         send_team = team and time.monotonic() - self.last_team >= self.team_interval
@@ -298,7 +298,7 @@ class EventRecorder:
         """Write the unsaved events and the job's progress in one transaction."""
         from django.db import DatabaseError
 
-        from explorer import services
+        from explorer.jobs import services
         from explorer.models import Job
 
         with self.saving:
@@ -376,7 +376,7 @@ def fill_unsaved(job_id, why):
     ``MARK_AHEAD`` past the last it sent), so the log has no hole
     and whatever is written next (the reaper's requeue, a final status) is numbered after every
     event a watcher may have seen, and reaches it. Returns how many were filled."""
-    from explorer import services
+    from explorer.jobs import services
     from explorer.models import Job
 
     try:

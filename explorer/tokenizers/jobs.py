@@ -8,7 +8,7 @@ import time
 from django.conf import settings
 
 from engine import tokenlab
-from explorer import services
+from explorer.jobs import services
 from explorer.models import Job, Tokenizer
 
 PROGRESS_INTERVAL_S = 0.25
@@ -24,7 +24,7 @@ def write_scratch(team, label, text):
 
 
 def enqueue(job_id):
-    from explorer import tasks  # tasks import this module
+    from explorer.jobs import tasks  # tasks import this module
 
     result = tasks.train_tokenizer.apply_async(args=[job_id], queue="cpu")
     Job.objects.filter(pk=job_id).update(celery_task_id=result.id)
@@ -76,7 +76,7 @@ def run_tokenizer_job(job_id, worker_name):
     """Train a queued tokenizer job to its end (``services.job_run``); the ``Tokenizer`` row ends
     ready, or failed with the job's reason. Returns the job's final status, or None when it was no
     longer queued."""
-    from explorer import tokenizers as lab  # it imports this module
+    from explorer.tokenizers import lab  # it imports this module
 
     row = Tokenizer.objects.filter(job_id=job_id).first()
 

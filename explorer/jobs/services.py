@@ -3,7 +3,7 @@
 Views, the API, tasks and consumers call these functions; only this module imports ``engine``.
 A job's life: ``create_job`` validates the spec with the engine, refuses what cannot fit, saves
 the row and enqueues a Celery task; the task calls ``run_next_job``, which runs the best queued
-job of its route (``explorer.scheduling``). Every kind of job runs inside ``job_run`` (queued to
+job of its route (``explorer.scheduling.queue``). Every kind of job runs inside ``job_run`` (queued to
 running, heartbeat, cancel, the last events saved, a terminal status with the reason); a training
 job's work is ``engine.train`` with callbacks that append numbered events to the database and
 broadcast them on the channel layer.
@@ -21,8 +21,8 @@ from django.utils import timezone
 import engine
 import engine.checkpoint as engine_checkpoint
 from explorer.models import Dataset, Job, JobEvent
-from explorer.publisher import publisher
-from explorer.recorder import SUMMARY_KEYS, EventRecorder, EventStoreUnavailable  # noqa: F401 (the worker's event path)
+from explorer.jobs.publisher import publisher
+from explorer.jobs.recorder import SUMMARY_KEYS, EventRecorder, EventStoreUnavailable  # noqa: F401 (the worker's event path)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def fmt_bytes(n):
 # ---------------------------------------------------------------------------- options
 def composer_options(team):
     """What the composer offers: the engine's fields and registries, and the team's datasets."""
-    from explorer import workers  # it imports this module
+    from explorer.scheduling import workers  # it imports this module
 
     return {
         "fields": engine.field_specs(),
@@ -169,10 +169,10 @@ def _split_payload(team, payload):
                 errors["data.dataset"] = f"no dataset {dataset_id!r} in team {team.name}"
             else:
                 data["path"] = dataset.file.path
-    from explorer.tokenizers import bind_tokenizer_file  # it imports this module
+    from explorer.tokenizers.lab import bind_tokenizer_file  # it imports this module
 
     errors.update(bind_tokenizer_file(team, data))  # a lab tokenizer's id -> its file, like a dataset
-    from explorer.checkpoints import bind_init_from  # it imports this module
+    from explorer.training.checkpoints import bind_init_from  # it imports this module
 
     errors.update(bind_init_from(team, sections["train"]))  # another job's checkpoint -> its path
     return sections, dataset, errors
@@ -196,7 +196,7 @@ def validate_spec(team, payload):
             errors.setdefault(by_id.get(key, key), message)
     if spec is None or errors:
         raise SpecError(errors)
-    from explorer.checkpoints import architecture_errors
+    from explorer.training.checkpoints import architecture_errors
 
     errors.update(architecture_errors(spec))
     if spec.train.steps > settings.MAX_STEPS:
@@ -204,7 +204,7 @@ def validate_spec(team, payload):
     analysis = engine.analyze(spec.model, batch_size=spec.train.batch_size)
     queue = queue_for(spec)
     need = analysis["memory"]["train_total"]
-    from explorer.workers import FitError, fit_gate
+    from explorer.scheduling.workers import FitError, fit_gate
 
     try:  # against the memory of the queue's registered workers (WORKER_MEMORY_BUDGET_MB before any)
         fit_gate(queue, need)
@@ -252,8 +252,8 @@ def _partial_analysis(team, payload):
 def create_job(user, team, payload, name="", priority="normal"):
     """Validate, check the quotas and the user's right to the priority, save and enqueue.
     ``SpecError`` (by field) for any refusal."""
-    from explorer import scheduling
-    from explorer.checkpoints import parent_of
+    from explorer.scheduling import queue as scheduling
+    from explorer.training.checkpoints import parent_of
 
     spec, dataset, analysis = validate_spec(team, payload)
     try:
@@ -285,8 +285,8 @@ def create_job(user, team, payload, name="", priority="normal"):
 
 
 def enqueue(job_id):
-    from explorer import tasks  # tasks import this module
-    from explorer.workers import route_for
+    from explorer.jobs import tasks  # tasks import this module
+    from explorer.scheduling.workers import route_for
 
     job = Job.objects.get(pk=job_id)
     need = 0
@@ -334,7 +334,7 @@ def append_events(job_id, events, **job_fields):
 
 def publish(job_id, messages, team_id=None):
     """Send a batch of events to the job's websocket group in one message, and the job's brief to
-    its team's group when ``team_id`` is given. Returns at once: ``explorer.publisher`` sends in
+    its team's group when ``team_id`` is given. Returns at once: ``explorer.jobs.publisher`` sends in
     the background, in order (the caller, often a training step, does not wait for Redis)."""
     if not messages and team_id is None:
         return
@@ -422,9 +422,9 @@ def cancel_job(job):
 
 def queue_positions(jobs):
     """For each queued job, {"position" (1 = next), "starts_in_s"}: every kind in the order
-    ``explorer.scheduling`` will run them (priority, fair share, quotas), with an estimated
+    ``explorer.scheduling.queue`` will run them (priority, fair share, quotas), with an estimated
     start. None for jobs not queued."""
-    from explorer import scheduling
+    from explorer.scheduling import queue as scheduling
 
     return scheduling.positions(jobs)
 
@@ -442,7 +442,7 @@ def public_spec(spec):
 
 def job_to_dict(job, position=None):
     """The job as the API and pages show it; ``position`` is its ``queue_positions`` entry."""
-    from explorer.scheduling import PRIORITY_NAMES
+    from explorer.scheduling.queue import PRIORITY_NAMES
 
     place = position if isinstance(position, dict) else {"position": position, "starts_in_s": None}
     return {
@@ -587,7 +587,7 @@ def _end_run(run, what, ended_by_cancel, on_end):
     except Exception as exc:  # noqa: BLE001 - the job cannot be called a success without its events
         log.exception("could not save the last events of %s %s", what, job_id)
         run.fail(run.error or f"{type(exc).__name__}: {exc}")
-        from explorer.recorder import fill_unsaved
+        from explorer.jobs.recorder import fill_unsaved
 
         try:  # what was sent and not saved is logged as lost; the final status comes after it
             fill_unsaved(job_id, f"sent live, not saved: {type(exc).__name__}")
@@ -620,7 +620,7 @@ def failure_reason(job, exc):
 def run_job(job_id, worker_name):
     """Run one queued training job to its end (``job_run``: every outcome leaves it terminal).
     Returns its final status, or None when it was no longer queued."""
-    from explorer.checkpoints import job_dir
+    from explorer.training.checkpoints import job_dir
 
     with job_run(job_id, worker_name) as run:
         if run is None:
@@ -640,9 +640,9 @@ def run_job(job_id, worker_name):
 
 def run_next_job(job_id, worker_name):
     """A run message, which names the job it was sent for: run the best queued job of that job's
-    route (``explorer.scheduling``: maybe another, of higher priority or a user with fewer running
+    route (``explorer.scheduling.queue``: maybe another, of higher priority or a user with fewer running
     jobs), then make sure the route's remaining jobs have a message waiting."""
-    from explorer import scheduling
+    from explorer.scheduling import queue as scheduling
 
     job = Job.objects.filter(pk=job_id).only("route", "queue").first()
     route = scheduling.route_of(job) if job else settings.CELERY_TASK_DEFAULT_QUEUE
@@ -698,7 +698,7 @@ def reap_stale_jobs(timeout_s=None):
         reason = f"Worker {job.worker or '?'} stopped responding: no heartbeat for over {timeout_s} s."
         if lose_worker(job, reason):
             reaped.append(job.pk)
-    from explorer import scheduling
+    from explorer.scheduling import queue as scheduling
 
     scheduling.kick()  # queued jobs whose message was lost or dropped (all at a quota) get one
     return reaped
@@ -718,8 +718,8 @@ def lose_worker(job, reason):
     resuming from its last checkpoint, while it has automatic retries left; otherwise (or for
     another kind of job) it fails with ``reason``. The events up to then are kept. Returns
     whether the job was taken (False when it had meanwhile left "running")."""
-    from explorer.checkpoints import RetryRefused, retry_job
-    from explorer.recorder import fill_unsaved
+    from explorer.training.checkpoints import RetryRefused, retry_job
+    from explorer.jobs.recorder import fill_unsaved
 
     # what the dead worker sent but had not saved: logged as lost, so the requeue comes after it
     fill_unsaved(job.pk, f"sent live by {job.worker or 'its worker'}, which stopped before saving it")

@@ -1,6 +1,6 @@
 from django.utils.functional import SimpleLazyObject
 
-from explorer.teams import resolve_team
+from explorer.accounts.teams import resolve_team
 
 
 class CurrentTeamMiddleware:

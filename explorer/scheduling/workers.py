@@ -50,7 +50,7 @@ def _setting(name, default):
 
 
 def fmt_bytes(n):
-    from explorer.services import fmt_bytes as fmt  # services imports this module
+    from explorer.jobs.services import fmt_bytes as fmt  # services imports this module
 
     return fmt(n)
 

@@ -1,4 +1,4 @@
-from explorer.teams import user_teams
+from explorer.accounts.teams import user_teams
 
 
 def teams(request):

@@ -1,6 +1,6 @@
 """Websockets. ``/ws/jobs/<id>/?after=<seq>``: a job's events, replayed from the database after
 ``seq`` and then live, with no gap and no duplicate (``&omit=attention`` leaves a kind out of the
-replay only). A worker sends events before it saves them (``explorer.recorder``), so a live
+replay only). A worker sends events before it saves them (``explorer.jobs.recorder``), so a live
 message can run ahead of the log: the consumer then holds it, reads the missing events from the
 database as soon as they are saved, and sends everything in order. The channel layer (Redis
 pub/sub) can lose a message: one published while the server's connection to Redis was down, or
@@ -17,9 +17,9 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from explorer import services
+from explorer.jobs import services
 from explorer.models import Job, JobEvent
-from explorer.teams import jobs_visible_to, user_teams
+from explorer.accounts.teams import jobs_visible_to, user_teams
 
 REPLAY_CHUNK = 2000
 GAP_RETRY_S = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)  # waits between reads of a gap from the log, the last repeated
