@@ -209,7 +209,7 @@ def browser_side(stack, browser, cookie, user, team, spec, event, timeout_s, dja
     the ORM and ``async_to_sync`` (the recorder's publish) refuse to run beside it."""
     import httpx
 
-    from explorer.models import JobEvent
+    from explorer.jobs.models import JobEvent
 
     def on_django(fn, *args):
         return django_thread.submit(fn, *args).result()

@@ -121,7 +121,7 @@ def session_cookie(user) -> str:
 
 
 def make_job(user, team, spec: dict, name: str):
-    from explorer.models import Job
+    from explorer.jobs.models import Job
 
     return Job.objects.create(team=team, owner=user, name=name, spec=spec, queue="cpu", status=Job.Status.RUNNING,
                               total_steps=spec.get("train", {}).get("steps", 0))
@@ -145,7 +145,7 @@ def produce(job_id: int, n: int, rate: float, flush_interval: float, start_at, g
     from django.db import connections
 
     from explorer.jobs import services
-    from explorer.models import Job
+    from explorer.jobs.models import Job
 
     connections.close_all()  # the parent's connection is not ours to use
     random.seed()  # forked: each job its own phase

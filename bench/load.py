@@ -88,7 +88,7 @@ def make_people(n_users, n_teams):
     (user, team, session cookie, API token)."""
     from django.contrib.auth import get_user_model
 
-    from explorer.models import ApiToken, Membership, Team
+    from explorer.accounts.models import ApiToken, Membership, Team
 
     teams = [Team.objects.create(name=f"team {t}", slug=f"load-team-{t}") for t in range(n_teams)]
     people = []
@@ -108,7 +108,7 @@ def fill_jobs(teams, people, specs, *, history, queued, rate_seed=0):
     {team_id: {"finished": [ids sample], "queued": [ids], "running": id}}."""
     from django.utils import timezone
 
-    from explorer.models import Job
+    from explorer.jobs.models import Job
 
     rng = random.Random(rate_seed)
     now = timezone.now()
@@ -172,7 +172,7 @@ def change(team_ids, every, start_at, go, seconds, out):
     from django.db import connections
 
     from explorer.jobs import services
-    from explorer.models import Job
+    from explorer.jobs.models import Job
 
     connections.close_all()
     go.wait()
@@ -515,7 +515,7 @@ def run_load(stack, teams, people, ids, args) -> dict:
     from channels.layers import get_channel_layer
     from django.db import connections
 
-    from explorer.models import Job
+    from explorer.jobs.models import Job
 
     for t in teams:  # the job tabs open after the events so far, as a page opened now would
         ids[t.pk]["after"] = Job.objects.values_list("last_seq", flat=True).get(pk=ids[t.pk]["running"])

@@ -20,7 +20,9 @@ from explorer.scheduling import queue as scheduling
 from explorer.jobs import services
 from explorer.tokenizers import lab
 from explorer.datasets.uploads import DatasetError, save_upload
-from explorer.models import ApiToken, Dataset, JobEvent
+from explorer.accounts.models import ApiToken
+from explorer.datasets.models import Dataset
+from explorer.jobs.models import JobEvent
 from explorer.accounts.teams import get_job_or_404, jobs_visible_to, resolve_team, user_teams
 
 
@@ -658,7 +660,7 @@ def list_workers(request):
 
 def _set_draining(request, name, draining):
     from explorer.scheduling import workers
-    from explorer.models import Worker
+    from explorer.scheduling.models import Worker
 
     worker = Worker.objects.filter(name=name).first()
     if worker is None:

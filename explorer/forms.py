@@ -8,7 +8,7 @@ import engine
 from explorer.training import checkpoints
 from explorer.jobs import services
 from explorer.tokenizers import lab as tokenizers
-from explorer.models import Dataset
+from explorer.datasets.models import Dataset
 
 SECTIONS = [
     ("model", "Architecture", "The transformer: depth, width, attention heads, context."),
@@ -148,7 +148,7 @@ class TeamQuotaForm(forms.ModelForm):
     """A team's quotas (empty = no limit), edited by its admins."""
 
     class Meta:
-        from explorer.models import Team
+        from explorer.accounts.models import Team
 
         model = Team
         fields = ["max_running", "max_running_per_user", "max_active_per_user", "gpu_hours_per_day",

@@ -23,7 +23,9 @@ from explorer.tokenizers import lab
 from explorer.datasets.uploads import DatasetError, save_upload
 from explorer.accounts import teams as teams_service
 from explorer.forms import ApiTokenForm, ComposeForm, DatasetUploadForm, MemberForm, SignupForm, TeamQuotaForm
-from explorer.models import ApiToken, Dataset, Membership, Tokenizer
+from explorer.accounts.models import ApiToken, Membership
+from explorer.datasets.models import Dataset
+from explorer.tokenizers.models import Tokenizer
 from explorer.accounts.teams import create_personal_team, get_job_or_404, jobs_visible_to, user_teams
 
 

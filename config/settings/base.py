@@ -54,6 +54,13 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "channels",
     "explorer",
+    "explorer.accounts",
+    "explorer.datasets",
+    "explorer.jobs",
+    "explorer.scheduling",
+    "explorer.training",
+    "explorer.inference",
+    "explorer.tokenizers",
 ]
 
 MIDDLEWARE = [

@@ -3,7 +3,9 @@ from django.db.models import Q
 from django.http import Http404
 from django.utils.text import slugify
 
-from explorer.models import Job, Membership, Team
+from explorer.accounts.models import Membership, Team
+
+from explorer.jobs.models import Job
 
 
 def user_teams(user):

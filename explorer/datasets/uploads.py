@@ -5,7 +5,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 
 from explorer.jobs import services
-from explorer.models import Dataset
+from explorer.datasets.models import Dataset
 
 
 class DatasetError(ValueError):

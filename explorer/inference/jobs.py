@@ -24,7 +24,7 @@ from engine.data import load_data
 from engine.tokenizers import tokenizer_from_dict
 from explorer.jobs import services
 from explorer.training.checkpoints import NoCheckpoint, checkpoint_path, job_dir
-from explorer.models import Job
+from explorer.jobs.models import Job
 
 MAX_PROMPTS = 16
 MAX_PROMPT_CHARS = 2000

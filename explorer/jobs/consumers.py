@@ -18,7 +18,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from explorer.jobs import services
-from explorer.models import Job, JobEvent
+from explorer.jobs.models import Job, JobEvent
 from explorer.accounts.teams import jobs_visible_to, user_teams
 
 REPLAY_CHUNK = 2000

@@ -20,7 +20,8 @@ from django.utils import timezone
 
 import engine
 import engine.checkpoint as engine_checkpoint
-from explorer.models import Dataset, Job, JobEvent
+from explorer.datasets.models import Dataset
+from explorer.jobs.models import Job, JobEvent
 from explorer.jobs.publisher import publisher
 from explorer.jobs.recorder import SUMMARY_KEYS, EventRecorder, EventStoreUnavailable  # noqa: F401 (the worker's event path)
 

@@ -33,7 +33,9 @@ from django.db.models import Case, Count, IntegerField, OuterRef, Q, Subquery, V
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from explorer.models import Job, Membership
+from explorer.accounts.models import Membership
+
+from explorer.jobs.models import Job
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,11 @@ from django.db import close_old_connections, connection
 from django.db.models import Count
 from django.utils import timezone
 
-from explorer.models import Job, Membership, Worker
+from explorer.accounts.models import Membership
+
+from explorer.jobs.models import Job
+
+from explorer.scheduling.models import Worker
 
 log = logging.getLogger(__name__)
 

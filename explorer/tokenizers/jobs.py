@@ -9,7 +9,8 @@ from django.conf import settings
 
 from engine import tokenlab
 from explorer.jobs import services
-from explorer.models import Job, Tokenizer
+from explorer.jobs.models import Job
+from explorer.tokenizers.models import Tokenizer
 
 PROGRESS_INTERVAL_S = 0.25
 

@@ -20,7 +20,9 @@ from django.db import transaction
 from engine import tokenlab
 from explorer.jobs import services
 from explorer.tokenizers import jobs as tokenizer_jobs
-from explorer.models import Dataset, Job, Tokenizer
+from explorer.datasets.models import Dataset
+from explorer.jobs.models import Job
+from explorer.tokenizers.models import Tokenizer
 
 log = logging.getLogger(__name__)
 

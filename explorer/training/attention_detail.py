@@ -28,7 +28,7 @@ import engine.checkpoint as ckpt
 from engine.attention_maps import event_inputs, label_tokens
 from engine.attention_zoom import OVERVIEW_CELLS, layer_scores
 from explorer.training.checkpoints import job_dir
-from explorer.models import JobEvent
+from explorer.jobs.models import JobEvent
 
 MAX_CELLS = 256  # cells per side a request may ask for
 MODELS_KEPT = 2  # loaded checkpoints (a few MB to a few hundred MB each)

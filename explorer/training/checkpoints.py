@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import transaction
 
 import engine.checkpoint as ckpt
-from explorer.models import Job
+from explorer.jobs.models import Job
 
 
 class NoCheckpoint(Exception):

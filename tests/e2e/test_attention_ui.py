@@ -18,7 +18,7 @@ import torch
 import engine
 from engine.attention_maps import attention_event
 from explorer.jobs import services
-from explorer.models import Job
+from explorer.jobs.models import Job
 from tests.conftest import make_user
 from tests.e2e.helpers import log_in
 

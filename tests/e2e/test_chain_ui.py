@@ -10,7 +10,7 @@ import pytest
 
 from explorer.training import checkpoints
 from explorer.jobs import services
-from explorer.models import Job
+from explorer.jobs.models import Job
 from tests.conftest import make_user
 from tests.e2e.helpers import log_in
 

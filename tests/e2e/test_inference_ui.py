@@ -9,7 +9,7 @@ import time
 import pytest
 
 from explorer.jobs import services
-from explorer.models import Job
+from explorer.jobs.models import Job
 from tests.conftest import make_user
 from tests.e2e.helpers import log_in
 

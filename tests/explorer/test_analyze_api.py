@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from explorer.models import ApiToken
+from explorer.accounts.models import ApiToken
 
 pytestmark = pytest.mark.django_db
 

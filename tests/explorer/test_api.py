@@ -4,7 +4,9 @@ import json
 import pytest
 from django.test import Client
 
-from explorer.models import ApiToken, Job
+from explorer.accounts.models import ApiToken
+
+from explorer.jobs.models import Job
 from explorer.jobs import services
 
 pytestmark = pytest.mark.django_db
@@ -169,7 +171,7 @@ def test_nul_characters_never_reach_the_database(alice, alice_client, tiny_spec)
 
 
 def test_a_token_scoped_to_a_team_sees_and_submits_to_that_team_only(alice, tiny_spec):
-    from explorer.models import Membership, Team
+    from explorer.accounts.models import Membership, Team
 
     user, own = alice
     other = Team.objects.create(name="Lab", slug="lab")

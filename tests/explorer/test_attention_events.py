@@ -8,7 +8,7 @@ from asgiref.sync import sync_to_async
 
 import engine
 from explorer.jobs import services
-from explorer.models import Job
+from explorer.jobs.models import Job
 from tests.explorer.test_consumers import connect, run, session_headers
 
 

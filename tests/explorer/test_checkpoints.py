@@ -13,7 +13,7 @@ from django.test import Client
 import engine
 from explorer.training import checkpoints
 from explorer.jobs import services
-from explorer.models import Job
+from explorer.jobs.models import Job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

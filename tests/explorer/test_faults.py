@@ -8,7 +8,7 @@ import pytest
 from django.db import connection, connections
 
 from explorer.jobs import services
-from explorer.models import Job
+from explorer.jobs.models import Job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

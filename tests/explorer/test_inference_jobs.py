@@ -13,7 +13,7 @@ from django.test import Client
 
 from explorer.inference import jobs as inference_jobs
 from explorer.jobs import services
-from explorer.models import Job
+from explorer.jobs.models import Job
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the heartbeat thread reads the job
 

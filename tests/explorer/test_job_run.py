@@ -8,7 +8,8 @@ from explorer.inference import jobs as inference_jobs
 from explorer.scheduling import queue as scheduling
 from explorer.jobs import services
 from explorer.tokenizers import lab
-from explorer.models import Job, Tokenizer
+from explorer.jobs.models import Job
+from explorer.tokenizers.models import Tokenizer
 from explorer.jobs.recorder import EventRecorder, EventStoreUnavailable
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the heartbeat thread reads the job

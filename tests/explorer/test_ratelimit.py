@@ -11,7 +11,7 @@ import pytest
 from django.test import Client
 
 from explorer.accounts import ratelimit
-from explorer.models import Job
+from explorer.jobs.models import Job
 
 pytestmark = pytest.mark.django_db
 
@@ -74,7 +74,7 @@ def test_job_submissions_are_limited_per_user(limits, alice, bob, alice_client, 
 
 
 def test_the_limit_holds_with_an_api_token_too(limits, alice, tiny_spec):
-    from explorer.models import ApiToken
+    from explorer.accounts.models import ApiToken
 
     auth = {"HTTP_AUTHORIZATION": f"Bearer {ApiToken.issue(alice[0], 'script')[1]}"}
     codes = [post_job(Client(), tiny_spec, **auth).status_code for _ in range(3)]

@@ -10,7 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from explorer.jobs import services
-from explorer.models import Job
+from explorer.jobs.models import Job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

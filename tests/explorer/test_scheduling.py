@@ -7,7 +7,8 @@ from django.utils import timezone
 
 from explorer.scheduling import queue as scheduling
 from explorer.jobs import services
-from explorer.models import Job, Membership
+from explorer.accounts.models import Membership
+from explorer.jobs.models import Job
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)

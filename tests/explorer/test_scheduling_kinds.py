@@ -11,7 +11,9 @@ from explorer.scheduling import queue as scheduling
 from explorer.jobs import services
 from explorer.jobs import tasks
 from explorer.tokenizers import lab
-from explorer.models import Job, Membership, Tokenizer
+from explorer.accounts.models import Membership
+from explorer.jobs.models import Job
+from explorer.tokenizers.models import Tokenizer
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the heartbeat thread reads the job

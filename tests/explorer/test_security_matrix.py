@@ -29,7 +29,11 @@ from explorer.jobs import services
 from explorer.tokenizers import lab
 from config.api import api
 from explorer.datasets.uploads import save_upload
-from explorer.models import ApiToken, Dataset, Job, Membership, Team, Tokenizer, Worker
+from explorer.accounts.models import ApiToken, Membership, Team
+from explorer.datasets.models import Dataset
+from explorer.jobs.models import Job
+from explorer.scheduling.models import Worker
+from explorer.tokenizers.models import Tokenizer
 from explorer.jobs.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db
@@ -540,7 +544,7 @@ def test_admin_site_refuses_users_who_are_not_staff(world):
     for client in (Client(), client_for(world.outsider), client_for(world.admin)):  # a team admin is not staff
         resp = client.get("/admin/")
         assert resp.status_code == 302 and resp["Location"].startswith("/admin/login/")
-        assert client.get(f"/admin/explorer/job/{world.job.pk}/change/").status_code == 302
+        assert client.get(f"/admin/jobs/job/{world.job.pk}/change/").status_code == 302
 
 
 # ---------------------------------------------------------------------------- websockets

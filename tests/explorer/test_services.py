@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from explorer.jobs import services
-from explorer.models import Job
+from explorer.jobs.models import Job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -4,7 +4,8 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from explorer.datasets.uploads import TEXT_EXTENSIONS
-from explorer.models import Dataset, Tokenizer
+from explorer.datasets.models import Dataset
+from explorer.tokenizers.models import Tokenizer
 
 pytestmark = pytest.mark.django_db
 

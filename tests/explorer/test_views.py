@@ -2,7 +2,11 @@
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from explorer.models import ApiToken, Dataset, Job
+from explorer.accounts.models import ApiToken
+
+from explorer.datasets.models import Dataset
+
+from explorer.jobs.models import Job
 
 pytestmark = pytest.mark.django_db
 
@@ -93,7 +97,7 @@ def test_account_issues_a_token_once(alice_client, alice):
 def test_signup_creates_a_personal_team(client):
     resp = client.post("/signup/", {"username": "carol", "password1": "a-long-pass-123", "password2": "a-long-pass-123"})
     assert resp.status_code == 302
-    from explorer.models import Team
+    from explorer.accounts.models import Team
 
     assert Team.objects.filter(memberships__user__username="carol").count() == 1
 

@@ -9,7 +9,9 @@ from django.utils import timezone
 
 from explorer.jobs import services
 from explorer.scheduling import workers
-from explorer.models import Job, Membership, Worker
+from explorer.accounts.models import Membership
+from explorer.jobs.models import Job
+from explorer.scheduling.models import Worker
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db

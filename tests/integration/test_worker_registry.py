@@ -13,7 +13,8 @@ from django.utils import timezone
 from explorer.jobs import services
 from explorer.scheduling import workers
 from config.celery_app import app
-from explorer.models import Job, Worker
+from explorer.jobs.models import Job
+from explorer.scheduling.models import Worker
 from tests.conftest import TINY_SPEC, make_user
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]

@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class TrainingConfig(AppConfig):
+    """Training: the composer, compare, runs, analysis, checkpoints, attention detail."""
+
+    name = "explorer.training"
+    label = "training"
