@@ -7,6 +7,7 @@ from ninja.security import django_auth
 
 from explorer import api as app_api
 from explorer.jobs import services
+from explorer.jobs.submission import RateLimited
 
 api = NinjaAPI(
     title="LLM Architecture Explorer API",
@@ -29,6 +30,11 @@ def validation_error(request, exc):
 @api.exception_handler(services.SpecError)
 def spec_error(request, exc):
     return api.create_response(request, {"detail": "Invalid job", "errors": exc.errors}, status=400)
+
+
+@api.exception_handler(RateLimited)
+def rate_limited(request, exc):
+    return exc.refusal.api_response()
 
 
 @api.exception_handler(Http404)

@@ -16,9 +16,9 @@ from django.views.decorators.http import require_POST
 
 from explorer.training import analysis
 from explorer.training import checkpoints
-from explorer.accounts import ratelimit
 from explorer.scheduling import queue as scheduling
 from explorer.jobs import services
+from explorer.jobs.submission import RateLimited
 from explorer.tokenizers import lab
 from explorer.datasets.uploads import DatasetError, save_upload
 from explorer.accounts import teams as teams_service
@@ -61,10 +61,12 @@ def compose(request):
     team = _team_or_404(request)
     if request.method == "POST":
         form = ComposeForm(team, request.POST)
-        if form.is_valid() and ratelimit.allow_job_form(request.user, form):
+        if form.is_valid():
             try:
                 job = services.create_job(request.user, team, form.payload(), name=form.cleaned_data["name"],
                                           priority=form.cleaned_data.get("priority") or "normal")
+            except RateLimited as exc:
+                form.add_error(None, exc.refusal.message)
             except services.SpecError as exc:  # a quota, or a priority the user's role does not allow
                 for key, message in exc.errors.items():
                     form.add_error("priority" if key == "priority" else None, message)

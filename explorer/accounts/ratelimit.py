@@ -130,11 +130,3 @@ def refuse_job(user):
         return None
     return Refusal(f"Too many job submissions: at most {settings.RATELIMIT_JOBS} per "
                    f"{_wait(settings.RATELIMIT_JOBS_WINDOW_S)}; try again in {_wait(wait)}.", wait)
-
-
-def allow_job_form(user, form):
-    """For a page's form: True when ``user`` may submit a job now, else False with the form's error."""
-    refusal = refuse_job(user)
-    if refusal is not None:
-        form.add_error(None, refusal.message)
-    return refusal is None

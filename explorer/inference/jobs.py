@@ -16,7 +16,6 @@ import re
 import time
 
 import torch
-from django.db import transaction
 
 import engine
 import engine.checkpoint as engine_checkpoint
@@ -280,43 +279,12 @@ def validate(team, payload):
 
 # ---------------------------------------------------------------------------- jobs
 def create_inference_job(user, team, payload, name="", priority="normal"):
-    """Validate ``payload`` (see ``validate``), check the user's right to the priority and the
-    team's submission quotas (an inference job counts as an active job), save a queued
-    "inference" job and enqueue it. It waits its turn among the queue's jobs of every kind
-    (``explorer.scheduling.queue``)."""
-    from explorer.scheduling import queue as scheduling
+    """Submit an inference job (``explorer.jobs.submission``: validate (see ``validate``),
+    priority, quota (an inference job counts as an active job), rate limit, fit, create,
+    enqueue). It waits its turn among the queue's jobs of every kind (``explorer.scheduling``)."""
+    from explorer.jobs import submission
 
-    spec = validate(team, payload)
-    try:
-        priority_value = scheduling.check_priority(user, team, priority or "normal")
-        scheduling.check_submission(user, team, "cpu")
-    except (ValueError, scheduling.NotAllowed) as exc:
-        raise services.SpecError({"priority": str(exc)}) from None
-    except scheduling.QuotaExceeded as exc:
-        raise services.SpecError({"quota": str(exc)}) from None
-    params = 0
-    if "job" in spec["source"]:
-        cfg = engine_checkpoint.read_checkpoint(checkpoint_path(Job(pk=spec["source"]["job"]),
-                                                                spec["source"]["step"])).model_config
-        params = engine.analyze(cfg)["params"]["total"]
-    name = name or f"Inference · {spec['source']['name']}"
-    with transaction.atomic():
-        job = Job.objects.create(
-            team=team, owner=user, name=services.storable(str(name)[:200]), kind="inference", queue="cpu",
-            spec=services.storable({"inference": spec}), params=params, total_steps=100,
-            priority=priority_value, queue_order=time.time(),
-        )
-        services.append_events(job.pk, [("status", {"status": "queued", "queue": job.queue})])
-        transaction.on_commit(lambda: enqueue(job.pk))
-    return job
-
-
-def enqueue(job_id):
-    from explorer.jobs import tasks  # tasks import this module
-
-    result = tasks.run_inference.apply_async(args=[job_id], queue="cpu")
-    Job.objects.filter(pk=job_id).update(celery_task_id=result.id)
-    services.broadcast_team(job_id)
+    return submission.submit(user, team, "inference", payload, name=name, priority=priority)
 
 
 # ---------------------------------------------------------------------------- running (in a worker)

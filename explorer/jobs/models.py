@@ -2,6 +2,8 @@
 from django.conf import settings
 from django.db import models
 
+from explorer.jobs import kinds
+
 
 class Job(models.Model):
     class Status(models.TextChoices):
@@ -16,7 +18,8 @@ class Job(models.Model):
     team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="jobs")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
     name = models.CharField(max_length=200, blank=True)
-    kind = models.CharField(max_length=20, default="train")
+    # a registered job kind (explorer.jobs.kinds): each app adds its own from its AppConfig.ready()
+    kind = models.CharField(max_length=20, default="train", choices=kinds.choices)
     # The engine's JobSpec as JSON: {"model": {...}, "data": {...}, "train": {...}}.
     spec = models.JSONField()
     dataset = models.ForeignKey("datasets.Dataset", on_delete=models.PROTECT, null=True, blank=True, related_name="jobs")

@@ -183,8 +183,10 @@ def queue_for(spec):
     return "gpu" if spec.train.device == "cuda" else "cpu"
 
 
-def validate_spec(team, payload):
-    """Return ``(spec, dataset, analysis)`` or raise ``SpecError`` with every problem found."""
+def validate_spec(team, payload, fit=True):
+    """Return ``(spec, dataset, analysis)`` or raise ``SpecError`` with every problem found; with
+    ``fit``, a model no worker of its queue can hold is one (the composer's live panel; a
+    submission applies the fit gate itself, after the quotas: ``explorer.jobs.submission``)."""
     sections, dataset, errors = _split_payload(team, payload)
     spec = None
     try:
@@ -203,14 +205,15 @@ def validate_spec(team, payload):
     if spec.train.steps > settings.MAX_STEPS:
         errors["train.steps"] = f"steps ({spec.train.steps}) exceeds this deployment's limit of {settings.MAX_STEPS}"
     analysis = engine.analyze(spec.model, batch_size=spec.train.batch_size)
-    queue = queue_for(spec)
-    need = analysis["memory"]["train_total"]
-    from explorer.scheduling.workers import FitError, fit_gate
+    if fit:
+        from explorer.jobs import kinds
+        from explorer.scheduling.workers import FitError, fit_gate
 
-    try:  # against the memory of the queue's registered workers (WORKER_MEMORY_BUDGET_MB before any)
-        fit_gate(queue, need)
-    except FitError as exc:
-        errors["train.batch_size"] = f"{exc}; lower batch_size, block_size, n_embd or n_layer"
+        kind = kinds.get("train")
+        try:  # against the memory of the queue's registered workers (WORKER_MEMORY_BUDGET_MB before any)
+            fit_gate(queue_for(spec), analysis["memory"]["train_total"], what=kind.fit_what)
+        except FitError as exc:
+            errors[kind.fit_field] = f"{exc}; {kind.fit_advice}"
     if errors:
         raise SpecError(errors)
     return spec, dataset, analysis
@@ -251,55 +254,17 @@ def _partial_analysis(team, payload):
 
 # ---------------------------------------------------------------------------- jobs
 def create_job(user, team, payload, name="", priority="normal"):
-    """Validate, check the quotas and the user's right to the priority, save and enqueue.
-    ``SpecError`` (by field) for any refusal."""
-    from explorer.scheduling import queue as scheduling
-    from explorer.training.checkpoints import parent_of
+    """Submit a training job (``explorer.jobs.submission``: validate, priority, quota, rate limit,
+    fit, create, enqueue). ``SpecError`` (by field) for any refusal, ``RateLimited`` over the limit."""
+    from explorer.jobs import submission
 
-    spec, dataset, analysis = validate_spec(team, payload)
-    try:
-        priority_value = scheduling.check_priority(user, team, priority or "normal")
-        scheduling.check_submission(user, team, queue_for(spec))
-    except (ValueError, scheduling.NotAllowed) as exc:
-        raise SpecError({"priority": str(exc)}) from None
-    except scheduling.QuotaExceeded as exc:
-        raise SpecError({"quota": str(exc)}) from None
-    parent_id, parent_step = parent_of(spec.train.init_from) or (None, None)
-    with transaction.atomic():
-        job = Job.objects.create(
-            team=team,
-            owner=user,
-            name=storable(name[:200]),
-            spec=spec.to_dict(),
-            dataset=dataset,
-            parent_id=parent_id,
-            parent_step=parent_step,
-            priority=priority_value,
-            queue_order=time.time(),
-            queue=queue_for(spec),
-            params=analysis["params"]["total"],
-            total_steps=spec.train.steps,
-        )
-        append_events(job.pk, [("status", {"status": "queued", "queue": job.queue})])
-        transaction.on_commit(lambda: enqueue(job.pk))
-    return job
+    return submission.submit(user, team, "train", payload, name=name, priority=priority)
 
 
 def enqueue(job_id):
-    from explorer.jobs import tasks  # tasks import this module
-    from explorer.scheduling.workers import route_for
+    from explorer.jobs import submission
 
-    job = Job.objects.get(pk=job_id)
-    need = 0
-    try:  # the estimate again, against the workers of now: only those that can hold the job get it
-        spec = engine.parse_spec(job.spec)
-        need = engine.analyze(spec.model, batch_size=spec.train.batch_size)["memory"]["train_total"]
-    except Exception:  # noqa: BLE001 - an invalid spec fails on the worker, with the reason
-        pass
-    route = route_for(job.queue, need)
-    result = tasks.run_job.apply_async(args=[job.pk], queue=route)
-    Job.objects.filter(pk=job.pk).update(celery_task_id=result.id, route="" if route == job.queue else route)
-    broadcast_team(job.pk)
+    submission.enqueue(job_id)
 
 
 def storable(value):
@@ -663,14 +628,6 @@ def is_out_of_memory(exc):
                                            or "can't allocate memory" in str(exc).lower()))
 
 
-# what to change after running out of memory, by job kind
-OUT_OF_MEMORY_ADVICE = {
-    "train": "Lower batch_size or block_size, or turn on gradient accumulation, and submit again.",
-    "inference": "Use fewer or shorter prompts, or fewer new tokens, and submit again.",
-    "tokenizer": "Train on a smaller corpus or a smaller vocabulary, and submit again.",
-}
-
-
 def out_of_memory_message(job, exc):
     """The failure reason of a job that ran out of memory, with the analysis' estimate beside it
     for a training job, and what to change."""
@@ -685,7 +642,9 @@ def out_of_memory_message(job, exc):
                         f"state {fmt_bytes(memory['optimizer'])}, activations {fmt_bytes(memory['activations'])}.")
         except Exception:  # noqa: BLE001 - the reason matters more than the estimate
             pass
-    advice = OUT_OF_MEMORY_ADVICE.get(job.kind, "")
+    from explorer.jobs import kinds
+
+    advice = getattr(kinds.KINDS.get(job.kind), "out_of_memory_advice", "")  # what to change
     return f"Out of memory on {job.device or job.queue}: {first}.{estimate} {advice}".rstrip()
 
 
@@ -724,7 +683,9 @@ def lose_worker(job, reason):
 
     # what the dead worker sent but had not saved: logged as lost, so the requeue comes after it
     fill_unsaved(job.pk, f"sent live by {job.worker or 'its worker'}, which stopped before saving it")
-    if job.kind == "train" and job.auto_retries < settings.JOB_AUTO_RETRIES:
+    from explorer.jobs import kinds
+
+    if getattr(kinds.KINDS.get(job.kind), "resumable", False) and job.auto_retries < settings.JOB_AUTO_RETRIES:
         try:
             step = retry_job(job, reason=reason, automatic=True)
         except RetryRefused:

@@ -43,8 +43,6 @@ PRIORITIES = {"low": 0, "normal": 1, "high": 2}
 PRIORITY_NAMES = {v: k for k, v in PRIORITIES.items()}
 # tokens/s assumed for a queue with no finished job to learn from (a small model on a CPU)
 DEFAULT_TOKENS_PER_S = {"cpu": 20_000.0, "gpu": 200_000.0}
-# seconds assumed for a job of another kind with none finished on its queue to learn from
-DEFAULT_SECONDS = {"inference": 15.0, "tokenizer": 60.0}
 
 
 class QuotaExceeded(Exception):
@@ -145,12 +143,9 @@ def on_route(route):
 def runners():
     """Each job kind's runner, ``(job_id, worker_name) -> final status, or None when the job was
     no longer queued``; each runs its work inside ``services.job_run``."""
-    from explorer.inference import jobs as inference_jobs  # they import torch and the engine
-    from explorer.jobs import services
-    from explorer.tokenizers import jobs as tokenizer_jobs
+    from explorer.jobs import kinds  # the registered kinds (explorer.jobs.kinds)
 
-    return {"train": services.run_job, "inference": inference_jobs.run_inference_job,
-            "tokenizer": tokenizer_jobs.run_tokenizer_job}
+    return {name: kind.run for name, kind in kinds.KINDS.items()}
 
 
 def run_next(route, worker_name):
@@ -234,7 +229,11 @@ def _typical_seconds(queue, kind):
             Job.objects.filter(queue=queue, kind=kind, status=Job.Status.SUCCEEDED, started_at__isnull=False,
                                finished_at__isnull=False).order_by("-finished_at")
             .values_list("started_at", "finished_at")[:20]]
-    return statistics.median(seen) if seen else DEFAULT_SECONDS.get(kind, 30.0)
+    if seen:
+        return statistics.median(seen)
+    from explorer.jobs import kinds  # a job of another kind with none finished on its queue: the kind's guess
+
+    return getattr(kinds.KINDS.get(kind), "default_seconds", None) or 30.0
 
 
 def duration_estimate(job, speed=None, typical=None):

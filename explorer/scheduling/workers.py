@@ -116,19 +116,20 @@ def _pool(queue):
     return (live or known), bool(live), known
 
 
-def fit_gate(queue, need_bytes):
-    """The broker queue for a job of ``queue`` needing ``need_bytes``; ``FitError`` when no worker
-    can hold it (or, with no worker registered, when it exceeds ``WORKER_MEMORY_BUDGET_MB``)."""
+def fit_gate(queue, need_bytes, what="training memory"):
+    """The broker queue for a job of ``queue`` needing ``need_bytes`` (of ``what``); ``FitError``
+    when no worker can hold it (or, with no worker registered, when it exceeds
+    ``WORKER_MEMORY_BUDGET_MB``)."""
     pool, live, known = _pool(queue)
     if not pool:
         budget = settings.WORKER_MEMORY_BUDGET_MB[queue] * 2**20
         if need_bytes > budget:
-            raise FitError(f"estimated training memory {fmt_bytes(need_bytes)} exceeds the {queue} workers' budget "
+            raise FitError(f"estimated {what} {fmt_bytes(need_bytes)} exceeds the {queue} workers' budget "
                            f"of {fmt_bytes(budget)}")
         return queue
     biggest = max(pool, key=lambda w: (w.usable_bytes, w.name))
     if need_bytes > biggest.usable_bytes:
-        raise FitError(f"estimated training memory {fmt_bytes(need_bytes)} fits no {queue} worker: the largest "
+        raise FitError(f"estimated {what} {fmt_bytes(need_bytes)} fits no {queue} worker: the largest "
                        f"{'online' if live else 'registered'} {queue} worker has {fmt_bytes(biggest.usable_bytes)} "
                        f"usable ({biggest.name})")
     if need_bytes <= min(w.usable_bytes for w in known):  # a stopped worker takes from the plain queue when back

@@ -6,3 +6,9 @@ class TokenizersConfig(AppConfig):
 
     name = "explorer.tokenizers"
     label = "tokenizers"
+
+    def ready(self):
+        from explorer.jobs import kinds
+        from explorer.tokenizers.kinds import TokenizerTraining
+
+        kinds.register(TokenizerTraining())

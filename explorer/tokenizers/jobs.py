@@ -24,14 +24,6 @@ def write_scratch(team, label, text):
     return path
 
 
-def enqueue(job_id):
-    from explorer.jobs import tasks  # tasks import this module
-
-    result = tasks.train_tokenizer.apply_async(args=[job_id], queue="cpu")
-    Job.objects.filter(pk=job_id).update(celery_task_id=result.id)
-    services.broadcast_team(job_id)
-
-
 def _corpus_for_job(spec):
     paths = spec.get("path") or {}
     corpus = spec["corpus"]

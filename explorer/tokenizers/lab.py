@@ -11,11 +11,9 @@ import functools
 import logging
 import math
 import os
-import time
 
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import transaction
 
 from engine import tokenlab
 from explorer.jobs import services
@@ -314,14 +312,16 @@ def train_tokenizer(settings_, texts, progress=None):
 
 def train(user, team, payload, priority="normal"):
     """Train a tokenizer: at once for a small corpus (returns ``(tokenizer, None)``), else as a job
-    (returns ``(tokenizer, job)`` with the row in status "training") that waits its turn among the
-    CPU queue's jobs of every kind, at ``priority`` (``explorer.scheduling.queue``)."""
+    (returns ``(tokenizer, job)`` with the row in status "training") submitted like every job
+    (``explorer.jobs.submission``: priority, quota, rate limit, fit), which waits its turn among
+    the CPU queue's jobs of every kind, at ``priority`` (``explorer.scheduling.queue``)."""
+    from explorer.jobs import submission
     from explorer.scheduling import queue as scheduling
 
     if not isinstance(payload, dict):
         raise LabError("expected a JSON object")
     try:
-        priority_value = scheduling.check_priority(user, team, priority or "normal")
+        scheduling.check_priority(user, team, priority or "normal")
     except (ValueError, scheduling.NotAllowed) as exc:
         raise LabError(str(exc), "priority") from None
     s = _settings_from(payload)
@@ -336,17 +336,14 @@ def train(user, team, payload, priority="normal"):
         save_file(t, tok)
         t.save()
         return t, None
-    # A worker rebuilds the corpus; pasted text goes to a file it reads (the path is the app's, never the user's).
-    with transaction.atomic():
-        job = Job.objects.create(
-            team=team, owner=user, name=f"Tokenizer {name}"[:200], kind="tokenizer", queue="cpu", total_steps=100,
-            priority=priority_value, queue_order=time.time(),
-            spec=services.storable({"tokenizer": {**s, "name": name, "size_bytes": size,
-                                                  **{k: v for k, v in corpus_spec.items() if k != "dataset_path"}}}),
-        )
-        t = Tokenizer.objects.create(team=team, owner=user, name=services.storable(name), kind=s["kind"],
-                                     settings=services.storable(s),
-                                     corpus=description[:300], status=Tokenizer.Status.TRAINING, job=job)
+    made = {}
+
+    def make_row(job):
+        """The Tokenizer row, in status "training"; a worker rebuilds the corpus, and pasted text
+        goes to a file it reads (the path is the app's, never the user's)."""
+        made["tokenizer"] = Tokenizer.objects.create(team=team, owner=user, name=services.storable(name), kind=s["kind"],
+                                                     settings=services.storable(s), corpus=description[:300],
+                                                     status=Tokenizer.Status.TRAINING, job=job)
         paths = {"dataset_path": corpus_spec.get("dataset_path")}
         if corpus_spec["corpus"] == "text" or len(texts) > 1:
             pasted = texts[0] if corpus_spec["corpus"] == "text" else ""
@@ -354,10 +351,15 @@ def train(user, team, payload, priority="normal"):
             paths["extra_path"] = tokenizer_jobs.write_scratch(team, "extra", texts[-1] if len(texts) > 1 else "")
         # "path" keys are the app's, hidden from pages like a dataset's path
         Job.objects.filter(pk=job.pk).update(spec={"tokenizer": {**job.spec["tokenizer"], "path": paths}})
-        services.append_events(job.pk, [("status", {"status": "queued", "queue": job.queue})])
-        transaction.on_commit(lambda: tokenizer_jobs.enqueue(job.pk))
+
+    prepared = {"settings": s, "name": name, "size_bytes": size, "corpus_spec": corpus_spec}
+    try:
+        job = submission.submit(user, team, "tokenizer", prepared, priority=priority, before_enqueue=make_row)
+    except services.SpecError as exc:
+        field, message = next(iter(exc.errors.items()))
+        raise LabError(message, field) from None
     job.refresh_from_db()
-    return t, job
+    return made["tokenizer"], job
 
 
 def import_file(user, team, upload, name=""):

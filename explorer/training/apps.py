@@ -6,3 +6,9 @@ class TrainingConfig(AppConfig):
 
     name = "explorer.training"
     label = "training"
+
+    def ready(self):
+        from explorer.jobs import kinds
+        from explorer.training.kinds import Training
+
+        kinds.register(Training())
