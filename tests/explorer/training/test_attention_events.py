@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 import engine
 from explorer.jobs import services
 from explorer.jobs.models import Job
-from tests.explorer.test_consumers import connect, run, session_headers
+from tests.explorer.jobs.test_consumers import connect, run, session_headers
 
 
 def attention_payload(step, **model):
