@@ -59,7 +59,7 @@ def main(argv=None):
                                capture_output=True, text=True).stdout.strip()
         has_gpu = subprocess.run([py, "-c", "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"],
                                  env=env).returncode == 0
-        celery = [py, "-m", "celery", "-A", "explorer"]
+        celery = [py, "-m", "celery", "-A", "config.celery_app"]
         commands = {
             "web": [py, "-m", "uvicorn", "config.asgi:application", "--host", args.host, "--port", str(args.port),
                     "--log-level", "warning"],
