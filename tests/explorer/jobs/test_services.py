@@ -194,7 +194,7 @@ def test_a_job_out_of_memory_fails_with_the_reason_and_the_estimate(alice, tiny_
         "import os, resource, django\n"
         "django.setup()\n"
         "import torch, engine\n"
-        "from explorer import services\n"
+        "from explorer.jobs import services\n"
         "size = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize'))\n"
         "resource.setrlimit(resource.RLIMIT_AS, (size + 600 * 2**20, resource.RLIM_INFINITY))\n"
         f"print(services.run_job({job.pk}, 'capped-worker'))\n"
