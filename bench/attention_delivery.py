@@ -175,7 +175,7 @@ def server_side(model, objective, repeats: int, **window) -> tuple[dict, dict]:
 
 def seed_job(user, team, spec):
     """A running job with the events a page has before its first evaluation's maps."""
-    from explorer import services
+    from explorer.jobs import services
 
     job = make_job(user, team, spec.to_dict(), "attention delivery")
     recorder = services.EventRecorder(job)
@@ -209,7 +209,7 @@ def browser_side(stack, browser, cookie, user, team, spec, event, timeout_s, dja
     the ORM and ``async_to_sync`` (the recorder's publish) refuse to run beside it."""
     import httpx
 
-    from explorer.models import JobEvent
+    from explorer.jobs.models import JobEvent
 
     def on_django(fn, *args):
         return django_thread.submit(fn, *args).result()

@@ -4,7 +4,7 @@
 
 The real path, every hop but the training: ``--jobs`` producer processes (forked, as Celery's
 prefork workers are), each feeding a job's ``services.EventRecorder`` ``--rate`` step events a
-second (the engine's step event, every field). The recorder (``explorer.recorder``) numbers and
+second (the engine's step event, every field). The recorder (``explorer.jobs.recorder``) numbers and
 sends them through the Redis channel layer every ``flush_interval`` (0.025 s, as the worker runs
 it) to an ASGI server (uvicorn, started as ``tests.stack`` starts it) whose ``JobConsumer`` pushes
 them down one logged-in websocket per job, opened as the job page opens it
@@ -58,7 +58,7 @@ def setup_django(tmp: Path, redis_db: int = 13, database: str = "sqlite") -> Non
         REDIS_URL=f"redis://127.0.0.1:6379/{redis_db}",
         EXPLORER_CHANNEL_PREFIX=f"bench{os.getpid()}",
         EXPLORER_LOG_LEVEL="WARNING",
-        DJANGO_SETTINGS_MODULE="tests.settings",  # the app's settings; what tests.stack starts its processes with
+        DJANGO_SETTINGS_MODULE="config.settings.test",  # the app's settings; what tests.stack starts its processes with
     )
     import atexit
     import shutil
@@ -104,7 +104,7 @@ def make_user(name: str):
     """A user and their personal team."""
     from django.contrib.auth import get_user_model
 
-    from explorer.teams import create_personal_team
+    from explorer.accounts.teams import create_personal_team
 
     user = get_user_model().objects.create_user(name, password=f"pw-{name}-123")
     return user, create_personal_team(user)
@@ -121,7 +121,7 @@ def session_cookie(user) -> str:
 
 
 def make_job(user, team, spec: dict, name: str):
-    from explorer.models import Job
+    from explorer.jobs.models import Job
 
     return Job.objects.create(team=team, owner=user, name=name, spec=spec, queue="cpu", status=Job.Status.RUNNING,
                               total_steps=spec.get("train", {}).get("steps", 0))
@@ -144,8 +144,8 @@ def produce(job_id: int, n: int, rate: float, flush_interval: float, start_at, g
     which records the times of every send (channel layer) and every write (database)."""
     from django.db import connections
 
-    from explorer import services
-    from explorer.models import Job
+    from explorer.jobs import services
+    from explorer.jobs.models import Job
 
     connections.close_all()  # the parent's connection is not ours to use
     random.seed()  # forked: each job its own phase
@@ -163,7 +163,7 @@ def produce(job_id: int, n: int, rate: float, flush_interval: float, start_at, g
             late += 1
         recorder(step_event(i + 1, clock))
     recorder.drain()  # as run_job does: everything saved
-    from explorer.publisher import publisher
+    from explorer.jobs.publisher import publisher
 
     publisher().wait(60)  # as run_job does: the last batches leave before the process ends
     flushes = recorder.trace
@@ -230,7 +230,8 @@ def run(stack, cookie, user, team, *, jobs: int, rate: float, seconds: float, fl
     get_channel_layer()  # imported and built once, before the fork, not on each producer's first flush
     # as a Celery worker imports its tasks (and with them the engine and torch) before it forks its
     # pool: each producer importing torch itself cost ~3 s of CPU, and put them seconds behind
-    from explorer import recorder, services  # noqa: F401
+    from explorer.jobs import recorder  # noqa: F401
+    from explorer.jobs import services
     connections.close_all()
     ctx = multiprocessing.get_context("fork")
     start_at, go, out = ctx.Value("d", 0.0), ctx.Event(), ctx.Queue()

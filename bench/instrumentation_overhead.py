@@ -64,7 +64,7 @@ VARIANTS = {  # name: (through the EventRecorder, attention maps)
 
 def run_once(spec_dict: dict, *, recorder: bool, maps: bool, user, team) -> dict:
     from engine import parse_spec, train
-    from explorer import services
+    from explorer.jobs import services
 
     spec_dict = {**spec_dict, "train": {**spec_dict["train"], "attention_maps": maps}}
     spec = parse_spec(spec_dict)

@@ -88,7 +88,7 @@ def make_people(n_users, n_teams):
     (user, team, session cookie, API token)."""
     from django.contrib.auth import get_user_model
 
-    from explorer.models import ApiToken, Membership, Team
+    from explorer.accounts.models import ApiToken, Membership, Team
 
     teams = [Team.objects.create(name=f"team {t}", slug=f"load-team-{t}") for t in range(n_teams)]
     people = []
@@ -108,7 +108,7 @@ def fill_jobs(teams, people, specs, *, history, queued, rate_seed=0):
     {team_id: {"finished": [ids sample], "queued": [ids], "running": id}}."""
     from django.utils import timezone
 
-    from explorer.models import Job
+    from explorer.jobs.models import Job
 
     rng = random.Random(rate_seed)
     now = timezone.now()
@@ -171,8 +171,8 @@ def change(team_ids, every, start_at, go, seconds, out):
     each team's queue pages must show. Reports (job, team, t_before, t_after, queued count)."""
     from django.db import connections
 
-    from explorer import services
-    from explorer.models import Job
+    from explorer.jobs import services
+    from explorer.jobs.models import Job
 
     connections.close_all()
     go.wait()
@@ -192,7 +192,7 @@ def change(team_ids, every, start_at, go, seconds, out):
         changes.append({"job": job.pk, "team": team_id, "t0": t0, "t1": time.time(), "ok": ok,
                         "queued": Job.objects.filter(status="queued").count()})
     try:  # sends may be queued to a background publisher: let them out before the process ends
-        from explorer.publisher import publisher
+        from explorer.jobs.publisher import publisher
 
         publisher().wait(10)
     except ImportError:
@@ -515,7 +515,7 @@ def run_load(stack, teams, people, ids, args) -> dict:
     from channels.layers import get_channel_layer
     from django.db import connections
 
-    from explorer.models import Job
+    from explorer.jobs.models import Job
 
     for t in teams:  # the job tabs open after the events so far, as a page opened now would
         ids[t.pk]["after"] = Job.objects.values_list("last_seq", flat=True).get(pk=ids[t.pk]["running"])

@@ -8,18 +8,21 @@ from typing import Any, Optional
 
 from django.conf import settings
 from django.http import Http404, HttpResponse
-from ninja import Body, File, Form, NinjaAPI, Router, Schema, Status
-from ninja.errors import HttpError, ValidationError
+from ninja import Body, File, Form, Router, Schema, Status
+from ninja.errors import HttpError
 from ninja.files import UploadedFile
-from ninja.security import HttpBearer, django_auth
+from ninja.security import HttpBearer
 
-from explorer import analysis as analysis_service
-from explorer import checkpoints, ratelimit, scheduling
-from explorer import services
-from explorer import tokenizers as lab
-from explorer.datasets import DatasetError, save_upload
-from explorer.models import ApiToken, Dataset, JobEvent
-from explorer.teams import get_job_or_404, jobs_visible_to, resolve_team, user_teams
+from explorer.training import analysis as analysis_service
+from explorer.training import checkpoints
+from explorer.scheduling import queue as scheduling
+from explorer.jobs import services
+from explorer.tokenizers import lab
+from explorer.datasets.uploads import DatasetError, save_upload
+from explorer.accounts.models import ApiToken
+from explorer.datasets.models import Dataset
+from explorer.jobs.models import JobEvent
+from explorer.accounts.teams import get_job_or_404, jobs_visible_to, resolve_team, user_teams
 
 
 class TokenAuth(HttpBearer):
@@ -28,34 +31,6 @@ class TokenAuth(HttpBearer):
         if user is not None:
             request.user = user
         return user
-
-
-api = NinjaAPI(
-    title="LLM Architecture Explorer API",
-    version="1",
-    auth=[TokenAuth(), django_auth],
-    urls_namespace="api",
-    docs_url="/docs",
-)
-
-
-@api.exception_handler(ValidationError)
-def validation_error(request, exc):
-    errors = {}
-    for err in exc.errors:
-        loc = [str(p) for p in err.get("loc", []) if p not in ("body", "query", "path", "form", "payload")]
-        errors[".".join(loc) or "request"] = err.get("msg", "invalid")
-    return api.create_response(request, {"detail": "Invalid request", "errors": errors}, status=400)
-
-
-@api.exception_handler(services.SpecError)
-def spec_error(request, exc):
-    return api.create_response(request, {"detail": "Invalid job", "errors": exc.errors}, status=400)
-
-
-@api.exception_handler(Http404)
-def not_found(request, exc):
-    return api.create_response(request, {"detail": str(exc) or "Not found"}, status=404)
 
 
 # ---------------------------------------------------------------------------- schemas
@@ -161,8 +136,6 @@ jobs = Router(tags=["jobs"])
 @jobs.post("", response={201: JobOut, 400: ErrorOut, 429: ErrorOut}, summary="Submit a training job")
 def create_job(request, payload: JobIn):
     team = _team(request, payload.team)
-    if refusal := ratelimit.refuse_job(request.user):
-        return refusal.api_response()
     job = services.create_job(request.user, team, payload.dict(include={"model", "data", "train"}), name=payload.name,
                               priority=payload.priority)
     return Status(201, services.job_to_dict(job, position=services.queue_positions([job])[job.pk]))
@@ -383,8 +356,8 @@ def attention_region(request, job_id: int, step: Optional[int] = None, stack: st
     ``step`` (default the newest), pooled to at most ``cells`` per side (≤ 256), recomputed from
     that step's weights (a checkpoint, or the weights kept for that evaluation), else from the
     nearest kept within ``checkpoint_every`` steps, marked ``exact: false`` with a ``note``; 404
-    when none is kept. Only events of long inputs (with an overview) have detail. See ``explorer.attention_detail.region`` for the answer's fields."""
-    from explorer import attention_detail  # torch work in the web process: loaded on first use
+    when none is kept. Only events of long inputs (with an overview) have detail. See ``explorer.training.attention_detail.region`` for the answer's fields."""
+    from explorer.training import attention_detail  # torch work in the web process: loaded on first use
 
     job = get_job_or_404(request.user, job_id)
     try:
@@ -543,7 +516,7 @@ def list_tokenizers(request, team: Optional[str] = None):
     return lab.catalogue(_team(request, team))
 
 
-@tokenizer_lab.post("/tokenizers", response={201: dict, 202: dict, 400: ErrorOut},
+@tokenizer_lab.post("/tokenizers", response={201: dict, 202: dict, 400: ErrorOut, 429: ErrorOut},
                     summary="Train a tokenizer: at once on a small corpus (201), as a CPU job on a large one (202)")
 def train_tokenizer(request, payload: TrainTokenizerIn):
     """``corpus``: a built-in corpus ("stdlib", "synthetic", "multilingual", ``corpus_bytes`` of it),
@@ -640,11 +613,9 @@ def create_inference_job(request, payload: InferenceIn):
     (``compare_cache``); ``quantization`` (decoders only) adds a table of perplexity, size and speed
     per method. Encoders give the prompts' embedding similarities. The job's events (``/jobs/{id}/
     events``): "progress", "generation", "quantization", "end"."""
-    from explorer import inference_jobs
+    from explorer.inference import jobs as inference_jobs
 
     team = _team(request, payload.team)
-    if refusal := ratelimit.refuse_job(request.user):
-        return refusal.api_response()
     job = inference_jobs.create_inference_job(request.user, team, payload.dict(exclude={"name", "team", "priority"}),
                                               name=payload.name, priority=payload.priority)
     return Status(201, services.job_to_dict(job, position=services.queue_positions([job])[job.pk]))
@@ -652,21 +623,15 @@ def create_inference_job(request, payload: InferenceIn):
 
 @inference.get("/inference/options", summary="What an inference job can start from, and its settings' limits")
 def inference_options(request, team: Optional[str] = None):
-    from explorer import inference_jobs
+    from explorer.inference import jobs as inference_jobs
 
     return inference_jobs.options(_team(request, team))
 
 
-api.add_router("/jobs", jobs)
-api.add_router("/", analysis)
-api.add_router("/", presets)
-api.add_router("/", composer)
-api.add_router("/datasets", datasets)
-api.add_router("/", tokenizer_lab)
-api.add_router("/", inference)
+account = Router(tags=["account"])
 
 
-@api.get("/me", tags=["account"], summary="Who you are and your teams")
+@account.get("/me", summary="Who you are and your teams")
 def me(request):
     return {
         "username": request.user.get_username(),
@@ -683,14 +648,14 @@ workers_router = Router(tags=["workers"])
 def list_workers(request):
     """Every worker; a current job of another team shows only as ``{"busy": true}``.
     ``can_manage``: whether you may drain them (staff, maintainers and admins of a shared team)."""
-    from explorer import workers
+    from explorer.scheduling import workers
 
     return workers.workers_for(request.user)
 
 
 def _set_draining(request, name, draining):
-    from explorer import workers
-    from explorer.models import Worker
+    from explorer.scheduling import workers
+    from explorer.scheduling.models import Worker
 
     worker = Worker.objects.filter(name=name).first()
     if worker is None:
@@ -715,9 +680,6 @@ def undrain_worker(request, name: str):
     return _set_draining(request, name, False)
 
 
-api.add_router("/workers", workers_router)
-
-
 # ---------------------------------------------------------------------------- the event contract
 events_router = Router(tags=["jobs"])
 
@@ -731,6 +693,3 @@ def event_schema(request):
     from engine.config.events import event_schema as schema
 
     return schema()
-
-
-api.add_router("/events", events_router)

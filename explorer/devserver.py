@@ -40,7 +40,7 @@ def main(argv=None):
 
     var_dir = Path(os.environ.get("EXPLORER_VAR_DIR", BASE_DIR / "var"))
     var_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="explorer.settings", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="config.settings.local", PYTHONUNBUFFERED="1")
     redis = None
     if not env.get("REDIS_URL"):
         from explorer.embedded_redis import EmbeddedRedis
@@ -59,9 +59,9 @@ def main(argv=None):
                                capture_output=True, text=True).stdout.strip()
         has_gpu = subprocess.run([py, "-c", "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"],
                                  env=env).returncode == 0
-        celery = [py, "-m", "celery", "-A", "explorer"]
+        celery = [py, "-m", "celery", "-A", "config.celery_app"]
         commands = {
-            "web": [py, "-m", "uvicorn", "explorer.asgi:application", "--host", args.host, "--port", str(args.port),
+            "web": [py, "-m", "uvicorn", "config.asgi:application", "--host", args.host, "--port", str(args.port),
                     "--log-level", "warning"],
             "worker-cpu": celery + ["worker", "-Q", "cpu", "-c", "1", "-n", "cpu@%h", "-l", "info"],
             "beat": celery + ["beat", "-l", "warning", "-s", str(var_dir / "celerybeat-schedule")],

@@ -5,8 +5,10 @@ from django import forms
 from django.contrib.auth.forms import UserCreationForm
 
 import engine
-from explorer import checkpoints, services, tokenizers
-from explorer.models import Dataset
+from explorer.training import checkpoints
+from explorer.jobs import services
+from explorer.tokenizers import lab as tokenizers
+from explorer.datasets.models import Dataset
 
 SECTIONS = [
     ("model", "Architecture", "The transformer: depth, width, attention heads, context."),
@@ -132,7 +134,7 @@ class ApiTokenForm(forms.Form):
                                   help_text="The token sees and submits to this team only.")
 
     def __init__(self, user, *args, **kwargs):
-        from explorer.teams import user_teams
+        from explorer.accounts.teams import user_teams
 
         super().__init__(*args, **kwargs)
         self.fields["team"].queryset = user_teams(user)
@@ -146,7 +148,7 @@ class TeamQuotaForm(forms.ModelForm):
     """A team's quotas (empty = no limit), edited by its admins."""
 
     class Meta:
-        from explorer.models import Team
+        from explorer.accounts.models import Team
 
         model = Team
         fields = ["max_running", "max_running_per_user", "max_active_per_user", "gpu_hours_per_day",

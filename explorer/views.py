@@ -14,13 +14,19 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from explorer import analysis, checkpoints, ratelimit, scheduling, services
-from explorer import tokenizers as lab
-from explorer.datasets import DatasetError, save_upload
-from explorer import teams as teams_service
+from explorer.training import analysis
+from explorer.training import checkpoints
+from explorer.scheduling import queue as scheduling
+from explorer.jobs import services
+from explorer.jobs.submission import RateLimited
+from explorer.tokenizers import lab
+from explorer.datasets.uploads import DatasetError, save_upload
+from explorer.accounts import teams as teams_service
 from explorer.forms import ApiTokenForm, ComposeForm, DatasetUploadForm, MemberForm, SignupForm, TeamQuotaForm
-from explorer.models import ApiToken, Dataset, Membership, Tokenizer
-from explorer.teams import create_personal_team, get_job_or_404, jobs_visible_to, user_teams
+from explorer.accounts.models import ApiToken, Membership
+from explorer.datasets.models import Dataset
+from explorer.tokenizers.models import Tokenizer
+from explorer.accounts.teams import create_personal_team, get_job_or_404, jobs_visible_to, user_teams
 
 
 def _safe_next(request):
@@ -55,10 +61,12 @@ def compose(request):
     team = _team_or_404(request)
     if request.method == "POST":
         form = ComposeForm(team, request.POST)
-        if form.is_valid() and ratelimit.allow_job_form(request.user, form):
+        if form.is_valid():
             try:
                 job = services.create_job(request.user, team, form.payload(), name=form.cleaned_data["name"],
                                           priority=form.cleaned_data.get("priority") or "normal")
+            except RateLimited as exc:
+                form.add_error(None, exc.refusal.message)
             except services.SpecError as exc:  # a quota, or a priority the user's role does not allow
                 for key, message in exc.errors.items():
                     form.add_error("priority" if key == "priority" else None, message)
@@ -271,7 +279,7 @@ def inference(request):
     """The inference form: a model (a team job's checkpoint or MiniLM), prompts, sampling settings,
     quantisation; static/js/inference.js posts it to /api/v1/inference and opens the job's page.
     ``?job=<id>`` preselects that job."""
-    from explorer import inference_jobs
+    from explorer.inference import jobs as inference_jobs
 
     team = _team_or_404(request)
     return render(request, "explorer/inference.html", {
@@ -362,6 +370,6 @@ def switch_team(request):
 @login_required
 def workers(request):
     """The workers, live (static/js/workers.js polls /api/v1/workers)."""
-    from explorer import workers as registry
+    from explorer.scheduling import workers as registry
 
     return render(request, "explorer/workers.html", {"initial": registry.workers_for(request.user), "nav": "workers"})

@@ -18,7 +18,7 @@ def tiny_spec():
 def make_user(name):
     from django.contrib.auth import get_user_model
 
-    from explorer.teams import create_personal_team
+    from explorer.accounts.teams import create_personal_team
 
     user = get_user_model().objects.create_user(name, password="pw-" + name + "-123")
     return user, create_personal_team(user)
@@ -42,7 +42,7 @@ def alice_client(client, alice):
 
 @pytest.fixture(scope="module")
 def stack(django_db_setup, django_db_blocker, tmp_path_factory):
-    from explorer.celery import app
+    from config.celery_app import app
 
     with django_db_blocker.unblock():
         app.control.purge()  # messages left by earlier tests or runs on this Redis database

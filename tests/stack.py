@@ -37,7 +37,7 @@ class Stack:
         self.ws_url = f"ws://127.0.0.1:{self.port}"
         self.env = dict(
             os.environ,
-            DJANGO_SETTINGS_MODULE="tests.settings",
+            DJANGO_SETTINGS_MODULE="config.settings.test",
             DATABASE_URL=database_url(connection.settings_dict),
             PYTHONUNBUFFERED="1",
         )
@@ -48,7 +48,7 @@ class Stack:
         path = self.tmp / "worker.log"
         offset = path.stat().st_size if path.exists() else 0  # a restart appends to the same log
         log = open(path, "ab")
-        cmd = [sys.executable, "-m", "celery", "-A", "explorer", "worker", "-Q", "cpu", "-c", "1", "-n", self.worker_name,
+        cmd = [sys.executable, "-m", "celery", "-A", "config.celery_app", "worker", "-Q", "cpu", "-c", "1", "-n", self.worker_name,
                "-l", "info", "--without-mingle", "--without-gossip"]
         self.procs["worker"] = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                                 start_new_session=True)
@@ -56,7 +56,7 @@ class Stack:
 
     def start_web(self):
         log = open(self.tmp / "web.log", "ab")
-        cmd = [sys.executable, "-m", "uvicorn", "explorer.asgi:application", "--host", "127.0.0.1", "--port", str(self.port),
+        cmd = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(self.port),
                "--log-level", "warning"]
         self.procs["web"] = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                              start_new_session=True)

@@ -280,7 +280,7 @@ class QueueEvent(TypedDict):
 
 
 class LostEvent(TypedDict):
-    """A number a dead worker may have sent live but never saved (``explorer.recorder.fill_unsaved``)."""
+    """A number a dead worker may have sent live but never saved (``explorer.jobs.recorder.fill_unsaved``)."""
     kind: Literal["lost"]
     note: str
 

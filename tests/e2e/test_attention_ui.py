@@ -17,8 +17,8 @@ import torch
 
 import engine
 from engine.introspect.attention_maps import attention_event
-from explorer import services
-from explorer.models import Job
+from explorer.jobs import services
+from explorer.jobs.models import Job
 from tests.conftest import make_user
 from tests.e2e.helpers import log_in
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from explorer.models import Job
+from explorer.jobs.models import Job
 from tests.conftest import make_user
 from tests.e2e.helpers import log_in
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from explorer import services
-from explorer.models import Job
+from explorer.jobs import services
+from explorer.jobs.models import Job
 from tests.conftest import make_user
 from tests.e2e.helpers import log_in
 

@@ -10,8 +10,8 @@ Screenshot: docs/screenshots/moe.png (the card, 1400 px wide).
 import pytest
 
 import engine
-from explorer import services
-from explorer.models import Job
+from explorer.jobs import services
+from explorer.jobs.models import Job
 from tests.conftest import make_user
 from tests.e2e.helpers import log_in
 

@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from explorer import services
-from explorer.models import Job
+from explorer.jobs import services
+from explorer.jobs.models import Job
 from tests.conftest import TINY_SPEC, make_user
 from tests.e2e.helpers import log_in
 

@@ -129,7 +129,8 @@ def test_large_corpus_trains_as_a_job_with_progress(stack, page):
     assert row.get_attribute("data-status") == "training"
     assert row.locator("a", has_text="Job").get_attribute("href").startswith("/jobs/")
     page.locator('#tok-table tbody tr[data-status="ready"]', has_text="stdlib-bpe").wait_for(timeout=120_000)
-    from explorer.models import Job, Tokenizer
+    from explorer.jobs.models import Job
+    from explorer.tokenizers.models import Tokenizer
 
     t = Tokenizer.objects.get(name="stdlib-bpe")
     assert t.status == "ready" and t.vocab_size == 2000 and t.job.status == "succeeded"

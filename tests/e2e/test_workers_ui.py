@@ -15,9 +15,12 @@ import celery
 import pytest
 from django.utils import timezone
 
-from explorer import services, workers
-from explorer.celery import app
-from explorer.models import Job, Membership, Team, Worker
+from explorer.jobs import services
+from explorer.scheduling import workers
+from config.celery_app import app
+from explorer.accounts.models import Membership, Team
+from explorer.jobs.models import Job
+from explorer.scheduling.models import Worker
 from tests.conftest import TINY_SPEC, make_user
 from tests.e2e.helpers import log_in
 

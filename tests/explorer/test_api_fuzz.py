@@ -12,7 +12,7 @@ from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from explorer.models import ApiToken
+from explorer.accounts.models import ApiToken
 
 pytestmark = pytest.mark.django_db
 

@@ -18,13 +18,13 @@ def test_docker_compose_file_is_valid():
     assert "driver: nvidia" in result.stdout and "REDIS_URL: redis://redis:6379/0" in result.stdout
     # the web: gunicorn supervising WEB_CONCURRENCY uvicorn worker processes, not one interpreter
     web = result.stdout.split("\n  web:", 1)[1].split("\n  worker-", 1)[0]
-    assert "gunicorn explorer.asgi:application" in web and "-k uvicorn.workers.UvicornWorker" in web
+    assert "gunicorn config.asgi:application" in web and "-k uvicorn.workers.UvicornWorker" in web
     assert "WEB_CONCURRENCY: '4'" in web
 
 
 def test_the_image_serves_with_gunicorn_and_uvicorn_workers():
     cmd = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD")]
-    assert cmd == ['CMD ["gunicorn", "explorer.asgi:application", "-k", "uvicorn.workers.UvicornWorker", '
+    assert cmd == ['CMD ["gunicorn", "config.asgi:application", "-k", "uvicorn.workers.UvicornWorker", '
                    '"--bind", "0.0.0.0:8000"]']
     assert '"gunicorn>=' in (ROOT / "pyproject.toml").read_text()  # installed with the app
 
@@ -41,7 +41,7 @@ def _settings_in_a_fresh_process(env):
     import sys
 
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "EXPLORER_PRODUCTION"))}
-    return subprocess.run([sys.executable, "-c", "import explorer.settings as s; print(len(s.SECRET_KEY))"],
+    return subprocess.run([sys.executable, "-c", "import config.settings.local as s; print(len(s.SECRET_KEY))"],
                           env={**base, **env}, capture_output=True, text=True, cwd=ROOT)
 
 

@@ -2,7 +2,11 @@
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from explorer.models import ApiToken, Dataset, Job
+from explorer.accounts.models import ApiToken
+
+from explorer.datasets.models import Dataset
+
+from explorer.jobs.models import Job
 
 pytestmark = pytest.mark.django_db
 
@@ -75,7 +79,7 @@ def test_dataset_upload_refuses_non_utf8(alice_client):
 
 
 def test_other_teams_dataset_is_refused(alice_client, bob, tiny_spec):
-    from explorer.datasets import save_upload
+    from explorer.datasets.uploads import save_upload
 
     theirs = save_upload(bob[1], bob[0], SimpleUploadedFile("b.txt", b"bob's words " * 100))
     tiny_spec["data"] = {"source": "text", "dataset": theirs.pk}
@@ -93,7 +97,7 @@ def test_account_issues_a_token_once(alice_client, alice):
 def test_signup_creates_a_personal_team(client):
     resp = client.post("/signup/", {"username": "carol", "password1": "a-long-pass-123", "password2": "a-long-pass-123"})
     assert resp.status_code == 302
-    from explorer.models import Team
+    from explorer.accounts.models import Team
 
     assert Team.objects.filter(memberships__user__username="carol").count() == 1
 
@@ -105,7 +109,7 @@ def test_shared_link_with_a_false_boolean_renders_unchecked(alice_client):
 
 
 def test_cancel_and_team_switch_do_not_redirect_off_site(alice_client, alice, tiny_spec):
-    from explorer import services
+    from explorer.jobs import services
 
     job = services.create_job(alice[0], alice[1], tiny_spec)
     resp = alice_client.post(f"/jobs/{job.pk}/cancel/", {"next": "https://evil.example/"})

@@ -8,7 +8,9 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from explorer.models import ApiToken, Job
+from explorer.accounts.models import ApiToken
+
+from explorer.jobs.models import Job
 from tests.conftest import make_user
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]

@@ -10,7 +10,7 @@ from asgiref.sync import sync_to_async
 from websockets.asyncio.client import connect
 
 from explorer.embedded_redis import EmbeddedRedis
-from explorer.models import Job
+from explorer.jobs.models import Job
 from tests.integration.test_job_stream import TERMINAL, submit, user_with_token, with_steps
 from tests.stack import Stack
 

@@ -1,5 +1,5 @@
 """Two test runs on one machine do not share a Redis: without REDIS_URL, each session's
-``tests.settings`` starts a private embedded server on a unix socket (as ``make run`` does) and
+``config.settings.test`` starts a private embedded server on a unix socket (as ``make run`` does) and
 stops it when the session ends. Two runs of tests/integration/test_worker_registry.py at once
 used to share database 14 of the machine's Redis, and each took the other's Celery messages."""
 import os
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SESSION = """
 import os, sys
-import tests.settings  # what pytest-django imports first in a test session
+import config.settings.test  # what pytest-django imports first in a test session
 print(os.environ["REDIS_URL"], flush=True)
 sys.stdin.readline()  # hold the session open until the test has looked
 """

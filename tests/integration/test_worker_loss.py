@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from explorer import services
-from explorer.models import Job
+from explorer.jobs import services
+from explorer.jobs.models import Job
 from tests.integration.test_job_stream import past_step, submit, user_with_token, watch, with_steps
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]

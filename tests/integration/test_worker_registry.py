@@ -1,4 +1,4 @@
-"""The real test worker (``celery -A explorer worker -Q cpu``) registers itself: its real CPU
+"""The real test worker (``celery -A config.celery_app worker -Q cpu``) registers itself: its real CPU
 count and memory, its memory-tier queues (consumed without any command-line change), heartbeats
 that advance; a job runs on it and shows as its current job; a job routed to a tier it consumes
 runs; drained, it takes no job until undrained."""
@@ -10,9 +10,11 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from explorer import services, workers
-from explorer.celery import app
-from explorer.models import Job, Worker
+from explorer.jobs import services
+from explorer.scheduling import workers
+from config.celery_app import app
+from explorer.jobs.models import Job
+from explorer.scheduling.models import Worker
 from tests.conftest import TINY_SPEC, make_user
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-from explorer.models import Membership, Team
+from explorer.accounts.models import Membership, Team
 
 
 class Command(BaseCommand):

@@ -1,0 +1,54 @@
+"""The REST API's root under /api/v1/ (django-ninja; OpenAPI schema at /api/v1/openapi.json, docs
+at /api/v1/docs): authentication, the error shapes every endpoint shares, and one router per app."""
+from django.http import Http404
+from ninja import NinjaAPI
+from ninja.errors import ValidationError
+from ninja.security import django_auth
+
+from explorer import api as app_api
+from explorer.jobs import services
+from explorer.jobs.submission import RateLimited
+
+api = NinjaAPI(
+    title="LLM Architecture Explorer API",
+    version="1",
+    auth=[app_api.TokenAuth(), django_auth],
+    urls_namespace="api",
+    docs_url="/docs",
+)
+
+
+@api.exception_handler(ValidationError)
+def validation_error(request, exc):
+    errors = {}
+    for err in exc.errors:
+        loc = [str(p) for p in err.get("loc", []) if p not in ("body", "query", "path", "form", "payload")]
+        errors[".".join(loc) or "request"] = err.get("msg", "invalid")
+    return api.create_response(request, {"detail": "Invalid request", "errors": errors}, status=400)
+
+
+@api.exception_handler(services.SpecError)
+def spec_error(request, exc):
+    return api.create_response(request, {"detail": "Invalid job", "errors": exc.errors}, status=400)
+
+
+@api.exception_handler(RateLimited)
+def rate_limited(request, exc):
+    return exc.refusal.api_response()
+
+
+@api.exception_handler(Http404)
+def not_found(request, exc):
+    return api.create_response(request, {"detail": str(exc) or "Not found"}, status=404)
+
+
+api.add_router("/", app_api.account)
+api.add_router("/jobs", app_api.jobs)
+api.add_router("/", app_api.analysis)
+api.add_router("/", app_api.presets)
+api.add_router("/", app_api.composer)
+api.add_router("/datasets", app_api.datasets)
+api.add_router("/", app_api.tokenizer_lab)
+api.add_router("/", app_api.inference)
+api.add_router("/workers", app_api.workers_router)
+api.add_router("/events", app_api.events_router)

@@ -1,0 +1,55 @@
+"""The inference job kind: prompts run through a checkpoint or a pretrained model."""
+import engine
+import engine.checkpoint as engine_checkpoint
+from explorer.jobs.kinds import Plan
+from explorer.jobs.models import Job
+
+
+def _model_config(spec):
+    """The source checkpoint's model config; None for a pretrained source."""
+    from explorer.training.checkpoints import checkpoint_path
+
+    source = spec["source"]
+    if "job" not in source:
+        return None
+    return engine_checkpoint.read_checkpoint(checkpoint_path(Job(pk=source["job"]), source["step"])).model_config
+
+
+def _memory_bytes(spec, cfg):
+    """The analysis' inference memory for the prompts as one batch (weights, KV cache,
+    activations), plus one more copy of the weights per quantisation measured. The bundled
+    pretrained MiniLM (22 M parameters) counts as 0: every worker holds it."""
+    if cfg is None:
+        return 0
+    memory = engine.analyze(cfg, batch_size=max(1, len(spec["prompts"])))["memory"]
+    return memory["inference"]["total"] + memory["weights"] * len(spec.get("quantization") or [])
+
+
+class Inference:
+    name = "inference"
+    label = "Inference"
+    task = "explorer.tasks.run_inference"
+    fit_field = "prompts"
+    fit_what = "inference memory"
+    fit_advice = "use fewer prompts or a smaller model"
+    out_of_memory_advice = "Use fewer or shorter prompts, or fewer new tokens, and submit again."
+    default_seconds = 15.0
+    resumable = False
+
+    def plan(self, user, team, payload):
+        from explorer.inference import jobs
+
+        spec = jobs.validate(team, payload)
+        cfg = _model_config(spec)
+        return Plan(spec={"inference": spec}, queue="cpu", memory_bytes=_memory_bytes(spec, cfg),
+                    params=engine.analyze(cfg)["params"]["total"] if cfg is not None else 0, total_steps=100,
+                    name=f"Inference · {spec['source']['name']}")
+
+    def memory_bytes(self, job):
+        spec = job.spec["inference"]
+        return _memory_bytes(spec, _model_config(spec))
+
+    def run(self, job_id, worker_name):
+        from explorer.inference import jobs
+
+        return jobs.run_inference_job(job_id, worker_name)

@@ -1,8 +1,0 @@
-from django.urls import path
-
-from explorer import consumers
-
-websocket_urlpatterns = [
-    path("ws/jobs/<int:job_id>/", consumers.JobConsumer.as_asgi()),
-    path("ws/teams/<int:team_id>/", consumers.TeamConsumer.as_asgi()),
-]

@@ -1,0 +1,32 @@
+"""The training job kind: a model trained from a spec (``engine.train``)."""
+import engine
+from explorer.jobs import services
+from explorer.jobs.kinds import Plan
+
+
+class Training:
+    name = "train"
+    label = "Training"
+    task = "explorer.tasks.run_job"
+    fit_field = "train.batch_size"
+    fit_what = "training memory"
+    fit_advice = "lower batch_size, block_size, n_embd or n_layer"
+    out_of_memory_advice = "Lower batch_size or block_size, or turn on gradient accumulation, and submit again."
+    default_seconds = None  # from the queue's tokens/s (explorer.scheduling.queue)
+    resumable = True  # a lost worker's job resumes from its last checkpoint
+
+    def plan(self, user, team, payload):
+        from explorer.training.checkpoints import parent_of
+
+        spec, dataset, analysis = services.validate_spec(team, payload, fit=False)
+        parent_id, parent_step = parent_of(spec.train.init_from) or (None, None)
+        return Plan(spec=spec.to_dict(), queue=services.queue_for(spec), memory_bytes=analysis["memory"]["train_total"],
+                    params=analysis["params"]["total"], total_steps=spec.train.steps,
+                    fields={"dataset": dataset, "parent_id": parent_id, "parent_step": parent_step})
+
+    def memory_bytes(self, job):
+        spec = engine.parse_spec(job.spec)
+        return engine.analyze(spec.model, batch_size=spec.train.batch_size)["memory"]["train_total"]
+
+    def run(self, job_id, worker_name):
+        return services.run_job(job_id, worker_name)
