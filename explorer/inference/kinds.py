@@ -1,6 +1,6 @@
 """The inference job kind: prompts run through a checkpoint or a pretrained model."""
 import engine
-import engine.checkpoint as engine_checkpoint
+import engine.training.checkpoint as engine_checkpoint
 from explorer.jobs.kinds import Plan
 from explorer.jobs.models import Job
 

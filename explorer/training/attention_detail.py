@@ -1,9 +1,9 @@
 """Detail of a long input's attention maps on zoom, recomputed in the web process.
 
-A job's "attention" event of a long input (``engine.attention_maps``) carries a pooled overview
+A job's "attention" event of a long input (``engine.introspect.attention_maps``) carries a pooled overview
 and the ids of its input. When the browser zooms into one head's overview it asks for a region;
 ``region`` finds that event, loads the weights of the event's step, runs the model on the same
-input up to the chosen layer (``engine.attention_zoom.layer_scores``) and scores the region's
+input up to the chosen layer (``engine.introspect.attention_zoom.layer_scores``) and scores the region's
 rows only, pooled to at most ``cells`` per side. Loaded models and the last layers' queries and
 keys are kept in small LRUs, so panning and zooming in one head costs only the rows it shows
 (about a millisecond per 100 rows of 2,048 keys for a tiny model).
@@ -104,7 +104,7 @@ def region(job, *, step=None, stack="self", layer=0, head=0, q0=0, q1=None, k0=0
     region, ``exact`` whether it is ``step`` (else ``note`` says so, for the UI; see the module
     docstring for which weights are used); ``maps`` is base64 of uint8 row-major (nq, nk), a
     cell's value ``byte / 255 · scale`` (``scale`` the region's largest; see
-    ``engine.attention_zoom`` for what a pooled cell holds); ``queries`` / ``keys`` label the
+    ``engine.introspect.attention_zoom`` for what a pooled cell holds); ``queries`` / ``keys`` label the
     positions of a side at full resolution (block 1), else null. ``BadRegion`` (400) names bad
     fields; ``NoRegion`` (404) says why there is nothing to recompute from."""
     row = _event(job, step)
