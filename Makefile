@@ -30,6 +30,7 @@ system-deps:
 	@bash tools/system-deps.sh
 
 test: $(STAMP) system-deps
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests
 	@# The second pass takes the Django tests and the integration tests where the worker's writes
 	@# meet the database (a job's stream, a lost worker's job requeued); Redis restarts, reconnect

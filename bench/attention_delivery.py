@@ -38,8 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
-import statistics
 import sys
 import tempfile
 import time

@@ -35,10 +35,9 @@ import time
 import traceback
 from pathlib import Path
 
-from common import ROOT, environment
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from common import ROOT, environment
 
 from engine import HARDWARE, ModelConfig, analyze, build_model, parse_spec, train  # noqa: E402
 from engine.interop.mappings import to_transformers  # noqa: E402

@@ -19,13 +19,11 @@ import inspect
 import statistics
 import time
 
-from common import SHAPES, VOCAB, write
-
 import torch  # noqa: E402
+from common import SHAPES, VOCAB, write
 
 from engine import ModelConfig, build_model  # noqa: E402
 from engine.interop.mappings import to_transformers  # noqa: E402
-
 
 
 def has_cache(model) -> bool:

@@ -184,7 +184,7 @@ async def watch(ws_url: str, origin: str, cookie: str, job_id: int, n: int, read
         while len(got) < n and not (done and time.monotonic() > done[0] + grace):
             try:
                 raw = await asyncio.wait_for(ws.recv(), timeout=0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             now = time.time()
             msg = json.loads(raw)
@@ -221,17 +221,17 @@ def summary(values: list[float]) -> dict:
 
 
 def run(stack, cookie, user, team, *, jobs: int, rate: float, seconds: float, flush_interval: float) -> dict:
-    from django.db import connections
-
     from channels.layers import get_channel_layer
+    from django.db import connections
 
     n = int(rate * seconds)
     job_ids = [make_job(user, team, {}, f"latency {flush_interval} #{i}").pk for i in range(jobs)]
     get_channel_layer()  # imported and built once, before the fork, not on each producer's first flush
     # as a Celery worker imports its tasks (and with them the engine and torch) before it forks its
     # pool: each producer importing torch itself cost ~3 s of CPU, and put them seconds behind
-    from explorer.jobs import recorder  # noqa: F401
-    from explorer.jobs import services
+    from explorer.jobs import (
+        recorder,  # noqa: F401
+        )
     connections.close_all()
     ctx = multiprocessing.get_context("fork")
     start_at, go, out = ctx.Value("d", 0.0), ctx.Event(), ctx.Queue()
@@ -280,10 +280,10 @@ def run(stack, cookie, user, team, *, jobs: int, rate: float, seconds: float, fl
         trace = produced[job_id]["flushes"]
         send_of = {seq: f for f in trace if f["what"] == "send" for seq in f["seqs"]}
         save_of = {seq: f for f in trace if f["what"] == "save" for seq in f["seqs"]}
-        begin = produced[job_id]["begin"]
+        began = produced[job_id]["begin"]
         for seq, ts, now in got:
             latencies.append(1000 * (now - ts))
-            from_schedule.append(1000 * (now - (begin + (seq - 1) / rate)))
+            from_schedule.append(1000 * (now - (began + (seq - 1) / rate)))
             if seq in send_of:
                 f = send_of[seq]
                 parts["buffer"].append(1000 * (f["t0"] - ts))

@@ -283,7 +283,7 @@ async def hold_ws(tally, url, origin, cookie, kind, on_message, stop, opened=Non
                     tally.pings.append(1000 * rtt)
                 try:
                     raw = await asyncio.wait_for(ws.recv(), timeout=0.5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 on_message(json.loads(raw), time.time())
     except Exception as exc:  # noqa: BLE001 - a refused or dropped socket
@@ -330,7 +330,7 @@ async def simulate(tally, stack, i, person, ids, args, stop, deadline, rng):
                 await timed(tally, api, "api GET /jobs", "GET", f"/api/v1/jobs?team={team.pk}&limit=50")
             elif action < 0.7:
                 query = rng.choice([f"q={rng.choice(NAMES).split()[0]}", "status=failed", f"owner={user.username}",
-                                    "family=encoder", f"q=sweep&status=succeeded&since=2026-01-01"])
+                                    "family=encoder", "q=sweep&status=succeeded&since=2026-01-01"])
                 await timed(tally, api, "api GET /jobs (search)", "GET", f"/api/v1/jobs?team={team.pk}&limit=50&{query}")
             else:
                 pool = ids[team.pk]["queued"] if rng.random() < 0.5 else ids[team.pk]["finished"]
@@ -423,7 +423,7 @@ def quiet_history(stack, person, n_jobs, repeats):
     out = {}
     with httpx.Client(base_url=stack.url, timeout=60) as client:
         requests = history_requests(team.pk, n_jobs)
-        for name, auth, url in requests:  # one warm-up each
+        for _name, auth, url in requests:  # one warm-up each
             client.get(url, headers=headers[auth])
         for name, auth, url in requests:
             times = []

@@ -24,9 +24,8 @@ import argparse
 import time
 from pathlib import Path
 
-from common import ROOT, write
-
 import torch  # noqa: E402
+from common import ROOT, write
 
 from engine import parse_spec, train  # noqa: E402
 

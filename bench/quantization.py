@@ -19,14 +19,13 @@ import argparse
 import time
 from pathlib import Path
 
-from common import ROOT, write
-
 import torch  # noqa: E402
+from common import ROOT, write
 
 from engine import parse_spec, train  # noqa: E402
 from engine.data.datasets import load_data  # noqa: E402
-from engine.inference.run import run_inference  # noqa: E402
 from engine.inference.quantize import format_table, quantization_table, quantize  # noqa: E402
+from engine.inference.run import run_inference  # noqa: E402
 
 DEFAULT_PATH = str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt")
 PROMPTS = ["ROMEO:\n", "LUCIO:\n", "GREMIO:\n"]  # the first two share a length: one batch of 2, one of 1

@@ -19,14 +19,12 @@ import argparse
 import statistics
 import time
 
-from common import SHAPES, VOCAB, write
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from common import SHAPES, VOCAB, write
 
 from engine import ModelConfig, build_model  # noqa: E402
 from engine.interop.mappings import to_transformers  # noqa: E402
-
 
 
 def train_steps(forward, params, opt, batches) -> list[float]:

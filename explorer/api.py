@@ -4,7 +4,7 @@
 import csv
 import io
 import json
-from typing import Any, Optional
+from typing import Any
 
 from django.conf import settings
 from django.http import Http404, HttpResponse
@@ -13,16 +13,16 @@ from ninja.errors import HttpError
 from ninja.files import UploadedFile
 from ninja.security import HttpBearer
 
+from explorer.accounts.models import ApiToken
+from explorer.accounts.teams import get_job_or_404, jobs_visible_to, resolve_team, user_teams
+from explorer.datasets.models import Dataset
+from explorer.datasets.uploads import DatasetError, save_upload
+from explorer.jobs import services
+from explorer.jobs.models import JobEvent
+from explorer.scheduling import queue as scheduling
+from explorer.tokenizers import lab
 from explorer.training import analysis as analysis_service
 from explorer.training import checkpoints
-from explorer.scheduling import queue as scheduling
-from explorer.jobs import services
-from explorer.tokenizers import lab
-from explorer.datasets.uploads import DatasetError, save_upload
-from explorer.accounts.models import ApiToken
-from explorer.datasets.models import Dataset
-from explorer.jobs.models import JobEvent
-from explorer.accounts.teams import get_job_or_404, jobs_visible_to, resolve_team, user_teams
 
 
 class TokenAuth(HttpBearer):
@@ -36,7 +36,7 @@ class TokenAuth(HttpBearer):
 # ---------------------------------------------------------------------------- schemas
 class JobIn(Schema):
     name: str = ""
-    team: Optional[str] = None
+    team: str | None = None
     priority: str = "normal"
     model: dict[str, Any] = {}
     data: dict[str, Any] = {}
@@ -55,7 +55,7 @@ class JobOut(Schema):
     owner: str
     status: str
     queue: str
-    position: Optional[int]
+    position: int | None
     params: int
     step: int
     total_steps: int
@@ -66,15 +66,15 @@ class JobOut(Schema):
     error: str
     cancel_requested: bool
     created_at: str
-    started_at: Optional[str]
-    finished_at: Optional[str]
+    started_at: str | None
+    finished_at: str | None
     spec: dict[str, Any]
-    dataset: Optional[str]
+    dataset: str | None
     url: str
     attempt: int = 1
-    parent: Optional[dict[str, Any]] = None
+    parent: dict[str, Any] | None = None
     priority: str = "normal"
-    starts_in_s: Optional[float] = None
+    starts_in_s: float | None = None
     kind: str = "train"
 
 
@@ -104,10 +104,10 @@ class ErrorOut(Schema):
 class EstimateOut(Schema):
     valid: bool
     errors: dict[str, str]
-    analysis: Optional[dict[str, Any]] = None
-    data: Optional[dict[str, Any]] = None
-    queue: Optional[str] = None
-    vocab_size: Optional[int] = None
+    analysis: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    queue: str | None = None
+    vocab_size: int | None = None
 
 
 class DatasetOut(Schema):
@@ -142,9 +142,9 @@ def create_job(request, payload: JobIn):
 
 
 @jobs.get("", response={200: JobList, 400: ErrorOut}, summary="Jobs of your teams, newest first; filter and search")
-def list_jobs(request, team: Optional[str] = None, status: Optional[str] = None, limit: int = 50, offset: int = 0,
-              owner: Optional[str] = None, family: Optional[str] = None, q: Optional[str] = None,
-              since: Optional[str] = None, until: Optional[str] = None, kind: Optional[str] = None):
+def list_jobs(request, team: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0,
+              owner: str | None = None, family: str | None = None, q: str | None = None,
+              since: str | None = None, until: str | None = None, kind: str | None = None):
     """``status`` (comma-separated), ``owner`` (username), ``family`` (decoder, encoder,
     encoder_decoder), ``kind`` (train, inference, tokenizer), ``q`` (in the name, or "#12" for a
     job id), ``since`` / ``until`` (dates, YYYY-MM-DD, on the creation time, inclusive)."""
@@ -170,8 +170,8 @@ def get_job(request, job_id: int):
 
 
 @jobs.get("/{int:job_id}/events", response=EventList, summary="A job's events after a sequence number")
-def job_events(request, job_id: int, after: int = 0, limit: int = 5000, kind: Optional[str] = None,
-               exclude: Optional[str] = None, last: bool = False, brief: bool = False):
+def job_events(request, job_id: int, after: int = 0, limit: int = 5000, kind: str | None = None,
+               exclude: str | None = None, last: bool = False, brief: bool = False):
     """Events with seq > ``after``, oldest first, at most ``limit``. ``kind`` (comma-separated)
     keeps only those kinds, ``exclude`` leaves them out (``exclude=attention`` skips the large
     attention maps); ``last`` takes the newest ``limit`` instead of the oldest (still in order);
@@ -207,7 +207,7 @@ def _csv_cell(value):
 
 @jobs.get("/{int:job_id}/export", response={200: None, 400: ErrorOut, 404: ErrorOut},
           summary="Download a job's history as CSV (one row per step) or JSON (its events)")
-def export_job(request, job_id: int, format: str = "json", exclude: Optional[str] = "attention"):
+def export_job(request, job_id: int, format: str = "json", exclude: str | None = "attention"):
     """``format=json``: the job and all its events, oldest first, less the kinds in ``exclude``
     (comma-separated; by default the large attention maps; ``exclude=`` keeps everything).
     ``format=csv``: one row per logged step (columns ``EXPORT_STEP_COLUMNS``; clipped and spike as
@@ -349,8 +349,8 @@ def export_checkpoint(request, job_id: int, step: int):
 
 @jobs.get("/{int:job_id}/attention/region", response={200: dict[str, Any], 400: ErrorOut, 404: ErrorOut},
           summary="One head's attention on a region of a long input, recomputed from a checkpoint")
-def attention_region(request, job_id: int, step: Optional[int] = None, stack: str = "self", layer: int = 0,
-                     head: int = 0, q0: int = 0, q1: Optional[int] = None, k0: int = 0, k1: Optional[int] = None,
+def attention_region(request, job_id: int, step: int | None = None, stack: str = "self", layer: int = 0,
+                     head: int = 0, q0: int = 0, q1: int | None = None, k0: int = 0, k1: int | None = None,
                      cells: int = 128):
     """Queries ``q0..q1`` × keys ``k0..k1`` (defaults: all) of one head of the attention event at
     ``step`` (default the newest), pooled to at most ``cells`` per side (≤ 256), recomputed from
@@ -374,7 +374,7 @@ composer = Router(tags=["composer"])
 
 
 @composer.get("/options", summary="Fields, registry choices and datasets for the composer")
-def options(request, team: Optional[str] = None):
+def options(request, team: str | None = None):
     return services.composer_options(_team(request, team))
 
 
@@ -388,12 +388,12 @@ datasets = Router(tags=["datasets"])
 
 
 @datasets.get("", response=list[DatasetOut], summary="Text files uploaded to your team")
-def list_datasets(request, team: Optional[str] = None):
+def list_datasets(request, team: str | None = None):
     return [_dataset_out(d) for d in Dataset.objects.filter(team=_team(request, team))]
 
 
 @datasets.post("", response={201: DatasetOut, 400: ErrorOut}, summary="Upload a UTF-8 text file")
-def upload_dataset(request, file: File[UploadedFile], name: Form[str] = "", team: Form[Optional[str]] = None):
+def upload_dataset(request, file: File[UploadedFile], name: Form[str] = "", team: Form[str | None] = None):
     try:
         dataset = save_upload(_team(request, team), request.user, file, name)
     except DatasetError as exc:
@@ -459,18 +459,18 @@ tokenizer_lab = Router(tags=["tokenizers"])
 class TokenizeIn(Schema):
     tokenizers: list[str | int] = []
     text: str = ""
-    team: Optional[str] = None
+    team: str | None = None
 
 
 class TrainTokenizerIn(Schema):
     name: str = ""
-    team: Optional[str] = None
+    team: str | None = None
     priority: str = "normal"  # when it runs as a job: low, normal (high: maintainers)
     kind: str = "bpe"
     vocab_size: int = 1000
     normalization: str = "nfc"
     lowercase: bool = False
-    pre_tokenizer: Optional[str] = None
+    pre_tokenizer: str | None = None
     special_tokens: list[str] | str = []
     corpus: str = "synthetic"
     corpus_bytes: int = 1_000_000
@@ -512,7 +512,7 @@ def tokenizer_options(request):
 
 
 @tokenizer_lab.get("/tokenizers", summary="Built-in tokenizers and your team's")
-def list_tokenizers(request, team: Optional[str] = None):
+def list_tokenizers(request, team: str | None = None):
     return lab.catalogue(_team(request, team))
 
 
@@ -535,7 +535,7 @@ def train_tokenizer(request, payload: TrainTokenizerIn):
 
 @tokenizer_lab.post("/tokenizers/import", response={201: dict, 400: ErrorOut},
                     summary="Import a tokenizer.json (Hugging Face tokenizers) or a SentencePiece .model")
-def import_tokenizer(request, file: File[UploadedFile], name: Form[str] = "", team: Form[Optional[str]] = None):
+def import_tokenizer(request, file: File[UploadedFile], name: Form[str] = "", team: Form[str | None] = None):
     try:
         tokenizer = lab.import_file(request.user, _team(request, team), file, name)
     except lab.LabError as exc:
@@ -545,7 +545,7 @@ def import_tokenizer(request, file: File[UploadedFile], name: Form[str] = "", te
 
 @tokenizer_lab.get("/tokenizers/{int:tokenizer_id}", response={200: dict, 404: ErrorOut},
                    summary="One of your team's tokenizers, with its number of merges (BPE)")
-def get_tokenizer(request, tokenizer_id: int, team: Optional[str] = None):
+def get_tokenizer(request, tokenizer_id: int, team: str | None = None):
     try:
         return lab.describe(_lab_tokenizer(request, tokenizer_id, team))
     except lab.LabError as exc:
@@ -553,7 +553,7 @@ def get_tokenizer(request, tokenizer_id: int, team: Optional[str] = None):
 
 
 @tokenizer_lab.get("/tokenizers/{int:tokenizer_id}/download", summary="The tokenizer's file (tokenizer.json or .model)")
-def download_tokenizer(request, tokenizer_id: int, team: Optional[str] = None):
+def download_tokenizer(request, tokenizer_id: int, team: str | None = None):
     tokenizer = _lab_tokenizer(request, tokenizer_id, team)
     try:
         data, filename = lab.download(tokenizer)
@@ -566,14 +566,14 @@ def download_tokenizer(request, tokenizer_id: int, team: Optional[str] = None):
 
 @tokenizer_lab.delete("/tokenizers/{int:tokenizer_id}", response={204: None, 404: ErrorOut},
                       summary="Delete a tokenizer (cancels its training job if it is still running)")
-def delete_tokenizer(request, tokenizer_id: int, team: Optional[str] = None):
+def delete_tokenizer(request, tokenizer_id: int, team: str | None = None):
     lab.delete(_lab_tokenizer(request, tokenizer_id, team))
     return Status(204, None)
 
 
 @tokenizer_lab.post("/tokenizers/{int:tokenizer_id}/merges", response={200: dict, 400: ErrorOut, 404: ErrorOut},
                     summary="BPE merge replay: how a text splits after the first N merges, for each N in steps")
-def merge_replay(request, tokenizer_id: int, payload: MergesIn, team: Optional[str] = None):
+def merge_replay(request, tokenizer_id: int, payload: MergesIn, team: str | None = None):
     try:
         return lab.replay_merges(_team(request, team), tokenizer_id, payload.text, payload.steps)
     except lab.UnknownTokenizer as exc:
@@ -588,14 +588,14 @@ inference = Router(tags=["inference"])
 
 class InferenceIn(Schema):
     name: str = ""
-    team: Optional[str] = None
+    team: str | None = None
     priority: str = "normal"  # low, normal (high: maintainers)
     source: dict[str, Any] = {}
     prompts: list[str] = []
     max_new_tokens: int = 48
     temperature: float = 0.8
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
+    top_k: int | None = None
+    top_p: float | None = None
     stop: list[str] = []
     seed: int = 0
     compare_cache: bool = True
@@ -622,7 +622,7 @@ def create_inference_job(request, payload: InferenceIn):
 
 
 @inference.get("/inference/options", summary="What an inference job can start from, and its settings' limits")
-def inference_options(request, team: Optional[str] = None):
+def inference_options(request, team: str | None = None):
     from explorer.inference import jobs as inference_jobs
 
     return inference_jobs.options(_team(request, team))

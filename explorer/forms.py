@@ -5,10 +5,10 @@ from django import forms
 from django.contrib.auth.forms import UserCreationForm
 
 import engine
-from explorer.training import checkpoints
+from explorer.datasets.models import Dataset
 from explorer.jobs import services
 from explorer.tokenizers import lab as tokenizers
-from explorer.datasets.models import Dataset
+from explorer.training import checkpoints
 
 SECTIONS = [
     ("model", "Architecture", "The transformer: depth, width, attention heads, context."),

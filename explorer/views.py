@@ -14,19 +14,18 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from explorer.training import analysis
-from explorer.training import checkpoints
-from explorer.scheduling import queue as scheduling
+from explorer.accounts import teams as teams_service
+from explorer.accounts.models import ApiToken, Membership
+from explorer.accounts.teams import create_personal_team, get_job_or_404, jobs_visible_to, user_teams
+from explorer.datasets.models import Dataset
+from explorer.datasets.uploads import DatasetError, save_upload
+from explorer.forms import ApiTokenForm, ComposeForm, DatasetUploadForm, MemberForm, SignupForm, TeamQuotaForm
 from explorer.jobs import services
 from explorer.jobs.submission import RateLimited
+from explorer.scheduling import queue as scheduling
 from explorer.tokenizers import lab
-from explorer.datasets.uploads import DatasetError, save_upload
-from explorer.accounts import teams as teams_service
-from explorer.forms import ApiTokenForm, ComposeForm, DatasetUploadForm, MemberForm, SignupForm, TeamQuotaForm
-from explorer.accounts.models import ApiToken, Membership
-from explorer.datasets.models import Dataset
 from explorer.tokenizers.models import Tokenizer
-from explorer.accounts.teams import create_personal_team, get_job_or_404, jobs_visible_to, user_teams
+from explorer.training import analysis, checkpoints
 
 
 def _safe_next(request):

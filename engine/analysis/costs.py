@@ -59,8 +59,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..nn.attention import ATTENTIONS, CausalSelfAttention
 from ..models.encoder import MLMHead
+from ..nn.attention import ATTENTIONS, CausalSelfAttention
 from ..nn.ffn import FFNS
 from ..nn.norm import NORM_PLACEMENTS, NORMS
 from ..nn.position import POSITIONS

@@ -4,8 +4,7 @@ Choice fields name their registries ("engine.nn.norm:NORMS"), imported only when
 are needed, so importing this package imports no torch and no other engine layer."""
 
 from .errors import ConfigError
-from .schema import (FIELD_GROUPS, SECTIONS, DataConfig, JobSpec, ModelConfig, TrainConfig, choices, field_specs,
-                     resolve)
+from .schema import FIELD_GROUPS, SECTIONS, DataConfig, JobSpec, ModelConfig, TrainConfig, choices, field_specs, resolve
 
 __all__ = ["ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "JobSpec", "SECTIONS", "FIELD_GROUPS",
            "choices", "field_specs", "resolve"]

@@ -10,11 +10,10 @@ Nothing here imports torch: choice fields name their registries, resolved when n
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
-
-import importlib
 
 from .errors import ConfigError
 

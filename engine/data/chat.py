@@ -116,7 +116,7 @@ def read_jsonl(path: str | None, fields: tuple[str, ...], *, messages: bool = Fa
         if not line.strip():
             continue
 
-        def fail(message):
+        def fail(message, n=n):
             raise ConfigError({"data.path": f"{name}, line {n}: {message}"})
 
         try:

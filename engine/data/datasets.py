@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .chat import CHAT_SOURCES, ChatFile
 from ..config.errors import ConfigError
+from .chat import CHAT_SOURCES, ChatFile
 from .tasks import TASKS
 from .tokenizers import TOKENIZERS, FileTokenizer
 

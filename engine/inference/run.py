@@ -46,8 +46,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..nn.cache import _KEPT, keep_weights  # _KEPT: to count the weight copies decoding keeps
 from ..models.decoder import sample
+from ..nn.cache import _KEPT, keep_weights  # _KEPT: to count the weight copies decoding keeps
 from .quantize import weight_bytes
 
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..nn.attention import ATTENTION_FUNCTIONS
-from ..config.schema import ModelConfig
 from ..config.errors import ConfigError
-from ..nn.ffn import FFNS
+from ..config.schema import ModelConfig
 from ..models.families import build_model
+from ..nn.attention import ATTENTION_FUNCTIONS
+from ..nn.ffn import FFNS
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ import os
 from types import SimpleNamespace
 
 from ..config.schema import ModelConfig
-from .encoders import Bert, load_bert_body
 from ..models.families import build_model
 from ..tokenlab import minilm_path
+from .encoders import Bert, load_bert_body
 
 
 class WordPieceTokenizer:

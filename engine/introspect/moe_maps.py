@@ -30,8 +30,8 @@ import contextlib
 import torch
 import torch.nn as nn
 
-from .attention_maps import eval_input, label_tokens
 from ..nn.moe import MoE
+from .attention_maps import eval_input, label_tokens
 
 MAX_TOKENS = 64
 

@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decoder import Block, init_weights, logits_and_loss, make_norm, moe_stats, require_vocab
 from ..nn.norm import NORMS
 from ..nn.position import POSITIONS
+from .decoder import Block, init_weights, logits_and_loss, make_norm, moe_stats, require_vocab
 
 if TYPE_CHECKING:
     from ..config.schema import ModelConfig

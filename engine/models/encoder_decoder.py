@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 from ..nn.attention import ATTENTIONS, CrossAttention
 from ..nn.cache import KVCache, SlidingWindowCache, keep_weights
-from .encoder import embedding_norm
-from .decoder import Block, add_moe_loss, init_weights, make_norm, moe_stats, require_vocab, sample
 from ..nn.position import POSITIONS
+from .decoder import Block, add_moe_loss, init_weights, make_norm, moe_stats, require_vocab, sample
+from .encoder import embedding_norm
 
 if TYPE_CHECKING:
     from ..config.schema import ModelConfig

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from .decoder import Decoder
 from .encoder import Encoder
 from .encoder_decoder import EncoderDecoder
-from .decoder import Decoder
 
 if TYPE_CHECKING:
     from ..config.schema import ModelConfig

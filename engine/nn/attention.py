@@ -39,8 +39,8 @@ from .norm import RMSNorm
 from .position import apply_rotary
 
 if TYPE_CHECKING:
-    from .cache import KVCache
     from ..config.schema import ModelConfig
+    from .cache import KVCache
 
 # ---------------------------------------------------------------------------- kernels
 

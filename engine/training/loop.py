@@ -24,21 +24,41 @@ import torch
 import torch.nn as nn
 
 from ..analysis import analyze
-from ..introspect.attention_maps import attention_event
-from .checkpoint import (architecture_mismatch, load_optimizer, load_weights, read_checkpoint, restore_rng, rng_state,
-                         SNAPSHOT_BYTES, save_checkpoint, save_snapshot)
-from ..config.schema import JobSpec, ModelConfig, TrainConfig
-from .spec import parse_spec
-from ..data.datasets import load_data
-from ..nn.device import DEVICES
-from ..config.errors import ConfigError
-from ..config.events import (CheckpointEvent, EndEvent, EvalEvent, Event, HealthEvent, HealthLayer, MoeEvent, MoeLayer,
-                     NonfiniteEvent, StartEvent, StepEvent)
 from ..analysis.hardware import HARDWARE, raise_cpu_peak
+from ..config.errors import ConfigError
+from ..config.events import (
+    CheckpointEvent,
+    EndEvent,
+    EvalEvent,
+    Event,
+    HealthEvent,
+    HealthLayer,
+    MoeEvent,
+    MoeLayer,
+    NonfiniteEvent,
+    StartEvent,
+    StepEvent,
+)
+from ..config.schema import JobSpec, ModelConfig, TrainConfig
+from ..data.datasets import load_data
+from ..data.tokenizers import Tokenizer
+from ..introspect.attention_maps import attention_event
 from ..models.families import build_model
+from ..nn.device import DEVICES
+from .checkpoint import (
+    SNAPSHOT_BYTES,
+    architecture_mismatch,
+    load_optimizer,
+    load_weights,
+    read_checkpoint,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+    save_snapshot,
+)
 from .objectives import build_objective, exact_rows
 from .optim import configure_optimizer, lr_at  # noqa: F401 - lr_at and configure_optimizer are public here
-from ..data.tokenizers import Tokenizer
+from .spec import parse_spec
 
 # A step's loss is a spike when it exceeds the mean of the previous SPIKE_WINDOW finite step
 # losses by more than SPIKE_K standard deviations (judged once SPIKE_MIN_HISTORY are known). The
@@ -515,7 +535,9 @@ class _Run:
                 save_snapshot(self.checkpoint_dir, step=step, model=model, spec=self.spec.to_dict(),
                               tokenizer=self.data.tokenizer)
         if self.moe:  # which expert each token of the same held-out example went to
-            from ..introspect.moe_maps import routing_event  # moe.py loads only for models with experts (as in model.py)
+            from ..introspect.moe_maps import (
+                routing_event,  # moe.py loads only for models with experts (as in model.py)
+            )
 
             routing = routing_event(model, objective, self.device, self.autocast, step)
             if routing is not None:

@@ -119,8 +119,8 @@ class DPO:
 
     @staticmethod
     def starting_model(model: nn.Module, spec, init_from: str | None) -> nn.Module:
-        from .checkpoint import load_weights  # checkpoint imports config, which imports this module
         from ..models.families import build_model
+        from .checkpoint import load_weights  # checkpoint imports config, which imports this module
 
         with torch.random.fork_rng(devices=[]):  # leave the restored RNG streams alone
             torch.manual_seed(spec.train.seed)  # as train() does before building the model

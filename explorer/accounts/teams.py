@@ -4,7 +4,6 @@ from django.http import Http404
 from django.utils.text import slugify
 
 from explorer.accounts.models import Membership, Team
-
 from explorer.jobs.models import Job
 
 

@@ -4,8 +4,8 @@ import os
 from django.conf import settings
 from django.core.files.base import ContentFile
 
-from explorer.jobs import services
 from explorer.datasets.models import Dataset
+from explorer.jobs import services
 
 
 class DatasetError(ValueError):

@@ -17,9 +17,9 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from explorer.accounts.teams import jobs_visible_to, user_teams
 from explorer.jobs import services
 from explorer.jobs.models import Job, JobEvent
-from explorer.accounts.teams import jobs_visible_to, user_teams
 
 REPLAY_CHUNK = 2000
 GAP_RETRY_S = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)  # waits between reads of a gap from the log, the last repeated

@@ -375,7 +375,7 @@ def search_jobs(qs, *, status=None, owner=None, family=None, q=None, since=None,
             except ValueError:
                 raise ValueError(f"expected a date as YYYY-MM-DD, got {value!r}") from None
             start = datetime.datetime.combine(day + datetime.timedelta(days=shift), datetime.time.min,
-                                              tzinfo=datetime.timezone.utc)
+                                              tzinfo=datetime.UTC)
             qs = qs.filter(**{lookup: start})
     return qs
 
@@ -683,8 +683,8 @@ def lose_worker(job, reason):
     resuming from its last checkpoint, while it has automatic retries left; otherwise (or for
     another kind of job) it fails with ``reason``. The events up to then are kept. Returns
     whether the job was taken (False when it had meanwhile left "running")."""
-    from explorer.training.checkpoints import RetryRefused, retry_job
     from explorer.jobs.recorder import fill_unsaved
+    from explorer.training.checkpoints import RetryRefused, retry_job
 
     # what the dead worker sent but had not saved: logged as lost, so the requeue comes after it
     fill_unsaved(job.pk, f"sent live by {job.worker or 'its worker'}, which stopped before saving it")

@@ -35,7 +35,6 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from explorer.accounts.models import Membership
-
 from explorer.jobs.models import Job
 
 log = logging.getLogger(__name__)

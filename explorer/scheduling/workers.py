@@ -38,9 +38,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from explorer.accounts.models import Membership
-
 from explorer.jobs.models import Job
-
 from explorer.scheduling.models import Worker
 
 log = logging.getLogger(__name__)

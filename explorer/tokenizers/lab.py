@@ -16,10 +16,10 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 
 from engine import tokenlab
-from explorer.jobs import services
-from explorer.tokenizers import jobs as tokenizer_jobs
 from explorer.datasets.models import Dataset
+from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.tokenizers import jobs as tokenizer_jobs
 from explorer.tokenizers.models import Tokenizer
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,6 @@ import math
 
 import engine
 from engine.analysis import analysis_options
-
 from explorer.jobs.services import SpecError, field_applies
 
 MAX_SIZE = 10**12  # beyond this a "size" is a typo, and the numbers stop meaning anything

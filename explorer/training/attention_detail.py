@@ -134,7 +134,7 @@ def region(job, *, step=None, stack="self", layer=0, head=0, q0=0, q1=None, k0=0
             path, checkpoint_step = _weights(job, data["step"])
             try:
                 key = (path, os.path.getmtime(os.path.join(path, ckpt.MODEL_FILE)))
-                model, tokenizer, _ = _remember(_models, key, lambda: ckpt.load_model(path), MODELS_KEPT)
+                model, tokenizer, _ = _remember(_models, key, lambda path=path: ckpt.load_model(path), MODELS_KEPT)
                 break
             except (OSError, ValueError) as exc:
                 if attempt:

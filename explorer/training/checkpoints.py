@@ -37,7 +37,7 @@ def checkpoints(job):
     """The job's complete checkpoints, oldest first: [{step, bytes, created_at}]."""
     out = []
     for c in ckpt.list_checkpoints(job_dir(job.pk)):
-        created = datetime.datetime.fromtimestamp(os.path.getmtime(c["path"]), tz=datetime.timezone.utc)
+        created = datetime.datetime.fromtimestamp(os.path.getmtime(c["path"]), tz=datetime.UTC)
         out.append({"step": c["step"], "bytes": c["bytes"], "created_at": created.isoformat()})
     return out
 

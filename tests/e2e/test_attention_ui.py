@@ -9,7 +9,6 @@ emits "attention" events itself. Screenshot: docs/screenshots/attention.png (140
 import contextlib
 import inspect
 import os
-import sys
 import threading
 
 import pytest

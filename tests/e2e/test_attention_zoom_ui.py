@@ -12,8 +12,8 @@ import threading
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from explorer.jobs import services
 from explorer.datasets.uploads import save_upload
+from explorer.jobs import services
 from tests.conftest import make_user
 from tests.e2e.helpers import log_in
 

@@ -8,9 +8,9 @@ Screenshots: docs/screenshots/dpo.png, docs/screenshots/checkpoints.png.
 """
 import pytest
 
-from explorer.training import checkpoints
 from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.training import checkpoints
 from tests.conftest import make_user
 from tests.e2e.helpers import log_in
 

@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from explorer.jobs import services
 from explorer.accounts.models import Membership
+from explorer.jobs import services
 from explorer.jobs.models import Job
 from tests.conftest import TINY_SPEC, make_user
 from tests.e2e.helpers import log_in

@@ -15,11 +15,11 @@ import celery
 import pytest
 from django.utils import timezone
 
-from explorer.jobs import services
-from explorer.scheduling import workers
 from config.celery_app import app
 from explorer.accounts.models import Membership, Team
+from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.scheduling import workers
 from explorer.scheduling.models import Worker
 from tests.conftest import TINY_SPEC, make_user
 from tests.e2e.helpers import log_in

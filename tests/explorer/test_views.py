@@ -3,9 +3,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from explorer.accounts.models import ApiToken
-
 from explorer.datasets.models import Dataset
-
 from explorer.jobs.models import Job
 
 pytestmark = pytest.mark.django_db

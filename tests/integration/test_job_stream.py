@@ -9,7 +9,6 @@ import pytest
 from websockets.asyncio.client import connect
 
 from explorer.accounts.models import ApiToken
-
 from explorer.jobs.models import Job
 from tests.conftest import make_user
 

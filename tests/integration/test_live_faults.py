@@ -40,7 +40,7 @@ async def follow(stack, cookie, job_id, *, drop_every=None, max_drops=0, timeout
                     received += 1
                     if drop_every and drops < max_drops and received >= drop_every:
                         break  # the client drops the connection itself
-        except (OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - a drop by the server: reconnect
+        except (TimeoutError, OSError, Exception) as exc:  # noqa: BLE001 - a drop by the server: reconnect
             if isinstance(exc, asyncio.TimeoutError) and time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.3)

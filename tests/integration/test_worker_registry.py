@@ -10,10 +10,10 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from explorer.jobs import services
-from explorer.scheduling import workers
 from config.celery_app import app
+from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.scheduling import workers
 from explorer.scheduling.models import Worker
 from tests.conftest import TINY_SPEC, make_user
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from engine import FFNS, NORMS, ModelConfig, analyze, build_model
-from engine.nn.attention import ATTENTION_FUNCTIONS, ATTENTIONS, MaskedAttention
 from engine.models.decoder import is_moe_layer
+from engine.nn.attention import ATTENTION_FUNCTIONS, ATTENTIONS, MaskedAttention
 
 from ..conftest import model_variants, variant_id
 

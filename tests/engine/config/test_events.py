@@ -12,7 +12,6 @@ import pytest
 from engine import parse_spec, train
 from engine.config import events
 from engine.config.events import EVENTS, KINDS, event_schema, validate
-
 from tests.engine.conftest import TEXT, TINY
 from tests.engine.training.test_loop import _patch_training_loss, nan_at
 

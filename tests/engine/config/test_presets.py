@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from engine import ConfigError, ModelConfig, analyze
-from engine.nn.ffn import FFNS
+from engine.config.presets import PRESETS, preset
 from engine.interop.hf_config import config_from_hf
 from engine.interop.mappings import MAPPINGS
-from engine.config.presets import PRESETS, preset
+from engine.nn.ffn import FFNS
 
 transformers = pytest.importorskip("transformers")
 

@@ -10,8 +10,19 @@ import torch.nn as nn
 
 from engine import build_model, parse_spec, train
 from engine.data.datasets import load_data, read_stdlib
-from engine.inference.quantize import (QUANTIZATIONS, Int4WeightLinear, Int8WeightLinear, eval_windows, format_table, pack_int4,
-                             perplexity, quantization_table, quantize, unpack_int4, weight_bytes)
+from engine.inference.quantize import (
+    QUANTIZATIONS,
+    Int4WeightLinear,
+    Int8WeightLinear,
+    eval_windows,
+    format_table,
+    pack_int4,
+    perplexity,
+    quantization_table,
+    quantize,
+    unpack_int4,
+    weight_bytes,
+)
 
 # Stated tolerances on a char model trained 300 steps on Python source (measured when written:
 # int8_weight 1.0 % / 0.01 %, int8_dynamic 7 % / 0.1 %, int4_weight 14 % / 0.2 %):

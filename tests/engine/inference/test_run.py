@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from engine import build_model
-from engine.inference.run import run_inference
-from engine.inference.quantize import quantize, weight_bytes
 from engine.data.tokenizers import CharTokenizer
+from engine.inference.quantize import quantize, weight_bytes
+from engine.inference.run import run_inference
 
 CHARS = "abcdefghijklmnopqrstuvwxyz \n"
 PROMPTS = ["hello", "abc", "world", "ab cd"]
@@ -108,7 +108,7 @@ def test_measurements(tiny_config, tok):
                         on_progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (2 * 2 * 6, 2 * 2 * 6)  # 2 paths x 2 batches x 6 steps
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
-    for name, m in out["measurements"].items():
+    for m in out["measurements"].values():
         assert m["ttft_s"] > 0 and m["tokens_per_s"] > 0 and m["decode_ms_per_token"] > 0
         assert m["n_new_tokens"] == 4 * 6
         assert m["peak_memory_bytes"] > weight_bytes(model)  # weights plus cache and logits

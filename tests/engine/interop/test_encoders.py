@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine import ModelConfig, build_model, interop
-from engine.interop.encoders import Bert, T5
+from engine.interop.encoders import T5, Bert
 
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random weights only; nothing is downloaded

@@ -7,8 +7,8 @@ import torch
 
 import engine
 from engine import build_model, parse_spec
-from engine.introspect.attention_maps import attention_event, attention_snapshot, decode_maps, display_token, eval_input
 from engine.data.datasets import load_data
+from engine.introspect.attention_maps import attention_event, attention_snapshot, decode_maps, display_token, eval_input
 from engine.training.objectives import OBJECTIVES
 
 

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 import engine
 from engine.data.datasets import load_data
-from engine.nn.moe import MoE
 from engine.introspect.moe_maps import capture_routing, moe_layers, routing_event, routing_snapshot
+from engine.nn.moe import MoE
 from engine.training.objectives import OBJECTIVES
 
 from ..conftest import TINY, TINY_JOB

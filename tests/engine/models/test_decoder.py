@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from engine import POSITIONS, build_model, generate
+from engine.data.tokenizers import CharTokenizer
 from engine.nn.attention import ATTENTIONS
 from engine.nn.cache import SlidingWindowCache
-from engine.data.tokenizers import CharTokenizer
 
 from ..conftest import model_variants, variant_id
 

@@ -7,11 +7,20 @@ import pytest
 import torch
 
 from engine import ConfigError, parse_spec, train
+from engine.interop.export import export_transformers
 from engine.introspect.attention_maps import decode_maps, event_inputs
 from engine.introspect.attention_zoom import layer_scores
-from engine.interop.export import export_transformers
-from engine.training.checkpoint import (latest_checkpoint, list_checkpoints, list_snapshots, list_weights,
-                               load_model, prune_snapshots, read_checkpoint, save_checkpoint, save_snapshot)
+from engine.training.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    list_snapshots,
+    list_weights,
+    load_model,
+    prune_snapshots,
+    read_checkpoint,
+    save_checkpoint,
+    save_snapshot,
+)
 from tests.engine.conftest import TEXT
 
 

@@ -217,8 +217,8 @@ def test_defaults_train_as_before(tiny_job):
 def test_gradient_accumulation_equals_the_larger_batch(tiny_job):
     """Two micro-batches of b rows give the gradient of one batch of 2b rows (dropout 0)."""
     from engine.data.datasets import load_data
-    from engine.training.objectives import OBJECTIVES
     from engine.training.loop import accumulate_gradients
+    from engine.training.objectives import OBJECTIVES
 
     spec = parse_spec(tiny_job)
     objective = OBJECTIVES[spec.model.family](load_data(spec.data), spec.model)

@@ -5,8 +5,15 @@ import torch
 
 import engine
 from engine.data.datasets import load_data
-from engine.training.objectives import (OBJECTIVES, TRAINING_OBJECTIVES, build_objective, mask_tokens, span_corrupt,
-                               span_counts, span_restore)
+from engine.training.objectives import (
+    OBJECTIVES,
+    TRAINING_OBJECTIVES,
+    build_objective,
+    mask_tokens,
+    span_corrupt,
+    span_counts,
+    span_restore,
+)
 
 from ..conftest import TINY
 

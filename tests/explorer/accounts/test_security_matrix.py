@@ -25,16 +25,16 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import URLResolver, get_resolver, reverse
 
-from explorer.jobs import services
-from explorer.tokenizers import lab
 from config.api import api
-from explorer.datasets.uploads import save_upload
 from explorer.accounts.models import ApiToken, Membership, Team
 from explorer.datasets.models import Dataset
+from explorer.datasets.uploads import save_upload
+from explorer.jobs import services
 from explorer.jobs.models import Job
-from explorer.scheduling.models import Worker
-from explorer.tokenizers.models import Tokenizer
 from explorer.jobs.routing import websocket_urlpatterns
+from explorer.scheduling.models import Worker
+from explorer.tokenizers import lab
+from explorer.tokenizers.models import Tokenizer
 
 pytestmark = pytest.mark.django_db
 
@@ -58,7 +58,7 @@ PATH_PARAMS = {
 
 def param_spec(route, name):
     for key, spec in PATH_PARAMS.items():
-        if key == name or ("/" in key and key.endswith("{%s}" % name) and key in route):
+        if key == name or ("/" in key and key.endswith(f"{{{name}}}") and key in route):
             return spec
     return None
 

@@ -3,8 +3,8 @@ tokenization lab's imports (which have their own size check)."""
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from explorer.datasets.uploads import TEXT_EXTENSIONS
 from explorer.datasets.models import Dataset
+from explorer.datasets.uploads import TEXT_EXTENSIONS
 from explorer.tokenizers.models import Tokenizer
 
 pytestmark = pytest.mark.django_db

@@ -5,9 +5,8 @@ import pytest
 from django.test import Client
 
 from explorer.accounts.models import ApiToken
-
-from explorer.jobs.models import Job
 from explorer.jobs import services
+from explorer.jobs.models import Job
 
 pytestmark = pytest.mark.django_db
 

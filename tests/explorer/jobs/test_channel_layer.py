@@ -77,7 +77,7 @@ def test_the_prefix_keeps_apps_on_different_redis_databases_apart(redis):
         try:
             await asyncio.wait_for(other.receive(theirs), 0.5)
             raise AssertionError("an app on another database heard the job")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         for each in (one, other, sender):
             await each.flush()

@@ -5,8 +5,8 @@ from channels.testing.websocket import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 
-from explorer.jobs import services
 from config.asgi import application
+from explorer.jobs import services
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -5,12 +5,12 @@ import pytest
 
 import engine
 from explorer.inference import jobs as inference_jobs
-from explorer.scheduling import queue as scheduling
 from explorer.jobs import services
-from explorer.tokenizers import lab
 from explorer.jobs.models import Job
-from explorer.tokenizers.models import Tokenizer
 from explorer.jobs.recorder import EventRecorder, EventStoreUnavailable
+from explorer.scheduling import queue as scheduling
+from explorer.tokenizers import lab
+from explorer.tokenizers.models import Tokenizer
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the heartbeat thread reads the job
 

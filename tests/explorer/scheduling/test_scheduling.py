@@ -5,10 +5,10 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from explorer.scheduling import queue as scheduling
-from explorer.jobs import services
 from explorer.accounts.models import Membership
+from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.scheduling import queue as scheduling
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -193,8 +193,8 @@ def test_broker_lengths_read_an_embedded_redis_on_a_unix_socket(team, tiny_spec,
     ValueError every 15 s."""
     import redis
 
-    from explorer.embedded_redis import EmbeddedRedis
     from config.settings.base import celery_url
+    from explorer.embedded_redis import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path, persist=False)
     url = server.start()

@@ -6,13 +6,12 @@ import json
 import pytest
 from django.test import Client
 
-from explorer.inference import jobs as inference_jobs
-from explorer.scheduling import queue as scheduling
-from explorer.jobs import services
-from explorer.jobs import tasks
-from explorer.tokenizers import lab
 from explorer.accounts.models import Membership
+from explorer.inference import jobs as inference_jobs
+from explorer.jobs import services, tasks
 from explorer.jobs.models import Job
+from explorer.scheduling import queue as scheduling
+from explorer.tokenizers import lab
 from explorer.tokenizers.models import Tokenizer
 from tests.conftest import make_user
 

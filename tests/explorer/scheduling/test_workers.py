@@ -7,10 +7,10 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
-from explorer.jobs import services
-from explorer.scheduling import workers
 from explorer.accounts.models import Membership
+from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.scheduling import workers
 from explorer.scheduling.models import Worker
 from tests.conftest import make_user
 

@@ -7,9 +7,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from explorer.jobs import services
+from explorer.jobs.models import Job
 from explorer.tokenizers import jobs as tokenizer_jobs
 from explorer.tokenizers import lab
-from explorer.jobs.models import Job
 from explorer.tokenizers.models import Tokenizer
 
 pytestmark = pytest.mark.django_db

@@ -1,7 +1,6 @@
 """GET /api/v1/jobs/{id}/attention/region: detail of a long input's attention maps, recomputed
 from the job's checkpoint on the event's own input, scoped to the job's team."""
 import base64
-
 import shutil
 
 import pytest

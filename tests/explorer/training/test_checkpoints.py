@@ -11,9 +11,9 @@ import torch
 from django.test import Client
 
 import engine
-from explorer.training import checkpoints
 from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.training import checkpoints
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
