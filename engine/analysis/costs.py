@@ -7,7 +7,8 @@ keystroke, at any size. Parameter counts come from each component's ``num_params
 FLOPs per token follow Kaplan et al. 2020 (§2.1) and PaLM (Chowdhery et al. 2022, app. B):
 a forward pass costs 2 FLOPs per weight of every matmul a token goes through (the blocks'
 projections, for MoE only the router, its top_k experts and the shared one, and the LM head;
-embedding lookups are free) plus attention's QKᵀ and AV, 4·n_embd per key a query sees, i.e.
+embedding lookups are free) plus attention's QKᵀ and AV, 4·n_embd per key a query sees
+(4·n_head·head_dim with an explicit ``head_dim``; the same below), i.e.
 4·n_embd·K̄ per layer where K̄ is the mean number of keys a query at context T attends to,
 counted exactly from the pattern's mask (full causal: (T+1)/2; sliding: ≤ window; ...). Linear
 attention has no scores: 4·n_embd·head_dim + 4·n_embd per layer, independent of T. Every
