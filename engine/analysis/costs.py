@@ -7,7 +7,8 @@ keystroke, at any size. Parameter counts come from each component's ``num_params
 FLOPs per token follow Kaplan et al. 2020 (§2.1) and PaLM (Chowdhery et al. 2022, app. B):
 a forward pass costs 2 FLOPs per weight of every matmul a token goes through (the blocks'
 projections, for MoE only the router, its top_k experts and the shared one, and the LM head;
-embedding lookups are free) plus attention's QKᵀ and AV, 4·n_embd per key a query sees, i.e.
+embedding lookups are free) plus attention's QKᵀ and AV, 4·n_embd per key a query sees
+(4·n_head·head_dim with an explicit ``head_dim``; the same below), i.e.
 4·n_embd·K̄ per layer where K̄ is the mean number of keys a query at context T attends to,
 counted exactly from the pattern's mask (full causal: (T+1)/2; sliding: ≤ window; ...). Linear
 attention has no scores: 4·n_embd·head_dim + 4·n_embd per layer, independent of T. Every
@@ -104,7 +105,7 @@ def _analyze(cfg: ModelConfig, *, vocab_size, batch_size, seq_len, dtype, optimi
     kind = _lookup(ATTENTIONS, cfg.attention, "attention")
     placement = _lookup(NORM_PLACEMENTS, cfg.norm_placement, "norm_placement")
     n_kv = cfg.n_kv_head or a
-    hs = d // a
+    hs, ad = cfg.head_size, cfg.attention_width  # the heads side by side: ad = n_head · hs (= d by default)
     kv_dim = n_kv * hs
     scores = kind.has_scores  # a softmax over a score matrix (linear attention has none)
 
@@ -143,7 +144,8 @@ def _analyze(cfg: ModelConfig, *, vocab_size, batch_size, seq_len, dtype, optimi
     hidden = ffn.hidden_dim(cfg)
     ffn_mats = [(ffn.n_proj - 1, hidden, d), (1, d, hidden)]
     n_ffn = (n_blocks - n_moe) + n_moe * (cfg.n_expert + int(cfg.shared_expert))
-    block_mats = [(2 * (n_blocks + n_cross), d, d), (2 * (n_blocks + n_cross), kv_dim, d)]
+    n_attn = n_blocks + n_cross  # q_proj (ad × d), o_proj (d × ad), k_proj and v_proj (kv_dim × d) each
+    block_mats = [(n_attn, ad, d), (n_attn, d, ad), (2 * n_attn, kv_dim, d)]
     block_mats += [(n * n_ffn, r, c) for n, r, c in ffn_mats]
     other_mats = [(1, vocab, d), (int(head > 0 and cfg.family != "encoder"), vocab, d), (n_moe, cfg.n_expert, d)]
     block_elems = sum(n * r * c for n, r, c in block_mats)
@@ -151,7 +153,7 @@ def _analyze(cfg: ModelConfig, *, vocab_size, batch_size, seq_len, dtype, optimi
     # ---- FLOPs
     ffn_matmul = ffn.n_proj * d * hidden
     moe_matmul = router + (top_k + int(cfg.shared_expert)) * ffn_matmul
-    self_attn_matmul = 2 * d * d + 2 * d * kv_dim
+    self_attn_matmul = 2 * d * ad + 2 * d * kv_dim
     matmul = (n_blocks + n_cross) * self_attn_matmul + (n_blocks - n_moe) * ffn_matmul
     matmul += n_moe * moe_matmul + d * vocab  # the head multiplies even when tied
     if cfg.family == "encoder":
@@ -172,12 +174,12 @@ def _analyze(cfg: ModelConfig, *, vocab_size, batch_size, seq_len, dtype, optimi
         # a symmetric pattern sees the causal keys on both sides, the query once: 2·K̄ − 1 keys
         both = kind.flops_per_token(cfg, t, causal=False)
         # the encoder's layers; a decoder's causal ones and its cross-attention to all t inputs
-        attention_total = n_layer * both + n_cross * (attention_flops + 4 * d * t)
-        executed_total = n_layer * executed_symmetric + n_cross * (executed_causal + 4 * d * t)
+        attention_total = n_layer * both + n_cross * (attention_flops + 4 * ad * t)
+        executed_total = n_layer * executed_symmetric + n_cross * (executed_causal + 4 * ad * t)
         # decoding runs the decoder stack only, over the encoder's t outputs
         encoder_matmul = n_layer * self_attn_matmul + (n_layer - n_moe_first) * ffn_matmul + n_moe_first * moe_matmul
         decode_matmul = matmul - encoder_matmul
-        decode_attn_total = n_cross * (decode_attention + 4 * d * t)
+        decode_attn_total = n_cross * (decode_attention + 4 * ad * t)
     per_token_forward = 2 * matmul + attention_total
     per_token_train = 3 * per_token_forward
     passes = 4 if checkpointing else 3  # checkpointing runs every block's forward a second time
@@ -186,6 +188,7 @@ def _analyze(cfg: ModelConfig, *, vocab_size, batch_size, seq_len, dtype, optimi
     # ---- training memory
     # activations are linear in the batch: count them per sequence (in elements of ``dtype``)
     st, kv_st = t * d, t * kv_dim  # one sequence's (T, C) tensor, and its k (or v)
+    at = t * ad  # its q, or the heads' output o_proj reads (= st unless head_dim is set)
     # every softmax pattern here still materialises the masked T×T scores; linear attention keeps
     # per-chunk states (hs² per C positions) and (C, C) products instead
     attn_matrix, extra = kind.saved_activations(cfg, t)
@@ -194,16 +197,17 @@ def _analyze(cfg: ModelConfig, *, vocab_size, batch_size, seq_len, dtype, optimi
     # a soft-cap keeps the scores and their tanh; ALiBi its biased scores
     square_extra = square * (2 * bool(cfg.attn_softcap) + (cfg.position == "alibi"))
     if cfg.position == "rope":  # the rotated halves of q and k
-        extra += st + kv_st
+        extra += at + kv_st
     if cfg.qk_norm:
-        extra += 2 * (st + kv_st)
+        extra += 2 * (at + kv_st)
     dropout = cfg.dropout > 0
     # autocast runs norms in fp32 (layer_norm is on its fp32 list; the residual stream they read
     # stays fp32, and an RMSNorm written as separate ops computes in its input's dtype)
     norm_bpe = 4
-    # per layer: its norms' saved tensors (as bytes); q/k/v input, q, k, v, o_proj input (5); the FFN's input
+    # per layer: its norms' saved tensors (as bytes); the q/k/v input and the FFN's (st each); q, k, v
+    # and the o_proj input (at each, at the query heads' width)
     norm_bytes = st * 2 * placement.n_norms * norm.n_saved * norm_bpe
-    layer_elems = st * (5 + 1) + extra
+    layer_elems = st * 2 + at * 4 + extra
     # the softmax output's dropped-out copy and the soft-cap's/ALiBi's scores
     attn_elems = (attn_matrix if dropout_attn else 0) + square_extra
     # the softmax output (linear attention: its states) is fp32 under autocast too: the eager
@@ -286,7 +290,7 @@ def _analyze(cfg: ModelConfig, *, vocab_size, batch_size, seq_len, dtype, optimi
     # a forward's transient peak: the residual, norm output, q, k, v, attention output and the
     # scores with their softmax (or a fused kernel's logsumexp); or the FFN's hidden tensors
     score_bytes = a * t * 4 if flash and scores else (2 * square * bpe if scores else attn_matrix * 4)
-    attn_ws = (4 * st + 2 * kv_st) * bpe + score_bytes
+    attn_ws = (2 * st + 2 * at + 2 * kv_st) * bpe + score_bytes
     ffn_ws = (3 * st + ffn.n_proj * hidden * t) * bpe
     logits = t * vocab * bpe
     infer_activations = int(b * (max(attn_ws, ffn_ws) + logits))
@@ -337,7 +341,7 @@ def _analyze(cfg: ModelConfig, *, vocab_size, batch_size, seq_len, dtype, optimi
         "kv_cache": kv_per_token * kv_tokens,
     }
     if formulas:
-        report["formulas"] = _formulas(report, cfg, d=d, hs=hs, n_kv=n_kv, t=t, b=b, bpe=bpe, vocab=vocab,
+        report["formulas"] = _formulas(report, cfg, d=d, ad=ad, hs=hs, n_kv=n_kv, t=t, b=b, bpe=bpe, vocab=vocab,
                                        matmul=matmul, n_kv_layers=n_kv_layers, state_bytes=state_bytes,
                                        passes=passes, quant=quant, block_elems=block_elems, last_keys=last_keys,
                                        kind=kind)
@@ -351,10 +355,11 @@ def _n(x) -> str:
     return f"{int(x):,}"
 
 
-def _formulas(r: dict, cfg, *, d, hs, n_kv, t, b, bpe, vocab, matmul, n_kv_layers, state_bytes, passes,
+def _formulas(r: dict, cfg, *, d, ad, hs, n_kv, t, b, bpe, vocab, matmul, n_kv_layers, state_bytes, passes,
               quant, block_elems, last_keys, kind) -> dict:
     """term -> "symbols = numbers = result" for the UI's footnotes."""
     p, fl, m, s = r["params"], r["flops"], r["memory"], r["settings"]
+    w = "d" if ad == d else "n_head·head_dim"  # the width a query and a key meet at
     inf, gpu = m["inference"], m["train_per_gpu"]
     n, kv_t, stage = s["n_gpus"], s["kv_cache_tokens"], SHARDINGS[s["sharding"]] if s["n_gpus"] > 1 else 0
     fwd, attn = fl["per_token_forward"], fl["per_token_forward"] - 2 * matmul
@@ -382,16 +387,20 @@ def _formulas(r: dict, cfg, *, d, hs, n_kv, t, b, bpe, vocab, matmul, n_kv_layer
     f = {
         "params.total": " + ".join(parts) + " = " + " + ".join(_n(p[k]) for k in parts) + f" = {_n(p['total'])}",
         "params.attention": f"n_blocks × (2·d² + 2·d·n_kv_head·head_dim [+ biases, qk-norm]), d = {d}, "
-                            f"n_kv_head = {n_kv}, head_dim = {hs}: {_n(p['attention'])}",
+                            f"n_kv_head = {n_kv}, head_dim = {hs}: {_n(p['attention'])}" if ad == d else
+                            f"n_blocks × (2·d·n_head·head_dim + 2·d·n_kv_head·head_dim [+ biases, qk-norm]), "
+                            f"d = {d}, n_head = {cfg.n_head}, n_kv_head = {n_kv}, head_dim = {hs}: "
+                            f"{_n(p['attention'])}",
         "params.embedding": f"vocab × d = {_n(vocab)} × {d} = {_n(vocab * d)}",
         "params.ffn": f"dense layers × FFN + MoE layers × (router + experts × FFN) = {_n(p['ffn'])}",
         "params.head": head,
         "params.active": f"total − the experts a token is not routed to = {_n(p['active'])}",
-        "flops.attention_per_token_layer": f"4 × d × K̄ = 4 × {d} × {_n(fl['attention_per_token_layer'] / (4 * d))} "
+        "flops.attention_per_token_layer": f"4 × {w} × K̄ = 4 × {ad} × "
+                                           f"{_n(fl['attention_per_token_layer'] / (4 * ad))} "
                                            f"= {_n(fl['attention_per_token_layer'])} "
                                            f"(K̄: the mean keys a query sees at T = {_n(t)})",
         "flops.executed_attention_per_token_layer":
-            f"4 × d × T = 4 × {d} × {_n(t)} = {_n(fl['executed_attention_per_token_layer'])} (every score of T×T)"
+            f"4 × {w} × T = 4 × {ad} × {_n(t)} = {_n(fl['executed_attention_per_token_layer'])} (every score of T×T)"
             if kind.executed_formula is None else
             f"{kind.executed_formula}: {_n(fl['executed_attention_per_token_layer'])}",
         "flops.per_token_forward": f"2 × N_matmul + attention = 2 × {_n(matmul)} + {_n(attn)} = {_n(fwd)}",
@@ -434,7 +443,7 @@ def _formulas(r: dict, cfg, *, d, hs, n_kv, t, b, bpe, vocab, matmul, n_kv_layer
                                   f"{_n(inf['kv_cache'])} + {_n(inf['activations'])} = {_n(inf['total'])} B",
     }
     if fl["per_token_decode"] is not None:
-        keys = kind.decode_formula if last_keys is None else f"4 × d × {_n(last_keys)} keys"
+        keys = kind.decode_formula if last_keys is None else f"4 × {w} × {_n(last_keys)} keys"
         f["flops.per_token_decode"] = (f"2 × N_matmul (the generating stack) + n_layer × {keys} = "
                                        f"{_n(fl['per_token_decode'])}")
     return f

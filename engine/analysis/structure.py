@@ -35,7 +35,7 @@ def _position(config, t: int) -> dict:
     kind = config.position
     pos = torch.arange(t)
     if kind == "rope":
-        dim = config.n_embd // config.n_head
+        dim = config.head_size
         inv_freq, _ = ROPE_SCALINGS[config.rope_scaling](config, dim)
         phase = pos[:, None].float() * inv_freq[None, :].float()  # (T, dim/2): angle of each pair
         return {"kind": kind, "title": "RoPE: cos(position × frequency) per dimension pair",

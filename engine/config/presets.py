@@ -11,8 +11,8 @@ Training-only fields keep our defaults; a preset sets dropout to the published v
 
 Left out, since the engine cannot express them exactly:
 - Qwen2: biases on q, k and v but none on o_proj (our ``bias`` is one switch);
-- Gemma: embeddings scaled by √width, RMSNorm gains stored as (1 + w), and Gemma-7B's
-  16 heads × 256 ≠ its 3072 width (ours needs head size = width / heads);
+- Gemma: embeddings scaled by √width and RMSNorm gains stored as (1 + w) (its 16 heads × 256
+  in a 3072 width are expressible, as Mistral-NeMo's ``head_dim``);
 - Llama 3.1's "llama3" RoPE frequency scaling (its 128K context): the 405B preset is the model
   at its 8K pre-training context, the same parameters.
 """
@@ -117,6 +117,11 @@ PRESETS = {
     "mixtral-8x22b": Preset(_mixtral(56, 48, 6144, 16384, block_size=65536, vocab_size=32768,
                                      aux_loss_coef=0.001), "Mixtral 8x22B: 141B parameters, 39B active per token",
                             "Mistral AI 2024; huggingface.co/mistralai/Mixtral-8x22B-v0.1"),
+    # heads of 128 in a 5120 stream: q_proj and o_proj are 4096 × 5120, not square
+    "mistral-nemo-12b": Preset(_llama(40, 32, 5120, 14336, n_kv_head=8, head_dim=128, block_size=128000,
+                                      vocab_size=131072, rope_theta=1e6), "Mistral-NeMo 12B, heads of 128 in a "
+                               "5120 width, 128K context",
+                               "Mistral AI and NVIDIA 2024; huggingface.co/mistralai/Mistral-Nemo-Base-2407"),
     # Phi-3's fused qkv_proj and gate_up_proj are only storage: the maths is Mistral's
     "phi-3-mini": Preset(_llama(32, 32, 3072, 8192, vocab_size=32064, attention="sliding", window=2047),
                          "Phi-3-mini-4k, 3.8B, 2047-token sliding window",

@@ -151,13 +151,19 @@ class ModelConfig(Section):
         3.0, "Mean span length",
         "Span corruption on text: mean length of a hidden span (T5: 3); longer spans, fewer sentinels, a harder "
         "task; no cost difference.", min=1.0, max=64.0, step=0.5, show_if=ENCODER_DECODER)
-    n_head: int = integer(4, "Heads", "Attention heads per block; must divide the width.", min=1, max=64)
+    n_head: int = integer(4, "Heads", "Attention heads per block; must divide the width unless the head size is "
+                          "set.", min=1, max=64)
     n_kv_head: int | None = integer(
         None, "Key/value heads",
         "Heads of keys and values, shared by groups of query heads (empty = one per head; 1 = multi-query): "
         "fewer shrink the KV cache and k/v projections by n_head / n_kv_head, at some quality.",
         min=1, max=64, optional=True)
     n_embd: int = integer(128, "Width", "Width of the residual stream (d_model).", min=1, max=4096)
+    head_dim: int | None = integer(
+        None, "Head size",
+        "Width of each attention head (empty = width / heads); set, the heads side by side are n_head × head_dim "
+        "wide, which need not equal the width (Mistral-NeMo: 32 × 128 in a 5120 stream; Gemma, Qwen3). q, k, v, "
+        "o and the KV cache grow linearly with it.", min=1, max=1024, optional=True)
     block_size: int = integer(64, "Context length", "Longest sequence the model reads, in tokens.", min=1, max=8192)
     dropout: float = number(0.0, "Dropout", "Dropout rate on attention weights and residual branches; 0 is off.",
                             min=0.0, max=1.0, max_open=True, step=0.05)
@@ -278,6 +284,17 @@ class ModelConfig(Section):
     n_token_type: int = integer(0, "Token types", "BERT's segment embeddings (encoder only; the engine uses "
                                 "type 0); set by checkpoint imports such as all-MiniLM-L6-v2.", min=0, max=16,
                                 form=False)
+
+    @property
+    def head_size(self) -> int:
+        """Each attention head's width: ``head_dim``, or n_embd / n_head when it is not set."""
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def attention_width(self) -> int:
+        """The heads side by side, what q_proj writes and o_proj reads: n_head × head_dim, or
+        n_embd when ``head_dim`` is not set."""
+        return self.n_head * self.head_dim if self.head_dim else self.n_embd
 
 
 @dataclass
@@ -506,15 +523,15 @@ def _cross_checks(section: str, cfg, bad: set[str]) -> dict[str, str]:
 
 def _model_checks(cfg: ModelConfig, ok) -> dict[str, str]:
     errors = {}
-    if ok("n_head", "n_embd") and cfg.n_embd % cfg.n_head:
+    if ok("n_head", "n_embd", "head_dim") and not cfg.head_dim and cfg.n_embd % cfg.n_head:
         errors["n_head"] = f"n_head ({cfg.n_head}) must divide n_embd ({cfg.n_embd})"
     if ok("n_kv_head", "n_head") and cfg.n_kv_head is not None and cfg.n_head % cfg.n_kv_head:
         errors["n_kv_head"] = f"n_kv_head ({cfg.n_kv_head}) must divide n_head ({cfg.n_head})"
-    if ok("position", "n_head", "n_embd") and cfg.position == "rope" and "n_head" not in errors:
-        head_dim = cfg.n_embd // cfg.n_head
-        if head_dim % 2:
-            errors["position"] = (f"position 'rope' rotates pairs of dimensions, so the head size "
-                                  f"n_embd / n_head ({head_dim}) must be even")
+    if ok("position", "n_head", "n_embd", "head_dim") and cfg.position == "rope" and "n_head" not in errors:
+        if cfg.head_size % 2:
+            size = f"head_dim ({cfg.head_dim})" if cfg.head_dim else f"n_embd / n_head ({cfg.head_size})"
+            errors["head_dim" if cfg.head_dim else "position"] = (
+                f"position 'rope' rotates pairs of dimensions, so the head size {size} must be even")
     if ok("position", "attention") and cfg.position in ("alibi", "t5_relative") \
             and not resolve(ATTENTIONS)[cfg.attention].has_scores:
         errors["position"] = f"position {cfg.position!r} biases attention scores, which attention " \
@@ -590,7 +607,8 @@ def _parse_section(cls: type[Section], d, check_values: bool = True,
 # still shows, last, under "Other" (tests/engine/config/test_config.py asserts there is none).
 FIELD_GROUPS = {
     "model": {
-        "Shape": ("family", "n_layer", "n_decoder_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout",
+        "Shape": ("family", "n_layer", "n_decoder_layer", "n_head", "n_kv_head", "n_embd", "head_dim", "block_size",
+                  "dropout",
                   "bias",
                   "tie_embeddings"),
         "Attention": ("attention", "window", "dilation", "sparse_block", "sparse_stride", "feature_map", "qk_norm",

@@ -68,6 +68,7 @@ class Bert:
     @staticmethod
     def problems(cfg) -> list[str]:
         p = _plain_problems(cfg, "encoder")
+        _need(cfg, "head_dim", (None, cfg.n_embd // cfg.n_head), p, "BERT's heads split the width")
         _need(cfg, "norm_placement", "post", p)
         _need(cfg, "norm", "layernorm", p)
         _need(cfg, "position", "learned", p)
@@ -179,7 +180,7 @@ class T5:
     @staticmethod
     def hf_config(cfg) -> dict:
         return dict(
-            vocab_size=cfg.vocab_size, d_model=cfg.n_embd, d_kv=cfg.n_embd // cfg.n_head,
+            vocab_size=cfg.vocab_size, d_model=cfg.n_embd, d_kv=cfg.head_size,
             d_ff=FFNS[cfg.ffn].hidden_dim(cfg), num_layers=cfg.n_layer, num_decoder_layers=n_decoder_layer(cfg),
             num_heads=cfg.n_head, relative_attention_num_buckets=cfg.relative_attention_num_buckets,
             relative_attention_max_distance=cfg.relative_attention_max_distance, dropout_rate=cfg.dropout,
@@ -193,9 +194,6 @@ class T5:
         if hf.feed_forward_proj not in ffns:
             raise ValueError(f"T5 feed_forward_proj {hf.feed_forward_proj!r} is not supported; "
                              f"choose from {list(ffns)}")
-        if hf.d_kv * hf.num_heads != hf.d_model:
-            raise ValueError(f"d_kv {hf.d_kv} x {hf.num_heads} heads != d_model {hf.d_model}; "
-                             "ours needs head size = width / heads")
         cfg = dict(family="encoder_decoder", n_layer=hf.num_layers, n_head=hf.num_heads, n_embd=hf.d_model,
                    block_size=512, vocab_size=hf.vocab_size, dropout=float(hf.dropout_rate), bias=False,
                    norm="rmsnorm", norm_placement="pre", norm_eps=float(hf.layer_norm_epsilon),
@@ -204,6 +202,7 @@ class T5:
                    tie_embeddings=bool(getattr(hf, "scale_decoder_outputs", hf.tie_word_embeddings)))
         n_dec = hf.num_decoder_layers or hf.num_layers
         cfg["n_decoder_layer"] = None if n_dec == hf.num_layers else n_dec
+        cfg["head_dim"] = None if hf.d_kv * hf.num_heads == hf.d_model else hf.d_kv  # T5-v1.1 XL: 32 × 64 ≠ 2048
         cfg.update(_ffn_width(cfg, hf.d_ff))
         return cfg
 
@@ -216,7 +215,7 @@ class T5:
     @staticmethod
     def _attention(cfg, hf: str, us: str) -> list[Tensor]:
         # ours divides q·k by √head_size, T5 does not: our q is T5's times √head_size
-        root = math.sqrt(cfg.n_embd // cfg.n_head)
+        root = math.sqrt(cfg.head_size)
         return [ScaledTensor(f"{hf}q.weight", (f"{us}q_proj.weight",), scale=root)] + [
             Tensor(f"{hf}{n}.weight", (f"{us}{n}_proj.weight",)) for n in ("k", "v", "o")]
 

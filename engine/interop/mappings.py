@@ -114,6 +114,7 @@ class GPT2:
         _need(cfg, "bias", True, p, "Conv1D always has a bias")
         _need(cfg, "attention", "full", p)
         _need(cfg, "n_kv_head", (None, cfg.n_head), p)
+        _need(cfg, "head_dim", (None, cfg.n_embd // cfg.n_head), p, "GPT-2's heads split the width")
         _need(cfg, "n_expert", 0, p)
         return p
 
@@ -213,7 +214,8 @@ class Llama:
         d = dict(
             vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=FFNS[cfg.ffn].hidden_dim(cfg),
             num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
-            num_key_value_heads=cfg.n_kv_head or cfg.n_head, max_position_embeddings=cfg.block_size,
+            num_key_value_heads=cfg.n_kv_head or cfg.n_head, head_dim=cfg.head_size,
+            max_position_embeddings=cfg.block_size,
             rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings, rope_parameters=rope,
             attention_dropout=cfg.dropout, hidden_act="silu", bos_token_id=None, eos_token_id=None,
         )
@@ -225,10 +227,6 @@ class Llama:
     def engine_config(cls, hf) -> dict:
         if hf.hidden_act != "silu":
             raise ValueError(f"{cls.model_type} hidden_act {hf.hidden_act!r} is not supported; choose from ['silu']")
-        head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
-        if head_dim * hf.num_attention_heads != hf.hidden_size:
-            raise ValueError(f"head_dim {head_dim} x {hf.num_attention_heads} heads != hidden_size "
-                             f"{hf.hidden_size}; ours needs head size = width / heads")
         rope = dict(hf.rope_parameters or {})
         names = {v: k for k, v in ROPE_TYPES.items()}
         if rope.get("rope_type", "default") not in names:
@@ -253,6 +251,9 @@ class Llama:
                    norm_eps=float(hf.rms_norm_eps))
         kv = hf.num_key_value_heads
         cfg["n_kv_head"] = None if kv in (None, hf.num_attention_heads) else kv
+        # an explicit head size (Mistral-NeMo: 32 heads of 128 in a 5120 stream) only when it is not the default
+        head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+        cfg["head_dim"] = None if head_dim * hf.num_attention_heads == hf.hidden_size else head_dim
         if scaling != "none":
             cfg["rope_factor"] = float(rope["factor"])
         if scaling == "yarn":

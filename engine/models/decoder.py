@@ -150,7 +150,7 @@ class Decoder(nn.Module):
         arithmetic of ``forward`` for the ``_lean_decoding`` case, calling the parts' ``forward``
         directly. At batch 1 a step's time is mostly Python and dispatch, not arithmetic, and
         this path does a third less of it (``bench/decode.py``); tests check it equals ``forward``."""
-        b, c = idx.size(0), self.config.n_embd
+        b = idx.size(0)
         x = self.wpe.forward(F.embedding(idx, self.wte.weight), pos)  # (B, 1, C)
         rope = self.wpe.rotary(pos, 1, idx.device)
         for block in self.h:
@@ -166,7 +166,7 @@ class Decoder(nn.Module):
             # become that head's rows of queries (B, n_kv, n_rep, hs): GQA as plain attention, and
             # the output is already in (B, C) order
             y = F.scaled_dot_product_attention(q.reshape(b, n_kv, nh // n_kv, hs), k, v)  # (B, n_kv, n_rep, hs)
-            x = x + a.o_proj.forward(y.reshape(b, 1, c))
+            x = x + a.o_proj.forward(y.reshape(b, 1, nh * hs))
             x = x + block.mlp.forward(block.ln_2.forward(x))
         return self.lm_head.forward(self.ln_f.forward(x))
 

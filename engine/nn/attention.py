@@ -270,10 +270,11 @@ class MaskedAttention(AttentionKind):
 
     @classmethod
     def flops_per_token(cls, config, t, *, causal=True):
-        """2 FLOPs per multiply-add, hs per key and head for q kᵀ and again for weights·v: 4·n_embd·K̄;
-        a bidirectional pattern sees the causal keys on both sides and itself once, 2·K̄ − 1."""
+        """2 FLOPs per multiply-add, hs per key and head for q kᵀ and again for weights·v: 4·n_head·hs·K̄
+        (4·n_embd·K̄ unless ``head_dim`` is set); a bidirectional pattern sees the causal keys on both
+        sides and itself once, 2·K̄ − 1."""
         keys = cls.mean_keys(config, t)
-        return 4 * config.n_embd * (keys if causal else 2 * keys - 1)
+        return 4 * config.attention_width * (keys if causal else 2 * keys - 1)
 
     @classmethod
     def decode_keys(cls, config, t):
@@ -282,12 +283,12 @@ class MaskedAttention(AttentionKind):
 
     @classmethod
     def decode_flops_per_token(cls, config, t):
-        return 4 * config.n_embd * cls.decode_keys(config, t)
+        return 4 * config.attention_width * cls.decode_keys(config, t)
 
     @classmethod
     def executed_flops_per_token(cls, config, t, *, causal=True):
         # SDPA and the eager path score every key of the T×T matrix and mask afterwards
-        return 4 * config.n_embd * t
+        return 4 * config.attention_width * t
 
     @classmethod
     def saved_activations(cls, config, t):
@@ -521,29 +522,29 @@ class LinearAttention(AttentionKind):
         """Per token and head: φ(k) vᵀ into the chunk state and φ(q)·S, hs² multiply-adds each,
         and the in-chunk products φ(q)·φ(k) and weights·v, about C/2 keys of hs each (counted the
         same way for the bidirectional, one-state form)."""
-        hs = config.n_embd // config.n_head
+        w, hs = config.attention_width, config.head_size
         c = min(cls.chunk, t)
-        return 4 * config.n_embd * hs + 4 * config.n_embd * (c + 1) / 2
+        return 4 * w * hs + 4 * w * (c + 1) / 2
 
     @classmethod
     def decode_flops_per_token(cls, config, t):
         # decodes recurrently: the state update φ(k)vᵀ and φ(q)·S, hs² each, and z
-        d = config.n_embd
-        return 4 * d * (d // config.n_head) + 4 * d
+        w = config.attention_width
+        return 4 * w * config.head_size + 4 * w
 
     @classmethod
     def executed_flops_per_token(cls, config, t, *, causal=True):
-        d, hs = config.n_embd, config.n_embd // config.n_head
+        d, hs = config.attention_width, config.head_size
         if not causal:
-            return 4 * d * hs + 2 * d  # one global state; φ(q)·z adds 2·n_embd
+            return 4 * d * hs + 2 * d  # one global state; φ(q)·z adds 2·n_head·hs
         c = min(cls.chunk, t)
         return (4 * d * hs + 4 * d * c + 2 * d) * (-(-t // c) * c) / t  # the chunked products, last chunk padded
 
     @classmethod
     def saved_activations(cls, config, t):
         # no T×T matrix: per-chunk states (hs² per C positions) and (C, C) products; feature maps
-        hs, c = config.n_embd // config.n_head, min(cls.chunk, t)
-        return config.n_head * -(-t // c) * c * (3 * hs**2 // c + 2 * c), 6 * t * config.n_embd
+        hs, c = config.head_size, min(cls.chunk, t)
+        return config.n_head * -(-t // c) * c * (3 * hs**2 // c + 2 * c), 6 * t * config.attention_width
 
 
 # ---------------------------------------------------------------------------- the module
@@ -557,13 +558,14 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.n_kv_head = config.n_kv_head or config.n_head
-        self.head_dim = config.n_embd // config.n_head
-        kv_dim = self.n_kv_head * self.head_dim
-        # separate projections rather than nanoGPT's fused c_attn, so names match HF checkpoints
-        self.q_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.head_dim = config.head_size
+        width, kv_dim = config.attention_width, self.n_kv_head * self.head_dim
+        # separate projections rather than nanoGPT's fused c_attn, so names match HF checkpoints;
+        # the heads are n_head × head_dim wide, the residual stream's width unless head_dim is set
+        self.q_proj = Linear(config.n_embd, width, bias=config.bias)
         self.k_proj = Linear(config.n_embd, kv_dim, bias=config.bias)
         self.v_proj = Linear(config.n_embd, kv_dim, bias=config.bias)
-        self.o_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.o_proj = Linear(width, config.n_embd, bias=config.bias)
         if config.qk_norm:  # per head, before RoPE (OLMo 2, Gemma 3, Qwen 3): bounds the logits
             self.q_norm = RMSNorm(self.head_dim, bias=False, eps=config.norm_eps)
             self.k_norm = RMSNorm(self.head_dim, bias=False, eps=config.norm_eps)
@@ -584,7 +586,7 @@ class CausalSelfAttention(nn.Module):
         cache: KVCache | None = None,
         start_pos: int = 0,
     ) -> torch.Tensor:
-        b, t, c = x.size()
+        b, t, _ = x.size()
         hs, nh, n_kv = self.head_dim, self.n_head, self.n_kv_head
         if torch.is_grad_enabled():
             # three matmuls when training: as fast as one at these sizes, and one would make autograd
@@ -614,7 +616,7 @@ class CausalSelfAttention(nn.Module):
         )  # (B, nh, T, hs)
         if weights is not None:
             self.capture(self.layer_idx, weights)
-        y = y.transpose(1, 2).contiguous().view(b, t, c)  # re-assemble heads side by side
+        y = y.transpose(1, 2).contiguous().view(b, t, nh * hs)  # re-assemble heads side by side
         y = self.o_proj(y)
         return self.resid_dropout(y) if self.training else y  # a module call saved per decoding step
 
@@ -625,11 +627,11 @@ class CausalSelfAttention(nn.Module):
 
     @staticmethod
     def num_params(config: ModelConfig) -> int:
-        d = config.n_embd
-        kv = (config.n_kv_head or config.n_head) * (d // config.n_head)
-        weights = 2 * d * d + 2 * d * kv
-        biases = 2 * d + 2 * kv if config.bias else 0
-        qk_norm = 2 * (d // config.n_head) if config.qk_norm else 0
+        d, width = config.n_embd, config.attention_width
+        kv = (config.n_kv_head or config.n_head) * config.head_size
+        weights = 2 * d * width + 2 * d * kv
+        biases = width + d + 2 * kv if config.bias else 0  # q_proj's and o_proj's, k_proj's and v_proj's
+        qk_norm = 2 * config.head_size if config.qk_norm else 0
         return weights + biases + qk_norm
 
 
@@ -645,7 +647,7 @@ class CrossAttention(CausalSelfAttention):
             self.pattern = FullAttention(config, causal=False)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        (b, t, c), s = x.size(), memory.size(1)
+        (b, t, _), s = x.size(), memory.size(1)
         hs = self.head_dim
         q = self.q_proj(x).view(b, t, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = self.k_proj(memory).view(b, s, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, S, hs)
@@ -657,7 +659,7 @@ class CrossAttention(CausalSelfAttention):
                                          need_weights=self.capture is not None)
         if self.capture is not None:
             self.capture(self.layer_idx, weights)  # (B, nh, T, S): decoder queries over encoder keys
-        y = y.transpose(1, 2).contiguous().view(b, t, c)  # (B, T, C)
+        y = y.transpose(1, 2).contiguous().view(b, t, self.n_head * hs)  # (B, T, nh·hs)
         return self.resid_dropout(self.o_proj(y))
 
 

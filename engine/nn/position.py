@@ -120,7 +120,7 @@ class RotaryPosition(Position):
 
     def __init__(self, config: ModelConfig, *, causal: bool = True):
         super().__init__(config, causal=causal)
-        dim = config.n_embd // config.n_head
+        dim = config.head_size
         inv_freq, self.attention_factor = ROPE_SCALINGS[config.rope_scaling](config, dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (dim/2,)
         self._table = None  # (cos, sin, the inv_freq they came from), filled by ``rotary``

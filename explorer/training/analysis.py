@@ -234,7 +234,8 @@ def _curves(cfg, analysis: dict) -> dict:
         "formulas": {
             "kv_cache": f"KV cache(T) = kv_cache_per_token × cached positions = {per_token:,} B × T"
                         + (f" ({'; '.join(bounded)})" if bounded else "") + "; one sequence",
-            "attention_flops": f"attention FLOPs/token(T) = {n_layers} layers × 4 · n_embd · K̄(T), "
+            "attention_flops": f"attention FLOPs/token(T) = {n_layers} layers × 4 · "
+                               f"{'n_head · head_dim' if cfg.head_dim else 'n_embd'} · K̄(T), "
                                "K̄ = mean keys a query sees (full: (T+1)/2; linear: constant)",
         },
         "note": "",

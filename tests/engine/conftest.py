@@ -71,6 +71,8 @@ def model_variants() -> list[dict]:
         {"attn_softcap": 5.0, "final_softcap": 3.0, "position": "alibi"},
         {"n_expert": 4, "top_k": 2, "capacity_factor": 0.0},
         {"n_expert": 3, "top_k": 1, "shared_expert": True, "moe_every": 2, "ffn": "swiglu", "capacity_factor": 0.0},
+        # an explicit head size: heads wider (4 × 12 = 48) or narrower (4 × 6 = 24) together than the width 32
+        {"head_dim": 12, "position": "rope", "n_kv_head": 2}, {"head_dim": 6, "qk_norm": True},
     ]
     return out
 

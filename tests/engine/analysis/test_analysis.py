@@ -177,6 +177,7 @@ FAMILY_VARIANTS = [
     {}, {"norm_placement": "post"}, {"norm_placement": "sandwich", "qk_norm": True}, {"position": "t5_relative"},
     {"tie_embeddings": False, "bias": False}, {"n_kv_head": 2, "ffn": "geglu", "ffn_hidden": 20},
     {"n_expert": 3, "top_k": 1, "moe_every": 2, "capacity_factor": 0.0, "shared_expert": True},
+    {"head_dim": 12, "n_kv_head": 2}, {"head_dim": 6, "attention": "linear"},
 ]
 
 

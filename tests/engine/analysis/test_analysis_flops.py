@@ -43,6 +43,7 @@ VARIANTS = {
     # dropless, so every token reaches its top_k experts exactly
     "moe": {"n_expert": 4, "top_k": 2, "capacity_factor": 0.0, "shared_expert": True},
     "untied": {"tie_embeddings": False, "ffn": "geglu", "ffn_hidden": 40},
+    "head_dim": {"head_dim": 12, "n_kv_head": 2, "position": "rope"},  # 4 heads of 12 in a 32 stream
 }
 
 

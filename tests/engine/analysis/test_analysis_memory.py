@@ -16,7 +16,8 @@ from engine.analysis.costs import OPTIMIZER_STATES, QUANTIZATIONS, SHARDINGS
 from .test_analysis import saved_activation_bytes
 
 
-@pytest.mark.parametrize("overrides", [{}, {"ffn": "swiglu", "norm": "rmsnorm", "n_kv_head": 2, "position": "rope"}])
+@pytest.mark.parametrize("overrides", [{}, {"ffn": "swiglu", "norm": "rmsnorm", "n_kv_head": 2, "position": "rope"},
+                                       {"head_dim": 12, "n_kv_head": 2}])
 def test_flash_estimate_matches_a_fused_kernel(overrides, tiny_config):
     """Plain causal attention through SDPA takes PyTorch's fused CPU kernel, which saves q, k, v,
     the output and a logsumexp per row: no T×T matrix, as ``flash_attention=True`` counts."""
@@ -94,8 +95,9 @@ def real_kv_bytes(cfg, b: int, t: int, dtype=torch.float32) -> int:
 
 
 @pytest.mark.parametrize("overrides", [{}, {"n_kv_head": 2}, {"n_kv_head": 1}, {"attention": "sliding", "window": 5},
-                                       {"attention": "sliding", "window": 5, "n_kv_head": 2, "position": "rope"}],
-                         ids=["mha", "gqa", "mqa", "sliding", "sliding-gqa"])
+                                       {"attention": "sliding", "window": 5, "n_kv_head": 2, "position": "rope"},
+                                       {"head_dim": 12, "n_kv_head": 2, "position": "rope"}],
+                         ids=["mha", "gqa", "mqa", "sliding", "sliding-gqa", "head_dim"])
 def test_kv_cache_equals_the_engine_cache(overrides, tiny_config):
     cfg = dataclasses.replace(tiny_config, **overrides)
     b, t = 3, cfg.block_size

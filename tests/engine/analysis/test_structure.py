@@ -32,3 +32,11 @@ def test_positions_and_any_size():
     big = structure(preset("llama-3-405b"), t=1000)  # t capped, nothing built
     assert big["t"] == 128 and len(big["mask"]["heads"][0]) == 128
     json.dumps(big, allow_nan=False)
+
+
+def test_rope_pairs_follow_the_head_size():
+    # 4 heads of 32 in a 128 stream: 16 pairs; with head_dim 48, 24 pairs (and Mistral-NeMo's 64)
+    assert len(structure(ModelConfig(position="rope", block_size=8), t=8)["position"]["matrix"][0]) == 16
+    wide = ModelConfig(position="rope", block_size=8, head_dim=48)
+    assert len(structure(wide, t=8)["position"]["matrix"][0]) == 24
+    assert len(structure(preset("mistral-nemo-12b"), t=8)["position"]["matrix"][0]) == 64

@@ -58,6 +58,38 @@ def test_n_head_must_divide_n_embd():
     assert errors_of({"model": {"n_head": 6, "n_embd": 128}}) == {"model.n_head": "n_head (6) must divide n_embd (128)"}
 
 
+def test_head_dim_lets_heads_not_divide_the_width():
+    # Mistral-NeMo's shape, scaled down: 6 heads of 16 in a 64 stream (6 does not divide 64)
+    spec = parse_spec({"model": {"n_head": 6, "n_kv_head": 2, "n_embd": 64, "head_dim": 16, "position": "rope"}})
+    assert spec.model.head_dim == 16
+    assert spec.model.head_size == 16 and spec.model.attention_width == 96
+
+
+def test_head_dim_defaults_to_width_over_heads():
+    cfg = ModelConfig(n_head=4, n_embd=128)
+    assert cfg.head_dim is None and cfg.head_size == 32 and cfg.attention_width == 128
+    # a spec saved before the field existed parses to the same config as one that says None
+    saved = {k: v for k, v in cfg.to_dict().items() if k != "head_dim"}
+    assert ModelConfig.from_dict(saved) == cfg == ModelConfig.from_dict(cfg.to_dict())
+    assert parse_spec({"model": saved}) == parse_spec({"model": {**saved, "head_dim": None}})
+
+
+@pytest.mark.parametrize("model,message", [
+    ({"head_dim": 0}, "head_dim must be ≥ 1 (got 0)"),
+    ({"head_dim": -8}, "head_dim must be ≥ 1 (got -8)"),
+    ({"head_dim": 2.5}, "head_dim must be a whole number (got 2.5)"),
+    ({"head_dim": 9, "position": "rope"},
+     "position 'rope' rotates pairs of dimensions, so the head size head_dim (9) must be even"),
+])
+def test_head_dim_is_checked(model, message):
+    assert errors_of({"model": model})["model.head_dim"] == message
+
+
+def test_head_dim_is_in_the_form():
+    spec = {s["name"]: s for s in field_specs()}["model.head_dim"]
+    assert spec["group"] == "Shape" and spec["type"] == "int" and spec["default"] is None and spec["min"] == 1
+
+
 @pytest.mark.parametrize(
     "section,key",
     [("model", "n_layer"), ("model", "n_head"), ("model", "n_embd"), ("model", "block_size"),

@@ -121,7 +121,6 @@ def llama_dict(**kw) -> dict:
      r"rope_type 'dynamic' is not supported; choose from \['default', 'linear', 'yarn'\]"),
     (llama_dict(hidden_act="gelu"), r"hidden_act 'gelu' is not supported; choose from \['silu'\]"),
     (llama_dict(attention_bias=True), r"attention_bias and mlp_bias must be equal"),
-    (llama_dict(head_dim=64, num_attention_heads=16), r"head_dim 64 x 16 heads != hidden_size 4096"),
     ({"model_type": "gpt2", "activation_function": "relu"}, r"GPT-2 activation 'relu' is not supported"),
     ({"model_type": "bert", "position_embedding_type": "relative_key"},
      r"position_embedding_type 'relative_key' is not supported; choose from \['absolute'\]"),
@@ -146,6 +145,35 @@ def test_config_from_hf_reads_a_real_config_json():
         "sliding_window": 4096, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
         "transformers_version": "4.34.0.dev0", "use_cache": True, "vocab_size": 32000})
     assert cfg == preset("mistral-7b")
+
+
+# Mistral-NeMo-Base-2407's config.json, as published: 32 heads of 128 in a 5120 stream
+NEMO = {
+    "architectures": ["MistralForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2,
+    "head_dim": 128, "hidden_act": "silu", "hidden_size": 5120, "initializer_range": 0.02,
+    "intermediate_size": 14336, "max_position_embeddings": 128000, "model_type": "mistral",
+    "num_attention_heads": 32, "num_hidden_layers": 40, "num_key_value_heads": 8, "rms_norm_eps": 1e-05,
+    "rope_theta": 1000000.0, "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    "transformers_version": "4.42.0.dev0", "use_cache": True, "vocab_size": 131072}
+
+
+def test_config_from_hf_reads_an_explicit_head_size():
+    """Issue 14, defect 7: a head size other than width / heads was refused ("ours needs head size
+    = width / heads"); now it is the config's ``head_dim``, and the counts are transformers'."""
+    cfg = config_from_hf(NEMO)
+    assert cfg == preset("mistral-nemo-12b")
+    assert (cfg.head_dim, cfg.head_size, cfg.attention_width, cfg.n_embd) == (128, 128, 4096, 5120)
+    report = analyze(cfg)
+    with torch.device("meta"):
+        hf = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**NEMO))
+    assert report["params"]["total"] == sum(p.numel() for p in hf.parameters()) == 12_247_782_400
+    # per layer: q_proj and o_proj 5120 × 4096, k_proj and v_proj 5120 × 1024
+    assert report["params"]["attention"] == 40 * (2 * 5120 * 4096 + 2 * 5120 * 1024)
+    # 2 (k and v) × 40 layers × 8 kv heads × 128 × 4 bytes (fp32, analyze's default)
+    assert report["kv_cache_per_token"] == 2 * 40 * 8 * 128 * 4
+    # a Llama config with heads of 64 in a 4096 stream, 16 of them: 1024 wide, no longer refused
+    small = config_from_hf(llama_dict(head_dim=64, num_attention_heads=16, num_key_value_heads=16))
+    assert (small.head_dim, small.attention_width) == (64, 1024)
 
 
 @pytest.mark.parametrize("model_type, field, value", [

@@ -29,6 +29,8 @@ CASES = {
              relative_attention_num_buckets=8, relative_attention_max_distance=12),
         dict(T5_, n_layer=1, n_decoder_layer=2, n_head=5, n_embd=20, vocab_size=51, block_size=16, ffn="geglu",
              ffn_hidden=33),
+        # T5's d_kv need not be d_model / num_heads (T5-v1.1 XL: 32 heads of 64 in 2048): our head_dim
+        dict(T5_, n_layer=1, n_head=3, n_embd=20, head_dim=8, vocab_size=37, block_size=16, ffn_hidden=24),
     ],
 }
 HF_CONFIGS = {
@@ -37,7 +39,9 @@ HF_CONFIGS = {
     "t5": [dict(vocab_size=41, d_model=24, d_kv=6, num_heads=4, d_ff=35, num_layers=2, num_decoder_layers=1,
                 feed_forward_proj=ffn, tie_word_embeddings=tie, relative_attention_num_buckets=16,
                 relative_attention_max_distance=20)
-           for ffn, tie in [("relu", True), ("gated-gelu", False)]],
+           for ffn, tie in [("relu", True), ("gated-gelu", False)]]
+          + [dict(vocab_size=41, d_model=24, d_kv=10, num_heads=3, d_ff=35, num_layers=1, feed_forward_proj="relu",
+                  tie_word_embeddings=True, relative_attention_num_buckets=16, relative_attention_max_distance=20)],
 }
 HF_CLASSES = {"bert": "BertForMaskedLM", "t5": "T5ForConditionalGeneration"}
 
@@ -141,6 +145,7 @@ def test_load_bert_body_from_a_bert_model_state_dict():
     ("bert", {"family": "decoder", "n_token_type": 0}, "family='decoder'"),
     ("t5", {"tie_embeddings": False}, "always ties"),
     ("t5", {"position": "rope"}, "position='rope'"),
+    ("bert", {"n_head": 4, "head_dim": 8}, "head_dim=8"),
 ])
 def test_configs_outside_the_architecture_are_refused(model_type, overrides, needle):
     cfg = ModelConfig(**{**CASES[model_type][0], **overrides})

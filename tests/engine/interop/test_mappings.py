@@ -1,7 +1,8 @@
 """engine.interop: our models and transformers' give the same logits with the same weights.
 
 Parametrised over ``MAPPINGS``: every architecture gets several configs (odd widths, odd
-vocabularies, grouped-query attention, the RoPE scalings, a sliding window, experts) and
+vocabularies, grouped-query attention, the RoPE scalings, a sliding window, experts, a head size
+``head_dim`` other than width / heads) and
 three checks each: export (ours -> HF), import (random HF -> ours) and a round trip.
 """
 
@@ -31,16 +32,23 @@ CASES = {
              rope_theta=500000.0, rope_scaling="linear", rope_factor=2.0, ffn_hidden=40, norm_eps=1e-6),
         dict(LLAMA, n_layer=2, n_head=4, n_kv_head=1, n_embd=32, vocab_size=37, block_size=16,
              rope_scaling="yarn", rope_factor=2.0, rope_original_block_size=8),
+        # heads wider than the stream together (4 × 16 = 64 > 48), as Mistral-NeMo's 32 × 128 in 5120
+        dict(LLAMA, n_layer=2, n_head=4, n_kv_head=2, n_embd=48, head_dim=16, vocab_size=101, block_size=16),
     ],
     "mistral": [
         dict(LLAMA, n_layer=2, n_head=6, n_kv_head=2, n_embd=48, vocab_size=101, block_size=16,
              attention="sliding", window=5),
         dict(LLAMA, n_layer=1, n_head=4, n_embd=32, vocab_size=50, block_size=12, ffn_hidden=24),
+        dict(LLAMA, n_layer=2, n_head=4, n_kv_head=1, n_embd=40, head_dim=8, vocab_size=50, block_size=12,
+             attention="sliding", window=5),  # narrower: 4 × 8 = 32 < 40
     ],
     "mixtral": [
         dict(MOE, n_layer=2, n_head=6, n_kv_head=2, n_embd=48, vocab_size=101, block_size=16, ffn_hidden=40),
         dict(MOE, n_layer=1, n_head=4, n_embd=32, vocab_size=50, block_size=16, n_expert=3, top_k=1,
              attention="sliding", window=6),
+        # 6 heads do not divide the width 32: only an explicit head size makes them fit
+        dict(MOE, n_layer=1, n_head=6, n_kv_head=3, n_embd=32, head_dim=8, vocab_size=50, block_size=16,
+             ffn_hidden=24),
     ],
 }
 # The encoder families (bert, t5) are tested in test_interop_encoders.py: they are called differently.
@@ -150,7 +158,7 @@ def test_from_transformers_refuses_settings_we_lack():
         from_transformers(hf)
 
 
-@pytest.mark.parametrize("family,kw", [p for p in PARAMS if p.id in ("gpt2-0", "llama-0", "mistral-0")])
+@pytest.mark.parametrize("family,kw", [p for p in PARAMS if p.id in ("gpt2-0", "llama-0", "llama-3", "mistral-0")])
 def test_greedy_decoding_matches_transformers_generate(family, kw):
     ours = _ours(family, kw)
     hf = to_transformers(ours, model_type=family)
@@ -166,3 +174,29 @@ def test_mixtral_export_needs_dropless_routing():
     kw = dict(CASES["mixtral"][1], capacity_factor=1.25)
     with pytest.raises(ValueError, match=r"capacity_factor=1.25 \(needs 0.0; Mixtral is dropless\)"):
         to_transformers(build_model(ModelConfig(**kw)), model_type="mixtral")
+
+
+HEAD_DIM_PARAMS = [p for p in PARAMS if "head_dim" in p.values[1]]
+assert {p.values[0] for p in HEAD_DIM_PARAMS} == {"llama", "mistral", "mixtral"}
+
+
+@pytest.mark.parametrize("family,kw", HEAD_DIM_PARAMS)
+def test_explicit_head_size_counts_as_transformers_meta_model(family, kw):
+    """Issue 14, defect 7: with head_dim ≠ n_embd / n_head, q_proj is n_embd → n_head·head_dim and
+    o_proj back; ``analyze`` counts what transformers builds (on the meta device: no memory)."""
+    from engine.analysis import analyze
+
+    cfg = ModelConfig(**kw)
+    hf_config = transformers.AutoConfig.for_model(family, **MAPPINGS[family].hf_config(cfg))
+    assert hf_config.head_dim == cfg.head_dim != cfg.n_embd // cfg.n_head
+    with torch.device("meta"):
+        hf = transformers.AutoModelForCausalLM.from_config(hf_config)
+    assert analyze(cfg)["params"]["total"] == _hf_params(hf) == build_model(cfg).num_params()
+    q = hf.model.layers[0].self_attn.q_proj.weight
+    assert tuple(q.shape) == (cfg.n_head * cfg.head_dim, cfg.n_embd)
+
+
+def test_gpt2_export_refuses_an_explicit_head_size():
+    kw = dict(CASES["gpt2"][0], head_dim=8)  # 3 heads of 8 in a 48 stream: GPT-2's c_attn is 48 → 3 × 48
+    with pytest.raises(ValueError, match=r"head_dim=8 \(needs \(None, 16\); GPT-2's heads split the width\)"):
+        to_transformers(build_model(ModelConfig(**kw)), model_type="gpt2")

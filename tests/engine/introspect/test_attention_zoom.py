@@ -46,10 +46,12 @@ def test_pool_blocks_handles_a_short_last_block():
 
 @pytest.mark.parametrize("attention", sorted(ATTENTIONS))
 @pytest.mark.parametrize("position", ["rope", "alibi"])
-def test_rows_and_regions_equal_the_captured_map(attention, position):
+@pytest.mark.parametrize("head_dim", [None, 12])  # 12: an explicit head size, 4 × 12 ≠ the width 32
+def test_rows_and_regions_equal_the_captured_map(attention, position, head_dim):
     if attention == "linear" and position == "alibi":
         pytest.skip("linear attention has no scores to bias")
-    model, cfg = model_of(attention=attention, position=position, block_size=64)
+    model, cfg = model_of(attention=attention, position=position, block_size=64, head_dim=head_dim,
+                          n_kv_head=2 if head_dim else None)
     idx = torch.randint(23, (1, 48))
     full = full_maps(model, idx)
     for layer in range(cfg.n_layer):

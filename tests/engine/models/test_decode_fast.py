@@ -81,12 +81,12 @@ def test_grouped_decoding_step_equals_forward_at_batch_8(n_kv_head, position, ti
 
 
 @pytest.mark.parametrize("attention", list(ATTENTIONS))
-@pytest.mark.parametrize("n_kv_head", [None, 2, 1])
-def test_batched_generate_cached_equals_uncached(attention, n_kv_head, tiny_config):
+@pytest.mark.parametrize("n_kv_head,head_dim", [(None, None), (2, None), (1, None), (2, 12)])
+def test_batched_generate_cached_equals_uncached(attention, n_kv_head, head_dim, tiny_config):
     """Greedy tokens at batch 8, past block_size (so learned positions restart the cache and a
     sliding window wraps its buffer several times)."""
     cfg = dataclasses.replace(tiny_config, attention=attention, n_kv_head=n_kv_head, position="learned",
-                              vocab_size=50)
+                              vocab_size=50, head_dim=head_dim)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     prompt = torch.randint(cfg.vocab_size, (8, 5))

@@ -125,10 +125,11 @@ def test_generate_shapes_and_crop(tiny_config):
 
 
 @pytest.mark.parametrize("attention,position", list(itertools.product(ATTENTIONS, POSITIONS)))
-def test_cached_decoding_equals_uncached(attention, position, tiny_config):
+@pytest.mark.parametrize("head_dim", [None, 12])  # 12: 4 heads of 12 in the 32 stream
+def test_cached_decoding_equals_uncached(attention, position, head_dim, tiny_config):
     if (attention, position) == ("linear", "alibi"):
         pytest.skip("alibi biases scores, which linear attention has none of (a config error)")
-    cfg = dataclasses.replace(tiny_config, attention=attention, position=position)
+    cfg = dataclasses.replace(tiny_config, attention=attention, position=position, head_dim=head_dim)
     model = build_model(cfg).eval()
     idx = torch.randint(cfg.vocab_size, (2, 12))
     full, _ = model(idx)
@@ -143,15 +144,16 @@ def test_cached_decoding_equals_uncached(attention, position, tiny_config):
     assert torch.equal(cached, uncached)
 
 
-@pytest.mark.parametrize("position,ffn,n_kv_head,bias,tie", [
-    ("rope", "swiglu", 2, False, False), ("learned", "gelu", None, True, True), ("sinusoidal", "geglu", 1, True, False),
-    ("none", "gelu", 2, False, True), ("rope", "gelu", None, True, True),
+@pytest.mark.parametrize("position,ffn,n_kv_head,bias,tie,head_dim", [
+    ("rope", "swiglu", 2, False, False, None), ("learned", "gelu", None, True, True, None),
+    ("sinusoidal", "geglu", 1, True, False, None), ("none", "gelu", 2, False, True, None),
+    ("rope", "gelu", None, True, True, None), ("rope", "swiglu", 2, False, False, 12), ("learned", "gelu", 1, True, True, 6),
 ])
-def test_the_lean_decoding_step_equals_forward(position, ffn, n_kv_head, bias, tie, tiny_config):
+def test_the_lean_decoding_step_equals_forward(position, ffn, n_kv_head, bias, tie, head_dim, tiny_config):
     """``generate``'s one-token step skips the modules' call machinery; it must compute what
-    ``forward`` computes, token for token."""
+    ``forward`` computes, token for token (with the width's head size or an explicit one)."""
     cfg = dataclasses.replace(tiny_config, position=position, ffn=ffn, n_kv_head=n_kv_head, bias=bias,
-                              tie_embeddings=tie)
+                              tie_embeddings=tie, head_dim=head_dim)
     model = build_model(cfg)
     assert not model.train()._lean_decoding()  # dropout applies in training mode: never lean
     assert model.eval()._lean_decoding()

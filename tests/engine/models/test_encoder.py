@@ -16,6 +16,7 @@ SOFTMAX_KINDS = [k for k, cls in ATTENTIONS.items() if issubclass(cls, MaskedAtt
 VARIANTS = [{"attention": k} for k in ATTENTIONS] + [{"position": p} for p in POSITIONS if p != "alibi"] + [
     {"position": "alibi", "attention": "full"}, {"norm_placement": "post"}, {"norm_placement": "sandwich"},
     {"n_token_type": 2, "tie_embeddings": False, "bias": False}, {"n_expert": 2, "top_k": 1, "capacity_factor": 0.0},
+    {"head_dim": 12, "n_kv_head": 2},
 ]
 
 

@@ -16,7 +16,7 @@ from ..conftest import TINY, variant_id
 VARIANTS = [{"attention": k} for k in ATTENTIONS] + [{"position": p} for p in POSITIONS if p != "alibi"] + [
     {"position": "alibi", "attention": "full"}, {"norm_placement": "post"}, {"norm_placement": "sandwich"},
     {"n_decoder_layer": 3, "tie_embeddings": False, "bias": False}, {"ffn": "relu", "norm": "rmsnorm"},
-    {"n_expert": 2, "top_k": 1, "capacity_factor": 0.0},
+    {"n_expert": 2, "top_k": 1, "capacity_factor": 0.0}, {"head_dim": 12, "n_kv_head": 2},
 ]
 
 
@@ -49,8 +49,10 @@ def test_encoder_is_bidirectional_and_decoder_causal(overrides, s2s_config):
 
 @pytest.mark.parametrize("attention,position", [("full", p) for p in POSITIONS] + [
     ("sliding", "rope"), ("linear", "learned"), ("block_sparse", "t5_relative")])
-def test_cached_generation_equals_uncached(attention, position, s2s_config):
-    model = build_model(dataclasses.replace(s2s_config, attention=attention, position=position)).eval()
+@pytest.mark.parametrize("head_dim", [None, 12])
+def test_cached_generation_equals_uncached(attention, position, head_dim, s2s_config):
+    model = build_model(dataclasses.replace(s2s_config, attention=attention, position=position,
+                                            head_dim=head_dim)).eval()
     src = torch.randint(s2s_config.vocab_size, (2, 7))
     cached = model.generate(src, 6, temperature=0.0, start_token=3)
     plain = model.generate(src, 6, temperature=0.0, start_token=3, use_cache=False)

@@ -174,3 +174,32 @@ def test_grouped_query_attention_shares_each_kv_head_within_its_group(tiny_confi
     mha.load_state_dict(sd)
     x = torch.randn(2, 6, tiny_config.n_embd)
     torch.testing.assert_close(gqa(x), mha(x))
+
+
+@pytest.mark.parametrize("head_dim,n_kv_head", [(12, 2), (6, None), (8, 1)])
+@pytest.mark.parametrize("bias,qk_norm", [(True, False), (False, True)])
+def test_explicit_head_size_shapes_the_projections(head_dim, n_kv_head, bias, qk_norm, tiny_config):
+    """q_proj: n_embd → n_head·head_dim, k/v: n_embd → n_kv_head·head_dim, o_proj back to n_embd
+    (transformers' Llama/Mistral layout); the output keeps the stream's width."""
+    cfg = dataclasses.replace(tiny_config, head_dim=head_dim, n_kv_head=n_kv_head, bias=bias, qk_norm=qk_norm)
+    attn = CausalSelfAttention(cfg)
+    n_kv = n_kv_head or cfg.n_head
+    assert attn.q_proj.weight.shape == (cfg.n_head * head_dim, cfg.n_embd)
+    assert attn.k_proj.weight.shape == attn.v_proj.weight.shape == (n_kv * head_dim, cfg.n_embd)
+    assert attn.o_proj.weight.shape == (cfg.n_embd, cfg.n_head * head_dim)
+    assert CausalSelfAttention.num_params(cfg) == sum(p.numel() for p in attn.parameters())
+    x = torch.randn(2, 6, cfg.n_embd)
+    with torch.no_grad():
+        fused = attn.eval()(x)  # inference: one q/k/v matmul
+    with torch.enable_grad():
+        separate = attn(x)  # training's three matmuls
+    assert fused.shape == (2, 6, cfg.n_embd)
+    torch.testing.assert_close(fused, separate.detach())
+
+
+def test_rope_rotates_the_explicit_head_size(tiny_config):
+    from engine.nn.position import RotaryPosition
+
+    cfg = dataclasses.replace(tiny_config, position="rope", head_dim=12)  # not 32 / 4 = 8
+    cos, sin = RotaryPosition(cfg).rotary(0, 5, torch.device("cpu"))
+    assert cos.shape[-1] == sin.shape[-1] == 12

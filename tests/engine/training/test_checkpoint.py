@@ -110,6 +110,37 @@ def test_init_from_starts_from_the_weights_only(tiny_job, tmp_path):
         torch.testing.assert_close(a, b, atol=1e-8, rtol=0)  # the tiny lr barely moves them
 
 
+def test_an_explicit_head_size_trains_resumes_and_older_checkpoints_still_load(tiny_job, tmp_path):
+    """Issue 14, defect 7: head_dim trains and resumes like any field; a checkpoint written before
+    the field existed (no "head_dim" in its spec) loads, resumes and seeds a new run."""
+    wide = tiny_job | {"model": tiny_job["model"] | {"head_dim": 12, "n_kv_head": 2, "position": "rope"}}
+    directory = str(tmp_path / "wide")
+    first, _ = run(wide, checkpoint_dir=directory, checkpoint_every=4, should_stop=stop_after(5))
+    rest, events = run(wide, checkpoint_dir=directory, resume_from=latest_checkpoint(directory))
+    assert events[0]["resumed_from_step"] == 5 and rest.steps_done == wide["train"]["steps"]
+    assert rest.model.h[0].attn.q_proj.weight.shape == (4 * 12, 32)
+    model, _, config = load_model(latest_checkpoint(directory))
+    assert config.head_dim == 12 and model.h[0].attn.o_proj.weight.shape == (32, 48)
+
+    directory = str(tmp_path / "old")
+    run(tiny_job, checkpoint_dir=directory, should_stop=stop_after(3))
+    path = latest_checkpoint(directory)
+    state_file = os.path.join(path, "trainer.json")
+    with open(state_file, encoding="utf-8") as f:
+        state = json.load(f)
+    del state["spec"]["model"]["head_dim"]  # as saved before the field existed
+    with open(state_file, "w", encoding="utf-8") as f:
+        json.dump(state, f)
+    assert read_checkpoint(path).model_config.head_dim is None
+    assert load_model(path)[2].head_size == 8
+    resumed, events = run(tiny_job, checkpoint_dir=directory, resume_from=path)
+    assert events[0]["resumed_from_step"] == 3 and not resumed.cancelled
+    run(tiny_job | {"train": tiny_job["train"] | {"steps": 1, "warmup_steps": 0}}, init_from=path)
+    with pytest.raises(ConfigError) as info:  # and an explicit head size is another architecture
+        run(wide, init_from=path)
+    assert "head_dim: checkpoint None, this job 12" in info.value.errors["train.init_from"]
+
+
 def test_a_checkpoint_of_another_architecture_is_refused_with_the_differences(tiny_job, tmp_path, text_file):
     tiny_job["data"] = {"source": "text", "path": text_file, "tokenizer": "char"}
     directory = str(tmp_path / "ckpt")

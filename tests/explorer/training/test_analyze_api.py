@@ -57,6 +57,23 @@ def test_custom_config_and_preset_overrides(alice_client):
     assert sliding["attention"] == "sliding" and sliding["kv_cache"][-1] == mistral["kv_cache_per_token"] * 4096
 
 
+def test_explicit_head_size(alice_client):
+    """Issue 14, defect 7: head_dim need not be n_embd / n_head; the report counts the wider or
+    narrower q/o projections and KV cache, and a preset takes it as an override."""
+    custom = {"n_layer": 2, "n_head": 6, "n_kv_head": 2, "n_embd": 32, "block_size": 64, "vocab_size": 100}
+    resp = analyze(alice_client, {"model": {**custom, "head_dim": 16}})  # 6 does not divide 32: fine with head_dim
+    assert resp.status_code == 200, resp.content
+    r = resp.json()
+    # per layer: q_proj 32 → 96 and o_proj back, k_proj and v_proj 32 → 32, with biases
+    assert r["params"]["attention"] == 2 * (2 * 32 * 96 + 2 * 32 * 32 + 96 + 32 + 2 * 32)
+    bpe = r["settings"]["bytes_per_activation"]
+    assert r["kv_cache_per_token"] == 2 * 2 * 2 * 16 * bpe  # k and v × layers × kv heads × head_dim × bytes
+    nemo = analyze(alice_client, {"model": {"preset": "mistral-nemo-12b"}}).json()
+    assert nemo["params"]["total"] == 12_247_782_400
+    wider = analyze(alice_client, {"model": {"preset": "mistral-nemo-12b", "head_dim": 160}}).json()
+    assert wider["kv_cache_per_token"] * 128 == nemo["kv_cache_per_token"] * 160
+
+
 @pytest.mark.parametrize(
     "payload, field, words",
     [
@@ -73,6 +90,8 @@ def test_custom_config_and_preset_overrides(alice_client):
         ({"model": {"preset": "gpt2"}, "settings": {"hardware": "tpu-v9"}}, "settings.hardware", ["tpu-v9", "h100-sxm"]),
         ({"model": {"preset": "gpt2"}, "settings": {"warp": 9}}, "settings.warp", ["warp"]),
         ({"model": {"preset": "gpt2"}, "settings": {"n_gpus": "many"}}, "settings.n_gpus", ["many"]),
+        ({"model": {"head_dim": -4, "vocab_size": 10}}, "model.head_dim", ["≥ 1", "-4"]),
+        ({"model": {"head_dim": 9, "position": "rope", "vocab_size": 10}}, "model.head_dim", ["9", "even"]),
     ],
 )
 def test_bad_input_is_a_400_naming_the_field(alice_client, payload, field, words):

@@ -1,5 +1,6 @@
 """Real-model presets and config.json import through the API, and into the composer."""
 import json
+import re
 
 import pytest
 
@@ -52,10 +53,31 @@ def test_import_hf_config_explains_a_refused_combination(alice_client):
     assert resp.status_code == 400 and "attention heads" in json.dumps(resp.json()), resp.content
 
 
+def test_import_hf_config_with_an_explicit_head_size(alice_client):
+    """Issue 14, defect 7: Mistral-NeMo-12B (32 heads of 128 in a 5120 stream) was refused with
+    "ours needs head size = width / heads"; it imports, and the preset list has it."""
+    nemo = {"model_type": "mistral", "hidden_size": 5120, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "head_dim": 128, "num_hidden_layers": 40, "intermediate_size": 14336, "vocab_size": 131072,
+            "rope_theta": 1000000.0, "max_position_embeddings": 128000, "sliding_window": None,
+            "tie_word_embeddings": False}
+    resp = alice_client.post("/api/v1/import/hf-config", data=json.dumps(nemo), content_type="application/json")
+    assert resp.status_code == 200, resp.content
+    body = resp.json()
+    assert body["config"]["head_dim"] == 128 and body["config"]["n_embd"] == 5120
+    assert body["params"] == 12_247_782_400  # MistralForCausalLM's count on the meta device
+    names = {p["name"]: p for p in alice_client.get("/api/v1/presets").json()}
+    assert names["mistral-nemo-12b"]["params"] == 12_247_782_400
+    assert alice_client.get("/api/v1/presets/mistral-nemo-12b").json()["config"]["head_dim"] == 128
+
+
 def test_composer_loads_a_presets_architecture(alice_client):
     html = alice_client.get("/compose/?preset=llama-2-7b").content.decode()
     assert 'value="4096"' in html and 'value="rope"' in html
     assert alice_client.get("/compose/?preset=nope").status_code == 200  # unknown: the plain form
+    # the head size is a composer field like the others: set by a preset, empty ("auto") otherwise
+    nemo = alice_client.get("/compose/?preset=mistral-nemo-12b").content.decode()
+    assert re.search(r'<input[^>]*name="model.head_dim" value="128"', nemo)
+    assert re.search(r'<input[^>]*name="model.head_dim"[^>]*placeholder="auto"', html)
 
 
 def test_presets_need_login(client):
