@@ -57,6 +57,7 @@ def test_compose_launch_watch_and_cancel(stack, page, shots):
     fill(page, {"model.n_head": "2"})
     page.locator('[name="name"]').fill("browser copy task")
     settled(page)
+    page.evaluate("window.scrollTo(0, 0)")  # a full-page shot scrolled to a field draws the sticky header mid-page
     page.screenshot(path=str(shots / "compose.png"), full_page=True)
 
     page.click("#launch")
