@@ -91,12 +91,13 @@ def postgres_database(name: str, server: str = "postgres://postgres@127.0.0.1:54
     return f"{server}/{name}"
 
 
-def start_web(tmp: Path):
-    """The ASGI server (uvicorn) on a free port, as the integration tests start it."""
+def start_web(tmp: Path, workers: int = 1):
+    """The ASGI server (uvicorn) on a free port, as the integration tests start it; with ``workers``
+    > 1, gunicorn supervising that many uvicorn workers (the production command)."""
     from tests.stack import Stack
 
     stack = Stack(tmp)
-    stack.start_web()
+    stack.start_web(workers)
     return stack
 
 

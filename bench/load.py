@@ -1,6 +1,8 @@
-"""50 users on the team job queue at once, and a 10,000-job history; written to bench/results/load.json.
+"""50 users on the team job queue at once, and a 10,000-job history; written to bench/results/load.json
+(load_postgres.json with ``--database postgres``; a ``_<N>workers`` suffix with ``--web-workers N``).
 
     python bench/load.py [--users 50] [--teams 5] [--history 10000] [--queued 200] [--seconds 60]
+                         [--database sqlite|postgres] [--web-workers 1]
 
 The issue's load test: ``--users`` simulated people in ``--teams`` teams on loopback, each in a
 loop of the queue page, the jobs API (sometimes a search), a job's page and now and then a
@@ -26,7 +28,8 @@ reaching each of the team's clients, and to their refetched list; event latency 
 server: the history endpoints (queue page and API: first page, a search, the deepest page) timed
 sequentially, and the same requests in-process with their SQL counted and the slowest query shown.
 
-The clients (one asyncio process) and the server (one uvicorn process) share the machine; the
+The clients (one asyncio process) and the server (one uvicorn process, or with ``--web-workers N``
+gunicorn supervising N uvicorn workers, as production runs it) share the machine; the
 client loop's own lag is measured (``client_loop_lag_ms``) since it adds to every figure. An
 isolated SQLite database in a temporary directory (``--database postgres``: a database of its own
 on 127.0.0.1:5432, dropped at the end) and Redis database ``--redis-db`` (12) with prefixes of its
@@ -347,20 +350,31 @@ async def simulate(tally, stack, i, person, ids, args, stop, deadline, rng):
             await task
 
 
-def proc_cpu_s(pid):
-    """User + system CPU seconds of process ``pid`` so far (Linux)."""
+def server_pids(pid):
+    """``pid`` and its children: the uvicorn process, or gunicorn's master and its workers."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
+        return [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    except OSError:
+        return [pid]
+
+
+def proc_cpu_s(pid):
+    """User + system CPU seconds of process ``pid`` and its children so far (Linux)."""
+    total = 0.0
+    for p in server_pids(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+    return total
 
 
 async def watch_server(stop, pid, out):
     while not stop.is_set():
         try:
-            text = Path(f"/proc/{pid}/status").read_text()
-            out.append(int(re.search(r"^Threads:\s+(\d+)", text, re.M).group(1)))
+            out.append(sum(int(re.search(r"^Threads:\s+(\d+)", Path(f"/proc/{p}/status").read_text(), re.M).group(1))
+                           for p in server_pids(pid)))
         except (OSError, AttributeError):
             pass
         await asyncio.sleep(1.0)
@@ -455,8 +469,8 @@ def quiet_history(stack, person, n_jobs, repeats):
 def show_quiet(history):
     for name, h in history.items():
         ip = h["in_process"]
-        print(f"  quiet {name:45s} p50 {h['ms']['p50']:7.1f} p95 {h['ms']['p95']:7.1f} ms; "
-              f"{ip['queries']} queries, {ip['sql_ms']:.1f} ms SQL, slowest {ip['slowest_query_ms']:.1f} ms")
+        print(f"  quiet {name:45s} p50 {h['ms']['p50']:7.1f} p95 {h['ms']['p95']:7.1f} ms over HTTP, "
+              f"{ip['wall_ms']:.1f} ms in-process; {ip['queries']} queries, {ip['sql_ms']:.1f} ms SQL, slowest {ip['slowest_query_ms']:.1f} ms")
 
 
 def short_sql(sql):
@@ -565,7 +579,7 @@ def run_load(stack, teams, people, ids, args) -> dict:
         "events_received": len(events),
         "client_loop_lag_ms": summary(lags),
         "ws_ping_rtt_ms": summary(tally.pings),
-        "server_cpu_s": round(server_cpu, 1),  # the uvicorn process, user + system, over the load
+        "server_cpu_s": round(server_cpu, 1),  # the web processes, user + system, over the load
         "server_cpu_ms_per_request": round(1000 * server_cpu / max(1, requests), 1),
         "server_threads_max": max(tally.server_threads, default=None),
         "load_avg_1m_before": round(load_avg_before, 2),
@@ -625,6 +639,8 @@ def main() -> int:
     parser.add_argument("--grace", type=float, default=3.0, help="seconds the sockets stay open after the load")
     parser.add_argument("--redis-db", type=int, default=12)
     parser.add_argument("--database", default="sqlite", choices=["sqlite", "postgres"])
+    parser.add_argument("--web-workers", type=int, default=1,
+                        help="1: one uvicorn process; more: gunicorn with that many uvicorn workers (the production command)")
     args = parser.parse_args()
 
     os.environ.setdefault("EXPLORER_RATELIMIT_JOBS", "30")  # the app's limit (the test settings turn it off)
@@ -649,9 +665,10 @@ def main() -> int:
                 f"{args.history:,} finished jobs per team",
         "args": vars(args),
         "database": "sqlite (WAL)" if args.database == "sqlite" else "postgresql",
+        "web": "one uvicorn process" if args.web_workers == 1 else f"gunicorn, {args.web_workers} uvicorn workers",
         "setup_s": round(setup_s, 1),
     }
-    stack = start_web(tmp)
+    stack = start_web(tmp, args.web_workers)
     try:
         if args.index_only:
             add_index()
@@ -679,7 +696,8 @@ def main() -> int:
     if "Traceback" in web_log:
         print("the ASGI server logged errors:\n" + web_log[-2000:], file=sys.stderr)
     if not args.no_write:
-        write("load" if args.database == "sqlite" else "load_postgres", report)
+        write("load" + ("" if args.database == "sqlite" else "_postgres")
+              + ("" if args.web_workers == 1 else f"_{args.web_workers}workers"), report)
     return 0
 
 

@@ -118,7 +118,8 @@ def queue(request):
         jobs = services.search_jobs(jobs_visible_to(request.user).filter(team=team), **filters)
     page = Paginator(jobs, 50).get_page(request.GET.get("page"))
     positions = services.queue_positions(list(page))
-    rows = [services.job_to_dict(j, positions[j.pk]) for j in page]
+    # the rows as static/js/queue.js fills them in (a job's spec is for its own page, not a row)
+    rows = [{k: v for k, v in services.job_to_dict(j, positions[j.pk]).items() if k != "spec"} for j in page]
     query = {k: v for k, v in filters.items() if v}
     return render(request, "explorer/queue.html", {
         "jobs": rows, "page": page, "status": filters["status"], "team": team, "nav": "queue",

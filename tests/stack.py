@@ -54,10 +54,15 @@ class Stack:
                                                 start_new_session=True)
         self._wait(lambda: b"ready." in path.read_bytes()[offset:], "worker", 60)
 
-    def start_web(self):
+    def start_web(self, workers=1):
+        """One uvicorn process; with ``workers`` > 1 the production command instead (gunicorn
+        supervising that many uvicorn worker processes, as README and docker-compose.yml run it)."""
         log = open(self.tmp / "web.log", "ab")
         cmd = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(self.port),
                "--log-level", "warning"]
+        if workers > 1:
+            cmd = [sys.executable, "-m", "gunicorn", "config.asgi:application", "-k", "uvicorn.workers.UvicornWorker",
+                   "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), "--log-level", "warning"]
         self.procs["web"] = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                              start_new_session=True)
 

@@ -26,10 +26,12 @@ manage members and quotas.
 import datetime
 import logging
 import statistics
+import threading
+import time
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, Count, IntegerField, OuterRef, Q, Subquery, Value, When
+from django.db.models import Case, Count, IntegerField, Max, OuterRef, Q, Subquery, Sum, Value, When
 from django.db.models.fields.json import KT
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -275,7 +277,44 @@ def _online_counts(routes):
     return {route: max(1, sum(route in queues for queues in live)) for route in routes}
 
 
+# A forecast is reused for FORECAST_TTL_S seconds while the queue's shape stays the same: every
+# queue page and job list asks for one, and computing it took half of a quiet GET /api/v1/jobs
+# (bench/load.py: 200 jobs waiting). The shape is one aggregate over the waiting and running jobs
+# of the routes (how many of each, the newest, the sums of priorities and queue orders), so a
+# submission, start, end, cancel, retry or reorder shows at once in every process; the running
+# jobs' ETAs and the workers online drift for at most the TTL.
+FORECAST_TTL_S = 2.0
+_forecasts: dict = {}
+_forecasts_lock = threading.Lock()
+
+
+def _queue_shape(on_routes):
+    active = Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).filter(on_routes)
+    shape = active.aggregate(
+        queued=Count("pk", filter=Q(status=Job.Status.QUEUED)), running=Count("pk", filter=Q(status=Job.Status.RUNNING)),
+        last=Max("pk"), newest=Max("created_at"), priorities=Sum("priority"), orders=Sum("queue_order"))
+    return tuple(shape.values())
+
+
 def forecast(routes):
+    """``_forecast(routes)``, reused while the queue keeps its shape (at most FORECAST_TTL_S)."""
+    routes = frozenset(routes)
+    if not routes:
+        return {}
+    shape = _queue_shape(Q(route__in=routes) | Q(route="", queue__in=routes))
+    with _forecasts_lock:
+        hit = _forecasts.get(routes)
+    if hit and hit[0] == shape and time.monotonic() - hit[1] < FORECAST_TTL_S:
+        return hit[2]
+    out = _forecast(routes)
+    with _forecasts_lock:
+        if len(_forecasts) > 64:  # routes seen together: a handful in practice
+            _forecasts.clear()
+        _forecasts[routes] = (shape, time.monotonic(), out)
+    return out
+
+
+def _forecast(routes):
     """{job_id: {"position", "starts_in_s"}} for every queued job of ``routes``: the
     workers of each route take the jobs in order, each as soon as one is free (the running jobs'
     ETAs first). A job at a quota waits for its turn like the others: a rough but honest bound.

@@ -236,10 +236,9 @@ async function refetch() {
 }
 
 // ------------------------------------------------------------------ start
-for (const job of JSON.parse(document.getElementById("queue-jobs").textContent)) {
-  const tr = rowFor(job.id);
-  if (tr) fillRow(tr, job);
-}
+// The server sends this page's jobs as JSON (queue-jobs); their rows are made here.
+body.replaceChildren(...JSON.parse(document.getElementById("queue-jobs").textContent).map(newRow));
+showEmpty();
 
 const live = document.getElementById("live");
 const socket = new LiveSocket({

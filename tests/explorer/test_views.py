@@ -1,9 +1,12 @@
 """Pages: login required, the composer form's messages, uploads, team isolation."""
+import re
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from explorer.accounts.models import ApiToken
 from explorer.datasets.models import Dataset
+from explorer.jobs import services
 from explorer.jobs.models import Job
 
 pytestmark = pytest.mark.django_db
@@ -116,3 +119,17 @@ def test_cancel_and_team_switch_do_not_redirect_off_site(alice_client, alice, ti
     assert resp["Location"] == "/queue/"
     resp = alice_client.post("/teams/switch/", {"team": alice[1].pk, "next": "/compose/"})
     assert resp["Location"] == "/compose/"
+
+
+@pytest.mark.parametrize("url", ["/", "/compose/", "/compare/", "/queue/", "/runs/", "/workers/", "/datasets/",
+                                 "/tokenizers/", "/inference/", "/account/", "/team/"])
+def test_pages_show_no_template_syntax(alice_client, alice, tiny_spec, url):
+    """A template comment or tag that Django did not parse (a {# #} comment over two lines, say)
+    would be shown to the user as text."""
+    services.create_job(alice[0], alice[1], tiny_spec, name="a job")
+    resp = alice_client.get(url, follow=True)
+    html = resp.content.decode()
+    assert resp.status_code == 200
+    outside = re.sub(r"<script\b.*?</script>", "", html, flags=re.S)  # JSON in scripts may hold anything
+    for token in ("{#", "#}", "{%", "%}"):  # ("{{" and "}}" can be JSON in a data attribute)
+        assert token not in outside, (url, token, outside[max(0, outside.find(token) - 200):outside.find(token) + 200])

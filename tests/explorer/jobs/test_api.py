@@ -197,3 +197,25 @@ def test_the_account_page_issues_a_token_for_the_chosen_team(alice_client, alice
     resp = alice_client.post("/account/", {"name": "laptop", "team": alice[1].pk})
     assert resp.status_code == 200 and "lae_" in resp.content.decode()
     assert ApiToken.objects.get(name="laptop").team == alice[1]
+
+
+def test_the_job_list_answers_in_its_schema(alice_client, alice, bob, tiny_spec):
+    """GET /api/v1/jobs writes its JSON itself (not through ninja's validation): every job in it, queued,
+    running or finished, of this kind or another, is exactly what the documented JobList schema gives."""
+    from explorer.api import JobList
+
+    user, team = alice
+    queued = services.create_job(user, team, tiny_spec, name="waiting")
+    services.create_job(user, team, tiny_spec, name="second in line")
+    done = services.create_job(user, team, tiny_spec, name="done")
+    Job.objects.filter(pk=done.pk).update(status="succeeded", summary={"loss": 1.25, "eta": 0}, step=3, total_steps=3)
+    services.create_job(bob[0], bob[1], tiny_spec, name="not alice's")
+    resp = alice_client.get("/api/v1/jobs")
+    assert resp.status_code == 200 and resp["Content-Type"] == "application/json"
+    body = resp.json()
+    assert JobList.model_validate(body).model_dump(mode="json") == body
+    assert [j["name"] for j in body["jobs"]] == ["done", "second in line", "waiting"] and body["count"] == 3
+    by_name = {j["name"]: j for j in body["jobs"]}
+    assert by_name["waiting"]["position"] == 1 and by_name["second in line"]["position"] == 2
+    assert by_name["done"]["position"] is None and by_name["done"]["summary"]["loss"] == 1.25
+    assert by_name["waiting"]["id"] == queued.pk and by_name["waiting"]["team"] == {"id": team.pk, "name": team.name}

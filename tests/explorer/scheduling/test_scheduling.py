@@ -252,3 +252,34 @@ def test_first_pages_take_as_many_queries_for_many_jobs_as_for_few(team, tiny_sp
     page = client.get("/api/v1/jobs?limit=50").json()["jobs"]
     assert len(page) == 50 and all(j["status"] == "queued" and j["position"] >= 1 for j in page)
     assert queries() == few
+
+
+def test_a_forecast_is_reused_until_the_queue_changes_shape(team, tiny_spec, monkeypatch):
+    """Each page and job list asks for the queue's forecast; while nothing joins, leaves, starts,
+    ends or moves, the last one is reused (one aggregate query instead of the whole estimate), and
+    after any of those the next one is computed afresh."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    t, alice, carol = team["team"], team["alice"], team["carol"]
+    first, second = submit(alice, t, tiny_spec), submit(carol, t, tiny_spec)
+    routes = {scheduling.route_of(first)}
+
+    def places():
+        with CaptureQueriesContext(connection) as ctx:
+            plan = scheduling.forecast(routes)
+        return {pk: entry["position"] for pk, entry in plan.items()}, len(ctx.captured_queries)
+
+    assert places()[0] == {first.pk: 1, second.pk: 2}
+    assert places() == ({first.pk: 1, second.pk: 2}, 1)  # reused: only the shape was read
+    scheduling.move_to_top(alice, second)
+    assert places()[0] == {first.pk: 2, second.pk: 1}  # a reorder shows at once
+    third = submit(alice, t, tiny_spec)
+    assert places()[0] == {first.pk: 2, second.pk: 1, third.pk: 3}  # so does a submission
+    services.cancel_job(first)
+    assert places()[0] == {second.pk: 1, third.pk: 2}  # and a cancellation
+    Job.objects.filter(pk=second.pk).update(status="running")
+    assert places()[0] == {third.pk: 1}  # and a start
+    assert places()[1] == 1
+    monkeypatch.setattr(scheduling, "FORECAST_TTL_S", 0.0)  # running jobs' ETAs drift: recomputed after the TTL
+    assert places()[1] > 1
