@@ -300,7 +300,7 @@ def test_encoder_decoder_health_names_both_stacks(tiny_job):
 
 
 def test_mfu_peak_of_a_cuda_device_name():
-    from engine.training.loop import _catalogue_key
+    from engine.training.telemetry import _catalogue_key
 
     assert _catalogue_key("NVIDIA H200") == "h200"
     assert _catalogue_key("NVIDIA H100 80GB HBM3") == "h100-sxm"
@@ -402,7 +402,7 @@ def test_absurd_learning_rate_is_caught(tiny_job):
 
 
 def test_loss_spike_is_flagged(tiny_job, monkeypatch):
-    from engine.training.loop import SPIKE_MIN_HISTORY
+    from engine.training.telemetry import SPIKE_MIN_HISTORY
 
     spike_at = SPIKE_MIN_HISTORY + 5
     _patch_training_loss(monkeypatch, lambda call, loss: loss * 10 if call == spike_at else loss)
