@@ -5,14 +5,28 @@ from ninja import NinjaAPI
 from ninja.errors import ValidationError
 from ninja.security import django_auth
 
-from explorer import api as app_api
+from explorer.accounts import api as accounts_api
+from explorer.datasets import api as datasets_api
+from explorer.inference import api as inference_api
+from explorer.jobs import api as jobs_api
 from explorer.jobs import services
 from explorer.jobs.submission import RateLimited
+from explorer.scheduling import api as scheduling_api
+from explorer.tokenizers import api as tokenizers_api
+from explorer.training import api as training_api
 
-api = NinjaAPI(
+
+class ExplorerAPI(NinjaAPI):
+    def get_openapi_operation_id(self, operation):
+        # The ids the schema had when every endpoint lived in one module (explorer/api.py), kept so
+        # that clients generated from it keep their method names; view names are unique.
+        return f"explorer_api_{operation.view_func.__name__}"
+
+
+api = ExplorerAPI(
     title="LLM Architecture Explorer API",
     version="1",
-    auth=[app_api.TokenAuth(), django_auth],
+    auth=[accounts_api.TokenAuth(), django_auth],
     urls_namespace="api",
     docs_url="/docs",
 )
@@ -42,13 +56,14 @@ def not_found(request, exc):
     return api.create_response(request, {"detail": str(exc) or "Not found"}, status=404)
 
 
-api.add_router("/", app_api.account)
-api.add_router("/jobs", app_api.jobs)
-api.add_router("/", app_api.analysis)
-api.add_router("/", app_api.presets)
-api.add_router("/", app_api.composer)
-api.add_router("/datasets", app_api.datasets)
-api.add_router("/", app_api.tokenizer_lab)
-api.add_router("/", app_api.inference)
-api.add_router("/workers", app_api.workers_router)
-api.add_router("/events", app_api.events_router)
+api.add_router("/", accounts_api.account)
+api.add_router("/jobs", jobs_api.jobs)
+api.add_router("/jobs", training_api.job_routes)
+api.add_router("/", training_api.analysis)
+api.add_router("/", training_api.presets)
+api.add_router("/", training_api.composer)
+api.add_router("/datasets", datasets_api.datasets)
+api.add_router("/", tokenizers_api.tokenizer_lab)
+api.add_router("/", inference_api.inference)
+api.add_router("/workers", scheduling_api.workers_router)
+api.add_router("/events", jobs_api.events_router)

@@ -53,3 +53,8 @@ class Inference:
         from explorer.inference import jobs
 
         return jobs.run_inference_job(job_id, worker_name)
+
+    def page(self, request, job):
+        from explorer.inference import views
+
+        return views.page(request, job)

@@ -48,6 +48,9 @@ class JobKind(Protocol):
         """Run the queued job inside ``explorer.jobs.services.job_run``; its final status, or None
         when it was no longer queued."""
 
+    def page(self, request, job) -> tuple[str, dict]:
+        """The job's page: a template and its context (the view adds ``job`` and ``job_data``)."""
+
 
 KINDS: dict[str, JobKind] = {}
 

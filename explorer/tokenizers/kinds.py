@@ -34,3 +34,8 @@ class TokenizerTraining:
         from explorer.tokenizers import jobs
 
         return jobs.run_tokenizer_job(job_id, worker_name)
+
+    def page(self, request, job):
+        from explorer.tokenizers import views
+
+        return views.page(request, job)

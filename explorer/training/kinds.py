@@ -30,3 +30,8 @@ class Training:
 
     def run(self, job_id, worker_name):
         return services.run_job(job_id, worker_name)
+
+    def page(self, request, job):
+        from explorer.training import views
+
+        return views.page(request, job)

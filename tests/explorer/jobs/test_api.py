@@ -202,7 +202,7 @@ def test_the_account_page_issues_a_token_for_the_chosen_team(alice_client, alice
 def test_the_job_list_answers_in_its_schema(alice_client, alice, bob, tiny_spec):
     """GET /api/v1/jobs writes its JSON itself (not through ninja's validation): every job in it, queued,
     running or finished, of this kind or another, is exactly what the documented JobList schema gives."""
-    from explorer.api import JobList
+    from explorer.jobs.api import JobList
 
     user, team = alice
     queued = services.create_job(user, team, tiny_spec, name="waiting")

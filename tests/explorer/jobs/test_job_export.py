@@ -5,8 +5,8 @@ import io
 import pytest
 from django.test import Client
 
-from explorer.api import EXPORT_EVAL_COLUMNS, EXPORT_STEP_COLUMNS
 from explorer.jobs import services
+from explorer.jobs.api import EXPORT_EVAL_COLUMNS, EXPORT_STEP_COLUMNS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -2,7 +2,6 @@
 import json
 
 from django import forms
-from django.contrib.auth.forms import UserCreationForm
 
 import engine
 from explorer.datasets.models import Dataset
@@ -121,45 +120,3 @@ class ComposeForm(forms.Form):
             for key, message in exc.errors.items():
                 self.add_error(key if key in self.fields else None, message if key in self.fields else f"{key}: {message}")
         return cleaned
-
-
-class DatasetUploadForm(forms.Form):
-    name = forms.CharField(required=False, max_length=200, widget=forms.TextInput(attrs={"placeholder": "defaults to the file name"}))
-    file = forms.FileField(help_text="A UTF-8 text file.")
-
-
-class ApiTokenForm(forms.Form):
-    name = forms.CharField(max_length=100, widget=forms.TextInput(attrs={"placeholder": "e.g. laptop script"}))
-    team = forms.ModelChoiceField(queryset=None, empty_label=None,
-                                  help_text="The token sees and submits to this team only.")
-
-    def __init__(self, user, *args, **kwargs):
-        from explorer.accounts.teams import user_teams
-
-        super().__init__(*args, **kwargs)
-        self.fields["team"].queryset = user_teams(user)
-
-
-class SignupForm(UserCreationForm):
-    pass
-
-
-class TeamQuotaForm(forms.ModelForm):
-    """A team's quotas (empty = no limit), edited by its admins."""
-
-    class Meta:
-        from explorer.accounts.models import Team
-
-        model = Team
-        fields = ["max_running", "max_running_per_user", "max_active_per_user", "gpu_hours_per_day",
-                  "gpu_hours_per_day_per_user"]
-        labels = {"max_running": "Running jobs (team)", "max_running_per_user": "Running jobs per member",
-                  "max_active_per_user": "Queued + running per member", "gpu_hours_per_day": "GPU-hours / day (team)",
-                  "gpu_hours_per_day_per_user": "GPU-hours / day per member"}
-        widgets = {f: forms.NumberInput(attrs={"placeholder": "no limit", "min": 0}) for f in fields}
-
-
-class MemberForm(forms.Form):
-    username = forms.CharField(max_length=150, widget=forms.TextInput(attrs={"placeholder": "username"}))
-    role = forms.ChoiceField(choices=[("member", "member"), ("maintainer", "maintainer"), ("admin", "admin")],
-                             initial="member")

@@ -1,0 +1,179 @@
+"""Training's endpoints: the composer's options and estimate, real-model presets and HF config
+import, the cost analysis, and a training job's checkpoints (download, transformers export, retry
+from the last one) and attention detail under /api/v1/jobs/{id}/."""
+from typing import Any
+
+from django.http import Http404, HttpResponse
+from ninja import Body, Router, Schema, Status
+
+from explorer.accounts.api import ErrorOut, team_or_400
+from explorer.accounts.teams import get_job_or_404
+from explorer.jobs import services
+from explorer.jobs.api import JobIn, JobOut
+from explorer.scheduling import queue as scheduling
+from explorer.training import analysis as analysis_service
+from explorer.training import checkpoints
+
+
+class EstimateOut(Schema):
+    valid: bool
+    errors: dict[str, str]
+    analysis: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    queue: str | None = None
+    vocab_size: int | None = None
+
+
+# ---------------------------------------------------------------------------- a job's checkpoints
+job_routes = Router(tags=["jobs"])
+
+
+@job_routes.post("/{int:job_id}/retry", response={200: JobOut, 403: ErrorOut, 409: ErrorOut},
+           summary="Queue a failed or cancelled job again, resuming from its last checkpoint")
+def retry_job(request, job_id: int):
+    """A new attempt of the same job: it goes on from its last checkpoint (same loss curve, same
+    event log) or, without one, starts over. 409 for a job that is queued, running or succeeded."""
+    job = get_job_or_404(request.user, job_id)
+    try:
+        scheduling.check_can_act(request.user, job, "retry")
+        checkpoints.retry_job(job, reason=f"retried by {request.user.get_username()}")
+    except scheduling.NotAllowed as exc:
+        return Status(403, {"detail": str(exc)})
+    except checkpoints.RetryRefused as exc:
+        return Status(409, {"detail": str(exc)})
+    job.refresh_from_db()
+    return services.job_to_dict(job, services.queue_positions([job])[job.pk])
+
+
+class CheckpointOut(Schema):
+    step: int
+    bytes: int
+    created_at: str
+    download_url: str
+    transformers_url: str
+
+
+@job_routes.get("/{int:job_id}/checkpoints", response=list[CheckpointOut], summary="A job's saved checkpoints, oldest first")
+def list_checkpoints(request, job_id: int):
+    job = get_job_or_404(request.user, job_id)
+    base = f"/api/v1/jobs/{job.pk}/checkpoints"
+    return [{**c, "download_url": f"{base}/{c['step']}/download", "transformers_url": f"{base}/{c['step']}/transformers"}
+            for c in checkpoints.checkpoints(job)]
+
+
+def _zip_response(body, filename):
+    response = HttpResponse(body, content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@job_routes.get("/{int:job_id}/checkpoints/{int:step}/download", response={200: None, 404: ErrorOut},
+          summary="A checkpoint as a zip: model.safetensors, optimizer.safetensors, trainer.json")
+def download_checkpoint(request, job_id: int, step: int):
+    job = get_job_or_404(request.user, job_id)
+    try:
+        return _zip_response(checkpoints.zip_checkpoint(job, step), f"job-{job.pk}-step-{step}.zip")
+    except checkpoints.NoCheckpoint as exc:
+        raise Http404(str(exc)) from None
+
+
+@job_routes.get("/{int:job_id}/checkpoints/{int:step}/transformers", response={200: None, 400: ErrorOut, 404: ErrorOut},
+          summary="A checkpoint exported as a transformers model directory (save_pretrained), zipped")
+def export_checkpoint(request, job_id: int, step: int):
+    """``AutoModelForCausalLM.from_pretrained(<unzipped dir>)`` loads it (GPT-2, Llama, Mistral,
+    Mixtral, BERT or T5, whichever expresses the architecture); 400 says why none does."""
+    job = get_job_or_404(request.user, job_id)
+    try:
+        body = checkpoints.zip_transformers(job, step)
+    except checkpoints.NoCheckpoint as exc:
+        raise Http404(str(exc)) from None
+    except ValueError as exc:
+        return Status(400, {"detail": str(exc)})
+    return _zip_response(body, f"job-{job.pk}-step-{step}-transformers.zip")
+
+
+@job_routes.get("/{int:job_id}/attention/region", response={200: dict[str, Any], 400: ErrorOut, 404: ErrorOut},
+          summary="One head's attention on a region of a long input, recomputed from a checkpoint")
+def attention_region(request, job_id: int, step: int | None = None, stack: str = "self", layer: int = 0,
+                     head: int = 0, q0: int = 0, q1: int | None = None, k0: int = 0, k1: int | None = None,
+                     cells: int = 128):
+    """Queries ``q0..q1`` × keys ``k0..k1`` (defaults: all) of one head of the attention event at
+    ``step`` (default the newest), pooled to at most ``cells`` per side (≤ 256), recomputed from
+    that step's weights (a checkpoint, or the weights kept for that evaluation), else from the
+    nearest kept within ``checkpoint_every`` steps, marked ``exact: false`` with a ``note``; 404
+    when none is kept. Only events of long inputs (with an overview) have detail. See ``explorer.training.attention_detail.region`` for the answer's fields."""
+    from explorer.training import attention_detail  # torch work in the web process: loaded on first use
+
+    job = get_job_or_404(request.user, job_id)
+    try:
+        return attention_detail.region(job, step=step, stack=stack, layer=layer, head=head, q0=q0, q1=q1,
+                                       k0=k0, k1=k1, cells=cells)
+    except attention_detail.BadRegion as exc:
+        return Status(400, {"detail": f"Invalid region: {exc}", "errors": exc.errors})
+    except attention_detail.NoRegion as exc:
+        raise Http404(str(exc)) from None
+
+
+# ---------------------------------------------------------------------------- composer helpers
+composer = Router(tags=["composer"])
+
+
+@composer.get("/options", summary="Fields, registry choices and datasets for the composer")
+def options(request, team: str | None = None):
+    return services.composer_options(team_or_400(request, team))
+
+
+@composer.post("/estimate", response=EstimateOut, summary="Validate a job spec and analyse its cost")
+def estimate(request, payload: JobIn):
+    return services.estimate(team_or_400(request, payload.team), payload.dict(include={"model", "data", "train"}))
+
+
+# ---------------------------------------------------------------------------- real models
+presets = Router(tags=["presets"])
+
+
+@presets.get("/presets", summary="Real models (GPT-2, Llama, Mistral, Mixtral, BERT, T5...) as engine configs")
+def list_presets(request):
+    return services.list_presets()
+
+
+@presets.get("/presets/{name}", summary="One real model's engine config and parameter counts")
+def get_preset(request, name: str):
+    try:
+        return services.get_preset(name)
+    except KeyError as exc:
+        raise Http404(exc.args[0]) from None
+
+
+@presets.post("/import/hf-config", response={200: dict, 400: ErrorOut},
+              summary="Turn a Hugging Face config.json into an engine config")
+def import_hf_config(request, payload: Body[dict[str, Any]]):
+    return services.import_hf_config(payload)
+
+
+# ---------------------------------------------------------------------------- analysis
+analysis = Router(tags=["analysis"])
+
+
+class AnalyzeIn(Schema):
+    model: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+
+
+@analysis.post("/analyze", response={200: dict, 400: ErrorOut},
+               summary="What a model costs to train and serve: parameters, FLOPs, memory, KV cache, fit on each device")
+def analyze(request, payload: AnalyzeIn):
+    """``model``: engine config fields, or ``{"preset": "llama-2-7b", ...overrides}``; real-model
+    sizes are accepted. ``settings``: batch_size, seq_len, vocab_size, dtype, optimizer, n_gpus,
+    sharding, activation_checkpointing, flash_attention, quantization, hardware, mfu,
+    price_per_gpu_hour, train_tokens. Returns the engine's report plus ``curves`` (KV cache and
+    attention FLOPs against context for every attention pattern) and ``fit_table`` (every device)."""
+    try:
+        return analysis_service.report(payload.dict())
+    except services.SpecError as exc:
+        return Status(400, {"detail": "Invalid analysis", "errors": exc.errors})
+
+
+@analysis.get("/analyze/options", summary="The analysis settings' choices and the device catalogue")
+def analyze_options(request):
+    return analysis_service.options()
