@@ -13,7 +13,7 @@ from ninja.errors import HttpError
 
 from explorer.accounts.api import ErrorOut, TeamRef, team_or_400
 from explorer.accounts.teams import get_job_or_404, jobs_visible_to
-from explorer.jobs import services
+from explorer.jobs import services, submission
 from explorer.jobs.models import JobEvent
 from explorer.scheduling import queue as scheduling
 
@@ -83,8 +83,8 @@ jobs = Router(tags=["jobs"])
 @jobs.post("", response={201: JobOut, 400: ErrorOut, 429: ErrorOut}, summary="Submit a training job")
 def create_job(request, payload: JobIn):
     team = team_or_400(request, payload.team)
-    job = services.create_job(request.user, team, payload.dict(include={"model", "data", "train"}), name=payload.name,
-                              priority=payload.priority)
+    job = submission.submit(request.user, team, "train", payload.dict(include={"model", "data", "train"}), name=payload.name,
+                            priority=payload.priority)
     return Status(201, services.job_to_dict(job, position=services.queue_positions([job])[job.pk]))
 
 

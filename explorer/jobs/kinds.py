@@ -48,6 +48,10 @@ class JobKind(Protocol):
         """Run the queued job inside ``explorer.jobs.services.job_run``; its final status, or None
         when it was no longer queued."""
 
+    def requeue(self, job, reason) -> tuple[bool, int | None]:
+        """Only for a ``resumable`` kind: queue the job of a lost worker again as its next attempt;
+        whether it was (False when it had meanwhile left "running") and the step it resumes at."""
+
     def page(self, request, job) -> tuple[str, dict]:
         """The job's page: a template and its context (the view adds ``job`` and ``job_data``)."""
 

@@ -9,6 +9,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+import engine
 from explorer.accounts.teams import get_job_or_404, jobs_visible_to
 from explorer.accounts.views import safe_next, team_or_404
 from explorer.jobs import kinds, services
@@ -44,7 +45,7 @@ def queue(request):
 
 
 def engine_families():
-    return services.composer_options_choices().get("family", [])
+    return engine.choices().get("family", [])
 
 
 @login_required

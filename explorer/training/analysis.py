@@ -18,7 +18,8 @@ import math
 
 import engine
 from engine.analysis import analysis_options
-from explorer.jobs.services import SpecError, field_applies
+from explorer.jobs.services import SpecError
+from explorer.training.jobs import field_applies
 
 MAX_SIZE = 10**12  # beyond this a "size" is a typo, and the numbers stop meaning anything
 CURVE_POINTS = 12  # context lengths per curve, evenly spaced on a log axis

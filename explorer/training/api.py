@@ -13,6 +13,7 @@ from explorer.jobs.api import JobIn, JobOut
 from explorer.scheduling import queue as scheduling
 from explorer.training import analysis as analysis_service
 from explorer.training import checkpoints
+from explorer.training import jobs as training_jobs
 
 
 class EstimateOut(Schema):
@@ -120,12 +121,12 @@ composer = Router(tags=["composer"])
 
 @composer.get("/options", summary="Fields, registry choices and datasets for the composer")
 def options(request, team: str | None = None):
-    return services.composer_options(team_or_400(request, team))
+    return training_jobs.composer_options(team_or_400(request, team))
 
 
 @composer.post("/estimate", response=EstimateOut, summary="Validate a job spec and analyse its cost")
 def estimate(request, payload: JobIn):
-    return services.estimate(team_or_400(request, payload.team), payload.dict(include={"model", "data", "train"}))
+    return training_jobs.estimate(team_or_400(request, payload.team), payload.dict(include={"model", "data", "train"}))
 
 
 # ---------------------------------------------------------------------------- real models
@@ -134,13 +135,13 @@ presets = Router(tags=["presets"])
 
 @presets.get("/presets", summary="Real models (GPT-2, Llama, Mistral, Mixtral, BERT, T5...) as engine configs")
 def list_presets(request):
-    return services.list_presets()
+    return training_jobs.list_presets()
 
 
 @presets.get("/presets/{name}", summary="One real model's engine config and parameter counts")
 def get_preset(request, name: str):
     try:
-        return services.get_preset(name)
+        return training_jobs.get_preset(name)
     except KeyError as exc:
         raise Http404(exc.args[0]) from None
 
@@ -148,7 +149,7 @@ def get_preset(request, name: str):
 @presets.post("/import/hf-config", response={200: dict, 400: ErrorOut},
               summary="Turn a Hugging Face config.json into an engine config")
 def import_hf_config(request, payload: Body[dict[str, Any]]):
-    return services.import_hf_config(payload)
+    return training_jobs.import_hf_config(payload)
 
 
 # ---------------------------------------------------------------------------- analysis

@@ -8,6 +8,7 @@ from explorer.datasets.models import Dataset
 from explorer.jobs import services
 from explorer.tokenizers import lab as tokenizers
 from explorer.training import checkpoints
+from explorer.training import jobs as training_jobs
 
 SECTIONS = [
     ("model", "Architecture", "The transformer: depth, width, attention heads, context."),
@@ -115,7 +116,7 @@ class ComposeForm(forms.Form):
         if self.errors:
             return cleaned
         try:
-            self.spec, self.dataset, _ = services.validate_spec(self.team, self.payload())
+            self.spec, self.dataset, _ = training_jobs.validate_spec(self.team, self.payload())
         except services.SpecError as exc:
             for key, message in exc.errors.items():
                 self.add_error(key if key in self.fields else None, message if key in self.fields else f"{key}: {message}")

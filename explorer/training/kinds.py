@@ -1,7 +1,7 @@
 """The training job kind: a model trained from a spec (``engine.train``)."""
 import engine
-from explorer.jobs import services
 from explorer.jobs.kinds import Plan
+from explorer.training import jobs as training_jobs
 
 
 class Training:
@@ -18,9 +18,9 @@ class Training:
     def plan(self, user, team, payload):
         from explorer.training.checkpoints import parent_of
 
-        spec, dataset, analysis = services.validate_spec(team, payload, fit=False)
+        spec, dataset, analysis = training_jobs.validate_spec(team, payload, fit=False)
         parent_id, parent_step = parent_of(spec.train.init_from) or (None, None)
-        return Plan(spec=spec.to_dict(), queue=services.queue_for(spec), memory_bytes=analysis["memory"]["train_total"],
+        return Plan(spec=spec.to_dict(), queue=training_jobs.queue_for(spec), memory_bytes=analysis["memory"]["train_total"],
                     params=analysis["params"]["total"], total_steps=spec.train.steps,
                     fields={"dataset": dataset, "parent_id": parent_id, "parent_step": parent_step})
 
@@ -29,7 +29,15 @@ class Training:
         return engine.analyze(spec.model, batch_size=spec.train.batch_size)["memory"]["train_total"]
 
     def run(self, job_id, worker_name):
-        return services.run_job(job_id, worker_name)
+        return training_jobs.run_job(job_id, worker_name)
+
+    def requeue(self, job, reason):
+        from explorer.training.checkpoints import RetryRefused, retry_job
+
+        try:
+            return True, retry_job(job, reason=reason, automatic=True)
+        except RetryRefused:
+            return False, None
 
     def page(self, request, job):
         from explorer.training import views

@@ -14,6 +14,7 @@ from explorer.jobs.submission import RateLimited
 from explorer.scheduling import queue as scheduling
 from explorer.tokenizers.models import Tokenizer
 from explorer.training import analysis, checkpoints
+from explorer.training import jobs as training_jobs
 from explorer.training.forms import ComposeForm
 
 
@@ -24,7 +25,7 @@ def compose(request):
         form = ComposeForm(team, request.POST)
         if form.is_valid():
             try:
-                job = services.create_job(request.user, team, form.payload(), name=form.cleaned_data["name"],
+                job = training_jobs.create_job(request.user, team, form.payload(), name=form.cleaned_data["name"],
                                           priority=form.cleaned_data.get("priority") or "normal")
             except RateLimited as exc:
                 form.add_error(None, exc.refusal.message)
@@ -40,15 +41,15 @@ def compose(request):
         initial = {}
         if request.GET.get("preset"):
             try:
-                initial = services.preset_form_values(request.GET["preset"])
+                initial = training_jobs.preset_form_values(request.GET["preset"])
             except KeyError as exc:
                 messages.warning(request, exc.args[0])
         initial.update({k: v for k, v in request.GET.items() if k != "preset"})
         form = ComposeForm(team, initial=initial)
     return render(request, "explorer/compose.html", {
         "form": form,
-        "options": services.composer_options(team),
-        "presets": services.list_presets(),
+        "options": training_jobs.composer_options(team),
+        "presets": training_jobs.list_presets(),
         "preset": request.GET.get("preset", ""),
         "analysis_options": analysis.options(),
         "nav": "compose",
@@ -60,7 +61,7 @@ def compare(request):
     """Two to four architectures side by side; which ones (``?a=preset:llama-2-7b&b=...``) and the
     settings live in the URL, and static/js/compare.js fetches each one's analysis."""
     return render(request, "explorer/compare.html", {
-        "presets": services.list_presets(),
+        "presets": training_jobs.list_presets(),
         "analysis_options": analysis.options(),
         "nav": "compare",
     })
@@ -92,7 +93,7 @@ def runs(request):
             slots.append({"id": pk, "found": False})
             continue
         spec = services.public_spec(job.spec)
-        applies = services.relevant_config(spec)
+        applies = training_jobs.relevant_config(spec)
         slots.append({
             "id": pk, "found": True, "name": job.display_name, "status": job.status, "url": f"/jobs/{pk}/",
             "step": job.step, "total_steps": job.total_steps, "last_seq": job.last_seq,
@@ -108,7 +109,7 @@ def runs(request):
 def page(request, job):
     """A training job's page: its template and context (``job`` and ``job_data`` are added)."""
     return "explorer/job.html", {
-        "config": services.relevant_config(job.spec), "nav": "queue",
+        "config": training_jobs.relevant_config(job.spec), "nav": "queue",
         "clone_query": _clone_query(job), "checkpoints": checkpoints.checkpoints(job),
         "children": jobs_visible_to(request.user).filter(parent=job).order_by("created_at"),
     }

@@ -18,6 +18,7 @@ import engine
 from engine.introspect.attention_maps import attention_event
 from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.training import jobs as training_jobs
 from tests.conftest import make_user
 from tests.e2e.helpers import log_in
 
@@ -208,7 +209,7 @@ def engine_emits_attention():
 def test_a_training_job_shows_its_maps_live(stack, page):
     user, team = make_user("dora")
     raw = {**COPY, "train": {**COPY["train"], "steps": 2000, "eval_interval": 20}}
-    job = services.create_job(user, team, raw, name="attention through the worker")
+    job = training_jobs.create_job(user, team, raw, name="attention through the worker")
     log_in(page, stack, "dora")
     page.goto(stack.url + f"/jobs/{job.pk}/")
     page.wait_for_selector("#attention-card:not([hidden])", timeout=120_000)

@@ -2,7 +2,7 @@
 at once, detail fetched on zoom (a programmatic ``Plotly.relayout``, as a dragged box makes),
 token labels at full resolution, stale requests dropped, and "reset zoom".
 
-The job is real: trained by ``services.run_job`` (ALiBi, so its heads look back over different
+The job is real: trained by ``training_jobs.run_job`` (ALiBi, so its heads look back over different
 distances from the start), its "attention" events made by ``engine.train``, a checkpoint at the
 end that the region endpoint recomputes from. Screenshot: docs/screenshots/attention_long.png.
 """
@@ -13,7 +13,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from explorer.datasets.uploads import save_upload
-from explorer.jobs import services
+from explorer.training import jobs as training_jobs
 from tests.conftest import make_user
 from tests.e2e.helpers import log_in
 
@@ -34,9 +34,9 @@ def long_job(name):
     user, team = make_user(name)
     dataset = save_upload(team, user, SimpleUploadedFile("hamlet.txt", TEXT.encode()))
     raw = {**LONG, "data": {**LONG["data"], "dataset": dataset.pk}}
-    job = services.create_job(user, team, raw, name="hamlet · 2,048-token context")
+    job = training_jobs.create_job(user, team, raw, name="hamlet · 2,048-token context")
     outcome = []  # in another thread: Playwright keeps an event loop in this one, and run_job publishes
-    runner = threading.Thread(target=lambda: outcome.append(services.run_job(job.pk, "test-worker")))
+    runner = threading.Thread(target=lambda: outcome.append(training_jobs.run_job(job.pk, "test-worker")))
     runner.start()
     runner.join()
     assert outcome == ["succeeded"]

@@ -8,9 +8,9 @@ Screenshots: docs/screenshots/dpo.png, docs/screenshots/checkpoints.png.
 """
 import pytest
 
-from explorer.jobs import services
 from explorer.jobs.models import Job
 from explorer.training import checkpoints
+from explorer.training import jobs as training_jobs
 from tests.conftest import make_user
 from tests.e2e.helpers import log_in
 
@@ -28,7 +28,7 @@ def wait_status(page, status, timeout=180_000):
 
 def test_sft_then_dpo_chain_shows_reward_metrics_and_lineage(stack, page, shots):
     user, team = make_user("dora")
-    sft = services.create_job(user, team, {"model": MODEL, "data": DATA, "train": {
+    sft = training_jobs.create_job(user, team, {"model": MODEL, "data": DATA, "train": {
         **TRAIN, "objective": "sft", "steps": 80, "eval_interval": 40, "checkpoint_every": 40}}, name="sort SFT")
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -45,7 +45,7 @@ def test_sft_then_dpo_chain_shows_reward_metrics_and_lineage(stack, page, shots)
     assert page.locator("[name='train.init_from_job']").input_value() == str(sft.pk)
     assert page.locator("[name='model.n_embd']").input_value() == "48"
 
-    dpo = services.create_job(user, team, {"model": MODEL, "data": DATA, "train": {
+    dpo = training_jobs.create_job(user, team, {"model": MODEL, "data": DATA, "train": {
         **TRAIN, "objective": "dpo", "dpo_beta": 0.5, "steps": 80, "eval_interval": 20, "init_from_job": sft.pk}},
         name="sort DPO")
     assert (dpo.parent_id, dpo.parent_step) == (sft.pk, 80)
@@ -78,7 +78,7 @@ def test_a_cancelled_job_is_retried_from_its_page_and_resumes(stack, page, shots
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.set_viewport_size({"width": 1400, "height": 900})
     log_in(page, stack, "rory")  # first: the job must not finish before the page can cancel it
-    job = services.create_job(user, team, {"model": MODEL, "data": {"source": "synthetic", "task": "copy", "task_length": 4},
+    job = training_jobs.create_job(user, team, {"model": MODEL, "data": {"source": "synthetic", "task": "copy", "task_length": 4},
                                            "train": {**TRAIN, "steps": RETRIED_STEPS, "eval_interval": 400, "checkpoint_every": 100}},
                               name="interrupted run")
     page.goto(stack.url + f"/jobs/{job.pk}/")

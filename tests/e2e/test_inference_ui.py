@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.training import jobs as training_jobs
 from tests.conftest import make_user
 from tests.e2e.helpers import log_in
 
@@ -36,7 +36,7 @@ def wait_for_status(job_id, statuses, timeout):
 
 def test_prompts_in_tokens_and_tables_out(stack, page, shots, tmp_path):
     user, team = make_user("ivy")
-    source = services.create_job(user, team, SPEC, name="stdlib-chars")  # the worker trains it
+    source = training_jobs.create_job(user, team, SPEC, name="stdlib-chars")  # the worker trains it
     source = wait_for_status(source.pk, Job.TERMINAL, 240)
     assert source.status == "succeeded", source.error + stack.log("worker")
 

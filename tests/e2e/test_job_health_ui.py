@@ -11,6 +11,7 @@ import pytest
 import engine
 from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.training import jobs as training_jobs
 from tests.conftest import make_user
 from tests.e2e.helpers import log_in
 
@@ -30,7 +31,7 @@ def points(page, chart):
 
 def test_health_card_follows_a_real_job(stack, page, shots):
     user, team = make_user("hana")
-    job = services.create_job(user, team, SPEC, name="health watch")
+    job = training_jobs.create_job(user, team, SPEC, name="health watch")
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.set_viewport_size({"width": 1400, "height": 900})

@@ -12,6 +12,7 @@ import pytest
 import engine
 from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.training import jobs as training_jobs
 from tests.conftest import make_user
 from tests.e2e.helpers import log_in
 
@@ -32,7 +33,7 @@ def columns(page):
 
 def test_moe_card_follows_a_real_job(stack, browser, shots):
     user, team = make_user("moe")
-    job = services.create_job(user, team, SPEC, name="MoE routing")
+    job = training_jobs.create_job(user, team, SPEC, name="MoE routing")
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
     page.set_default_timeout(30_000)

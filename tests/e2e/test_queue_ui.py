@@ -10,8 +10,8 @@ import re
 import pytest
 
 from explorer.accounts.models import Membership
-from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.training import jobs as training_jobs
 from tests.conftest import TINY_SPEC, make_user
 from tests.e2e.helpers import log_in
 
@@ -40,10 +40,10 @@ def test_maintainer_reorders_and_member_is_limited(web, page, shots):
     team.max_running_per_user = 1
     team.save()
     spec = {**TINY_SPEC, "train": {**TINY_SPEC["train"], "steps": 20000}}  # minutes each, at the default speed
-    jobs = [services.create_job(user, team, spec, name=name)
+    jobs = [training_jobs.create_job(user, team, spec, name=name)
             for user, name in ((lead, "baseline 1"), (lead, "baseline 2"), (sam, "sam's sweep"), (mo, "mo's ablation"))]
     encoder = {**spec, "model": {**TINY_SPEC["model"], "family": "encoder"}}
-    jobs.append(services.create_job(sam, team, encoder, name="sam's encoder", priority="low"))
+    jobs.append(training_jobs.create_job(sam, team, encoder, name="sam's encoder", priority="low"))
 
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))

@@ -1,6 +1,6 @@
 """The run comparison page in headless Chromium.
 
-Two tiny copy-task jobs with different learning rates train in-process (``services.run_job``,
+Two tiny copy-task jobs with different learning rates train in-process (``training_jobs.run_job``,
 the worker's own function); the page overlays their curves, highlights ``train.lr`` in the
 settings diff and shows each run's best value and its step. A third job, "running", gets new
 events while the page is open and its curve grows. The queue page's checkboxes lead here.
@@ -13,6 +13,7 @@ import pytest
 
 from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.training import jobs as training_jobs
 from tests.conftest import TINY_SPEC, make_user
 from tests.e2e.helpers import log_in
 
@@ -24,8 +25,8 @@ def trained(user, team, name, lr, steps=150):
     spec = copy.deepcopy(TINY_SPEC)
     spec["model"].update(n_layer=2, n_embd=32, block_size=16)
     spec["train"].update(steps=steps, lr=lr, batch_size=16, eval_interval=15, warmup_steps=5)
-    job = services.create_job(user, team, spec, name=name)
-    assert services.run_job(job.pk, "test-worker") == Job.Status.SUCCEEDED
+    job = training_jobs.create_job(user, team, spec, name=name)
+    assert training_jobs.run_job(job.pk, "test-worker") == Job.Status.SUCCEEDED
     return Job.objects.get(pk=job.pk)
 
 
@@ -38,7 +39,7 @@ def test_runs_overlay_diff_best_and_live(web, page, shots):
     otto, otto_team = make_user("otto")
     slow = trained(user, team, "copy lr 3e-3", 3e-3)
     fast = trained(user, team, "copy lr 1e-2", 1e-2)
-    foreign = services.create_job(otto, otto_team, TINY_SPEC, name="otto's private run")
+    foreign = training_jobs.create_job(otto, otto_team, TINY_SPEC, name="otto's private run")
 
     page.set_viewport_size({"width": 1400, "height": 900})
     log_in(page, web, "rita")
@@ -97,7 +98,7 @@ def test_runs_overlay_diff_best_and_live(web, page, shots):
 def test_a_running_job_keeps_growing(web, page):
     user, team = make_user("lena")
     done = trained(user, team, "finished", 3e-3, steps=20)
-    live = services.create_job(user, team, TINY_SPEC, name="still running")
+    live = training_jobs.create_job(user, team, TINY_SPEC, name="still running")
     services.record_status(live.pk, Job.Status.RUNNING, worker="w")
     services.append_events(live.pk, [("step", {"step": s, "loss": 3.0 - s / 10, "lr": 1e-3, "tokens_per_s": 900.0}) for s in (1, 2, 3)], step=3)
 
@@ -116,8 +117,8 @@ def test_a_running_job_keeps_growing(web, page):
 
 def test_queue_checkboxes_open_the_comparison(web, page):
     user, team = make_user("quinn")
-    a = services.create_job(user, team, TINY_SPEC, name="first")
-    b = services.create_job(user, team, TINY_SPEC, name="second")
+    a = training_jobs.create_job(user, team, TINY_SPEC, name="first")
+    b = training_jobs.create_job(user, team, TINY_SPEC, name="second")
     log_in(page, web, "quinn")
     page.goto(f"{web.url}/queue/")
     button = page.locator("#compare-selected")

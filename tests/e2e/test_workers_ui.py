@@ -21,6 +21,7 @@ from explorer.jobs import services
 from explorer.jobs.models import Job
 from explorer.scheduling import workers
 from explorer.scheduling.models import Worker
+from explorer.training import jobs as training_jobs
 from tests.conftest import TINY_SPEC, make_user
 from tests.e2e.helpers import log_in
 
@@ -70,7 +71,7 @@ def test_workers_page_live_with_a_drain_click(stack, page, shots):
 
     spec = copy.deepcopy(TINY_SPEC)
     spec["train"]["steps"] = 50_000
-    job = services.create_job(user, crew, spec, name="copy-task sweep")
+    job = training_jobs.create_job(user, crew, spec, name="copy-task sweep")
 
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))

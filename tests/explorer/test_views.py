@@ -6,8 +6,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from explorer.accounts.models import ApiToken
 from explorer.datasets.models import Dataset
-from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -110,9 +110,8 @@ def test_shared_link_with_a_false_boolean_renders_unchecked(alice_client):
 
 
 def test_cancel_and_team_switch_do_not_redirect_off_site(alice_client, alice, tiny_spec):
-    from explorer.jobs import services
 
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     resp = alice_client.post(f"/jobs/{job.pk}/cancel/", {"next": "https://evil.example/"})
     assert resp["Location"] == f"/jobs/{job.pk}/"
     resp = alice_client.post("/teams/switch/", {"team": alice[1].pk, "next": "//evil.example/"})
@@ -126,7 +125,7 @@ def test_cancel_and_team_switch_do_not_redirect_off_site(alice_client, alice, ti
 def test_pages_show_no_template_syntax(alice_client, alice, tiny_spec, url):
     """A template comment or tag that Django did not parse (a {# #} comment over two lines, say)
     would be shown to the user as text."""
-    services.create_job(alice[0], alice[1], tiny_spec, name="a job")
+    training_jobs.create_job(alice[0], alice[1], tiny_spec, name="a job")
     resp = alice_client.get(url, follow=True)
     html = resp.content.decode()
     assert resp.status_code == 200

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import websockets
 
-from explorer.jobs import services
+from explorer.training import jobs as training_jobs
 from tests.conftest import TINY_SPEC, make_user
 from tests.stack import ROOT, Stack, free_port
 
@@ -28,7 +28,7 @@ def children(pid):
 
 def test_gunicorn_with_uvicorn_workers_serves_pages_api_and_websockets(tmp_path, session_cookie):
     user, team = make_user("gus")
-    job = services.create_job(user, team, TINY_SPEC, name="served by gunicorn")  # queued: no worker here
+    job = training_jobs.create_job(user, team, TINY_SPEC, name="served by gunicorn")  # queued: no worker here
     port = free_port()
     env = {**Stack(tmp_path).env, "WEB_CONCURRENCY": "2"}
     cmd = [sys.executable, "-m", "gunicorn", "config.asgi:application", "-k", "uvicorn.workers.UvicornWorker",

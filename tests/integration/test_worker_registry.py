@@ -15,6 +15,7 @@ from explorer.jobs import services
 from explorer.jobs.models import Job
 from explorer.scheduling import workers
 from explorer.scheduling.models import Worker
+from explorer.training import jobs as training_jobs
 from tests.conftest import TINY_SPEC, make_user
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -65,7 +66,7 @@ def test_the_worker_registers_its_device_and_heartbeats(stack):
 def test_a_running_job_is_the_workers_current_job(stack):
     user, team = make_user("wanda")
     the_worker(stack)
-    job = services.create_job(user, team, spec(50000), name="long run")
+    job = training_jobs.create_job(user, team, spec(50000), name="long run")
     assert Job.objects.get(pk=job.pk).route == ""  # the only worker can hold it: the plain queue
     wait_for(lambda: Worker.objects.filter(name=stack.worker_name, current_job=job.pk).exists(), timeout=60)
     assert Job.objects.get(pk=job.pk).worker == stack.worker_name
@@ -87,7 +88,7 @@ def test_a_job_routed_to_a_memory_tier_runs_on_a_worker_that_consumes_it(stack):
     # a (pretend) second worker too small for the job: the job must go to a tier only the real one consumes
     Worker.objects.create(name="small@nowhere", queues=["cpu"], tiers=[], memory_bytes=2**17, usable_bytes=2**16,
                           cpu_count=1, heartbeat_at=now, started_at=now - timedelta(minutes=5))
-    job = services.create_job(user, team, spec(20), name="tiered")
+    job = training_jobs.create_job(user, team, spec(20), name="tiered")
     assert Job.objects.get(pk=job.pk).route == "cpu.1g"
     done = wait_for(lambda: Job.objects.filter(pk=job.pk, status__in=Job.TERMINAL).first(), timeout=90)
     assert done.status == "succeeded" and done.worker == stack.worker_name
@@ -101,7 +102,7 @@ def test_a_drained_worker_takes_no_job_until_undrained(stack):
     workers.set_draining(user, worker, True)
     wait_for(lambda: active_queues(stack) == [], timeout=10)
     try:
-        job = services.create_job(user, team, spec(20), name="waits")
+        job = training_jobs.create_job(user, team, spec(20), name="waits")
         time.sleep(4)
         assert Job.objects.get(pk=job.pk).status == "queued"
         assert Worker.objects.get(name=stack.worker_name).status == "draining"  # heartbeats keep it so

@@ -35,6 +35,7 @@ from explorer.jobs.routing import websocket_urlpatterns
 from explorer.scheduling.models import Worker
 from explorer.tokenizers import lab
 from explorer.tokenizers.models import Tokenizer
+from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -264,20 +265,20 @@ def world(db, bob, tiny_spec):
         people[role] = users.create_user(f"zebra-{role}", password="pw-zebra-123")
         Membership.objects.create(user=people[role], team=team, role=role)
     admin, member = people["admin"], people["member"]
-    ended = services.create_job(admin, team, tiny_spec, name="zebra-old-job")
+    ended = training_jobs.create_job(admin, team, tiny_spec, name="zebra-old-job")
     services.cancel_job(ended)
     tokenizer, _ = lab.train(admin, team, {"name": "zebra-tok", "kind": "bpe", "vocab_size": 270, "corpus": "text",
                                            "text": "the cat sat on the mat. " * 40})
-    job = services.create_job(admin, team, tiny_spec, name="zebra-job")
+    job = training_jobs.create_job(admin, team, tiny_spec, name="zebra-job")
     return World(
         team=team, admin=admin, maintainer=people["maintainer"], member=member,
         outsider=bob[0], outsider_token=ApiToken.issue(bob[0], "cli")[1],
         job=job, worker=Worker.objects.create(name="cpu@matrix", queues=["cpu"], current_job=job),
-        member_job=services.create_job(member, team, tiny_spec, name="zebra-member-job"),
+        member_job=training_jobs.create_job(member, team, tiny_spec, name="zebra-member-job"),
         ended_job=Job.objects.get(pk=ended.pk),
         dataset=save_upload(team, admin, SimpleUploadedFile("zebra-data.txt", b"a few words of text\n" * 20)),
         tokenizer=tokenizer, token=ApiToken.issue(admin, "zebra-token")[0],
-        preset=services.list_presets()[0]["name"],
+        preset=training_jobs.list_presets()[0]["name"],
     )
 
 

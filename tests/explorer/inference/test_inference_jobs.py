@@ -14,6 +14,7 @@ from django.test import Client
 from explorer.inference import jobs as inference_jobs
 from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the heartbeat thread reads the job
 
@@ -21,8 +22,8 @@ pytestmark = pytest.mark.django_db(transaction=True)  # the heartbeat thread rea
 @pytest.fixture
 def trained(alice, tiny_spec):
     tiny_spec["train"] |= {"checkpoint_every": 10, "steps": 60}
-    job = services.create_job(alice[0], alice[1], tiny_spec, name="copy-model")
-    assert services.run_job(job.pk, "test-worker") == "succeeded"
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec, name="copy-model")
+    assert training_jobs.run_job(job.pk, "test-worker") == "succeeded"
     return job
 
 

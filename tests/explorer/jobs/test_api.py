@@ -7,6 +7,7 @@ from django.test import Client
 from explorer.accounts.models import ApiToken
 from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -68,7 +69,7 @@ def test_user_cannot_pass_a_file_path(alice_client, tiny_spec):
 
 
 def test_other_team_gets_404_everywhere(alice, bob, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     c = Client()
     c.force_login(bob[0])
     for url in (f"/api/v1/jobs/{job.pk}", f"/api/v1/jobs/{job.pk}/events"):
@@ -82,7 +83,7 @@ def test_other_team_gets_404_everywhere(alice, bob, tiny_spec):
 
 
 def test_anonymous_is_refused(alice, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     c = Client()
     assert c.get("/api/v1/jobs").status_code == 401
     assert c.get(f"/api/v1/jobs/{job.pk}").status_code == 401
@@ -90,7 +91,7 @@ def test_anonymous_is_refused(alice, tiny_spec):
 
 
 def test_list_events_and_cancel(alice_client, alice, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     listing = alice_client.get("/api/v1/jobs").json()
     assert [j["id"] for j in listing["jobs"]] == [job.pk]
     events = alice_client.get(f"/api/v1/jobs/{job.pk}/events?after=0").json()
@@ -162,7 +163,6 @@ def test_nul_characters_never_reach_the_database(alice, alice_client, tiny_spec)
                              content_type="application/json")
     assert resp.status_code == 201, resp.content
     assert Job.objects.get(pk=resp.json()["id"]).name == "nul\ufffdname"
-    from explorer.jobs import services
 
     job = Job.objects.get(pk=resp.json()["id"])
     services.append_events(job.pk, [("eval", {"sample": {"completion": "a\x00b"}})])
@@ -175,8 +175,8 @@ def test_a_token_scoped_to_a_team_sees_and_submits_to_that_team_only(alice, tiny
     user, own = alice
     other = Team.objects.create(name="Lab", slug="lab")
     Membership.objects.create(user=user, team=other, role="member")
-    lab_job = services.create_job(user, other, tiny_spec, name="lab job")
-    own_job = services.create_job(user, own, tiny_spec, name="own job")
+    lab_job = training_jobs.create_job(user, other, tiny_spec, name="lab job")
+    own_job = training_jobs.create_job(user, own, tiny_spec, name="own job")
     _, raw = ApiToken.issue(user, "ci", team=own)
     c = Client(HTTP_AUTHORIZATION=f"Bearer {raw}")
     assert [j["name"] for j in c.get("/api/v1/jobs").json()["jobs"]] == ["own job"]
@@ -205,11 +205,11 @@ def test_the_job_list_answers_in_its_schema(alice_client, alice, bob, tiny_spec)
     from explorer.jobs.api import JobList
 
     user, team = alice
-    queued = services.create_job(user, team, tiny_spec, name="waiting")
-    services.create_job(user, team, tiny_spec, name="second in line")
-    done = services.create_job(user, team, tiny_spec, name="done")
+    queued = training_jobs.create_job(user, team, tiny_spec, name="waiting")
+    training_jobs.create_job(user, team, tiny_spec, name="second in line")
+    done = training_jobs.create_job(user, team, tiny_spec, name="done")
     Job.objects.filter(pk=done.pk).update(status="succeeded", summary={"loss": 1.25, "eta": 0}, step=3, total_steps=3)
-    services.create_job(bob[0], bob[1], tiny_spec, name="not alice's")
+    training_jobs.create_job(bob[0], bob[1], tiny_spec, name="not alice's")
     resp = alice_client.get("/api/v1/jobs")
     assert resp.status_code == 200 and resp["Content-Type"] == "application/json"
     body = resp.json()

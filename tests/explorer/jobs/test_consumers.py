@@ -7,6 +7,7 @@ from django.test import Client
 
 from config.asgi import application
 from explorer.jobs import services
+from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,7 +41,7 @@ def run(coro):
 
 
 def test_job_socket_replays_then_streams_without_duplicates(alice, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     services.append_events(job.pk, [("step", {"step": 1, "loss": 3.0}), ("step", {"step": 2, "loss": 2.9})])
     headers = session_headers(alice[0])
 
@@ -62,7 +63,7 @@ def test_job_socket_replays_then_streams_without_duplicates(alice, tiny_spec):
 
 
 def test_job_socket_fills_a_gap_from_the_log(alice, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     headers = session_headers(alice[0])
 
     async def scenario():
@@ -82,7 +83,7 @@ def test_job_socket_catches_up_a_lost_last_message_once_the_job_is_quiet(alice, 
     from explorer.jobs import consumers
 
     monkeypatch.setattr(consumers, "TAIL_CHECK_S", 0.3)
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     headers = session_headers(alice[0])
 
     async def scenario():
@@ -106,7 +107,7 @@ def test_job_socket_catches_up_a_lost_last_message_once_the_job_is_quiet(alice, 
 def test_job_socket_holds_live_events_until_the_ones_before_them_are_saved(alice, tiny_spec):
     # The worker sends events before it saves them: a client that joins meanwhile gets them in
     # order once they are in the log, never with a hole.
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     headers = session_headers(alice[0])
 
     def live(first, n):
@@ -131,7 +132,7 @@ def test_job_socket_holds_live_events_until_the_ones_before_them_are_saved(alice
 
 
 def test_job_socket_refuses_other_teams_and_anonymous(alice, bob, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     bobs = session_headers(bob[0])
     session_headers_alice = session_headers(alice[0])
 
@@ -154,7 +155,7 @@ def test_team_socket_streams_job_changes(alice, tiny_spec):
     async def scenario():
         comm, ok = await connect(f"/ws/teams/{alice[1].pk}/", headers)
         assert ok
-        job = await sync_to_async(services.create_job)(alice[0], alice[1], tiny_spec)
+        job = await sync_to_async(training_jobs.create_job)(alice[0], alice[1], tiny_spec)
         await sync_to_async(services.cancel_job)(job)
         seen = []
         while "cancelled" not in seen:

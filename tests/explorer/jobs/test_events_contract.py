@@ -16,6 +16,7 @@ from explorer.jobs import recorder, services
 from explorer.jobs.models import Job, JobEvent
 from explorer.scheduling import queue as scheduling
 from explorer.tokenizers import jobs as tokenizer_jobs
+from explorer.training import jobs as training_jobs
 from explorer.training.checkpoints import retry_job
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -65,11 +66,11 @@ def test_every_event_real_jobs_log_keeps_the_contract(alice, alice_client, tiny_
     user, team = alice
     tiny_spec["model"] |= {"n_expert": 2, "top_k": 1}
     tiny_spec["train"] |= {"steps": 20, "checkpoint_every": 10}
-    trained = services.create_job(user, team, tiny_spec, name="moe-copy")
-    assert services.run_job(trained.pk, "test-worker") == "succeeded"
+    trained = training_jobs.create_job(user, team, tiny_spec, name="moe-copy")
+    assert training_jobs.run_job(trained.pk, "test-worker") == "succeeded"
 
     # a queued job reprioritised, cancelled and retried; numbers a dead worker sent, logged as lost
-    other = services.create_job(user, team, tiny_spec, name="second")
+    other = training_jobs.create_job(user, team, tiny_spec, name="second")
     scheduling.set_priority(user, other, "low")
     services.cancel_job(other)
     retry_job(Job.objects.get(pk=other.pk))

@@ -9,6 +9,7 @@ from django.db import connection, connections
 
 from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -16,7 +17,7 @@ sqlite_only = pytest.mark.skipif(connection.vendor != "sqlite", reason="locks th
 
 
 def run_in_thread(job):
-    runner = threading.Thread(target=services.run_job, args=(job.pk, "fault-worker"))
+    runner = threading.Thread(target=training_jobs.run_job, args=(job.pk, "fault-worker"))
     runner.start()
     return runner
 
@@ -49,7 +50,7 @@ def test_events_are_buffered_through_a_database_outage(alice, tiny_spec, monkeyp
     # the worker's connection gives up on a lock after 0.3 s instead of 30 s, so writes fail
     monkeypatch.setitem(connections.settings["default"]["OPTIONS"], "timeout", 0.3)
     tiny_spec["train"] |= {"steps": 600, "eval_interval": 200, "attention_maps": False}
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     runner = run_in_thread(job)
     wait_for_step(job, 30)
     lock_database(3.0)
@@ -65,7 +66,7 @@ def test_a_long_outage_fails_the_job_with_the_reason_and_keeps_its_events(alice,
     monkeypatch.setitem(connections.settings["default"]["OPTIONS"], "timeout", 0.3)
     settings.EVENT_DB_OUTAGE_S = 2  # shorter than the lock: the run gives up, the final drain waits it out
     tiny_spec["train"] |= {"steps": 5000, "eval_interval": 1000, "attention_maps": False}
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     runner = run_in_thread(job)
     wait_for_step(job, 30)
     lock_database(3.0)
@@ -82,10 +83,10 @@ def test_a_long_outage_fails_the_job_with_the_reason_and_keeps_its_events(alice,
 def test_cancel_always_ends_cancelled(alice, tiny_spec, when):
     tiny_spec["train"] |= {"steps": 20000, "eval_interval": 10000, "attention_maps": False}
     for _ in range(3):  # races: a few times each
-        job = services.create_job(alice[0], alice[1], tiny_spec)
+        job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
         if when == "queued":
             assert services.cancel_job(job)
-            assert services.run_job(job.pk, "fault-worker") is None  # the worker skips it
+            assert training_jobs.run_job(job.pk, "fault-worker") is None  # the worker skips it
         else:
             runner = run_in_thread(job)
             if when == "starting":  # as soon as it is claimed, before (or around) its first step

@@ -5,8 +5,8 @@ import io
 import pytest
 from django.test import Client
 
-from explorer.jobs import services
 from explorer.jobs.api import EXPORT_EVAL_COLUMNS, EXPORT_STEP_COLUMNS
+from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -14,8 +14,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def trained(alice, tiny_spec):
     tiny_spec["train"]["attention_maps"] = True
-    job = services.create_job(alice[0], alice[1], tiny_spec, name="export me")
-    assert services.run_job(job.pk, "test-worker") == "succeeded"
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec, name="export me")
+    assert training_jobs.run_job(job.pk, "test-worker") == "succeeded"
     job.refresh_from_db()
     return job
 

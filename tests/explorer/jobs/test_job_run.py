@@ -11,6 +11,7 @@ from explorer.jobs.recorder import EventRecorder, EventStoreUnavailable
 from explorer.scheduling import queue as scheduling
 from explorer.tokenizers import lab
 from explorer.tokenizers.models import Tokenizer
+from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the heartbeat thread reads the job
 
@@ -25,10 +26,10 @@ def submit(alice, tiny_spec, settings):
 
     def make(kind):
         if kind == "train":
-            return services.create_job(user, team, tiny_spec)
+            return training_jobs.create_job(user, team, tiny_spec)
         if kind == "inference":
-            source = services.create_job(user, team, {**tiny_spec, "train": {**tiny_spec["train"], "checkpoint_every": 30}})
-            assert services.run_job(source.pk, "test-worker") == "succeeded"
+            source = training_jobs.create_job(user, team, {**tiny_spec, "train": {**tiny_spec["train"], "checkpoint_every": 30}})
+            assert training_jobs.run_job(source.pk, "test-worker") == "succeeded"
             return inference_jobs.create_inference_job(user, team, {"source": {"job": source.pk}, "prompts": ["ab"],
                                                                     "max_new_tokens": 2})
         _, job = lab.train(user, team, {"kind": "bpe", "vocab_size": 300, "corpus": "text",

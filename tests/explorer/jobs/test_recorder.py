@@ -11,6 +11,7 @@ from django.test.utils import CaptureQueriesContext
 
 from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -65,7 +66,7 @@ def saved(job):
 
 
 def test_events_reach_watchers_before_they_are_saved(alice, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec)  # its log: 1 "queued"
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)  # its log: 1 "queued"
     watcher = Watcher(job.pk)
     recorder = services.EventRecorder(job, save_interval=30, background=True)  # saved only at the end
     assert recorder.threads, "outside a transaction the recorder writes on threads of its own"
@@ -90,7 +91,7 @@ def test_events_reach_watchers_before_they_are_saved(alice, tiny_spec):
 
 
 def test_another_writer_in_between_renumbers_and_loses_nothing(alice, tiny_spec, caplog):
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     recorder = services.EventRecorder(job, save_interval=30, background=True)
     recorder({"kind": "start", "total_steps": 4})
     # the start goes out at once and wakes the saver: wait for that write, else a slow machine's
@@ -116,7 +117,7 @@ def test_another_writer_in_between_renumbers_and_loses_nothing(alice, tiny_spec,
 def test_inside_a_transaction_the_recorder_works_inline(alice, tiny_spec):
     from django.db import transaction
 
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     with transaction.atomic():
         recorder = services.EventRecorder(job, background=True)
         assert not recorder.threads  # another thread could not see this transaction's rows
@@ -130,7 +131,7 @@ def test_inside_a_transaction_the_recorder_works_inline(alice, tiny_spec):
 def test_a_worker_that_dies_before_saving_leaves_no_hole_and_the_requeue_comes_after(alice, tiny_spec):
     from explorer.jobs.recorder import MARK_AHEAD, fill_unsaved
 
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     Job.objects.filter(pk=job.pk).update(status="running", worker="doomed@host")
     watcher = Watcher(job.pk)
     recorder = services.EventRecorder(Job.objects.get(pk=job.pk), save_interval=30, background=True)
@@ -152,7 +153,7 @@ def test_a_worker_that_dies_before_saving_leaves_no_hole_and_the_requeue_comes_a
 
 def test_close_always_stops_the_threads_even_mid_send(alice, tiny_spec):
     # close() must not be lost in the sender's wake-up (it once cleared the wake that close set)
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     for i in range(150):
         recorder = services.EventRecorder(job, flush_interval=0.0005 * (i % 4), background=True)
         for n in range(3):
@@ -163,7 +164,7 @@ def test_close_always_stops_the_threads_even_mid_send(alice, tiny_spec):
 
 
 def test_inline_an_evaluation_goes_out_at_once_and_a_checkpoint_is_saved_at_once(alice, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     watcher = Watcher(job.pk)
     recorder = services.EventRecorder(job, save_interval=30)  # the default: on the engine's thread
     assert not recorder.threads

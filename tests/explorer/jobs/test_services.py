@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -16,8 +17,8 @@ def kinds(job):
 
 
 def test_run_job_trains_and_logs_every_event(alice, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec, name="copy")
-    assert services.run_job(job.pk, "test-worker") == Job.Status.SUCCEEDED
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec, name="copy")
+    assert training_jobs.run_job(job.pk, "test-worker") == Job.Status.SUCCEEDED
     job.refresh_from_db()
     assert job.status == "succeeded" and job.worker == "test-worker" and job.finished_at
     assert job.step == 30 and job.device == "cpu"
@@ -31,18 +32,18 @@ def test_run_job_trains_and_logs_every_event(alice, tiny_spec):
 
 
 def test_run_job_skips_a_job_that_is_not_queued(alice, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     services.cancel_job(job)
-    assert services.run_job(job.pk, "w") is None
+    assert training_jobs.run_job(job.pk, "w") is None
     job.refresh_from_db()
     assert job.status == "cancelled" and "step" not in kinds(job)
 
 
 def test_cancel_running_job_stops_it_and_keeps_events(alice, tiny_spec):
     tiny_spec["train"]["steps"] = 5000
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("status", services.run_job(job.pk, "w")))
+    thread = threading.Thread(target=lambda: result.setdefault("status", training_jobs.run_job(job.pk, "w")))
     thread.start()
     deadline = time.monotonic() + 30
     while Job.objects.get(pk=job.pk).step < 5 and time.monotonic() < deadline:
@@ -56,9 +57,9 @@ def test_cancel_running_job_stops_it_and_keeps_events(alice, tiny_spec):
 
 
 def test_failure_is_recorded_with_the_reason(alice, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     Job.objects.filter(pk=job.pk).update(spec={**job.spec, "model": {**job.spec["model"], "n_head": 3}})
-    assert services.run_job(job.pk, "w") == "failed"
+    assert training_jobs.run_job(job.pk, "w") == "failed"
     job.refresh_from_db()
     assert job.status == "failed" and "n_head" in job.error
     assert job.events.last().payload["status"] == "failed"
@@ -70,18 +71,18 @@ def test_cuda_job_without_gpu_fails_cleanly(alice, tiny_spec):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     tiny_spec["train"]["device"] = "cuda"
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     assert job.queue == "gpu"
-    assert services.run_job(job.pk, "w") == "failed"
+    assert training_jobs.run_job(job.pk, "w") == "failed"
     job.refresh_from_db()
     assert "CUDA" in job.error or "cuda" in job.error
 
 
 def test_reaper_requeues_once_then_fails_jobs_whose_worker_vanished(alice, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     stale = timezone.now() - timezone.timedelta(seconds=600)
     Job.objects.filter(pk=job.pk).update(status="running", worker="gone@host", heartbeat_at=stale, started_at=stale)
-    fresh = services.create_job(alice[0], alice[1], tiny_spec)
+    fresh = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     Job.objects.filter(pk=fresh.pk).update(status="running", heartbeat_at=timezone.now())
     assert services.reap_stale_jobs(timeout_s=60) == [job.pk]
     job.refresh_from_db()
@@ -100,7 +101,7 @@ def test_reaper_requeues_once_then_fails_jobs_whose_worker_vanished(alice, tiny_
 
 
 def test_worker_restart_requeues_its_orphans_once(alice, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     Job.objects.filter(pk=job.pk).update(status="running", worker="cpu@box", heartbeat_at=timezone.now())
     assert services.fail_orphaned_jobs("cpu@box") == [job.pk]
     assert Job.objects.get(pk=job.pk).status == "queued"
@@ -110,9 +111,9 @@ def test_worker_restart_requeues_its_orphans_once(alice, tiny_spec):
 
 
 def test_queue_positions_follow_submission_order(alice, bob, tiny_spec):
-    a1 = services.create_job(alice[0], alice[1], tiny_spec)
-    b1 = services.create_job(bob[0], bob[1], tiny_spec)
-    a2 = services.create_job(alice[0], alice[1], tiny_spec)
+    a1 = training_jobs.create_job(alice[0], alice[1], tiny_spec)
+    b1 = training_jobs.create_job(bob[0], bob[1], tiny_spec)
+    a2 = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     positions = services.queue_positions([a1, b1, a2])
     # no job running: submission order across teams (explorer.scheduling.queue), starts one after another
     assert {pk: p["position"] for pk, p in positions.items()} == {a1.pk: 1, b1.pk: 2, a2.pk: 3}
@@ -124,11 +125,11 @@ def test_relevant_config_drops_fields_that_do_not_apply(tiny_spec):
     import engine
 
     spec = engine.parse_spec(tiny_spec).to_dict()
-    shown = services.relevant_config(spec)
+    shown = training_jobs.relevant_config(spec)
     assert "window" not in shown["model"] and "top_k" not in shown["model"] and "rope_theta" not in shown["model"]
     assert shown["model"]["n_layer"] == 1 and "path" not in shown["data"]
     spec["model"].update(attention="sliding", n_expert=4, position="rope")
-    shown = services.relevant_config(spec)
+    shown = training_jobs.relevant_config(spec)
     assert {"window", "top_k", "capacity_factor", "rope_theta"} <= set(shown["model"])
     assert "dilation" not in shown["model"]
 
@@ -137,8 +138,8 @@ def test_relevant_config_drops_fields_that_do_not_apply(tiny_spec):
 def test_every_family_trains_as_a_job(alice, tiny_spec, family):
     tiny_spec["model"]["family"] = family
     tiny_spec["train"].update(steps=10, eval_interval=5)
-    job = services.create_job(alice[0], alice[1], tiny_spec)
-    assert services.run_job(job.pk, "w") == Job.Status.SUCCEEDED, Job.objects.get(pk=job.pk).error
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
+    assert training_jobs.run_job(job.pk, "w") == Job.Status.SUCCEEDED, Job.objects.get(pk=job.pk).error
     job.refresh_from_db()
     evals = [e.payload for e in job.events.filter(kind="eval")]
     assert len(evals) == 2 and evals[-1]["accuracy"] is not None and evals[-1]["sample"]["completion"] is not None
@@ -166,8 +167,8 @@ def test_a_run_stopped_by_its_nan_policy_fails_with_the_reason(alice, tiny_spec,
 
     monkeypatch.setattr(engine_train, "build_model", build)
     tiny_spec["train"]["on_nonfinite"] = "stop"
-    job = services.create_job(alice[0], alice[1], tiny_spec, name="diverges")
-    assert services.run_job(job.pk, "w") == Job.Status.FAILED
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec, name="diverges")
+    assert training_jobs.run_job(job.pk, "w") == Job.Status.FAILED
     job.refresh_from_db()
     assert job.status == "failed" and ("non-finite" in job.error or "nan" in job.error.lower()), job.error
     assert "nonfinite" in kinds(job) and job.events.filter(kind="end").get().payload["reason"] == "nonfinite"
@@ -188,15 +189,15 @@ def test_a_job_out_of_memory_fails_with_the_reason_and_the_estimate(alice, tiny_
     tiny_spec["model"] |= {"n_embd": 512, "n_head": 8, "n_layer": 4, "block_size": 256}
     tiny_spec["data"] = {"source": "stdlib", "tokenizer": "byte"}
     tiny_spec["train"] |= {"batch_size": 64, "steps": 5}
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     script = (
         "import os, resource, django\n"
         "django.setup()\n"
         "import torch, engine\n"
-        "from explorer.jobs import services\n"
+        "from explorer.training import jobs as training_jobs\n"
         "size = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize'))\n"
         "resource.setrlimit(resource.RLIMIT_AS, (size + 600 * 2**20, resource.RLIM_INFINITY))\n"
-        f"print(services.run_job({job.pk}, 'capped-worker'))\n"
+        f"print(training_jobs.run_job({job.pk}, 'capped-worker'))\n"
     )
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="config.settings.test", DATABASE_URL=database_url(connection.settings_dict))
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -8,10 +8,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from explorer.jobs import kinds, services
+from explorer.jobs import kinds
 from explorer.jobs.models import Job
 from explorer.scheduling import workers
 from explorer.scheduling.models import Worker
+from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the inference source's training has a heartbeat thread
 
@@ -29,8 +30,8 @@ def poster(kind, alice, client, tiny_spec, settings):
         return lambda: client.post("/api/v1/jobs", json.dumps(tiny_spec), content_type="application/json")
     if kind == "inference":
         spec = {**tiny_spec, "train": {**tiny_spec["train"], "checkpoint_every": 30}}
-        source = services.create_job(*alice, spec)
-        assert services.run_job(source.pk, "test-worker") == "succeeded"
+        source = training_jobs.create_job(*alice, spec)
+        assert training_jobs.run_job(source.pk, "test-worker") == "succeeded"
         payload = {"source": {"job": source.pk}, "prompts": ["ab"], "max_new_tokens": 2}
         return lambda: client.post("/api/v1/inference", json.dumps(payload), content_type="application/json")
     settings.TOKENIZER_SYNC_MAX_BYTES = 100  # this corpus trains as a job

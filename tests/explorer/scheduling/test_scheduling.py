@@ -9,6 +9,7 @@ from explorer.accounts.models import Membership
 from explorer.jobs import services
 from explorer.jobs.models import Job
 from explorer.scheduling import queue as scheduling
+from explorer.training import jobs as training_jobs
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -32,7 +33,7 @@ def client_for(user):
 
 
 def submit(user, team, spec, **kw):
-    return services.create_job(user, team, spec, **kw)
+    return training_jobs.create_job(user, team, spec, **kw)
 
 
 def test_order_is_priority_then_fair_share_then_submission(team, tiny_spec):
@@ -178,7 +179,7 @@ def test_inference_jobs_count_against_the_active_jobs_quota(team, tiny_spec):
     t, carol = team["team"], team["carol"]
     tiny_spec["train"]["checkpoint_every"] = 10
     trained = submit(carol, t, tiny_spec)
-    assert services.run_job(trained.pk, "w") == "succeeded"
+    assert training_jobs.run_job(trained.pk, "w") == "succeeded"
     t.max_active_per_user = 1
     t.save()
     submit(carol, t, tiny_spec)  # one queued training job: at the limit

@@ -13,6 +13,7 @@ from explorer.jobs.models import Job
 from explorer.scheduling import queue as scheduling
 from explorer.tokenizers import lab
 from explorer.tokenizers.models import Tokenizer
+from explorer.training import jobs as training_jobs
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the heartbeat thread reads the job
@@ -32,8 +33,8 @@ def team(alice):
 @pytest.fixture
 def trained(team, tiny_spec):
     tiny_spec["train"]["checkpoint_every"] = 30
-    job = services.create_job(team["alice"], team["team"], tiny_spec, name="copy-model")
-    assert services.run_job(job.pk, "test-worker") == "succeeded"
+    job = training_jobs.create_job(team["alice"], team["team"], tiny_spec, name="copy-model")
+    assert training_jobs.run_job(job.pk, "test-worker") == "succeeded"
     return job
 
 
@@ -86,7 +87,7 @@ def test_inference_jobs_run_by_priority_then_submission(team, trained):
 def test_every_kind_shares_the_queues_order(team, trained, tiny_spec, settings):
     settings.TOKENIZER_SYNC_MAX_BYTES = 100  # every corpus trains as a job
     tokenizer_job(team, "tokenizer (low)", priority="low")
-    services.create_job(team["alice"], team["team"], tiny_spec, name="training")
+    training_jobs.create_job(team["alice"], team["team"], tiny_spec, name="training")
     infer(team, trained, "inference (high)", priority="high")
     infer(team, trained, "inference")
     order = ["inference (high)", "training", "inference", "Tokenizer tokenizer (low)"]

@@ -8,10 +8,10 @@ from django.test import Client
 from django.utils import timezone
 
 from explorer.accounts.models import Membership
-from explorer.jobs import services
 from explorer.jobs.models import Job
 from explorer.scheduling import workers
 from explorer.scheduling.models import Worker
+from explorer.training import jobs as training_jobs
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
@@ -130,13 +130,13 @@ def test_enqueue_sends_the_job_to_its_route(alice, tiny_spec, monkeypatch, djang
     add_worker("tiny@box", 2**-14)
     add_worker("big@box", 8)
     with django_capture_on_commit_callbacks(execute=True):
-        job = services.create_job(alice[0], alice[1], tiny_spec)
+        job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     job.refresh_from_db()
     assert sent == [([job.pk], "cpu.1g")] and job.route == "cpu.1g" and job.queue == "cpu"
 
     Worker.objects.filter(name="tiny@box").delete()  # now every worker holds it: the plain queue
     with django_capture_on_commit_callbacks(execute=True):
-        job = services.create_job(alice[0], alice[1], tiny_spec)
+        job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     job.refresh_from_db()
     assert sent[-1] == ([job.pk], "cpu") and job.route == ""
 
@@ -240,7 +240,7 @@ def test_control_cancels_every_queue_of_the_worker(monkeypatch):
 
 # ---------------------------------------------------------------------------- what users see
 def test_another_teams_current_job_shows_only_as_busy(alice, bob, alice_client, tiny_spec):
-    job = services.create_job(bob[0], bob[1], tiny_spec, name="bob's secret")
+    job = training_jobs.create_job(bob[0], bob[1], tiny_spec, name="bob's secret")
     add_worker("cpu@box", 4, current_job=job, cpu_percent=42.0, memory_used_bytes=GiB)
     seen = alice_client.get("/api/v1/workers").json()["workers"][0]
     assert seen["current_job"] == {"busy": True} and "secret" not in str(seen)
@@ -253,7 +253,7 @@ def test_another_teams_current_job_shows_only_as_busy(alice, bob, alice_client, 
 
 
 def test_a_silent_worker_shows_offline_without_job_or_utilisation(alice, alice_client, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     add_worker("gone@box", 4, stale=True, current_job=job, cpu_percent=10.0)
     seen = alice_client.get("/api/v1/workers").json()["workers"][0]
     assert seen["status"] == "offline" and seen["current_job"] is None and seen["utilisation"] is None

@@ -11,6 +11,7 @@ from explorer.jobs.models import Job
 from explorer.tokenizers import jobs as tokenizer_jobs
 from explorer.tokenizers import lab
 from explorer.tokenizers.models import Tokenizer
+from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -184,7 +185,7 @@ def test_large_corpus_trains_as_a_cancellable_job(alice_client, settings):
     body = resp.json()
     job = Job.objects.get(pk=body["job"]["id"])
     assert job.kind == "tokenizer" and job.queue == "cpu" and body["tokenizer"]["status"] == "training"
-    assert "path" not in services.relevant_config(job.spec)["tokenizer"]
+    assert "path" not in training_jobs.relevant_config(job.spec)["tokenizer"]
     assert tokenizer_jobs.run_tokenizer_job(job.pk, "test-worker") == "succeeded"
     job.refresh_from_db()
     kinds = list(job.events.order_by("seq").values_list("kind", flat=True))
@@ -213,12 +214,12 @@ def test_a_failing_tokenizer_job_records_the_reason(alice_client, settings, monk
 def test_composer_resolves_a_tokenizer_id_to_its_file(alice, bob, alice_client, tiny_spec):
     t = Tokenizer.objects.get(pk=train(alice_client).json()["id"])
     spec = {**tiny_spec, "data": {"source": "stdlib", "tokenizer": "file", "tokenizer_id": t.pk, "tokenizer_file": "/etc/passwd"}}
-    sections, _, errors = services._split_payload(alice[1], json.loads(json.dumps(spec)))
+    sections, _, errors = training_jobs._split_payload(alice[1], json.loads(json.dumps(spec)))
     assert errors == {} and sections["data"]["tokenizer_file"] == t.file.path and "tokenizer_id" not in sections["data"]
-    _, _, errors = services._split_payload(bob[1], json.loads(json.dumps(spec)))
+    _, _, errors = training_jobs._split_payload(bob[1], json.loads(json.dumps(spec)))
     assert "data.tokenizer_id" in errors and "tokenizer_file" not in errors
     spec["data"].pop("tokenizer_id")
-    _, _, errors = services._split_payload(alice[1], spec)
+    _, _, errors = training_jobs._split_payload(alice[1], spec)
     assert "Tokenizers" in errors["data.tokenizer_id"]
 
 
@@ -238,8 +239,8 @@ def test_a_training_job_uses_a_lab_tokenizer(alice, alice_client, tiny_spec):
     assert resp.status_code == 201, resp.content
     job = Job.objects.get(pk=resp.json()["id"])
     assert job.spec["data"]["tokenizer_file"] == t.file.path and job.spec["model"]["vocab_size"] == t.vocab_size
-    assert "tokenizer_file" not in services.relevant_config(job.spec)["data"]
-    assert services.run_job(job.pk, "w") == "succeeded", Job.objects.get(pk=job.pk).error
+    assert "tokenizer_file" not in training_jobs.relevant_config(job.spec)["data"]
+    assert training_jobs.run_job(job.pk, "w") == "succeeded", Job.objects.get(pk=job.pk).error
     # the composer lists the team's ready tokenizers
     html = alice_client.get("/compose/").content.decode()
     assert 'data-field="data.tokenizer_id"' in html and f'value="{t.pk}"' in html

@@ -9,6 +9,7 @@ from asgiref.sync import sync_to_async
 import engine
 from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.training import jobs as training_jobs
 from tests.explorer.jobs.test_consumers import connect, run, session_headers
 
 
@@ -22,7 +23,7 @@ def attention_payload(step, **model):
 
 
 def add_job_with_attention(alice, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     services.append_events(job.pk, [
         ("step", {"step": 10, "loss": 2.5}),
         ("eval", {"step": 10, "train_loss": 2.4, "val_loss": 2.6, "accuracy": 0.1, "sample": None}),
@@ -63,7 +64,7 @@ def test_events_api_gives_the_latest_and_an_index(alice_client, alice, tiny_spec
 
 @pytest.mark.django_db
 def test_recorder_keeps_attention_out_of_the_summary(alice, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     recorder = services.EventRecorder(job)
     recorder({"kind": "eval", "step": 10, "train_loss": 2.4, "val_loss": 2.6, "accuracy": 0.25, "sample": None})
     recorder({"kind": "attention", **attention_payload(10)})
@@ -86,7 +87,7 @@ def test_a_large_event_stays_under_200_kb():
 
 @pytest.mark.django_db(transaction=True)
 def test_attention_events_go_live_over_the_socket_and_replay_can_omit_them(alice, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     big = attention_payload(5, n_layer=8, n_head=8, n_embd=64, block_size=128)
     services.append_events(job.pk, [("attention", attention_payload(1)), ("step", {"step": 1, "loss": 3.0})])
     headers = session_headers(alice[0])

@@ -9,8 +9,8 @@ import torch
 
 import engine
 from engine.nn.attention import MaskedAttention, SlidingAttention
-from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)  # run_job's heartbeat thread reads the job
 
@@ -49,7 +49,7 @@ def test_a_kind_registered_at_run_time_is_found_everywhere(alice_client, alice, 
     cfg = engine.ModelConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=50, window=4)
     # the app's caches warmed before the kind exists: they must not hide it afterwards
     assert post_json(alice_client, "/api/v1/analyze", {"model": cfg.to_dict()}).status_code == 200
-    assert not services.field_applies("model.window", {"model.attention": "full"})
+    assert not training_jobs.field_applies("model.window", {"model.attention": "full"})
 
     engine.register_attention("sink", SinkAttention)
     try:
@@ -101,10 +101,10 @@ def test_a_kind_registered_at_run_time_is_found_everywhere(alice_client, alice, 
         resp = post_json(alice_client, "/api/v1/jobs", {"name": "sink", **spec})
         assert resp.status_code == 201, resp.content
         job = Job.objects.get(pk=resp.json()["id"])
-        assert services.run_job(job.pk, "test-worker") == "succeeded"
+        assert training_jobs.run_job(job.pk, "test-worker") == "succeeded"
         steps = [e.payload for e in job.events.filter(kind="step").order_by("seq")]
         assert [s["step"] for s in steps] == [1, 2, 3, 4, 5] and all(s["loss"] > 0 for s in steps)
-        assert services.relevant_config(job.spec)["model"]["window"] == 3
+        assert training_jobs.relevant_config(job.spec)["model"]["window"] == 3
     finally:
         engine.unregister_attention("sink")
 

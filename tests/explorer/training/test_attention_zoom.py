@@ -14,6 +14,7 @@ from engine.introspect.attention_zoom import attention_region
 from explorer.datasets.uploads import save_upload
 from explorer.jobs import services
 from explorer.training import attention_detail, checkpoints
+from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,8 +33,8 @@ def long_job(alice, settings, tmp_path):
            "data": {"source": "text", "dataset": dataset.pk, "tokenizer": "char"},
            "train": {"steps": 4, "batch_size": 2, "eval_interval": 4, "eval_iters": 1, "warmup_steps": 1,
                      "sample_tokens": 4, "checkpoint_every": 4}}
-    job = services.create_job(user, team, raw, name="long context")
-    assert services.run_job(job.pk, "test-worker") == "succeeded"
+    job = training_jobs.create_job(user, team, raw, name="long context")
+    assert training_jobs.run_job(job.pk, "test-worker") == "succeeded"
     job.refresh_from_db()
     return job
 
@@ -88,7 +89,7 @@ def test_other_teams_get_404_and_missing_things_say_what(alice_client, bob, long
     resp = alice_client.get(url)
     assert resp.status_code == 404 and "no checkpoint to recompute from" in resp.json()["detail"]
     # a short input's maps are whole in the event
-    short = services.create_job(long_job.owner, long_job.team, tiny_spec)
+    short = training_jobs.create_job(long_job.owner, long_job.team, tiny_spec)
     services.append_events(short.pk, [("attention", {k: v for k, v in engine.attention_snapshot(
         engine.build_model(engine.ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=20)),
         torch.randint(20, (1, 8)), engine.TOKENIZERS["byte"](), step=1).items() if k != "kind"})])
@@ -108,8 +109,8 @@ def pruned_job(alice, settings, tmp_path):
            "data": {"source": "text", "dataset": dataset.pk, "tokenizer": "char"},
            "train": {"steps": 8, "batch_size": 2, "lr": 1e-2, "eval_interval": 1, "eval_iters": 1, "warmup_steps": 1,
                      "sample_tokens": 0, "checkpoint_every": 2}}
-    job = services.create_job(user, team, raw, name="pruned")
-    assert services.run_job(job.pk, "test-worker") == "succeeded"
+    job = training_jobs.create_job(user, team, raw, name="pruned")
+    assert training_jobs.run_job(job.pk, "test-worker") == "succeeded"
     return job
 
 

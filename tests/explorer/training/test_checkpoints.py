@@ -14,6 +14,7 @@ import engine
 from explorer.jobs import services
 from explorer.jobs.models import Job
 from explorer.training import checkpoints
+from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -21,8 +22,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def trained(alice, tiny_spec):
     tiny_spec["train"]["checkpoint_every"] = 10
-    job = services.create_job(alice[0], alice[1], tiny_spec, name="pretrain")
-    assert services.run_job(job.pk, "test-worker") == "succeeded"
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec, name="pretrain")
+    assert training_jobs.run_job(job.pk, "test-worker") == "succeeded"
     job.refresh_from_db()
     return job
 
@@ -84,7 +85,7 @@ def test_a_chained_job_starts_from_the_parent_and_refuses_another_architecture(a
     assert (child.parent_id, child.parent_step) == (trained.pk, 30)
     assert resp.json()["parent"] == {"id": trained.pk, "step": 30, "url": f"/jobs/{trained.pk}/"}
     assert "init_from" not in resp.json()["spec"]["train"]  # the path stays on the server
-    assert services.run_job(child.pk, "test-worker") == "succeeded"
+    assert training_jobs.run_job(child.pk, "test-worker") == "succeeded"
     assert f"/jobs/{child.pk}/" in alice_client.get(f"/jobs/{trained.pk}/").content.decode()  # "Fine-tuned into"
 
     tiny_spec["model"]["n_embd"] = 32
@@ -99,8 +100,8 @@ def test_a_chained_job_starts_from_the_parent_and_refuses_another_architecture(a
 
 def test_a_cancelled_job_retried_resumes_the_same_loss_curve(alice, alice_client, tiny_spec):
     tiny_spec["train"] |= {"steps": 1500, "checkpoint_every": 50, "eval_interval": 500, "attention_maps": False}
-    job = services.create_job(alice[0], alice[1], tiny_spec, name="interrupted")
-    runner = threading.Thread(target=services.run_job, args=(job.pk, "test-worker"))
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec, name="interrupted")
+    runner = threading.Thread(target=training_jobs.run_job, args=(job.pk, "test-worker"))
     runner.start()
     deadline = time.monotonic() + 60
     while Job.objects.get(pk=job.pk).step < 60 and time.monotonic() < deadline:
@@ -116,7 +117,7 @@ def test_a_cancelled_job_retried_resumes_the_same_loss_curve(alice, alice_client
     assert resp.status_code == 200 and resp.json()["status"] == "queued" and resp.json()["attempt"] == 2
     status = job.events.filter(kind="status").order_by("-seq").first().payload
     assert status["attempt"] == 2 and status["resume_from_step"] == stopped_at
-    assert services.run_job(job.pk, "test-worker") == "succeeded"
+    assert training_jobs.run_job(job.pk, "test-worker") == "succeeded"
     assert alice_client.post(f"/api/v1/jobs/{job.pk}/retry").status_code == 409  # succeeded: nothing to retry
 
     retry_seq = job.events.filter(kind="status", payload__attempt=2).get().seq
@@ -130,6 +131,6 @@ def test_a_cancelled_job_retried_resumes_the_same_loss_curve(alice, alice_client
 
 
 def test_retry_is_refused_while_a_job_is_queued(alice, alice_client, tiny_spec):
-    job = services.create_job(alice[0], alice[1], tiny_spec)
+    job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     resp = alice_client.post(f"/api/v1/jobs/{job.pk}/retry")
     assert resp.status_code == 409 and "queued" in resp.json()["detail"]

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from explorer.jobs import services
+from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -20,9 +20,9 @@ def test_runs_requires_login(client):
 
 
 def test_runs_passes_the_users_jobs_with_their_public_specs(alice_client, alice, tiny_spec):
-    a = services.create_job(alice[0], alice[1], tiny_spec, name="lr small")
+    a = training_jobs.create_job(alice[0], alice[1], tiny_spec, name="lr small")
     tiny_spec["train"]["lr"] = 0.01
-    b = services.create_job(alice[0], alice[1], tiny_spec, name="lr big")
+    b = training_jobs.create_job(alice[0], alice[1], tiny_spec, name="lr big")
     resp = alice_client.get(f"/runs/?jobs={a.pk},{b.pk}")
     assert resp.status_code == 200
     jobs = page_data(resp)["jobs"]
@@ -34,8 +34,8 @@ def test_runs_passes_the_users_jobs_with_their_public_specs(alice_client, alice,
 
 
 def test_another_teams_job_is_not_found_and_leaks_nothing(alice_client, alice, bob, tiny_spec):
-    mine = services.create_job(alice[0], alice[1], tiny_spec, name="alice run")
-    theirs = services.create_job(bob[0], bob[1], tiny_spec, name="bob secret run")
+    mine = training_jobs.create_job(alice[0], alice[1], tiny_spec, name="alice run")
+    theirs = training_jobs.create_job(bob[0], bob[1], tiny_spec, name="bob secret run")
     resp = alice_client.get(f"/runs/?jobs={mine.pk},{theirs.pk}")
     html = resp.content.decode()
     slots = page_data(resp)["jobs"]
