@@ -9,7 +9,8 @@ loop of the queue page, the jobs API (sometimes a search), a job's page and now 
 submission (POST /api/v1/jobs, a tiny spec; no worker takes it, so it stays queued), with a think
 time between clicks, while holding two websockets as two open tabs would: their team's queue
 (/ws/teams/<id>/) and one running job (/ws/jobs/<id>/). The queue tab does what static/js/queue.js
-does: on a live job message whose status changed, or for a job not among its rows, it refetches
+does: a status change's team message carries every queued job's place in line, which it applies
+with no request; a message without them (a job off its page whose status changed) makes it refetch
 GET /api/v1/jobs?team=<id>&limit=50 (one at a time, once more if asked meanwhile).
 
 Around them: ``--history`` finished jobs in every team (bulk-created, realistic specs and
@@ -234,8 +235,8 @@ async def timed(tally, client, name, method, url, **kw):
 
 
 class QueueTab:
-    """static/js/queue.js on page one, no filter: its rows, and a refetch on a changed status or a
-    job not among them, one at a time."""
+    """static/js/queue.js on page one, no filter: its rows, places in line from the message, and a
+    refetch, one at a time, for a changed status without them."""
 
     def __init__(self, tally, client, user, team_id):
         self.tally, self.client, self.user, self.team_id = tally, client, user, team_id
@@ -258,14 +259,20 @@ class QueueTab:
             self.again = False
         self.busy = False
 
-    def on_job(self, job):
+    def on_job(self, job, places=None):
         if job["id"] in self.rows:
             changed = self.rows[job["id"]] != job["status"]
             self.rows[job["id"]] = job["status"]
             cause = "status changed"
         else:
-            changed = True  # upsert() prepends a job it has no row for, and asks for a refetch
+            changed = True  # upsert() prepends a job it has no row for
             cause = "job not among the rows (new, or off page one)"
+            if self.rows and job["id"] > max(self.rows):
+                self.rows[job["id"]] = job["status"]
+        if places is not None:  # a status change's message carries every place in line: no refetch
+            self.tally.refetch_causes[f"{cause}: places in the message"] += 1
+            self.tally.refetches[self.user].append((time.time(), time.time()))
+            return
         if changed:
             self.tally.refetch_causes[cause] += 1
             asyncio.get_running_loop().create_task(self.refetch())
@@ -304,7 +311,7 @@ async def simulate(tally, stack, i, person, ids, args, stop, deadline, rng):
         if msg.get("type") == "job":
             job = msg["job"]
             tally.team_msgs[user.username].append((job["id"], job["status"], now))
-            tab.on_job(job)
+            tab.on_job(job, msg.get("places"))
 
     opened = []  # when the job socket opened: events from before it come by replay, not live
 

@@ -205,7 +205,10 @@ class TeamConsumer(LiveConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def team_job(self, message):
-        await self.send_json({"type": "job", "job": message["job"]})
+        out = {"type": "job", "job": message["job"]}
+        if "places" in message:  # after a status change: every queued job's place in line
+            out["places"] = message["places"]
+        await self.send_json(out)
 
 
 def _int(value):

@@ -87,17 +87,22 @@ def append_events(job_id, events, **job_fields):
     return [row.as_message() for row in rows]
 
 
-def publish(job_id, messages, team_id=None):
+def publish(job_id, messages, team_id=None, places=False):
     """Send a batch of events to the job's websocket group in one message, and the job's brief to
-    its team's group when ``team_id`` is given. Returns at once: ``explorer.jobs.publisher`` sends in
-    the background, in order (the caller, often a training step, does not wait for Redis)."""
+    its team's group when ``team_id`` is given, with ``places`` the team's queued jobs' places in
+    line (``team_places``: after a status change, so that no queue page has to refetch the list to
+    learn them). Returns at once: ``explorer.jobs.publisher`` sends in the background, in order
+    (the caller, often a training step, does not wait for Redis)."""
     if not messages and team_id is None:
         return
     pairs = []
     if messages:
         pairs.append((job_group(job_id), {"type": "job.events", "events": messages}))
     if team_id is not None:
-        pairs.append((team_group(team_id), {"type": "team.job", "job": job_brief_by_id(job_id)}))
+        brief = {"type": "team.job", "job": job_brief_by_id(job_id)}
+        if places:
+            brief["places"] = team_places(team_id)
+        pairs.append((team_group(team_id), brief))
     try:
         publisher().send(pairs)
     except Exception:  # noqa: BLE001 - events are saved; clients catch up from the log on reconnect
@@ -110,8 +115,19 @@ def job_brief_by_id(job_id):
 
 
 def broadcast_team(job_id):
+    """Tell the job's team that it is queued (or moved in line), with every place in line."""
     job = Job.objects.only("team_id").get(pk=job_id)
-    publish(job_id, [], team_id=job.team_id)
+    publish(job_id, [], team_id=job.team_id, places=True)
+
+
+TEAM_PLACES_MAX = 500
+
+
+def team_places(team_id):
+    """{job id (a string): {"position", "starts_in_s"}} for the team's queued jobs, the oldest
+    ``TEAM_PLACES_MAX`` of them: one computation per change, sent to every page watching the team."""
+    queued = list(Job.objects.filter(team_id=team_id, status=Job.Status.QUEUED).order_by("pk")[:TEAM_PLACES_MAX])
+    return {str(pk): place for pk, place in queue_positions(queued).items()}
 
 
 def record_status(job_id, status, *, expect=None, **fields):
@@ -130,7 +146,7 @@ def record_status(job_id, status, *, expect=None, **fields):
             return False
         messages = append_events(job_id, [("status", data)], status=status, **fields)
     team_id = Job.objects.values_list("team_id", flat=True).get(pk=job_id)
-    publish(job_id, messages, team_id=team_id)
+    publish(job_id, messages, team_id=team_id, places=True)
     return True
 
 

@@ -401,4 +401,4 @@ def _reorder(job, **fields):
         messages = services.append_events(job.pk, [("queue", {k: v for k, v in change.items() if k != "queue_order"}
                                                     | {"reordered": "queue_order" in change})],
                                           **{k: v for k, v in fields.items()})
-    services.publish(job.pk, messages, team_id=job.team_id)
+    services.publish(job.pk, messages, team_id=job.team_id, places=True)

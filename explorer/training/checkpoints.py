@@ -181,5 +181,5 @@ def retry_job(job, reason="retried by the user", *, automatic=False):
             auto_retries=row.auto_retries + int(automatic),
         )
         transaction.on_commit(lambda: services.enqueue(job.pk))
-    services.publish(job.pk, messages, team_id=job.team_id)
+    services.publish(job.pk, messages, team_id=job.team_id, places=True)
     return resume_step

@@ -1,5 +1,6 @@
-// Queue page controller: rows update in place from the team's websocket; a status change
-// refetches the list so places in line stay right.
+// Queue page controller: rows update in place from the team's websocket. A status change comes
+// with every queued job's place in line ("places"), so the list is refetched only where the
+// server alone can tell which rows belong (a search, a status tab) or after a reconnect.
 import { api, LiveSocket } from "./api.js";
 import { refreshTimes } from "./app.js";
 import * as fmt from "./format.js";
@@ -60,6 +61,7 @@ compareBtn.addEventListener("click", () => {
 
 /** Write one job dict into its row. */
 function fillRow(tr, job) {
+  tr.job = job;  // for applyPlaces
   pickCell(tr, job);
   tr.dataset.jobId = job.id;
   tr.dataset.status = job.status;
@@ -179,7 +181,7 @@ function flash(tr) {
 // every second; only a change of its status moves places in line.
 const offPage = new Map();
 
-/** A live update: returns whether the status changed (or the job is new). */
+/** A live update: returns whether the status changed, or the job is new ("new"). */
 function upsert(job) {
   const tr = rowFor(job.id);
   if (tr) {
@@ -198,9 +200,26 @@ function upsert(job) {
     const row = newRow(job);
     body.prepend(row);
     flash(row);
+    while (body.children.length > PAGE_SIZE) body.lastElementChild.remove();
     showEmpty();
   }
-  return true;
+  return "new";
+}
+
+const PAGE_SIZE = 50;
+let jobCount = Number(document.getElementById("jobs-count").dataset.count || 0);
+
+function showCount() {
+  document.getElementById("jobs-count").textContent = `${fmt.int(jobCount)} job${jobCount === 1 ? "" : "s"}`;
+}
+
+/** Every queued row's place in line, from a status change's message: {id: {position, starts_in_s}}. */
+function applyPlaces(places) {
+  for (const tr of body.children) {
+    if (tr.dataset.status !== "queued" || !tr.job) continue;
+    const place = places[tr.dataset.jobId] || { position: null, starts_in_s: null };
+    fillRow(tr, { ...tr.job, ...place });
+  }
 }
 
 let refetching = null;
@@ -213,7 +232,8 @@ async function refetch() {
     try {
       const params = { ...Object.fromEntries(filterQuery), team: teamId, limit: 50 };
       const { count, jobs } = await api.jobs(params);
-      document.getElementById("jobs-count").textContent = `${fmt.int(count)} job${count === 1 ? "" : "s"}`;
+      jobCount = count;
+      showCount();
       if (firstPage) {
         // Page one mirrors the list: same order, rows reused.
         const rows = jobs.map((job) => {
@@ -244,8 +264,14 @@ const live = document.getElementById("live");
 const socket = new LiveSocket({
   url: () => `/ws/teams/${teamId}/`,
   onMessage(msg) {
-    if (msg.type === "job" && msg.job) {
-      if (upsert(msg.job)) refetch();
+    if (msg.type !== "job" || !msg.job) return;
+    const changed = upsert(msg.job);
+    if (msg.places && !searching && !statusFilter) {
+      // the server sent every place in line: nothing to ask it
+      applyPlaces(msg.places);
+      if (changed === "new") { jobCount += 1; showCount(); }
+    } else if (changed) {
+      refetch();
     }
   },
   onState(state) {

@@ -96,3 +96,32 @@ def test_maintainer_reorders_and_member_is_limited(web, page, shots):
     page.mouse.move(0, 0)
     page.screenshot(path=str(shots / "team.png"), full_page=True)
     assert not errors, errors
+
+
+def test_places_in_line_move_live_without_a_refetch(web, page):
+    """A job leaving the queue (cancelled elsewhere) moves the others up at once: the team's
+    message carries every place in line, so the page asks the API nothing."""
+    from explorer.jobs import services
+
+    user, team = make_user("quinn")
+    spec = {**TINY_SPEC, "train": {**TINY_SPEC["train"], "steps": 20000}}
+    jobs = [training_jobs.create_job(user, team, spec, name=f"run {i}") for i in range(3)]
+    log_in(page, web, "quinn")
+    page.goto(web.url + "/queue/")
+    page.wait_for_selector("#live[data-state=open]")
+    assert place(page, jobs[2]).startswith("#3 ")
+    asked = []
+    page.on("request", lambda r: asked.append(r.url) if "/api/v1/jobs" in r.url else None)
+
+    assert services.cancel_job(Job.objects.get(pk=jobs[0].pk))
+    wait_place(page, jobs[1], "#1 ")
+    wait_place(page, jobs[2], "#2 ")
+    page.wait_for_function("id => document.querySelector(`tr[data-job-id='${id}']`).dataset.status === 'cancelled'", arg=jobs[0].pk)
+    assert place(page, jobs[0]) == ""
+
+    # a new job arrives as a row with its place, and the count follows
+    fourth = training_jobs.create_job(user, team, spec, name="run 3")
+    wait_place(page, fourth, "#3 ")
+    assert page.locator("#jobs-count").text_content().startswith("4 jobs")
+    page.wait_for_timeout(300)
+    assert asked == [], asked
