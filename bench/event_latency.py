@@ -91,12 +91,14 @@ def postgres_database(name: str, server: str = "postgres://postgres@127.0.0.1:54
     return f"{server}/{name}"
 
 
-def start_web(tmp: Path, workers: int = 1):
+def start_web(tmp: Path, workers: int = 1, db_pool: int = 0):
     """The ASGI server (uvicorn) on a free port, as the integration tests start it; with ``workers``
-    > 1, gunicorn supervising that many uvicorn workers (the production command)."""
+    > 1, gunicorn supervising that many uvicorn workers (the production command); ``db_pool``:
+    its DATABASE_POOL_SIZE (PostgreSQL only)."""
     from tests.stack import Stack
 
     stack = Stack(tmp)
+    stack.env["DATABASE_POOL_SIZE"] = str(db_pool)
     stack.start_web(workers)
     return stack
 

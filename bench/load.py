@@ -48,6 +48,7 @@ import os
 import random
 import re
 import shutil
+import ssl
 import sys
 import tempfile
 import time
@@ -219,16 +220,21 @@ class Tally:
         self.pings = []  # websocket ping round trips (ms)
         self.server_threads = []  # the ASGI server's thread count, once a second
         self.submitted = 0
+        self.started = defaultdict(list)  # name -> wall-clock start of each timed request (as http)
+        self.loaded = []  # when each user's queue tab had its rows: the ramp-up ends at the last
+        self.job_open = []  # (user, job id, when its job socket opened)
+        self.stop_at = None  # when the clients stopped listening
 
 
 async def timed(tally, client, name, method, url, **kw):
-    t0 = time.perf_counter()
+    t0, wall = time.perf_counter(), time.time()
     try:
         r = await client.request(method, url, **kw)
     except Exception as exc:  # noqa: BLE001 - a timeout or a dropped connection is an error of the run
         tally.errors[f"{name}: {type(exc).__name__}"] += 1
         return None
     tally.http[name].append(1000 * (time.perf_counter() - t0))
+    tally.started[name].append(wall)
     if r.status_code >= 300:
         tally.errors[f"{name}: HTTP {r.status_code}"] += 1
     return r
@@ -241,6 +247,8 @@ class QueueTab:
     def __init__(self, tally, client, user, team_id):
         self.tally, self.client, self.user, self.team_id = tally, client, user, team_id
         self.rows = {}
+        self.off_page = {}  # last status seen of jobs older than the page
+        self.loaded = False
         self.busy, self.again = False, False
 
     async def refetch(self, name="api GET /jobs (live refetch)"):
@@ -260,15 +268,21 @@ class QueueTab:
         self.busy = False
 
     def on_job(self, job, places=None):
+        if not self.loaded:  # queue.js opens its socket once the page's rows are made
+            return
         if job["id"] in self.rows:
             changed = self.rows[job["id"]] != job["status"]
             self.rows[job["id"]] = job["status"]
             cause = "status changed"
+        elif self.rows and job["id"] < max(self.rows):  # an older job, off page one: upsert()'s offPage
+            before = self.off_page.get(job["id"])
+            self.off_page[job["id"]] = job["status"]
+            changed = before is not None and before != job["status"]
+            cause = "a job off page one changed status"
         else:
             changed = True  # upsert() prepends a job it has no row for
-            cause = "job not among the rows (new, or off page one)"
-            if self.rows and job["id"] > max(self.rows):
-                self.rows[job["id"]] = job["status"]
+            cause = "a new job"
+            self.rows[job["id"]] = job["status"]
         if places is not None:  # a status change's message carries every place in line: no refetch
             self.tally.refetch_causes[f"{cause}: places in the message"] += 1
             self.tally.refetches[self.user].append((time.time(), time.time()))
@@ -300,6 +314,9 @@ async def hold_ws(tally, url, origin, cookie, kind, on_message, stop, opened=Non
         tally.ws_drops[f"{kind}: {type(exc).__name__} {getattr(exc, 'rcvd', '') or ''}".strip()] += 1
 
 
+TLS = ssl.create_default_context()
+
+
 async def simulate(tally, stack, i, person, ids, args, stop, deadline, rng):
     import httpx
 
@@ -321,17 +338,23 @@ async def simulate(tally, stack, i, person, ids, args, stop, deadline, rng):
                                 if opened and e["ts"] >= opened[0])
 
     timeout = httpx.Timeout(30.0)
-    async with httpx.AsyncClient(base_url=stack.url, headers={"Cookie": cookie}, timeout=timeout) as browser, \
-            httpx.AsyncClient(base_url=stack.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout) as api:
+    # One TLS context for every client (loopback HTTP needs none): httpx builds one per client by
+    # default, ~30 ms of CPU each, which blocked this loop for 3 s as the 100 clients started.
+    async with httpx.AsyncClient(base_url=stack.url, headers={"Cookie": cookie}, timeout=timeout, verify=TLS) as browser, \
+            httpx.AsyncClient(base_url=stack.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout,
+                              verify=TLS) as api:
         tab.client = browser
         running = ids[team.pk]["running"]
+        await asyncio.sleep(rng.random() * args.think)  # users arrive over the first seconds, not in lockstep
+        await tab.refetch("api GET /jobs (page load)")  # the queue tab's rows, as the page renders them
+        tab.loaded = True
+        tally.loaded.append(time.time())
+        # then, as queue.js and job.js do once their page is up, the two tabs' sockets
         sockets = [
             asyncio.create_task(hold_ws(tally, f"{stack.ws_url}/ws/teams/{team.pk}/", origin, cookie, "team", team_msg, stop)),
             asyncio.create_task(hold_ws(tally, f"{stack.ws_url}/ws/jobs/{running}/?after={ids[team.pk]['after']}&omit=attention", origin, cookie,
                                         "job", job_msg, stop, opened)),
         ]
-        await asyncio.sleep(rng.random() * args.think)  # users do not click in lockstep
-        await tab.refetch("api GET /jobs (page load)")  # the queue tab's rows, as the page renders them
         while time.time() < deadline:
             action = rng.random()
             if action < 0.3:
@@ -355,6 +378,8 @@ async def simulate(tally, stack, i, person, ids, args, stop, deadline, rng):
         await asyncio.sleep(max(0.0, deadline + args.grace - time.time()))
         for task in sockets:
             await task
+        if opened:
+            tally.job_open.append((user.username, running, opened[0]))
 
 
 def server_pids(pid):
@@ -398,7 +423,7 @@ async def load(stack, people, ids, args, start_at, go):
     tally, lags = Tally(), []
     stop = asyncio.Event()
     start = time.time()
-    start_at.value = start + 3.0  # the sockets are open by then
+    start_at.value = start + 3.0  # the producers start; deliveries count from each socket's opening
     deadline = start_at.value + args.seconds
     go.set()
     lag = asyncio.create_task(loop_lag(stop, lags))
@@ -406,6 +431,7 @@ async def load(stack, people, ids, args, start_at, go):
     users = [asyncio.create_task(simulate(tally, stack, i, p, ids, args, stop, deadline, random.Random(i)))
              for i, p in enumerate(people)]
     await asyncio.sleep(max(0.0, deadline + args.grace - time.time()))
+    tally.stop_at = time.time()
     stop.set()
     done, late = await asyncio.wait(users, timeout=5)
     for task in late:  # a request still waiting on the server: counted, not waited for
@@ -567,10 +593,29 @@ def run_load(stack, teams, people, ids, args) -> dict:
     requests = sum(len(v) for v in tally.http.values())
     events = [1000 * (now - ts) for _, _, ts, now in tally.events]
     watchers = Counter(ids[p[1].pk]["running"] for p in people)
+    # The steady state: requests started once every user's queue tab had loaded (the first
+    # seconds, as users arrive, load 50 pages and open 100 sockets; reported apart, not left out).
+    ramp_end = max(tally.loaded, default=deadline - args.seconds)
+
+    def steady(prefix):
+        return summary([x for k, v in tally.http.items() if k.startswith(prefix)
+                        for x, t0 in zip(v, tally.started[k], strict=True) if t0 >= ramp_end])
+
+    # Exactly which deliveries were due: each watching client, the job's events (less the
+    # attention maps it asked to omit) stamped between its socket's opening and the clients' stop.
+    from explorer.jobs.models import JobEvent
+
+    due = sum(JobEvent.objects.filter(job_id=job, ts__gte=t_open, ts__lte=tally.stop_at).exclude(kind="attention").count()
+              for _, job, t_open in tally.job_open)
+    arrived = sum(1 for _, _, ts, _ in tally.events if ts <= tally.stop_at)
+    events_steady = [1000 * (now - ts) for _, _, ts, now in tally.events if ts >= ramp_end]
     return {
         "http_ms": http,
         "pages_ms": summary([x for k, v in tally.http.items() if k.startswith("page") for x in v]),
         "api_ms": summary([x for k, v in tally.http.items() if k.startswith("api") for x in v]),
+        "ramp_up_s": round(ramp_end - (deadline - args.seconds - 3.0), 1),  # from the clients' start
+        "pages_steady_ms": steady("page"),
+        "api_steady_ms": steady("api"),
         "requests": requests,
         "requests_per_s": round(requests / span, 1),
         "submitted": tally.submitted,
@@ -580,10 +625,15 @@ def run_load(stack, teams, people, ids, args) -> dict:
         "queue_update": {**update_latency(changes, tally, people, deadline - args.seconds), "cancellations": len(changes),
                          "queued_during": [c["queued"] for c in changes][::max(1, len(changes) // 10)]},
         "event_latency_ms": summary(events),
+        "event_latency_steady_ms": summary(events_steady),
         "events_sent": sum(p["sent"] for p in produced),
         # each event once per client watching its job, less those from before a socket opened
         "events_expected": sum(watchers[p["job"]] * p["sent"] for p in produced),
         "events_received": len(events),
+        # the same, counted exactly: events stamped while each client's socket was open
+        "events_due_while_open": due,
+        "events_arrived_while_open": arrived,
+        "job_sockets_open": len(tally.job_open),
         "client_loop_lag_ms": summary(lags),
         "ws_ping_rtt_ms": summary(tally.pings),
         "server_cpu_s": round(server_cpu, 1),  # the web processes, user + system, over the load
@@ -602,7 +652,9 @@ def show_load(r, args):
     for name, s in r["http_ms"].items():
         print(f"  {name:38s} n {s['n']:5d}  p50 {s['p50']:8.1f}  p95 {s['p95']:8.1f}  p99 {s['p99']:8.1f}  "
               f"max {s['max']:8.1f} ms")
-    for label, key in (("all pages", "pages_ms"), ("all API calls", "api_ms")):
+    for label, key in (("all pages", "pages_ms"), ("all API calls", "api_ms"),
+                       (f"pages after the {r['ramp_up_s']} s ramp-up", "pages_steady_ms"),
+                       ("API calls after the ramp-up", "api_steady_ms")):
         if s := r[key]:
             print(f"  {label:38s} n {s['n']:5d}  p50 {s['p50']:8.1f}  p95 {s['p95']:8.1f}  p99 {s['p99']:8.1f} ms")
     u = r["queue_update"]
@@ -615,7 +667,12 @@ def show_load(r, args):
         print(f"  ... -> refetched list shown: p50 {f['p50']:.1f} p95 {f['p95']:.1f} max {f['max']:.1f} ms")
     if e := r["event_latency_ms"]:
         print(f"event latency (ts -> client): p50 {e['p50']:.1f} p95 {e['p95']:.1f} p99 {e['p99']:.1f} "
-              f"max {e['max']:.1f} ms; {r['events_received']}/{r['events_expected']} deliveries")
+              f"max {e['max']:.1f} ms; {r['events_received']}/{r['events_expected']} deliveries; "
+              f"{r['events_arrived_while_open']}/{r['events_due_while_open']} of those stamped while each of the "
+              f"{r['job_sockets_open']} job sockets was open")
+    if e := r["event_latency_steady_ms"]:
+        print(f"  ... after the ramp-up: p50 {e['p50']:.1f} p95 {e['p95']:.1f} p99 {e['p99']:.1f} max {e['max']:.1f} ms "
+              f"over {e['n']} deliveries")
     lag, ping = r["client_loop_lag_ms"], r["ws_ping_rtt_ms"]
     print(f"queue tabs' refetches: {r['live_refetch_causes']}")
     print(f"server: {r['server_cpu_s']} CPU s ({r['server_cpu_ms_per_request']} ms a request), up to "
@@ -646,6 +703,8 @@ def main() -> int:
     parser.add_argument("--grace", type=float, default=3.0, help="seconds the sockets stay open after the load")
     parser.add_argument("--redis-db", type=int, default=12)
     parser.add_argument("--database", default="sqlite", choices=["sqlite", "postgres"])
+    parser.add_argument("--db-pool", type=int, default=8,
+                        help="the web's DATABASE_POOL_SIZE (PostgreSQL; 0: a connection per request)")
     parser.add_argument("--web-workers", type=int, default=1,
                         help="1: one uvicorn process; more: gunicorn with that many uvicorn workers (the production command)")
     args = parser.parse_args()
@@ -673,9 +732,10 @@ def main() -> int:
         "args": vars(args),
         "database": "sqlite (WAL)" if args.database == "sqlite" else "postgresql",
         "web": "one uvicorn process" if args.web_workers == 1 else f"gunicorn, {args.web_workers} uvicorn workers",
+        "db_pool": args.db_pool if args.database == "postgres" else None,
         "setup_s": round(setup_s, 1),
     }
-    stack = start_web(tmp, args.web_workers)
+    stack = start_web(tmp, args.web_workers, args.db_pool)
     try:
         if args.index_only:
             add_index()

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 VAR_DIR = Path(os.environ.get("EXPLORER_VAR_DIR", BASE_DIR / "var"))
@@ -112,6 +113,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # A file (not :memory:) so that test subprocesses (worker, ASGI server) share it.
     DATABASES["default"]["TEST"] = {"NAME": os.environ.get("EXPLORER_TEST_SQLITE", str(VAR_DIR / "test.sqlite3"))}
+# PostgreSQL: a pool of at most DATABASE_POOL_SIZE connections per process (Django's psycopg
+# pool) instead of a connection opened and closed by every request; 0 (the default) turns it off.
+# The web processes set it (docker-compose, the production command); a request under load then
+# skips a server backend's start-up.
+try:
+    DATABASE_POOL_SIZE = int(os.environ.get("DATABASE_POOL_SIZE") or 0)
+except ValueError:
+    raise ImproperlyConfigured(f"DATABASE_POOL_SIZE must be a whole number, not {os.environ['DATABASE_POOL_SIZE']!r}") from None
+if DATABASE_POOL_SIZE < 0:
+    raise ImproperlyConfigured(f"DATABASE_POOL_SIZE must be 0 (no pool) or more, not {DATABASE_POOL_SIZE}")
+if DATABASE_POOL_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": DATABASE_POOL_SIZE, "timeout": 30}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # ---------------------------------------------------------------------------- redis, celery, channels
