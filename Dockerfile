@@ -20,4 +20,4 @@ USER explorer
 ENV EXPLORER_VAR_DIR=/data EXPLORER_MEDIA_ROOT=/data/media
 EXPOSE 8000
 # gunicorn supervises WEB_CONCURRENCY uvicorn worker processes (default 1; docker-compose.yml sets 4)
-CMD ["gunicorn", "config.asgi:application", "-k", "uvicorn.workers.UvicornWorker", "--bind", "0.0.0.0:8000"]
+CMD ["gunicorn", "config.asgi:application", "-k", "uvicorn_worker.UvicornWorker", "--bind", "0.0.0.0:8000"]

@@ -457,9 +457,10 @@ def history_requests(team_id, n_jobs):
     ]
 
 
-def quiet_history(stack, person, n_jobs, repeats):
-    """Each history request ``repeats`` times, one at a time, over HTTP; then once in-process with
-    the SQL counted (query count, total and the slowest query)."""
+def quiet_history(stack, person, n_jobs, repeats, profile=False):
+    """Each history request ``repeats`` times, one at a time, over HTTP; then ``repeats`` times
+    in-process (the median), and once more with the SQL counted (query count, total and the
+    slowest query); with ``profile``, cProfile's view of the first pages."""
     import httpx
     from django.db import connection, reset_queries
     from django.test import Client
@@ -485,14 +486,28 @@ def quiet_history(stack, person, n_jobs, repeats):
     for name, auth, url in history_requests(team.pk, n_jobs):
         extra = {"HTTP_AUTHORIZATION": f"Bearer {token}"} if auth == "token" else {}
         local.get(url, **extra)  # templates and imports loaded
-        reset_queries()
-        with CaptureQueriesContext(connection) as ctx:
+        walls = []
+        for _ in range(repeats):  # the median of ``repeats``, without the SQL capture's overhead
             t0 = time.perf_counter()
             local.get(url, **extra)
-            wall = 1000 * (time.perf_counter() - t0)
+            walls.append(1000 * (time.perf_counter() - t0))
+        if profile and name.endswith("(first page)") or profile and name.endswith("(first 50)"):
+            import cProfile
+            import pstats
+
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(repeats):
+                local.get(url, **extra)
+            prof.disable()
+            print(f"---- profile of {repeats} x {name} (cumulative)")
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+        reset_queries()
+        with CaptureQueriesContext(connection) as ctx:
+            local.get(url, **extra)
         queries = sorted(((float(q["time"]) * 1000, q["sql"]) for q in ctx.captured_queries), reverse=True)
         out[name]["in_process"] = {
-            "wall_ms": round(wall, 1), "queries": len(queries), "sql_ms": round(sum(t for t, _ in queries), 1),
+            "wall_ms": round(pct(walls, 50), 1), "queries": len(queries), "sql_ms": round(sum(t for t, _ in queries), 1),
             "slowest_query_ms": round(queries[0][0], 1) if queries else 0.0,
             "slowest_queries": [{"ms": round(t, 1), "sql": short_sql(sql)} for t, sql in queries[:3]],
         }
@@ -700,6 +715,8 @@ def main() -> int:
     parser.add_argument("--index-only", action="store_true",
                         help="only the what-if: add that index first and run once (for diagnosis)")
     parser.add_argument("--no-write", action="store_true", help="print the figures, leave bench/results alone")
+    parser.add_argument("--profile", action="store_true",
+                        help="only the quiet check, with a cProfile of the first pages; writes nothing")
     parser.add_argument("--grace", type=float, default=3.0, help="seconds the sockets stay open after the load")
     parser.add_argument("--redis-db", type=int, default=12)
     parser.add_argument("--database", default="sqlite", choices=["sqlite", "postgres"])
@@ -740,8 +757,10 @@ def main() -> int:
         if args.index_only:
             add_index()
             report["index"] = WHAT_IF_INDEX
-        report["quiet_history"] = quiet_history(stack, people[0], args.history, args.repeats)
+        report["quiet_history"] = quiet_history(stack, people[0], args.history, args.repeats, args.profile)
         show_quiet(report["quiet_history"])
+        if args.profile:
+            return 0
         report["load"] = run_load(stack, teams, people, ids, args)
         show_load(report["load"], args)
         if args.what_if_index and not args.index_only:

@@ -61,7 +61,7 @@ class Stack:
         cmd = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(self.port),
                "--log-level", "warning"]
         if workers > 1:
-            cmd = [sys.executable, "-m", "gunicorn", "config.asgi:application", "-k", "uvicorn.workers.UvicornWorker",
+            cmd = [sys.executable, "-m", "gunicorn", "config.asgi:application", "-k", "uvicorn_worker.UvicornWorker",
                    "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), "--log-level", "warning"]
         self.procs["web"] = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                              start_new_session=True)

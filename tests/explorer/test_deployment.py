@@ -18,14 +18,15 @@ def test_docker_compose_file_is_valid():
     assert "driver: nvidia" in result.stdout and "REDIS_URL: redis://redis:6379/0" in result.stdout
     # the web: gunicorn supervising WEB_CONCURRENCY uvicorn worker processes, not one interpreter
     web = result.stdout.split("\n  web:", 1)[1].split("\n  worker-", 1)[0]
-    assert "gunicorn config.asgi:application" in web and "-k uvicorn.workers.UvicornWorker" in web
+    assert "gunicorn config.asgi:application" in web and "-k uvicorn_worker.UvicornWorker" in web
     assert "WEB_CONCURRENCY: '4'" in web and "DATABASE_POOL_SIZE: '8'" in web
 
 
 def test_the_image_serves_with_gunicorn_and_uvicorn_workers():
     cmd = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD")]
-    assert cmd == ['CMD ["gunicorn", "config.asgi:application", "-k", "uvicorn.workers.UvicornWorker", '
+    assert cmd == ['CMD ["gunicorn", "config.asgi:application", "-k", "uvicorn_worker.UvicornWorker", '
                    '"--bind", "0.0.0.0:8000"]']
+    assert '"uvicorn-worker>=' in (ROOT / "pyproject.toml").read_text()
     assert '"gunicorn>=' in (ROOT / "pyproject.toml").read_text()  # installed with the app
 
 

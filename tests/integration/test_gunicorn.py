@@ -31,7 +31,7 @@ def test_gunicorn_with_uvicorn_workers_serves_pages_api_and_websockets(tmp_path,
     job = training_jobs.create_job(user, team, TINY_SPEC, name="served by gunicorn")  # queued: no worker here
     port = free_port()
     env = {**Stack(tmp_path).env, "WEB_CONCURRENCY": "2"}
-    cmd = [sys.executable, "-m", "gunicorn", "config.asgi:application", "-k", "uvicorn.workers.UvicornWorker",
+    cmd = [sys.executable, "-m", "gunicorn", "config.asgi:application", "-k", "uvicorn_worker.UvicornWorker",
            "--bind", f"127.0.0.1:{port}"]
     log = open(tmp_path / "gunicorn.log", "wb")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
