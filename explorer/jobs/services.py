@@ -211,8 +211,9 @@ def public_spec(spec):
             for section, values in spec.items()}
 
 
-def job_to_dict(job, position=None):
-    """The job as the API and pages show it; ``position`` is its ``queue_positions`` entry."""
+def job_to_dict(job, position=None, spec=True):
+    """The job as the API and pages show it; ``position`` is its ``queue_positions`` entry;
+    without ``spec`` (a queue row: its spec is for the job's own page) the spec is not read."""
     from explorer.scheduling.queue import PRIORITY_NAMES
 
     place = position if isinstance(position, dict) else {"position": position, "starts_in_s": None}
@@ -242,7 +243,7 @@ def job_to_dict(job, position=None):
         "created_at": job.created_at.isoformat(),
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-        "spec": public_spec(job.spec),
+        **({"spec": public_spec(job.spec)} if spec else {}),
         "dataset": job.dataset.name if job.dataset_id else None,
         "url": f"/jobs/{job.pk}/",
     }

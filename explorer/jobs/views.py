@@ -28,10 +28,10 @@ def queue(request):
         messages.warning(request, str(exc))
         filters["since"] = filters["until"] = ""
         jobs = services.search_jobs(jobs_visible_to(request.user).filter(team=team), **filters)
-    page = Paginator(jobs, 50).get_page(request.GET.get("page"))
+    # the rows as static/js/queue.js fills them in: a job's spec is for its own page, not a row
+    page = Paginator(jobs.defer("spec"), 50).get_page(request.GET.get("page"))
     positions = services.queue_positions(list(page))
-    # the rows as static/js/queue.js fills them in (a job's spec is for its own page, not a row)
-    rows = [{k: v for k, v in services.job_to_dict(j, positions[j.pk]).items() if k != "spec"} for j in page]
+    rows = [services.job_to_dict(j, positions[j.pk], spec=False) for j in page]
     query = {k: v for k, v in filters.items() if v}
     return render(request, "explorer/queue.html", {
         "jobs": rows, "page": page, "status": filters["status"], "team": team, "nav": "queue",
