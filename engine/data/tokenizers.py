@@ -96,7 +96,7 @@ class FileTokenizer:
     kind = "file"
 
     def __init__(self, lab):
-        self.lab = lab  # an engine.tokenlab LabTokenizer
+        self.lab = lab  # an engine.tokenformats LabTokenizer
         self.vocab_size = lab.vocab_size
 
     @classmethod
@@ -106,7 +106,7 @@ class FileTokenizer:
     @classmethod
     def from_file(cls, path: str | None) -> FileTokenizer:
         """``ConfigError`` on "data.tokenizer_file" when the file is missing or not a tokenizer."""
-        from .. import tokenlab
+        from .. import tokenformats
         from ..config.errors import ConfigError
 
         if not path:
@@ -117,7 +117,7 @@ class FileTokenizer:
         except OSError as e:
             raise ConfigError({"data.tokenizer_file": f"cannot read {path}: {e.strerror}"}) from None
         try:
-            return cls(tokenlab.load(data, os.path.basename(path)))
+            return cls(tokenformats.load(data, os.path.basename(path)))
         except ValueError as e:
             raise ConfigError({"data.tokenizer_file": str(e)}) from None
 
@@ -137,9 +137,9 @@ class FileTokenizer:
 
     @classmethod
     def from_dict(cls, d: dict) -> FileTokenizer:
-        from .. import tokenlab
+        from .. import tokenformats
 
-        return cls(tokenlab.load(base64.b64decode(d["data"]), d["filename"]))
+        return cls(tokenformats.load(base64.b64decode(d["data"]), d["filename"]))
 
 
 def tokenizer_from_dict(d: dict) -> Tokenizer:

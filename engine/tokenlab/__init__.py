@@ -6,11 +6,11 @@
     tokenlab.metrics(tok, "naïve café")      # tokens per char/word/byte, unk and byte-fallback rates
     tokenlab.merge_replay(tok, "naïve café", [0, 10, 100])   # the split after the first n merges
     data, filename = tok.to_bytes()          # tokenizer.json / tokenizer.model, for tokenlab.load
-    tok.engine_tokenizer()                   # for a training job (DataConfig tokenizer "file")
+    FileTokenizer(tok)                       # for a training job (engine.data.tokenizers; tokenizer "file")
 
 Every HF kind is a ``tokenizers.Tokenizer`` built from parts (normalizer, pre-tokenizer, model,
 decoder) and trained with its trainer; the SentencePiece kinds are trained by ``sentencepiece``
-with byte fallback, like Llama's tokenizer. The tokenizer objects live in ``tokenlab_models``.
+with byte fallback, like Llama's tokenizer. The tokenizer objects live in ``engine.tokenformats``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from collections.abc import Callable
 
 import torch
 
-from .hf import HFLabTokenizer, train_hf
-from .models import BYTE_PIECE, CodepointTokenizer, Encoding, LabTokenizer, check_text, load, visible
-from .spm import SPLabTokenizer, train_sentencepiece
+from ..tokenformats.hf import HFLabTokenizer, train_hf
+from ..tokenformats.models import BYTE_PIECE, CodepointTokenizer, Encoding, LabTokenizer, check_text, load, visible
+from ..tokenformats.spm import SPLabTokenizer, train_sentencepiece
 
 KINDS = {
     "bpe": "byte-level BPE (GPT-2 style): merges over UTF-8 bytes, so any text encodes and nothing is unknown",

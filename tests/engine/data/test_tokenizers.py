@@ -1,7 +1,7 @@
 import pytest
 
 from engine import TOKENIZERS, tokenlab
-from engine.data.tokenizers import ByteTokenizer, CharTokenizer, tokenizer_from_dict
+from engine.data.tokenizers import ByteTokenizer, CharTokenizer, FileTokenizer, tokenizer_from_dict
 
 SAMPLE = "def f(x):\n    return x ** 2  # naïve\n"
 
@@ -9,7 +9,7 @@ SAMPLE = "def f(x):\n    return x ** 2  # naïve\n"
 def make(name):
     """Every entry is built from text, except "file", which is a tokenizer the lab trained and saved."""
     if name == "file":
-        return tokenlab.train("bpe", SAMPLE * 4, vocab_size=300).engine_tokenizer()
+        return FileTokenizer(tokenlab.train("bpe", SAMPLE * 4, vocab_size=300))
     return TOKENIZERS[name].from_text(SAMPLE)
 
 

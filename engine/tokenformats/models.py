@@ -124,12 +124,6 @@ class LabTokenizer:
     def id_to_token(self, i: int) -> str | None:
         raise NotImplementedError
 
-    def engine_tokenizer(self):
-        """This tokenizer behind ``engine.tokenizers``' interface, for training jobs."""
-        from ..data.tokenizers import FileTokenizer
-
-        return FileTokenizer(self)
-
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.kind} vocab_size={self.vocab_size}>"
 
