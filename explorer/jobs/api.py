@@ -7,6 +7,7 @@ import io
 import json
 from typing import Any
 
+import orjson
 from django.http import HttpResponse
 from ninja import Router, Schema, Status
 from ninja.errors import HttpError
@@ -105,13 +106,12 @@ def list_jobs(request, team: str | None = None, status: str | None = None, limit
     if offset < 0:
         raise HttpError(400, f"offset must be ≥ 0 (got {offset})")
     limit = max(1, min(limit, 200))
-    page = list(qs[offset : offset + limit])
-    positions = services.queue_positions(page)
+    rows = services.job_rows(qs[offset : offset + limit])
     # Written as JSON here rather than through JobList: ninja's validation of 50 plain dicts took a
-    # fifth of the request (bench/load.py's quiet figures). job_to_dict's keys are JobOut's, which
+    # fifth of the request (bench/load.py's quiet figures). row_to_dict's keys are JobOut's, which
     # tests/explorer/jobs/test_api.py checks against the schema.
-    body = {"count": qs.count(), "jobs": [services.job_to_dict(j, positions[j.pk]) for j in page]}
-    return HttpResponse(json.dumps(body), content_type="application/json")
+    body = {"count": qs.count(), "jobs": [services.row_to_dict(row) for row in rows]}
+    return HttpResponse(orjson.dumps(body), content_type="application/json")  # a tenth of json.dumps' time
 
 
 @jobs.get("/{int:job_id}", response=JobOut, summary="One job")

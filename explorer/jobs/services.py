@@ -211,42 +211,79 @@ def public_spec(spec):
             for section, values in spec.items()}
 
 
+# A job as lists read it: values(), not model instances (a page of 50 jobs built 150 of them,
+# with their teams and owners, a fifth of GET /api/v1/jobs; bench/load.py --profile).
+ROW_FIELDS = ("id", "name", "team_id", "team__name", "owner__username", "status", "queue", "route", "priority",
+              "kind", "params", "step", "total_steps", "last_seq", "summary", "worker", "device", "error",
+              "cancel_requested", "attempt", "parent_id", "parent_step", "created_at", "started_at", "finished_at",
+              "dataset_id", "dataset__name")
+
+
+def job_rows(qs, spec=True):
+    """``qs`` (a page of jobs, in its order) as rows for ``row_to_dict``, with ``queue_positions``'
+    entry of each under "place"."""
+    from types import SimpleNamespace
+
+    rows = list(qs.values(*ROW_FIELDS, *(("spec",) if spec else ())))
+    places = queue_positions([SimpleNamespace(pk=r["id"], status=r["status"], route=r["route"], queue=r["queue"])
+                              for r in rows])
+    for row in rows:
+        row["place"] = places[row["id"]]
+    return rows
+
+
 def job_to_dict(job, position=None, spec=True):
     """The job as the API and pages show it; ``position`` is its ``queue_positions`` entry;
     without ``spec`` (a queue row: its spec is for the job's own page) the spec is not read."""
+    row = {"id": job.pk, "name": job.name, "team_id": job.team_id, "team__name": job.team.name,
+           "owner__username": job.owner.get_username(), "dataset__name": job.dataset.name if job.dataset_id else None,
+           **{f: getattr(job, f) for f in ROW_FIELDS if "__" not in f and f != "id"}}
+    if spec:
+        row["spec"] = job.spec
+    return row_to_dict(row, position)
+
+
+def row_to_dict(row, position=None):
+    """A row of ``ROW_FIELDS`` (and "spec" when it was read) as the API and pages show it: the one
+    place that says what a job's dict holds (JobOut in the API's schema)."""
     from explorer.scheduling.queue import PRIORITY_NAMES
 
+    if position is None:
+        position = row.get("place")
     place = position if isinstance(position, dict) else {"position": position, "starts_in_s": None}
-    return {
-        "id": job.pk,
-        "name": job.display_name,
-        "team": {"id": job.team_id, "name": job.team.name},
-        "owner": job.owner.get_username(),
-        "status": job.status,
-        "queue": job.queue,
-        "position": place["position"] if job.status == Job.Status.QUEUED else None,
-        "starts_in_s": place["starts_in_s"] if job.status == Job.Status.QUEUED else None,
-        "priority": PRIORITY_NAMES.get(job.priority, "normal"),
-        "kind": job.kind,
-        "params": job.params,
-        "step": job.step,
-        "total_steps": job.total_steps,
-        "last_seq": job.last_seq,
-        "summary": job.summary,
-        "worker": job.worker,
-        "device": job.device,
-        "error": job.error,
-        "cancel_requested": job.cancel_requested,
-        "attempt": job.attempt,
-        "parent": {"id": job.parent_id, "step": job.parent_step, "url": f"/jobs/{job.parent_id}/"}
-        if job.parent_id else None,
-        "created_at": job.created_at.isoformat(),
-        "started_at": job.started_at.isoformat() if job.started_at else None,
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-        **({"spec": public_spec(job.spec)} if spec else {}),
-        "dataset": job.dataset.name if job.dataset_id else None,
-        "url": f"/jobs/{job.pk}/",
+    queued = row["status"] == Job.Status.QUEUED
+    out = {
+        "id": row["id"],
+        "name": row["name"] or f"Job #{row['id']}",
+        "team": {"id": row["team_id"], "name": row["team__name"]},
+        "owner": row["owner__username"],
+        "status": row["status"],
+        "queue": row["queue"],
+        "position": place["position"] if queued else None,
+        "starts_in_s": place["starts_in_s"] if queued else None,
+        "priority": PRIORITY_NAMES.get(row["priority"], "normal"),
+        "kind": row["kind"],
+        "params": row["params"],
+        "step": row["step"],
+        "total_steps": row["total_steps"],
+        "last_seq": row["last_seq"],
+        "summary": row["summary"],
+        "worker": row["worker"],
+        "device": row["device"],
+        "error": row["error"],
+        "cancel_requested": row["cancel_requested"],
+        "attempt": row["attempt"],
+        "parent": {"id": row["parent_id"], "step": row["parent_step"], "url": f"/jobs/{row['parent_id']}/"}
+        if row["parent_id"] else None,
+        "created_at": row["created_at"].isoformat(),
+        "started_at": row["started_at"].isoformat() if row["started_at"] else None,
+        "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,
     }
+    if "spec" in row:
+        out["spec"] = public_spec(row["spec"])
+    out["dataset"] = row["dataset__name"] if row["dataset_id"] else None
+    out["url"] = f"/jobs/{row['id']}/"
+    return out
 
 
 # ---------------------------------------------------------------------------- running (in a worker)

@@ -29,9 +29,8 @@ def queue(request):
         filters["since"] = filters["until"] = ""
         jobs = services.search_jobs(jobs_visible_to(request.user).filter(team=team), **filters)
     # the rows as static/js/queue.js fills them in: a job's spec is for its own page, not a row
-    page = Paginator(jobs.defer("spec"), 50).get_page(request.GET.get("page"))
-    positions = services.queue_positions(list(page))
-    rows = [services.job_to_dict(j, positions[j.pk], spec=False) for j in page]
+    page = Paginator(jobs, 50).get_page(request.GET.get("page"))
+    rows = [services.row_to_dict(row) for row in services.job_rows(page.object_list, spec=False)]
     query = {k: v for k, v in filters.items() if v}
     return render(request, "explorer/queue.html", {
         "jobs": rows, "page": page, "status": filters["status"], "team": team, "nav": "queue",
