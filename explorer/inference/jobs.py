@@ -22,7 +22,7 @@ import engine.training.checkpoint as engine_checkpoint
 from engine.config import events
 from engine.data.datasets import load_data
 from engine.data.tokenizers import tokenizer_from_dict
-from explorer.jobs import services
+from explorer.jobs import lifecycle, services
 from explorer.jobs.models import Job
 from explorer.training.checkpoints import NoCheckpoint, checkpoint_path, job_dir
 
@@ -291,7 +291,7 @@ def create_inference_job(user, team, payload, name="", priority="normal"):
 # ---------------------------------------------------------------------------- running (in a worker)
 class _Progress:
     """Fractions of the whole job as "progress" events (at most every 0.25 s, with an ETA); raises
-    ``services.JobCancelled`` when the job was cancelled."""
+    ``lifecycle.JobCancelled`` when the job was cancelled."""
 
     def __init__(self, recorder, cancelled):
         self.recorder, self.cancelled = recorder, cancelled
@@ -299,7 +299,7 @@ class _Progress:
 
     def __call__(self, fraction, phase, detail="", force=False):
         if self.cancelled():
-            raise services.JobCancelled()
+            raise lifecycle.JobCancelled()
         now = time.monotonic()
         self.fraction = max(self.fraction, min(1.0, float(fraction)))
         if now - self.last < PROGRESS_INTERVAL_S and not force and self.fraction < 1:
@@ -394,9 +394,9 @@ def _explain(exc):
 
 
 def run_inference_job(job_id, worker_name):
-    """Run a queued inference job to its end (``services.job_run``: every outcome leaves the job
+    """Run a queued inference job to its end (``lifecycle.job_run``: every outcome leaves the job
     terminal with the reason). Returns its final status, or None when it was no longer queued."""
-    with services.job_run(job_id, worker_name, what="inference job", explain=_explain) as run:
+    with lifecycle.job_run(job_id, worker_name, what="inference job", explain=_explain) as run:
         if run is None:
             return None
         recorder, spec = run.recorder, run.job.spec["inference"]

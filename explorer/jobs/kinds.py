@@ -45,7 +45,7 @@ class JobKind(Protocol):
         """The job's estimated memory, again at enqueue time (0 when unknown)."""
 
     def run(self, job_id, worker_name):
-        """Run the queued job inside ``explorer.jobs.services.job_run``; its final status, or None
+        """Run the queued job inside ``explorer.jobs.lifecycle.job_run``; its final status, or None
         when it was no longer queued."""
 
     def requeue(self, job, reason) -> tuple[bool, int | None]:

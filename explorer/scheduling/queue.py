@@ -144,7 +144,7 @@ def on_route(route):
 
 def runners():
     """Each job kind's runner, ``(job_id, worker_name) -> final status, or None when the job was
-    no longer queued``; each runs its work inside ``services.job_run``."""
+    no longer queued``; each runs its work inside ``lifecycle.job_run``."""
     from explorer.jobs import kinds  # the registered kinds (explorer.jobs.kinds)
 
     return {name: kind.run for name, kind in kinds.KINDS.items()}

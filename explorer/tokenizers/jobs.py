@@ -9,7 +9,7 @@ from django.conf import settings
 
 from engine import tokenlab
 from engine.config import events
-from explorer.jobs import services
+from explorer.jobs import lifecycle
 from explorer.jobs.models import Job
 from explorer.tokenizers.models import Tokenizer
 
@@ -46,7 +46,7 @@ def _corpus_for_job(spec):
 
 class _Progress:
     """The engine's ``progress(fraction)``: "progress" events at most every 0.25 s, with an ETA;
-    raises ``services.JobCancelled`` to stop training when the job was cancelled."""
+    raises ``lifecycle.JobCancelled`` to stop training when the job was cancelled."""
 
     def __init__(self, recorder, cancelled):
         self.recorder, self.cancelled = recorder, cancelled
@@ -54,7 +54,7 @@ class _Progress:
 
     def __call__(self, fraction):
         if self.cancelled():
-            raise services.JobCancelled()
+            raise lifecycle.JobCancelled()
         now = time.monotonic()
         if now - self.last < PROGRESS_INTERVAL_S and fraction < 1:
             return
@@ -67,7 +67,7 @@ class _Progress:
 
 
 def run_tokenizer_job(job_id, worker_name):
-    """Train a queued tokenizer job to its end (``services.job_run``); the ``Tokenizer`` row ends
+    """Train a queued tokenizer job to its end (``lifecycle.job_run``); the ``Tokenizer`` row ends
     ready, or failed with the job's reason. Returns the job's final status, or None when it was no
     longer queued."""
     from explorer.tokenizers import lab  # it imports this module
@@ -82,7 +82,7 @@ def run_tokenizer_job(job_id, worker_name):
             Tokenizer.objects.filter(pk=row.pk).update(
                 status=Tokenizer.Status.FAILED, error=run.error or f"the training job was {run.status}")
 
-    with services.job_run(job_id, worker_name, what="tokenizer job", explain=explain, on_end=fail_row) as run:
+    with lifecycle.job_run(job_id, worker_name, what="tokenizer job", explain=explain, on_end=fail_row) as run:
         if run is None:
             if row is not None:
                 lab.refresh_status(row)
@@ -97,10 +97,10 @@ def run_tokenizer_job(job_id, worker_name):
                 tok = lab.train_tokenizer(s, texts, progress=_Progress(run.recorder, run.should_stop))
             except Exception:
                 if run.should_stop():  # our JobCancelled, as the tokenizers library re-raised it
-                    raise services.JobCancelled() from None
+                    raise lifecycle.JobCancelled() from None
                 raise
             if run.should_stop():
-                raise services.JobCancelled()
+                raise lifecycle.JobCancelled()
             if row is not None:
                 lab.save_file(row, tok)
                 row.kind, row.vocab_size, row.settings = tok.kind, tok.vocab_size, lab.clean(tok.settings or s)

@@ -157,8 +157,10 @@ def retry_job(job, reason="retried by the user", *, automatic=False):
     checkpoint where there is one (the loss curve goes on), else starts over. Returns the
     step it resumes from (0 when from scratch); ``RetryRefused`` for a job still queued or
     running, or one that succeeded. ``automatic``: the app's own retry of a running job whose
-    worker was lost (``services.reap_stale_jobs``), counted in ``auto_retries``."""
-    from explorer.jobs import services  # it imports this module
+    worker was lost (``lifecycle.reap_stale_jobs``), counted in ``auto_retries``."""
+    from explorer.jobs import (
+        services,  # it imports this module
+    )
 
     if job.kind != "train":
         raise RetryRefused(f"only training jobs can be retried, not {job.kind} jobs")

@@ -9,7 +9,8 @@ import engine
 import engine.training.checkpoint as engine_checkpoint
 from explorer.datasets.models import Dataset
 from explorer.jobs import submission
-from explorer.jobs.services import SERVER_PATHS, SpecError, job_run
+from explorer.jobs.lifecycle import job_run
+from explorer.jobs.services import SERVER_PATHS, SpecError
 from explorer.tokenizers.lab import bind_tokenizer_file
 from explorer.training.checkpoints import architecture_errors, bind_init_from, job_dir
 

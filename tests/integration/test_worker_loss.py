@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from explorer.jobs import services
+from explorer.jobs import lifecycle
 from explorer.jobs.models import Job
 from tests.integration.test_job_stream import past_step, submit, user_with_token, watch, with_steps
 
@@ -26,7 +26,7 @@ def test_killed_worker_job_is_requeued_once_and_resumes_from_its_checkpoint(stac
         steps_at_kill = Job.objects.get(pk=job_id).step
         assert Job.objects.get(pk=job_id).status == "running"
         time.sleep(2.5)
-        assert services.reap_stale_jobs(timeout_s=2) == [job_id]
+        assert lifecycle.reap_stale_jobs(timeout_s=2) == [job_id]
         job = Job.objects.get(pk=job_id)
         assert (job.status, job.attempt) == ("queued", 2)
         requeue = job.events.order_by("-seq").first()
@@ -53,7 +53,7 @@ def test_killed_worker_job_is_requeued_once_and_resumes_from_its_checkpoint(stac
     kill_worker(stack)
     try:
         time.sleep(2.5)
-        assert services.reap_stale_jobs(timeout_s=2) == [job_id]
+        assert lifecycle.reap_stale_jobs(timeout_s=2) == [job_id]
         job = Job.objects.get(pk=job_id)
         assert job.status == "failed" and "heartbeat" in job.error and "already requeued once" in job.error
         assert job.events.order_by("-seq").first().payload["status"] == "failed"

@@ -1,11 +1,11 @@
-"""``services.job_run``, the lifecycle every kind of job runs in (training, inference, tokenizer
+"""``lifecycle.job_run``, the lifecycle every kind of job runs in (training, inference, tokenizer
 training), with the real engine: the same guarantees for each kind, whose runner comes from
 ``scheduling.runners``."""
 import pytest
 
 import engine
 from explorer.inference import jobs as inference_jobs
-from explorer.jobs import services
+from explorer.jobs import lifecycle, services
 from explorer.jobs.models import Job
 from explorer.jobs.recorder import EventRecorder, EventStoreUnavailable
 from explorer.scheduling import queue as scheduling
@@ -45,8 +45,8 @@ def run(job):
 
 @pytest.fixture
 def waits(monkeypatch):
-    """The timeouts of ``publisher().wait`` calls made by the service layer (sends go through)."""
-    real, calls = services.publisher, []
+    """The timeouts of ``publisher().wait`` calls made by the run lifecycle (sends go through)."""
+    real, calls = lifecycle.publisher, []
 
     class Spy:
         def send(self, pairs):
@@ -56,7 +56,7 @@ def waits(monkeypatch):
             calls.append(timeout)
             return real().wait(timeout)
 
-    monkeypatch.setattr(services, "publisher", lambda: Spy())
+    monkeypatch.setattr(lifecycle, "publisher", lambda: Spy())
     return calls
 
 
@@ -86,7 +86,7 @@ def test_every_kind_fails_when_its_last_events_cannot_be_saved(kind, submit, mon
             raise EventStoreUnavailable(reason)
 
     job = submit(kind)
-    monkeypatch.setattr(services, "EventRecorder", Unsaved)
+    monkeypatch.setattr(lifecycle, "EventRecorder", Unsaved)
     assert run(job) == "failed"
     job.refresh_from_db()
     assert job.status == "failed" and job.error == f"EventStoreUnavailable: {reason}"

@@ -9,7 +9,7 @@ from channels.layers import get_channel_layer
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from explorer.jobs import services
+from explorer.jobs import lifecycle, services
 from explorer.jobs.models import Job
 from explorer.training import jobs as training_jobs
 
@@ -140,7 +140,7 @@ def test_a_worker_that_dies_before_saving_leaves_no_hole_and_the_requeue_comes_a
     assert [e["seq"] for e in watcher.events(until_seq=6)] == [2, 3, 4, 5, 6]  # seen live
     recorder.close()  # the worker dies: nothing of it saved
     assert Job.objects.get(pk=job.pk).last_seq == 1
-    services.lose_worker(Job.objects.get(pk=job.pk), "its worker stopped sending heartbeats.")
+    lifecycle.lose_worker(Job.objects.get(pk=job.pk), "its worker stopped sending heartbeats.")
     job.refresh_from_db()
     kinds = list(job.events.order_by("seq").values_list("seq", "kind"))
     # events 2-6 were sent; the mark runs up to MARK_AHEAD past the last it noted

@@ -5,7 +5,7 @@ import time
 import pytest
 from django.utils import timezone
 
-from explorer.jobs import services
+from explorer.jobs import lifecycle, services
 from explorer.jobs.models import Job
 from explorer.training import jobs as training_jobs
 
@@ -84,7 +84,7 @@ def test_reaper_requeues_once_then_fails_jobs_whose_worker_vanished(alice, tiny_
     Job.objects.filter(pk=job.pk).update(status="running", worker="gone@host", heartbeat_at=stale, started_at=stale)
     fresh = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     Job.objects.filter(pk=fresh.pk).update(status="running", heartbeat_at=timezone.now())
-    assert services.reap_stale_jobs(timeout_s=60) == [job.pk]
+    assert lifecycle.reap_stale_jobs(timeout_s=60) == [job.pk]
     job.refresh_from_db()
     assert (job.status, job.attempt, job.auto_retries, job.error) == ("queued", 2, 1, "")
     status = job.events.order_by("-seq").first().payload
@@ -94,7 +94,7 @@ def test_reaper_requeues_once_then_fails_jobs_whose_worker_vanished(alice, tiny_
 
     # the second loss: failed, with the reason and the earlier requeue
     Job.objects.filter(pk=job.pk).update(status="running", worker="gone@host", heartbeat_at=stale)
-    assert services.reap_stale_jobs(timeout_s=60) == [job.pk]
+    assert lifecycle.reap_stale_jobs(timeout_s=60) == [job.pk]
     job.refresh_from_db()
     assert job.status == "failed" and "gone@host" in job.error and "heartbeat" in job.error
     assert "already requeued once" in job.error
@@ -103,10 +103,10 @@ def test_reaper_requeues_once_then_fails_jobs_whose_worker_vanished(alice, tiny_
 def test_worker_restart_requeues_its_orphans_once(alice, tiny_spec):
     job = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     Job.objects.filter(pk=job.pk).update(status="running", worker="cpu@box", heartbeat_at=timezone.now())
-    assert services.fail_orphaned_jobs("cpu@box") == [job.pk]
+    assert lifecycle.fail_orphaned_jobs("cpu@box") == [job.pk]
     assert Job.objects.get(pk=job.pk).status == "queued"
     Job.objects.filter(pk=job.pk).update(status="running", worker="cpu@box")
-    assert services.fail_orphaned_jobs("cpu@box") == [job.pk]
+    assert lifecycle.fail_orphaned_jobs("cpu@box") == [job.pk]
     assert Job.objects.get(pk=job.pk).status == "failed"
 
 
