@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(PY) bench/analyze_speed.py
 	$(PY) bench/nanogpt_shakespeare.py
 	$(PY) bench/quantization.py
+	$(PY) bench/smollm2_load.py
 	$(PY) bench/tokenizer_speed.py
 
 # The app's live path: a Redis at 127.0.0.1:6379 (the benches use databases 12 and 13 of it; when
