@@ -337,6 +337,10 @@ def _write_copy(directory: Path, model, hf_tokenizer) -> None:
                 "source": {"package": SMOLLM2.package, "file": SMOLLM2.file, "bytes": SMOLLM2.file_bytes},
                 "note": SMOLLM2.note}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        # readable by the app's other processes, which may run as other users (mkdtemp makes it 0700)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        tmp.chmod(0o755)
         if directory.exists():  # a stale copy (another format or wheel): replaced
             shutil.rmtree(directory)
         os.replace(tmp, directory)
