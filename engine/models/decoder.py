@@ -180,6 +180,7 @@ class Decoder(nn.Module):
         top_p: float | None = None,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        stop_token: int | None = None,
     ) -> torch.Tensor:
         """Extend ``idx`` (B, T) by ``max_new_tokens`` sampled tokens. ``temperature=0`` picks the
         argmax (greedy); ``top_k`` keeps the k likeliest tokens, ``top_p`` the smallest set whose
@@ -188,8 +189,10 @@ class Decoder(nn.Module):
         With ``use_cache`` each step runs only the new token against cached keys and values
         (same result as without). Learned positions end at ``block_size``: beyond it the context
         is cropped to the last ``block_size`` tokens (re-read each step); the other position
-        schemes keep the whole context."""
+        schemes keep the whole context. With ``stop_token`` it stops early once every sequence
+        has produced that id (a chat model's end of turn); the result then is shorter."""
         bs, crop = self.config.block_size, not self.wpe.extrapolates
+        stopped = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         # the most positions the cache will hold: cropping restarts it at block_size
         capacity = min(idx.size(1) + max_new_tokens, bs) if crop else idx.size(1) + max_new_tokens
         new_cache = lambda: self.make_cache(capacity)  # noqa: E731
@@ -213,6 +216,10 @@ class Decoder(nn.Module):
                     pos += ctx.size(1)
                 idx_next = sample(logits[:, -1, :].float(), temperature, top_k, top_p, generator)  # (B, 1)
                 idx = torch.cat((idx, idx_next), dim=1)
+                if stop_token is not None:
+                    stopped |= idx_next[:, 0] == stop_token
+                    if bool(stopped.all()):
+                        break
         return idx.clone()  # an ordinary tensor again: inference-mode ones may not enter autograd
 
 

@@ -121,6 +121,22 @@ def test_generate_shapes_and_crop(tiny_config):
     assert model.generate(idx, 6, top_p=0.9, top_k=5).shape == (2, 11)
 
 
+def test_generate_stops_at_stop_token(tiny_config):
+    torch.manual_seed(0)
+    model = build_model(tiny_config).eval()
+    idx = torch.randint(tiny_config.vocab_size, (1, 5))
+    greedy = model.generate(idx, 8, temperature=0)
+    stop = greedy[0, 5 + 2].item()  # the third new token
+    first = (greedy[0, 5:] == stop).nonzero()[0].item()  # where that id first appears
+    out = model.generate(idx, 8, temperature=0, stop_token=stop)
+    assert torch.equal(out, greedy[:, : 5 + first + 1])  # the same tokens, up to and with the stop token
+    # a batch runs until every sequence has produced it; one that never does runs to the end
+    both = model.generate(torch.cat([idx, idx]), 8, temperature=0, stop_token=stop)
+    assert torch.equal(both, torch.cat([out, out]))
+    never = model.generate(idx, 8, temperature=0, stop_token=tiny_config.vocab_size)
+    assert torch.equal(never, greedy)
+
+
 # ---- KV cache
 
 
