@@ -25,7 +25,7 @@ import torch
 
 from ..models.encoder_decoder import n_decoder_layer
 from ..nn.ffn import FFNS
-from .mappings import Tensor, _ffn_width, _need
+from .common import Tensor, _ffn_width, _need
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,6 @@ residual branches); inference is the same either way. ``transformers`` is import
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
 import torch.nn as nn
 
 from ..config.errors import ConfigError
@@ -28,43 +25,8 @@ from ..config.schema import ModelConfig
 from ..models.families import build_model
 from ..nn.attention import ATTENTION_FUNCTIONS
 from ..nn.ffn import FFNS
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """One HF tensor built from our tensors: concatenated along dim 0 (fused projections such as
-    GPT-2's c_attn), then transposed (GPT-2's Conv1D stores weights as (in, out)). ``stacked``
-    means ``ours`` holds one group per expert, stacked into a new dim 0 (Mixtral's fused
-    experts, (n_expert, out, in))."""
-
-    hf: str
-    ours: tuple
-    transpose: bool = False
-    stacked: bool = False
-
-    def to_hf(self, sd: dict) -> torch.Tensor:
-        groups = self.ours if self.stacked else (self.ours,)
-        parts = [torch.cat([sd[name] for name in group], dim=0) for group in groups]
-        t = torch.stack(parts) if self.stacked else parts[0]
-        return (t.T if self.transpose else t).contiguous()
-
-    def from_hf(self, t: torch.Tensor, shapes: dict) -> dict:
-        t = t.T if self.transpose else t
-        groups = self.ours if self.stacked else (self.ours,)
-        slabs = t.unbind(0) if self.stacked else (t,)
-        out = {}
-        for group, slab in zip(groups, slabs, strict=True):
-            sizes = [shapes[name][0] for name in group]
-            for name, piece in zip(group, slab.split(sizes, dim=0), strict=True):
-                out[name] = piece.contiguous()
-        return out
-
-
-def _need(cfg, field: str, want, problems: list, why: str = "") -> None:
-    value = getattr(cfg, field)
-    ok = value in want if isinstance(want, (list, tuple, set)) else value == want
-    if not ok:
-        problems.append(f"{field}={value!r} (needs {want!r}{'; ' + why if why else ''})")
+from .common import Tensor, _ffn_width, _need
+from .encoders import T5, Bert
 
 
 def _common_problems(cfg) -> list[str]:
@@ -76,16 +38,6 @@ def _common_problems(cfg) -> list[str]:
     _need(cfg, "attn_softcap", 0.0, p)
     _need(cfg, "final_softcap", 0.0, p)
     return p
-
-
-def _ffn_width(cfg, hidden: int) -> dict:
-    """The FFN fields that give hidden width ``hidden``: ``ffn_mult`` when it reproduces the
-    width exactly (so a round trip keeps the config as it was), else an explicit ``ffn_hidden``."""
-    default = ModelConfig.__dataclass_fields__["ffn_mult"].default
-    for mult in (default, hidden / cfg["n_embd"]):
-        if FFNS[cfg["ffn"]].hidden_dim(ModelConfig(**{**cfg, "ffn_mult": mult})) == hidden:
-            return {"ffn_mult": mult}
-    return {"ffn_hidden": hidden}
 
 
 def _attn_impl(hf_config) -> dict:
@@ -414,9 +366,5 @@ def from_transformers(hf_model) -> nn.Module:
 def _names(t: Tensor) -> list[str]:
     return [n for group in t.ours for n in group] if t.stacked else list(t.ours)
 
-
-# Encoders and encoder-decoders live in their own module, which builds on the helpers above
-# (hence imported here, at the end, not at the top).
-from .encoders import T5, Bert  # noqa: E402
 
 MAPPINGS = {"gpt2": GPT2, "llama": Llama, "mistral": Mistral, "mixtral": Mixtral, "bert": Bert, "t5": T5}
