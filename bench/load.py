@@ -462,9 +462,8 @@ def quiet_history(stack, person, n_jobs, repeats, profile=False):
     in-process (the median), and once more with the SQL counted (query count, total and the
     slowest query); with ``profile``, cProfile's view of the first pages."""
     import httpx
-    from django.db import connection, reset_queries
+    from django.db import connection
     from django.test import Client
-    from django.test.utils import CaptureQueriesContext
 
     user, team, cookie, token = person
     headers = {"session": {"Cookie": cookie}, "token": {"Authorization": f"Bearer {token}"}}
@@ -483,6 +482,24 @@ def quiet_history(stack, person, n_jobs, repeats, profile=False):
             out[name] = {"url": url, "ms": summary(times)}
     local = Client(HTTP_HOST="127.0.0.1")
     local.force_login(user)
+    # PostgreSQL: the web takes connections from a pool (DATABASE_POOL_SIZE), so in-process the
+    # connection is kept too, rather than a server backend started for every request.
+    db = connection.settings_dict
+    kept = db["CONN_MAX_AGE"]
+    if connection.vendor == "postgresql":
+        db["CONN_MAX_AGE"] = None
+    try:
+        _in_process(local, team, token, n_jobs, repeats, profile, out)
+    finally:
+        db["CONN_MAX_AGE"] = kept
+        connection.close()
+    return out
+
+
+def _in_process(local, team, token, n_jobs, repeats, profile, out):
+    from django.db import connection, reset_queries
+    from django.test.utils import CaptureQueriesContext
+
     for name, auth, url in history_requests(team.pk, n_jobs):
         extra = {"HTTP_AUTHORIZATION": f"Bearer {token}"} if auth == "token" else {}
         local.get(url, **extra)  # templates and imports loaded
@@ -511,7 +528,6 @@ def quiet_history(stack, person, n_jobs, repeats, profile=False):
             "slowest_query_ms": round(queries[0][0], 1) if queries else 0.0,
             "slowest_queries": [{"ms": round(t, 1), "sql": short_sql(sql)} for t, sql in queries[:3]],
         }
-    return out
 
 
 def show_quiet(history):
