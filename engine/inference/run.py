@@ -28,7 +28,7 @@ likeliest tokens.
 
 Measurements, per path (``with_cache``, and ``without_cache`` with ``compare_cache``):
 ``ttft_s`` (time to first token: prefill plus the first sample, mean over batches; after one
-untimed warm-up forward, so that neither path pays one-time costs),
+untimed warm-up on the first batch's prompts, so that neither path pays one-time costs),
 ``tokens_per_s`` (all sequences' new tokens over the whole time), ``decode_ms_per_token`` (mean
 time of a step after the first; one step yields a token for every sequence of the batch),
 ``peak_memory_bytes``. Times include what the job does besides the model: sampling, the
@@ -184,23 +184,29 @@ def _decode_batch(model, idx, *, steps, temperature, top_k, top_p, use_cache, ge
     return times[0], times[1:]
 
 
-def _warm_up(model, ids: list[int], *, start_token: int) -> None:
-    """Untimed forwards of one token, without and with a cache: they make ``keep_weights``' copies
-    and warm the allocator, one-time costs that would otherwise land on whichever path runs first."""
-    idx = torch.tensor([ids[:1]], dtype=torch.long, device=next(model.parameters()).device)
+def _warm_up(model, batch: list[list[int]], *, start_token: int) -> None:
+    """Untimed forwards of the first batch's prompts, without and with a cache, then one cached
+    decoding step: they make ``keep_weights``' copies, warm the allocator and let the CPU kernels
+    pick their plans for these shapes, one-time costs that would otherwise land on whichever path
+    runs first (a one-token warm-up left the prompt's shapes to the first path: its time to first
+    token read up to 50 times the other's)."""
+    idx = torch.tensor(batch, dtype=torch.long, device=next(model.parameters()).device)  # (B, T)
     if model.config.family == "encoder_decoder":
-        memory, start = model.encode(idx), torch.full_like(idx, start_token)
+        memory, start = model.encode(idx), torch.full_like(idx[:, :1], start_token)
         model.decode(start, memory)
         model.decode(start, memory, cache=model.make_cache(), start_pos=0)
     else:
         model(idx)
-        # and the cached path: a one-token prefill, then one decoding step (the lean one where used)
+        # and the cached path: the prompt's prefill, then one decoding step (the lean one where used)
         cache = model.make_cache()
         model(idx, cache=cache, start_pos=0)
+        step = idx[:, -1:]
+        if idx.size(1) >= model.config.block_size and not model.wpe.extrapolates:
+            return  # a prompt that fills learned positions: decoding restarts the cache (as generate does)
         if model._lean_decoding():
-            model._decode_step(idx, cache, 1)
+            model._decode_step(step, cache, idx.size(1))
         else:
-            model(idx, cache=cache, start_pos=1)
+            model(step, cache=cache, start_pos=idx.size(1))
 
 
 def _token(tokenizer, i: int) -> str:
@@ -335,7 +341,7 @@ def run_inference(model, tokenizer, prompts: list[str], *, max_new_tokens: int =
 
         runs = {}
         with torch.inference_mode(), keep_weights():  # as model.generate: no autograd, weights kept
-            _warm_up(model, ids[0], start_token=tokenizer.vocab_size)
+            _warm_up(model, [ids[i] for i in groups[0]], start_token=tokenizer.vocab_size)
             for cached in paths:
                 runs[cached] = _run_path(model, tokenizer, ids, groups, use_cache=cached, seed=seed,
                                          max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
