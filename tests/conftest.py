@@ -68,3 +68,22 @@ def session_cookie():
         return f"{settings.SESSION_COOKIE_NAME}={c.cookies[settings.SESSION_COOKIE_NAME].value}"
 
     return make
+
+
+@pytest.fixture(scope="session")
+def smollm2_models_dir(tmp_path_factory):
+    """A models directory ($ENGINE_MODELS_DIR) for the session's SmolLM2 loads, so the GGUF file is
+    converted at most once a session: $ENGINE_MODELS_DIR as the caller set it (an existing copy is
+    reused and kept), else a temporary one, removed afterwards (the model's copy is 540 MB)."""
+    import os
+    import shutil
+
+    from engine.tokenlab import MODELS_DIR_ENV
+
+    given = os.environ.get(MODELS_DIR_ENV)
+    directory = given or str(tmp_path_factory.mktemp("models"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(MODELS_DIR_ENV, directory)
+        yield directory
+    if not given:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -252,6 +252,7 @@ class QuantizationEvent(TypedDict):
     generations: NotRequired[Annotated[list[dict[str, Any]], "per method: completions, same_tokens_fraction"]]
     data: NotRequired[Annotated[str, "the held-out data measured"]]
     eval_tokens: NotRequired[int]
+    window: NotRequired[Annotated[int, "the perplexity windows' length in tokens"]]
     group_size: NotRequired[int]
     decode_tokens: NotRequired[int]
     prompt_tokens: NotRequired[int]

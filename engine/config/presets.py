@@ -65,12 +65,21 @@ def _t5(n_layer: int, n_head: int, n_embd: int) -> ModelConfig:
 
 
 def _llama(n_layer: int, n_head: int, n_embd: int, ffn_hidden: int, *, n_kv_head: int | None = None,
-           block_size: int = 4096, vocab_size: int = 32000, rope_theta: float = 10000.0, **kw) -> ModelConfig:
+           block_size: int = 4096, vocab_size: int = 32000, rope_theta: float = 10000.0,
+           tie_embeddings: bool = False, **kw) -> ModelConfig:
     # Touvron et al. 2023: RoPE, RMSNorm, SwiGLU, no biases, untied head
     return ModelConfig(n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd, block_size=block_size,
                        vocab_size=vocab_size, dropout=0.0, bias=False, norm="rmsnorm", norm_eps=1e-5,
                        position="rope", rope_theta=rope_theta, ffn="swiglu", ffn_hidden=ffn_hidden,
-                       tie_embeddings=False, **kw)
+                       tie_embeddings=tie_embeddings, **kw)
+
+
+def _smollm2(n_layer: int, n_head: int, n_kv_head: int, n_embd: int, ffn_hidden: int,
+             rope_theta: float = 100000.0) -> ModelConfig:
+    # Allal et al. 2025: Llamas with tied embeddings, a 49,152-token BPE and an 8192-token context
+    return _llama(n_layer, n_head, n_embd, ffn_hidden, n_kv_head=None if n_kv_head == n_head else n_kv_head,
+                  block_size=8192, vocab_size=49152,
+                  rope_theta=rope_theta, tie_embeddings=True)
 
 
 def _mixtral(n_layer: int, n_head: int, n_embd: int, ffn_hidden: int, **kw) -> ModelConfig:
@@ -122,6 +131,15 @@ PRESETS = {
                                       vocab_size=131072, rope_theta=1e6), "Mistral-NeMo 12B, heads of 128 in a "
                                "5120 width, 128K context",
                                "Mistral AI and NVIDIA 2024; huggingface.co/mistralai/Mistral-Nemo-Base-2407"),
+    "smollm2-135m": Preset(_smollm2(30, 9, 3, 576, 1536), "SmolLM2-135M: 30 layers, 9 heads sharing 3 KV heads, "
+                           "tied embeddings",
+                           "Allal et al. 2025, SmolLM2; huggingface.co/HuggingFaceTB/SmolLM2-135M"),
+    "smollm2-360m": Preset(_smollm2(32, 15, 5, 960, 2560), "SmolLM2-360M: 32 layers, 15 heads sharing 5 KV heads, "
+                           "tied embeddings",
+                           "Allal et al. 2025, SmolLM2; huggingface.co/HuggingFaceTB/SmolLM2-360M"),
+    "smollm2-1.7b": Preset(_smollm2(24, 32, 32, 2048, 8192, rope_theta=130000.0),
+                           "SmolLM2-1.7B: 24 layers, 32 heads (no grouping), tied embeddings",
+                           "Allal et al. 2025, SmolLM2; huggingface.co/HuggingFaceTB/SmolLM2-1.7B"),
     # Phi-3's fused qkv_proj and gate_up_proj are only storage: the maths is Mistral's
     "phi-3-mini": Preset(_llama(32, 32, 3072, 8192, vocab_size=32064, attention="sliding", window=2047),
                          "Phi-3-mini-4k, 3.8B, 2047-token sliding window",

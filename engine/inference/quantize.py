@@ -300,7 +300,7 @@ def decode_speed(model: nn.Module, prompt: torch.Tensor, new_tokens: int, repeat
 def quantization_table(model: nn.Module, val_tokens: torch.Tensor, *, methods=tuple(QUANTIZATIONS),
                        n_tokens: int = 8192, group_size: int = 32, symmetric: bool = False,
                        decode_tokens: int = 64, prompt_tokens: int = 16, repeats: int = 3, batch_size: int = 16,
-                       on_progress=None) -> list[dict]:
+                       window: int | None = None, on_progress=None) -> list[dict]:
     """One row per method for a decoder: weight bytes (and ratio to "none"), held-out perplexity
     on ``n_tokens`` of ``val_tokens`` (1-D token ids) and its change in percent, greedy decode
     tokens/s (and speedup over "none"), the largest |logit difference| from "none" beside the
@@ -308,7 +308,9 @@ def quantization_table(model: nn.Module, val_tokens: torch.Tensor, *, methods=tu
     the same top token. Every model reads the same batch in turn, so only one batch of logits
     per model is ever held (vocabularies can be large). A method that cannot run (int8_dynamic
     off the CPU) gets a row with an "error" instead. ``on_progress(method)`` is called as each
-    method's decoding speed is measured."""
+    method's decoding speed is measured. Perplexity is measured in non-overlapping windows of
+    ``window`` tokens (default: the model's context; a shorter one keeps a long-context model's
+    table cheap)."""
     if model.config.family != "decoder":
         raise ValueError("quantization_table measures next-token perplexity: decoders only "
                          f"(got {model.config.family!r})")
@@ -323,7 +325,10 @@ def quantization_table(model: nn.Module, val_tokens: torch.Tensor, *, methods=tu
             models[method] = quantize(model, method, group_size=group_size, symmetric=symmetric)
         except ValueError as e:
             rows[method] = {"method": method, "bits": QUANTIZATIONS[method].bits, "error": str(e)}
-    x, y = eval_windows(val_tokens, block_size=model.config.block_size, n_tokens=n_tokens)
+    block = model.config.block_size
+    if window is not None and not (isinstance(window, int) and 1 <= window <= block):
+        raise ValueError(f"window must be an integer from 1 to the model's context of {block} (got {window!r})")
+    x, y = eval_windows(val_tokens, block_size=window or block, n_tokens=n_tokens)
     nll, diff, agree = dict.fromkeys(models, 0.0), dict.fromkeys(models, 0.0), dict.fromkeys(models, 0)
     s1 = s2 = 0.0  # sums of the reference logits and their squares, for their standard deviation
     for i in range(0, x.size(0), batch_size):

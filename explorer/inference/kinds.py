@@ -6,22 +6,31 @@ from explorer.jobs.models import Job
 
 
 def _model_config(spec):
-    """The source checkpoint's model config; None for a pretrained source."""
+    """The source checkpoint's model config; a pretrained decoder's shape; None for the pretrained
+    encoder."""
     from explorer.training.checkpoints import checkpoint_path
 
     source = spec["source"]
     if "job" not in source:
-        return None
+        if source.get("family") != "decoder":
+            return None
+        from engine.interop.pretrained import pretrained_config
+        from explorer.inference.jobs import PRETRAINED
+
+        return pretrained_config(PRETRAINED[source["pretrained"]][0])
     return engine_checkpoint.read_checkpoint(checkpoint_path(Job(pk=source["job"]), source["step"])).model_config
 
 
 def _memory_bytes(spec, cfg):
     """The analysis' inference memory for the prompts as one batch (weights, KV cache,
     activations), plus one more copy of the weights per quantisation measured. The bundled
-    pretrained MiniLM (22 M parameters) counts as 0: every worker holds it."""
+    pretrained MiniLM (22 M parameters) counts as 0: every worker holds it. A pretrained decoder's
+    sequences are counted as long as they get (``context_tokens``: the longest prompt and the new
+    tokens), not its whole 8192-token context."""
     if cfg is None:
         return 0
-    memory = engine.analyze(cfg, batch_size=max(1, len(spec["prompts"])))["memory"]
+    memory = engine.analyze(cfg, batch_size=max(1, len(spec["prompts"])),
+                            seq_len=spec.get("context_tokens"))["memory"]
     return memory["inference"]["total"] + memory["weights"] * len(spec.get("quantization") or [])
 
 

@@ -140,7 +140,10 @@ def resolve(team, ref):
     """``(id, name, LabTokenizer)`` for a built-in name or one of the team's tokenizer ids."""
     key = str(ref).strip()
     if key in tokenlab.BUILTINS:
-        return key, key, tokenlab.builtin(key)
+        try:
+            return key, key, tokenlab.builtin(key)
+        except ValueError as exc:  # a built-in whose files are not installed here
+            raise LabError(str(exc), "tokenizers") from None
     if not key.isdigit():
         raise UnknownTokenizer(f"unknown tokenizer {key!r}; choose from {sorted(tokenlab.BUILTINS)} or your team's ids")
     t = get_tokenizer(team, key)

