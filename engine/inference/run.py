@@ -219,7 +219,7 @@ def _token(tokenizer, i: int) -> str:
 
 
 def _run_path(model, tokenizer, ids, groups, *, use_cache, seed, max_new_tokens, temperature, top_k, top_p,
-              stop, top_alternatives, progress) -> tuple[list[dict], dict]:
+              stop, stop_ids, top_alternatives, progress) -> tuple[list[dict], dict]:
     device = next(model.parameters()).device
     meter = _Meter(model, device)
     results: list[dict | None] = [None] * len(ids)
@@ -246,6 +246,8 @@ def _run_path(model, tokenizer, ids, groups, *, use_cache, seed, max_new_tokens,
                 hits = [text.find(x) for x in stop if x and x in text]
                 if hits:
                     s["stopped_by"], s["cut"] = "stop", min(hits)
+                elif tok in stop_ids:  # a chat model's end of turn: shown as a token, not as text
+                    s["stopped_by"], s["cut"] = "end_of_turn", len(text)
             progress()
             return all(s["cut"] is not None for s in seqs)
 
@@ -306,16 +308,17 @@ def _embed(model, tokenizer, prompts, ids, groups) -> dict:
 def run_inference(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 0.8,
                   top_k: int | None = None, top_p: float | None = None, stop: list[str] | tuple = (),
                   seed: int = 0, use_cache: bool = True, top_alternatives: int = 5, compare_cache: bool = False,
-                  on_progress=None) -> dict:
+                  stop_ids: list[int] | tuple = (), on_progress=None) -> dict:
     """Run ``prompts`` through ``model`` (see the module docstring); a JSON-serialisable dict:
 
     ``{"family", "settings", "batches": [[prompt index, ...], ...], "results": [per prompt
     {"prompt", "completion", "tokens": [{"id", "text", "prob", "alternatives": [{"id", "text",
-    "prob"}]}], "stopped_by": "stop" | "max_tokens", "n_prompt_tokens", "n_new_tokens"}],
+    "prob"}]}], "stopped_by": "stop" | "end_of_turn" | "max_tokens", "n_prompt_tokens", "n_new_tokens"}],
     "measurements": {"with_cache" | "without_cache": {"ttft_s", "tokens_per_s",
     "decode_ms_per_token", "peak_memory_bytes", "memory_measured", "wall_s", "n_new_tokens"}},
     "same_tokens": whether both paths sampled the same tokens (None without compare_cache)}``.
-    A completion ends before the first ``stop`` string it contains. ``on_progress(done, total)``
+    A completion ends before the first ``stop`` string it contains, or once it samples one of
+    ``stop_ids`` (a chat model's end-of-turn token: kept among its tokens). ``on_progress(done, total)``
     counts decoding steps. Encoders return embeddings instead (module docstring)."""
     ids = encode_prompts(model, tokenizer, prompts)
     groups = group_by_length(ids)
@@ -345,7 +348,8 @@ def run_inference(model, tokenizer, prompts: list[str], *, max_new_tokens: int =
             for cached in paths:
                 runs[cached] = _run_path(model, tokenizer, ids, groups, use_cache=cached, seed=seed,
                                          max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                         top_p=top_p, stop=stop, top_alternatives=top_alternatives,
+                                         top_p=top_p, stop=stop, stop_ids=set(stop_ids),
+                                         top_alternatives=top_alternatives,
                                          progress=progress)
     finally:
         model.train(was_training)

@@ -72,6 +72,7 @@ class Pretrained:
     parameters: int  # the pretrained parameters our model holds
     note: str  # what differs from the original checkpoint
     loader: str  # the function of this module that loads it
+    chat: bool = False  # instruction-tuned, with a chat template (``ChatTokenizer.apply_chat_template``)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,6 +113,7 @@ PRETRAINED: dict[str, Pretrained] = {
                  "and a minimum): the original bf16 weights rounded to 4 bits, so the outputs differ a little "
                  "from the unquantised model's",
             loader="load_smollm2",
+            chat=True,
         ),
     ]
 }

@@ -24,6 +24,7 @@ class InferenceIn(Schema):
     stop: list[str] = []
     seed: int = 0
     compare_cache: bool = True
+    chat: bool = False  # a chat model's prompts as user turns in its template, ended at the end of turn
     quantization: list[str] = []
     group_size: int = 32
     top_alternatives: int = 5
@@ -36,8 +37,9 @@ def create_inference_job(request, payload: InferenceIn):
     without ``step``) or a pretrained model, ``{"pretrained": "minilm"}`` (an encoder) or
     ``{"pretrained": "smollm2-135m-instruct"}`` (a decoder; ``/inference/options`` lists them). Decoders sample continuations (greedy at
     temperature 0, then top-k, top-p, stop strings, seed), measured with and without the KV cache
-    (``compare_cache``); ``quantization`` (decoders only) adds a table of perplexity, size and speed
-    per method. Encoders give the prompts' embedding similarities. The job's events (``/jobs/{id}/
+    (``compare_cache``); ``chat`` (a chat model) puts each prompt in its chat template as a user's
+    turn and ends the answer at the end of turn; ``quantization`` (decoders only) adds a table of
+    perplexity, size and speed per method. Encoders give the prompts' embedding similarities. The job's events (``/jobs/{id}/
     events``): "progress", "generation", "quantization", "end"."""
     from explorer.inference import jobs as inference_jobs
 

@@ -51,7 +51,7 @@ PRETRAINED = {
 PRETRAINED_EVAL_CORPUS, PRETRAINED_EVAL_TOKENS, PRETRAINED_EVAL_WINDOW = "stdlib", 2048, 256
 
 DEFAULTS = {"max_new_tokens": 48, "temperature": 0.8, "top_k": None, "top_p": None, "stop": [], "seed": 0,
-            "compare_cache": True, "quantization": [], "group_size": 32, "top_alternatives": 5}
+            "compare_cache": True, "quantization": [], "group_size": 32, "top_alternatives": 5, "chat": False}
 
 # one-line explanations the form shows beside each setting
 HELP = {
@@ -63,6 +63,8 @@ HELP = {
     "stop": f"Up to {MAX_STOPS} strings, one per line; a completion ends before the first one it contains.",
     "seed": "Each prompt samples from its own generator with this seed: the same seed gives the same text.",
     "compare_cache": "Decode twice, with and without the KV cache, and measure both side by side.",
+    "chat": "A chat model (SmolLM2-135M-Instruct): each prompt becomes a user's turn in the model's chat template, "
+            "and a completion ends at the end of the assistant's turn.",
     "quantization": "Quantise the block linears and measure held-out perplexity, size and speed against fp32 "
                     "(decoders only).",
     "group_size": "int4: how many consecutive weights share one scale (even, 2–1024).",
@@ -103,7 +105,8 @@ def _pretrained_option(key):
     entry = engine_pretrained.PRETRAINED[name]
     return {"key": key, "label": label, "name": entry.name, "title": entry.title, "family": entry.family,
             "parameters": entry.parameters, "what": entry.what, "licence": entry.licence, "note": entry.note,
-            "context": engine_pretrained.pretrained_config(name).block_size}
+            "context": engine_pretrained.pretrained_config(name).block_size,
+            "chat": entry.chat}
 
 
 def _first_line(doc):
@@ -251,6 +254,11 @@ def _check_prompts(prompts, tokenizer, cfg, errors, *, max_new_tokens=None):
             return
 
 
+def chat_prompt(tokenizer, prompt):
+    """``prompt`` as a user's turn in the model's chat template, the assistant's turn opened."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+
+
 def _show(text, width=40):
     return repr(text if len(text) <= width else text[:width] + "…")
 
@@ -270,6 +278,7 @@ def validate(team, payload):
             errors["prompts"] = "give at least one prompt"
         elif any(p == "" for p in prompts):
             errors["prompts"] = f"prompt {[p for p in prompts].index('') + 1} is empty; give at least one character"
+    prompts_in = prompts  # what the model reads: the prompts, or with ``chat`` each as a user's turn
     settings = {
         "max_new_tokens": _int(values["max_new_tokens"], "max_new_tokens", 1, MAX_NEW_TOKENS, errors),
         "temperature": _float(values["temperature"], "temperature", 0.0, MAX_TEMPERATURE, errors),
@@ -281,9 +290,10 @@ def validate(team, payload):
         "top_alternatives": _int(values["top_alternatives"], "top_alternatives", 0, MAX_ALTERNATIVES, errors),
         "group_size": _int(values["group_size"], "group_size", 2, 1024, errors),
     }
-    if not isinstance(values["compare_cache"], bool):
-        errors["compare_cache"] = "expected true or false"
-    settings["compare_cache"] = values["compare_cache"] is True
+    for flag in ("compare_cache", "chat"):
+        if not isinstance(values[flag], bool):
+            errors[flag] = "expected true or false"
+        settings[flag] = values[flag] is True
     if settings["group_size"] is not None and settings["group_size"] % 2:
         errors["group_size"] = f"group_size must be even (two int4 values share a byte); got {settings['group_size']}"
     methods = values["quantization"]
@@ -297,6 +307,12 @@ def validate(team, payload):
         errors["quantization"] = (f"unknown quantization {unknown[0]!r}; choose from "
                                   f"{[m for m in engine.QUANTIZATIONS if m != 'none']}")
     methods = [m for m in engine.QUANTIZATIONS if m in methods and m != "none"]  # registry order, no repeats
+    if source is not None and settings["chat"]:
+        if not hasattr(tokenizer, "apply_chat_template"):
+            errors["chat"] = ("chat needs a chat model with its chat template (a pretrained one such as "
+                              "SmolLM2-135M-Instruct); this model continues text as given")
+        elif prompts:
+            prompts_in = [chat_prompt(tokenizer, p) for p in prompts]
     if source is not None:
         if methods and source["family"] != "decoder":
             errors["quantization"] = (f"quantization measures next-token perplexity, so decoders only; "
@@ -304,7 +320,7 @@ def validate(team, payload):
         if tokenizer is not None and prompts and "prompts" not in errors:
             whole = "pretrained" in source and source["family"] == "decoder"
             if not whole or settings["max_new_tokens"] is not None:
-                _check_prompts(prompts, tokenizer, cfg, errors,
+                _check_prompts(prompts_in, tokenizer, cfg, errors,
                                max_new_tokens=settings["max_new_tokens"] if whole else None)
         if source["family"] == "encoder_decoder" and cfg is not None and settings["max_new_tokens"] \
                 and not getattr(engine.POSITIONS.get(cfg.position), "extrapolates", True) \
@@ -315,7 +331,7 @@ def validate(team, payload):
         raise services.SpecError(errors)
     out = {"source": source, "prompts": prompts, **settings, "quantization": methods}
     if "pretrained" in source and source["family"] == "decoder":  # what the fit gate sizes the KV cache by
-        out["context_tokens"] = max(len(tokenizer.encode(p)) for p in prompts) + settings["max_new_tokens"]
+        out["context_tokens"] = max(len(tokenizer.encode(p)) for p in prompts_in) + settings["max_new_tokens"]
     return out
 
 
@@ -464,9 +480,11 @@ def run_inference_job(job_id, worker_name):
         def on_progress(done, total):
             progress(share * done / total, "generation", f"decoding step {done} of {total}")
 
-        out = engine.run_inference(model, tokenizer, spec["prompts"], **_sampling(spec),
+        chat = spec.get("chat", False)  # jobs saved before the setting have none
+        prompts = [chat_prompt(tokenizer, p) for p in spec["prompts"]] if chat else spec["prompts"]
+        out = engine.run_inference(model, tokenizer, prompts, **_sampling(spec),
                                    top_alternatives=spec["top_alternatives"], compare_cache=spec["compare_cache"],
-                                   on_progress=on_progress)
+                                   stop_ids=[tokenizer.eos_token_id] if chat else (), on_progress=on_progress)
         recorder(events.GenerationEvent(kind="generation", **out))
         with_cache = out["measurements"].get("with_cache") or out["measurements"].get("forward") or {}
         recorder.summary.update({k: with_cache[k] for k in ("tokens_per_s", "ttft_s") if k in with_cache})

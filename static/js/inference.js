@@ -38,6 +38,7 @@ function payload() {
     stop: lines($("f-stop").value),
     seed: numberOrNull("f-seed") ?? 0,
     compare_cache: $("f-compare_cache").checked,
+    chat: !$("chat-field").hidden && $("f-chat").checked,
     quantization: [...form.querySelectorAll("input[name=quantization]:checked")].map((c) => c.value),
     group_size: numberOrNull("f-group_size") ?? options.defaults.group_size,
   };
@@ -77,6 +78,10 @@ function updateFamily() {
     $(id).setAttribute("aria-disabled", encoder ? "true" : "false");
     $(id).querySelectorAll("input, textarea").forEach((n) => { n.disabled = encoder; });
   }
+  // a chat model offers its chat template (and is then chatted with by default)
+  const chat = opt?.dataset.chat === "1";
+  if ($("chat-field").hidden === chat) $("f-chat").checked = chat;
+  $("chat-field").hidden = !chat;
   $("model-family").textContent = encoder
     ? "An encoder: each prompt is embedded (mean-pooled last hidden state) and the page shows their cosine similarities."
     : family === "encoder_decoder"

@@ -92,8 +92,8 @@ function renderCompletions(gen) {
       encoder ? el("span", { class: "mono prompt-line", text: r.prompt }) : null,
       el("span", { class: "muted", text: meta.join(" · ") }),
       encoder ? null : el("span", {
-        class: `badge plain ${r.stopped_by === "stop" ? "status-succeeded" : "queue-tag"}`,
-        text: r.stopped_by === "stop" ? "stop string" : "max tokens",
+        class: `badge plain ${r.stopped_by === "max_tokens" ? "queue-tag" : "status-succeeded"}`,
+        text: { stop: "stop string", end_of_turn: "end of turn" }[r.stopped_by] || "max tokens",
       }),
     );
     const row = el("div", { class: "completion", "data-prompt": i }, head, text);

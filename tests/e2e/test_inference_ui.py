@@ -112,6 +112,12 @@ def test_the_pretrained_encoder_gives_a_similarity_heatmap(stack, page, tmp_path
     page.wait_for_url(re.compile(r"/inference/$"))
     assert page.locator("#f-source").input_value() == "pretrained:minilm"
     assert page.locator("#sampling-card").get_attribute("aria-disabled") == "true"  # decoders only
+    assert page.locator("#chat-field").is_hidden()  # an encoder has no chat template
+    if page.locator("#f-source option[value='pretrained:smollm2-135m-instruct']").count():
+        page.select_option("#f-source", "pretrained:smollm2-135m-instruct")  # a chat model: offered, on
+        assert page.locator("#chat-field").is_visible() and page.locator("#f-chat").is_checked()
+        page.select_option("#f-source", "pretrained:minilm")
+        assert page.locator("#chat-field").is_hidden() and not page.locator("#f-chat").is_checked()
     assert len(page.locator("#f-prompts").input_value().splitlines()) == 3  # example sentences to compare
     page.click("#run-btn")
     page.wait_for_url(re.compile(r"/jobs/\d+/$"))

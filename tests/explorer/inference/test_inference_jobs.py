@@ -305,3 +305,33 @@ def test_smollm2_prompt_beyond_its_context_is_a_400_with_the_numbers(alice_clien
     assert fits.status_code == 201 or "estimated inference memory" in fits.json()["errors"]["prompts"], fits.content
     assert submit(alice_client, source={"pretrained": 5}, prompts=["x"]).status_code == 400
     assert not Job.objects.filter(kind="inference", status="running").exists()
+
+
+@needs_smollm2
+def test_smollm2_chat_answers_in_its_template_and_stops_at_the_end_of_its_turn(alice_client, smollm2_models_dir):
+    """With ``chat`` each prompt is a user's turn in the model's chat template: the greedy answer
+    is the engine's ``chat`` (checked against transformers in tests/engine/interop), ended by the
+    end-of-turn token, which shows as the last token but not in the text."""
+    from engine.interop import pretrained
+
+    question = "What is the capital of France?"
+    job, events = run(alice_client, source={"pretrained": "smollm2-135m-instruct"}, prompts=[question],
+                      max_new_tokens=24, temperature=0, compare_cache=False, chat=True)
+    assert job.status == "succeeded", job.error
+    assert job.spec["inference"]["chat"] is True
+    r = events["generation"][0]["results"][0]
+    model, tokenizer = pretrained.load_pretrained("smollm2-135m-instruct")
+    assert r["completion"] == pretrained.chat(model, tokenizer, question, max_new_tokens=24)
+    assert "Paris" in r["completion"] and r["stopped_by"] == "end_of_turn"
+    assert r["tokens"][-1]["id"] == tokenizer.eos_token_id and r["n_new_tokens"] < 24
+    assert r["prompt"].startswith("<|im_start|>") and question in r["prompt"]
+    opts = {p["key"]: p for p in alice_client.get("/api/v1/inference/options").json()["pretrained"]}
+    assert opts["smollm2-135m-instruct"]["chat"] is True and opts["minilm"]["chat"] is False
+
+
+def test_chat_is_refused_for_a_model_without_a_chat_template(alice_client):
+    resp = submit(alice_client, source={"pretrained": "minilm"}, prompts=["hello"], chat=True)
+    assert resp.status_code == 400
+    assert "chat template" in resp.json()["errors"]["chat"]
+    resp = submit(alice_client, source={"pretrained": "minilm"}, prompts=["hello"], chat="maybe")
+    assert resp.status_code == 400 and "chat" in resp.json()["errors"]
