@@ -121,6 +121,7 @@ def test_places_in_line_move_live_without_a_refetch(web, page):
 
     # a new job arrives as a row with its place, and the count follows
     fourth = training_jobs.create_job(user, team, spec, name="run 3")
+    page.wait_for_selector(f"tr[data-job-id='{fourth.pk}']")
     wait_place(page, fourth, "#3 ")
     assert page.locator("#jobs-count").text_content().startswith("4 jobs")
     page.wait_for_timeout(300)

