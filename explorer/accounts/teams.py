@@ -4,7 +4,6 @@ from django.http import Http404
 from django.utils.text import slugify
 
 from explorer.accounts.models import Membership, Team
-from explorer.jobs.models import Job
 
 
 def user_teams(user):
@@ -15,24 +14,6 @@ def user_teams(user):
     if getattr(user, "token_team_id", None) is not None:
         teams = teams.filter(pk=user.token_team_id)
     return teams.order_by("name")
-
-
-def jobs_visible_to(user):
-    """Jobs of the user's teams: the only jobs a user may see anywhere (with a team-scoped API
-    token, that team's only)."""
-    if not user.is_authenticated:
-        return Job.objects.none()
-    jobs = Job.objects.filter(team__memberships__user=user)
-    if getattr(user, "token_team_id", None) is not None:
-        jobs = jobs.filter(team_id=user.token_team_id)
-    return jobs.select_related("team", "owner", "dataset")
-
-
-def get_job_or_404(user, job_id):
-    job = jobs_visible_to(user).filter(pk=job_id).first()
-    if job is None:
-        raise Http404("No such job")  # the same answer whether it exists in another team or not
-    return job
 
 
 def resolve_team(user, team_ref=None, session=None):
@@ -98,3 +79,19 @@ def change_member(team, actor, user_id, action, role=None):
     membership.role = role
     membership.save(update_fields=["role"])
     return ""
+
+
+# ---------------------------------------------------------------------------- roles
+def role_of(user, team):
+    if not user.is_authenticated:
+        return None
+    return Membership.objects.filter(user=user, team=team).values_list("role", flat=True).first()
+
+
+def is_manager(user, team):
+    """Maintainer or admin of ``team`` (may act on any of its jobs)."""
+    return role_of(user, team) in (Membership.Role.MAINTAINER, Membership.Role.ADMIN)
+
+
+def is_admin(user, team):
+    return role_of(user, team) == Membership.Role.ADMIN

@@ -17,8 +17,9 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from explorer.accounts.teams import jobs_visible_to, user_teams
+from explorer.accounts.teams import user_teams
 from explorer.jobs import services
+from explorer.jobs.access import jobs_visible_to
 from explorer.jobs.models import Job, JobEvent
 
 REPLAY_CHUNK = 2000

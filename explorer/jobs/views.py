@@ -10,9 +10,10 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 import engine
-from explorer.accounts.teams import get_job_or_404, jobs_visible_to
+from explorer.accounts import teams
 from explorer.accounts.views import safe_next, team_or_404
 from explorer.jobs import kinds, services
+from explorer.jobs.access import get_job_or_404, jobs_visible_to
 from explorer.scheduling import queue as scheduling
 
 
@@ -38,7 +39,7 @@ def queue(request):
         "filters": filters, "filter_query": urlencode(query),
         "status_query": urlencode({k: v for k, v in query.items() if k != "status"}),
         "members": team.members.order_by("username").values_list("username", flat=True),
-        "families": engine_families(), "role": scheduling.role_of(request.user, team) or "",
+        "families": engine_families(), "role": teams.role_of(request.user, team) or "",
         "searching": any(v for k, v in filters.items() if k != "status"),
     })
 

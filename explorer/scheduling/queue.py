@@ -36,7 +36,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from explorer.accounts.models import Membership
+from explorer.accounts.teams import is_manager, role_of
 from explorer.jobs.models import Job
 
 log = logging.getLogger(__name__)
@@ -53,22 +53,6 @@ class QuotaExceeded(Exception):
 
 class NotAllowed(Exception):
     """The user's role in the job's team does not allow the action; the message says which does."""
-
-
-# ---------------------------------------------------------------------------- roles
-def role_of(user, team):
-    if not user.is_authenticated:
-        return None
-    return Membership.objects.filter(user=user, team=team).values_list("role", flat=True).first()
-
-
-def is_manager(user, team):
-    """Maintainer or admin of ``team`` (may act on any of its jobs)."""
-    return role_of(user, team) in (Membership.Role.MAINTAINER, Membership.Role.ADMIN)
-
-
-def is_admin(user, team):
-    return role_of(user, team) == Membership.Role.ADMIN
 
 
 def check_can_act(user, job, action="cancel"):

@@ -6,7 +6,6 @@ from django.shortcuts import redirect, render
 from explorer.accounts import teams as teams_service
 from explorer.accounts.models import Membership
 from explorer.accounts.views import team_or_404
-from explorer.scheduling import queue as scheduling
 from explorer.scheduling.forms import MemberForm, TeamQuotaForm
 
 
@@ -14,7 +13,7 @@ from explorer.scheduling.forms import MemberForm, TeamQuotaForm
 def team(request):
     """The current team: its members and roles, and its quotas; admins change them."""
     team = team_or_404(request)
-    admin = scheduling.is_admin(request.user, team)
+    admin = teams_service.is_admin(request.user, team)
     quota_form = TeamQuotaForm(instance=team)
     member_form = MemberForm()
     if request.method == "POST":
@@ -49,7 +48,7 @@ def team(request):
     return render(request, "explorer/team.html", {
         "team": team, "admin": admin, "memberships": memberships, "quota_form": quota_form,
         "member_form": member_form, "roles": Membership.Role.values, "nav": "team",
-        "role": scheduling.role_of(request.user, team),
+        "role": teams_service.role_of(request.user, team),
     })
 
 

@@ -7,8 +7,8 @@ from django.http import Http404, HttpResponse
 from ninja import Body, Router, Schema, Status
 
 from explorer.accounts.api import ErrorOut, team_or_400
-from explorer.accounts.teams import get_job_or_404
 from explorer.jobs import services
+from explorer.jobs.access import get_job_or_404
 from explorer.jobs.api import JobIn, JobOut
 from explorer.scheduling import queue as scheduling
 from explorer.training import analysis as analysis_service
