@@ -13,7 +13,7 @@ class Team(models.Model):
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="teams")
     created_at = models.DateTimeField(auto_now_add=True)
 
-    # Quotas, set by the team's admins; empty = no limit (explorer.scheduling.queue). The running limits
+    # Quotas, set by the team's admins; empty = no limit (explorer.jobs.queue). The running limits
     # hold jobs in the queue; the others refuse a submission with a message.
     max_running = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs of the team running at once")
     max_running_per_user = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs of one member running at once")

@@ -13,10 +13,10 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 
 from explorer.accounts.api import ErrorOut, TeamRef, team_or_400
+from explorer.jobs import queue as scheduling
 from explorer.jobs import services, submission
 from explorer.jobs.access import get_job_or_404, jobs_visible_to
 from explorer.jobs.models import JobEvent
-from explorer.scheduling import queue as scheduling
 
 
 # ---------------------------------------------------------------------------- schemas

@@ -17,7 +17,8 @@ from engine.config import events
 from explorer.jobs.models import Job
 from explorer.jobs.publisher import publisher
 from explorer.jobs.recorder import EventRecorder
-from explorer.jobs.services import fmt_bytes, record_status
+from explorer.jobs.services import record_status
+from explorer.scheduling.workers import fmt_bytes
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +164,9 @@ def failure_reason(job, exc):
 
 def run_next_job(job_id, worker_name):
     """A run message, which names the job it was sent for: run the best queued job of that job's
-    route (``explorer.scheduling.queue``: maybe another, of higher priority or a user with fewer running
+    route (``explorer.jobs.queue``: maybe another, of higher priority or a user with fewer running
     jobs), then make sure the route's remaining jobs have a message waiting."""
-    from explorer.scheduling import queue as scheduling
+    from explorer.jobs import queue as scheduling
 
     job = Job.objects.filter(pk=job_id).only("route", "queue").first()
     route = scheduling.route_of(job) if job else settings.CELERY_TASK_DEFAULT_QUEUE
@@ -215,10 +216,17 @@ def reap_stale_jobs(timeout_s=None):
         reason = f"Worker {job.worker or '?'} stopped responding: no heartbeat for over {timeout_s} s."
         if lose_worker(job, reason):
             reaped.append(job.pk)
-    from explorer.scheduling import queue as scheduling
+    from explorer.jobs import queue as scheduling
 
     scheduling.kick()  # queued jobs whose message was lost or dropped (all at a quota) get one
     return reaped
+
+
+def running_job_of(worker_name):
+    """The id of the job ``worker_name`` runs now (its latest started), or None: what its heartbeat
+    shows on the workers page (``scheduling.workers.register``)."""
+    return (Job.objects.filter(worker=worker_name, status=Job.Status.RUNNING)
+            .order_by("-started_at").values_list("pk", flat=True).first())
 
 
 def fail_orphaned_jobs(worker_name):

@@ -27,7 +27,7 @@ class Job(models.Model):
     # the broker queue its messages go to: the queue, or a memory tier of it ("cpu.8g"); "" = queue
     route = models.CharField(max_length=40, blank=True, default="")
     params = models.PositiveBigIntegerField(default=0)
-    # explorer.scheduling.queue: high (2) before normal (1) before low (0); then fair share; then queue_order
+    # explorer.jobs.queue: high (2) before normal (1) before low (0); then fair share; then queue_order
     priority = models.SmallIntegerField(default=1)
     queue_order = models.FloatField(default=0.0, help_text="Submission time (Unix); lowered to move a job up")
     # 1, then 2, 3, ... each time the job is retried (resuming from its last checkpoint)
@@ -62,7 +62,7 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["team", "-created_at"]),
             models.Index(fields=["queue", "status", "created_at"]),
-            # the queue's fair share counts each owner's running jobs (explorer.scheduling.queue)
+            # the queue's fair share counts each owner's running jobs (explorer.jobs.queue)
             models.Index(fields=["owner", "team", "status"]),
             # recent finished jobs' speed, for estimated starts
             models.Index(fields=["queue", "status", "-finished_at"]),

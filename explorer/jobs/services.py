@@ -35,13 +35,6 @@ def team_group(team_id):
     return f"team.{team_id}"
 
 
-def fmt_bytes(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-
-
 # ---------------------------------------------------------------------------- options
 def enqueue(job_id):
     from explorer.jobs import submission
@@ -186,9 +179,9 @@ def cancel_job(job):
 
 def queue_positions(jobs):
     """For each queued job, {"position" (1 = next), "starts_in_s"}: every kind in the order
-    ``explorer.scheduling.queue`` will run them (priority, fair share, quotas), with an estimated
+    ``explorer.jobs.queue`` will run them (priority, fair share, quotas), with an estimated
     start. None for jobs not queued."""
-    from explorer.scheduling import queue as scheduling
+    from explorer.jobs import queue as scheduling
 
     return scheduling.positions(jobs)
 
@@ -239,7 +232,7 @@ def job_to_dict(job, position=None, spec=True):
 def row_to_dict(row, position=None):
     """A row of ``ROW_FIELDS`` (and "spec" when it was read) as the API and pages show it: the one
     place that says what a job's dict holds (JobOut in the API's schema)."""
-    from explorer.scheduling.queue import PRIORITY_NAMES
+    from explorer.jobs.queue import PRIORITY_NAMES
 
     if position is None:
         position = row.get("place")

@@ -13,9 +13,9 @@ from django.db import transaction
 
 from explorer.accounts import ratelimit
 from explorer.jobs import kinds
+from explorer.jobs import queue as scheduling
 from explorer.jobs.models import Job
 from explorer.jobs.services import SpecError, append_events, broadcast_team, storable
-from explorer.scheduling import queue as scheduling
 from explorer.scheduling import workers
 
 

@@ -7,7 +7,7 @@ from explorer.scheduling import workers
 
 
 # A message names the job it was sent for, but the best queued job of that job's route runs
-# (priorities, fair share, quotas; ``explorer.scheduling.queue``): maybe another one, of any kind. The
+# (priorities, fair share, quotas; ``explorer.jobs.queue``): maybe another one, of any kind. The
 # three names stay so each kind keeps its task (and messages already in the broker still run).
 @shared_task(name="explorer.tasks.run_job", acks_late=True, reject_on_worker_lost=True)
 def run_job(job_id):
@@ -31,7 +31,7 @@ def reap_stale_jobs():
 
 @worker_ready.connect
 def on_worker_ready(sender, **kwargs):
-    workers.register(sender.hostname)
+    workers.register(sender.hostname, current_job=lifecycle.running_job_of)
     lifecycle.fail_orphaned_jobs(sender.hostname)
     lifecycle.reap_stale_jobs()
 

@@ -13,8 +13,8 @@ import engine
 from explorer.accounts import teams
 from explorer.accounts.views import safe_next, team_or_404
 from explorer.jobs import kinds, services
+from explorer.jobs import queue as scheduling
 from explorer.jobs.access import get_job_or_404, jobs_visible_to
-from explorer.scheduling import queue as scheduling
 
 
 @login_required

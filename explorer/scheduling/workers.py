@@ -38,7 +38,6 @@ from django.db.models import Count
 from django.utils import timezone
 
 from explorer.accounts.models import Membership
-from explorer.jobs.models import Job
 from explorer.scheduling.models import Worker
 
 log = logging.getLogger(__name__)
@@ -52,9 +51,10 @@ def _setting(name, default):
 
 
 def fmt_bytes(n):
-    from explorer.jobs.services import fmt_bytes as fmt  # services imports this module
-
-    return fmt(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
 
 
 class FitError(Exception):
@@ -277,15 +277,18 @@ def setup_queues(worker):
              fmt_bytes(device["usable_bytes"]), ", ".join([*plain, *tiers]))
 
 
-def register(name):
-    """``worker_ready``: save this worker's row (online, fresh) and start its heartbeat."""
+def register(name, current_job=None):
+    """``worker_ready``: save this worker's row (online, fresh) and start its heartbeat, which
+    shows ``current_job(name)`` (the id of the job it runs, or None) on the row: the jobs app
+    passes its lookup, as this registry does not read jobs."""
     if _state.get("name") != name:  # started without ``setup_queues`` (a test's in-process worker)
         _state.update(name=name, queues=["cpu"], device=probe_device(["cpu"]), tiers=[])
     _state["started_at"] = timezone.now()
     worker = save_row()
     beat = _state.get("heartbeat")
     if beat is None or not beat.is_alive():
-        _state["heartbeat"] = Heartbeat(name, worker.device_kind, interval=_setting("WORKER_HEARTBEAT_S", 5.0))
+        _state["heartbeat"] = Heartbeat(name, worker.device_kind, interval=_setting("WORKER_HEARTBEAT_S", 5.0),
+                                        current_job=current_job)
         _state["heartbeat"].start()
     return worker
 
@@ -315,9 +318,10 @@ def unregister(name=None):
 class Heartbeat(threading.Thread):
     """Every ``interval`` s, the worker's utilisation; every ``poll`` s, its current job."""
 
-    def __init__(self, name, kind, interval=5.0, poll=1.0):
+    def __init__(self, name, kind, interval=5.0, poll=1.0, current_job=None):
         super().__init__(daemon=True, name=f"worker-heartbeat-{name}")
         self.worker_name, self.kind, self.interval, self.poll = name, kind, interval, poll
+        self.current_job = current_job
         self.stopped = threading.Event()
 
     def beat(self, cpu_before=None):
@@ -331,8 +335,7 @@ class Heartbeat(threading.Thread):
         try:
             while not self.stopped.wait(self.poll):
                 try:
-                    job = (Job.objects.filter(worker=self.worker_name, status=Job.Status.RUNNING)
-                           .order_by("-started_at").values_list("pk", flat=True).first())
+                    job = self.current_job(self.worker_name) if self.current_job else None
                     Worker.objects.filter(name=self.worker_name).exclude(current_job_id=job).update(current_job_id=job)
                     if time.monotonic() - last >= self.interval:
                         times, last = self.beat(times), time.monotonic()

@@ -317,9 +317,9 @@ def train(user, team, payload, priority="normal"):
     """Train a tokenizer: at once for a small corpus (returns ``(tokenizer, None)``), else as a job
     (returns ``(tokenizer, job)`` with the row in status "training") submitted like every job
     (``explorer.jobs.submission``: priority, quota, rate limit, fit), which waits its turn among
-    the CPU queue's jobs of every kind, at ``priority`` (``explorer.scheduling.queue``)."""
+    the CPU queue's jobs of every kind, at ``priority`` (``explorer.jobs.queue``)."""
+    from explorer.jobs import queue as scheduling
     from explorer.jobs import submission
-    from explorer.scheduling import queue as scheduling
 
     if not isinstance(payload, dict):
         raise LabError("expected a JSON object")

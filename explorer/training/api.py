@@ -7,10 +7,10 @@ from django.http import Http404, HttpResponse
 from ninja import Body, Router, Schema, Status
 
 from explorer.accounts.api import ErrorOut, team_or_400
+from explorer.jobs import queue as scheduling
 from explorer.jobs import services
 from explorer.jobs.access import get_job_or_404
 from explorer.jobs.api import JobIn, JobOut
-from explorer.scheduling import queue as scheduling
 from explorer.training import analysis as analysis_service
 from explorer.training import checkpoints
 from explorer.training import jobs as training_jobs

@@ -12,7 +12,7 @@ class Training:
     fit_what = "training memory"
     fit_advice = "lower batch_size, block_size, n_embd or n_layer"
     out_of_memory_advice = "Lower batch_size or block_size, or turn on gradient accumulation, and submit again."
-    default_seconds = None  # from the queue's tokens/s (explorer.scheduling.queue)
+    default_seconds = None  # from the queue's tokens/s (explorer.jobs.queue)
     resumable = True  # a lost worker's job resumes from its last checkpoint
 
     def plan(self, user, team, payload):

@@ -8,10 +8,10 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from explorer.accounts.views import team_or_404
+from explorer.jobs import queue as scheduling
 from explorer.jobs import services
 from explorer.jobs.access import get_job_or_404, jobs_visible_to
 from explorer.jobs.submission import RateLimited
-from explorer.scheduling import queue as scheduling
 from explorer.tokenizers.models import Tokenizer
 from explorer.training import analysis, checkpoints
 from explorer.training import jobs as training_jobs

@@ -12,9 +12,9 @@ from django.test import Client
 
 from engine.config import events
 from explorer.inference import jobs as inference_jobs
+from explorer.jobs import queue as scheduling
 from explorer.jobs import recorder, services
 from explorer.jobs.models import Job, JobEvent
-from explorer.scheduling import queue as scheduling
 from explorer.tokenizers import jobs as tokenizer_jobs
 from explorer.training import jobs as training_jobs
 from explorer.training.checkpoints import retry_job

@@ -6,9 +6,9 @@ import pytest
 import engine
 from explorer.inference import jobs as inference_jobs
 from explorer.jobs import lifecycle, services
+from explorer.jobs import queue as scheduling
 from explorer.jobs.models import Job
 from explorer.jobs.recorder import EventRecorder, EventStoreUnavailable
-from explorer.scheduling import queue as scheduling
 from explorer.tokenizers import lab
 from explorer.tokenizers.models import Tokenizer
 from explorer.training import jobs as training_jobs

@@ -115,7 +115,7 @@ def test_queue_positions_follow_submission_order(alice, bob, tiny_spec):
     b1 = training_jobs.create_job(bob[0], bob[1], tiny_spec)
     a2 = training_jobs.create_job(alice[0], alice[1], tiny_spec)
     positions = services.queue_positions([a1, b1, a2])
-    # no job running: submission order across teams (explorer.scheduling.queue), starts one after another
+    # no job running: submission order across teams (explorer.jobs.queue), starts one after another
     assert {pk: p["position"] for pk, p in positions.items()} == {a1.pk: 1, b1.pk: 2, a2.pk: 3}
     starts = [positions[j.pk]["starts_in_s"] for j in (a1, b1, a2)]
     assert starts[0] == 0 and starts == sorted(starts) and starts[1] > 0

@@ -8,9 +8,9 @@ from django.test import Client
 
 from explorer.accounts.models import Membership
 from explorer.inference import jobs as inference_jobs
+from explorer.jobs import queue as scheduling
 from explorer.jobs import services, tasks
 from explorer.jobs.models import Job
-from explorer.scheduling import queue as scheduling
 from explorer.tokenizers import lab
 from explorer.tokenizers.models import Tokenizer
 from explorer.training import jobs as training_jobs

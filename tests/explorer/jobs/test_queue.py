@@ -6,9 +6,9 @@ from django.test import Client
 from django.utils import timezone
 
 from explorer.accounts.models import Membership
+from explorer.jobs import queue as scheduling
 from explorer.jobs import services
 from explorer.jobs.models import Job
-from explorer.scheduling import queue as scheduling
 from explorer.training import jobs as training_jobs
 from tests.conftest import make_user
 
