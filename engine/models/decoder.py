@@ -67,6 +67,13 @@ def make_norm(config: ModelConfig) -> nn.Module:
     return NORMS[config.norm](config.n_embd, bias=config.bias, eps=config.norm_eps)
 
 
+def embed(model: nn.Module, idx: torch.Tensor, looked_up: torch.Tensor | None = None) -> torch.Tensor:
+    """The token embeddings (B, T, C) of ``idx`` (``looked_up``: already read from ``model.wte``),
+    times √n_embd with ``embed_scale`` (Gemma; in the embedding's dtype, as transformers does)."""
+    x = model.wte(idx) if looked_up is None else looked_up
+    return x * model.config.n_embd ** 0.5 if model.config.embed_scale else x
+
+
 def require_vocab(config: ModelConfig) -> None:
     if config.vocab_size is None:
         raise ValueError("vocab_size is None; set it (parse_spec does, from the data) before build_model")
@@ -123,7 +130,7 @@ class Decoder(nn.Module):
                 f"sequence of length {start_pos + t} is longer than block_size ({self.config.block_size}); "
                 f"position '{self.config.position}' has no vector beyond it"
             )
-        x = self.wpe(self.wte(idx), start_pos)  # (B, T, C)
+        x = self.wpe(embed(self, idx), start_pos)  # (B, T, C)
         x = self.drop(x) if self.training else x
         # position signals for attention, once per forward for every layer
         attn_kw = {"rope": self.wpe.rotary(start_pos, t, idx.device), "bias": self.wpe.score_bias(),
@@ -151,7 +158,7 @@ class Decoder(nn.Module):
         directly. At batch 1 a step's time is mostly Python and dispatch, not arithmetic, and
         this path does a third less of it (``bench/decode.py``); tests check it equals ``forward``."""
         b = idx.size(0)
-        x = self.wpe.forward(F.embedding(idx, self.wte.weight), pos)  # (B, 1, C)
+        x = self.wpe.forward(embed(self, idx, F.embedding(idx, self.wte.weight)), pos)  # (B, 1, C)
         rope = self.wpe.rotary(pos, 1, idx.device)
         for block in self.h:
             a = block.attn
@@ -165,7 +172,8 @@ class Decoder(nn.Module):
             # the one query sees every key, so no mask; the query heads that share a key/value head
             # become that head's rows of queries (B, n_kv, n_rep, hs): GQA as plain attention, and
             # the output is already in (B, C) order
-            y = F.scaled_dot_product_attention(q.reshape(b, n_kv, nh // n_kv, hs), k, v)  # (B, n_kv, n_rep, hs)
+            y = F.scaled_dot_product_attention(q.reshape(b, n_kv, nh // n_kv, hs), k, v,
+                                               scale=a.pattern.scale)  # (B, n_kv, n_rep, hs)
             x = x + a.o_proj.forward(y.reshape(b, 1, nh * hs))
             x = x + block.mlp.forward(block.ln_2.forward(x))
         return self.lm_head.forward(self.ln_f.forward(x))

@@ -36,6 +36,13 @@ class AttentionKind:
     def __init__(self, config: ModelConfig, *, causal: bool = True):
         self.causal = causal
 
+    @classmethod
+    def for_layer(cls, config: ModelConfig, layer_idx: int, *, causal: bool = True) -> AttentionKind:
+        """The instance layer ``layer_idx`` attends with: ``cls(config, causal=causal)`` for every layer,
+        unless the kind mixes patterns over the depth (``LocalGlobalAttention``). The class's cost
+        methods (``mean_keys`` ...) then give the mean over the layers."""
+        return cls(config, causal=causal)
+
     def attend(self, q, k, v, *, q_start: int, bias, dropout_p: float, need_weights: bool):
         """(y (B, nh, Tq, hs), weights (B, nh, Tq, Tk) or None); see the module docstring."""
         raise NotImplementedError

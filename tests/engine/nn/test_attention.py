@@ -52,14 +52,16 @@ def test_is_causal(impl):
 # ---- patterns: each mask equals its definition, written out plainly
 
 
-def reference_allowed(cfg, kind: str, head: int, i: int, j: int) -> bool:
-    """Whether query i may see key j, from the docstrings' definitions."""
+def reference_allowed(cfg, kind: str, head: int, i: int, j: int, layer: int = 0) -> bool:
+    """Whether query i may see key j (in ``layer``), from the docstrings' definitions."""
     if j > i:
         return False
     if kind in ("full", "linear"):
         return True
     if kind == "sliding":
         return i - j < cfg.window
+    if kind == "local_global":  # layer l is global when (l + 1) % global_every == 0
+        return (layer + 1) % cfg.global_every == 0 or i - j < cfg.window
     if kind == "dilated":
         group = head * min(4, cfg.n_head) // cfg.n_head
         return (i - j) % cfg.dilation**group == 0
@@ -72,20 +74,25 @@ def reference_allowed(cfg, kind: str, head: int, i: int, j: int) -> bool:
 
 
 @pytest.mark.parametrize("kind", SOFTMAX_KINDS)
-@pytest.mark.parametrize("n_head,extra", [(4, {}), (8, {"window": 3, "dilation": 3, "sparse_block": 3})])
+@pytest.mark.parametrize("n_head,extra", [(4, {}), (8, {"window": 3, "dilation": 3, "sparse_block": 3,
+                                                        "n_layer": 5, "global_every": 3})])
 def test_mask_equals_its_definition(kind, n_head, extra, tiny_config):
+    # each layer's pattern (a kind may differ by layer: local_global), and the mean over the layers
     cfg = dataclasses.replace(tiny_config, n_head=n_head, attention=kind, **extra)
-    pattern = ATTENTIONS[kind](cfg)
-    t = 20
-    mask = pattern.mask(0, t, 0, t, torch.device("cpu")).expand(n_head, t, t)
-    for h in range(n_head):
-        expected = torch.tensor([[reference_allowed(cfg, kind, h, i, j) for j in range(t)] for i in range(t)])
-        assert torch.equal(mask[h], expected), f"head {h}"
-    assert pattern.mask(0, t, 0, t, torch.device("cpu")) is pattern.mask(0, t, 0, t, torch.device("cpu"))  # cached
-    # a decoding step: one query at position 12 over keys 5..12 is the same rows and columns
-    step = pattern.mask(12, 1, 5, 8, torch.device("cpu")).expand(n_head, 1, 8)
-    assert torch.equal(step[:, 0], mask[:, 12, 5:13])
-    assert pattern.mean_keys(cfg, t) == pytest.approx(mask.sum().item() / (n_head * t))
+    t, allowed = 20, 0
+    for layer in range(cfg.n_layer):
+        pattern = ATTENTIONS[kind].for_layer(cfg, layer)
+        mask = pattern.mask(0, t, 0, t, torch.device("cpu")).expand(n_head, t, t)
+        for h in range(n_head):
+            expected = torch.tensor([[reference_allowed(cfg, kind, h, i, j, layer) for j in range(t)]
+                                     for i in range(t)])
+            assert torch.equal(mask[h], expected), f"layer {layer}, head {h}"
+        assert pattern.mask(0, t, 0, t, torch.device("cpu")) is pattern.mask(0, t, 0, t, torch.device("cpu"))  # cached
+        # a decoding step: one query at position 12 over keys 5..12 is the same rows and columns
+        step = pattern.mask(12, 1, 5, 8, torch.device("cpu")).expand(n_head, 1, 8)
+        assert torch.equal(step[:, 0], mask[:, 12, 5:13])
+        allowed += mask.sum().item()
+    assert ATTENTIONS[kind].mean_keys(cfg, t) == pytest.approx(allowed / (cfg.n_layer * n_head * t))
 
 
 def test_dilated_head_groups():
