@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn.attention import ATTENTIONS, CausalSelfAttention
-from ..nn.cache import KVCache, Linear, SlidingWindowCache, keep_weights
+from ..nn.cache import KVCache, LayerWindowCache, Linear, SlidingWindowCache, keep_weights
 from ..nn.ffn import FFNS
 from ..nn.norm import NORM_PLACEMENTS, NORMS
 from ..nn.position import POSITIONS, apply_rotary
@@ -67,6 +67,17 @@ def make_norm(config: ModelConfig) -> nn.Module:
     return NORMS[config.norm](config.n_embd, bias=config.bias, eps=config.norm_eps)
 
 
+def new_cache(config: ModelConfig, n_layers: int, capacity: int | None = None) -> KVCache:
+    """A KV cache for ``n_layers`` layers of ``config``'s attention kind: every position
+    (``KVCache``), the last ``kv_bound`` (``SlidingWindowCache``), or a bound per layer
+    (``LayerWindowCache``) when the kind's differs by layer."""
+    kind = ATTENTIONS[config.attention]
+    bounds = [kind.layer_kv_bound(config, i) for i in range(n_layers)]
+    if len(set(bounds)) > 1:
+        return LayerWindowCache(bounds, capacity)
+    return KVCache(capacity) if bounds[0] is None else SlidingWindowCache(bounds[0])
+
+
 def embed(model: nn.Module, idx: torch.Tensor, looked_up: torch.Tensor | None = None) -> torch.Tensor:
     """The token embeddings (B, T, C) of ``idx`` (``looked_up``: already read from ``model.wte``),
     times √n_embd with ``embed_scale`` (Gemma; in the embedding's dtype, as transformers does)."""
@@ -111,10 +122,10 @@ class Decoder(nn.Module):
 
     def make_cache(self, capacity: int | None = None) -> KVCache:
         """The cache ``generate`` uses: bounded when the attention kind's queries reach only the last
-        ``kv_bound`` positions (sliding attention's window). ``capacity``, the positions a full
-        cache will hold, lets it allocate once rather than grow."""
-        bound = ATTENTIONS[self.config.attention].kv_bound(self.config)
-        return KVCache(capacity) if bound is None else SlidingWindowCache(bound)
+        ``kv_bound`` positions (sliding attention's window), per layer when that differs by layer
+        (local_global). ``capacity``, the positions a full cache will hold, lets it allocate once
+        rather than grow."""
+        return new_cache(self.config, self.config.n_layer, capacity)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: KVCache | None = None, start_pos: int = 0):

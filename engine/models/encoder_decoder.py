@@ -20,10 +20,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn.attention import ATTENTIONS, CrossAttention
-from ..nn.cache import KVCache, SlidingWindowCache, keep_weights
+from ..nn.attention import CrossAttention
+from ..nn.cache import KVCache, keep_weights
 from ..nn.position import POSITIONS
-from .decoder import Block, add_moe_loss, embed, init_weights, make_norm, moe_stats, require_vocab, sample
+from .decoder import (
+    Block,
+    add_moe_loss,
+    embed,
+    init_weights,
+    make_norm,
+    moe_stats,
+    new_cache,
+    require_vocab,
+    sample,
+)
 from .encoder import embedding_norm
 
 if TYPE_CHECKING:
@@ -86,8 +96,7 @@ class EncoderDecoder(nn.Module):
     def make_cache(self) -> KVCache:
         """The decoder self-attention's cache (the encoder output is computed once per generate),
         bounded as the attention kind's ``kv_bound`` allows."""
-        bound = ATTENTIONS[self.config.attention].kv_bound(self.config)
-        return KVCache() if bound is None else SlidingWindowCache(bound)
+        return new_cache(self.config, n_decoder_layer(self.config))
 
     def _check_length(self, t: int, what: str) -> None:
         if not self.wpe.extrapolates and t > self.config.block_size:

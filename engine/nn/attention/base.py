@@ -80,8 +80,15 @@ class AttentionKind:
         return None
 
     @classmethod
-    def kv_positions(cls, config: ModelConfig, t: int) -> int:
-        """Positions the KV cache holds at context ``t``: t, or min(t, ``kv_bound``)."""
+    def layer_kv_bound(cls, config: ModelConfig, layer_idx: int) -> int | None:
+        """``kv_bound`` of layer ``layer_idx`` alone (a kind that differs by layer: local_global's
+        windowed layers), so its cache keeps a window per layer (``LayerWindowCache``)."""
+        return cls.kv_bound(config)
+
+    @classmethod
+    def kv_positions(cls, config: ModelConfig, t: int) -> int | float:
+        """Positions the KV cache holds at context ``t``, per layer: t, or min(t, ``kv_bound``); the
+        mean over the layers for a kind whose bound differs by layer."""
         bound = cls.kv_bound(config)
         return t if bound is None else min(t, bound)
 

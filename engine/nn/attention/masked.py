@@ -167,8 +167,9 @@ class LocalGlobalAttention(MaskedAttention):
     "full", when ``(i + 1) % global_every == 0``, and otherwise to the last ``window`` positions
     including itself, as "sliding". The pattern differs by layer, not by head: ``for_layer`` gives
     each layer its own, and the costs below are the mean over the ``n_layer`` layers (what
-    ``analyze`` multiplies by the layer count). The KV cache keeps every position: the global
-    layers need them all."""
+    ``analyze`` multiplies by the layer count). The KV cache keeps every position for a global
+    layer and the last ``window`` for a local one (``layer_kv_bound``; ``kv_positions`` is the
+    mean over the layers)."""
 
     help = "a sliding window with every n-th layer global"
     color = "grey"
@@ -209,6 +210,17 @@ class LocalGlobalAttention(MaskedAttention):
         """(local layers, global layers) of the ``n_layer``."""
         n_global = config.n_layer // config.global_every
         return config.n_layer - n_global, n_global
+
+    @classmethod
+    def layer_kv_bound(cls, config, layer_idx):
+        return None if cls.is_global(config, layer_idx) else config.window
+
+    @classmethod
+    def kv_positions(cls, config, t):
+        # the generating stack's layers: an encoder-decoder's decoder may have its own count
+        n = (config.n_decoder_layer or config.n_layer) if config.family == "encoder_decoder" else config.n_layer
+        n_global = n // config.global_every
+        return ((n - n_global) * min(t, config.window) + n_global * t) / n
 
     @classmethod
     def mean_keys(cls, config, t):

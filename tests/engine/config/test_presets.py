@@ -276,8 +276,10 @@ def test_qwen2_and_gemma2_parts():
     gemma = analyze(preset("gemma-2-2b"))
     # four (1 + w) norms per layer (the sandwich) and the final one
     assert gemma["params"]["norms"] == 26 * 4 * 2304 + 2304
-    # every layer keeps the whole context: the global half needs it (2 × 26 layers × 4 kv heads × 256 × 4 B)
+    # 2 (k and v) × 26 layers × 4 kv heads × 256 × 4 B per position; at 8192 the 13 local layers keep
+    # their 4096-token window, the 13 global ones everything (transformers' hybrid cache)
     assert gemma["kv_cache_per_token"] == 2 * 26 * 4 * 256 * 4
+    assert gemma["kv_cache"] == 2 * 4 * 256 * 4 * (13 * 4096 + 13 * 8192)
     # half the layers see at most 4096 keys: at 8192 the mean is between the window's and full attention's
     full = analyze(dataclasses.replace(preset("gemma-2-2b"), attention="full"))["flops"]["attention_per_token_layer"]
     sliding = analyze(dataclasses.replace(preset("gemma-2-2b"), attention="sliding"))["flops"]

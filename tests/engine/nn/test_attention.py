@@ -169,6 +169,49 @@ def test_param_count_and_hf_names(n_kv_head, bias, qk_norm, tiny_config):
     assert attn.k_proj.weight.shape == (n_kv_head * 8, cfg.n_embd)
 
 
+@pytest.mark.parametrize("n_kv_head", [None, 2])
+def test_qkv_bias_puts_biases_on_q_k_v_only(n_kv_head, tiny_config):
+    """Qwen2: biases on q, k and v, none on o_proj; with ``bias`` on, every projection has one anyway."""
+    cfg = dataclasses.replace(tiny_config, bias=False, qkv_bias=True, n_kv_head=n_kv_head)
+    attn = CausalSelfAttention(cfg)
+    assert [n for n, _ in attn.named_parameters() if n.endswith("bias")] == ["q_proj.bias", "k_proj.bias",
+                                                                             "v_proj.bias"]
+    assert CausalSelfAttention.num_params(cfg) == sum(p.numel() for p in attn.parameters())
+    both = dataclasses.replace(cfg, bias=True)
+    assert CausalSelfAttention.num_params(both) == CausalSelfAttention.num_params(dataclasses.replace(both,
+                                                                                                     qkv_bias=False))
+    x = torch.randn(2, 6, cfg.n_embd)
+    with torch.no_grad():
+        torch.testing.assert_close(attn.eval()(x), attn.train()(x))  # one fused q/k/v matmul = three
+
+
+@pytest.mark.parametrize("impl", ATTENTION_FUNCTIONS)
+def test_query_pre_attn_scalar_sets_the_score_scale(impl, tiny_config):
+    """Scores are q·k / √query_pre_attn_scalar (Gemma 2); equal to the head size it is the usual scale,
+    and another value is the usual attention with q scaled by √(head size / scalar)."""
+    hs = tiny_config.n_embd // tiny_config.n_head
+    x = torch.randn(2, 7, tiny_config.n_embd)
+    plain = CausalSelfAttention(dataclasses.replace(tiny_config, attn_impl=impl))
+    same = CausalSelfAttention(dataclasses.replace(tiny_config, attn_impl=impl, query_pre_attn_scalar=hs))
+    other = CausalSelfAttention(dataclasses.replace(tiny_config, attn_impl=impl, query_pre_attn_scalar=3))
+    same.load_state_dict(plain.state_dict())
+    other.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(same(x), plain(x))
+    with torch.no_grad():
+        plain.q_proj.weight.mul_((hs / 3) ** 0.5)
+        plain.q_proj.bias.mul_((hs / 3) ** 0.5)
+    torch.testing.assert_close(other(x), plain(x))
+
+
+def test_local_global_layers(tiny_config):
+    """Layer i sees every earlier key when (i + 1) % global_every == 0, else the last ``window``."""
+    cfg = dataclasses.replace(tiny_config, attention="local_global", window=3, global_every=3, n_layer=7)
+    windows = [ATTENTIONS["local_global"].for_layer(cfg, i).window for i in range(cfg.n_layer)]
+    assert windows == [3, 3, None, 3, 3, None, 3]
+    assert ATTENTIONS["local_global"].label(cfg) == "local_global (window 3, every 3rd layer global)"
+    assert ATTENTIONS["local_global"].kv_bound(cfg) is None  # the global layers need every position
+
+
 def test_grouped_query_attention_shares_each_kv_head_within_its_group(tiny_config):
     """GQA equals multi-head attention whose k/v projections repeat each kv head's rows."""
     gqa = CausalSelfAttention(dataclasses.replace(tiny_config, n_kv_head=2))
