@@ -195,11 +195,9 @@ class LocalGlobalAttention(MaskedAttention):
         return seen if self.window is None else seen & (q_pos - k_pos < self.window)
 
     def structure_mask(self, t):
-        # the two layer patterns, the local one first
-        cpu = torch.device("cpu")
-        pictures = [type(self)(self.config, causal=self.causal, is_global=g).mask(0, t, 0, t, cpu)[0]
-                    for g in (False, True)]
-        return pictures, f"{_every(self.config.global_every)} sees all earlier keys, the others a window"
+        # the local layers' picture (the view's several pictures are head groups); the note says the rest
+        local = type(self)(self.config, causal=self.causal).mask(0, t, 0, t, torch.device("cpu"))[0]
+        return [local], f"the local layers' window; {_every(self.config.global_every)} sees all earlier keys"
 
     @classmethod
     def describe(cls, config):

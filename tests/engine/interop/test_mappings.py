@@ -57,6 +57,8 @@ CASES = {
         dict(QWEN2, n_layer=2, n_head=6, n_kv_head=2, n_embd=48, vocab_size=101, block_size=16, tie_embeddings=True),
         dict(QWEN2, n_layer=1, n_head=4, n_embd=32, vocab_size=50, block_size=12, ffn_hidden=24,
              attention="sliding", window=5),
+        # Qwen2Config has no head_dim field, but its attention reads one when given (4 × 12 = 48 > 40)
+        dict(QWEN2, n_layer=2, n_head=4, n_kv_head=2, n_embd=40, head_dim=12, vocab_size=50, block_size=12),
     ],
     "gemma2": [
         # Gemma 2 2B's shape in small: local and global layers alternating, heads wider than width / heads
@@ -242,7 +244,7 @@ def test_mixtral_export_needs_dropless_routing():
 
 
 HEAD_DIM_PARAMS = [p for p in PARAMS if "head_dim" in p.values[1]]
-assert {p.values[0] for p in HEAD_DIM_PARAMS} == {"llama", "mistral", "mixtral", "gemma2"}
+assert {p.values[0] for p in HEAD_DIM_PARAMS} == {"llama", "mistral", "mixtral", "qwen2", "gemma2"}
 
 
 @pytest.mark.parametrize("family,kw", HEAD_DIM_PARAMS)
