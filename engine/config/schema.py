@@ -570,6 +570,10 @@ def _model_checks(cfg: ModelConfig, ok) -> dict[str, str]:
                              f"{[p for p in resolve(POSITIONS) if p not in ('alibi', 't5_relative')]}"
     if ok("n_expert", "top_k") and cfg.n_expert and cfg.top_k > cfg.n_expert:
         errors["top_k"] = f"top_k ({cfg.top_k}) must be ≤ n_expert ({cfg.n_expert})"
+    if ok("attention", "global_every", "n_layer") and cfg.global_every > cfg.n_layer \
+            and "global_every" in getattr(resolve(ATTENTIONS)[cfg.attention], "fields", ()):
+        errors["global_every"] = (f"global_every ({cfg.global_every}) must be ≤ n_layer ({cfg.n_layer}), or no "
+                                  f"layer is global")
     if ok("n_expert", "moe_every", "n_layer") and cfg.n_expert and cfg.moe_every > cfg.n_layer:
         errors["moe_every"] = f"moe_every ({cfg.moe_every}) must be ≤ n_layer ({cfg.n_layer}), or no layer is MoE"
     errors.update(family_checks(cfg, ok))

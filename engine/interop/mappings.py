@@ -207,9 +207,7 @@ class Llama:
             if extra or rope.get("truncate", True) is not True:
                 raise ValueError(f"yarn parameters {extra or {'truncate': rope.get('truncate')}} are not supported; "
                                  f"ours uses the paper's defaults")
-        bias = bool(getattr(hf, "attention_bias", False))
-        if bias != bool(getattr(hf, "mlp_bias", False)):
-            raise ValueError("attention_bias and mlp_bias must be equal (ours has one bias switch)")
+        bias = cls.hf_bias(hf)
         cfg = dict(family="decoder", n_layer=hf.num_hidden_layers, n_head=hf.num_attention_heads,
                    n_embd=hf.hidden_size, block_size=hf.max_position_embeddings, vocab_size=hf.vocab_size,
                    dropout=float(hf.attention_dropout or 0.0), bias=bias, norm=cls.norm, position="rope",
@@ -233,6 +231,14 @@ class Llama:
     @staticmethod
     def hf_activation(hf) -> str:
         return hf.hidden_act
+
+    @staticmethod
+    def hf_bias(hf) -> bool:
+        """Our ``bias`` for the HF config's bias switches."""
+        bias = bool(getattr(hf, "attention_bias", False))
+        if bias != bool(getattr(hf, "mlp_bias", False)):
+            raise ValueError("attention_bias and mlp_bias must be equal (ours has one bias switch)")
+        return bias
 
     @staticmethod
     def extra_engine_config(hf) -> dict:
@@ -375,6 +381,10 @@ class Qwen2(Llama):
                 "layer_types": _layer_types_of(cfg)}
 
     @staticmethod
+    def hf_bias(hf) -> bool:
+        return False  # Qwen2's modelling hard-codes its biases: q, k and v (our qkv_bias), nothing else
+
+    @staticmethod
     def extra_engine_config(hf) -> dict:
         return {"qkv_bias": True, **_attention_of(hf, _layer_types(hf), interleaved=False)}
 
@@ -409,10 +419,14 @@ class Gemma2(Llama):
         return hf.hidden_activation
 
     @staticmethod
-    def extra_engine_config(hf) -> dict:
+    def hf_bias(hf) -> bool:
         if getattr(hf, "attention_bias", False):
             raise ValueError("gemma2 attention_bias=True is not supported (ours would also bias the FFN); "
                              "choose from [False]")
+        return False
+
+    @staticmethod
+    def extra_engine_config(hf) -> dict:
         if getattr(hf, "use_bidirectional_attention", False):
             raise ValueError("gemma2 use_bidirectional_attention=True is not supported (a decoder is causal); "
                              "choose from [False, None]")

@@ -228,6 +228,8 @@ def test_field_specs_describe_every_settable_field():
         ({"n_expert": 2, "top_k": 3}, "top_k", "top_k (3) must be ≤ n_expert (2)"),
         ({"n_expert": 2, "n_layer": 2, "moe_every": 3}, "moe_every",
          "moe_every (3) must be ≤ n_layer (2), or no layer is MoE"),
+        ({"attention": "local_global", "n_layer": 2, "global_every": 3}, "global_every",
+         "global_every (3) must be ≤ n_layer (2), or no layer is global"),
         ({"attention": "ring"}, "attention", "unknown attention 'ring'; choose from "
          "['full', 'sliding', 'local_global', 'dilated', 'block_sparse', 'linear']"),
         ({"rope_scaling": "dynamic"}, "rope_scaling", "unknown rope_scaling 'dynamic'; choose from "

@@ -131,6 +131,14 @@ def llama_dict(**kw) -> dict:
     ({"model_type": "mixtral", "router_jitter_noise": 0.1}, r"router_jitter_noise must be 0"),
     ({"model_type": "gpt2", "add_cross_attention": True}, r"gpt2 add_cross_attention=True is not supported"),
     ({"model_type": "bert", "is_decoder": True}, r"bert is_decoder=True is not supported"),
+    ({"model_type": "gemma2", "attention_bias": True}, r"gemma2 attention_bias=True is not supported"),
+    ({"model_type": "gemma2", "use_bidirectional_attention": True},
+     r"gemma2 use_bidirectional_attention=True is not supported"),
+    ({"model_type": "gemma2", "hidden_activation": "gelu"},
+     r"gemma2 hidden_act 'gelu' is not supported; choose from \['gelu_pytorch_tanh'\]"),
+    ({"model_type": "gemma2", "num_hidden_layers": 4, "layer_types": ["full_attention", "sliding_attention"] * 2},
+     r"gemma2 layer_types .* are not supported; ours are all full, all sliding, or every n-th layer full"),
+    ({"model_type": "qwen2", "hidden_act": "gelu"}, r"qwen2 hidden_act 'gelu' is not supported"),
 ])
 def test_config_from_hf_refuses_what_we_cannot_express(d, message):
     with pytest.raises((ValueError, ConfigError), match=message):
