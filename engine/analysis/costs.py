@@ -271,9 +271,11 @@ def _analyze(cfg: ModelConfig, *, vocab_size, batch_size, seq_len, dtype, optimi
     per_gpu["total"] = sum(per_gpu.values())
 
     # ---- inference memory
-    kv_tokens = kind.kv_positions(cfg, t)  # min(t, window) for sliding attention
+    # min(t, window) for sliding attention; the mean over the layers for local_global (a whole number
+    # of bytes once multiplied by the layers)
+    kv_tokens = kind.kv_positions(cfg, t)
     kv_per_token = 2 * n_kv_layers * kv_dim * bpe  # a key and a value per generating layer and kv head
-    kv_cache_batch = kv_per_token * kv_tokens * b
+    kv_cache_batch = round(kv_per_token * kv_tokens * b)
     if quant is None:
         infer_weights = total * bpe
     elif quant["bits"] == 16:
@@ -338,7 +340,7 @@ def _analyze(cfg: ModelConfig, *, vocab_size, batch_size, seq_len, dtype, optimi
         },
         "kv_cache_per_token": kv_per_token,
         # one sequence of T tokens; a sliding window cache keeps only the last `window`
-        "kv_cache": kv_per_token * kv_tokens,
+        "kv_cache": round(kv_per_token * kv_tokens),
     }
     if formulas:
         report["formulas"] = _formulas(report, cfg, d=d, ad=ad, hs=hs, n_kv=n_kv, t=t, b=b, bpe=bpe, vocab=vocab,

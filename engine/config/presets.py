@@ -9,10 +9,10 @@ Most of these are larger than the composer's bounds (``ModelConfig.validate`` re
 70B model's 80 layers and 8192 width): they are for ``analyze``, not for training here.
 Training-only fields keep our defaults; a preset sets dropout to the published value.
 
-Left out, since the engine cannot express them exactly:
-- Qwen2: biases on q, k and v but none on o_proj (our ``bias`` is one switch);
-- Gemma: embeddings scaled by √width and RMSNorm gains stored as (1 + w) (its 16 heads × 256
-  in a 3072 width are expressible, as Mistral-NeMo's ``head_dim``);
+Qwen2.5 needs ``qkv_bias`` (biases on q, k and v, none on o_proj); Gemma 2 needs the (1 + w)
+RMSNorm (``rmsnorm_offset``), the sandwich norms, embeddings scaled by √width (``embed_scale``),
+soft-caps, heads of 256 in a 2304 width (``head_dim``) and local and global layers alternating
+(``local_global``). Left out, since the engine cannot express it exactly:
 - Llama 3.1's "llama3" RoPE frequency scaling (its 128K context): the 405B preset is the model
   at its 8K pre-training context, the same parameters.
 """
@@ -66,10 +66,10 @@ def _t5(n_layer: int, n_head: int, n_embd: int) -> ModelConfig:
 
 def _llama(n_layer: int, n_head: int, n_embd: int, ffn_hidden: int, *, n_kv_head: int | None = None,
            block_size: int = 4096, vocab_size: int = 32000, rope_theta: float = 10000.0,
-           tie_embeddings: bool = False, **kw) -> ModelConfig:
+           tie_embeddings: bool = False, norm_eps: float = 1e-5, **kw) -> ModelConfig:
     # Touvron et al. 2023: RoPE, RMSNorm, SwiGLU, no biases, untied head
     return ModelConfig(n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd, block_size=block_size,
-                       vocab_size=vocab_size, dropout=0.0, bias=False, norm="rmsnorm", norm_eps=1e-5,
+                       vocab_size=vocab_size, dropout=0.0, bias=False, norm="rmsnorm", norm_eps=norm_eps,
                        position="rope", rope_theta=rope_theta, ffn="swiglu", ffn_hidden=ffn_hidden,
                        tie_embeddings=tie_embeddings, **kw)
 
@@ -80,6 +80,27 @@ def _smollm2(n_layer: int, n_head: int, n_kv_head: int, n_embd: int, ffn_hidden:
     return _llama(n_layer, n_head, n_embd, ffn_hidden, n_kv_head=None if n_kv_head == n_head else n_kv_head,
                   block_size=8192, vocab_size=49152,
                   rope_theta=rope_theta, tie_embeddings=True)
+
+
+def _qwen2(n_layer: int, n_head: int, n_kv_head: int, n_embd: int, ffn_hidden: int, *, tie_embeddings: bool,
+           block_size: int = 32768) -> ModelConfig:
+    # Yang et al. 2024 (Qwen2, Qwen2.5): Llamas with biases on q, k and v only, RMSNorm eps 1e-6,
+    # RoPE θ 1,000,000 and a 151,936-token byte-level BPE
+    return _llama(n_layer, n_head, n_embd, ffn_hidden, n_kv_head=n_kv_head, block_size=block_size,
+                  vocab_size=151936, rope_theta=1e6, tie_embeddings=tie_embeddings, norm_eps=1e-6, qkv_bias=True)
+
+
+def _gemma2(n_layer: int, n_head: int, n_kv_head: int, n_embd: int, ffn_hidden: int, *,
+            query_pre_attn_scalar: int | None = None) -> ModelConfig:
+    # Gemma Team 2024 (Gemma 2): heads of 256, GeGLU, sandwich (1 + w) RMSNorms, embeddings × √width,
+    # sliding-window (4096) and global layers alternating, scores capped at 50 and logits at 30,
+    # a tied 256,000-token vocabulary and an 8192-token context
+    return ModelConfig(n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd, head_dim=256,
+                       block_size=8192, vocab_size=256000, dropout=0.0, bias=False, norm="rmsnorm_offset",
+                       norm_placement="sandwich", norm_eps=1e-6, position="rope", rope_theta=10000.0, ffn="geglu",
+                       ffn_hidden=ffn_hidden, tie_embeddings=True, embed_scale=True, attention="local_global",
+                       window=4096, global_every=2, attn_softcap=50.0, final_softcap=30.0,
+                       query_pre_attn_scalar=query_pre_attn_scalar)
 
 
 def _mixtral(n_layer: int, n_head: int, n_embd: int, ffn_hidden: int, **kw) -> ModelConfig:
@@ -140,6 +161,14 @@ PRESETS = {
     "smollm2-1.7b": Preset(_smollm2(24, 32, 32, 2048, 8192, rope_theta=130000.0),
                            "SmolLM2-1.7B: 24 layers, 32 heads (no grouping), tied embeddings",
                            "Allal et al. 2025, SmolLM2; huggingface.co/HuggingFaceTB/SmolLM2-1.7B"),
+    "qwen2.5-0.5b": Preset(_qwen2(24, 14, 2, 896, 4864, tie_embeddings=True),
+                           "Qwen2.5-0.5B: 24 layers, 14 heads sharing 2 KV heads, q/k/v biases, tied embeddings",
+                           "Qwen Team 2024, Qwen2.5 Technical Report; huggingface.co/Qwen/Qwen2.5-0.5B"),
+    "gemma-2-2b": Preset(_gemma2(26, 8, 4, 2304, 9216),
+                         "Gemma 2 2B: 26 layers alternating a 4096-token window and global attention, 8 heads of "
+                         "256, soft-capped",
+                         "Gemma Team 2024, Gemma 2: Improving Open Language Models at a Practical Size; "
+                         "huggingface.co/google/gemma-2-2b"),
     # Phi-3's fused qkv_proj and gate_up_proj are only storage: the maths is Mistral's
     "phi-3-mini": Preset(_llama(32, 32, 3072, 8192, vocab_size=32064, attention="sliding", window=2047),
                          "Phi-3-mini-4k, 3.8B, 2047-token sliding window",

@@ -168,8 +168,15 @@ class ModelConfig(Section):
     dropout: float = number(0.0, "Dropout", "Dropout rate on attention weights and residual branches; 0 is off.",
                             min=0.0, max=1.0, max_open=True, step=0.05)
     bias: bool = boolean(True, "Biases", "Bias vectors in linear layers and LayerNorms (LLaMA drops them).")
+    qkv_bias: bool = boolean(
+        False, "q/k/v biases",
+        "Bias vectors on the query, key and value projections only, with Biases off (Qwen2): "
+        "(n_head + 2 · n_kv_head) × head size parameters per layer; o_proj, the FFN and the norms stay without.",
+        show_if={"model.bias": [False]})
     norm: str = choice("layernorm", NORMS, "Normalisation",
-                       "LayerNorm (centre and scale) or RMSNorm (scale only: one reduction fewer, no bias).")
+                       "LayerNorm (centre and scale), RMSNorm (scale only: one reduction fewer, no bias) or "
+                       "RMSNorm with its gain stored as an offset from 1 (Gemma: x̂ · (1 + w), w starting at 0; "
+                       "same cost).")
     norm_placement: str = choice(
         "pre", NORM_PLACEMENTS, "Norm placement",
         "Pre-norm (GPT-2, LLaMA: stable in deep stacks), post-norm (original Transformer: needs warm-up) "
@@ -210,6 +217,11 @@ class ModelConfig(Section):
     window: int = integer(64, "Window", "Sliding attention: each token sees the last this many tokens incl. itself; "
                           "compute and KV cache stop growing beyond it.", min=1, max=1_000_000,
                           show_if={"model.attention": _attention("attention_kinds", reads="window")})
+    global_every: int = integer(
+        2, "Global every",
+        "Local/global attention: every this-many-th layer sees all earlier tokens, the others a sliding window "
+        "(Gemma 2: 2, Gemma 3: 6); more global layers, more compute and KV cache at long contexts.",
+        min=1, max=64, show_if={"model.attention": _attention("attention_kinds", reads="global_every")})
     dilation: int = integer(2, "Dilation",
                             "Dilated attention: head group g (of up to 4) sees keys at distances that are multiples "
                             "of dilation^g; larger values make far groups sparser and cheaper.", min=1, max=64,
@@ -235,6 +247,10 @@ class ModelConfig(Section):
                                  "Squash attention scores into (-c, c) with c·tanh(s/c) (Gemma 2); 0 is off; on, the "
                                  "sdpa kernel falls back to the slower eager path.", min=0.0, max=1000.0, step=1.0,
                                  show_if={"model.attention": SOFTMAX})
+    query_pre_attn_scalar: int | None = integer(
+        None, "Score scale base",
+        "Scores are q·k / √(this) (empty = the head size, the usual 1/√head size); Gemma 2 27B uses 144 with heads "
+        "of 128. Free.", min=1, max=65536, optional=True, show_if={"model.attention": SOFTMAX})
     final_softcap: float = number(0.0, "Logit soft-cap",
                                   "Squash output logits into (-c, c) with c·tanh(x/c) (Gemma 2); 0 is off; one tanh "
                                   "per logit.", min=0.0, max=1000.0, step=1.0)
@@ -276,6 +292,9 @@ class ModelConfig(Section):
     tie_embeddings: bool = boolean(True, "Tie embeddings",
                                    "Reuse the token embedding matrix as the output layer "
                                    "(saves vocab × width parameters).")
+    embed_scale: bool = boolean(False, "Scale embeddings",
+                                "Multiply the token embeddings by √width before the first block (Gemma), so a "
+                                "tied embedding of small entries starts the stream at a norm near √width; free.")
     scale_residual_init: bool = boolean(True, "Scale residual init",
                                         "Initialise the projections into the residual stream 1/√(2·layers) smaller "
                                         "(GPT-2), so its variance does not grow with depth; free.")
@@ -289,6 +308,18 @@ class ModelConfig(Section):
     def head_size(self) -> int:
         """Each attention head's width: ``head_dim``, or n_embd / n_head when it is not set."""
         return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def qkv_biased(self) -> bool:
+        """Whether q_proj, k_proj and v_proj carry biases: with every linear layer's (``bias``), or alone
+        (``qkv_bias``, Qwen2)."""
+        return self.bias or self.qkv_bias
+
+    @property
+    def attn_scale(self) -> float | None:
+        """What the scores q·k are multiplied by when ``query_pre_attn_scalar`` is set (Gemma 2); None
+        for the usual 1/√head size, which the kernels apply themselves."""
+        return self.query_pre_attn_scalar ** -0.5 if self.query_pre_attn_scalar else None
 
     @property
     def attention_width(self) -> int:
@@ -539,6 +570,10 @@ def _model_checks(cfg: ModelConfig, ok) -> dict[str, str]:
                              f"{[p for p in resolve(POSITIONS) if p not in ('alibi', 't5_relative')]}"
     if ok("n_expert", "top_k") and cfg.n_expert and cfg.top_k > cfg.n_expert:
         errors["top_k"] = f"top_k ({cfg.top_k}) must be ≤ n_expert ({cfg.n_expert})"
+    if ok("attention", "global_every", "n_layer") and cfg.global_every > cfg.n_layer \
+            and "global_every" in getattr(resolve(ATTENTIONS)[cfg.attention], "fields", ()):
+        errors["global_every"] = (f"global_every ({cfg.global_every}) must be ≤ n_layer ({cfg.n_layer}), or no "
+                                  f"layer is global")
     if ok("n_expert", "moe_every", "n_layer") and cfg.n_expert and cfg.moe_every > cfg.n_layer:
         errors["moe_every"] = f"moe_every ({cfg.moe_every}) must be ≤ n_layer ({cfg.n_layer}), or no layer is MoE"
     errors.update(family_checks(cfg, ok))
@@ -609,10 +644,10 @@ FIELD_GROUPS = {
     "model": {
         "Shape": ("family", "n_layer", "n_decoder_layer", "n_head", "n_kv_head", "n_embd", "head_dim", "block_size",
                   "dropout",
-                  "bias",
-                  "tie_embeddings"),
-        "Attention": ("attention", "window", "dilation", "sparse_block", "sparse_stride", "feature_map", "qk_norm",
-                      "attn_softcap", "attn_impl"),
+                  "bias", "qkv_bias",
+                  "tie_embeddings", "embed_scale"),
+        "Attention": ("attention", "window", "global_every", "dilation", "sparse_block", "sparse_stride",
+                      "feature_map", "qk_norm", "attn_softcap", "query_pre_attn_scalar", "attn_impl"),
         "Positions": ("position", "rope_theta", "rope_scaling", "rope_factor", "rope_original_block_size",
                       "relative_attention_num_buckets", "relative_attention_max_distance"),
         "Norms & residuals": ("norm", "norm_placement", "norm_eps", "scale_residual_init"),

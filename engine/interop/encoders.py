@@ -51,6 +51,9 @@ def _plain_problems(cfg, family: str) -> list[str]:
     _need(cfg, "qk_norm", False, p)
     _need(cfg, "attn_softcap", 0.0, p)
     _need(cfg, "final_softcap", 0.0, p)
+    _need(cfg, "qkv_bias", False, p)
+    _need(cfg, "embed_scale", False, p)
+    _need(cfg, "query_pre_attn_scalar", (None, cfg.head_size), p)
     return p
 
 

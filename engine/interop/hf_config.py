@@ -28,7 +28,7 @@ SIZE_FIELDS = frozenset({
     "num_key_value_heads", "head_dim", "max_position_embeddings", "num_local_experts", "num_experts_per_tok",
     "n_embd", "n_head", "n_layer", "n_positions", "n_inner", "n_ctx", "d_model", "d_ff", "d_kv", "num_heads",
     "num_layers", "num_decoder_layers", "type_vocab_size", "sliding_window",
-    "relative_attention_num_buckets", "relative_attention_max_distance",
+    "relative_attention_num_buckets", "relative_attention_max_distance", "query_pre_attn_scalar",
 })
 
 

@@ -29,14 +29,21 @@ from .common import Tensor, _ffn_width, _need
 from .encoders import T5, Bert
 
 
-def _common_problems(cfg) -> list[str]:
-    """Features none of the mapped architectures has."""
+def _common_problems(cfg, *, gemma: bool = False) -> list[str]:
+    """Features none of the mapped decoders has; with ``gemma``, those Gemma 2 lacks (it has the
+    sandwich norms, soft-caps, scaled embeddings and its own score scale)."""
     p = []
     _need(cfg, "family", "decoder", p)
-    _need(cfg, "norm_placement", "pre", p)
     _need(cfg, "qk_norm", False, p)
-    _need(cfg, "attn_softcap", 0.0, p)
-    _need(cfg, "final_softcap", 0.0, p)
+    if gemma:
+        _need(cfg, "norm_placement", "sandwich", p, "Gemma 2 normalises each sublayer's input and output")
+        _need(cfg, "embed_scale", True, p, "Gemma 2 scales its embeddings by √width")
+    else:
+        _need(cfg, "norm_placement", "pre", p)
+        _need(cfg, "attn_softcap", 0.0, p)
+        _need(cfg, "final_softcap", 0.0, p)
+        _need(cfg, "embed_scale", False, p)
+        _need(cfg, "query_pre_attn_scalar", (None, cfg.head_size), p)
     return p
 
 
@@ -64,6 +71,7 @@ class GPT2:
         _need(cfg, "norm", "layernorm", p)
         _need(cfg, "ffn", "gelu", p)
         _need(cfg, "bias", True, p, "Conv1D always has a bias")
+        _need(cfg, "qkv_bias", False, p)
         _need(cfg, "attention", "full", p)
         _need(cfg, "n_kv_head", (None, cfg.n_head), p)
         _need(cfg, "head_dim", (None, cfg.n_embd // cfg.n_head), p, "GPT-2's heads split the width")
@@ -133,18 +141,24 @@ class Llama:
     hf_class = "LlamaForCausalLM"
     attentions = ("full",)
     biases = True  # LlamaConfig has attention_bias and mlp_bias
+    qkv_bias = False  # biases on q, k and v alone (Qwen2's), which Llama's attention_bias cannot say
     experts = False
+    norm, ffn, activation = "rmsnorm", "swiglu", "silu"  # our norm and FFN; HF's hidden_act
 
     @classmethod
     def problems(cls, cfg) -> list[str]:
-        p = _common_problems(cfg)
+        p = _common_problems(cfg, gemma=cls.model_type == "gemma2")
         _need(cfg, "position", "rope", p)
-        _need(cfg, "norm", "rmsnorm", p)
-        _need(cfg, "ffn", "swiglu", p)
+        _need(cfg, "norm", cls.norm, p)
+        _need(cfg, "ffn", cls.ffn, p)
         _need(cfg, "attention", cls.attentions, p)
         _need(cfg, "rope_scaling", tuple(ROPE_TYPES), p)
         if not cls.biases:
             _need(cfg, "bias", False, p)
+        if cls.qkv_bias:
+            _need(cfg, "qkv_bias", True, p, f"{cls.model_type}'s q, k and v projections always have biases")
+        else:
+            _need(cfg, "qkv_bias", False, p, "attention_bias also puts one on o_proj" if cls.biases else "")
         if not cls.experts:
             _need(cfg, "n_expert", 0, p)
         elif cfg.n_expert < 1:
@@ -177,8 +191,9 @@ class Llama:
 
     @classmethod
     def engine_config(cls, hf) -> dict:
-        if hf.hidden_act != "silu":
-            raise ValueError(f"{cls.model_type} hidden_act {hf.hidden_act!r} is not supported; choose from ['silu']")
+        act = cls.hf_activation(hf)
+        if act != cls.activation:
+            raise ValueError(f"{cls.model_type} hidden_act {act!r} is not supported; choose from [{cls.activation!r}]")
         rope = dict(hf.rope_parameters or {})
         names = {v: k for k, v in ROPE_TYPES.items()}
         if rope.get("rope_type", "default") not in names:
@@ -192,13 +207,11 @@ class Llama:
             if extra or rope.get("truncate", True) is not True:
                 raise ValueError(f"yarn parameters {extra or {'truncate': rope.get('truncate')}} are not supported; "
                                  f"ours uses the paper's defaults")
-        bias = bool(getattr(hf, "attention_bias", False))
-        if bias != bool(getattr(hf, "mlp_bias", False)):
-            raise ValueError("attention_bias and mlp_bias must be equal (ours has one bias switch)")
+        bias = cls.hf_bias(hf)
         cfg = dict(family="decoder", n_layer=hf.num_hidden_layers, n_head=hf.num_attention_heads,
                    n_embd=hf.hidden_size, block_size=hf.max_position_embeddings, vocab_size=hf.vocab_size,
-                   dropout=float(hf.attention_dropout or 0.0), bias=bias, norm="rmsnorm", position="rope",
-                   ffn="swiglu", tie_embeddings=bool(hf.tie_word_embeddings),
+                   dropout=float(hf.attention_dropout or 0.0), bias=bias, norm=cls.norm, position="rope",
+                   ffn=cls.ffn, tie_embeddings=bool(hf.tie_word_embeddings),
                    rope_theta=float(rope.get("rope_theta", 10000.0)), rope_scaling=scaling,
                    norm_eps=float(hf.rms_norm_eps))
         kv = hf.num_key_value_heads
@@ -216,8 +229,23 @@ class Llama:
         return cfg
 
     @staticmethod
+    def hf_activation(hf) -> str:
+        return hf.hidden_act
+
+    @staticmethod
+    def hf_bias(hf) -> bool:
+        """Our ``bias`` for the HF config's bias switches."""
+        bias = bool(getattr(hf, "attention_bias", False))
+        if bias != bool(getattr(hf, "mlp_bias", False)):
+            raise ValueError("attention_bias and mlp_bias must be equal (ours has one bias switch)")
+        return bias
+
+    @staticmethod
     def extra_engine_config(hf) -> dict:
         return {}
+
+    # our norm of each HF norm in a layer (Gemma 2 adds the sandwich's two)
+    layer_norms = {"input_layernorm": "ln_1", "post_attention_layernorm": "ln_2"}
 
     @classmethod
     def tensors(cls, cfg) -> list[Tensor]:
@@ -228,10 +256,10 @@ class Llama:
             hf, us = f"model.layers.{i}.", f"h.{i}."
             linears = [f"self_attn.{n}" for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
             t += [Tensor(f"{hf}{n}.weight", (f"{us}attn.{n[10:]}.weight",)) for n in linears]
-            if cfg.bias:
-                t += [Tensor(f"{hf}{n}.bias", (f"{us}attn.{n[10:]}.bias",)) for n in linears]
-            t += [Tensor(f"{hf}input_layernorm.weight", (f"{us}ln_1.weight",)),
-                  Tensor(f"{hf}post_attention_layernorm.weight", (f"{us}ln_2.weight",))]
+            biased = linears[:3] if cfg.qkv_biased else []
+            biased += linears[3:] if cfg.bias else []
+            t += [Tensor(f"{hf}{n}.bias", (f"{us}attn.{n[10:]}.bias",)) for n in biased]
+            t += [Tensor(f"{hf}{theirs}.weight", (f"{us}{ours}.weight",)) for theirs, ours in cls.layer_norms.items()]
             t += cls.ffn_tensors(cfg, hf, us)
         return t
 
@@ -298,6 +326,119 @@ class Mixtral(Mistral):
                        stacked=True)]
 
 
+def _layer_types(hf) -> list[str]:
+    """Each layer's "full_attention" or "sliding_attention" (transformers 5's ``layer_types``)."""
+    types = list(getattr(hf, "layer_types", None) or ["full_attention"] * hf.num_hidden_layers)
+    unknown = sorted(set(types) - {"full_attention", "sliding_attention"})
+    if unknown:
+        raise ValueError(f"layer_types {unknown} are not supported; choose from ['full_attention', "
+                         f"'sliding_attention']")
+    return types
+
+
+def _attention_of(hf, types: list[str], *, interleaved: bool) -> dict:
+    """Our ``attention`` (and ``window``, ``global_every``) for HF's per-layer types: all full, all
+    sliding, or (``interleaved``) every n-th layer full and the rest sliding (Gemma 2's "local_global")."""
+    sliding = [t == "sliding_attention" for t in types]
+    if not any(sliding):
+        return {"attention": "full"}
+    window = {"window": hf.sliding_window}
+    if all(sliding):
+        return {"attention": "sliding", **window}
+    for every in range(1, len(types) + 1):
+        if interleaved and sliding == [(i + 1) % every != 0 for i in range(len(types))]:
+            return {"attention": "local_global", "global_every": every, **window}
+    kinds = "all full, all sliding, or every n-th layer full" if interleaved else "all full or all sliding"
+    raise ValueError(f"{hf.model_type} layer_types {types} are not supported; ours are {kinds}")
+
+
+def _layer_types_of(cfg) -> list[str]:
+    """HF's ``layer_types`` for our ``attention``."""
+    def is_global(i):
+        if cfg.attention == "local_global":
+            return (i + 1) % cfg.global_every == 0
+        return cfg.attention == "full"
+    return ["full_attention" if is_global(i) else "sliding_attention" for i in range(cfg.n_layer)]
+
+
+class Qwen2(Llama):
+    """Qwen2 and Qwen2.5 (Yang et al. 2024): LLaMA with biases on the q, k and v projections and
+    none elsewhere (our ``qkv_bias``), RMSNorm eps 1e-6 and a large RoPE base. Its sliding window,
+    when ``use_sliding_window``, covers the layers from ``max_window_layers`` on: we express it
+    for all layers or none."""
+
+    model_type = "qwen2"
+    hf_class = "Qwen2ForCausalLM"
+    attentions = ("full", "sliding")
+    biases = False
+    qkv_bias = True
+
+    @classmethod
+    def hf_config(cls, cfg) -> dict:
+        sliding = cfg.attention == "sliding"
+        return {**super().hf_config(cfg), "use_sliding_window": sliding,
+                "sliding_window": cfg.window if sliding else None, "max_window_layers": 0,
+                "layer_types": _layer_types_of(cfg)}
+
+    @staticmethod
+    def hf_bias(hf) -> bool:
+        return False  # Qwen2's modelling hard-codes its biases: q, k and v (our qkv_bias), nothing else
+
+    @staticmethod
+    def extra_engine_config(hf) -> dict:
+        return {"qkv_bias": True, **_attention_of(hf, _layer_types(hf), interleaved=False)}
+
+
+class Gemma2(Llama):
+    """Gemma 2 (Gemma Team 2024): a sandwich of RMSNorms around each sublayer, gains stored as
+    (1 + w) (our ``rmsnorm_offset``), GeGLU with tanh-GELU, embeddings times √width
+    (``embed_scale``), scores scaled by ``query_pre_attn_scalar ** -0.5``, soft-capped attention
+    scores and logits, heads of ``head_dim`` (256), and local (sliding-window) and global layers
+    alternating (our ``local_global``; transformers' ``layer_types``). transformers computes the
+    soft-capped scores in its eager kernel only, as ours does."""
+
+    model_type = "gemma2"
+    hf_class = "Gemma2ForCausalLM"
+    kernels = ("eager",)  # transformers' Gemma 2 has no SDPA path (it cannot soft-cap there)
+    attentions = ("full", "sliding", "local_global")
+    biases = False
+    norm, ffn, activation = "rmsnorm_offset", "geglu", "gelu_pytorch_tanh"
+    layer_norms = {"input_layernorm": "ln_1", "post_attention_layernorm": "post_attn_norm",
+                   "pre_feedforward_layernorm": "ln_2", "post_feedforward_layernorm": "post_ffn_norm"}
+
+    @classmethod
+    def hf_config(cls, cfg) -> dict:
+        d = {k: v for k, v in super().hf_config(cfg).items() if k not in ("hidden_act", "attention_bias", "mlp_bias")}
+        return {**d, "hidden_activation": cls.activation, "attention_bias": False,
+                "query_pre_attn_scalar": cfg.query_pre_attn_scalar or cfg.head_size,
+                "attn_logit_softcapping": cfg.attn_softcap or None, "final_logit_softcapping": cfg.final_softcap or None,
+                "sliding_window": cfg.window, "layer_types": _layer_types_of(cfg), "pad_token_id": None}
+
+    @staticmethod
+    def hf_activation(hf) -> str:
+        return hf.hidden_activation
+
+    @staticmethod
+    def hf_bias(hf) -> bool:
+        if getattr(hf, "attention_bias", False):
+            raise ValueError("gemma2 attention_bias=True is not supported (ours would also bias the FFN); "
+                             "choose from [False]")
+        return False
+
+    @staticmethod
+    def extra_engine_config(hf) -> dict:
+        if getattr(hf, "use_bidirectional_attention", False):
+            raise ValueError("gemma2 use_bidirectional_attention=True is not supported (a decoder is causal); "
+                             "choose from [False, None]")
+        head = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+        scalar = hf.query_pre_attn_scalar
+        return {"norm_placement": "sandwich", "embed_scale": True,
+                "query_pre_attn_scalar": None if scalar == head else scalar,
+                "attn_softcap": float(hf.attn_logit_softcapping or 0.0),
+                "final_softcap": float(hf.final_logit_softcapping or 0.0),
+                **_attention_of(hf, _layer_types(hf), interleaved=True)}
+
+
 # ---------------------------------------------------------------------------- the two directions
 
 
@@ -324,7 +465,8 @@ def to_transformers(model: nn.Module, model_type: str | None = None):
             continue
         config_cls, model_cls = _hf_classes(mapping)
         hf_config = config_cls(**mapping.hf_config(cfg))
-        hf_config._attn_implementation = cfg.attn_impl if cfg.attn_impl in ("sdpa", "eager") else "sdpa"
+        kernels = getattr(mapping, "kernels", ("sdpa", "eager"))
+        hf_config._attn_implementation = cfg.attn_impl if cfg.attn_impl in kernels else kernels[0]
         hf_model = model_cls(hf_config)
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         hf_sd = {t.hf: t.to_hf(sd) for t in mapping.tensors(cfg)}
@@ -343,7 +485,9 @@ def from_transformers(hf_model) -> nn.Module:
     if model_type not in MAPPINGS:
         raise ValueError(f"unsupported transformers model_type {model_type!r}; choose from {list(MAPPINGS)}")
     mapping = MAPPINGS[model_type]
-    cfg = ModelConfig(**{**mapping.engine_config(hf_model.config), **_attn_impl(hf_model.config)})
+    # the kernel choice carries over where transformers offers both of ours (Gemma 2: eager only)
+    impl = _attn_impl(hf_model.config) if len(getattr(mapping, "kernels", ("sdpa", "eager"))) > 1 else {}
+    cfg = ModelConfig(**{**mapping.engine_config(hf_model.config), **impl})
     try:
         cfg.validate()  # e.g. a context or width beyond the explorer's bounds
     except ConfigError as e:
@@ -367,4 +511,5 @@ def _names(t: Tensor) -> list[str]:
     return [n for group in t.ours for n in group] if t.stacked else list(t.ours)
 
 
-MAPPINGS = {"gpt2": GPT2, "llama": Llama, "mistral": Mistral, "mixtral": Mixtral, "bert": Bert, "t5": T5}
+MAPPINGS = {"gpt2": GPT2, "llama": Llama, "mistral": Mistral, "mixtral": Mixtral, "qwen2": Qwen2, "gemma2": Gemma2,
+            "bert": Bert, "t5": T5}

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn.attention import ATTENTIONS, CausalSelfAttention
-from ..nn.cache import KVCache, Linear, SlidingWindowCache, keep_weights
+from ..nn.cache import KVCache, LayerWindowCache, Linear, SlidingWindowCache, keep_weights
 from ..nn.ffn import FFNS
 from ..nn.norm import NORM_PLACEMENTS, NORMS
 from ..nn.position import POSITIONS, apply_rotary
@@ -67,6 +67,24 @@ def make_norm(config: ModelConfig) -> nn.Module:
     return NORMS[config.norm](config.n_embd, bias=config.bias, eps=config.norm_eps)
 
 
+def new_cache(config: ModelConfig, n_layers: int, capacity: int | None = None) -> KVCache:
+    """A KV cache for ``n_layers`` layers of ``config``'s attention kind: every position
+    (``KVCache``), the last ``kv_bound`` (``SlidingWindowCache``), or a bound per layer
+    (``LayerWindowCache``) when the kind's differs by layer."""
+    kind = ATTENTIONS[config.attention]
+    bounds = [kind.layer_kv_bound(config, i) for i in range(n_layers)]
+    if len(set(bounds)) > 1:
+        return LayerWindowCache(bounds, capacity)
+    return KVCache(capacity) if bounds[0] is None else SlidingWindowCache(bounds[0])
+
+
+def embed(model: nn.Module, idx: torch.Tensor, looked_up: torch.Tensor | None = None) -> torch.Tensor:
+    """The token embeddings (B, T, C) of ``idx`` (``looked_up``: already read from ``model.wte``),
+    times √n_embd with ``embed_scale`` (Gemma; in the embedding's dtype, as transformers does)."""
+    x = model.wte(idx) if looked_up is None else looked_up
+    return x * model.config.n_embd ** 0.5 if model.config.embed_scale else x
+
+
 def require_vocab(config: ModelConfig) -> None:
     if config.vocab_size is None:
         raise ValueError("vocab_size is None; set it (parse_spec does, from the data) before build_model")
@@ -104,10 +122,10 @@ class Decoder(nn.Module):
 
     def make_cache(self, capacity: int | None = None) -> KVCache:
         """The cache ``generate`` uses: bounded when the attention kind's queries reach only the last
-        ``kv_bound`` positions (sliding attention's window). ``capacity``, the positions a full
-        cache will hold, lets it allocate once rather than grow."""
-        bound = ATTENTIONS[self.config.attention].kv_bound(self.config)
-        return KVCache(capacity) if bound is None else SlidingWindowCache(bound)
+        ``kv_bound`` positions (sliding attention's window), per layer when that differs by layer
+        (local_global). ``capacity``, the positions a full cache will hold, lets it allocate once
+        rather than grow."""
+        return new_cache(self.config, self.config.n_layer, capacity)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: KVCache | None = None, start_pos: int = 0):
@@ -123,7 +141,7 @@ class Decoder(nn.Module):
                 f"sequence of length {start_pos + t} is longer than block_size ({self.config.block_size}); "
                 f"position '{self.config.position}' has no vector beyond it"
             )
-        x = self.wpe(self.wte(idx), start_pos)  # (B, T, C)
+        x = self.wpe(embed(self, idx), start_pos)  # (B, T, C)
         x = self.drop(x) if self.training else x
         # position signals for attention, once per forward for every layer
         attn_kw = {"rope": self.wpe.rotary(start_pos, t, idx.device), "bias": self.wpe.score_bias(),
@@ -151,7 +169,7 @@ class Decoder(nn.Module):
         directly. At batch 1 a step's time is mostly Python and dispatch, not arithmetic, and
         this path does a third less of it (``bench/decode.py``); tests check it equals ``forward``."""
         b = idx.size(0)
-        x = self.wpe.forward(F.embedding(idx, self.wte.weight), pos)  # (B, 1, C)
+        x = self.wpe.forward(embed(self, idx, F.embedding(idx, self.wte.weight)), pos)  # (B, 1, C)
         rope = self.wpe.rotary(pos, 1, idx.device)
         for block in self.h:
             a = block.attn
@@ -165,7 +183,8 @@ class Decoder(nn.Module):
             # the one query sees every key, so no mask; the query heads that share a key/value head
             # become that head's rows of queries (B, n_kv, n_rep, hs): GQA as plain attention, and
             # the output is already in (B, C) order
-            y = F.scaled_dot_product_attention(q.reshape(b, n_kv, nh // n_kv, hs), k, v)  # (B, n_kv, n_rep, hs)
+            y = F.scaled_dot_product_attention(q.reshape(b, n_kv, nh // n_kv, hs), k, v,
+                                               scale=a.pattern.scale)  # (B, n_kv, n_rep, hs)
             x = x + a.o_proj.forward(y.reshape(b, 1, nh * hs))
             x = x + block.mlp.forward(block.ln_2.forward(x))
         return self.lm_head.forward(self.ln_f.forward(x))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..nn.norm import NORMS
 from ..nn.position import POSITIONS
-from .decoder import Block, init_weights, logits_and_loss, make_norm, moe_stats, require_vocab
+from .decoder import Block, embed, init_weights, logits_and_loss, make_norm, moe_stats, require_vocab
 
 if TYPE_CHECKING:
     from ..config.schema import ModelConfig
@@ -89,7 +89,7 @@ class Encoder(nn.Module):
         if not self.wpe.extrapolates and t > self.config.block_size:
             raise ValueError(f"sequence of length {t} is longer than block_size ({self.config.block_size}); "
                              f"position '{self.config.position}' has no vector beyond it")
-        x = self.wpe(self.wte(idx))  # (B, T, C)
+        x = self.wpe(embed(self, idx))  # (B, T, C)
         if self.wtt is not None:
             x = x + self.wtt.weight[0]  # every token is of type 0 (sentence A)
         if self.ln_emb is not None:

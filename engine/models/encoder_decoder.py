@@ -20,10 +20,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn.attention import ATTENTIONS, CrossAttention
-from ..nn.cache import KVCache, SlidingWindowCache, keep_weights
+from ..nn.attention import CrossAttention
+from ..nn.cache import KVCache, keep_weights
 from ..nn.position import POSITIONS
-from .decoder import Block, add_moe_loss, init_weights, make_norm, moe_stats, require_vocab, sample
+from .decoder import (
+    Block,
+    add_moe_loss,
+    embed,
+    init_weights,
+    make_norm,
+    moe_stats,
+    new_cache,
+    require_vocab,
+    sample,
+)
 from .encoder import embedding_norm
 
 if TYPE_CHECKING:
@@ -86,8 +96,7 @@ class EncoderDecoder(nn.Module):
     def make_cache(self) -> KVCache:
         """The decoder self-attention's cache (the encoder output is computed once per generate),
         bounded as the attention kind's ``kv_bound`` allows."""
-        bound = ATTENTIONS[self.config.attention].kv_bound(self.config)
-        return KVCache() if bound is None else SlidingWindowCache(bound)
+        return new_cache(self.config, n_decoder_layer(self.config))
 
     def _check_length(self, t: int, what: str) -> None:
         if not self.wpe.extrapolates and t > self.config.block_size:
@@ -98,7 +107,7 @@ class EncoderDecoder(nn.Module):
         """The encoder's output (B, S, C) for input tokens ``idx`` (B, S)."""
         s = idx.size(1)
         self._check_length(s, "input")
-        x = self.enc_wpe(self.wte(idx))  # (B, S, C)
+        x = self.enc_wpe(embed(self, idx))  # (B, S, C)
         if self.enc_ln_emb is not None:
             x = self.enc_ln_emb(x)
         x = self.drop(x)
@@ -116,7 +125,7 @@ class EncoderDecoder(nn.Module):
             raise ValueError(f"start_pos ({start_pos}) must equal the positions already cached "
                              f"({cache.get_seq_length()})")
         self._check_length(start_pos + t, "output")
-        x = self.wpe(self.wte(dec_idx), start_pos)  # (B, T, C)
+        x = self.wpe(embed(self, dec_idx), start_pos)  # (B, T, C)
         if self.ln_emb is not None:
             x = self.ln_emb(x)
         x = self.drop(x)

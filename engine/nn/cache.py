@@ -51,10 +51,15 @@ class KVCache:
     def values(self) -> list[torch.Tensor]:
         return [v[:, :, s:e] for v, s, e in zip(self._v, self._start, self._end)]
 
+    def window_of(self, layer_idx: int) -> int | None:
+        """The positions layer ``layer_idx`` keeps (None: all)."""
+        return self.window
+
     def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         t = k.size(2)
+        window = self.window_of(layer_idx)
         if layer_idx == len(self.seen):  # the layer's first call: a buffer with room for the capacity
-            room = max(t, self.capacity or 0)
+            room = max(t, self.capacity or 0) if window is None else t  # a window's buffer grows to ~2 windows
             self._k.append(k.new_empty(*k.shape[:2], room, k.size(3)))
             self._v.append(v.new_empty(*v.shape[:2], room, v.size(3)))
             self._start.append(0)
@@ -74,7 +79,7 @@ class KVCache:
         self.seen[layer_idx] += t
         self._end[layer_idx] = end
         # this call attends to every position kept so far and all its new ones; a window then drops the oldest
-        self._start[layer_idx] = start if self.window is None else max(start, end - self.window)
+        self._start[layer_idx] = start if window is None else max(start, end - window)
         return self._k[layer_idx].narrow(2, start, end - start), self._v[layer_idx].narrow(2, start, end - start)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -94,6 +99,20 @@ class SlidingWindowCache(KVCache):
     def __init__(self, window: int):
         super().__init__()
         self.window = window
+
+
+class LayerWindowCache(KVCache):
+    """A window per layer: layer i keeps its last ``windows[i]`` positions, or all of them where it
+    is None (local and global layers interleaved, Gemma 2: transformers' hybrid cache). Each
+    windowed layer's buffer stays bounded as ``SlidingWindowCache``'s; the others grow (or take
+    ``capacity``) as ``KVCache``'s."""
+
+    def __init__(self, windows: list[int | None], capacity: int | None = None):
+        super().__init__(capacity)
+        self.windows = list(windows)
+
+    def window_of(self, layer_idx: int) -> int | None:
+        return self.windows[layer_idx]
 
 
 _KEPT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("kept_weights", default=None)

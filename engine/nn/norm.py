@@ -61,6 +61,29 @@ class RMSNorm(nn.Module):
         return ndim
 
 
+class OffsetRMSNorm(nn.Module):
+    """RMSNorm whose gain is stored as an offset from 1: ``x̂ · (1 + w)``, ``w`` starting at 0 (Gemma,
+    transformers' ``GemmaRMSNorm``), so weight decay pulls the gain towards 1, not 0, and Gemma
+    checkpoints load unchanged. The product is taken in float32 before casting back (Gemma's
+    order; LLaMA's RMSNorm casts first). Same parameters and cost as ``RMSNorm``; no bias."""
+
+    n_saved = 2  # the input and the normalised output (the product's other factor is a vector)
+
+    def __init__(self, ndim: int, *, bias: bool, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(ndim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * (1.0 + self.weight.float())).type_as(x)
+
+    @staticmethod
+    def num_params(ndim: int, *, bias: bool) -> int:
+        return ndim
+
+
 Sublayer = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -98,5 +121,5 @@ class SandwichNorm:
         return x + post_norm(f(norm(x)))
 
 
-NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
+NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm, "rmsnorm_offset": OffsetRMSNorm}
 NORM_PLACEMENTS = {"pre": PreNorm, "post": PostNorm, "sandwich": SandwichNorm}

@@ -73,6 +73,12 @@ def model_variants() -> list[dict]:
         {"n_expert": 3, "top_k": 1, "shared_expert": True, "moe_every": 2, "ffn": "swiglu", "capacity_factor": 0.0},
         # an explicit head size: heads wider (4 × 12 = 48) or narrower (4 × 6 = 24) together than the width 32
         {"head_dim": 12, "position": "rope", "n_kv_head": 2}, {"head_dim": 6, "qk_norm": True},
+        # Qwen2's biases on q, k and v alone; Gemma 2's parts together (issue 15)
+        {"qkv_bias": True, "bias": False, "n_kv_head": 2},
+        {"embed_scale": True, "query_pre_attn_scalar": 12, "position": "rope"},
+        {"norm": "rmsnorm_offset", "norm_placement": "sandwich", "ffn": "geglu", "attention": "local_global",
+         "window": 3, "embed_scale": True, "attn_softcap": 5.0, "final_softcap": 3.0, "head_dim": 12,
+         "position": "rope", "n_kv_head": 2, "bias": False},
     ]
     return out
 

@@ -65,7 +65,7 @@ def test_config_validation_loads_its_registries_when_needed():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parents[2])
-    assert done.stdout.splitlines() == ["unknown norm 'rms'; choose from ['layernorm', 'rmsnorm']", "True"]
+    assert done.stdout.splitlines() == ["unknown norm 'rms'; choose from ['layernorm', 'rmsnorm', 'rmsnorm_offset']", "True"]
 
 
 def test_every_public_name_resolves_to_its_module():

@@ -36,6 +36,13 @@ class AttentionKind:
     def __init__(self, config: ModelConfig, *, causal: bool = True):
         self.causal = causal
 
+    @classmethod
+    def for_layer(cls, config: ModelConfig, layer_idx: int, *, causal: bool = True) -> AttentionKind:
+        """The instance layer ``layer_idx`` attends with: ``cls(config, causal=causal)`` for every layer,
+        unless the kind mixes patterns over the depth (``LocalGlobalAttention``). The class's cost
+        methods (``mean_keys`` ...) then give the mean over the layers."""
+        return cls(config, causal=causal)
+
     def attend(self, q, k, v, *, q_start: int, bias, dropout_p: float, need_weights: bool):
         """(y (B, nh, Tq, hs), weights (B, nh, Tq, Tk) or None); see the module docstring."""
         raise NotImplementedError
@@ -73,8 +80,15 @@ class AttentionKind:
         return None
 
     @classmethod
-    def kv_positions(cls, config: ModelConfig, t: int) -> int:
-        """Positions the KV cache holds at context ``t``: t, or min(t, ``kv_bound``)."""
+    def layer_kv_bound(cls, config: ModelConfig, layer_idx: int) -> int | None:
+        """``kv_bound`` of layer ``layer_idx`` alone (a kind that differs by layer: local_global's
+        windowed layers), so its cache keeps a window per layer (``LayerWindowCache``)."""
+        return cls.kv_bound(config)
+
+    @classmethod
+    def kv_positions(cls, config: ModelConfig, t: int) -> int | float:
+        """Positions the KV cache holds at context ``t``, per layer: t, or min(t, ``kv_bound``); the
+        mean over the layers for a kind whose bound differs by layer."""
         bound = cls.kv_bound(config)
         return t if bound is None else min(t, bound)
 

@@ -39,6 +39,7 @@ class MaskedAttention(AttentionKind):
         super().__init__(config, causal=causal)
         self.impl = config.attn_impl
         self.softcap = config.attn_softcap
+        self.scale = config.attn_scale  # None: 1/√head size
         self.params: tuple = ()
 
     def __hash__(self):
@@ -61,7 +62,7 @@ class MaskedAttention(AttentionKind):
         if (tq == 1 and self.plain_causal and self.causal and bias is None and not need_weights
                 and not self.softcap and self.impl == "sdpa"):
             # one new token (cached decoding) sees every key: no mask to build for each position
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p,
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=self.scale,
                                                   enable_gqa=k.size(-3) != q.size(-3)), None
         plain = self.plain_causal and self.causal and tq == tk
         mask = None if plain else self.mask(q_start, tq, k_start, tk, q.device)
@@ -71,16 +72,17 @@ class MaskedAttention(AttentionKind):
         if need_weights:
             n_rep = q.size(-3) // k.size(-3)
             k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-            w = attention_weights(q, k, mask=mask, bias=bias, softcap=self.softcap)  # (B, nh, Tq, Tk)
+            w = attention_weights(q, k, mask=mask, bias=bias, softcap=self.softcap, scale=self.scale)  # (B, nh, Tq, Tk)
             return F.dropout(w, p=dropout_p, training=dropout_p > 0) @ v, w
-        y = ATTENTION_FUNCTIONS[self.impl](q, k, v, mask=mask, bias=bias, softcap=self.softcap, dropout_p=dropout_p)
+        y = ATTENTION_FUNCTIONS[self.impl](q, k, v, mask=mask, bias=bias, softcap=self.softcap, dropout_p=dropout_p,
+                                           scale=self.scale)
         return y, None
 
     def weights_at(self, q, k, *, q_start, k_start, bias=None, heads=None):
         mask = self.mask(q_start, q.size(-2), k_start, k.size(-2), q.device, cached=False)  # (1 or nh, Tq, Tk)
         if mask.size(0) > 1 and heads is not None:
             mask = mask[list(heads)]  # a per-head pattern (dilated)
-        return attention_weights(q, k, mask=mask, bias=bias, softcap=self.softcap).float()
+        return attention_weights(q, k, mask=mask, bias=bias, softcap=self.softcap, scale=self.scale).float()
 
     def structure_mask(self, t):
         m = self.mask(0, t, 0, t, torch.device("cpu"))  # (1 or nh, T, T)
@@ -157,6 +159,80 @@ class SlidingAttention(MaskedAttention):
         w = config.window  # Σ_{i<t} min(i + 1, w), in closed form so any context is instant
         m = min(t, w)
         return (m * (m + 1) // 2 + (t - m) * w) / t
+
+
+class LocalGlobalAttention(MaskedAttention):
+    """Local and global layers interleaved (Gemma 2: every other layer; Gemma 3: one in six; Beltagy
+    et al. 2020's local windows with global layers): layer i attends to all earlier keys, as
+    "full", when ``(i + 1) % global_every == 0``, and otherwise to the last ``window`` positions
+    including itself, as "sliding". The pattern differs by layer, not by head: ``for_layer`` gives
+    each layer its own, and the costs below are the mean over the ``n_layer`` layers (what
+    ``analyze`` multiplies by the layer count). The KV cache keeps every position for a global
+    layer and the last ``window`` for a local one (``layer_kv_bound``; ``kv_positions`` is the
+    mean over the layers)."""
+
+    help = "a sliding window with every n-th layer global"
+    color = "grey"
+    fields = ("window", "global_every")
+
+    def __init__(self, config, *, causal=True, is_global: bool = False):
+        super().__init__(config, causal=causal)
+        self.config = config
+        self.window = None if is_global else config.window  # None: a global layer
+        self.params = (self.window,)
+        self.plain_causal = is_global  # a global layer is the causal mask: the kernels' is_causal path
+
+    @classmethod
+    def for_layer(cls, config, layer_idx, *, causal=True):
+        return cls(config, causal=causal, is_global=cls.is_global(config, layer_idx))
+
+    @staticmethod
+    def is_global(config, layer_idx: int) -> bool:
+        return (layer_idx + 1) % config.global_every == 0
+
+    def allowed(self, q_pos, k_pos):
+        seen = k_pos <= q_pos
+        return seen if self.window is None else seen & (q_pos - k_pos < self.window)
+
+    def structure_mask(self, t):
+        # the local layers' picture (the view's several pictures are head groups); the note says the rest
+        local = type(self)(self.config, causal=self.causal).mask(0, t, 0, t, torch.device("cpu"))[0]
+        return [local], f"the local layers' window; {_every(self.config.global_every)} sees all earlier keys"
+
+    @classmethod
+    def describe(cls, config):
+        return f"window {config.window:,}, {_every(config.global_every)} global"
+
+    @staticmethod
+    def layer_counts(config) -> tuple[int, int]:
+        """(local layers, global layers) of the ``n_layer``."""
+        n_global = config.n_layer // config.global_every
+        return config.n_layer - n_global, n_global
+
+    @classmethod
+    def layer_kv_bound(cls, config, layer_idx):
+        return None if cls.is_global(config, layer_idx) else config.window
+
+    @classmethod
+    def kv_positions(cls, config, t):
+        # the generating stack's layers: an encoder-decoder's decoder may have its own count
+        n = (config.n_decoder_layer or config.n_layer) if config.family == "encoder_decoder" else config.n_layer
+        n_global = n // config.global_every
+        return ((n - n_global) * min(t, config.window) + n_global * t) / n
+
+    @classmethod
+    def mean_keys(cls, config, t):
+        n_local, n_global = cls.layer_counts(config)
+        local = SlidingAttention.mean_keys(config, t)
+        return (n_local * local + n_global * FullAttention.mean_keys(config, t)) / config.n_layer
+
+
+def _every(n: int) -> str:
+    """"every layer", "every 2nd layer", "every 6th layer"."""
+    if n == 1:
+        return "every layer"
+    suffix = "th" if n % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"every {n}{suffix} layer"
 
 
 class DilatedAttention(MaskedAttention):

@@ -31,9 +31,11 @@ class CausalSelfAttention(nn.Module):
         width, kv_dim = config.attention_width, self.n_kv_head * self.head_dim
         # separate projections rather than nanoGPT's fused c_attn, so names match HF checkpoints;
         # the heads are n_head × head_dim wide, the residual stream's width unless head_dim is set
-        self.q_proj = Linear(config.n_embd, width, bias=config.bias)
-        self.k_proj = Linear(config.n_embd, kv_dim, bias=config.bias)
-        self.v_proj = Linear(config.n_embd, kv_dim, bias=config.bias)
+        # q, k and v carry biases with every linear layer's (``bias``) or alone (``qkv_bias``, Qwen2)
+        qkv_bias = config.qkv_biased
+        self.q_proj = Linear(config.n_embd, width, bias=qkv_bias)
+        self.k_proj = Linear(config.n_embd, kv_dim, bias=qkv_bias)
+        self.v_proj = Linear(config.n_embd, kv_dim, bias=qkv_bias)
         self.o_proj = Linear(width, config.n_embd, bias=config.bias)
         if config.qk_norm:  # per head, before RoPE (OLMo 2, Gemma 3, Qwen 3): bounds the logits
             self.q_norm = RMSNorm(self.head_dim, bias=False, eps=config.norm_eps)
@@ -43,7 +45,8 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
         self.layer_idx = layer_idx
-        self.pattern = ATTENTIONS[config.attention](config, causal=causal)
+        # a kind may differ by layer (local_global: a sliding window, or every n-th layer all keys)
+        self.pattern = ATTENTIONS[config.attention].for_layer(config, layer_idx, causal=causal)
         self.capture = None  # set by ``capture_attention``: called with the weights when not None
 
     def forward(
@@ -99,7 +102,8 @@ class CausalSelfAttention(nn.Module):
         d, width = config.n_embd, config.attention_width
         kv = (config.n_kv_head or config.n_head) * config.head_size
         weights = 2 * d * width + 2 * d * kv
-        biases = width + d + 2 * kv if config.bias else 0  # q_proj's and o_proj's, k_proj's and v_proj's
+        # q_proj's, k_proj's and v_proj's (with ``bias`` or ``qkv_bias``); o_proj's (with ``bias``)
+        biases = (width + 2 * kv if config.qkv_biased else 0) + (d if config.bias else 0)
         qk_norm = 2 * config.head_size if config.qk_norm else 0
         return weights + biases + qk_norm
 

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 from .base import AttentionKind
 from .linear import LinearAttention
-from .masked import BlockSparseAttention, DilatedAttention, FullAttention, SlidingAttention, _cached_mask
+from .masked import (
+    BlockSparseAttention,
+    DilatedAttention,
+    FullAttention,
+    LocalGlobalAttention,
+    SlidingAttention,
+    _cached_mask,
+)
 
 ATTENTIONS = {
     "full": FullAttention,
     "sliding": SlidingAttention,
+    "local_global": LocalGlobalAttention,
     "dilated": DilatedAttention,
     "block_sparse": BlockSparseAttention,
     "linear": LinearAttention,

@@ -68,8 +68,10 @@ def test_attention_flops_count_the_keys_the_mask_allows(kind, tiny_config):
     flops = analyze(cfg, seq_len=t)["flops"]["attention_per_token_layer"]
     pattern = ATTENTIONS[kind](cfg)
     if isinstance(pattern, MaskedAttention):
-        mask = pattern.mask(0, t, 0, t, torch.device("cpu")).expand(cfg.n_head, t, t)
-        assert flops == pytest.approx(4 * cfg.n_embd * mask.sum().item() / (cfg.n_head * t))
+        # the mean over the layers (a kind may differ by layer: local_global)
+        allowed = sum(ATTENTIONS[kind].for_layer(cfg, i).mask(0, t, 0, t, torch.device("cpu"))
+                      .expand(cfg.n_head, t, t).sum().item() for i in range(cfg.n_layer))
+        assert flops == pytest.approx(4 * cfg.n_embd * allowed / (cfg.n_layer * cfg.n_head * t))
         full = analyze(dataclasses.replace(cfg, attention="full"), seq_len=t)["flops"]
         assert flops <= full["attention_per_token_layer"]
     else:  # linear attention: independent of the context, once it spans a chunk
@@ -83,9 +85,11 @@ def test_attention_flops_count_the_keys_the_mask_allows(kind, tiny_config):
 def test_closed_form_mean_keys_equal_the_mask(kind, t, tiny_config):
     """``mean_keys`` is a closed form (any context answers at once); uneven sizes on purpose."""
     cfg = dataclasses.replace(tiny_config, attention=kind, n_head=6, n_embd=48, window=7, dilation=3,
-                              sparse_block=5, sparse_stride=3)
-    mask = ATTENTIONS[kind](cfg).mask(0, t, 0, t, torch.device("cpu")).expand(cfg.n_head, t, t)
-    assert ATTENTIONS[kind].mean_keys(cfg, t) == pytest.approx(mask.sum().item() / (cfg.n_head * t))
+                              sparse_block=5, sparse_stride=3, n_layer=5, global_every=2)
+    # the mean over the layers (a kind may differ by layer: local_global)
+    allowed = sum(ATTENTIONS[kind].for_layer(cfg, i).mask(0, t, 0, t, torch.device("cpu"))
+                  .expand(cfg.n_head, t, t).sum().item() for i in range(cfg.n_layer))
+    assert ATTENTIONS[kind].mean_keys(cfg, t) == pytest.approx(allowed / (cfg.n_layer * cfg.n_head * t))
 
 
 def test_moe_flops_count_only_the_routed_experts(tiny_config):

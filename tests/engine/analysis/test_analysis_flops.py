@@ -90,9 +90,11 @@ def test_decode_flops_count_the_last_query(kind, tiny_config):
     matmul = (fl["per_token_forward"] - n * fl["attention_per_token_layer"]) / 2
     pattern = ATTENTIONS[kind](cfg)
     if hasattr(pattern, "mask"):
-        mask = pattern.mask(0, t, 0, t, torch.device("cpu")).expand(cfg.n_head, t, t)
-        last_row = mask[:, -1].sum().item() / cfg.n_head  # mean over heads (dilated differs by head)
-        assert fl["per_token_decode"] == pytest.approx(2 * matmul + n * 4 * d * last_row)
+        # each layer's pattern (local_global differs by layer), mean over heads (dilated differs by head)
+        masks = [ATTENTIONS[kind].for_layer(cfg, i).mask(0, t, 0, t, torch.device("cpu")).expand(cfg.n_head, t, t)
+                 for i in range(n)]
+        keys = sum(mask[:, -1].sum().item() / cfg.n_head for mask in masks)  # the last rows, all layers
+        assert fl["per_token_decode"] == pytest.approx(2 * matmul + 4 * d * keys)
     else:  # recurrent: the state's update and read, hs² each, and the normaliser
         hs = d // cfg.n_head
         assert fl["per_token_decode"] == pytest.approx(2 * matmul + n * (4 * d * hs + 4 * d))

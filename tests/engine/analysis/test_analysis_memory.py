@@ -96,8 +96,13 @@ def real_kv_bytes(cfg, b: int, t: int, dtype=torch.float32) -> int:
 
 @pytest.mark.parametrize("overrides", [{}, {"n_kv_head": 2}, {"n_kv_head": 1}, {"attention": "sliding", "window": 5},
                                        {"attention": "sliding", "window": 5, "n_kv_head": 2, "position": "rope"},
-                                       {"head_dim": 12, "n_kv_head": 2, "position": "rope"}],
-                         ids=["mha", "gqa", "mqa", "sliding", "sliding-gqa", "head_dim"])
+                                       {"head_dim": 12, "n_kv_head": 2, "position": "rope"},
+                                       # a window per layer: 3 of 5 layers keep 5 positions, 2 keep all
+                                       {"attention": "local_global", "window": 5, "global_every": 2, "n_layer": 5},
+                                       {"attention": "local_global", "window": 5, "global_every": 3, "n_layer": 4,
+                                        "n_kv_head": 2, "position": "rope"}],
+                         ids=["mha", "gqa", "mqa", "sliding", "sliding-gqa", "head_dim", "local_global",
+                              "local_global-gqa"])
 def test_kv_cache_equals_the_engine_cache(overrides, tiny_config):
     cfg = dataclasses.replace(tiny_config, **overrides)
     b, t = 3, cfg.block_size

@@ -228,8 +228,10 @@ def test_field_specs_describe_every_settable_field():
         ({"n_expert": 2, "top_k": 3}, "top_k", "top_k (3) must be ≤ n_expert (2)"),
         ({"n_expert": 2, "n_layer": 2, "moe_every": 3}, "moe_every",
          "moe_every (3) must be ≤ n_layer (2), or no layer is MoE"),
+        ({"attention": "local_global", "n_layer": 2, "global_every": 3}, "global_every",
+         "global_every (3) must be ≤ n_layer (2), or no layer is global"),
         ({"attention": "ring"}, "attention", "unknown attention 'ring'; choose from "
-         "['full', 'sliding', 'dilated', 'block_sparse', 'linear']"),
+         "['full', 'sliding', 'local_global', 'dilated', 'block_sparse', 'linear']"),
         ({"rope_scaling": "dynamic"}, "rope_scaling", "unknown rope_scaling 'dynamic'; choose from "
          "['none', 'linear', 'ntk', 'yarn']"),
         ({"norm_eps": 0}, "norm_eps", "norm_eps must be > 0 (got 0)"),
@@ -265,9 +267,11 @@ def test_show_if_names_real_fields_and_values():
             assert other in specs and other != s["name"]
             if isinstance(cond, dict):
                 assert set(cond) <= {"min", "max"}
-            else:
-                assert set(cond) <= set(specs[other]["choices"])
-    assert specs["model.window"]["show_if"] == {"model.attention": ["sliding"]}
+            else:  # a choice field's values, or a switch's (q/k/v biases are shown with Biases off)
+                assert set(cond) <= set(specs[other].get("choices", [True, False]))
+    assert specs["model.window"]["show_if"] == {"model.attention": ["sliding", "local_global"]}
+    assert specs["model.global_every"]["show_if"] == {"model.attention": ["local_global"]}
+    assert specs["model.qkv_bias"]["show_if"] == {"model.bias": [False]}
     assert specs["model.top_k"]["show_if"] == {"model.n_expert": {"min": 1}}
     assert "show_if" not in specs["model.n_layer"]
     for key in ("n_kv_head", "attention", "qk_norm", "norm_placement", "ffn_hidden", "n_expert", "rope_theta"):

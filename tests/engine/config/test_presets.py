@@ -3,6 +3,8 @@ built from the same shape (on the meta device: no memory, no download), and each
 round trip through its HF config dict; ``config_from_hf`` refuses what we cannot express."""
 
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -115,7 +117,7 @@ def llama_dict(**kw) -> dict:
 
 
 @pytest.mark.parametrize("d, message", [
-    ({"model_type": "qwen2"}, r"unsupported model_type 'qwen2'; choose from \['gpt2', 'llama'"),
+    ({"model_type": "phi3"}, r"unsupported model_type 'phi3'; choose from \['gpt2', 'llama'"),
     ({"n_layer": 2}, r"unsupported model_type None"),
     (llama_dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
      r"rope_type 'dynamic' is not supported; choose from \['default', 'linear', 'yarn'\]"),
@@ -129,6 +131,14 @@ def llama_dict(**kw) -> dict:
     ({"model_type": "mixtral", "router_jitter_noise": 0.1}, r"router_jitter_noise must be 0"),
     ({"model_type": "gpt2", "add_cross_attention": True}, r"gpt2 add_cross_attention=True is not supported"),
     ({"model_type": "bert", "is_decoder": True}, r"bert is_decoder=True is not supported"),
+    ({"model_type": "gemma2", "attention_bias": True}, r"gemma2 attention_bias=True is not supported"),
+    ({"model_type": "gemma2", "use_bidirectional_attention": True},
+     r"gemma2 use_bidirectional_attention=True is not supported"),
+    ({"model_type": "gemma2", "hidden_activation": "gelu"},
+     r"gemma2 hidden_act 'gelu' is not supported; choose from \['gelu_pytorch_tanh'\]"),
+    ({"model_type": "gemma2", "num_hidden_layers": 4, "layer_types": ["full_attention", "sliding_attention"] * 2},
+     r"gemma2 layer_types .* are not supported; ours are all full, all sliding, or every n-th layer full"),
+    ({"model_type": "qwen2", "hidden_act": "gelu"}, r"qwen2 hidden_act 'gelu' is not supported"),
 ])
 def test_config_from_hf_refuses_what_we_cannot_express(d, message):
     with pytest.raises((ValueError, ConfigError), match=message):
@@ -230,3 +240,56 @@ def test_smollm2_figures():
     # 134,515,008 is also what the pretrained SmolLM2-135M-Instruct loads into (engine.interop.pretrained)
     counts = {name: analyze(preset(name))["params"]["total"] for name in SMOLLM2}
     assert counts == {"smollm2-135m": 134_515_008, "smollm2-360m": 361_821_120, "smollm2-1.7b": 1_711_376_384}
+
+
+# ---------------------------------------------------------------------------- Qwen2.5, Gemma 2 (issue 15)
+
+# Qwen/Qwen2.5-0.5B's config.json, as published
+QWEN25_05B = {
+    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151643,
+    "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02, "intermediate_size": 4864,
+    "max_position_embeddings": 32768, "max_window_layers": 24, "model_type": "qwen2", "num_attention_heads": 14,
+    "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+    "sliding_window": 32768, "tie_word_embeddings": True, "torch_dtype": "bfloat16", "transformers_version": "4.40.1",
+    "use_cache": True, "use_mrope": False, "use_sliding_window": False, "vocab_size": 151936}
+
+# google/gemma-2-2b's config.json, as published
+GEMMA2_2B = {
+    "architectures": ["Gemma2ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "attn_logit_softcapping": 50.0, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": 1,
+    "final_logit_softcapping": 30.0, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+    "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304, "initializer_range": 0.02,
+    "intermediate_size": 9216, "max_position_embeddings": 8192, "model_type": "gemma2", "num_attention_heads": 8,
+    "num_hidden_layers": 26, "num_key_value_heads": 4, "pad_token_id": 0, "query_pre_attn_scalar": 256,
+    "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096, "torch_dtype": "float32",
+    "transformers_version": "4.42.4", "use_cache": True, "vocab_size": 256000}
+
+
+@pytest.mark.parametrize("name, published, count", [
+    ("qwen2.5-0.5b", QWEN25_05B, 494_032_768),
+    ("gemma-2-2b", GEMMA2_2B, 2_614_341_888),
+])
+def test_qwen25_and_gemma2_presets_are_the_published_configs(name, published, count):
+    assert spelled_alike(config_from_hf(published)) == spelled_alike(preset(name))
+    with torch.device("meta"):
+        hf = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**published))
+    assert hf.lm_head.weight is hf.model.embed_tokens.weight  # tied: counted once
+    assert analyze(preset(name))["params"]["total"] == sum(p.numel() for p in hf.parameters()) == count
+
+
+def test_qwen2_and_gemma2_parts():
+    qwen = analyze(preset("qwen2.5-0.5b"))["params"]
+    # per layer q (896 × 896), k and v (896 × 128 each), o (896 × 896); biases on q, k and v only
+    assert qwen["attention"] == 24 * (2 * 896 * 896 + 2 * 896 * 128 + 896 + 2 * 128)
+    gemma = analyze(preset("gemma-2-2b"))
+    # four (1 + w) norms per layer (the sandwich) and the final one
+    assert gemma["params"]["norms"] == 26 * 4 * 2304 + 2304
+    # 2 (k and v) × 26 layers × 4 kv heads × 256 × 4 B per position; at 8192 the 13 local layers keep
+    # their 4096-token window, the 13 global ones everything (transformers' hybrid cache)
+    assert gemma["kv_cache_per_token"] == 2 * 26 * 4 * 256 * 4
+    assert gemma["kv_cache"] == 2 * 4 * 256 * 4 * (13 * 4096 + 13 * 8192)
+    # half the layers see at most 4096 keys: at 8192 the mean is between the window's and full attention's
+    full = analyze(dataclasses.replace(preset("gemma-2-2b"), attention="full"))["flops"]["attention_per_token_layer"]
+    sliding = analyze(dataclasses.replace(preset("gemma-2-2b"), attention="sliding"))["flops"]
+    assert gemma["flops"]["attention_per_token_layer"] == pytest.approx(
+        (full + sliding["attention_per_token_layer"]) / 2)

@@ -20,6 +20,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random weights only; nothing is 
 GPT2 = dict(position="learned", norm="layernorm", ffn="gelu", bias=True)
 LLAMA = dict(position="rope", norm="rmsnorm", ffn="swiglu", bias=False, tie_embeddings=False)
 MOE = dict(LLAMA, n_expert=4, top_k=2, capacity_factor=0.0)
+QWEN2 = dict(LLAMA, qkv_bias=True, norm_eps=1e-6, rope_theta=1e6)
+GEMMA2 = dict(position="rope", norm="rmsnorm_offset", norm_placement="sandwich", ffn="geglu", bias=False,
+              embed_scale=True, attn_softcap=50.0, final_softcap=30.0, norm_eps=1e-6)
 
 CASES = {
     "gpt2": [
@@ -49,6 +52,25 @@ CASES = {
         # 6 heads do not divide the width 32: only an explicit head size makes them fit
         dict(MOE, n_layer=1, n_head=6, n_kv_head=3, n_embd=32, head_dim=8, vocab_size=50, block_size=16,
              ffn_hidden=24),
+    ],
+    "qwen2": [
+        dict(QWEN2, n_layer=2, n_head=6, n_kv_head=2, n_embd=48, vocab_size=101, block_size=16, tie_embeddings=True),
+        dict(QWEN2, n_layer=1, n_head=4, n_embd=32, vocab_size=50, block_size=12, ffn_hidden=24,
+             attention="sliding", window=5),
+        # Qwen2Config has no head_dim field, but its attention reads one when given (4 × 12 = 48 > 40)
+        dict(QWEN2, n_layer=2, n_head=4, n_kv_head=2, n_embd=40, head_dim=12, vocab_size=50, block_size=12),
+    ],
+    "gemma2": [
+        # Gemma 2 2B's shape in small: local and global layers alternating, heads wider than width / heads
+        dict(GEMMA2, n_layer=3, n_head=4, n_kv_head=2, n_embd=48, head_dim=16, vocab_size=101, block_size=16,
+             attention="local_global", window=5, global_every=2, ffn_hidden=40),
+        # a score scale other than the head size (Gemma 2 27B: 144 with heads of 128), one global layer in 3,
+        # untied, no soft-caps
+        dict(GEMMA2, n_layer=3, n_head=4, n_embd=32, vocab_size=50, block_size=12, attention="local_global",
+             window=4, global_every=3, query_pre_attn_scalar=12, tie_embeddings=False, attn_softcap=0.0,
+             final_softcap=0.0),
+        dict(GEMMA2, n_layer=2, n_head=2, n_kv_head=1, n_embd=32, vocab_size=37, block_size=12, attention="sliding",
+             window=3, attn_softcap=5.0, final_softcap=3.0),
     ],
 }
 # The encoder families (bert, t5) are tested in test_interop_encoders.py: they are called differently.
@@ -158,7 +180,8 @@ def test_from_transformers_refuses_settings_we_lack():
         from_transformers(hf)
 
 
-@pytest.mark.parametrize("family,kw", [p for p in PARAMS if p.id in ("gpt2-0", "llama-0", "llama-3", "mistral-0")])
+@pytest.mark.parametrize("family,kw", [p for p in PARAMS if p.id in ("gpt2-0", "llama-0", "llama-3", "mistral-0",
+                                                                       "qwen2-0", "qwen2-1", "gemma2-0", "gemma2-1")])
 def test_greedy_decoding_matches_transformers_generate(family, kw):
     ours = _ours(family, kw)
     hf = to_transformers(ours, model_type=family)
@@ -170,6 +193,50 @@ def test_greedy_decoding_matches_transformers_generate(family, kw):
     assert torch.equal(mine, theirs)
 
 
+@pytest.mark.parametrize("family,kw", [p for p in PARAMS if p.values[0] in ("qwen2", "gemma2")])
+def test_qwen2_and_gemma2_logits_agree_to_1e_5(family, kw):
+    """Issue 15: Qwen2's q/k/v-only biases and Gemma 2's sandwich (1 + w) norms, scaled embeddings,
+    soft-caps, score scale and alternating local/global layers give transformers' logits, both ways
+    (measured: Qwen2 ≤ 2e-7, Gemma 2 ≤ 3e-6, logits up to ~8)."""
+    ours = _ours(family, kw)
+    hf = to_transformers(ours, model_type=family)
+    mapping = MAPPINGS[family]
+    config_cls, model_cls = _hf_config_and_model(mapping)
+    theirs = model_cls(config_cls(**mapping.hf_config(ModelConfig(**kw)))).eval()
+    _perturb(theirs)
+    imported = from_transformers(theirs)
+    idx = _ids(ours.config)
+    with torch.no_grad():
+        assert (ours(idx)[0] - hf(idx).logits).abs().max().item() <= 1e-5
+        assert (imported(idx)[0] - theirs(idx).logits).abs().max().item() <= 1e-5
+
+
+def test_gemma2_layers_alternate_as_transformers_layer_types():
+    kw = CASES["gemma2"][0]
+    hf = to_transformers(_ours("gemma2", kw), model_type="gemma2")
+    assert hf.config.layer_types == ["sliding_attention", "full_attention", "sliding_attention"]
+    assert hf.config.sliding_window == kw["window"] and hf.config.query_pre_attn_scalar == kw["head_dim"]
+    ours = from_transformers(hf)
+    assert [b.attn.pattern.window for b in ours.h] == [kw["window"], None, kw["window"]]
+
+
+def test_qwen2_refuses_a_window_on_some_layers_only():
+    from engine.interop.hf_config import config_from_hf
+
+    d = dict(model_type="qwen2", num_hidden_layers=4, use_sliding_window=True, sliding_window=8, max_window_layers=2)
+    with pytest.raises(ValueError, match=r"qwen2 layer_types .* are not supported; ours are all full or all sliding"):
+        config_from_hf(d)
+    assert config_from_hf({**d, "max_window_layers": 0}).attention == "sliding"
+    assert config_from_hf({**d, "use_sliding_window": False}).attention == "full"
+
+
+def test_llama_cannot_say_qkv_bias_alone():
+    model = build_model(ModelConfig(**CASES["qwen2"][0]))
+    with pytest.raises(ValueError, match=r"llama: qkv_bias=True \(needs False; attention_bias also puts one on o_proj"):
+        to_transformers(model, model_type="llama")
+    assert to_transformers(model).config.model_type == "qwen2"  # the first mapping that fits
+
+
 def test_mixtral_export_needs_dropless_routing():
     kw = dict(CASES["mixtral"][1], capacity_factor=1.25)
     with pytest.raises(ValueError, match=r"capacity_factor=1.25 \(needs 0.0; Mixtral is dropless\)"):
@@ -177,7 +244,7 @@ def test_mixtral_export_needs_dropless_routing():
 
 
 HEAD_DIM_PARAMS = [p for p in PARAMS if "head_dim" in p.values[1]]
-assert {p.values[0] for p in HEAD_DIM_PARAMS} == {"llama", "mistral", "mixtral"}
+assert {p.values[0] for p in HEAD_DIM_PARAMS} == {"llama", "mistral", "mixtral", "qwen2", "gemma2"}
 
 
 @pytest.mark.parametrize("family,kw", HEAD_DIM_PARAMS)

@@ -80,6 +80,22 @@ def test_grouped_decoding_step_equals_forward_at_batch_8(n_kv_head, position, ti
     torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 5:], rtol=1e-5, atol=1e-5)
 
 
+def test_lean_step_scales_embeddings_and_scores(tiny_config):
+    """``embed_scale`` and ``query_pre_attn_scalar`` keep the lean step; it applies both as ``forward`` does."""
+    cfg = dataclasses.replace(tiny_config, n_kv_head=2, position="rope", vocab_size=50, embed_scale=True,
+                              query_pre_attn_scalar=3)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    assert model._lean_decoding()
+    idx = torch.randint(cfg.vocab_size, (2, 12))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.make_cache(capacity=12)
+        model(idx[:, :5], cache=cache)
+        steps = [model._decode_step(idx[:, i : i + 1], cache, i) for i in range(5, 12)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 5:], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("attention", list(ATTENTIONS))
 @pytest.mark.parametrize("n_kv_head,head_dim", [(None, None), (2, None), (1, None), (2, 12)])
 def test_batched_generate_cached_equals_uncached(attention, n_kv_head, head_dim, tiny_config):

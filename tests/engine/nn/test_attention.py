@@ -52,14 +52,16 @@ def test_is_causal(impl):
 # ---- patterns: each mask equals its definition, written out plainly
 
 
-def reference_allowed(cfg, kind: str, head: int, i: int, j: int) -> bool:
-    """Whether query i may see key j, from the docstrings' definitions."""
+def reference_allowed(cfg, kind: str, head: int, i: int, j: int, layer: int = 0) -> bool:
+    """Whether query i may see key j (in ``layer``), from the docstrings' definitions."""
     if j > i:
         return False
     if kind in ("full", "linear"):
         return True
     if kind == "sliding":
         return i - j < cfg.window
+    if kind == "local_global":  # layer l is global when (l + 1) % global_every == 0
+        return (layer + 1) % cfg.global_every == 0 or i - j < cfg.window
     if kind == "dilated":
         group = head * min(4, cfg.n_head) // cfg.n_head
         return (i - j) % cfg.dilation**group == 0
@@ -72,20 +74,25 @@ def reference_allowed(cfg, kind: str, head: int, i: int, j: int) -> bool:
 
 
 @pytest.mark.parametrize("kind", SOFTMAX_KINDS)
-@pytest.mark.parametrize("n_head,extra", [(4, {}), (8, {"window": 3, "dilation": 3, "sparse_block": 3})])
+@pytest.mark.parametrize("n_head,extra", [(4, {}), (8, {"window": 3, "dilation": 3, "sparse_block": 3,
+                                                        "n_layer": 5, "global_every": 3})])
 def test_mask_equals_its_definition(kind, n_head, extra, tiny_config):
+    # each layer's pattern (a kind may differ by layer: local_global), and the mean over the layers
     cfg = dataclasses.replace(tiny_config, n_head=n_head, attention=kind, **extra)
-    pattern = ATTENTIONS[kind](cfg)
-    t = 20
-    mask = pattern.mask(0, t, 0, t, torch.device("cpu")).expand(n_head, t, t)
-    for h in range(n_head):
-        expected = torch.tensor([[reference_allowed(cfg, kind, h, i, j) for j in range(t)] for i in range(t)])
-        assert torch.equal(mask[h], expected), f"head {h}"
-    assert pattern.mask(0, t, 0, t, torch.device("cpu")) is pattern.mask(0, t, 0, t, torch.device("cpu"))  # cached
-    # a decoding step: one query at position 12 over keys 5..12 is the same rows and columns
-    step = pattern.mask(12, 1, 5, 8, torch.device("cpu")).expand(n_head, 1, 8)
-    assert torch.equal(step[:, 0], mask[:, 12, 5:13])
-    assert pattern.mean_keys(cfg, t) == pytest.approx(mask.sum().item() / (n_head * t))
+    t, allowed = 20, 0
+    for layer in range(cfg.n_layer):
+        pattern = ATTENTIONS[kind].for_layer(cfg, layer)
+        mask = pattern.mask(0, t, 0, t, torch.device("cpu")).expand(n_head, t, t)
+        for h in range(n_head):
+            expected = torch.tensor([[reference_allowed(cfg, kind, h, i, j, layer) for j in range(t)]
+                                     for i in range(t)])
+            assert torch.equal(mask[h], expected), f"layer {layer}, head {h}"
+        assert pattern.mask(0, t, 0, t, torch.device("cpu")) is pattern.mask(0, t, 0, t, torch.device("cpu"))  # cached
+        # a decoding step: one query at position 12 over keys 5..12 is the same rows and columns
+        step = pattern.mask(12, 1, 5, 8, torch.device("cpu")).expand(n_head, 1, 8)
+        assert torch.equal(step[:, 0], mask[:, 12, 5:13])
+        allowed += mask.sum().item()
+    assert ATTENTIONS[kind].mean_keys(cfg, t) == pytest.approx(allowed / (cfg.n_layer * n_head * t))
 
 
 def test_dilated_head_groups():
@@ -160,6 +167,49 @@ def test_param_count_and_hf_names(n_kv_head, bias, qk_norm, tiny_config):
     names = {n.split(".")[0] for n, _ in attn.named_parameters()}
     assert names == {"q_proj", "k_proj", "v_proj", "o_proj"} | ({"q_norm", "k_norm"} if qk_norm else set())
     assert attn.k_proj.weight.shape == (n_kv_head * 8, cfg.n_embd)
+
+
+@pytest.mark.parametrize("n_kv_head", [None, 2])
+def test_qkv_bias_puts_biases_on_q_k_v_only(n_kv_head, tiny_config):
+    """Qwen2: biases on q, k and v, none on o_proj; with ``bias`` on, every projection has one anyway."""
+    cfg = dataclasses.replace(tiny_config, bias=False, qkv_bias=True, n_kv_head=n_kv_head)
+    attn = CausalSelfAttention(cfg)
+    assert [n for n, _ in attn.named_parameters() if n.endswith("bias")] == ["q_proj.bias", "k_proj.bias",
+                                                                             "v_proj.bias"]
+    assert CausalSelfAttention.num_params(cfg) == sum(p.numel() for p in attn.parameters())
+    both = dataclasses.replace(cfg, bias=True)
+    assert CausalSelfAttention.num_params(both) == CausalSelfAttention.num_params(dataclasses.replace(both,
+                                                                                                     qkv_bias=False))
+    x = torch.randn(2, 6, cfg.n_embd)
+    with torch.no_grad():
+        torch.testing.assert_close(attn.eval()(x), attn.train()(x))  # one fused q/k/v matmul = three
+
+
+@pytest.mark.parametrize("impl", ATTENTION_FUNCTIONS)
+def test_query_pre_attn_scalar_sets_the_score_scale(impl, tiny_config):
+    """Scores are q·k / √query_pre_attn_scalar (Gemma 2); equal to the head size it is the usual scale,
+    and another value is the usual attention with q scaled by √(head size / scalar)."""
+    hs = tiny_config.n_embd // tiny_config.n_head
+    x = torch.randn(2, 7, tiny_config.n_embd)
+    plain = CausalSelfAttention(dataclasses.replace(tiny_config, attn_impl=impl))
+    same = CausalSelfAttention(dataclasses.replace(tiny_config, attn_impl=impl, query_pre_attn_scalar=hs))
+    other = CausalSelfAttention(dataclasses.replace(tiny_config, attn_impl=impl, query_pre_attn_scalar=3))
+    same.load_state_dict(plain.state_dict())
+    other.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(same(x), plain(x))
+    with torch.no_grad():
+        plain.q_proj.weight.mul_((hs / 3) ** 0.5)
+        plain.q_proj.bias.mul_((hs / 3) ** 0.5)
+    torch.testing.assert_close(other(x), plain(x))
+
+
+def test_local_global_layers(tiny_config):
+    """Layer i sees every earlier key when (i + 1) % global_every == 0, else the last ``window``."""
+    cfg = dataclasses.replace(tiny_config, attention="local_global", window=3, global_every=3, n_layer=7)
+    windows = [ATTENTIONS["local_global"].for_layer(cfg, i).window for i in range(cfg.n_layer)]
+    assert windows == [3, 3, None, 3, 3, None, 3]
+    assert ATTENTIONS["local_global"].label(cfg) == "local_global (window 3, every 3rd layer global)"
+    assert ATTENTIONS["local_global"].kv_bound(cfg) is None  # the global layers need every position
 
 
 def test_grouped_query_attention_shares_each_kv_head_within_its_group(tiny_config):

@@ -1,6 +1,6 @@
 import torch
 
-from engine.nn.cache import KVCache, SlidingWindowCache
+from engine.nn.cache import KVCache, LayerWindowCache, SlidingWindowCache
 
 
 def kv(t, start=0):
@@ -28,6 +28,22 @@ def test_sliding_window_cache_stays_bounded():
         assert k.size(2) == 5 and torch.equal(k[0, 0, :, 0], torch.arange(pos - 4.0, pos + 1))
         assert cache.keys[0].size(2) <= 4 and cache.values[0].size(2) <= 4
         assert cache.get_seq_length() == pos + 1
+
+
+def test_layer_window_cache_keeps_a_window_per_layer():
+    """Local and global layers (Gemma 2's hybrid cache): a windowed layer keeps its last positions, a
+    None layer all of them, and a sized cache pre-allocates only the unbounded layers."""
+    cache = LayerWindowCache([4, None], capacity=20)
+    for layer in range(2):
+        k, _ = cache.update(*kv(6), layer)
+        assert k.size(2) == 6
+    for pos in range(6, 20):
+        local, _ = cache.update(*kv(1, pos), 0)
+        whole, _ = cache.update(*kv(1, pos), 1)
+        assert torch.equal(local[0, 0, :, 0], torch.arange(pos - 4.0, pos + 1))
+        assert torch.equal(whole[0, 0, :, 0], torch.arange(pos + 1.0))
+    assert [k.size(2) for k in cache.keys] == [4, 20]
+    assert cache._k[0].size(2) <= 2 * (4 + 1) and cache._k[1].size(2) == 20
 
 
 def test_generation_after_a_fused_adamw_step_sees_the_new_weights(tiny_config):

@@ -28,6 +28,20 @@ def test_rmsnorm_has_unit_rms_and_no_bias():
     assert [n for n, _ in norm.named_parameters()] == ["weight"]
 
 
+def test_offset_rmsnorm_is_rmsnorm_with_gain_one_plus_w():
+    """Gemma's RMSNorm stores the gain as w and applies (1 + w), w starting at 0: at init the
+    plain normalisation, and with any w what RMSNorm gives with gain 1 + w."""
+    offset, plain = NORMS["rmsnorm_offset"](32, bias=True, eps=1e-6), NORMS["rmsnorm"](32, bias=True, eps=1e-6)
+    assert [n for n, _ in offset.named_parameters()] == ["weight"] and not offset.weight.any()
+    x = torch.randn(8, 32) * 3 + 1
+    torch.testing.assert_close(offset(x), plain(x))
+    with torch.no_grad():
+        offset.weight.normal_()
+        plain.weight.copy_(1 + offset.weight)
+    torch.testing.assert_close(offset(x), plain(x))
+    assert offset(x.bfloat16()).dtype == torch.bfloat16
+
+
 def test_layernorm_centres_and_scales():
     y = NORMS["layernorm"](32, bias=True)(torch.randn(8, 32) * 3 + 1)
     torch.testing.assert_close(y.mean(-1), torch.zeros(8), atol=1e-5, rtol=0)

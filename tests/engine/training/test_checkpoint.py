@@ -184,6 +184,31 @@ def test_export_to_a_transformers_directory_gives_the_same_logits(tiny_job, tmp_
         assert json.load(f)["kind"] == result.tokenizer.to_dict()["kind"]
 
 
+@pytest.mark.parametrize("model_type, model", [
+    ("qwen2", {"position": "rope", "norm": "rmsnorm", "ffn": "swiglu", "bias": False, "qkv_bias": True,
+               "n_kv_head": 2, "norm_eps": 1e-6}),
+    ("gemma2", {"position": "rope", "norm": "rmsnorm_offset", "norm_placement": "sandwich", "ffn": "geglu",
+                "bias": False, "embed_scale": True, "attention": "local_global", "window": 4, "n_kv_head": 2,
+                "head_dim": 12, "attn_softcap": 50.0, "final_softcap": 30.0, "norm_eps": 1e-6}),
+])
+def test_qwen2_and_gemma2_checkpoints_export(model_type, model, tiny_job, tmp_path):
+    """Issue 15: a trained Qwen2- or Gemma 2-shaped job exports as that architecture, and
+    transformers reads the directory back to the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    tiny_job["model"] |= model
+    tiny_job["train"] |= {"steps": 4, "eval_interval": 4}
+    directory = str(tmp_path / "ckpt")
+    result, _ = run(tiny_job, checkpoint_dir=directory)
+    out = str(tmp_path / "hf")
+    assert export_transformers(latest_checkpoint(directory), out)["model_type"] == model_type
+    hf = AutoModelForCausalLM.from_pretrained(out).eval()
+    idx = torch.tensor([result.tokenizer.encode("abcab")])
+    with torch.no_grad():
+        diff = (hf(idx).logits - result.model.eval()(idx)[0]).abs().max().item()
+    assert diff <= 1e-5
+
+
 def long_input_job(tiny_job, tmp_path):
     """A text job whose 96-token context is longer than ``attention_maps.MAX_TOKENS``: each
     evaluation's maps carry a pooled overview, zoomed into from that step's weights."""

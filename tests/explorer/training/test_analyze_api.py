@@ -25,7 +25,8 @@ def test_preset_report_has_breakdown_curves_and_fit_table(alice_client):
     curves = r["curves"]
     assert len(curves["contexts"]) >= 10 and curves["contexts"][-1] == 32768
     kinds = [s["attention"] for s in curves["series"]]
-    assert kinds[0] == "full" and set(kinds) == {"full", "sliding", "dilated", "block_sparse", "linear"}
+    assert kinds[0] == "full" and set(kinds) == {"full", "sliding", "local_global", "dilated", "block_sparse",
+                                                 "linear"}
     full = curves["series"][0]
     assert full["chosen"] and full["kv_cache"][-1] == r["kv_cache_per_token"] * 32768
     assert full["attention_flops"][-1] > full["attention_flops"][0]  # quadratic attention grows with context
@@ -110,7 +111,8 @@ def test_model_must_be_an_object(alice_client):
 
 def test_absurd_sizes_get_a_report_that_does_not_fit(alice_client):
     huge = {"n_layer": 10_000, "n_head": 100, "n_embd": 100_000, "block_size": 10**9, "vocab_size": 50_000}
-    for attention in ("full", "sliding", "dilated", "block_sparse", "linear"):  # closed forms: no loop over 10^9
+    # closed forms: no loop over 10^9
+    for attention in ("full", "sliding", "local_global", "dilated", "block_sparse", "linear"):
         resp = analyze(alice_client, {"model": {**huge, "attention": attention}, "settings": {"batch_size": 1}})
         assert resp.status_code == 200, resp.content
         r = resp.json()

@@ -57,7 +57,7 @@ def test_a_kind_registered_at_run_time_is_found_everywhere(alice_client, alice, 
         specs = {s["name"]: s for s in engine.field_specs()}
         assert "sink" in specs["model.attention"]["choices"]
         assert "a window plus the first token" in specs["model.attention"]["help"]
-        assert specs["model.window"]["show_if"] == {"model.attention": ["sliding", "sink"]}
+        assert specs["model.window"]["show_if"] == {"model.attention": ["sliding", "local_global", "sink"]}
         assert "sink" in specs["model.attn_impl"]["show_if"]["model.attention"]  # it has softmax scores
         assert "sink" not in specs["model.feature_map"]["show_if"]["model.attention"]
 
@@ -88,8 +88,8 @@ def test_a_kind_registered_at_run_time_is_found_everywhere(alice_client, alice, 
         assert chosen["attention"] == "sink" and chosen["chosen"]
         assert chosen["label"] == "sink (window 4 + sink)" and chosen["color"] == "pink"
         assert body["structure"]["mask"]["attention"] == "sink" and body["config_applies"]["window"]
-        assert [s["attention"] for s in body["curves"]["series"]] == ["sink", "full", "sliding", "dilated",
-                                                                     "block_sparse", "linear"]
+        assert [s["attention"] for s in body["curves"]["series"]] == ["sink", "full", "sliding", "local_global",
+                                                                     "dilated", "block_sparse", "linear"]
         full = post_json(alice_client, "/api/v1/analyze", {"model": {**cfg.to_dict(), "attention": "full"}}).json()
         assert "sink" in [s["attention"] for s in full["curves"]["series"]]  # not the report cached before
         assert {"name": "sink", "color": "pink"}.items() <= next(
@@ -122,4 +122,4 @@ def test_register_refuses_what_is_not_a_kind():
         engine.register_attention("plain", object)
     with pytest.raises(ValueError, match="built in"):
         engine.unregister_attention("full")
-    assert list(engine.ATTENTIONS) == ["full", "sliding", "dilated", "block_sparse", "linear"]
+    assert list(engine.ATTENTIONS) == ["full", "sliding", "local_global", "dilated", "block_sparse", "linear"]

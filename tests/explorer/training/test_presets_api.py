@@ -39,6 +39,10 @@ def test_import_hf_config(alice_client):
     ("bert", "num_hidden_layers", True),
     ("t5", "d_model", -1),
     ("t5", "num_heads", [2]),
+    ("qwen2", "hidden_size", -1),
+    ("qwen2", "num_key_value_heads", 0),
+    ("gemma2", "query_pre_attn_scalar", 0),
+    ("gemma2", "head_dim", "x"),
 ])
 def test_import_hf_config_names_the_refused_field(alice_client, model_type, field, value):
     resp = alice_client.post("/api/v1/import/hf-config", data=json.dumps({"model_type": model_type, field: value}),
@@ -82,3 +86,23 @@ def test_composer_loads_a_presets_architecture(alice_client):
 
 def test_presets_need_login(client):
     assert client.get("/api/v1/presets").status_code == 401
+
+
+def test_qwen25_and_gemma2_presets_and_their_config_json(alice_client):
+    """Issue 15: Qwen2.5-0.5B and Gemma-2-2B are presets, and their published config.json files import
+    to the same parameter counts (transformers' meta-device models have them, tests/engine/config)."""
+    from tests.engine.config.test_presets import GEMMA2_2B, QWEN25_05B
+
+    names = {p["name"]: p for p in alice_client.get("/api/v1/presets").json()}
+    assert names["qwen2.5-0.5b"]["params"] == 494_032_768 and names["gemma-2-2b"]["params"] == 2_614_341_888
+    gemma = alice_client.get("/api/v1/presets/gemma-2-2b").json()["config"]
+    assert (gemma["attention"], gemma["window"], gemma["global_every"], gemma["head_dim"]) == (
+        "local_global", 4096, 2, 256)
+    for published, count in ((QWEN25_05B, 494_032_768), (GEMMA2_2B, 2_614_341_888)):
+        resp = alice_client.post("/api/v1/import/hf-config", data=json.dumps(published),
+                                 content_type="application/json")
+        assert resp.status_code == 200, resp.content
+        assert resp.json()["params"] == count
+    qwen = alice_client.post("/api/v1/import/hf-config", data=json.dumps(QWEN25_05B),
+                             content_type="application/json").json()["config"]
+    assert qwen["qkv_bias"] and not qwen["bias"]
