@@ -5,4 +5,5 @@ def teams(request):
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {}
-    return {"user_teams": list(user_teams(user)), "current_team": request.team}
+    teams = getattr(request, "user_teams", None)  # CurrentTeamMiddleware's, read once a request
+    return {"user_teams": list(teams) if teams is not None else list(user_teams(user)), "current_team": request.team}

@@ -34,6 +34,19 @@ def resolve_team(user, team_ref=None, session=None):
     return teams.first()
 
 
+def current_team(teams, session):
+    """Of ``teams`` (a user's, in order), the session's current one, else the first (None if none):
+    ``resolve_team`` without a team named, on a list already read."""
+    team_id = session.get("team_id") if session is not None else None
+    return next((t for t in teams if t.pk == team_id), None) or next(iter(teams), None)
+
+
+def members_and_role(team, user):
+    """The usernames of ``team``'s members, in order, and ``user``'s role in it ("" if none): one query."""
+    rows = Membership.objects.filter(team=team).order_by("user__username").values_list("user__username", "user_id", "role")
+    return [name for name, _, _ in rows], next((role for _, uid, role in rows if uid == user.pk), "")
+
+
 def create_personal_team(user):
     base = slugify(user.get_username()) or "team"
     slug, n = base, 1

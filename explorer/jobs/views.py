@@ -30,18 +30,33 @@ def queue(request):
         filters["since"] = filters["until"] = ""
         jobs = services.search_jobs(jobs_visible_to(request.user).filter(team=team), **filters)
     # the rows as static/js/queue.js fills them in: a job's spec is for its own page, not a row
-    page = Paginator(jobs, 50).get_page(request.GET.get("page"))
-    rows = [services.row_to_dict(row) for row in services.job_rows(page.object_list, spec=False)]
+    page, rows = _page_of(jobs, request.GET.get("page"))
+    members, role = teams.members_and_role(team, request.user)
     query = {k: v for k, v in filters.items() if v}
     return render(request, "explorer/queue.html", {
         "jobs": rows, "page": page, "status": filters["status"], "team": team, "nav": "queue",
         "statuses": ["queued", "running", "succeeded", "failed", "cancelled"],
         "filters": filters, "filter_query": urlencode(query),
         "status_query": urlencode({k: v for k, v in query.items() if k != "status"}),
-        "members": team.members.order_by("username").values_list("username", flat=True),
-        "families": engine_families(), "role": teams.role_of(request.user, team) or "",
+        "members": members, "families": engine_families(), "role": role,
         "searching": any(v for k, v in filters.items() if k != "status"),
     })
+
+
+def _page_of(jobs, number, per_page=50):
+    """The page ``number`` of ``jobs`` (Paginator.get_page's reading: not a number → the first,
+    past the end → the last) and its rows as static/js/queue.js fills them in (a job's spec is
+    for its own page, not a row). The rows and the count come in one query (``job_page``)."""
+    paginator = Paginator(jobs, per_page)
+    try:
+        n = max(1, int(number))
+    except (TypeError, ValueError):
+        n = 1
+    rows, paginator.count = services.job_page(jobs, (n - 1) * per_page, per_page, spec=False)
+    page = paginator.get_page(n)
+    if page.number != n:  # past the end: the last page's rows
+        rows, _ = services.job_page(jobs, (page.number - 1) * per_page, per_page, spec=False)
+    return page, [services.row_to_dict(row) for row in rows]
 
 
 def engine_families():
