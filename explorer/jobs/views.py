@@ -46,7 +46,7 @@ def queue(request):
 def _page_of(jobs, number, per_page=50):
     """The page ``number`` of ``jobs`` (Paginator.get_page's reading: not a number → the first,
     past the end → the last) and its rows as static/js/queue.js fills them in (a job's spec is
-    for its own page, not a row). The rows and the count come in one query (``job_page``)."""
+    for its own page, not a row). The count is read once (Paginator would read it again)."""
     paginator = Paginator(jobs, per_page)
     try:
         n = max(1, int(number))
