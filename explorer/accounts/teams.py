@@ -19,10 +19,15 @@ def user_teams(user):
 
 def jobs_visible_to(user):
     """Jobs of the user's teams: the only jobs a user may see anywhere (with a team-scoped API
-    token, that team's only)."""
+    token, that team's only); of a private kind (a chat's turns), the user's own only."""
+    from explorer.jobs import kinds
+
     if not user.is_authenticated:
         return Job.objects.none()
     jobs = Job.objects.filter(team__memberships__user=user)
+    private = kinds.private_kinds()
+    if private:
+        jobs = jobs.exclude(Q(kind__in=private) & ~Q(owner=user))
     if getattr(user, "token_team_id", None) is not None:
         jobs = jobs.filter(team_id=user.token_team_id)
     return jobs.select_related("team", "owner", "dataset")
