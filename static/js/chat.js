@@ -92,8 +92,8 @@ function renderMessage(m) {
     body);
   if (!user) {
     if (!TERMINAL.has(m.status)) {
-      bubble.append(el("span", { class: "cursor", "aria-hidden": "true" }));
-      if (!(m.tokens || []).length) bubble.prepend(waitingLine(m));
+      if ((m.tokens || []).length) bubble.append(el("span", { class: "cursor", "aria-hidden": "true" }));
+      else bubble.append(waitingLine(m));
     }
     if (m.status === "failed" && m.error) body.append(el("div", { class: "msg-error", text: m.error }));
     if (m.status === "cancelled" && !(m.tokens || []).length) bubble.prepend(el("span", { class: "muted", text: "(stopped before the first token)" }));
@@ -263,7 +263,8 @@ function applyEvent(m, e) {
     if (!node) return;
     const stick = nearBottom();
     node.querySelector(".waiting")?.remove();
-    const cursor = node.querySelector(".cursor");
+    let cursor = node.querySelector(".cursor");
+    if (!cursor) cursor = node.appendChild(el("span", { class: "cursor", "aria-hidden": "true" }));
     node.insertBefore(tokenSpan(m, t, m.tokens.length - 1), cursor);
     if (stick) toBottom();
   } else if (e.kind === KIND.reply) {
