@@ -83,7 +83,7 @@ def _conversation_or_404(request, conversation_id):
     from explorer.inference import chat
 
     conversation = chat.conversations_of(request.user).filter(pk=conversation_id).first() \
-        if isinstance(conversation_id, int) and not isinstance(conversation_id, bool) else None
+        if chat.is_id(conversation_id) else None
     if conversation is None:  # the same answer whether it is another user's or none at all
         raise Http404(f"No conversation {conversation_id!r} of yours")
     return conversation

@@ -87,6 +87,11 @@ def conversations_of(user):
     return Conversation.objects.filter(owner=user)
 
 
+def is_id(value):
+    """Whether ``value`` can be a row's id (an int the database can compare with: no bool, no huge one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+
+
 def history(conversation, before=None):
     """The conversation's turns as the chat template reads them ([{"role", "content"}]), those
     before the message ``before`` (an id) when given; turns that produced no text are left out."""
@@ -122,8 +127,7 @@ def validate(user, payload):
     conversation = None
     ref = payload.get("conversation")
     if ref is not None:
-        conversation = conversations_of(user).filter(pk=ref).first() \
-            if isinstance(ref, int) and not isinstance(ref, bool) else None
+        conversation = conversations_of(user).filter(pk=ref).first() if is_id(ref) else None
         if conversation is None:
             raise services.SpecError({"conversation": f"no conversation {ref!r} of yours"})
         busy = pending(conversation)
@@ -192,16 +196,17 @@ def send(user, team, content, *, conversation=None, settings=None, priority="nor
     made = {}
 
     def before_enqueue(job):  # in the job's transaction: the messages, linked to it
+        text = services.storable(content)  # (PostgreSQL's text holds no NUL)
         conv = conversation
         if conv is None:
-            conv = Conversation.objects.create(owner=user, title=title_from(content), model=MODEL)
+            conv = Conversation.objects.create(owner=user, title=title_from(text), model=MODEL)
         else:  # one answer at a time: a second message sent meanwhile is refused
             conv = Conversation.objects.select_for_update().get(pk=conv.pk)
             busy = pending(conv)
             if busy is not None and busy.job_id != job.pk:
                 raise services.SpecError({"content": "the answer to your last message is still being written; "
                                                      "wait for it or stop it, then send again"})
-        asked = Message.objects.create(conversation=conv, role=Message.Role.USER, content=content)
+        asked = Message.objects.create(conversation=conv, role=Message.Role.USER, content=text)
         spec = job.spec
         spec["chat"]["conversation"] = conv.pk
         answer = Message.objects.create(conversation=conv, role=Message.Role.ASSISTANT, job=job,
@@ -270,7 +275,7 @@ def run_chat_job(job_id, worker_name):
         tokenizer = engine_pretrained.load_pretrained(engine_name())[1] if streamed else None
         ids = [t["id"] for t in streamed if t["id"] != getattr(tokenizer, "eos_token_id", None)]
         Message.objects.filter(pk=message.pk).update(
-            tokens=streamed, content=tokenizer.decode(ids) if tokenizer else "",
+            tokens=services.storable(streamed), content=services.storable(tokenizer.decode(ids)) if tokenizer else "",
             stopped_by="cancelled" if run.status == Job.Status.CANCELLED else "failed")
 
     with lifecycle.job_run(job_id, worker_name, what="chat turn", explain=_explain, on_end=on_end) as run:
@@ -306,7 +311,8 @@ def run_chat_job(job_id, worker_name):
                                    seed=spec["seed"], top_alternatives=TOP_ALTERNATIVES, compare_cache=False,
                                    stop_ids=[tokenizer.eos_token_id], on_token=on_token, warm_up=False)
         result, measured = out["results"][0], out["measurements"]["with_cache"]
-        Message.objects.filter(pk=message.pk).update(content=result["completion"], tokens=streamed,
+        Message.objects.filter(pk=message.pk).update(content=services.storable(result["completion"]),
+                                                     tokens=services.storable(streamed),
                                                      stopped_by=result["stopped_by"], n_prompt_tokens=n_prompt)
         Conversation.objects.filter(pk=message.conversation_id).update(updated_at=timezone.now())
         recorder(events.ReplyEvent(kind="reply", message=message.pk, text=result["completion"],
