@@ -142,8 +142,8 @@ def test_chat_answers_paris_streamed_over_the_websocket(smollm2_models_dir, stac
     assert page.locator(".msg").count() == 4
     used = int(page.locator("#context-used").inner_text().replace(",", ""))
     assert used == second.n_prompt_tokens + len(second.tokens)
-    # for the picture: the first answer's "Paris" hovered
-    page.locator(f'.msg[data-message="{answer.pk}"] .ctok', has_text="Paris").first.hover()
+    # for the picture: the second answer's "Rome" hovered (its pop-up below it, over nothing)
+    page.locator(f'.msg[data-message="{second.pk}"] .ctok', has_text="Rome").first.hover()
     page.wait_for_timeout(300)
     page.screenshot(path=str(shots / "chat.png"), full_page=False)
     assert not errors, errors
