@@ -146,4 +146,12 @@ def test_chat_answers_paris_streamed_over_the_websocket(smollm2_models_dir, stac
     page.locator(f'.msg[data-message="{second.pk}"] .ctok', has_text="Rome").first.hover()
     page.wait_for_timeout(300)
     page.screenshot(path=str(shots / "chat.png"), full_page=False)
+
+    # the answer's job has a page of its own, which leads back to the conversation
+    page.click(f'.msg[data-message="{answer.pk}"] .msg-meta a')
+    page.wait_for_url(re.compile(rf"/jobs/{answer.job_id}/$"))
+    assert page.locator("#job-status").inner_text() == "succeeded" and "Paris" in page.locator("#chat-turn-text").inner_text()
+    page.screenshot(path=str(tmp_path / "chat_job.png"), full_page=True)
+    page.click("#open-conversation")
+    page.wait_for_url(re.compile(rf"/chat/{conv.pk}/$"))
     assert not errors, errors
