@@ -221,12 +221,18 @@ def send(user, team, content, *, conversation=None, settings=None, priority="nor
 
 
 def delete(conversation):
-    """Delete a conversation: its pending answer's job is cancelled first (the jobs stay, as
-    every job does, without the text)."""
+    """Delete a conversation and what it wrote: the jobs of its finished answers go with it (their
+    event logs hold the answers' tokens); an answer still being written is cancelled, and its job
+    (which the worker still holds) stays, cancelled, with the tokens written before the cancel."""
+    from django.db import transaction
+
     busy = pending(conversation)
     if busy is not None:
         services.cancel_job(busy.job)
-    conversation.delete()
+    with transaction.atomic():
+        Job.objects.filter(kind="chat", chat_message__conversation=conversation, status__in=Job.TERMINAL) \
+            .exclude(status=Job.Status.CANCELLED, pk=getattr(busy, "job_id", None)).delete()
+        conversation.delete()
 
 
 # ---------------------------------------------------------------------------- as the API shows them

@@ -179,8 +179,15 @@ def test_one_answer_at_a_time_and_deleting_cancels_it(alice_client, smollm2_mode
     assert pending["job"] == job_id and pending["status"] == "queued" and pending["position"] >= 1
     assert alice_client.delete(f"/api/v1/chat/conversations/{conv_id}").status_code == 204
     assert not Conversation.objects.filter(pk=conv_id).exists() and not Message.objects.exists()
-    assert Job.objects.get(pk=job_id).status == "cancelled"
+    assert Job.objects.get(pk=job_id).status == "cancelled"  # stopped; its job stays, for the worker that may hold it
     assert chat.run_chat_job(job_id, "test-worker") is None  # no longer queued
+
+    # a finished answer's job (its events hold the answer's tokens) goes with its conversation
+    done = send(alice_client, content="Hi!", greedy=True, max_new_tokens=4).json()
+    assert chat.run_chat_job(done["job"]["id"], "test-worker") == "succeeded"
+    assert Job.objects.get(pk=done["job"]["id"]).events.filter(kind="token").exists()
+    assert alice_client.delete(f"/api/v1/chat/conversations/{done['conversation']['id']}").status_code == 204
+    assert not Job.objects.filter(pk=done["job"]["id"]).exists() and Job.objects.filter(pk=job_id).exists()
 
 
 @needs_smollm2
