@@ -237,3 +237,34 @@ def test_a_chat_job_is_its_owners_only_even_in_a_shared_team(alice_client, alice
     assert other.get(f"/jobs/{job_id}/").status_code == 404
     assert job_id not in [j["id"] for j in other.get(f"/api/v1/jobs?team={team.slug}").json()["jobs"]]
     assert alice_client.get(f"/api/v1/jobs/{job_id}").status_code == 200
+
+
+@needs_smollm2
+def test_the_team_socket_shows_another_members_chat_only_as_places(alice, bob, smollm2_models_dir):
+    """A teammate watching the queue page learns the places in line a chat's answer moved, not the job."""
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+
+    from explorer.jobs import services
+    from tests.explorer.jobs.test_consumers import connect, session_headers
+
+    user, team = alice
+    add_member(team, "bob", "member")
+    headers = {"alice": session_headers(user), "bob": session_headers(bob[0])}
+
+    async def scenario():
+        comms = {}
+        for name, h in headers.items():
+            comms[name], ok = await connect(f"/ws/teams/{team.pk}/", h)
+            assert ok
+        job = (await sync_to_async(chat.send)(user, team, "Hello!", settings={"max_new_tokens": 2}))[3]
+        await sync_to_async(services.cancel_job)(job)
+        own = [await comms["alice"].receive_json_from(timeout=5) for _ in range(2)]
+        assert [m["type"] for m in own] == ["job", "job"] and own[-1]["job"]["status"] == "cancelled"
+        theirs = [await comms["bob"].receive_json_from(timeout=5) for _ in range(2)]
+        assert [m["type"] for m in theirs] == ["places", "places"] and all("job" not in m for m in theirs)
+        for comm in comms.values():
+            await comm.disconnect()
+
+    asyncio.run(scenario())
