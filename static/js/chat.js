@@ -241,9 +241,10 @@ function finish(live) {
 
 function applyJob(m, job) {
   m.jobInfo = { status: job.status, position: job.position, starts_in_s: job.starts_in_s };
-  if (job.status !== m.status && !TERMINAL.has(m.status)) {
+  // an ended job's brief can come before its events (a fast answer, a late socket): the answer is
+  // over only once its "status" event has been applied, after every token before it
+  if (job.status === "running" && m.status === "queued") {
     m.status = job.status;
-    if (job.error) m.error = job.error;
     rerender(m);
   } else {
     const line = box.querySelector(`[data-waiting="${m.id}"]`);
