@@ -97,7 +97,7 @@ class StartEvent(TypedDict):
     total_steps: Annotated[int, "steps of the run (100 for an inference or tokenizer job: percent)"]
     device: Annotated[str, 'where it runs ("cpu", "cuda:0")']
     resumed_from_step: NotRequired[Annotated[int, "training, when resuming: the checkpoint's step"]]
-    params: NotRequired[Annotated[int, "training and inference: the model's parameters"]]
+    params: NotRequired[Annotated[int, "training, inference and chat: the model's parameters"]]
     vocab_size: NotRequired[Annotated[int, "training: the vocabulary"]]
     tokens_per_step: NotRequired[Annotated[int, "training: tokens read per optimizer step (all micro-batches)"]]
     train_tokens: NotRequired[Annotated[int, "training: tokens of the training split"]]
@@ -105,9 +105,10 @@ class StartEvent(TypedDict):
     peak_flops: NotRequired[Annotated[float | None, "training: the device's dense peak FLOP/s (None if unknown)"]]
     peak_source: NotRequired[Annotated[str | None, "training: where the peak came from (a datasheet, measured now, "
                                                    "cached from ...)"]]
-    family: NotRequired[Annotated[str, "inference: the model's family"]]
-    source: NotRequired[Annotated[dict[str, Any], "inference: the checkpoint or pretrained model it runs"]]
+    family: NotRequired[Annotated[str, "inference and chat: the model's family"]]
+    source: NotRequired[Annotated[dict[str, Any], "inference and chat: the checkpoint or pretrained model it runs"]]
     n_prompts: NotRequired[Annotated[int, "inference: prompts given"]]
+    n_prompt_tokens: NotRequired[Annotated[int, "chat: the conversation's tokens in the chat template"]]
 
 
 class StepEvent(TypedDict):
@@ -211,10 +212,10 @@ class EndEvent(TypedDict):
     """The work ended (every job kind); the job's status comes after, as a status event."""
     kind: Literal["end"]
     reason: Annotated[Literal["completed", "cancelled", "nonfinite", "finished"],
-                      'training: "completed", "cancelled" or "nonfinite"; inference and tokenizers: "finished"; '
-                      'a cancelled inference or tokenizer job: "cancelled"']
+                      'training: "completed", "cancelled" or "nonfinite"; inference, tokenizers and chat: '
+                      '"finished"; a cancelled inference, tokenizer or chat job: "cancelled"']
     elapsed: Annotated[float, "seconds since the start"]
-    step: NotRequired[Annotated[int, "the last step done (absent when an inference or tokenizer job is cancelled)"]]
+    step: NotRequired[Annotated[int, "the last step done (absent when an inference, tokenizer or chat job is cancelled)"]]
     final_val_loss: NotRequired[Annotated[float | None, "training: the last evaluation's (None before any)"]]
     vocab_size: NotRequired[Annotated[int, "a tokenizer job: the trained vocabulary"]]
 
@@ -259,6 +260,37 @@ class QuantizationEvent(TypedDict):
     error: NotRequired[Annotated[str, "why there is no table"]]
 
 
+class Alternative(TypedDict):
+    """One of the likeliest tokens at a decoding step."""
+    id: int
+    text: str
+    prob: Annotated[float, "its probability (softmax at temperature 1, before top-k and top-p)"]
+
+
+class TokenEvent(TypedDict):
+    """A chat turn's token, sent as soon as it is sampled (the answer streams token by token)."""
+    kind: Literal["token"]
+    index: Annotated[int, "its place in the answer, from 0"]
+    id: Annotated[int, "the token id"]
+    text: Annotated[str, "the token's text"]
+    prob: Annotated[float, "the probability the model gave it (softmax at temperature 1)"]
+    alternatives: Annotated[list[Alternative], "the likeliest tokens at this step, likeliest first"]
+    end_of_turn: NotRequired[Annotated[bool, "the model's end-of-turn token (the answer's last)"]]
+
+
+class ReplyEvent(TypedDict):
+    """A chat turn's finished answer (after its last token event)."""
+    kind: Literal["reply"]
+    message: Annotated[int, "the assistant message's id in its conversation"]
+    text: Annotated[str, "the answer as text, without the end-of-turn token"]
+    stopped_by: Annotated[Literal["end_of_turn", "max_tokens", "stop"],
+                          "the model ended its turn, or max_new_tokens was reached"]
+    n_prompt_tokens: Annotated[int, "the conversation's tokens in the chat template, read before answering"]
+    n_new_tokens: Annotated[int, "tokens generated (the end-of-turn token included)"]
+    ttft_s: Annotated[float | None, "seconds to the first token (the prompt's prefill and the first sample)"]
+    tokens_per_s: Annotated[float | None, "new tokens per second over the whole answer"]
+
+
 class StatusEvent(TypedDict):
     """The app moved the job to a status (written by the web, the worker and the reaper)."""
     kind: Literal["status"]
@@ -288,14 +320,14 @@ class LostEvent(TypedDict):
 
 Event = (StartEvent | StepEvent | HealthEvent | MoeEvent | EvalEvent | AttentionEvent | RoutingEvent
          | NonfiniteEvent | CheckpointEvent | EndEvent | ProgressEvent | GenerationEvent | QuantizationEvent
-         | StatusEvent | QueueEvent | LostEvent)
+         | TokenEvent | ReplyEvent | StatusEvent | QueueEvent | LostEvent)
 
 
 @dataclass(frozen=True)
 class EventKind:
     """A kind's definition and what the app does with it."""
     type: type  # its TypedDict
-    emitted_by: tuple[str, ...]  # "train", "inference", "tokenizer" (the job's work) or "app"
+    emitted_by: tuple[str, ...]  # "train", "inference", "tokenizer", "chat" (the job's work) or "app"
     saved_at_once: bool = False  # a milestone: the log must hold everything up to it at once
     summary: tuple[str, ...] = ()  # keys the job row's summary keeps the latest value of
 
@@ -305,7 +337,7 @@ class EventKind:
 
 
 EVENTS: dict[str, EventKind] = {
-    "start": EventKind(StartEvent, ("train", "inference", "tokenizer"), saved_at_once=True,
+    "start": EventKind(StartEvent, ("train", "inference", "tokenizer", "chat"), saved_at_once=True,
                        summary=("params", "vocab_size", "tokens_per_step")),
     "step": EventKind(StepEvent, ("train",),
                       summary=("loss", "lr", "grad_norm", "tokens_per_s", "elapsed", "eta", "aux_loss", "mfu")),
@@ -316,10 +348,12 @@ EVENTS: dict[str, EventKind] = {
     "routing": EventKind(RoutingEvent, ("train",)),
     "nonfinite": EventKind(NonfiniteEvent, ("train",)),
     "checkpoint": EventKind(CheckpointEvent, ("train",), saved_at_once=True),
-    "end": EventKind(EndEvent, ("train", "inference", "tokenizer"), saved_at_once=True),
+    "end": EventKind(EndEvent, ("train", "inference", "tokenizer", "chat"), saved_at_once=True),
     "progress": EventKind(ProgressEvent, ("inference", "tokenizer")),
     "generation": EventKind(GenerationEvent, ("inference",)),
     "quantization": EventKind(QuantizationEvent, ("inference",)),
+    "token": EventKind(TokenEvent, ("chat",)),
+    "reply": EventKind(ReplyEvent, ("chat",), summary=("tokens_per_s", "ttft_s", "n_new_tokens")),
     "status": EventKind(StatusEvent, ("app",)),
     "queue": EventKind(QueueEvent, ("app",)),
     "lost": EventKind(LostEvent, ("app",)),

@@ -219,7 +219,7 @@ def _token(tokenizer, i: int) -> str:
 
 
 def _run_path(model, tokenizer, ids, groups, *, use_cache, seed, max_new_tokens, temperature, top_k, top_p,
-              stop, stop_ids, top_alternatives, progress) -> tuple[list[dict], dict]:
+              stop, stop_ids, top_alternatives, progress, on_token=None) -> tuple[list[dict], dict]:
     device = next(model.parameters()).device
     meter = _Meter(model, device)
     results: list[dict | None] = [None] * len(ids)
@@ -229,7 +229,7 @@ def _run_path(model, tokenizer, ids, groups, *, use_cache, seed, max_new_tokens,
         generators = [torch.Generator(device=device).manual_seed(seed) for _ in group]
         seqs = [{"new": [], "tokens": [], "stopped_by": "max_tokens", "cut": None} for _ in group]
 
-        def on_step(last, nxt, seqs=seqs):
+        def on_step(last, nxt, seqs=seqs, group=group):
             probs = F.softmax(last, dim=-1)  # (B, vocab) the model's own distribution
             chosen = probs.gather(1, nxt).squeeze(1).tolist()
             k = min(top_alternatives, probs.size(-1))
@@ -242,6 +242,8 @@ def _run_path(model, tokenizer, ids, groups, *, use_cache, seed, max_new_tokens,
                 s["tokens"].append({"id": tok, "text": _token(tokenizer, tok), "prob": round(chosen[b], 6),
                                     "alternatives": [{"id": i, "text": _token(tokenizer, i), "prob": round(p, 6)}
                                                      for i, p in zip(alt_i[b], alt_p[b], strict=True)]})
+                if on_token is not None:  # as it is sampled: a chat streams its answer token by token
+                    on_token(group[b], s["tokens"][-1])
                 text = tokenizer.decode([i for i in s["new"] if i < tokenizer.vocab_size])
                 hits = [text.find(x) for x in stop if x and x in text]
                 if hits:
@@ -308,7 +310,7 @@ def _embed(model, tokenizer, prompts, ids, groups) -> dict:
 def run_inference(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 0.8,
                   top_k: int | None = None, top_p: float | None = None, stop: list[str] | tuple = (),
                   seed: int = 0, use_cache: bool = True, top_alternatives: int = 5, compare_cache: bool = False,
-                  stop_ids: list[int] | tuple = (), on_progress=None) -> dict:
+                  stop_ids: list[int] | tuple = (), on_progress=None, on_token=None, warm_up: bool = True) -> dict:
     """Run ``prompts`` through ``model`` (see the module docstring); a JSON-serialisable dict:
 
     ``{"family", "settings", "batches": [[prompt index, ...], ...], "results": [per prompt
@@ -319,7 +321,11 @@ def run_inference(model, tokenizer, prompts: list[str], *, max_new_tokens: int =
     "same_tokens": whether both paths sampled the same tokens (None without compare_cache)}``.
     A completion ends before the first ``stop`` string it contains, or once it samples one of
     ``stop_ids`` (a chat model's end-of-turn token: kept among its tokens). ``on_progress(done, total)``
-    counts decoding steps. Encoders return embeddings instead (module docstring)."""
+    counts decoding steps. ``on_token(prompt index, token)`` receives each token's dict (as in
+    ``results``) as soon as it is sampled, from the first path only (the cached one unless
+    ``use_cache`` is off), and may raise to stop the run. ``warm_up=False`` skips the untimed warm-up
+    (a chat's turn: its first token sooner, its time to first token then includes one-time costs).
+    Encoders return embeddings instead (module docstring)."""
     ids = encode_prompts(model, tokenizer, prompts)
     groups = group_by_length(ids)
     was_training = model.training
@@ -344,13 +350,14 @@ def run_inference(model, tokenizer, prompts: list[str], *, max_new_tokens: int =
 
         runs = {}
         with torch.inference_mode(), keep_weights():  # as model.generate: no autograd, weights kept
-            _warm_up(model, [ids[i] for i in groups[0]], start_token=tokenizer.vocab_size)
-            for cached in paths:
+            if warm_up:
+                _warm_up(model, [ids[i] for i in groups[0]], start_token=tokenizer.vocab_size)
+            for n, cached in enumerate(paths):
                 runs[cached] = _run_path(model, tokenizer, ids, groups, use_cache=cached, seed=seed,
                                          max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                          top_p=top_p, stop=stop, stop_ids=set(stop_ids),
                                          top_alternatives=top_alternatives,
-                                         progress=progress)
+                                         progress=progress, on_token=on_token if n == 0 else None)
     finally:
         model.train(was_training)
     results = runs[use_cache][0]

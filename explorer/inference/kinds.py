@@ -1,6 +1,7 @@
 """The inference job kind: prompts run through a checkpoint or a pretrained model."""
 import engine
 import engine.training.checkpoint as engine_checkpoint
+from engine.interop import pretrained as engine_pretrained
 from explorer.jobs.kinds import Plan
 from explorer.jobs.models import Job
 
@@ -67,3 +68,41 @@ class Inference:
         from explorer.inference import views
 
         return views.page(request, job)
+
+
+class Chat:
+    """One assistant turn of a conversation with a pretrained chat model (``explorer.inference.chat``)."""
+
+    name = "chat"
+    label = "Chat"
+    task = "explorer.tasks.run_inference"
+    fit_field = "content"
+    fit_what = "chat memory"
+    fit_advice = "start a new, shorter conversation or ask for fewer new tokens"
+    out_of_memory_advice = "Start a new, shorter conversation or ask for fewer new tokens, and send again."
+    default_seconds = 10.0
+    resumable = False
+    private = True  # a conversation is its owner's: the team's other members do not see its jobs
+
+    def plan(self, user, team, payload):
+        from explorer.inference import chat
+
+        spec = chat.validate(user, payload)
+        return Plan(spec={"chat": spec}, queue="cpu", memory_bytes=chat.memory_bytes(spec),
+                    params=engine_pretrained.PRETRAINED[chat.engine_name(spec["model"])].parameters,
+                    total_steps=100, name=f"Chat · {engine_pretrained.PRETRAINED[chat.engine_name(spec['model'])].title}")
+
+    def memory_bytes(self, job):
+        from explorer.inference import chat
+
+        return chat.memory_bytes(job.spec["chat"])
+
+    def run(self, job_id, worker_name):
+        from explorer.inference import chat
+
+        return chat.run_chat_job(job_id, worker_name)
+
+    def page(self, request, job):
+        from explorer.inference import views
+
+        return views.chat_job_page(request, job)

@@ -1,5 +1,6 @@
-"""The inference form, and an inference job's page."""
+"""The inference form, an inference job's page, the chat page and a chat turn's job page."""
 from django.contrib.auth.decorators import login_required
+from django.http import Http404
 from django.shortcuts import render
 
 from explorer.accounts.views import team_or_404
@@ -21,3 +22,35 @@ def inference(request):
 def page(request, job):
     """Prompts through a model: completions, measurements, quantisation."""
     return "explorer/inference_job.html", {"settings": job.spec.get("inference", {}), "nav": "inference"}
+
+
+@login_required
+def chat(request, conversation_id=None):
+    """The chat page: the user's conversations, one of them open (``/chat/<id>/``; another user's
+    or none is a 404), the sampling settings and the composer; static/js/chat.js sends the messages
+    to /api/v1/chat/messages and streams each answer's tokens from its job's websocket. Without the
+    model's files the page says how to install them."""
+    from explorer.inference import chat as chat_service
+
+    team = team_or_404(request)
+    conversations = list(chat_service.conversations_of(request.user)[:200])
+    current = None
+    if conversation_id is not None:
+        current = chat_service.conversations_of(request.user).filter(pk=conversation_id).first()
+        if current is None:
+            raise Http404("No such conversation")
+    options = chat_service.options()
+    return render(request, "explorer/chat.html", {
+        "nav": "chat", "team": team, "options": options, "conversations": conversations, "current": current,
+        "chat_data": {"options": options, "team": team.slug,
+                      "conversation": chat_service.conversation_to_dict(current) if current else None},
+    })
+
+
+def chat_job_page(request, job):
+    """A chat turn's job page: what it wrote, and (for its owner, the only one who sees it) a link
+    to the conversation."""
+    from explorer.inference.models import Message
+
+    message = Message.objects.filter(job=job).select_related("conversation").first()
+    return "explorer/chat_job.html", {"message": message, "settings": job.spec.get("chat", {}), "nav": "chat"}

@@ -1,16 +1,21 @@
 """Which jobs a user may see: those of their teams (with a team-scoped API token, that team's
 only), on every page, API route and websocket."""
+from django.db.models import Q
 from django.http import Http404
 
+from explorer.jobs import kinds
 from explorer.jobs.models import Job
 
 
 def jobs_visible_to(user):
     """Jobs of the user's teams: the only jobs a user may see anywhere (with a team-scoped API
-    token, that team's only)."""
+    token, that team's only); of a private kind (a chat's turns), the user's own only."""
     if not user.is_authenticated:
         return Job.objects.none()
     jobs = Job.objects.filter(team__memberships__user=user)
+    private = kinds.private_kinds()
+    if private:
+        jobs = jobs.exclude(Q(kind__in=private) & ~Q(owner=user))
     if getattr(user, "token_team_id", None) is not None:
         jobs = jobs.filter(team_id=user.token_team_id)
     return jobs.select_related("team", "owner", "dataset")

@@ -8,7 +8,8 @@ one a worker could not send. One lost in the middle shows as a gap and is read
 from the log, and for one lost at the end (nothing after it to show the gap) the consumer reads
 where the log ends whenever the job has been quiet for ``TAIL_CHECK_S`` (``ENDED_CHECK_S`` once
 it has ended: a retry starts it again). ``/ws/teams/<id>/``: live job changes for the
-queue page. Both refuse users outside the team (close code 4403) and anonymous users (4401)."""
+queue page (another member's job of a private kind, a chat's answer, only as the places in line
+it moved). Both refuse users outside the team (close code 4403) and anonymous users (4401)."""
 import asyncio
 import time
 from urllib.parse import parse_qs
@@ -18,7 +19,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from explorer.accounts.teams import user_teams
-from explorer.jobs import services
+from explorer.jobs import kinds, services
 from explorer.jobs.access import jobs_visible_to
 from explorer.jobs.models import Job, JobEvent
 
@@ -198,6 +199,7 @@ class TeamConsumer(LiveConsumer):
             await self.close(code=4403)
             return
         self.group = services.team_group(team_id)
+        self.username = user.get_username()
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
 
@@ -206,7 +208,13 @@ class TeamConsumer(LiveConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def team_job(self, message):
-        out = {"type": "job", "job": message["job"]}
+        job = message["job"]
+        if job.get("kind") in kinds.private_kinds() and job.get("owner") != self.username:
+            # another member's private job (a chat's answer): not shown, but the places in line it moved are
+            if "places" in message:
+                await self.send_json({"type": "places", "places": message["places"]})
+            return
+        out = {"type": "job", "job": job}
         if "places" in message:  # after a status change: every queued job's place in line
             out["places"] = message["places"]
         await self.send_json(out)

@@ -37,6 +37,9 @@ class JobKind(Protocol):
     out_of_memory_advice: str  # what to change after running out of memory
     default_seconds: float | None  # a guess at its run time while none has finished on its queue (None: from tokens/s)
     resumable: bool  # requeued (to resume from a checkpoint) when its worker is lost
+    # optional, False when absent: its jobs are their owner's only (the team's other members do not
+    # see them: ``explorer.jobs.access.jobs_visible_to``), as a chat's turns are
+    private: bool
 
     def plan(self, user, team, payload) -> Plan:
         """Validate ``payload`` for ``team``; ``SpecError`` by field for anything refused."""
@@ -70,6 +73,11 @@ def get(name: str) -> JobKind:
         return KINDS[name]
     except KeyError:
         raise KeyError(f"unknown job kind {name!r}; choose from {sorted(KINDS)}") from None
+
+
+def private_kinds():
+    """The names of the kinds whose jobs only their owner sees."""
+    return sorted(name for name, kind in KINDS.items() if getattr(kind, "private", False))
 
 
 def choices():

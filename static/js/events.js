@@ -18,6 +18,9 @@ export const KIND = Object.freeze({
   progress: "progress",
   generation: "generation",
   quantization: "quantization",
+  // chat turns: each token as it is sampled, then the finished answer
+  token: "token",
+  reply: "reply",
   // the app: status changes, queue changes, numbers lost with a dead worker
   status: "status",
   queue: "queue",

@@ -264,6 +264,10 @@ const live = document.getElementById("live");
 const socket = new LiveSocket({
   url: () => `/ws/teams/${teamId}/`,
   onMessage(msg) {
+    if (msg.type === "places" && msg.places && !searching && !statusFilter) {
+      applyPlaces(msg.places); // another member's private job (a chat's answer) moved the line
+      return;
+    }
     if (msg.type !== "job" || !msg.job) return;
     const changed = upsert(msg.job);
     if (msg.places && !searching && !statusFilter) {

