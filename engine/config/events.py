@@ -259,6 +259,31 @@ class QuantizationEvent(TypedDict):
     error: NotRequired[Annotated[str, "why there is no table"]]
 
 
+class HeadMaps(TypedDict):
+    """Every layer's and head's map of a long input, pooled into blocks, on a log colour scale."""
+    shape: Annotated[list[int], "[n_layer, n_head, N, N]"]
+    block: Annotated[int, "positions per cell, queries and keys"]
+    encoding: Annotated[Literal["uint8-log-base64"], "base64 of uint8: 0 below 1e-5, else "
+                                                     "1 + round(254·(log10 w + 5) / 5), row-major"]
+    maps: Annotated[str, "the pooled maps (a cell: the mean over its queries of the mass its keys get)"]
+
+
+class AttentionHeadsEvent(TypedDict):
+    """An attention job's analysis of one text: each head's statistics over its full-resolution map,
+    every head pooled, the tokens; a head's full map is fetched apart
+    (``/api/v1/jobs/{id}/attention/head``); see ``engine.introspect.attention_stats``."""
+    kind: Literal["attention_heads"]
+    n_tokens: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    tokens: Annotated[list[str], "every token's label, from the model's own tokenizer"]
+    stats: Annotated[dict[str, list[list[float]]], "per statistic ([n_layer][n_head]): entropy (nats), "
+                                                   "entropy_norm, distance (tokens), first_token, self_token"]
+    overview: HeadMaps
+    seconds: Annotated[float, "the forward and the statistics, in the worker"]
+
+
 class StatusEvent(TypedDict):
     """The app moved the job to a status (written by the web, the worker and the reaper)."""
     kind: Literal["status"]
@@ -288,14 +313,14 @@ class LostEvent(TypedDict):
 
 Event = (StartEvent | StepEvent | HealthEvent | MoeEvent | EvalEvent | AttentionEvent | RoutingEvent
          | NonfiniteEvent | CheckpointEvent | EndEvent | ProgressEvent | GenerationEvent | QuantizationEvent
-         | StatusEvent | QueueEvent | LostEvent)
+         | AttentionHeadsEvent | StatusEvent | QueueEvent | LostEvent)
 
 
 @dataclass(frozen=True)
 class EventKind:
     """A kind's definition and what the app does with it."""
     type: type  # its TypedDict
-    emitted_by: tuple[str, ...]  # "train", "inference", "tokenizer" (the job's work) or "app"
+    emitted_by: tuple[str, ...]  # "train", "inference", "tokenizer", "attention" (the job's work) or "app"
     saved_at_once: bool = False  # a milestone: the log must hold everything up to it at once
     summary: tuple[str, ...] = ()  # keys the job row's summary keeps the latest value of
 
@@ -305,7 +330,7 @@ class EventKind:
 
 
 EVENTS: dict[str, EventKind] = {
-    "start": EventKind(StartEvent, ("train", "inference", "tokenizer"), saved_at_once=True,
+    "start": EventKind(StartEvent, ("train", "inference", "tokenizer", "attention"), saved_at_once=True,
                        summary=("params", "vocab_size", "tokens_per_step")),
     "step": EventKind(StepEvent, ("train",),
                       summary=("loss", "lr", "grad_norm", "tokens_per_s", "elapsed", "eta", "aux_loss", "mfu")),
@@ -316,10 +341,11 @@ EVENTS: dict[str, EventKind] = {
     "routing": EventKind(RoutingEvent, ("train",)),
     "nonfinite": EventKind(NonfiniteEvent, ("train",)),
     "checkpoint": EventKind(CheckpointEvent, ("train",), saved_at_once=True),
-    "end": EventKind(EndEvent, ("train", "inference", "tokenizer"), saved_at_once=True),
-    "progress": EventKind(ProgressEvent, ("inference", "tokenizer")),
+    "end": EventKind(EndEvent, ("train", "inference", "tokenizer", "attention"), saved_at_once=True),
+    "progress": EventKind(ProgressEvent, ("inference", "tokenizer", "attention")),
     "generation": EventKind(GenerationEvent, ("inference",)),
     "quantization": EventKind(QuantizationEvent, ("inference",)),
+    "attention_heads": EventKind(AttentionHeadsEvent, ("attention",)),
     "status": EventKind(StatusEvent, ("app",)),
     "queue": EventKind(QueueEvent, ("app",)),
     "lost": EventKind(LostEvent, ("app",)),

@@ -8,7 +8,8 @@ class InferenceConfig(AppConfig):
     label = "inference"
 
     def ready(self):
-        from explorer.inference.kinds import Inference
+        from explorer.inference.kinds import Attention, Inference
         from explorer.jobs import kinds
 
         kinds.register(Inference())
+        kinds.register(Attention())

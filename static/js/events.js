@@ -18,6 +18,8 @@ export const KIND = Object.freeze({
   progress: "progress",
   generation: "generation",
   quantization: "quantization",
+  // attention jobs (a pretrained model on one text)
+  attention_heads: "attention_heads",
   // the app: status changes, queue changes, numbers lost with a dead worker
   status: "status",
   queue: "queue",
