@@ -67,20 +67,26 @@ def decode_log(codes: torch.Tensor, floor: float = LOG_FLOOR) -> torch.Tensor:
 
 def row_stats(w: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-row statistics of weights ``w`` (H, R, Tk) whose rows are queries at ``q_pos`` (R,) over
-    keys at ``k_pos`` (Tk,): sums over the rows, (H,) each, keyed as ``STATS``."""
+    keys at ``k_pos`` (Tk,) (consecutive positions): sums over the rows, (H,) each, keyed as ``STATS``."""
     w = w.float()
     h = -torch.special.xlogy(w, w).sum(-1)  # (H, R)
-    dist = (q_pos[:, None] - k_pos[None, :]).float()  # (R, Tk)
-    seen = (dist >= 0).sum(-1).float()  # the keys a causal query sees
-    log_seen = torch.log(seen)
-    norm = torch.where(seen > 1, h / log_seen.clamp_min(1e-12), torch.zeros_like(h))
-    own = (dist == 0).float()
+    q = q_pos.float()
+    seen = (q - k_pos[0] + 1).clamp(1, len(k_pos))  # the keys up to and including the query's position
+    norm = torch.where(seen > 1, h / torch.log(seen).clamp_min(1e-12), torch.zeros_like(h))
+    # Σ_j w_ij (p_i − p_j) = p_i Σ_j w_ij − Σ_j w_ij p_j: a matrix-vector product, no (R, Tk) distances
+    dist = q * w.sum(-1) - w @ k_pos.float()  # (H, R)
+    own = q_pos - k_pos[0]
+    inside = (own >= 0) & (own < len(k_pos))
+    self_w = torch.zeros(w.shape[:2])
+    if inside.any():
+        rows = torch.nonzero(inside)[:, 0]
+        self_w[:, rows] = w[:, rows, own[rows]]
     return {
         "entropy": h.sum(-1),
         "entropy_norm": norm.sum(-1),
-        "distance": (w * dist).sum((-2, -1)),
+        "distance": dist.sum(-1),
         "first_token": w[..., 0].sum(-1) if k_pos[0] == 0 else torch.zeros(w.size(0)),
-        "self_token": (w * own).sum((-2, -1)),
+        "self_token": self_w.sum(-1),
     }
 
 

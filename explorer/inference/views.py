@@ -40,4 +40,6 @@ def attention(request):
 def attention_page(request, job):
     """Every layer × head of a pretrained model on one text: the grid, the statistics, one head's
     full map (zoomable) and its head view."""
-    return "explorer/attention_job.html", {"settings": job.spec.get("attention", {}), "nav": "attention"}
+    settings = job.spec.get("attention", {})
+    name = settings.get("source", {}).get("name", "")
+    return "explorer/attention_job.html", {"settings": settings, "model_short": name.split(" (")[0], "nav": "attention"}

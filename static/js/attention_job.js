@@ -103,7 +103,7 @@ function drawGrid() {
   ctx.strokeRect(AXIS_L + state.head * (CELL + GAP) - 1.5, AXIS_T + state.layer * (CELL + GAP) - 1.5, CELL + 3, CELL + 3);
   const legend = $("grid-legend");
   if (state.colour === "pattern") {
-    legend.textContent = `Each head's whole map pooled into ${N} × ${N} cells (${d.overview.block} tokens a side), log colour scale.`;
+    legend.textContent = `Each head's whole map pooled into ${N} × ${N} cells of ${d.overview.block} × ${d.overview.block} tokens, coloured on a log scale over three decades below its largest cell.`;
   } else {
     const [lo, hi] = statRange(state.colour), info = STAT_INFO[state.colour];
     legend.replaceChildren(Object.assign(document.createElement("span"), { textContent: `${info.fmt(lo)}` }),
@@ -112,9 +112,8 @@ function drawGrid() {
   }
 }
 
-let tileLut = null;
 function paintTile(canvas, bytes, n) {
-  tileLut ||= palette("log");
+  const tileLut = palette("log", maxOf(bytes));  // each thumbnail from its own largest cell
   canvas.width = n; canvas.height = n;
   const c = canvas.getContext("2d");
   const img = c.createImageData(n, n);
@@ -167,7 +166,8 @@ async function choose(layer, head) {
   const asked = performance.now();
   const root = $("head-card");
   root.dataset.state = "loading";
-  $("map-status").textContent = `loading the ${fmt.count(state.heads.n_tokens)} × ${fmt.count(state.heads.n_tokens)} map…`;
+  const n = state.heads.n_tokens.toLocaleString("en");
+  $("map-status").textContent = `loading the ${n} × ${n} map…`;
   state.request?.abort();
   const controller = state.request = new AbortController();
   let res;
@@ -200,8 +200,8 @@ async function choose(layer, head) {
     root.dataset.bytes = String(bytes.length);
     const [bq, bk] = meta.block;
     $("map-legend").textContent = bq === 1 && bk === 1
-      ? `${fmt.count(meta.shape[0])} × ${fmt.count(meta.shape[1])} cells, every weight at full resolution`
-      : `${fmt.count(meta.n_tokens)} tokens pooled ${bq} × ${bk} (a cell: the mean mass over its queries)`;
+      ? `${meta.shape[0].toLocaleString("en")} × ${meta.shape[1].toLocaleString("en")} cells: every weight at full resolution`
+      : `${meta.n_tokens.toLocaleString("en")} tokens pooled ${bq} × ${bk} (a cell: the mean mass over its queries)`;
     $("map-status").textContent = `drawn in ${(now - asked).toFixed(0)} ms (${fmt.bytes(bytes.length)}, server ${meta.ms} ms) · hover for a weight`;
   });
 }
@@ -257,12 +257,12 @@ function showHeads(d) {
   state.thumbs = null;
   $("attn-results").hidden = false;
   document.querySelector('[data-tile="heads"]').textContent = `${d.n_layer} × ${d.n_head}`;
-  document.querySelector('[data-tile="tokens"]').textContent = fmt.count(d.n_tokens);
+  document.querySelector('[data-tile="tokens"]').textContent = d.n_tokens.toLocaleString("en");
   document.querySelector('[data-tile="seconds"]').textContent = fmt.duration(d.seconds);
   let sink = 0;
   for (const row of d.stats.first_token) for (const v of row) sink += v / (d.n_layer * d.n_head);
   document.querySelector('[data-tile="sink"]').textContent = fmt.percent(sink);
-  $("grid-blurb").textContent = `${d.n_layer} layers × ${d.n_head} heads (${d.n_kv_head} key-value heads) on ${fmt.count(d.n_tokens)} tokens. Click a head to open its map.`;
+  $("grid-blurb").textContent = `${d.n_layer} layers × ${d.n_head} heads (sharing ${d.n_kv_head} key-value heads) on ${d.n_tokens.toLocaleString("en")} tokens. Click a head to open its map; hover for its statistics.`;
   map ||= new HeadMap($("head-map"), { onView, onHover: (t) => { $("map-status").textContent = t || "\u00a0"; } });
   drawGrid();
   layerCharts();

@@ -3,7 +3,7 @@
 // browser without asking the server again. Bytes come from /api/v1/jobs/{id}/attention/head on a log
 // scale (engine/introspect/attention_stats.py, encode_log): 0 for a weight under 1e-5, else
 // w = 10^((byte − 1)/254·5 − 5). A 256-entry colour table turns bytes into pixels, so switching the
-// scale (log, linear) repaints without decoding anything.
+// scale (log over the top three decades, log over all five, linear) repaints without decoding anything.
 //
 // Nothing here spreads a big array into a call (Math.max(...a), push(...a)): every reduction is a loop.
 
@@ -28,12 +28,21 @@ export function weightOf(b) {
   return b === 0 ? 0 : 10 ** ((b - 1) / 254 * FLOOR_DECADES - FLOOR_DECADES);
 }
 
-/** 256 colours packed as little-endian RGBA words: log (byte / 255) or linear (weight / the map's largest). */
+export const DECADES_SHOWN = 3;  // "log": the map's largest weight down to 1/1000 of it
+const CODES_A_DECADE = 254 / FLOOR_DECADES;
+
+/** 256 colours packed as little-endian RGBA words, for a map whose largest byte is ``maxByte``:
+ * "log" (three decades below the largest weight; the rest white), "log5" (every byte, 1e-5 … 1)
+ * or "linear" (weight / the largest). */
 export function palette(scale, maxByte = 255) {
   const out = new Uint32Array(256);
   const top = weightOf(maxByte) || 1;
+  const lo = Math.max(1, maxByte - DECADES_SHOWN * CODES_A_DECADE);
   for (let b = 0; b < 256; b++) {
-    const t = scale === "linear" ? weightOf(b) / top : b / 255;
+    let t;
+    if (scale === "linear") t = weightOf(b) / top;
+    else if (scale === "log5") t = b / 255;
+    else t = b === 0 ? 0 : (b - lo) / Math.max(1, maxByte - lo);
     const [r, g, bl] = ramp(t);
     out[b] = (255 << 24) | (bl << 16) | (g << 8) | r;
   }
@@ -57,7 +66,7 @@ export function paintBytes(canvas, bytes, rows, cols, lut) {
   ctx.putImageData(img, 0, 0);
 }
 
-const MARGIN = { left: 64, top: 30, right: 6, bottom: 6 };
+const MARGIN = { left: 64, top: 34, right: 8, bottom: 6 };
 const LABELS_BELOW = 48;  // token labels on an axis once at most this many positions show
 
 export class HeadMap {
@@ -198,7 +207,8 @@ export class HeadMap {
     side(k0, k1, b.w, 0, false);
     ctx.fillStyle = "#a1a1aa";
     ctx.textAlign = "left"; ctx.textBaseline = "top";
-    ctx.fillText("query ↓  key →", 2, 2);
+    ctx.fillText("key →", 2, 2);
+    ctx.fillText("query ↓", 2, 14);
   }
 
   /** The cell under CSS pixel (x, y), or null. */
