@@ -103,7 +103,7 @@ function drawGrid() {
   ctx.strokeRect(AXIS_L + state.head * (CELL + GAP) - 1.5, AXIS_T + state.layer * (CELL + GAP) - 1.5, CELL + 3, CELL + 3);
   const legend = $("grid-legend");
   if (state.colour === "pattern") {
-    legend.textContent = `Each head's whole map pooled into ${N} × ${N} cells of ${d.overview.block} × ${d.overview.block} tokens, coloured on a log scale over three decades below its largest cell.`;
+    legend.textContent = `Each head's whole map pooled into ${N} × ${N} cells of ${d.overview.block} × ${d.overview.block} tokens, coloured on a log scale over four decades below its largest cell.`;
   } else {
     const [lo, hi] = statRange(state.colour), info = STAT_INFO[state.colour];
     legend.replaceChildren(Object.assign(document.createElement("span"), { textContent: `${info.fmt(lo)}` }),

@@ -122,13 +122,20 @@ def test_smollm2_attention_on_2048_tokens(stack, page, shots, smollm2_models_dir
 
     # the screenshots: the page as a user sees it (a head's whole 2,048 × 2,048 map and its head view),
     # then the card zoomed to 40 tokens, every token labelled on the map and in the head view
-    page.evaluate("() => window.attentionJob.choose(3, 5)")
-    map_shown(page, 3, 5)
+    # a sharp head (the lowest normalised entropy of those not parked on the first token)
+    layer, head = page.evaluate("""() => {
+      const s = window.attentionJob.state.heads.stats; let best = null;
+      s.entropy_norm.forEach((row, l) => row.forEach((v, h) => {
+        if (s.first_token[l][h] < 0.5 && (!best || v < best[0])) best = [v, l, h]; }));
+      return [best[1], best[2]]; }""")
+    page.evaluate(f"() => window.attentionJob.choose({layer}, {head})")
+    map_shown(page, layer, head)
     page.mouse.move(map_box["x"] + map_box["width"] * 0.45, map_box["y"] + map_box["height"] * 0.55)
     page.wait_for_timeout(300)
     page.screenshot(path=str(shots / "attention_smollm2.png"), full_page=True)
     page.evaluate("() => window.attentionJob.map.zoomTo(1000, 1040, 1000, 1040)")
     page.wait_for_function("() => document.getElementById('head-view').dataset.region === '1000,1040,1000,1040'")
+    assert page.locator("#map-scale").input_value() == "log"
     hv = page.locator("#head-view").bounding_box()
     page.mouse.move(hv["x"] + 30, hv["y"] + 6 + (hv["height"] - 12) * 30.5 / 40)  # query 1030
     page.wait_for_timeout(300)

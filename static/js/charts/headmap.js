@@ -3,7 +3,7 @@
 // browser without asking the server again. Bytes come from /api/v1/jobs/{id}/attention/head on a log
 // scale (engine/introspect/attention_stats.py, encode_log): 0 for a weight under 1e-5, else
 // w = 10^((byte − 1)/254·5 − 5). A 256-entry colour table turns bytes into pixels, so switching the
-// scale (log over the top three decades, log over all five, linear) repaints without decoding anything.
+// scale (log over the top four decades, log over all five, linear) repaints without decoding anything.
 //
 // Nothing here spreads a big array into a call (Math.max(...a), push(...a)): every reduction is a loop.
 
@@ -28,11 +28,11 @@ export function weightOf(b) {
   return b === 0 ? 0 : 10 ** ((b - 1) / 254 * FLOOR_DECADES - FLOOR_DECADES);
 }
 
-export const DECADES_SHOWN = 3;  // "log": the map's largest weight down to 1/1000 of it
+export const DECADES_SHOWN = 4;  // "log": the map's largest weight down to 1/10,000 of it
 const CODES_A_DECADE = 254 / FLOOR_DECADES;
 
 /** 256 colours packed as little-endian RGBA words, for a map whose largest byte is ``maxByte``:
- * "log" (three decades below the largest weight; the rest white), "log5" (every byte, 1e-5 … 1)
+ * "log" (four decades below the largest weight; the rest white), "log5" (every byte, 1e-5 … 1)
  * or "linear" (weight / the largest). */
 export function palette(scale, maxByte = 255) {
   const out = new Uint32Array(256);
@@ -66,7 +66,7 @@ export function paintBytes(canvas, bytes, rows, cols, lut) {
   ctx.putImageData(img, 0, 0);
 }
 
-const MARGIN = { left: 64, top: 34, right: 8, bottom: 6 };
+const MARGIN = { left: 64, top: 52, right: 8, bottom: 6 };
 const LABELS_BELOW = 48;  // token labels on an axis once at most this many positions show
 
 export class HeadMap {
@@ -188,15 +188,16 @@ export class HeadMap {
       const first = Math.ceil(a / step) * step;
       for (let p = first; p < z; p += step) {
         const f = (p + (labels ? 0.5 : 0) - a) / n;
-        const text = labels ? clip(tokens[p] ?? "", 8) : String(p);
+        const text = labels ? clip(tokens[p] ?? "", vertical ? 9 : 7) : String(p);
         if (vertical) {
           ctx.textAlign = "right"; ctx.textBaseline = "middle";
           ctx.fillText(text, b.x - 4, b.y + f * b.h);
         } else {
           ctx.save();
           ctx.translate(b.x + f * b.w, b.y - 4);
-          if (labels) { ctx.rotate(-Math.PI / 4); ctx.textAlign = "left"; } else ctx.textAlign = "center";
-          ctx.textBaseline = "bottom";
+          if (labels) { ctx.rotate(-Math.PI / 2); ctx.textAlign = "left"; ctx.textBaseline = "middle"; } else {
+            ctx.textAlign = "center"; ctx.textBaseline = "bottom";
+          }
           ctx.fillText(text, 0, 0);
           ctx.restore();
         }

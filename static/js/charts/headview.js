@@ -48,9 +48,9 @@ export class HeadView {
         if (b > max) max = b;
       }
     }
-    // the lowest byte whose count from the top fits; never below ~1% of the weight (byte 153 ≈ 0.01)
+    // the lowest byte whose count from the top fits; never below 0.1% of the weight (byte 102 ≈ 0.001)
     let cut = 256, kept = 0;
-    while (cut > 153 && kept + hist[cut - 1] <= MAX_LINES) { cut--; kept += hist[cut]; }
+    while (cut > 102 && kept + hist[cut - 1] <= MAX_LINES) { cut--; kept += hist[cut]; }
     cut = Math.min(cut, 255);  // the very strongest are drawn even when they alone are too many
     const q = [], k = [], w = [];
     const top = weightOf(max) || 1;
