@@ -6,10 +6,12 @@ attention page's canvas, written to bench/results/attention_smollm2.json.
 For each size, a stretch of the standard library's source that SmolLM2's tokenizer reads as that many
 tokens:
 
-    worker   the attention job run in this process as a worker runs it (``explorer.inference.attention
-             .run_job``; the model loaded once beforehand, as a worker keeps it): the forward with every
-             layer's full maps and statistics (``analysis_s``), the whole job (``job_s``: also the
-             queries and keys saved, the event written), the event's size, the kept file's size;
+    worker   the job's page open while the attention job runs in this process as a worker runs it
+             (``explorer.inference.attention.run_job``; the model loaded once beforehand, as a worker
+             keeps it): from the run's start to the first head's whole map on screen
+             (``start_to_map_on_screen_s``: the forward, the queries and keys saved, the
+             "attention_tokens" event, the page's fetch and draw), the forward alone, the whole job
+             (``job_s``: then every head's statistics), the events' sizes, the kept file's size;
     server   ``GET /api/v1/jobs/{id}/attention/head`` for one head's whole map through uvicorn:
              time and bytes;
     page     the job's page in headless Chromium (Playwright), logged in: navigation → the first head's
@@ -69,27 +71,59 @@ def text_of(tokenizer, n_tokens):
     return text[:lo]
 
 
-def run_worker_side(user, team, tokenizer, n_tokens):
+def create_job(user, team, tokenizer, n_tokens):
     from explorer.inference import attention
     from explorer.jobs.models import Job
 
     text = text_of(tokenizer, n_tokens)
     spec, _ = attention.validate(team, {"source": {"pretrained": "smollm2-135m-instruct"}, "text": text})
-    job = Job.objects.create(team=team, owner=user, kind="attention", name=f"bench {n_tokens}",
-                             spec={"attention": spec}, queue="cpu", status=Job.Status.QUEUED, total_steps=100)
-    t0 = time.perf_counter()
-    status = attention.run_job(job.pk, "bench-worker")
-    job_s = time.perf_counter() - t0
-    assert status == "succeeded", Job.objects.get(pk=job.pk).error
-    from explorer.jobs.models import JobEvent
+    return Job.objects.create(team=team, owner=user, kind="attention", name=f"bench {n_tokens}",
+                              spec={"attention": spec}, queue="cpu", status=Job.Status.QUEUED, total_steps=100)
 
-    event = JobEvent.objects.get(job=job, kind="attention_heads")
+
+def live_side(browser, stack, cookie, job):
+    """The job's page open while the job runs (in a thread of this process, as a worker runs it, the
+    model already loaded): from the run's start to the first head's whole map on screen, and the job."""
     import json
+    import threading
 
-    return job, {
-        "tokens": spec["n_tokens"], "job_s": round(job_s, 2), "analysis_s": event.payload["seconds"],
-        "event_json_bytes": len(json.dumps(event.payload)),
-        "kept_qk_bytes": os.path.getsize(attention.qk_path(job.pk)),
+    from explorer.inference import attention
+    from explorer.jobs.models import Job, JobEvent
+
+    name, value = cookie.split("=", 1)
+    context = browser.new_context(viewport={"width": 1500, "height": 1000})
+    context.add_cookies([{"name": name, "value": value, "url": stack.url}])
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{stack.url}/jobs/{job.pk}/")
+    page.wait_for_function("document.getElementById('live')?.dataset.state === 'open'", timeout=30_000)
+    out = {}
+
+    def work():
+        from django.db import connection
+
+        t0 = time.perf_counter()
+        out["status"] = attention.run_job(job.pk, "bench-worker")
+        out["job_s"] = time.perf_counter() - t0
+        connection.close()
+
+    thread = threading.Thread(target=work)
+    started = time.perf_counter()
+    thread.start()
+    page.wait_for_function("() => document.getElementById('head-card').dataset.state === 'shown'", timeout=600_000)
+    to_map = time.perf_counter() - started
+    thread.join()
+    assert out["status"] == "succeeded", Job.objects.get(pk=job.pk).error
+    page.wait_for_function("() => document.getElementById('grid-card').dataset.ready === 'yes'", timeout=60_000)
+    context.close()
+    tokens = JobEvent.objects.get(job=job, kind="attention_tokens").payload
+    heads = JobEvent.objects.get(job=job, kind="attention_heads").payload
+    return {
+        "tokens": job.spec["attention"]["n_tokens"], "start_to_map_on_screen_s": round(to_map, 2),
+        "forward_s": tokens["seconds"], "job_s": round(out["job_s"], 2), "analysis_s": heads["seconds"],
+        "event_json_bytes": {"attention_tokens": len(json.dumps(tokens)), "attention_heads": len(json.dumps(heads))},
+        "kept_qk_bytes": os.path.getsize(attention.qk_path(job.pk)), "page_errors": errors,
     }
 
 
@@ -153,26 +187,25 @@ def main() -> int:
     user, team = make_user("bench")
     cookie = session_cookie(user)
     sizes = [int(s) for s in args.sizes.split(",")]
-    jobs = {}
-    for n in sizes:
-        job, worker = run_worker_side(user, team, tokenizer, n)
-        jobs[n] = (job, worker)
-        print(f"{n} tokens: job {worker['job_s']:.1f} s (forward + statistics {worker['analysis_s']:.1f} s), "
-              f"event {worker['event_json_bytes'] / 1e3:,.0f} kB, kept q/k {worker['kept_qk_bytes'] / 1e6:,.1f} MB")
     stack = start_web(tmp)
     cases = []
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium)
             for n in sizes:
-                job, worker = jobs[n]
+                job = create_job(user, team, tokenizer, n)
+                worker = live_side(browser, stack, cookie, job)
+                print(f"{n} tokens: run start → first whole map on screen {worker['start_to_map_on_screen_s']:.1f} s "
+                      f"(forward {worker['forward_s']:.1f} s); the job {worker['job_s']:.1f} s (statistics included); "
+                      f"events {worker['event_json_bytes']}, kept q/k {worker['kept_qk_bytes'] / 1e6:,.1f} MB")
+                job.refresh_from_db()
                 page = page_side(browser, stack, cookie, job, args.heads)
                 cases.append({"tokens": worker["tokens"], "worker": worker, **page})
                 hv = ", ".join(f"{h['region']}²: {h['ms']:.0f} ms ({h['lines']:,} lines)" for h in page["headview"])
                 print(f"  page: first map {page['first_map_after_navigation_ms']:.0f} ms after navigation; "
                       f"a head asked → on screen median {page['map_ms_median']:.0f} ms, max {page['map_ms_max']:.0f} ms "
                       f"(endpoint {page['head_endpoint']['ms']:.0f} ms, {page['head_endpoint']['bytes'] / 1e6:.1f} MB); "
-                      f"head view {hv}; page errors {len(page['page_errors'])}")
+                      f"head view {hv}; page errors {len(page['page_errors']) + len(worker['page_errors'])}")
             browser.close()
     finally:
         stack.stop()

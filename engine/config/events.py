@@ -268,16 +268,26 @@ class HeadMaps(TypedDict):
     maps: Annotated[str, "the pooled maps (a cell: the mean over its queries of the mass its keys get)"]
 
 
-class AttentionHeadsEvent(TypedDict):
-    """An attention job's analysis of one text: each head's statistics over its full-resolution map,
-    every head pooled, the tokens; a head's full map is fetched apart
-    (``/api/v1/jobs/{id}/attention/head``); see ``engine.introspect.attention_stats``."""
-    kind: Literal["attention_heads"]
+class AttentionTokensEvent(TypedDict):
+    """An attention job's forward is done: any head's full map can be fetched from now on
+    (``/api/v1/jobs/{id}/attention/head``), while the statistics of every head are computed."""
+    kind: Literal["attention_tokens"]
     n_tokens: int
     n_layer: int
     n_head: int
     n_kv_head: int
     tokens: Annotated[list[str], "every token's label, from the model's own tokenizer"]
+    seconds: Annotated[float, "the forward, in the worker"]
+
+
+class AttentionHeadsEvent(TypedDict):
+    """An attention job's analysis of one text: each head's statistics over its full-resolution map
+    and every head pooled; see ``engine.introspect.attention_stats``."""
+    kind: Literal["attention_heads"]
+    n_tokens: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int
     stats: Annotated[dict[str, list[list[float]]], "per statistic ([n_layer][n_head]): entropy (nats), "
                                                    "entropy_norm, distance (tokens), first_token, self_token"]
     overview: HeadMaps
@@ -313,7 +323,7 @@ class LostEvent(TypedDict):
 
 Event = (StartEvent | StepEvent | HealthEvent | MoeEvent | EvalEvent | AttentionEvent | RoutingEvent
          | NonfiniteEvent | CheckpointEvent | EndEvent | ProgressEvent | GenerationEvent | QuantizationEvent
-         | AttentionHeadsEvent | StatusEvent | QueueEvent | LostEvent)
+         | AttentionTokensEvent | AttentionHeadsEvent | StatusEvent | QueueEvent | LostEvent)
 
 
 @dataclass(frozen=True)
@@ -345,6 +355,7 @@ EVENTS: dict[str, EventKind] = {
     "progress": EventKind(ProgressEvent, ("inference", "tokenizer", "attention")),
     "generation": EventKind(GenerationEvent, ("inference",)),
     "quantization": EventKind(QuantizationEvent, ("inference",)),
+    "attention_tokens": EventKind(AttentionTokensEvent, ("attention",)),
     "attention_heads": EventKind(AttentionHeadsEvent, ("attention",)),
     "status": EventKind(StatusEvent, ("app",)),
     "queue": EventKind(QueueEvent, ("app",)),

@@ -2,7 +2,7 @@
 statistics over the full-resolution maps, a pooled overview of every head, and the queries and keys
 that rebuild any head's full map later.
 
-    result = analyze_attention(model, ids, cells=32, on_layer=None)
+    result = analyze_attention(model, ids, cells=32, on_layer=None, on_forward=None)
     result.stats["entropy"]       # (n_layer, n_head) float32, see below
     result.overview               # (n_layer, n_head, N, N) pooled maps (attention_zoom.pool_blocks)
     result.q, result.k            # (n_layer, n_head, T, hs), (n_layer, n_kv_head, T, hs), float16
@@ -30,7 +30,7 @@ pattern, which a linear byte (steps of 1/255) would round to 0. ``decode_log`` i
 
 Cost on SmolLM2-135M (30 layers × 9 heads) at T = 2,048 on 2 CPU cores: the forward ~14 s, the
 statistics ~1 s a layer; the kept queries and keys are 2·T·(n_head + n_kv_head)·head_dim bytes a
-layer (float16): 94 MB in all.
+layer (float16): 94 MB in all (and the float32 ones while the statistics are taken).
 """
 
 from __future__ import annotations
@@ -125,23 +125,24 @@ def layer_summary(scores: LayerScores, block: int) -> tuple[dict[str, torch.Tens
 
 @torch.no_grad()
 def analyze_attention(model: nn.Module, ids: torch.Tensor, *, cells: int = 32,
-                      on_layer: Callable[[int, int], None] | None = None,
+                      on_layer: Callable[[str, int, int], None] | None = None,
+                      on_forward: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
                       autocast=contextlib.nullcontext) -> AttentionAnalysis:
-    """Run ``model`` (a decoder) once on ``ids`` ((1, T) or (T,)) and summarise every layer's
-    attention while the forward runs: ``on_layer(layer, n_layer)`` after each layer (it may raise
-    to stop). Restores the model's mode."""
+    """Run ``model`` (a decoder) once on ``ids`` ((1, T) or (T,)), keeping each layer's queries and
+    keys, then summarise every layer's full maps. ``on_forward(q, k)`` gets the float16 queries and
+    keys as soon as the forward is done (before the statistics: a caller can draw maps from them at
+    once); ``on_layer(phase, layer, n_layer)`` follows the work ("forward", then "statistics"); either
+    may raise to stop. Restores the model's mode."""
     ids = ids.reshape(1, -1).to(next(model.parameters()).device)
     t = ids.size(1)
     block, _ = blocks(t, cells)
-    found: dict[int, tuple] = {}
+    found: dict[int, LayerScores] = {}
     n_layer = len(model.h)
 
     def keep(layer, scores):
-        stats, pooled = layer_summary(scores, block)
-        found[layer] = (stats, pooled, scores.q[0].to(torch.float16).cpu(), scores.k[0].to(torch.float16).cpu(),
-                        scores.pattern)
+        found[layer] = scores
         if on_layer is not None:
-            on_layer(layer, n_layer)
+            on_layer("forward", layer, n_layer)
 
     was_training = model.training
     model.eval()
@@ -151,12 +152,19 @@ def analyze_attention(model: nn.Module, ids: torch.Tensor, *, cells: int = 32,
     finally:
         model.train(was_training)
     layers = [found[i] for i in sorted(found)]
+    q = torch.stack([s.q[0].to(torch.float16).cpu() for s in layers])
+    k = torch.stack([s.k[0].to(torch.float16).cpu() for s in layers])
+    if on_forward is not None:
+        on_forward(q, k)
+    summaries = []
+    for i, scores in enumerate(layers):
+        summaries.append(layer_summary(scores, block))
+        if on_layer is not None:
+            on_layer("statistics", i, n_layer)
     return AttentionAnalysis(
-        n_tokens=t,
-        stats={name: torch.stack([f[0][name] for f in layers]) for name in STATS},
-        overview=torch.stack([f[1] for f in layers]), block=block,
-        q=torch.stack([f[2] for f in layers]), k=torch.stack([f[3] for f in layers]),
-        patterns=[f[4] for f in layers],
+        n_tokens=t, stats={name: torch.stack([f[0][name] for f in summaries]) for name in STATS},
+        overview=torch.stack([f[1] for f in summaries]), block=block, q=q, k=k,
+        patterns=[s.pattern for s in layers],
     )
 
 

@@ -10,9 +10,13 @@ process and kept (``engine.interop.pretrained``): one forward under
 ``engine.introspect.attention_stats.analyze_attention``, whose statistics are taken over the
 full-resolution maps of every head, then
 
-- one "attention_heads" event: the statistics, every head pooled into at most ``OVERVIEW_CELLS``
-  cells a side (the page's layer × head grid), every token's label;
-- the layers' queries and keys (float16, ``QK_FILE`` in the job's directory), from which the web
+- as soon as the forward is done, the layers' queries and keys (float16, ``QK_FILE`` in the job's
+  directory) and an "attention_tokens" event (every token's label): the page can draw any head's
+  map from then on, while the statistics are computed;
+- then one "attention_heads" event: the statistics, every head pooled into at most
+  ``OVERVIEW_CELLS`` cells a side (the page's layer × head grid).
+
+From the kept queries and keys the web
   process rebuilds one head's map on request (``head_map``; ~0.1 s at 2,048 tokens): the whole map
   at full resolution up to ``MAX_SIDE`` positions a side (2,048² bytes = 4 MB for 2,048 tokens),
   pooled beyond, any region of at most ``MAX_SIDE`` a side at full resolution. It is sent as raw
@@ -166,7 +170,7 @@ def memory_bytes(spec, cfg):
     the statistics' row chunks."""
     t = spec["n_tokens"]
     forward = engine.analyze(cfg, batch_size=1, seq_len=t)["memory"]["inference"]["total"]
-    kept = 2 * cfg.n_layer * (cfg.n_head + (cfg.n_kv_head or cfg.n_head)) * t * cfg.head_size
+    kept = 6 * cfg.n_layer * (cfg.n_head + (cfg.n_kv_head or cfg.n_head)) * t * cfg.head_size  # float32 and 16
     return forward + kept + CHUNK_BYTES
 
 
@@ -187,11 +191,11 @@ def _b64(t):
     return base64.b64encode(t.contiguous().numpy().tobytes()).decode("ascii")
 
 
-def heads_event(result: AttentionAnalysis, labels, seconds) -> dict:
+def heads_event(result: AttentionAnalysis, seconds) -> dict:
     n_layer, n_head = result.stats["entropy"].shape
     return events.AttentionHeadsEvent(
         kind="attention_heads", n_tokens=result.n_tokens, n_layer=n_layer, n_head=n_head,
-        n_kv_head=result.k.size(1), tokens=labels,
+        n_kv_head=result.k.size(1),
         stats={k: [[round(float(v), 5) for v in row] for row in result.stats[k]] for k in STATS},
         overview={"shape": list(result.overview.shape), "block": result.block, "encoding": "uint8-log-base64",
                   "maps": _b64(encode_log(result.overview))},
@@ -219,20 +223,31 @@ def run_job(job_id, worker_name):
                                    family=model.config.family, params=n_params, source=spec["source"]))
         progress(0.02, "forward", f"{len(ids):,} tokens through {model.config.n_layer} layers", force=True)
         started = time.perf_counter()
-
-        def on_layer(layer, n_layer):
-            progress(0.02 + 0.93 * (layer + 1) / n_layer, "forward",
-                     f"layer {layer + 1} of {n_layer}: every head's full map and statistics")
-
-        result = analyze_attention(model, torch.tensor(ids), cells=OVERVIEW_CELLS, on_layer=on_layer)
-        seconds = time.perf_counter() - started
-        os.makedirs(job_dir(job_id), exist_ok=True)
-        path = qk_path(job_id)
-        torch.save({"q": result.q, "k": result.k, "attention": model.config.attention,
-                    "config": model.config.to_dict(), "ids": ids}, path + ".tmp")
-        os.replace(path + ".tmp", path)
         labels = label_tokens(ids, tokenizer)
-        recorder(heads_event(result, labels, seconds))
+
+        def on_layer(phase, layer, n_layer):
+            if phase == "forward":
+                progress(0.02 + 0.18 * (layer + 1) / n_layer, "forward", f"forward: layer {layer + 1} of {n_layer}")
+            else:
+                progress(0.25 + 0.7 * (layer + 1) / n_layer, "statistics",
+                         f"statistics of every head's full map: layer {layer + 1} of {n_layer}")
+
+        def on_forward(q, k):  # every head's map can be drawn from now on, while the statistics run
+            os.makedirs(job_dir(job_id), exist_ok=True)
+            path = qk_path(job_id)
+            torch.save({"q": q, "k": k, "attention": model.config.attention,
+                        "config": model.config.to_dict(), "ids": ids}, path + ".tmp")
+            os.replace(path + ".tmp", path)
+            recorder(events.AttentionTokensEvent(
+                kind="attention_tokens", n_tokens=len(ids), n_layer=q.size(0), n_head=q.size(1), n_kv_head=k.size(1),
+                tokens=labels, seconds=round(time.perf_counter() - started, 3)))
+            recorder.flush()  # sent and saved now: a page opened meanwhile finds it
+            progress(0.25, "statistics", "the maps are ready; statistics of every head's full map", force=True)
+
+        result = analyze_attention(model, torch.tensor(ids), cells=OVERVIEW_CELLS, on_layer=on_layer,
+                                   on_forward=on_forward)
+        seconds = time.perf_counter() - started
+        recorder(heads_event(result, seconds))
         recorder.summary.update({"n_tokens": len(ids), "seconds": round(seconds, 2)})
         progress(1.0, "done", force=True)
         recorder(events.EndEvent(kind="end", reason="finished", step=100, elapsed=round(run.elapsed(), 3)))

@@ -14,8 +14,8 @@ const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const $ = (id) => document.getElementById(id);
 let job = JSON.parse($("job-data").textContent);
 const settings = JSON.parse($("attention-data").textContent);
-const state = { lastSeq: 0, fraction: (job.step || 0) / 100, eta: null, detail: "", heads: null, layer: 0, head: 0,
-                colour: "pattern", request: null };
+const state = { lastSeq: 0, fraction: (job.step || 0) / 100, eta: null, detail: "", maps: null, heads: null, layer: 0,
+                head: 0, colour: "pattern", request: null };
 
 const STAT_INFO = {
   first_token: { label: "first-token share", fmt: (v) => fmt.percent(v), help: "the share of a query's weight on position 0 (an attention sink)" },
@@ -139,8 +139,13 @@ function describeHead(l, hd) {
 let map = null, view = null, pendingView = null;
 
 function headStats() {
-  const s = state.heads.stats, l = state.layer, hd = state.head;
   const box = $("head-stats");
+  if (!state.heads) {
+    box.replaceChildren(Object.assign(document.createElement("div"), {
+      className: "stat pending", textContent: "Statistics of every head's full map: being computed on the worker…" }));
+    return;
+  }
+  const s = state.heads.stats, l = state.layer, hd = state.head;
   box.replaceChildren(...Object.entries(STAT_INFO).map(([k, info]) => {
     const row = s[k][l];
     let mean = 0;
@@ -160,13 +165,13 @@ function headStats() {
 async function choose(layer, head) {
   state.layer = layer; state.head = head;
   history.replaceState(null, "", `#L${layer}H${head}`);
-  drawGrid();
+  if (state.heads) drawGrid();
   headStats();
   $("head-title").textContent = `Layer ${layer}, head ${head}`;
   const asked = performance.now();
   const root = $("head-card");
   root.dataset.state = "loading";
-  const n = state.heads.n_tokens.toLocaleString("en");
+  const n = state.maps.n_tokens.toLocaleString("en");
   $("map-status").textContent = `loading the ${n} × ${n} map…`;
   state.request?.abort();
   const controller = state.request = new AbortController();
@@ -188,7 +193,7 @@ async function choose(layer, head) {
   const bytes = new Uint8Array(await res.arrayBuffer());
   if (controller.signal.aborted) return;
   const fetched = performance.now();
-  map.show(bytes, meta, state.heads.tokens);
+  map.show(bytes, meta, state.maps.tokens);
   // on screen: the frame after the draw
   requestAnimationFrame(() => {
     const now = performance.now();
@@ -252,24 +257,33 @@ function layerCharts() {
 }
 
 // ---------------------------------------------------------------------------- events
-function showHeads(d) {
-  state.heads = d;
-  state.thumbs = null;
+/** The forward is done: any head's map can be drawn (the statistics follow). */
+function showMaps(d) {
+  state.maps = d;
   $("attn-results").hidden = false;
   document.querySelector('[data-tile="heads"]').textContent = `${d.n_layer} × ${d.n_head}`;
   document.querySelector('[data-tile="tokens"]').textContent = d.n_tokens.toLocaleString("en");
+  map ||= new HeadMap($("head-map"), { onView, onHover: (t) => { $("map-status").textContent = t || "\u00a0"; } });
+  if (!state.heads) $("grid-blurb").textContent = "Every head's statistics and pooled map are being computed on the worker…";
+  const m = /^#L(\d+)H(\d+)$/.exec(location.hash);
+  let l = m ? Number(m[1]) : Math.floor(d.n_layer / 2), hd = m ? Number(m[2]) : 0;
+  if (l >= d.n_layer || hd >= d.n_head) { l = 0; hd = 0; }
+  choose(l, hd);
+}
+
+/** Every head's statistics and pooled map. */
+function showHeads(d) {
+  state.heads = d;
+  state.thumbs = null;
   document.querySelector('[data-tile="seconds"]').textContent = fmt.duration(d.seconds);
   let sink = 0;
   for (const row of d.stats.first_token) for (const v of row) sink += v / (d.n_layer * d.n_head);
   document.querySelector('[data-tile="sink"]').textContent = fmt.percent(sink);
   $("grid-blurb").textContent = `${d.n_layer} layers × ${d.n_head} heads (sharing ${d.n_kv_head} key-value heads) on ${d.n_tokens.toLocaleString("en")} tokens. Click a head to open its map; hover for its statistics.`;
-  map ||= new HeadMap($("head-map"), { onView, onHover: (t) => { $("map-status").textContent = t || "\u00a0"; } });
+  $("grid-card").dataset.ready = "yes";
   drawGrid();
+  headStats();
   layerCharts();
-  const m = /^#L(\d+)H(\d+)$/.exec(location.hash);
-  let l = m ? Number(m[1]) : Math.floor(d.n_layer / 2), hd = m ? Number(m[2]) : 0;
-  if (l >= d.n_layer || hd >= d.n_head) { l = 0; hd = 0; }
-  choose(l, hd);
 }
 
 function apply(e) {
@@ -278,6 +292,8 @@ function apply(e) {
     state.fraction = d.fraction ?? state.fraction;
     state.eta = d.eta ?? null;
     state.detail = d.detail || "";
+  } else if (e.kind === KIND.attention_tokens) {
+    showMaps(d);
   } else if (e.kind === KIND.attention_heads) {
     showHeads(d);
   } else if (e.kind === KIND.status) {
@@ -286,12 +302,12 @@ function apply(e) {
   }
 }
 
-$("head-grid").addEventListener("click", (e) => { const c = gridCell(e); if (c) choose(c.layer, c.head); });
+$("head-grid").addEventListener("click", (e) => { const c = state.heads && gridCell(e); if (c) choose(c.layer, c.head); });
 $("head-grid").addEventListener("mousemove", (e) => {
-  const c = gridCell(e);
+  const c = state.heads && gridCell(e);
   $("grid-hover").textContent = c ? describeHead(c.layer, c.head) : "\u00a0";
 });
-$("grid-colour").addEventListener("change", () => { state.colour = $("grid-colour").value; drawGrid(); });
+$("grid-colour").addEventListener("change", () => { state.colour = $("grid-colour").value; if (state.heads) drawGrid(); });
 $("map-scale").addEventListener("change", () => map?.setScale($("map-scale").value));
 $("zoom-in").addEventListener("click", () => map?.zoomBy(0.5));
 $("zoom-out").addEventListener("click", () => map?.zoomBy(2));

@@ -19,6 +19,7 @@ export const KIND = Object.freeze({
   generation: "generation",
   quantization: "quantization",
   // attention jobs (a pretrained model on one text)
+  attention_tokens: "attention_tokens",
   attention_heads: "attention_heads",
   // the app: status changes, queue changes, numbers lost with a dead worker
   status: "status",

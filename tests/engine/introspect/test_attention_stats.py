@@ -105,11 +105,14 @@ def test_head_map_from_the_kept_queries_and_keys():
         head_map(result.source(0), 0, 0, 17, 0, 16)
 
 
-def test_on_layer_reports_each_layer():
+def test_the_forward_then_the_statistics_are_reported():
     model = model_of(n_layer=3)
     seen = []
-    analyze_attention(model, torch.zeros(1, 5, dtype=torch.long), on_layer=lambda i, n: seen.append((i, n)))
-    assert seen == [(0, 3), (1, 3), (2, 3)]
+    result = analyze_attention(model, torch.zeros(1, 5, dtype=torch.long),
+                               on_layer=lambda *a: seen.append(a), on_forward=lambda q, k: seen.append((q, k)))
+    assert seen[:3] == [("forward", 0, 3), ("forward", 1, 3), ("forward", 2, 3)]
+    assert seen[3][0] is result.q and seen[3][1] is result.k  # the queries and keys, before any statistics
+    assert seen[4:] == [("statistics", 0, 3), ("statistics", 1, 3), ("statistics", 2, 3)]
 
 
 def test_log_code_round_trip():

@@ -55,9 +55,11 @@ def test_smollm2_statistics_and_a_heads_full_map(alice_client, smollm2_models_di
     ids = tokenizer.encode(TEXT)
     t = len(ids)
     assert job.kind == "attention" and job.spec["attention"]["n_tokens"] == t and job.params == 134_515_008
-    d = events["attention_heads"][0]
+    d, tok = events["attention_heads"][0], events["attention_tokens"][0]  # the forward's event comes first
     assert (d["n_tokens"], d["n_layer"], d["n_head"], d["n_kv_head"]) == (t, 30, 9, 3)
-    assert len(d["tokens"]) == t and d["tokens"][1] == "␣quick"  # the model's own tokenizer's labels
+    assert (tok["n_tokens"], tok["n_layer"], tok["n_head"], tok["n_kv_head"]) == (t, 30, 9, 3)
+    assert len(tok["tokens"]) == t and tok["tokens"][1] == "␣quick"  # the model's own tokenizer's labels
+    assert 0 < tok["seconds"] < d["seconds"]
     assert d["overview"]["encoding"] == "uint8-log-base64" and d["overview"]["shape"][:2] == [30, 9]
     assert [e["fraction"] for e in events["progress"]][-1] == 1 and events["end"][0]["reason"] == "finished"
     for kind, found in events.items():  # the event contract holds
