@@ -205,7 +205,7 @@ async function choose(layer, head) {
     root.dataset.bytes = String(bytes.length);
     const [bq, bk] = meta.block;
     $("map-legend").textContent = bq === 1 && bk === 1
-      ? `${meta.shape[0].toLocaleString("en")} × ${meta.shape[1].toLocaleString("en")} cells: every weight at full resolution`
+      ? `${meta.shape[0].toLocaleString("en")} × ${meta.shape[1].toLocaleString("en")} cells, every weight at full resolution (zoomed out, a pixel shows the largest of its cells)`
       : `${meta.n_tokens.toLocaleString("en")} tokens pooled ${bq} × ${bk} (a cell: the mean mass over its queries)`;
     $("map-status").textContent = `drawn in ${(now - asked).toFixed(0)} ms (${fmt.bytes(bytes.length)}, server ${meta.ms} ms) · hover for a weight`;
   });

@@ -161,8 +161,19 @@ export class HeadMap {
     const { meta } = this.data;
     const [bq, bk] = meta.block;
     const { q0, q1, k0, k1 } = this.view;
-    ctx.imageSmoothingEnabled = (q1 - q0) / bq > b.h * 1.5;  // many cells a pixel: average them
-    ctx.drawImage(this.image, (k0 - meta.k[0]) / bk, (q0 - meta.q[0]) / bq, (k1 - k0) / bk, (q1 - q0) / bq, b.x, b.y, b.w, b.h);
+    const W = Math.round(b.w * dpr), H = Math.round(b.h * dpr);
+    if ((q1 - q0) / bq > H || (k1 - k0) / bk > W) {
+      // more cells than pixels: each pixel shows the largest of its cells, so that a thin diagonal
+      // or a sparse column stays visible (averaging would wash it out)
+      ctx.setTransform(1, 0, 0, 1, 0, 0);
+      ctx.drawImage(this.maxPooled(W, H), Math.round(b.x * dpr), Math.round(b.y * dpr));
+      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      this.canvas.dataset.pooled = "max";
+    } else {
+      ctx.imageSmoothingEnabled = false;
+      ctx.drawImage(this.image, (k0 - meta.k[0]) / bk, (q0 - meta.q[0]) / bq, (k1 - k0) / bk, (q1 - q0) / bq, b.x, b.y, b.w, b.h);
+      this.canvas.dataset.pooled = "";
+    }
     ctx.strokeStyle = "#d4d4d8";
     ctx.lineWidth = 1;
     ctx.strokeRect(b.x - 0.5, b.y - 0.5, b.w + 1, b.h + 1);
@@ -174,6 +185,35 @@ export class HeadMap {
     }
     this.axes(ctx, b);
     this.canvas.dataset.view = `${Math.round(q0)},${Math.round(q1)},${Math.round(k0)},${Math.round(k1)}`;
+  }
+
+  /** The visible part, W × H device pixels, each the largest byte of the cells it covers (cached
+   * for the last view). */
+  maxPooled(W, H) {
+    const { bytes, meta, max } = this.data;
+    const [bq, bk] = meta.block, nk = meta.shape[1];
+    const { q0, q1, k0, k1 } = this.view;
+    const key = `${q0},${q1},${k0},${k1},${W},${H},${this.scale}`;
+    if (this.pooled?.key === key) return this.pooled.canvas;
+    const i0 = Math.max(0, Math.floor((q0 - meta.q[0]) / bq)), i1 = Math.min(meta.shape[0], Math.ceil((q1 - meta.q[0]) / bq));
+    const j0 = Math.max(0, Math.floor((k0 - meta.k[0]) / bk)), j1 = Math.min(nk, Math.ceil((k1 - meta.k[0]) / bk));
+    const fi = H / ((q1 - q0) / bq), fj = W / ((k1 - k0) / bk);
+    const oi = (q0 - meta.q[0]) / bq, oj = (k0 - meta.k[0]) / bk;
+    const out = new Uint8Array(W * H);
+    const xs = new Int32Array(j1 - j0);
+    for (let j = j0; j < j1; j++) xs[j - j0] = Math.min(W - 1, Math.max(0, Math.floor((j - oj) * fj)));
+    for (let i = i0; i < i1; i++) {
+      const y = Math.min(H - 1, Math.max(0, Math.floor((i - oi) * fi)));
+      const row = i * nk, line = y * W;
+      for (let j = j0; j < j1; j++) {
+        const v = bytes[row + j], at = line + xs[j - j0];
+        if (v > out[at]) out[at] = v;
+      }
+    }
+    const canvas = this.pooled?.canvas || document.createElement("canvas");
+    paintBytes(canvas, out, H, W, palette(this.scale, max));
+    this.pooled = { key, canvas };
+    return canvas;
   }
 
   axes(ctx, b) {

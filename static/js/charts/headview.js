@@ -117,8 +117,10 @@ export class HeadView {
       paths[bucket].moveTo(g.x0, yq(q[n])); paths[bucket].lineTo(g.x1, yk(k[n]));
     }
     ctx.lineWidth = 1;
+    // many rows a pixel: fainter lines, so that where they bunch up reads as density, not a fill
+    const dense = Math.max(0.05, Math.min(1, g.h / Math.max(g.nq, g.nk) / 4));
     for (let b = 0; b < BUCKETS; b++) {
-      ctx.strokeStyle = `rgba(79, 70, 229, ${((b + 0.5) / BUCKETS * (focus ? 0.12 : 0.85)).toFixed(3)})`;
+      ctx.strokeStyle = `rgba(79, 70, 229, ${((b + 0.5) / BUCKETS * (focus ? 0.12 : 0.85) * dense).toFixed(3)})`;
       ctx.stroke(paths[b]);
     }
     if (focus) {
