@@ -307,6 +307,7 @@ $("head-grid").addEventListener("mousemove", (e) => {
   const c = state.heads && gridCell(e);
   $("grid-hover").textContent = c ? describeHead(c.layer, c.head) : "\u00a0";
 });
+$("head-grid").addEventListener("mouseleave", () => { $("grid-hover").textContent = "\u00a0"; });
 $("grid-colour").addEventListener("change", () => { state.colour = $("grid-colour").value; if (state.heads) drawGrid(); });
 $("map-scale").addEventListener("change", () => map?.setScale($("map-scale").value));
 $("zoom-in").addEventListener("click", () => map?.zoomBy(0.5));
