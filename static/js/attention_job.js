@@ -175,22 +175,15 @@ async function choose(layer, head) {
   $("map-status").textContent = `loading the ${n} × ${n} map…`;
   state.request?.abort();
   const controller = state.request = new AbortController();
-  let res;
+  let meta, bytes;
   try {
-    res = await fetch(`/api/v1/jobs/${job.id}/attention/head?layer=${layer}&head=${head}`, { signal: controller.signal, credentials: "same-origin" });
-    if (!res.ok) {
-      let detail = `HTTP ${res.status}`;
-      try { detail = (await res.json()).detail || detail; } catch { /* not JSON */ }
-      throw new Error(detail);
-    }
+    ({ meta, bytes } = await fetchHead(layer, head, null, controller.signal));
   } catch (err) {
     if (err.name === "AbortError") return;
     root.dataset.state = "error";
     $("map-status").textContent = `could not load the map: ${err.message}`;
     return;
   }
-  const meta = JSON.parse(res.headers.get("X-Attention"));
-  const bytes = new Uint8Array(await res.arrayBuffer());
   if (controller.signal.aborted) return;
   const fetched = performance.now();
   map.show(bytes, meta, state.maps.tokens);
@@ -206,20 +199,34 @@ async function choose(layer, head) {
     const [bq, bk] = meta.block;
     $("map-legend").textContent = bq === 1 && bk === 1
       ? `${meta.shape[0].toLocaleString("en")} × ${meta.shape[1].toLocaleString("en")} cells, every weight at full resolution (zoomed out, a pixel shows the largest of its cells)`
-      : `${meta.n_tokens.toLocaleString("en")} tokens pooled ${bq} × ${bk} (a cell: the mean mass over its queries)`;
+      : `${meta.n_tokens.toLocaleString("en")} tokens pooled ${bq} × ${bk} (a cell: the mean mass over its queries); zoom to ${CELLS.toLocaleString("en")} positions or fewer for every weight`;
     $("map-status").textContent = `drawn in ${(now - asked).toFixed(0)} ms (${fmt.bytes(bytes.length)}, server ${meta.ms} ms) · hover for a weight`;
   });
 }
 
-function onView(v) {
-  pendingView = v;
+function onView(v, source) {
+  pendingView = [v, source];
   if (view) return;
   view = requestAnimationFrame(() => {
     view = null;
-    const d = map.data;
-    if (!d) return;
-    headView.show(d.bytes, d.meta, d.tokens, pendingView);
+    const [region, d] = pendingView;
+    if (d) headView.show(d.bytes, d.meta, d.tokens, region);
   });
+}
+
+// a head's map: the whole map (pooled to at most CELLS a side), or a region of it at full resolution
+const CELLS = Number(new URLSearchParams(location.search).get("cells")) || 2048;
+
+async function fetchHead(layer, head, region, signal) {
+  const params = new URLSearchParams({ layer, head, cells: CELLS, ...(region || {}) });
+  const res = await fetch(`/api/v1/jobs/${job.id}/attention/head?${params}`, { signal, credentials: "same-origin" });
+  if (!res.ok) {
+    let detail = `HTTP ${res.status}`;
+    try { detail = (await res.json()).detail || detail; } catch { /* not JSON */ }
+    throw new Error(detail);
+  }
+  const meta = JSON.parse(res.headers.get("X-Attention"));
+  return { meta, bytes: new Uint8Array(await res.arrayBuffer()) };
 }
 
 const headView = new HeadView($("head-view"), {
@@ -263,7 +270,11 @@ function showMaps(d) {
   $("attn-results").hidden = false;
   document.querySelector('[data-tile="heads"]').textContent = `${d.n_layer} × ${d.n_head}`;
   document.querySelector('[data-tile="tokens"]').textContent = d.n_tokens.toLocaleString("en");
-  map ||= new HeadMap($("head-map"), { onView, onHover: (t) => { $("map-status").textContent = t || "\u00a0"; } });
+  map ||= new HeadMap($("head-map"), {
+    onView, onHover: (t) => { $("map-status").textContent = t || "\u00a0"; },
+    fetchDetail: (region, { signal }) => fetchHead(state.layer, state.head, region, signal),
+  });
+  map.detailSide = CELLS;
   if (!state.heads) $("grid-blurb").textContent = "Every head's statistics and pooled map are being computed on the worker…";
   const m = /^#L(\d+)H(\d+)$/.exec(location.hash);
   let l = m ? Number(m[1]) : Math.floor(d.n_layer / 2), hd = m ? Number(m[2]) : 0;
@@ -339,8 +350,10 @@ const socket = new LiveSocket({
       }
     }
     renderStatus();
-    document.body.dataset.loaded = state.lastSeq >= (job.last_seq || 0) ? "yes" : "no";
-    if (TERMINAL.has(job.status)) socket.stop();
+    const loaded = state.lastSeq >= (job.last_seq || 0);
+    document.body.dataset.loaded = loaded ? "yes" : "no";
+    // a finished job: stop once its log is in (the first message, the job's brief, comes before the replay)
+    if (TERMINAL.has(job.status) && loaded) socket.stop();
   },
   onState(s) {
     live.dataset.state = s;

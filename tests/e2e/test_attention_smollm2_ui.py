@@ -144,3 +144,17 @@ def test_smollm2_attention_on_2048_tokens(stack, page, shots, smollm2_models_dir
     page.wait_for_timeout(300)
     page.locator("#head-card").screenshot(path=str(shots / "attention_smollm2_zoom.png"))
     assert not errors, errors
+
+    # a map pooled for the wire (as an 8,192-token text's is, here forced with ?cells=512): the whole
+    # map comes 4 × 4-pooled; a zoom to 512 positions or fewer fetches that region at full resolution
+    page.goto(stack.url + f"/jobs/{job_id}/?cells=512#L3H5")
+    shown = map_shown(page, 3, 5)
+    assert shown["bytes"] == str(512 * 512)
+    assert "pooled 4 × 4" in page.locator("#map-legend").inner_text()
+    page.evaluate("() => window.attentionJob.map.zoomTo(1000, 1300, 1000, 1300)")
+    page.wait_for_function("() => document.getElementById('head-map').dataset.detail === '1000,1300,1000,1300'")
+    assert page.evaluate("() => window.attentionJob.map.source().meta.block") == [1, 1]
+    page.wait_for_function("() => document.getElementById('head-view').dataset.region === '1000,1300,1000,1300'")
+    page.evaluate("() => window.attentionJob.map.reset()")
+    assert page.evaluate("() => window.attentionJob.map.source().meta.block") == [4, 4]
+    assert not errors, errors

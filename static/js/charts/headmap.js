@@ -75,12 +75,14 @@ export class HeadMap {
    * onView({q0, q1, k0, k1}): the visible region changed (the head view follows it).
    * onHover(text): what the pointer is over.
    */
-  constructor(canvas, { onView = () => {}, onHover = () => {} } = {}) {
+  constructor(canvas, { onView = () => {}, onHover = () => {}, fetchDetail = null } = {}) {
     this.canvas = canvas;
     this.onView = onView;
     this.onHover = onHover;
+    this.fetchDetail = fetchDetail;  // (region, {signal}) -> {bytes, meta}: a pooled map's region at full resolution
     this.image = document.createElement("canvas");  // the map at one pixel a cell
     this.data = null;
+    this.detail = null;             // {bytes, meta, max, image}: a region of a pooled map at full resolution
     this.scale = "log";
     this.drag = null;
     this.bind();
@@ -89,9 +91,57 @@ export class HeadMap {
   /** A new map: bytes (Uint8Array nq·nk), meta {q: [q0, q1], k: [k0, k1], block: [bq, bk], shape: [nq, nk]},
    * queries/keys: every token's label. */
   show(bytes, meta, tokens) {
-    this.data = { bytes, meta, tokens, max: maxOf(bytes) };
+    this.cancelDetail();
+    this.detail = null;
+    this.data = { bytes, meta, tokens, max: maxOf(bytes), image: this.image };
     this.repaint();
     this.reset();
+  }
+
+  /** What the view is drawn from: the detail when it covers the view, else the whole map. */
+  source() {
+    const d = this.detail, v = this.view;
+    if (d && v && d.meta.q[0] <= v.q0 && v.q1 <= d.meta.q[1] && d.meta.k[0] <= v.k0 && v.k1 <= d.meta.k[1]) {
+      return { ...d, tokens: this.data.tokens };
+    }
+    return this.data;
+  }
+
+  cancelDetail() {
+    clearTimeout(this.detailTimer);
+    this.detailController?.abort();
+    this.detailController = null;
+  }
+
+  /** A pooled map zoomed to at most ``detailSide`` positions a side: fetch that region at full resolution. */
+  maybeDetail() {
+    const { meta } = this.data;
+    if (!this.fetchDetail || (meta.block[0] === 1 && meta.block[1] === 1)) return;
+    const v = this.view;
+    const q0 = Math.floor(v.q0), q1 = Math.ceil(v.q1), k0 = Math.floor(v.k0), k1 = Math.ceil(v.k1);
+    const side = this.detailSide || 2048;
+    if (q1 - q0 > side || k1 - k0 > side || this.source() !== this.data) return;
+    this.cancelDetail();
+    const base = this.data;
+    this.detailTimer = setTimeout(async () => {
+      const controller = this.detailController = new AbortController();
+      this.canvas.dataset.detail = "loading";
+      let got;
+      try {
+        got = await this.fetchDetail({ q0, q1, k0, k1 }, { signal: controller.signal });
+      } catch (err) {
+        if (err.name !== "AbortError") this.canvas.dataset.detail = "error";
+        return;
+      }
+      if (controller.signal.aborted || this.data !== base) return;
+      const image = document.createElement("canvas");
+      const max = maxOf(got.bytes);
+      paintBytes(image, got.bytes, got.meta.shape[0], got.meta.shape[1], palette(this.scale, max));
+      this.detail = { bytes: got.bytes, meta: got.meta, max, image };
+      this.canvas.dataset.detail = `${q0},${q1},${k0},${k1}`;
+      this.draw();
+      this.notify();
+    }, 150);
   }
 
   setScale(scale) {
@@ -100,8 +150,9 @@ export class HeadMap {
   }
 
   repaint() {
-    const { bytes, meta, max } = this.data;
-    paintBytes(this.image, bytes, meta.shape[0], meta.shape[1], palette(this.scale, max));
+    for (const d of [this.data, this.detail]) {
+      if (d) paintBytes(d.image, d.bytes, d.meta.shape[0], d.meta.shape[1], palette(this.scale, d.max));
+    }
   }
 
   /** The whole map. */
@@ -123,8 +174,14 @@ export class HeadMap {
     [k0, k1] = clamp(k0, k1, meta.k[0], meta.k[1]);
     this.view = { q0, q1, k0, k1 };
     this.draw();
+    this.notify();
+    this.maybeDetail();
+  }
+
+  notify() {
+    const { q0, q1, k0, k1 } = this.view;
     const r = (v) => Math.round(v);
-    this.onView({ q0: r(q0), q1: Math.max(r(q0) + 1, r(q1)), k0: r(k0), k1: Math.max(r(k0) + 1, r(k1)) });
+    this.onView({ q0: r(q0), q1: Math.max(r(q0) + 1, r(q1)), k0: r(k0), k1: Math.max(r(k0) + 1, r(k1)) }, this.source());
   }
 
   zoomBy(factor, cx = 0.5, cy = 0.5) {
@@ -158,7 +215,8 @@ export class HeadMap {
     const ctx = this.canvas.getContext("2d");
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
-    const { meta } = this.data;
+    const src = this.source();
+    const { meta } = src;
     const [bq, bk] = meta.block;
     const { q0, q1, k0, k1 } = this.view;
     const W = Math.round(b.w * dpr), H = Math.round(b.h * dpr);
@@ -166,12 +224,12 @@ export class HeadMap {
       // more cells than pixels: each pixel shows the largest of its cells, so that a thin diagonal
       // or a sparse column stays visible (averaging would wash it out)
       ctx.setTransform(1, 0, 0, 1, 0, 0);
-      ctx.drawImage(this.maxPooled(W, H), Math.round(b.x * dpr), Math.round(b.y * dpr));
+      ctx.drawImage(this.maxPooled(src, W, H), Math.round(b.x * dpr), Math.round(b.y * dpr));
       ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
       this.canvas.dataset.pooled = "max";
     } else {
       ctx.imageSmoothingEnabled = false;
-      ctx.drawImage(this.image, (k0 - meta.k[0]) / bk, (q0 - meta.q[0]) / bq, (k1 - k0) / bk, (q1 - q0) / bq, b.x, b.y, b.w, b.h);
+      ctx.drawImage(src.image, (k0 - meta.k[0]) / bk, (q0 - meta.q[0]) / bq, (k1 - k0) / bk, (q1 - q0) / bq, b.x, b.y, b.w, b.h);
       this.canvas.dataset.pooled = "";
     }
     ctx.strokeStyle = "#d4d4d8";
@@ -189,11 +247,11 @@ export class HeadMap {
 
   /** The visible part, W × H device pixels, each the largest byte of the cells it covers (cached
    * for the last view). */
-  maxPooled(W, H) {
-    const { bytes, meta, max } = this.data;
+  maxPooled(src, W, H) {
+    const { bytes, meta, max } = src;
     const [bq, bk] = meta.block, nk = meta.shape[1];
     const { q0, q1, k0, k1 } = this.view;
-    const key = `${q0},${q1},${k0},${k1},${W},${H},${this.scale}`;
+    const key = `${q0},${q1},${k0},${k1},${W},${H},${this.scale},${src === this.data}`;
     if (this.pooled?.key === key) return this.pooled.canvas;
     const i0 = Math.max(0, Math.floor((q0 - meta.q[0]) / bq)), i1 = Math.min(meta.shape[0], Math.ceil((q1 - meta.q[0]) / bq));
     const j0 = Math.max(0, Math.floor((k0 - meta.k[0]) / bk)), j1 = Math.min(nk, Math.ceil((k1 - meta.k[0]) / bk));
@@ -261,7 +319,7 @@ export class HeadMap {
   }
 
   hoverText(c) {
-    const { bytes, meta, tokens } = this.data;
+    const { bytes, meta, tokens } = this.source();
     const [bq, bk] = meta.block;
     const i = Math.floor((c.q - meta.q[0]) / bq), j = Math.floor((c.k - meta.k[0]) / bk);
     if (i < 0 || j < 0 || i >= meta.shape[0] || j >= meta.shape[1]) return "";
