@@ -9,8 +9,9 @@ tokens:
     worker   the job's page open while the attention job runs in this process as a worker runs it
              (``explorer.inference.attention.run_job``; the model loaded once beforehand, as a worker
              keeps it): from the run's start to the first head's whole map on screen
-             (``start_to_map_on_screen_s``: the forward, the queries and keys saved, the
-             "attention_tokens" event, the page's fetch and draw), the forward alone, the whole job
+             (``start_to_map_on_screen_s``: the forward's first layer, its queries and keys saved, the
+             "attention_tokens" event, the page's fetch and draw of layer 0's head 0), the first layer
+             alone (``first_layer_s``), the whole forward and its statistics (``analysis_s``), the whole job
              (``job_s``: then every head's statistics), the events' sizes, the kept file's size;
     server   ``GET /api/v1/jobs/{id}/attention/head`` for one head's whole map through uvicorn:
              time and bytes;
@@ -121,9 +122,9 @@ def live_side(browser, stack, cookie, job):
     heads = JobEvent.objects.get(job=job, kind="attention_heads").payload
     return {
         "tokens": job.spec["attention"]["n_tokens"], "start_to_map_on_screen_s": round(to_map, 2),
-        "forward_s": tokens["seconds"], "job_s": round(out["job_s"], 2), "analysis_s": heads["seconds"],
+        "first_layer_s": tokens["seconds"], "job_s": round(out["job_s"], 2), "analysis_s": heads["seconds"],
         "event_json_bytes": {"attention_tokens": len(json.dumps(tokens)), "attention_heads": len(json.dumps(heads))},
-        "kept_qk_bytes": os.path.getsize(attention.qk_path(job.pk)), "page_errors": errors,
+        "kept_qk_bytes": attention.kept_bytes(job.pk), "page_errors": errors,
     }
 
 
@@ -196,7 +197,7 @@ def main() -> int:
                 job = create_job(user, team, tokenizer, n)
                 worker = live_side(browser, stack, cookie, job)
                 print(f"{n} tokens: run start → first whole map on screen {worker['start_to_map_on_screen_s']:.1f} s "
-                      f"(forward {worker['forward_s']:.1f} s); the job {worker['job_s']:.1f} s (statistics included); "
+                      f"(first layer {worker['first_layer_s']:.1f} s); the job {worker['job_s']:.1f} s (statistics included); "
                       f"events {worker['event_json_bytes']}, kept q/k {worker['kept_qk_bytes'] / 1e6:,.1f} MB")
                 job.refresh_from_db()
                 page = page_side(browser, stack, cookie, job, args.heads)

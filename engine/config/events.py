@@ -269,15 +269,16 @@ class HeadMaps(TypedDict):
 
 
 class AttentionTokensEvent(TypedDict):
-    """An attention job's forward is done: any head's full map can be fetched from now on
-    (``/api/v1/jobs/{id}/attention/head``), while the statistics of every head are computed."""
+    """An attention job's forward has passed its first layer: a head's full map can be fetched
+    (``/api/v1/jobs/{id}/attention/head``) as soon as the forward has passed its layer (a 409 before),
+    while the rest of the forward and then every head's statistics are computed."""
     kind: Literal["attention_tokens"]
     n_tokens: int
     n_layer: int
     n_head: int
     n_kv_head: int
     tokens: Annotated[list[str], "every token's label, from the model's own tokenizer"]
-    seconds: Annotated[float, "the forward, in the worker"]
+    seconds: Annotated[float, "the first layer's forward, in the worker"]
 
 
 class AttentionHeadsEvent(TypedDict):

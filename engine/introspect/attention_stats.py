@@ -2,7 +2,7 @@
 statistics over the full-resolution maps, a pooled overview of every head, and the queries and keys
 that rebuild any head's full map later.
 
-    result = analyze_attention(model, ids, cells=32, on_layer=None, on_forward=None)
+    result = analyze_attention(model, ids, cells=32, on_layer=None, on_scores=None, on_forward=None)
     result.stats["entropy"]       # (n_layer, n_head) float32, see below
     result.overview               # (n_layer, n_head, N, N) pooled maps (attention_zoom.pool_blocks)
     result.q, result.k            # (n_layer, n_head, T, hs), (n_layer, n_kv_head, T, hs), float16
@@ -126,12 +126,14 @@ def layer_summary(scores: LayerScores, block: int) -> tuple[dict[str, torch.Tens
 @torch.no_grad()
 def analyze_attention(model: nn.Module, ids: torch.Tensor, *, cells: int = 32,
                       on_layer: Callable[[str, int, int], None] | None = None,
+                      on_scores: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
                       on_forward: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
                       autocast=contextlib.nullcontext) -> AttentionAnalysis:
     """Run ``model`` (a decoder) once on ``ids`` ((1, T) or (T,)), keeping each layer's queries and
-    keys, then summarise every layer's full maps. ``on_forward(q, k)`` gets the float16 queries and
-    keys as soon as the forward is done (before the statistics: a caller can draw maps from them at
-    once); ``on_layer(phase, layer, n_layer)`` follows the work ("forward", then "statistics"); either
+    keys, then summarise every layer's full maps. ``on_scores(layer, n_layer, q, k)`` gets each
+    layer's float16 queries (n_head, T, hs) and keys (n_kv_head, T, hs) as the forward reaches it, and
+    ``on_forward(q, k)`` all of them once the forward is done (both before the statistics: a caller
+    can draw maps from them at once); ``on_layer(phase, layer, n_layer)`` follows the work ("forward", then "statistics"); either
     may raise to stop. Restores the model's mode."""
     ids = ids.reshape(1, -1).to(next(model.parameters()).device)
     t = ids.size(1)
@@ -139,8 +141,13 @@ def analyze_attention(model: nn.Module, ids: torch.Tensor, *, cells: int = 32,
     found: dict[int, LayerScores] = {}
     n_layer = len(model.h)
 
+    half: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
     def keep(layer, scores):
         found[layer] = scores
+        half[layer] = (scores.q[0].to(torch.float16).cpu(), scores.k[0].to(torch.float16).cpu())
+        if on_scores is not None:
+            on_scores(layer, n_layer, *half[layer])
         if on_layer is not None:
             on_layer("forward", layer, n_layer)
 
@@ -152,8 +159,8 @@ def analyze_attention(model: nn.Module, ids: torch.Tensor, *, cells: int = 32,
     finally:
         model.train(was_training)
     layers = [found[i] for i in sorted(found)]
-    q = torch.stack([s.q[0].to(torch.float16).cpu() for s in layers])
-    k = torch.stack([s.k[0].to(torch.float16).cpu() for s in layers])
+    q = torch.stack([half[i][0] for i in sorted(found)])
+    k = torch.stack([half[i][1] for i in sorted(found)])
     if on_forward is not None:
         on_forward(q, k)
     summaries = []

@@ -95,7 +95,7 @@ def attention_options(request):
 job_routes = Router(tags=["jobs"])
 
 
-@job_routes.get("/{int:job_id}/attention/head", response={200: bytes, 400: ErrorOut, 404: ErrorOut},
+@job_routes.get("/{int:job_id}/attention/head", response={200: bytes, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut},
                 summary="One head's attention map of an attention job, as bytes on a log scale")
 def attention_head(request, job_id: int, layer: int = 0, head: int = 0, q0: int = 0, q1: int | None = None,
                    k0: int = 0, k1: int | None = None, cells: int = 2048):
@@ -103,7 +103,8 @@ def attention_head(request, job_id: int, layer: int = 0, head: int = 0, q0: int 
     job's kept queries and keys: ``application/octet-stream``, one byte a cell, row-major (0: a
     weight under 1e-5, else ``w = 10^((byte − 1)/254·5 − 5)``); full resolution up to ``cells``
     (≤ 2,048) a side, pooled beyond. The header ``X-Attention`` holds the shape, block and region
-    as JSON."""
+    as JSON. A layer is there as soon as the job's forward has passed it: before that, a 409 (ask
+    again shortly)."""
     import json
 
     from django.http import Http404, HttpResponse
@@ -116,6 +117,8 @@ def attention_head(request, job_id: int, layer: int = 0, head: int = 0, q0: int 
         body, meta = attention.head(job, layer=layer, head=head, q0=q0, q1=q1, k0=k0, k1=k1, cells=cells)
     except attention.BadHead as exc:
         return Status(400, {"detail": f"Invalid head: {exc}", "errors": exc.errors})
+    except attention.NotYet as exc:
+        return Status(409, {"detail": str(exc)})
     except attention.NoMaps as exc:
         raise Http404(str(exc)) from None
     resp = HttpResponse(body, content_type="application/octet-stream")

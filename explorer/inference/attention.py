@@ -10,9 +10,11 @@ process and kept (``engine.interop.pretrained``): one forward under
 ``engine.introspect.attention_stats.analyze_attention``, whose statistics are taken over the
 full-resolution maps of every head, then
 
-- as soon as the forward is done, the layers' queries and keys (float16, ``QK_FILE`` in the job's
-  directory) and an "attention_tokens" event (every token's label): the page can draw any head's
-  map from then on, while the statistics are computed;
+- as the forward reaches each layer, its queries and keys (float16, ``attention/layer-NN.pt`` in
+  the job's directory; ``attention/meta.pt`` holds the config and the ids), and after the first
+  layer an "attention_tokens" event (every token's label): the page draws a head's map as soon as
+  its layer is there (layer 0 about a thirtieth of the forward after the start), the other layers
+  following, while the rest of the forward and then the statistics run;
 - then one "attention_heads" event: the statistics, every head pooled into at most
   ``OVERVIEW_CELLS`` cells a side (the page's layer × head grid).
 
@@ -53,7 +55,7 @@ MAX_MESSAGES = 64
 MIN_TOKENS = 2
 OVERVIEW_CELLS = 32  # a side of each head's pooled map in the event: 30 × 9 heads × 32² = 276 kB
 MAX_SIDE = 2048  # positions a side of a head's map sent at full resolution
-QK_FILE = "attention_qk.pt"
+QK_DIR = "attention"
 CHUNK_BYTES = 4 * (1 << 24) * 3  # a row chunk of weights and the temporaries the statistics make of it
 DEFAULT_SOURCE = "smollm2-135m-instruct"
 
@@ -181,8 +183,23 @@ def create_attention_job(user, team, payload, name="", priority="normal"):
 
 
 # ---------------------------------------------------------------------------- the run (in a worker)
-def qk_path(job_id):
-    return os.path.join(job_dir(job_id), QK_FILE)
+def qk_dir(job_id):
+    return os.path.join(job_dir(job_id), QK_DIR)
+
+
+def layer_path(job_id, layer):
+    return os.path.join(qk_dir(job_id), f"layer-{layer:02d}.pt")
+
+
+def _save(obj, path):
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def kept_bytes(job_id):
+    """The size of a job's kept queries and keys."""
+    d = qk_dir(job_id)
+    return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)) if os.path.isdir(d) else 0
 
 
 def _b64(t):
@@ -232,20 +249,24 @@ def run_job(job_id, worker_name):
                 progress(0.25 + 0.7 * (layer + 1) / n_layer, "statistics",
                          f"statistics of every head's full map: layer {layer + 1} of {n_layer}")
 
-        def on_forward(q, k):  # every head's map can be drawn from now on, while the statistics run
-            os.makedirs(job_dir(job_id), exist_ok=True)
-            path = qk_path(job_id)
-            torch.save({"q": q, "k": k, "attention": model.config.attention,
-                        "config": model.config.to_dict(), "ids": ids}, path + ".tmp")
-            os.replace(path + ".tmp", path)
-            recorder(events.AttentionTokensEvent(
-                kind="attention_tokens", n_tokens=len(ids), n_layer=q.size(0), n_head=q.size(1), n_kv_head=k.size(1),
-                tokens=labels, seconds=round(time.perf_counter() - started, 3)))
-            recorder.flush()  # sent and saved now: a page opened meanwhile finds it
-            progress(0.25, "statistics", "the maps are ready; statistics of every head's full map", force=True)
+        os.makedirs(qk_dir(job_id), exist_ok=True)
+        _save({"attention": model.config.attention, "config": model.config.to_dict(), "ids": ids,
+               "n_layer": model.config.n_layer}, os.path.join(qk_dir(job_id), "meta.pt"))
+
+        def on_scores(layer, n_layer, q, k):  # a layer's maps can be drawn from now on
+            _save({"q": q, "k": k}, layer_path(job_id, layer))
+            if layer == 0:
+                recorder(events.AttentionTokensEvent(
+                    kind="attention_tokens", n_tokens=len(ids), n_layer=n_layer, n_head=q.size(0),
+                    n_kv_head=k.size(0), tokens=labels, seconds=round(time.perf_counter() - started, 3)))
+                recorder.flush()  # sent and saved now: a page opened meanwhile finds it
+
+        def on_forward(q, k):
+            progress(0.25, "statistics", "every layer's maps are ready; statistics of every head's full map",
+                     force=True)
 
         result = analyze_attention(model, torch.tensor(ids), cells=OVERVIEW_CELLS, on_layer=on_layer,
-                                   on_forward=on_forward)
+                                   on_scores=on_scores, on_forward=on_forward)
         seconds = time.perf_counter() - started
         recorder(heads_event(result, seconds))
         recorder.summary.update({"n_tokens": len(ids), "seconds": round(seconds, 2)})
@@ -255,13 +276,17 @@ def run_job(job_id, worker_name):
 
 
 # ---------------------------------------------------------------------------- a head's map (web process)
-KEPT = 2  # jobs whose queries and keys stay open (memory-mapped)
+KEPT = 64  # kept files open (memory-mapped): a job's meta and its layers
 _kept: OrderedDict = OrderedDict()
 _lock = threading.Lock()
 
 
 class NoMaps(Exception):
-    """A 404: the job has no maps (not finished, or not an attention job)."""
+    """A 404: the job has no maps (not an attention job, or it ended without them)."""
+
+
+class NotYet(Exception):
+    """A 409: the job runs and has not reached that layer yet; ask again shortly."""
 
 
 class BadHead(Exception):
@@ -270,24 +295,37 @@ class BadHead(Exception):
         self.errors = errors
 
 
-def _open(job):
-    path = qk_path(job.pk)
-    try:
-        key = (path, os.path.getmtime(path))
-    except OSError:
-        raise NoMaps(f"{job.display_name} has no attention maps yet" if job.kind == "attention"
-                     else f"{job.display_name} is not an attention job") from None
+def _load(path):
+    """A kept file, memory-mapped, cached by path and modification time."""
+    key = (path, os.path.getmtime(path))
     with _lock:
-        if key in _kept:
-            _kept.move_to_end(key)
-            return _kept[key]
-        saved = torch.load(path, mmap=True, weights_only=True)
-        cfg = engine.ModelConfig.from_dict(saved["config"])
-        pattern = engine.ATTENTIONS[saved["attention"]](cfg)
-        _kept[key] = (saved, pattern)
-        while len(_kept) > KEPT:
-            _kept.popitem(last=False)
+        if key not in _kept:
+            _kept[key] = torch.load(path, mmap=True, weights_only=True)
+            while len(_kept) > KEPT:
+                _kept.popitem(last=False)
+        _kept.move_to_end(key)
         return _kept[key]
+
+
+def _open(job, layer):
+    """(meta, the layer's {"q", "k"}, the attention pattern); ``NotYet`` while the job has not reached it."""
+    running = job.status in (Job.Status.QUEUED, Job.Status.RUNNING)
+    try:
+        meta = _load(os.path.join(qk_dir(job.pk), "meta.pt"))
+    except OSError:
+        if running:
+            raise NotYet(f"{job.display_name} has not started its forward yet") from None
+        raise NoMaps(f"{job.display_name} has no attention maps") from None
+    if not 0 <= layer < meta["n_layer"]:
+        raise BadHead({"layer": f"must be between 0 and {meta['n_layer'] - 1} (got {layer})"})
+    try:
+        qk = _load(layer_path(job.pk, layer))
+    except OSError:
+        if running:
+            raise NotYet(f"layer {layer} is not computed yet; the forward is on its way there") from None
+        raise NoMaps(f"{job.display_name} has no maps of layer {layer}") from None
+    cfg = engine.ModelConfig.from_dict(meta["config"])
+    return meta, qk, engine.ATTENTIONS[meta["attention"]](cfg)
 
 
 def head(job, *, layer=0, head=0, q0=0, q1=None, k0=0, k1=None, cells=MAX_SIDE):
@@ -296,22 +334,21 @@ def head(job, *, layer=0, head=0, q0=0, q1=None, k0=0, k1=None, cells=MAX_SIDE):
     over its queries of the mass its keys get)."""
     if job.kind != "attention":
         raise NoMaps(f"{job.display_name} is not an attention job")
-    saved, pattern = _open(job)
-    n_layer, n_head, t, _ = saved["q"].shape
+    _, qk, pattern = _open(job, layer)
+    n_head, t, _ = qk["q"].shape
     q1 = t if q1 is None else q1
     k1 = t if k1 is None else k1
     errors = {}
-    for name, value, lo, hi in (("layer", layer, 0, n_layer - 1), ("head", head, 0, n_head - 1),
-                                ("q0", q0, 0, t - 1), ("k0", k0, 0, t - 1), ("q1", q1, q0 + 1, t),
-                                ("k1", k1, k0 + 1, t), ("cells", cells, 1, MAX_SIDE)):
+    for name, value, lo, hi in (("head", head, 0, n_head - 1), ("q0", q0, 0, t - 1), ("k0", k0, 0, t - 1),
+                                ("q1", q1, q0 + 1, t), ("k1", k1, k0 + 1, t), ("cells", cells, 1, MAX_SIDE)):
         if not lo <= value <= hi:
             errors[name] = f"must be between {lo} and {hi} (got {value})"
     if errors:
         raise BadHead(errors)
     started = time.perf_counter()
-    n_kv = saved["k"].size(1)
+    n_kv = qk["k"].size(0)
     kv = head // (n_head // n_kv)
-    scores = LayerScores(pattern, saved["q"][layer, head:head + 1][None], saved["k"][layer, kv:kv + 1][None], 0, None)
+    scores = LayerScores(pattern, qk["q"][head:head + 1][None], qk["k"][kv:kv + 1][None], 0, None)
     with torch.no_grad():
         out = head_map(scores, 0, q0, q1, k0, k1, max_cells=cells)
     codes = encode_log(out["weights"]).contiguous()

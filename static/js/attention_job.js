@@ -180,6 +180,12 @@ async function choose(layer, head) {
     ({ meta, bytes } = await fetchHead(layer, head, null, controller.signal));
   } catch (err) {
     if (err.name === "AbortError") return;
+    if (err.status === 409) {  // the forward has not reached that layer yet: ask again shortly
+      root.dataset.state = "waiting";
+      $("map-status").textContent = `${err.message} (${fmt.percent(state.fraction)} done)…`;
+      setTimeout(() => { if (state.layer === layer && state.head === head && state.request === controller) choose(layer, head); }, 700);
+      return;
+    }
     root.dataset.state = "error";
     $("map-status").textContent = `could not load the map: ${err.message}`;
     return;
@@ -223,7 +229,7 @@ async function fetchHead(layer, head, region, signal) {
   if (!res.ok) {
     let detail = `HTTP ${res.status}`;
     try { detail = (await res.json()).detail || detail; } catch { /* not JSON */ }
-    throw new Error(detail);
+    throw Object.assign(new Error(detail), { status: res.status });
   }
   const meta = JSON.parse(res.headers.get("X-Attention"));
   return { meta, bytes: new Uint8Array(await res.arrayBuffer()) };
@@ -276,8 +282,9 @@ function showMaps(d) {
   });
   map.detailSide = CELLS;
   if (!state.heads) $("grid-blurb").textContent = "Every head's statistics and pooled map are being computed on the worker…";
+  // the first layer is there first (the others follow as the forward reaches them)
   const m = /^#L(\d+)H(\d+)$/.exec(location.hash);
-  let l = m ? Number(m[1]) : Math.floor(d.n_layer / 2), hd = m ? Number(m[2]) : 0;
+  let l = m ? Number(m[1]) : 0, hd = m ? Number(m[2]) : 0;
   if (l >= d.n_layer || hd >= d.n_head) { l = 0; hd = 0; }
   choose(l, hd);
 }

@@ -108,11 +108,16 @@ def test_head_map_from_the_kept_queries_and_keys():
 def test_the_forward_then_the_statistics_are_reported():
     model = model_of(n_layer=3)
     seen = []
-    result = analyze_attention(model, torch.zeros(1, 5, dtype=torch.long),
-                               on_layer=lambda *a: seen.append(a), on_forward=lambda q, k: seen.append((q, k)))
+    layers = []
+    result = analyze_attention(model, torch.zeros(1, 5, dtype=torch.long), on_layer=lambda *a: seen.append(a),
+                               on_scores=lambda i, n, q, k: layers.append((i, n, q, k)),
+                               on_forward=lambda q, k: seen.append((q, k)))
     assert seen[:3] == [("forward", 0, 3), ("forward", 1, 3), ("forward", 2, 3)]
     assert seen[3][0] is result.q and seen[3][1] is result.k  # the queries and keys, before any statistics
     assert seen[4:] == [("statistics", 0, 3), ("statistics", 1, 3), ("statistics", 2, 3)]
+    assert [(i, n) for i, n, _, _ in layers] == [(0, 3), (1, 3), (2, 3)]  # each layer as the forward reaches it
+    for i, _, q, k in layers:
+        assert torch.equal(q, result.q[i]) and torch.equal(k, result.k[i]) and q.dtype == torch.float16
 
 
 def test_log_code_round_trip():

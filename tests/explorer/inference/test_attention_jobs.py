@@ -5,6 +5,7 @@ the context and other bad input are 400s at their field with the numbers; login 
 import importlib.util
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -161,5 +162,12 @@ def test_login_teams_and_bad_head_requests(alice_client, bob, smollm2_models_dir
     assert head(alice_client, job.pk, layer="x").status_code == 400
     queued = submit(alice_client, source=SMOL, text="Not run yet, so no maps.").json()["id"]
     resp = head(alice_client, queued)
-    assert resp.status_code == 404 and "no attention maps yet" in resp.json()["detail"]
+    assert resp.status_code == 409 and "not started its forward yet" in resp.json()["detail"]  # ask again
+    os.remove(attention.layer_path(job.pk, 7))  # as if the forward had not reached layer 7
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)
+    resp = head(alice_client, job.pk, layer=7)
+    assert resp.status_code == 409 and "layer 7 is not computed yet" in resp.json()["detail"]
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.FAILED)
+    assert head(alice_client, job.pk, layer=7).status_code == 404
+    assert head(alice_client, job.pk, layer=6).status_code == 200
     assert math.isfinite(json.loads(head(alice_client, job.pk)["X-Attention"])["ms"])
