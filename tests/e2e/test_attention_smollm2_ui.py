@@ -133,6 +133,9 @@ def test_smollm2_attention_on_2048_tokens(stack, page, shots, smollm2_models_dir
       return [best[1], best[2]]; }""")
     page.evaluate(f"() => window.attentionJob.choose({layer}, {head})")
     map_shown(page, layer, head)
+    # the canvas shows this head's map, not the previous head's zoomed-out picture kept for the same view
+    assert page.evaluate("""() => { const m = window.attentionJob.map, c = document.getElementById('head-map');
+      const shown = c.toDataURL(); m.pooled = null; m.draw(); return shown === c.toDataURL(); }""")
     page.mouse.move(map_box["x"] + map_box["width"] * 0.45, map_box["y"] + map_box["height"] * 0.55)
     page.wait_for_timeout(300)
     page.screenshot(path=str(shots / "attention_smollm2.png"), full_page=True)

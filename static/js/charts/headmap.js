@@ -94,6 +94,7 @@ export class HeadMap {
     this.cancelDetail();
     this.detail = null;
     this.data = { bytes, meta, tokens, max: maxOf(bytes), image: this.image };
+    this.pooled = null;  // drawn from another map
     this.repaint();
     this.reset();
   }
@@ -138,6 +139,7 @@ export class HeadMap {
       const max = maxOf(got.bytes);
       paintBytes(image, got.bytes, got.meta.shape[0], got.meta.shape[1], palette(this.scale, max));
       this.detail = { bytes: got.bytes, meta: got.meta, max, image };
+      this.pooled = null;
       this.canvas.dataset.detail = `${q0},${q1},${k0},${k1}`;
       this.draw();
       this.notify();
@@ -150,6 +152,7 @@ export class HeadMap {
   }
 
   repaint() {
+    this.pooled = null;
     for (const d of [this.data, this.detail]) {
       if (d) paintBytes(d.image, d.bytes, d.meta.shape[0], d.meta.shape[1], palette(this.scale, d.max));
     }
