@@ -106,7 +106,7 @@ def validate(team, payload):
     errors = {}
     source = payload.get("source") or {"pretrained": DEFAULT_SOURCE}
     key = source.get("pretrained") if isinstance(source, dict) else None
-    if key not in decoders():
+    if not isinstance(key, str) or key not in decoders():
         raise services.SpecError({"source": f"choose a pretrained decoder: {{\"pretrained\": one of {list(decoders())}}}"})
     name, label = PRETRAINED[key]
     try:

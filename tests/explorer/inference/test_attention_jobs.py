@@ -130,6 +130,8 @@ def test_bad_input_is_a_400_at_its_field_with_the_numbers(alice_client, smollm2_
     cases = [
         ({"text": ""}, "text"), ({"text": "   "}, "text"), ({"source": {"pretrained": "minilm"}, "text": "hi there"}, "source"),
         ({"source": {"pretrained": 5}, "text": "hi there"}, "source"), ({"source": {"job": 1}, "text": "hi"}, "source"),
+        ({"source": {"pretrained": ["smollm2-135m-instruct"]}, "text": "hi there"}, "source"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages"), ({"messages": "hello"}, "messages"),
         ({"text": "x" * (attention.MAX_TEXT_CHARS + 1)}, "text"), ({"text": "a"}, "text"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "messages"), ({"messages": []}, "messages"),
     ]
