@@ -59,6 +59,7 @@ def not_found(request, exc):
 api.add_router("/", accounts_api.account)
 api.add_router("/jobs", jobs_api.jobs)
 api.add_router("/jobs", training_api.job_routes)
+api.add_router("/jobs", inference_api.job_routes)
 api.add_router("/", training_api.analysis)
 api.add_router("/", training_api.presets)
 api.add_router("/", training_api.composer)

@@ -30,6 +30,7 @@ urlpatterns = [
     path("inference/", inference.inference, name="inference"),
     path("chat/", inference.chat, name="chat"),
     path("chat/<int:conversation_id>/", inference.chat, name="chat_conversation"),
+    path("attention/", inference.attention, name="attention"),
     path("account/", accounts.account, name="account"),
     path("account/tokens/<int:token_id>/revoke/", accounts.token_revoke, name="token_revoke"),
     path("teams/switch/", accounts.switch_team, name="switch_team"),

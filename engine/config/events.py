@@ -291,6 +291,42 @@ class ReplyEvent(TypedDict):
     tokens_per_s: Annotated[float | None, "new tokens per second over the whole answer"]
 
 
+class HeadMaps(TypedDict):
+    """Every layer's and head's map of a long input, pooled into blocks, on a log colour scale."""
+    shape: Annotated[list[int], "[n_layer, n_head, N, N]"]
+    block: Annotated[int, "positions per cell, queries and keys"]
+    encoding: Annotated[Literal["uint8-log-base64"], "base64 of uint8: 0 below 1e-5, else "
+                                                     "1 + round(254·(log10 w + 5) / 5), row-major"]
+    maps: Annotated[str, "the pooled maps (a cell: the mean over its queries of the mass its keys get)"]
+
+
+class AttentionTokensEvent(TypedDict):
+    """An attention job's forward has passed its first layer: a head's full map can be fetched
+    (``/api/v1/jobs/{id}/attention/head``) as soon as the forward has passed its layer (a 409 before),
+    while the rest of the forward and then every head's statistics are computed."""
+    kind: Literal["attention_tokens"]
+    n_tokens: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    tokens: Annotated[list[str], "every token's label, from the model's own tokenizer"]
+    seconds: Annotated[float, "the first layer's forward, in the worker"]
+
+
+class AttentionHeadsEvent(TypedDict):
+    """An attention job's analysis of one text: each head's statistics over its full-resolution map
+    and every head pooled; see ``engine.introspect.attention_stats``."""
+    kind: Literal["attention_heads"]
+    n_tokens: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    stats: Annotated[dict[str, list[list[float]]], "per statistic ([n_layer][n_head]): entropy (nats), "
+                                                   "entropy_norm, distance (tokens), first_token, self_token"]
+    overview: HeadMaps
+    seconds: Annotated[float, "the forward and the statistics, in the worker"]
+
+
 class StatusEvent(TypedDict):
     """The app moved the job to a status (written by the web, the worker and the reaper)."""
     kind: Literal["status"]
@@ -320,14 +356,15 @@ class LostEvent(TypedDict):
 
 Event = (StartEvent | StepEvent | HealthEvent | MoeEvent | EvalEvent | AttentionEvent | RoutingEvent
          | NonfiniteEvent | CheckpointEvent | EndEvent | ProgressEvent | GenerationEvent | QuantizationEvent
-         | TokenEvent | ReplyEvent | StatusEvent | QueueEvent | LostEvent)
+         | TokenEvent | ReplyEvent | AttentionTokensEvent | AttentionHeadsEvent | StatusEvent | QueueEvent
+         | LostEvent)
 
 
 @dataclass(frozen=True)
 class EventKind:
     """A kind's definition and what the app does with it."""
     type: type  # its TypedDict
-    emitted_by: tuple[str, ...]  # "train", "inference", "tokenizer", "chat" (the job's work) or "app"
+    emitted_by: tuple[str, ...]  # "train", "inference", "tokenizer", "chat", "attention" (the job's work) or "app"
     saved_at_once: bool = False  # a milestone: the log must hold everything up to it at once
     summary: tuple[str, ...] = ()  # keys the job row's summary keeps the latest value of
 
@@ -337,7 +374,7 @@ class EventKind:
 
 
 EVENTS: dict[str, EventKind] = {
-    "start": EventKind(StartEvent, ("train", "inference", "tokenizer", "chat"), saved_at_once=True,
+    "start": EventKind(StartEvent, ("train", "inference", "tokenizer", "chat", "attention"), saved_at_once=True,
                        summary=("params", "vocab_size", "tokens_per_step")),
     "step": EventKind(StepEvent, ("train",),
                       summary=("loss", "lr", "grad_norm", "tokens_per_s", "elapsed", "eta", "aux_loss", "mfu")),
@@ -348,12 +385,14 @@ EVENTS: dict[str, EventKind] = {
     "routing": EventKind(RoutingEvent, ("train",)),
     "nonfinite": EventKind(NonfiniteEvent, ("train",)),
     "checkpoint": EventKind(CheckpointEvent, ("train",), saved_at_once=True),
-    "end": EventKind(EndEvent, ("train", "inference", "tokenizer", "chat"), saved_at_once=True),
-    "progress": EventKind(ProgressEvent, ("inference", "tokenizer")),
+    "end": EventKind(EndEvent, ("train", "inference", "tokenizer", "chat", "attention"), saved_at_once=True),
+    "progress": EventKind(ProgressEvent, ("inference", "tokenizer", "attention")),
     "generation": EventKind(GenerationEvent, ("inference",)),
     "quantization": EventKind(QuantizationEvent, ("inference",)),
     "token": EventKind(TokenEvent, ("chat",)),
     "reply": EventKind(ReplyEvent, ("chat",), summary=("tokens_per_s", "ttft_s", "n_new_tokens")),
+    "attention_tokens": EventKind(AttentionTokensEvent, ("attention",)),
+    "attention_heads": EventKind(AttentionHeadsEvent, ("attention",)),
     "status": EventKind(StatusEvent, ("app",)),
     "queue": EventKind(QueueEvent, ("app",)),
     "lost": EventKind(LostEvent, ("app",)),

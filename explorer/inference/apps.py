@@ -9,8 +9,9 @@ class InferenceConfig(AppConfig):
     label = "inference"
 
     def ready(self):
-        from explorer.inference.kinds import Chat, Inference
+        from explorer.inference.kinds import Attention, Chat, Inference
         from explorer.jobs import kinds
 
         kinds.register(Inference())
         kinds.register(Chat())
+        kinds.register(Attention())

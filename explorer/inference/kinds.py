@@ -106,3 +106,43 @@ class Chat:
         from explorer.inference import views
 
         return views.chat_job_page(request, job)
+
+
+class Attention:
+    """A pretrained decoder's attention on one text: every layer × head (explorer.inference.attention)."""
+
+    name = "attention"
+    label = "Attention"
+    task = "explorer.tasks.run_inference"
+    fit_field = "text"
+    fit_what = "memory for the forward and the kept queries and keys"
+    fit_advice = "analyse a shorter text"
+    out_of_memory_advice = "Analyse a shorter text and submit again."
+    default_seconds = 40.0
+    resumable = False
+
+    def plan(self, user, team, payload):
+        from explorer.inference import attention
+
+        spec, cfg = attention.validate(team, payload)
+        return Plan(spec={"attention": spec}, queue="cpu", memory_bytes=attention.memory_bytes(spec, cfg),
+                    params=engine.analyze(cfg)["params"]["total"], total_steps=100,
+                    name=f"Attention · {spec['n_tokens']:,} tokens · {spec['source']['name'].split(' (')[0]}")
+
+    def memory_bytes(self, job):
+        from engine.interop.pretrained import pretrained_config
+        from explorer.inference import attention
+        from explorer.inference.jobs import PRETRAINED
+
+        spec = job.spec["attention"]
+        return attention.memory_bytes(spec, pretrained_config(PRETRAINED[spec["source"]["pretrained"]][0]))
+
+    def run(self, job_id, worker_name):
+        from explorer.inference import attention
+
+        return attention.run_job(job_id, worker_name)
+
+    def page(self, request, job):
+        from explorer.inference import views
+
+        return views.attention_page(request, job)

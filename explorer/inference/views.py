@@ -54,3 +54,24 @@ def chat_job_page(request, job):
 
     message = Message.objects.filter(job=job).select_related("conversation").first()
     return "explorer/chat_job.html", {"message": message, "settings": job.spec.get("chat", {}), "nav": "chat"}
+
+
+def attention(request):
+    """The attention form: a pretrained decoder and a text (or a chat turn); static/js/attention.js
+    posts it to /api/v1/attention and opens the job's page. ``?text=`` fills the text in and
+    ``?chat=1`` ticks the chat template (a link from a chat page's turn)."""
+    from explorer.inference import attention as attention_jobs
+
+    team_or_404(request)
+    return render(request, "explorer/attention.html", {
+        "options": attention_jobs.options(), "text": request.GET.get("text", ""),
+        "chat": request.GET.get("chat") in ("1", "true", "on"), "nav": "attention",
+    })
+
+
+def attention_page(request, job):
+    """Every layer × head of a pretrained model on one text: the grid, the statistics, one head's
+    full map (zoomable) and its head view."""
+    settings = job.spec.get("attention", {})
+    name = settings.get("source", {}).get("name", "")
+    return "explorer/attention_job.html", {"settings": settings, "model_short": name.split(" (")[0], "nav": "attention"}

@@ -21,6 +21,9 @@ export const KIND = Object.freeze({
   // chat turns: each token as it is sampled, then the finished answer
   token: "token",
   reply: "reply",
+  // attention jobs (a pretrained model on one text)
+  attention_tokens: "attention_tokens",
+  attention_heads: "attention_heads",
   // the app: status changes, queue changes, numbers lost with a dead worker
   status: "status",
   queue: "queue",
