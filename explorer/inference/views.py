@@ -56,6 +56,7 @@ def chat_job_page(request, job):
     return "explorer/chat_job.html", {"message": message, "settings": job.spec.get("chat", {}), "nav": "chat"}
 
 
+@login_required
 def attention(request):
     """The attention form: a pretrained decoder and a text (or a chat turn); static/js/attention.js
     posts it to /api/v1/attention and opens the job's page. ``?text=`` fills the text in and
