@@ -1,0 +1,48 @@
+"""The models page: a team's uploaded models, the upload form, each model's check and analysis."""
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpResponseForbidden
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from engine.interop.byo import SUPPORTED
+from explorer.accounts.teams import is_manager
+from explorer.accounts.views import team_or_404
+from explorer.pretrained.forms import ModelUploadForm
+from explorer.pretrained.models import UploadedModel
+from explorer.pretrained.uploads import ModelUploadError, analysis, delete_model, save_model_upload
+
+
+@login_required
+def models_page(request):
+    team = team_or_404(request)
+    form = ModelUploadForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            model = save_model_upload(team, request.user, form.cleaned_data["file"], form.cleaned_data["name"])
+        except ModelUploadError as exc:
+            form.add_error("file", str(exc))
+        else:
+            messages.success(request, f"Uploaded {model.name}: {model.parameters:,} parameters, logits within "
+                                      f"{model.logits_check['max_abs_diff']:.2g} of transformers'.")
+            return redirect("models")
+    manager = is_manager(request.user, team)
+    rows = [{"m": m, "a": analysis(m), "can_delete": manager or m.owner_id == request.user.pk}
+            for m in UploadedModel.objects.filter(team=team).select_related("owner")]
+    return render(request, "explorer/models.html", {
+        "form": form, "rows": rows, "nav": "models", "families": SUPPORTED,
+        "upload_max_mb": settings.MODEL_UPLOAD_MAX_BYTES // 2**20,
+    })
+
+
+@login_required
+@require_POST
+def model_delete(request, model_id):
+    team = team_or_404(request)
+    model = get_object_or_404(UploadedModel, pk=model_id, team=team)
+    if model.owner_id != request.user.pk and not is_manager(request.user, team):
+        return HttpResponseForbidden("only its uploader or a team maintainer may delete this model")
+    delete_model(model)
+    messages.success(request, f"Deleted {model.name}.")
+    return redirect("models")
