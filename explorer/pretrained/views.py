@@ -14,6 +14,10 @@ from explorer.pretrained.models import UploadedModel
 from explorer.pretrained.uploads import ModelUploadError, analysis, delete_model, save_model_upload
 
 
+def _sci(x):
+    return f"{x:.1e}" if x else "0"
+
+
 @login_required
 def models_page(request):
     team = team_or_404(request)
@@ -24,11 +28,13 @@ def models_page(request):
         except ModelUploadError as exc:
             form.add_error("file", str(exc))
         else:
-            messages.success(request, f"Uploaded {model.name}: {model.parameters:,} parameters, logits within "
-                                      f"{model.logits_check['max_abs_diff']:.2g} of transformers'.")
+            diff = model.logits_check["max_abs_diff"]
+            messages.success(request, f"Uploaded {model.name}: {model.parameters:,} parameters; our logits "
+                                      + (f"within {diff:.1e} of" if diff else "equal to") + " transformers' on the probe text.")
             return redirect("models")
     manager = is_manager(request.user, team)
-    rows = [{"m": m, "a": analysis(m), "can_delete": manager or m.owner_id == request.user.pk}
+    rows = [{"m": m, "a": analysis(m), "can_delete": manager or m.owner_id == request.user.pk,
+             "diff": _sci(m.logits_check["max_abs_diff"]), "tolerance": _sci(m.logits_check["tolerance"])}
             for m in UploadedModel.objects.filter(team=team).select_related("owner")]
     return render(request, "explorer/models.html", {
         "form": form, "rows": rows, "nav": "models", "families": SUPPORTED,
