@@ -1,7 +1,7 @@
 """Bring your own model in headless Chromium (web server only): the models page refuses a file that
 is not a model at its field, takes two tiny random-weight transformers models (a Qwen2 with a chat
 template, a Llama), lists them with their logits check, and "Run inference" opens the inference
-form with the model chosen. Screenshot: models.png."""
+form with the model chosen; its tokenizer encodes in the tokenization lab. Screenshot: models.png."""
 import re
 
 import pytest
@@ -53,4 +53,13 @@ def test_a_team_uploads_models_and_runs_one(web, page, shots, tmp_path):
     rows.first.locator("text=Run inference").click()
     page.wait_for_url(re.compile(rf"/inference/\?model={qwen_model.key}$"))
     assert page.locator("#f-source").input_value() == f"pretrained:{qwen_model.key}"
+
+    # its tokenizer in the tokenization lab, beside the byte-level one
+    page.goto(web.url + f"/tokenizers/?t={qwen_model.key},byte")
+    page.fill("#lab-text", "Hello world, hello model! def square(x): return x * x")
+    page.wait_for_timeout(400)  # the debounce
+    page.wait_for_function("() => document.getElementById('lab-state').dataset.state === 'ok'", timeout=60_000)
+    cols = page.locator("#lab-results .lab-col")
+    assert cols.count() == 2 and cols.nth(0).locator(".chip").count() > 0
+    assert "Tiny Qwen2 chat" in cols.nth(0).inner_text()
     assert errors == []
