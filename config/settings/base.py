@@ -206,6 +206,8 @@ MEDIA_ROOT = Path(os.environ.get("EXPLORER_MEDIA_ROOT", VAR_DIR / "media"))
 # Uploaded models (GGUF files, zipped transformers directories): far larger than text, so a limit of
 # their own; streamed to disk, converted copies kept under MODEL_UPLOAD_ROOT (explorer.pretrained).
 MODEL_UPLOAD_MAX_BYTES = env_int("EXPLORER_MODEL_UPLOAD_MAX_BYTES", 2 * 1024**3)
+# up to this size an upload is converted and checked in the request; a larger one by a worker, as a job
+MODEL_UPLOAD_SYNC_MAX_BYTES = env_int("EXPLORER_MODEL_UPLOAD_SYNC_MAX_BYTES", 32 * 1024 * 1024)
 MODEL_UPLOAD_ROOT = Path(os.environ.get("EXPLORER_MODEL_UPLOAD_ROOT", MEDIA_ROOT / "models"))
 MAX_STEPS = env_int("EXPLORER_MAX_STEPS", 100_000)
 # Training jobs' checkpoints (safetensors), one directory per job; a retry resumes from them.

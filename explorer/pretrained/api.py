@@ -5,6 +5,8 @@ from ninja.files import UploadedFile
 
 from explorer.accounts.api import ErrorOut, team_or_400
 from explorer.accounts.teams import is_manager
+from explorer.jobs import services
+from explorer.jobs.api import JobOut
 from explorer.pretrained.models import UploadedModel
 from explorer.pretrained.uploads import ModelUploadError, delete_model, save_model_upload
 
@@ -24,6 +26,10 @@ class ModelOut(Schema):
     created_at: str
 
 
+class ImportOut(Schema):
+    job: JobOut  # the model-import job converting it
+
+
 def model_out(m):
     return {"id": m.pk, "key": m.key, "name": m.name, "file_name": m.file_name, "format": m.source_format,
             "model_type": m.model_type, "parameters": m.parameters, "context": m.context, "chat": m.chat,
@@ -38,7 +44,7 @@ def list_models(request, team: str | None = None):
     return [model_out(m) for m in UploadedModel.objects.filter(team=team_or_400(request, team))]
 
 
-@models_router.post("", response={201: ModelOut, 400: ErrorOut},
+@models_router.post("", response={201: ModelOut, 202: ImportOut, 400: ErrorOut, 429: ErrorOut},
                     summary="Upload a GGUF file or a zipped transformers model directory")
 def upload_model(request, file: File[UploadedFile], name: Form[str] = "", team: Form[str | None] = None):
     """A decoder of the families GPT-2, Llama, Mistral, Mixtral or Qwen2: a ``.gguf`` file, or a
@@ -46,12 +52,17 @@ def upload_model(request, file: File[UploadedFile], name: Form[str] = "", team: 
     tokenizer.json). It is checked before anything is kept (the family, the size against
     ``MODEL_UPLOAD_MAX_BYTES`` and the workers' memory, the weights against the config, our
     logits against transformers' on a probe text: ``check.max_abs_diff``) and converted to our
-    decoder in the request; a refusal is a 400 naming the reason under ``errors.file``. The model
-    is then an inference source of your team: ``{"pretrained": key}``."""
+    decoder; a refusal is a 400 naming the reason under ``errors.file``. Up to
+    ``MODEL_UPLOAD_SYNC_MAX_BYTES`` that happens in the request (201, the model); a larger upload
+    is converted by a worker: 202 with ``job`` (a "model-import" job: ``/api/v1/jobs/{id}``, its
+    events), and the model is listed once the job succeeds. The model is then an inference source
+    of your team: ``{"pretrained": key}``."""
     try:
-        model = save_model_upload(team_or_400(request, team), request.user, file, name)
+        model, job = save_model_upload(team_or_400(request, team), request.user, file, name)
     except ModelUploadError as exc:
         return Status(400, {"detail": str(exc), "errors": {"file": str(exc)}})
+    if job is not None:
+        return Status(202, {"job": services.job_to_dict(job, position=services.queue_positions([job])[job.pk])})
     return Status(201, model_out(model))
 
 

@@ -7,3 +7,9 @@ class PretrainedConfig(AppConfig):
 
     name = "explorer.pretrained"
     label = "pretrained"
+
+    def ready(self):
+        from explorer.jobs import kinds
+        from explorer.pretrained.kinds import ModelImport
+
+        kinds.register(ModelImport())

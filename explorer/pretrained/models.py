@@ -22,6 +22,7 @@ class UploadedModel(models.Model):
     chat = models.BooleanField(default=False)  # has a chat template
     config = models.JSONField()  # our ModelConfig
     logits_check = models.JSONField()  # the logits check: tokens, max_abs_diff, tolerance, seconds
+    import_job = models.ForeignKey("jobs.Job", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

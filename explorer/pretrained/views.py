@@ -9,6 +9,7 @@ from django.views.decorators.http import require_POST
 from engine.interop.byo import SUPPORTED
 from explorer.accounts.teams import is_manager
 from explorer.accounts.views import team_or_404
+from explorer.jobs.models import Job
 from explorer.pretrained.forms import ModelUploadForm
 from explorer.pretrained.models import UploadedModel
 from explorer.pretrained.uploads import ModelUploadError, analysis, delete_model, save_model_upload
@@ -24,10 +25,14 @@ def models_page(request):
     form = ModelUploadForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         try:
-            model = save_model_upload(team, request.user, form.cleaned_data["file"], form.cleaned_data["name"])
+            model, job = save_model_upload(team, request.user, form.cleaned_data["file"], form.cleaned_data["name"])
         except ModelUploadError as exc:
             form.add_error("file", str(exc))
         else:
+            if job is not None:
+                messages.success(request, f"{form.cleaned_data['file'].name} is large: a worker converts and checks it "
+                                          "(this job); it is listed under Models when done.")
+                return redirect("job", job_id=job.pk)
             diff = model.logits_check["max_abs_diff"]
             messages.success(request, f"Uploaded {model.name}: {model.parameters:,} parameters; our logits "
                                       + (f"within {diff:.1e} of" if diff else "equal to") + " transformers' on the probe text.")
@@ -36,9 +41,12 @@ def models_page(request):
     rows = [{"m": m, "a": analysis(m), "can_delete": manager or m.owner_id == request.user.pk,
              "diff": _sci(m.logits_check["max_abs_diff"]), "tolerance": _sci(m.logits_check["tolerance"])}
             for m in UploadedModel.objects.filter(team=team).select_related("owner")]
+    importing = Job.objects.filter(team=team, kind="model-import").exclude(status=Job.Status.SUCCEEDED) \
+        .order_by("-created_at")[:10]
     return render(request, "explorer/models.html", {
-        "form": form, "rows": rows, "nav": "models", "families": SUPPORTED,
+        "form": form, "rows": rows, "nav": "models", "families": SUPPORTED, "importing": importing,
         "upload_max_mb": settings.MODEL_UPLOAD_MAX_BYTES // 2**20,
+        "sync_max_mb": settings.MODEL_UPLOAD_SYNC_MAX_BYTES // 2**20,
     })
 
 

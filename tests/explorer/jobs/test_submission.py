@@ -79,5 +79,6 @@ def test_every_kind_meets_the_quota_the_rate_limit_and_the_fit_gate(kind, alice,
 
 
 def test_every_kind_is_a_choice_of_job_kind():
-    assert {name for name, _ in Job._meta.get_field("kind").choices} == {"train", "inference", "tokenizer"}
-    assert set(kinds.KINDS) == {"train", "inference", "tokenizer"}
+    assert {name for name, _ in Job._meta.get_field("kind").choices} == {"train", "inference", "tokenizer",
+                                                                          "model-import"}
+    assert set(kinds.KINDS) == {"train", "inference", "tokenizer", "model-import"}

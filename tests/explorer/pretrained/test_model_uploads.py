@@ -292,3 +292,54 @@ def test_the_tokenization_lab_offers_an_uploaded_models_tokenizer(alice_client, 
     resp = bob_client.post("/api/v1/tokenize", json.dumps({"tokenizers": [body["key"]], "text": text}),
                            content_type="application/json")
     assert resp.status_code == 400 and "no uploaded model" in resp.json()["detail"]
+
+
+# ---------------------------------------------------------------------------- large uploads: a worker's job
+def test_a_large_upload_becomes_an_import_job_that_a_worker_runs(alice_client, alice, zips, settings, upload_root):
+    from explorer.jobs import kinds
+
+    settings.MODEL_UPLOAD_SYNC_MAX_BYTES = 1024  # every test model is "large"
+    resp = upload(alice_client, zips["qwen2"], name="big-qwen.zip")
+    assert resp.status_code == 202, resp.content
+    job = Job.objects.get(pk=resp.json()["job"]["id"])
+    assert job.kind == "model-import" and job.status == "queued" and job.spec["model_import"]["model_type"] == "qwen2"
+    assert not UploadedModel.objects.exists()  # not before the worker has converted and checked it
+    staged = [p for p in Path(upload_root).rglob(".upload-*")]
+    assert len(staged) == 1
+    assert "big-qwen.zip" in alice_client.get("/models/").content.decode()  # listed among the imports
+    page = alice_client.get(f"/jobs/{job.pk}/").content.decode()
+    assert "Converting and checking" in page and "qwen2" in page
+
+    assert kinds.get("model-import").run(job.pk, "test-worker") == "succeeded"
+    job.refresh_from_db()
+    model = UploadedModel.objects.get()
+    assert model.import_job == job and model.chat and model.logits_check["max_abs_diff"] <= model.logits_check["tolerance"]
+    assert not [p for p in Path(upload_root).rglob(".*")]  # the staging directory went
+    events = [e["kind"] for e in alice_client.get(f"/api/v1/jobs/{job.pk}/events").json()["events"]]
+    assert "progress" in events and "end" in events
+    opts = [p["key"] for p in alice_client.get("/api/v1/inference/options").json()["pretrained"]]
+    assert model.key in opts
+
+
+def test_a_large_upload_whose_weights_are_corrupt_fails_its_job_and_leaves_nothing(alice_client, zips, settings,
+                                                                                    upload_root):
+    from explorer.jobs import kinds
+
+    settings.MODEL_UPLOAD_SYNC_MAX_BYTES = 1024
+    bad = _with(zips["llama"], {"model.safetensors": lambda d: d[:len(d) // 2]})
+    resp = upload(alice_client, bad, name="half.zip")
+    assert resp.status_code == 202, resp.content  # the format and the family are fine: the weights are the worker's
+    job_id = resp.json()["job"]["id"]
+    assert kinds.get("model-import").run(job_id, "test-worker") == "failed"
+    job = Job.objects.get(pk=job_id)
+    assert "weights cannot be loaded" in job.error
+    assert not UploadedModel.objects.exists() and files_under(upload_root) == []
+    assert [p for p in Path(upload_root).rglob("*") if not p.name.startswith("team-")] == []
+
+
+def test_an_import_job_cannot_name_another_teams_or_any_path(alice, bob):
+    from explorer.jobs import services, submission
+
+    for staging in ("../team-99/.upload-x", "/etc", ".upload-missing", None):
+        with pytest.raises(services.SpecError, match="no staged upload"):
+            submission.submit(alice[0], alice[1], "model-import", {"staging": staging, "source": "x"})
