@@ -119,3 +119,22 @@ def test_a_tensor_missing_from_the_weights_is_refused(tmp_path, llama_dir):
     with pytest.raises(byo.UploadError, match="missing \\['model.layers.1.mlp.down_proj.weight'\\]"):
         byo.convert_upload(info, tmp_path / "copy")
     assert not (tmp_path / "copy").exists()
+
+
+def test_logits_that_differ_from_transformers_are_refused(tmp_path, llama_dir, monkeypatch):
+    """The check compares two different models: a conversion that got one weight wrong is caught."""
+    from engine.interop import mappings
+
+    convert = mappings.from_transformers
+
+    def slightly_wrong(hf_model):
+        model = convert(hf_model)
+        with torch.no_grad():
+            model.h[1].mlp.down_proj.weight.mul_(1.5)
+        return model
+
+    monkeypatch.setattr(mappings, "from_transformers", slightly_wrong)
+    info = byo.inspect_upload(zip_dir(llama_dir, tmp_path / "z.zip"), tmp_path / "stage", max_unpacked_bytes=10**8)
+    with pytest.raises(byo.UploadError, match="logits differ from transformers' by up to"):
+        byo.convert_upload(info, tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()
