@@ -11,6 +11,7 @@ from explorer.inference import api as inference_api
 from explorer.jobs import api as jobs_api
 from explorer.jobs import services
 from explorer.jobs.submission import RateLimited
+from explorer.pretrained import api as pretrained_api
 from explorer.scheduling import api as scheduling_api
 from explorer.tokenizers import api as tokenizers_api
 from explorer.training import api as training_api
@@ -64,6 +65,7 @@ api.add_router("/", training_api.analysis)
 api.add_router("/", training_api.presets)
 api.add_router("/", training_api.composer)
 api.add_router("/datasets", datasets_api.datasets)
+api.add_router("/models", pretrained_api.models_router)
 api.add_router("/", tokenizers_api.tokenizer_lab)
 api.add_router("/", inference_api.inference)
 api.add_router("/workers", scheduling_api.workers_router)

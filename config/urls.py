@@ -8,6 +8,7 @@ from explorer.accounts import views as accounts
 from explorer.datasets import views as datasets
 from explorer.inference import views as inference
 from explorer.jobs import views as jobs
+from explorer.pretrained import views as pretrained
 from explorer.scheduling import views as scheduling
 from explorer.tokenizers import views as tokenizers
 from explorer.training import views as training
@@ -31,6 +32,8 @@ urlpatterns = [
     path("chat/", inference.chat, name="chat"),
     path("chat/<int:conversation_id>/", inference.chat, name="chat_conversation"),
     path("attention/", inference.attention, name="attention"),
+    path("models/", pretrained.models_page, name="models"),
+    path("models/<int:model_id>/delete/", pretrained.model_delete, name="model_delete"),
     path("account/", accounts.account, name="account"),
     path("account/tokens/<int:token_id>/revoke/", accounts.token_revoke, name="token_revoke"),
     path("teams/switch/", accounts.switch_team, name="switch_team"),

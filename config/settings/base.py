@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "explorer.training",
     "explorer.inference",
     "explorer.tokenizers",
+    "explorer.pretrained",
 ]
 
 MIDDLEWARE = [
@@ -202,6 +203,12 @@ UPLOAD_MAX_BYTES = env_int("EXPLORER_UPLOAD_MAX_BYTES", 20 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 MEDIA_ROOT = Path(os.environ.get("EXPLORER_MEDIA_ROOT", VAR_DIR / "media"))
+# Uploaded models (GGUF files, zipped transformers directories): far larger than text, so a limit of
+# their own; streamed to disk, converted copies kept under MODEL_UPLOAD_ROOT (explorer.pretrained).
+MODEL_UPLOAD_MAX_BYTES = env_int("EXPLORER_MODEL_UPLOAD_MAX_BYTES", 2 * 1024**3)
+# up to this size an upload is converted and checked in the request; a larger one by a worker, as a job
+MODEL_UPLOAD_SYNC_MAX_BYTES = env_int("EXPLORER_MODEL_UPLOAD_SYNC_MAX_BYTES", 32 * 1024 * 1024)
+MODEL_UPLOAD_ROOT = Path(os.environ.get("EXPLORER_MODEL_UPLOAD_ROOT", MEDIA_ROOT / "models"))
 MAX_STEPS = env_int("EXPLORER_MAX_STEPS", 100_000)
 # Training jobs' checkpoints (safetensors), one directory per job; a retry resumes from them.
 CHECKPOINT_ROOT = Path(os.environ.get("EXPLORER_CHECKPOINT_ROOT", MEDIA_ROOT / "checkpoints"))

@@ -241,9 +241,10 @@ class ChatTokenizer:
         self.tokenizer = tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))
         config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
         template = directory / "chat_template.jinja"
-        self.chat_template = template.read_text(encoding="utf-8") if template.exists() else config["chat_template"]
-        self.bos_token, self.eos_token = config.get("bos_token"), config.get("eos_token")
-        self.eos_token_id = self.tokenizer.token_to_id(self.eos_token)
+        # None for a model without a chat template (an uploaded base model): it continues text only
+        self.chat_template = template.read_text(encoding="utf-8") if template.exists() else config.get("chat_template")
+        self.bos_token, self.eos_token = _token(config.get("bos_token")), _token(config.get("eos_token"))
+        self.eos_token_id = self.tokenizer.token_to_id(self.eos_token) if self.eos_token else None
         self.vocab_size = self.tokenizer.get_vocab_size()
         self._template = None
 
@@ -256,6 +257,8 @@ class ChatTokenizer:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """The conversation ``messages`` ([{"role", "content"}, ...]) as the model reads it; with
         ``add_generation_prompt`` it ends where the assistant's answer begins."""
+        if not self.chat_template:
+            raise ValueError("this model has no chat template")
         if self._template is None:
             from jinja2.exceptions import TemplateError
             from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -272,6 +275,11 @@ class ChatTokenizer:
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         return self.encode(self.apply_chat_template(messages, add_generation_prompt))
+
+
+def _token(value):
+    """A special token as tokenizer_config.json names it: a string, or (older files) {"content": ...}."""
+    return value.get("content") if isinstance(value, dict) else value
 
 
 def chat(model, tokenizer: ChatTokenizer, messages: str | list[dict], max_new_tokens: int = 256,

@@ -35,7 +35,8 @@ class InferenceIn(Schema):
 def create_inference_job(request, payload: InferenceIn):
     """``source``: ``{"job": id, "step": n}`` (a training job of your team; the latest checkpoint
     without ``step``) or a pretrained model, ``{"pretrained": "minilm"}`` (an encoder) or
-    ``{"pretrained": "smollm2-135m-instruct"}`` (a decoder; ``/inference/options`` lists them). Decoders sample continuations (greedy at
+    ``{"pretrained": "smollm2-135m-instruct"}`` (a decoder), or one of your team's uploaded models,
+    ``{"pretrained": "upload-<id>"}`` (``/api/v1/models``; ``/inference/options`` lists them all). Decoders sample continuations (greedy at
     temperature 0, then top-k, top-p, stop strings, seed), measured with and without the KV cache
     (``compare_cache``); ``chat`` (a chat model) puts each prompt in its chat template as a user's
     turn and ends the answer at the end of turn; ``quantization`` (decoders only) adds a table of

@@ -25,9 +25,11 @@ from engine import tokenlab
 from engine.config import events
 from engine.data.datasets import load_data
 from engine.data.tokenizers import tokenizer_from_dict
+from engine.interop import byo as engine_byo
 from engine.interop import pretrained as engine_pretrained
 from explorer.jobs import lifecycle, services
 from explorer.jobs.models import Job
+from explorer.pretrained.models import UploadedModel
 from explorer.training.checkpoints import NoCheckpoint, checkpoint_path, job_dir
 
 MAX_PROMPTS = 16
@@ -89,7 +91,8 @@ def options(team, limit=50):
             break
     return {
         "jobs": jobs,
-        "pretrained": [_pretrained_option(key) for key in PRETRAINED],
+        "pretrained": [*(_pretrained_option(key) for key in PRETRAINED),
+                       *(_uploaded_option(m) for m in UploadedModel.objects.filter(team=team))],
         "quantizations": [{"key": m, "bits": cls.bits, "help": _first_line(cls.__doc__)}
                           for m, cls in engine.QUANTIZATIONS.items() if cls is not None],
         "defaults": DEFAULTS,
@@ -107,6 +110,26 @@ def _pretrained_option(key):
             "parameters": entry.parameters, "what": entry.what, "licence": entry.licence, "note": entry.note,
             "context": engine_pretrained.pretrained_config(name).block_size,
             "chat": entry.chat}
+
+
+def _uploaded_option(model):
+    """One of the team's uploaded models (``explorer.pretrained``) as the form lists it."""
+    what = f"{model.model_type} from {model.file_name}, uploaded by your team"
+    return {"key": model.key, "label": f"{model.name} (your team's {model.model_type})", "name": model.key,
+            "title": model.name, "family": "decoder", "parameters": model.parameters, "what": what,
+            "licence": "as uploaded", "note": f"logits within {model.logits_check['max_abs_diff']:.2g} of transformers'",
+            "context": model.context, "chat": model.chat, "uploaded": True}
+
+
+def uploaded_model(key, team=None):
+    """The ``UploadedModel`` a pretrained key ``upload-<id>`` names (of ``team`` when given), else None."""
+    if not isinstance(key, str) or not key.startswith(UPLOAD_PREFIX) or not key[len(UPLOAD_PREFIX):].isdigit():
+        return None
+    found = UploadedModel.objects.filter(pk=int(key[len(UPLOAD_PREFIX):]))
+    return (found.filter(team=team) if team is not None else found).first()
+
+
+UPLOAD_PREFIX = "upload-"
 
 
 def _first_line(doc):
@@ -184,8 +207,18 @@ def _source(team, value, errors):
         return none
     if "pretrained" in value:
         key = value["pretrained"]
+        uploaded = uploaded_model(key, team)
+        if uploaded is not None:
+            try:
+                tokenizer = engine_byo.imported_tokenizer(uploaded.path)
+                cfg = engine_byo.imported_config(uploaded.path)
+            except (OSError, ValueError) as exc:
+                errors["source"] = f"{uploaded.name} cannot be read: {exc}"
+                return none
+            return {"pretrained": key, "name": uploaded.name, "family": "decoder"}, tokenizer, cfg
         if not isinstance(key, str) or key not in PRETRAINED:
-            errors["source"] = f"unknown pretrained model {key!r}; choose from {list(PRETRAINED)}"
+            errors["source"] = (f"unknown pretrained model {key!r}; choose from {list(PRETRAINED)} or your team's "
+                                "uploaded models (upload-<id>, /api/v1/models)")
             return none
         name, label = PRETRAINED[key]
         try:  # the files are there (the tokenizer read without the weights)
@@ -308,7 +341,7 @@ def validate(team, payload):
                                   f"{[m for m in engine.QUANTIZATIONS if m != 'none']}")
     methods = [m for m in engine.QUANTIZATIONS if m in methods and m != "none"]  # registry order, no repeats
     if source is not None and settings["chat"]:
-        if not hasattr(tokenizer, "apply_chat_template"):
+        if not getattr(tokenizer, "chat_template", None):
             errors["chat"] = ("chat needs a chat model with its chat template (a pretrained one such as "
                               "SmolLM2-135M-Instruct); this model continues text as given")
         elif prompts:
@@ -372,6 +405,12 @@ class _Progress:
 def _load(spec):
     """(model, tokenizer, data config and objective of the source job or None)."""
     source = spec["source"]
+    if "pretrained" in source and str(source["pretrained"]).startswith(UPLOAD_PREFIX):
+        uploaded = uploaded_model(source["pretrained"])
+        if uploaded is None:
+            raise ValueError(f"the uploaded model {source['name']} no longer exists")
+        model, tokenizer = engine_byo.load_imported(uploaded.path)
+        return model, tokenizer, None
     if "pretrained" in source:  # one instance per worker process (the registry's loaders keep it)
         model, tokenizer = engine_pretrained.load_pretrained(PRETRAINED[source["pretrained"]][0])
         return model, tokenizer, None

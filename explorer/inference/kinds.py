@@ -16,8 +16,13 @@ def _model_config(spec):
         if source.get("family") != "decoder":
             return None
         from engine.interop.pretrained import pretrained_config
-        from explorer.inference.jobs import PRETRAINED
+        from explorer.inference.jobs import PRETRAINED, uploaded_model
 
+        uploaded = uploaded_model(source["pretrained"])
+        if uploaded is not None:
+            return engine.ModelConfig.from_dict(uploaded.config)
+        if source["pretrained"] not in PRETRAINED:  # an uploaded model deleted since: its run will say so
+            return None
         return pretrained_config(PRETRAINED[source["pretrained"]][0])
     return engine_checkpoint.read_checkpoint(checkpoint_path(Job(pk=source["job"]), source["step"])).model_config
 

@@ -19,6 +19,7 @@ from engine import tokenlab
 from explorer.datasets.models import Dataset
 from explorer.jobs import services
 from explorer.jobs.models import Job
+from explorer.pretrained.models import UploadedModel
 from explorer.tokenizers import jobs as tokenizer_jobs
 from explorer.tokenizers.models import Tokenizer
 
@@ -105,7 +106,31 @@ def catalogue(team):
     """Built-ins first, then the team's tokenizers (newest first)."""
     builtins = [{"id": key, "name": key, "kind": key, "description": desc, "status": "ready", "builtin": True}
                 for key, desc in tokenlab.BUILTINS.items()]
+    builtins += [_model_entry(m) for m in UploadedModel.objects.filter(team=team)]
     return {"builtins": builtins, "tokenizers": [tokenizer_to_dict(t) for t in team_tokenizers(team)]}
+
+
+MODEL_PREFIX = "upload-"  # an uploaded model's tokenizer: its key among the inference sources
+
+
+def _model_tokenizer(model):
+    path = model.path / "tokenizer.json"
+    try:
+        return _load_file(str(path), os.path.getmtime(path))
+    except (OSError, ValueError) as exc:
+        raise LabError(f"the tokenizer of model {model.name!r} cannot be read: {exc}", "tokenizers") from None
+
+
+def _model_entry(model):
+    """One of the team's uploaded models (``explorer.pretrained``), as a fixed entry of the catalogue."""
+    try:
+        tok = _model_tokenizer(model)
+    except LabError:
+        return {"id": model.key, "name": model.name, "kind": "missing", "status": "failed", "builtin": False,
+                "model": True, "description": "its tokenizer cannot be read"}
+    return {"id": model.key, "name": f"{model.name} (model)", "kind": tok.kind, "vocab_size": tok.vocab_size,
+            "status": "ready", "builtin": False, "model": True,
+            "description": f"the tokenizer of your team's uploaded {model.model_type} model {model.name}"}
 
 
 def get_tokenizer(team, pk):
@@ -144,6 +169,11 @@ def resolve(team, ref):
             return key, key, tokenlab.builtin(key)
         except ValueError as exc:  # a built-in whose files are not installed here
             raise LabError(str(exc), "tokenizers") from None
+    if key.startswith(MODEL_PREFIX) and key[len(MODEL_PREFIX):].isdigit():
+        model = UploadedModel.objects.filter(team=team, pk=int(key[len(MODEL_PREFIX):])).first()
+        if model is None:
+            raise UnknownTokenizer(f"no uploaded model {key!r} in team {team.name}")
+        return key, model.name, _model_tokenizer(model)
     if not key.isdigit():
         raise UnknownTokenizer(f"unknown tokenizer {key!r}; choose from {sorted(tokenlab.BUILTINS)} or your team's ids")
     t = get_tokenizer(team, key)

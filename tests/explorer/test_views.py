@@ -18,7 +18,7 @@ def form_data(spec, **extra):
     return data
 
 
-@pytest.mark.parametrize("url", ["/compose/", "/queue/", "/datasets/", "/account/", "/jobs/1/"])
+@pytest.mark.parametrize("url", ["/compose/", "/queue/", "/datasets/", "/models/", "/account/", "/jobs/1/"])
 def test_pages_require_login(client, url):
     resp = client.get(url)
     assert resp.status_code == 302 and resp["Location"].startswith("/login/")
@@ -121,7 +121,7 @@ def test_cancel_and_team_switch_do_not_redirect_off_site(alice_client, alice, ti
 
 
 @pytest.mark.parametrize("url", ["/", "/compose/", "/compare/", "/queue/", "/runs/", "/workers/", "/datasets/",
-                                 "/tokenizers/", "/inference/", "/account/", "/team/"])
+                                 "/tokenizers/", "/models/", "/inference/", "/account/", "/team/"])
 def test_pages_show_no_template_syntax(alice_client, alice, tiny_spec, url):
     """A template comment or tag that Django did not parse (a {# #} comment over two lines, say)
     would be shown to the user as text."""

@@ -95,5 +95,5 @@ def test_every_kind_meets_the_quota_the_rate_limit_and_the_fit_gate(kind, alice,
 
 def test_every_kind_is_a_choice_of_job_kind():
     assert {name for name, _ in Job._meta.get_field("kind").choices} == {"train", "inference", "tokenizer", "chat",
-                                                                         "attention"}
-    assert set(kinds.KINDS) == {"train", "inference", "tokenizer", "chat", "attention"}
+                                                                         "attention", "model-import"}
+    assert set(kinds.KINDS) == {"train", "inference", "tokenizer", "chat", "attention", "model-import"}
