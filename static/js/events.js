@@ -18,6 +18,9 @@ export const KIND = Object.freeze({
   progress: "progress",
   generation: "generation",
   quantization: "quantization",
+  // fine-tuning jobs (engine.finetune): answers before and after, the saved adapter
+  answers: "answers",
+  adapter: "adapter",
   // the app: status changes, queue changes, numbers lost with a dead worker
   status: "status",
   queue: "queue",
