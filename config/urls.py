@@ -28,6 +28,7 @@ urlpatterns = [
     path("datasets/", datasets.datasets, name="datasets"),
     path("tokenizers/", tokenizers.tokenizers, name="tokenizers"),
     path("inference/", inference.inference, name="inference"),
+    path("finetune/", training.finetune, name="finetune"),
     path("account/", accounts.account, name="account"),
     path("account/tokens/<int:token_id>/revoke/", accounts.token_revoke, name="token_revoke"),
     path("teams/switch/", accounts.switch_team, name="switch_team"),

@@ -100,7 +100,7 @@ def peft_state(adapter: dict, names: dict[str, str]) -> dict:
 
 def export_peft(saved_dir: str, out_dir: str, *, config=None) -> dict:
     """Write the PEFT adapter directory (see the module docstring); {"model_type", "files"}.
-    ``config`` is the base's ``ModelConfig`` (read from the registry when None)."""
+    ``config`` is the base's ``ModelConfig`` (when None: the one the run saved, else the registry's)."""
     from safetensors.torch import load_file, save_file
 
     from .lora import peft_config
@@ -108,6 +108,10 @@ def export_peft(saved_dir: str, out_dir: str, *, config=None) -> dict:
     meta = read_meta(saved_dir)
     if not meta.get("lora"):
         raise ValueError("a full fine-tune has no adapter: export the merged model instead")
+    if config is None and meta.get("base_config"):
+        from ..config.schema import ModelConfig
+
+        config = ModelConfig.from_dict(meta["base_config"])
     if config is None:
         from ..interop.pretrained import pretrained_config
 

@@ -238,7 +238,9 @@ def _evaluate(policy, objective, data, train_evals, val_batches, tokenizer, devi
 
 
 def _save(policy, spec: FinetuneSpec, out_dir: str, result: FinetuneResult, emit) -> None:
-    extra = {"spec": spec.to_dict(), "step": result.steps_done, "method": spec.method}
+    base = policy.get_base_model() if spec.method == "lora" else policy
+    extra = {"spec": spec.to_dict(), "step": result.steps_done, "method": spec.method,
+             "base_config": base.config.to_dict()}
     if spec.method == "lora":
         save_adapter(policy, out_dir, settings=spec.lora, base=spec.base, extra=extra)
         files = ["adapter_model.safetensors", ADAPTER_META]
