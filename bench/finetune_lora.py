@@ -6,13 +6,14 @@
 projection; batch 4, lr 1e-3, 5 warm-up steps, an evaluation every 10 steps; the three default
 prompts answered greedily before and after, 48 new tokens at most). Reports the wall time of the
 whole run and of its parts (load, the training steps alone, evaluations, answers, saving), the
-losses, the trainable parameters and the answers. The load average is recorded: on this shared
-2-core machine other work slows every figure. Writes bench/results/finetune_lora.json.
+losses, the trainable parameters and the answers. The load average and the process's CPU time are
+recorded: on this shared 2-core machine other work slows every wall-clock figure. Writes bench/results/finetune_lora.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 
@@ -64,6 +65,9 @@ def main() -> None:
         "answers_before_s": round(sum(a["seconds"] for a in result.answers_before), 2),
         "answers_after_s": round(sum(a["seconds"] for a in result.answers_after), 2),
         "wall_s": round(time.perf_counter() - t_all, 2),
+        # the process's CPU time (user + system, all threads): what the run costs whatever the
+        # neighbours do; on a quiet machine wall ≈ cpu / threads
+        "cpu_s": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 1),
         "first_loss": result.train_losses[0],
         "last_10_mean_loss": sum(result.train_losses[-10:]) / len(result.train_losses[-10:]),
         "evals": [{k: e[k] for k in ("step", "train_loss", "val_loss")} for e in evals],

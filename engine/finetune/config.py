@@ -33,8 +33,8 @@ METHODS = {
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # where the examples come from, by objective (the first is the default)
 SOURCES = {
-    "sft": {"builtin": "the built-in instruction set (engine.finetune.instructions): short questions, "
-                       "one-sentence answers",
+    "sft": {"builtin": "the built-in instruction set: 48 short questions with one-sentence answers "
+                       "(6 more held out)",
             "synthetic": "a synthetic task as instructions (\"Reverse: abcd\" -> \"dcba\")",
             "jsonl": "an uploaded JSONL file: {\"prompt\", \"response\"} or {\"messages\": [...]} per line"},
     "dpo": {"synthetic": "a synthetic task's preference pairs: the right answer over one with an item changed",

@@ -155,7 +155,10 @@ def finetune(request):
     from explorer.training import finetune as ft
 
     team = team_or_404(request)
-    return render(request, "explorer/finetune.html", {"options": ft.options(team), "nav": "finetune"})
+    options = ft.options(team)
+    return render(request, "explorer/finetune.html", {
+        "options": options, "default_prompts": "\n".join(options["defaults"]["finetune"]["prompts"]), "nav": "finetune",
+    })
 
 
 def finetune_page(request, job):

@@ -27,7 +27,8 @@ function fillSources() {
 
 function updateSource() {
   const source = $("f-source").value;
-  $("source-help").textContent = options.sources[$("f-objective").value][source] || "";
+  const help = options.sources[$("f-objective").value][source] || "";
+  $("source-help").textContent = help.charAt(0).toUpperCase() + help.slice(1);
   $("task-field").hidden = source !== "synthetic";
   $("dataset-field").hidden = source !== "jsonl";
 }
