@@ -7,7 +7,6 @@ The run is short (6 steps of 2 examples, two prompts of 16 tokens): about a minu
 cores, several on a busy machine."""
 import importlib.util
 import re
-import time
 
 import pytest
 
