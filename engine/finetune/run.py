@@ -111,7 +111,7 @@ def finetune(spec: FinetuneSpec, *, on_event: Callable[[dict], None] | None = No
 
     start = time.perf_counter()
     described = data.describe()
-    trainable_before = sum(p.numel() for p in model.parameters())
+    base_params = sum(p.numel() for p in model.parameters())
     if spec.method == "lora":
         model.requires_grad_(False)
         policy = apply_lora(model, spec.lora)
@@ -121,7 +121,7 @@ def finetune(spec: FinetuneSpec, *, on_event: Callable[[dict], None] | None = No
     trainable, total = trainable_parameters(policy)
     n_rows, length = data.get_batch("train", t_cfg.batch_size, spec.data.max_tokens,
                                     torch.Generator().manual_seed(0))[0].shape
-    emit({"kind": "start", "total_steps": t_cfg.steps, "device": str(device), "params": trainable_before,
+    emit({"kind": "start", "total_steps": t_cfg.steps, "device": str(device), "params": base_params,
           "vocab_size": tokenizer.vocab_size, "tokens_per_step": n_rows * length,
           "train_tokens": described["train_tokens"], "val_tokens": described["val_tokens"],
           "peak_flops": None, "peak_source": None})
