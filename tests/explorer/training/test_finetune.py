@@ -216,3 +216,21 @@ def test_a_failing_run_fails_the_job_with_the_reason(alice, tiny_base, smollm2_m
     assert ft.run_job(job.pk, "test-worker") == "failed"
     job.refresh_from_db()
     assert "the adapters could not be attached" in job.error
+
+
+def test_the_queue_and_the_jobs_api_list_a_fine_tune_without_its_file_path(alice_client, alice, tmp_path,
+                                                                            smollm2_models_dir):
+    from django.core.files.base import ContentFile
+
+    from explorer.datasets.models import Dataset
+
+    d = Dataset(team=alice[1], name="pairs.jsonl", size_bytes=10, n_chars=10)
+    d.file.save("pairs.jsonl", ContentFile(b'{"prompt": "Hi", "response": "Hello."}\n' * 4))
+    job = ft.create_job(alice[0], alice[1], {**SMALL, "data": {"source": "jsonl", "dataset": d.pk}})
+    assert job.dataset_id == d.pk and job.spec["data"]["path"] == d.file.path
+    listed = alice_client.get("/api/v1/jobs").json()
+    row = next(j for j in (listed["jobs"] if isinstance(listed, dict) else listed) if j["id"] == job.pk)
+    assert row["kind"] == "finetune" and "path" not in json.dumps(row.get("spec", {}))
+    assert alice_client.get("/queue/").status_code == 200
+    page = alice_client.get(f"/jobs/{job.pk}/").content.decode()
+    assert d.file.path not in page and "pairs.jsonl" in page
