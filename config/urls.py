@@ -34,6 +34,7 @@ urlpatterns = [
     path("attention/", inference.attention, name="attention"),
     path("models/", pretrained.models_page, name="models"),
     path("models/<int:model_id>/delete/", pretrained.model_delete, name="model_delete"),
+    path("finetune/", training.finetune, name="finetune"),
     path("account/", accounts.account, name="account"),
     path("account/tokens/<int:token_id>/revoke/", accounts.token_revoke, name="token_revoke"),
     path("teams/switch/", accounts.switch_team, name="switch_team"),

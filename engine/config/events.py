@@ -327,6 +327,32 @@ class AttentionHeadsEvent(TypedDict):
     seconds: Annotated[float, "the forward and the statistics, in the worker"]
 
 
+class Answer(TypedDict):
+    prompt: str
+    answer: Annotated[str, "the model's greedy answer through its chat template, up to its end of turn"]
+    seconds: Annotated[float, "time to generate it"]
+
+
+class AnswersEvent(TypedDict):
+    """A fine-tuning job's answers to its prompts: before training, then after."""
+    kind: Literal["answers"]
+    phase: Literal["before", "after"]
+    step: Annotated[int, "steps trained (0 before)"]
+    answers: list[Answer]
+    max_new_tokens: int
+
+
+class AdapterEvent(TypedDict):
+    """A fine-tuning job saved what it trained (a LoRA adapter, or a full fine-tune's weights)."""
+    kind: Literal["adapter"]
+    step: int
+    method: Annotated[Literal["lora", "full"], "LoRA adapters or all weights"]
+    files: Annotated[list[str], "the files written (adapter_model.safetensors, adapter.json)"]
+    bytes: Annotated[int, "their size on disk"]
+    trainable: Annotated[int, "parameters trained"]
+    total: Annotated[int, "parameters of the model with its adapters"]
+
+
 class StatusEvent(TypedDict):
     """The app moved the job to a status (written by the web, the worker and the reaper)."""
     kind: Literal["status"]
@@ -356,15 +382,15 @@ class LostEvent(TypedDict):
 
 Event = (StartEvent | StepEvent | HealthEvent | MoeEvent | EvalEvent | AttentionEvent | RoutingEvent
          | NonfiniteEvent | CheckpointEvent | EndEvent | ProgressEvent | GenerationEvent | QuantizationEvent
-         | TokenEvent | ReplyEvent | AttentionTokensEvent | AttentionHeadsEvent | StatusEvent | QueueEvent
-         | LostEvent)
+         | TokenEvent | ReplyEvent | AttentionTokensEvent | AttentionHeadsEvent | AnswersEvent | AdapterEvent
+         | StatusEvent | QueueEvent | LostEvent)
 
 
 @dataclass(frozen=True)
 class EventKind:
     """A kind's definition and what the app does with it."""
     type: type  # its TypedDict
-    emitted_by: tuple[str, ...]  # "train", "inference", "tokenizer", "chat", "attention" (the job's work) or "app"
+    emitted_by: tuple[str, ...]  # "train", "finetune", "inference", "tokenizer", "chat", "attention" (the job's work) or "app"
     saved_at_once: bool = False  # a milestone: the log must hold everything up to it at once
     summary: tuple[str, ...] = ()  # keys the job row's summary keeps the latest value of
 
@@ -374,18 +400,18 @@ class EventKind:
 
 
 EVENTS: dict[str, EventKind] = {
-    "start": EventKind(StartEvent, ("train", "inference", "tokenizer", "chat", "attention"), saved_at_once=True,
+    "start": EventKind(StartEvent, ("train", "finetune", "inference", "tokenizer", "chat", "attention"), saved_at_once=True,
                        summary=("params", "vocab_size", "tokens_per_step")),
-    "step": EventKind(StepEvent, ("train",),
+    "step": EventKind(StepEvent, ("train", "finetune"),
                       summary=("loss", "lr", "grad_norm", "tokens_per_s", "elapsed", "eta", "aux_loss", "mfu")),
     "health": EventKind(HealthEvent, ("train",)),
     "moe": EventKind(MoeEvent, ("train",)),
-    "eval": EventKind(EvalEvent, ("train",), summary=("train_loss", "val_loss", "accuracy")),
+    "eval": EventKind(EvalEvent, ("train", "finetune"), summary=("train_loss", "val_loss", "accuracy")),
     "attention": EventKind(AttentionEvent, ("train",)),
     "routing": EventKind(RoutingEvent, ("train",)),
     "nonfinite": EventKind(NonfiniteEvent, ("train",)),
     "checkpoint": EventKind(CheckpointEvent, ("train",), saved_at_once=True),
-    "end": EventKind(EndEvent, ("train", "inference", "tokenizer", "chat", "attention"), saved_at_once=True),
+    "end": EventKind(EndEvent, ("train", "finetune", "inference", "tokenizer", "chat", "attention"), saved_at_once=True),
     "progress": EventKind(ProgressEvent, ("inference", "tokenizer", "attention")),
     "generation": EventKind(GenerationEvent, ("inference",)),
     "quantization": EventKind(QuantizationEvent, ("inference",)),
@@ -393,6 +419,8 @@ EVENTS: dict[str, EventKind] = {
     "reply": EventKind(ReplyEvent, ("chat",), summary=("tokens_per_s", "ttft_s", "n_new_tokens")),
     "attention_tokens": EventKind(AttentionTokensEvent, ("attention",)),
     "attention_heads": EventKind(AttentionHeadsEvent, ("attention",)),
+    "answers": EventKind(AnswersEvent, ("finetune",), saved_at_once=True),
+    "adapter": EventKind(AdapterEvent, ("finetune",), saved_at_once=True),
     "status": EventKind(StatusEvent, ("app",)),
     "queue": EventKind(QueueEvent, ("app",)),
     "lost": EventKind(LostEvent, ("app",)),

@@ -238,6 +238,7 @@ class ChatTokenizer:
         import tokenizers
 
         directory = Path(directory)
+        self.directory = directory  # its files, which an exported model directory copies
         self.tokenizer = tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))
         config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
         template = directory / "chat_template.jinja"

@@ -136,6 +136,10 @@ def joint_linear(x: torch.Tensor, owner: nn.Module, name: str, linears: tuple[nn
     where a decoding step's time goes mostly on launching small kernels. Inside ``keep_weights``
     the weights are concatenated once and kept transposed, (in, out): a layout in which a CPU
     matmul of one row runs about twice as fast as ``F.linear`` on nn.Linear's (out, in)."""
+    if not all(isinstance(m, nn.Linear) for m in linears):
+        # a wrapped projection (a LoRA adapter: peft's layer keeps the nn.Linear as its base_layer)
+        # adds its own terms, which its weight alone leaves out: call each one
+        return torch.cat([m(x) for m in linears], dim=-1)
     kept = _KEPT.get()
     if kept is None:
         if len(linears) == 1:

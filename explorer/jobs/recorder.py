@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 
 # from the event contract (``engine.config.events.EVENTS``): the kinds saved at once, the start (the job
 # row learns its device and total steps), each checkpoint (the log then holds every step up to it,
-# so a run resumed from it leaves no gap) and the end; and, by kind, the keys the job's summary keeps
+# so a run resumed from it leaves no gap), a fine-tune's answers and saved adapter, and the end; and, by
+# kind, the keys the job's summary keeps
 SAVED_AT_ONCE = events.SAVED_AT_ONCE
 SUMMARY_KEYS = events.SUMMARY_KEYS
 

@@ -13,6 +13,7 @@ from explorer.jobs.access import get_job_or_404
 from explorer.jobs.api import JobIn, JobOut
 from explorer.training import analysis as analysis_service
 from explorer.training import checkpoints
+from explorer.training import finetune as ft
 from explorer.training import jobs as training_jobs
 
 
@@ -178,3 +179,75 @@ def analyze(request, payload: AnalyzeIn):
 @analysis.get("/analyze/options", summary="The analysis settings' choices and the device catalogue")
 def analyze_options(request):
     return analysis_service.options()
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+finetune = Router(tags=["finetune"])
+
+
+class FinetuneIn(Schema):
+    name: str = ""
+    team: str | None = None
+    priority: str = "normal"  # low, normal (high: maintainers)
+    base: str = "smollm2-135m-instruct"
+    objective: str = "sft"
+    method: str = "lora"
+    lora: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    prompts: Any = None
+    max_new_tokens: Any = 48
+
+
+@finetune.post("/finetune", response={201: JobOut, 400: ErrorOut, 429: ErrorOut},
+               summary="Fine-tune SmolLM2-135M-Instruct (SFT or DPO, LoRA or all weights), as a job")
+def create_finetune_job(request, payload: FinetuneIn):
+    """``objective``: "sft" or "dpo"; ``method``: "lora" (``lora``: ``rank`` ≥ 1, ``alpha`` > 0,
+    ``dropout`` in [0, 1), ``target_modules`` among q/k/v/o/gate/up/down_proj) or "full";
+    ``data``: ``{"source": "builtin"}`` (the built-in instruction set), ``"synthetic"`` with a
+    ``task``, or ``"jsonl"`` with a ``dataset`` id of your team's uploads; ``max_tokens``;
+    ``train``: steps, lr, batch_size, warmup_steps, weight_decay, grad_clip, schedule, min_lr_ratio,
+    eval_interval, seed, dpo_beta, device; ``prompts`` answered before and after. A bad value is a
+    400 naming its field. The job's events: "start", "answers" (before), "step", "eval",
+    "adapter", "answers" (after), "end"; its files: ``/jobs/{id}/finetune``."""
+    team = team_or_400(request, payload.team)
+    body = payload.dict(exclude={"name", "team", "priority"})
+    if body["prompts"] is None:
+        body.pop("prompts")
+    job = ft.create_job(request.user, team, body, name=payload.name, priority=payload.priority)
+    return Status(201, services.job_to_dict(job, position=services.queue_positions([job])[job.pk]))
+
+
+@finetune.get("/finetune/options", summary="A fine-tuning job's choices, defaults and limits")
+def finetune_options(request, team: str | None = None):
+    return ft.options(team_or_400(request, team))
+
+
+@job_routes.get("/{int:job_id}/finetune", response={200: dict[str, Any], 404: ErrorOut},
+                summary="What a fine-tuning job saved, and its downloads")
+def finetune_saved(request, job_id: int):
+    job = get_job_or_404(request.user, job_id)
+    found = ft.saved(job) if job.kind == ft.KIND else None
+    if found is None:
+        raise Http404(f"{job.display_name} has saved no adapter")
+    base = f"/api/v1/jobs/{job.pk}/finetune"
+    exports = [e for e in ft.EXPORTS if found["method"] == "lora" or e != "peft"]
+    return {**found, "downloads": {e: {"url": f"{base}/{e}", "what": ft.EXPORTS[e]} for e in exports}}
+
+
+@job_routes.get("/{int:job_id}/finetune/{what}", response={200: None, 400: ErrorOut, 404: ErrorOut},
+                summary="A fine-tuning job's adapter, merged transformers model or PEFT adapter, zipped")
+def finetune_download(request, job_id: int, what: str):
+    """``what``: "adapter" (the files as saved), "merged" (``AutoModelForCausalLM.from_pretrained``
+    loads the unzipped folder) or "peft" (``PeftModel.from_pretrained(LlamaForCausalLM(base
+    config), folder)``; LoRA only)."""
+    job = get_job_or_404(request.user, job_id)
+    if job.kind != ft.KIND:
+        raise Http404(f"{job.display_name} is not a fine-tuning job")
+    try:
+        body, filename = ft.zip_export(job, what)
+    except checkpoints.NoCheckpoint as exc:
+        raise Http404(str(exc)) from None
+    except ValueError as exc:
+        return Status(400, {"detail": str(exc)})
+    return _zip_response(body, filename)

@@ -146,3 +146,29 @@ def job_retry(request, job_id):
         messages.info(request, f"{job.display_name} queued again; it resumes from step {step}." if step
                       else f"{job.display_name} queued again; no checkpoint, so it starts over.")
     return redirect("job", job_id=job.pk)
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+@login_required
+def finetune(request):
+    """The fine-tuning form: static/js/finetune.js posts it to /api/v1/finetune and opens the job."""
+    from explorer.training import finetune as ft
+
+    team = team_or_404(request)
+    options = ft.options(team)
+    return render(request, "explorer/finetune.html", {
+        "options": options, "default_prompts": "\n".join(options["defaults"]["finetune"]["prompts"]), "nav": "finetune",
+    })
+
+
+def finetune_page(request, job):
+    """A fine-tuning job's page: progress, the loss curve, the answers before and after, its files."""
+    from explorer.training import finetune as ft
+
+    spec = services.public_spec(job.spec)
+    found = ft.saved(job)
+    return "explorer/finetune_job.html", {
+        "settings": spec.get("finetune", {}), "lora": spec.get("lora", {}), "data": spec.get("data", {}),
+        "train": spec.get("train", {}), "saved": found, "exports": ft.EXPORTS, "nav": "finetune",
+        "total_params": ft.trainable_parameters(ft.spec_of(job.spec))[1],
+    }

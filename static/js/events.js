@@ -24,6 +24,9 @@ export const KIND = Object.freeze({
   // attention jobs (a pretrained model on one text)
   attention_tokens: "attention_tokens",
   attention_heads: "attention_heads",
+  // fine-tuning jobs (engine.finetune): answers before and after, the saved adapter
+  answers: "answers",
+  adapter: "adapter",
   // the app: status changes, queue changes, numbers lost with a dead worker
   status: "status",
   queue: "queue",

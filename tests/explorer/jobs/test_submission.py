@@ -45,13 +45,17 @@ def poster(kind, alice, client, tiny_spec, settings):
     if kind == "attention":  # SmolLM2 on a short text (its tokenizer read, no weights)
         payload = {"source": {"pretrained": "smollm2-135m-instruct"}, "text": "The cat sat on the mat."}
         return lambda: client.post("/api/v1/attention", json.dumps(payload), content_type="application/json")
+    if kind == "finetune":
+        payload = {"train": {"steps": 2, "batch_size": 1}, "data": {"max_tokens": 64}, "prompts": ["Hi"]}
+        return lambda: client.post("/api/v1/finetune", json.dumps(payload), content_type="application/json")
     settings.TOKENIZER_SYNC_MAX_BYTES = 100  # this corpus trains as a job
     payload = {"kind": "bpe", "vocab_size": 300, "corpus": "text", "text": "the cat sat on the mat. " * 40}
     return lambda: client.post("/api/v1/tokenizers", json.dumps(payload), content_type="application/json")
 
 
 @pytest.mark.parametrize("kind", ["train", "inference", "tokenizer", pytest.param("chat", marks=needs_smollm2),
-                                  pytest.param("attention", marks=needs_smollm2)])
+                                  pytest.param("attention", marks=needs_smollm2),
+                                  pytest.param("finetune", marks=needs_smollm2)])
 def test_every_kind_meets_the_quota_the_rate_limit_and_the_fit_gate(kind, alice, alice_client, tiny_spec, settings,
                                                                      request):
     if kind == "attention":
@@ -95,5 +99,5 @@ def test_every_kind_meets_the_quota_the_rate_limit_and_the_fit_gate(kind, alice,
 
 def test_every_kind_is_a_choice_of_job_kind():
     assert {name for name, _ in Job._meta.get_field("kind").choices} == {"train", "inference", "tokenizer", "chat",
-                                                                         "attention", "model-import"}
-    assert set(kinds.KINDS) == {"train", "inference", "tokenizer", "chat", "attention", "model-import"}
+                                                                         "attention", "model-import", "finetune"}
+    assert set(kinds.KINDS) == {"train", "inference", "tokenizer", "chat", "attention", "model-import", "finetune"}
