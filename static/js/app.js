@@ -56,3 +56,13 @@ for (const el of document.querySelectorAll("[data-int]")) {
 
 refreshTimes();
 setInterval(refreshTimes, 30000);
+
+// The top bar's "Real LLMs" menu (a <details>): closed by a click elsewhere or Escape.
+document.addEventListener("click", (e) => {
+  document.querySelectorAll("details.nav-menu[open]").forEach((menu) => {
+    if (!menu.contains(e.target)) menu.removeAttribute("open");
+  });
+});
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape") document.querySelectorAll("details.nav-menu[open]").forEach((menu) => menu.removeAttribute("open"));
+});

@@ -90,7 +90,7 @@ def test_a_new_user_signs_up_logs_in_makes_a_token_and_uploads_a_dataset(web, pa
 
 @pytest.mark.parametrize("width", [1024, 1280, 1440])
 def test_no_page_is_wider_than_the_window(web, page, width):
-    """The top bar (brand, eight links, the team menu, the user) fits laptop widths: it pushed
+    """The top bar (brand, eight links, the "Real LLMs" menu, the team menu, the user) fits laptop widths: it pushed
     every page 87 px wider than a 1280 px window, with a sideways scroll bar."""
     from tests.conftest import make_user
     from tests.e2e.helpers import log_in
@@ -99,7 +99,7 @@ def test_no_page_is_wider_than_the_window(web, page, width):
     page.set_viewport_size({"width": width, "height": 800})
     log_in(page, web, f"wide{width}")
     for path in ("/compose/", "/compare/", "/queue/", "/workers/", "/datasets/", "/tokenizers/", "/inference/",
-                 "/account/", "/team/"):
+                 "/account/", "/team/", "/chat/", "/attention/", "/finetune/", "/models/"):
         page.goto(web.url + path)
         page.wait_for_load_state("networkidle")  # charts and tables drawn
         extra = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
