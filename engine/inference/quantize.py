@@ -194,14 +194,203 @@ class Int4WeightLinear(nn.Module):
         return self.packed.nbytes + self.scale.nbytes + zero + (self.bias.nbytes if self.bias is not None else 0)
 
 
+# ---- weight-only kernels: int8/int4 weights, bf16 activations, torch's CPU kernels ----------------
+
+INT4_KERNEL_GROUPS = (32, 64, 128, 256)  # the group sizes aten._weight_int4pack_mm_for_cpu takes
+KERNEL_DTYPE = torch.bfloat16  # the activations the kernels read (fp32 ones take a scalar path: 5-20x slower)
+
+
+def _aten_op(name: str):
+    try:
+        return getattr(torch.ops.aten, name)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def int8_kernel_problem(out_features: int, in_features: int, device: torch.device | str = "cpu") -> str | None:
+    """Why ``aten._weight_int8pack_mm`` cannot run an (out, in) int8 layer on ``device``, or
+    None when it can. Widths that are not a multiple of 16 are refused: torch 2.13's kernel
+    reads 16 inputs at a time and returns wrong numbers or crashes on the others (measured)."""
+    if _aten_op("_weight_int8pack_mm") is None:
+        return f"torch {torch.__version__} has no aten._weight_int8pack_mm"
+    if torch.device(device).type != "cpu":
+        return f"the layer is on {torch.device(device)}; the int8 weight-only kernel used here is torch's CPU one"
+    if in_features % 16:
+        return f"in_features ({in_features}) is not a multiple of 16, which the CPU int8 kernel needs"
+    return None
+
+
+def int4_kernel_problem(out_features: int, in_features: int, group_size: int,
+                        device: torch.device | str = "cpu") -> str | None:
+    """Why ``aten._weight_int4pack_mm_for_cpu`` cannot run an (out, in) int4 layer with groups
+    of ``group_size`` on ``device``, or None when it can (an input width that the group size
+    does not divide is zero-padded, as ``Int4WeightLinear`` pads it)."""
+    for op in ("_weight_int4pack_mm_for_cpu", "_convert_weight_to_int4pack_for_cpu"):
+        if _aten_op(op) is None:
+            return f"torch {torch.__version__} has no aten.{op}"
+    if torch.device(device).type != "cpu":
+        return f"the layer is on {torch.device(device)}; the int4 weight-only kernel used here is torch's CPU one"
+    if group_size not in INT4_KERNEL_GROUPS:
+        return f"group_size {group_size}: the CPU int4 kernel takes {', '.join(map(str, INT4_KERNEL_GROUPS))}"
+    if out_features % 16:
+        return f"out_features ({out_features}) is not a multiple of 16, which the CPU int4 kernel needs"
+    return None
+
+
+def _kernel_nibble_sources(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``aten._convert_weight_to_int4pack_for_cpu`` of an (n, k) tensor: the flat source index
+    of the value in each packed byte's low and high nibble. The layout depends on the CPU's
+    vector width (blocks of 64 rows with AVX-512, 32 with AVX2), so it is read off the op itself:
+    each run packs one hex digit of every element's index."""
+    index = torch.arange(n * k, dtype=torch.int64)
+    low = torch.zeros(n * k // 2, dtype=torch.int64)
+    high = torch.zeros_like(low)
+    for shift in range(0, max(1, (n * k - 1).bit_length()), 4):
+        digits = ((index >> shift) & 15).view(n, k).to(torch.int32)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(digits, 2).flatten().long()
+        low |= (packed & 15) << shift
+        high |= (packed >> 4) << shift
+    return low, high
+
+
+def pack_int4_for_kernel(u: torch.Tensor) -> torch.Tensor:
+    """Values 0..15 (n, k) -> the CPU int4 kernel's packed uint8 (n, k / 2)."""
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(u.to(torch.int32).contiguous(), 2)
+
+
+def unpack_int4_from_kernel(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """The inverse of ``pack_int4_for_kernel``: uint8 (n, k / 2) -> values 0..15 as uint8 (n, k)."""
+    n = packed.size(0)
+    low, high = _kernel_nibble_sources(n, k)
+    flat = packed.flatten()
+    u = torch.empty(n * k, dtype=torch.uint8)
+    u[low], u[high] = flat & 15, flat >> 4
+    return u.view(n, k)
+
+
+class Int8KernelLinear(nn.Module):
+    """int8 weights per output channel, bf16 activations, torch's CPU kernel (w8a16)."""
+
+    bits = 8
+    quantizes_head = True  # the LM head too: at batch 1 its 49,152 × 576 matrix is a fifth of SmolLM2's reads
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, fallback: str | None):
+        super().__init__()
+        self.out_features, self.in_features = qweight.shape
+        self.register_buffer("qweight", qweight)  # (out, in) int8
+        self.register_buffer("scale", scale)  # (out,) bfloat16: what the kernel multiplies by
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.fallback = fallback  # None: the kernel runs; else why not (the same arithmetic runs in eager fp32)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, group_size: int = 32, symmetric: bool = True):
+        w = linear.weight.detach().float()
+        # the scale is rounded to bf16 first and the weights quantised against that rounded scale,
+        # so q * scale is exactly the weight the kernel multiplies by
+        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).to(KERNEL_DTYPE)
+        q = torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
+        fallback = int8_kernel_problem(*w.shape, w.device)
+        return cls(q, scale, linear.bias, fallback)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.qweight.float() * self.scale.float()[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features).to(KERNEL_DTYPE)
+        if self.fallback is None and x.device.type == "cpu":
+            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scale)
+        else:  # the kernel's arithmetic: bf16 inputs, fp32 products and sums, a bf16 result
+            y = F.linear(x2.float(), self.weight).to(KERNEL_DTYPE)
+        y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def quantized_bytes(self) -> int:
+        return self.qweight.nbytes + self.scale.nbytes + (self.bias.nbytes if self.bias is not None else 0)
+
+
+class Int4KernelLinear(nn.Module):
+    """Group-wise int4 weights, bf16 activations, torch's CPU kernel (w4a16)."""
+
+    bits = 4
+    quantizes_head = True
+
+    def __init__(self, packed, scales_and_zeros, bias, group_size: int, in_features: int, fallback: str | None):
+        super().__init__()
+        self.out_features, self.in_features = packed.size(0), in_features
+        self.group_size = group_size
+        self.padded_in = 2 * packed.size(1)
+        self.register_buffer("packed", packed)  # (out, padded_in / 2) uint8: the kernel's layout, or pack_int4's
+        self.register_buffer("scales_and_zeros", scales_and_zeros)  # (groups, out, 2) bfloat16
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.fallback = fallback  # None: ``packed`` is in the kernel's layout and it runs; else why not
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, group_size: int = 32, symmetric: bool = False):
+        check_group_size(group_size)
+        out, n_in = linear.weight.shape
+        n_pad = -(-n_in // group_size) * group_size
+        w = F.pad(linear.weight.detach().float(), (0, n_pad - n_in)).reshape(out, n_pad // group_size, group_size)
+        # the kernel computes w = (u - 8) * scale + offset per group, scale and offset in bf16; both
+        # are rounded first and the values chosen against the rounded scale
+        if symmetric:
+            scale = (w.abs().amax(dim=-1) / 7).clamp(min=1e-6).to(KERNEL_DTYPE)
+            u = torch.round(w / scale.float()[..., None]).clamp(-8, 7) + 8
+            offset = torch.zeros_like(scale)
+        else:
+            lo, hi = w.amin(dim=-1).clamp(max=0), w.amax(dim=-1).clamp(min=0)  # the range holds 0
+            scale = ((hi - lo) / 15).clamp(min=1e-6).to(KERNEL_DTYPE)
+            zero = torch.round(-lo / scale.float()).clamp(0, 15)
+            u = (torch.round(w / scale.float()[..., None]) + zero[..., None]).clamp(0, 15)
+            offset = ((8 - zero) * scale.float()).to(KERNEL_DTYPE)
+        u = u.reshape(out, n_pad).to(torch.uint8)
+        sz = torch.stack((scale, offset), dim=-1).transpose(0, 1).contiguous()  # (groups, out, 2)
+        fallback = int4_kernel_problem(out, n_in, group_size, linear.weight.device)
+        packed = pack_int4_for_kernel(u) if fallback is None else pack_int4(u)
+        return cls(packed, sz, linear.bias, group_size, n_in, fallback)
+
+    def values(self) -> torch.Tensor:
+        """The stored 4-bit values 0..15 (out, padded_in) as uint8, whichever layout holds them."""
+        if self.fallback is None:
+            return unpack_int4_from_kernel(self.packed.cpu(), self.padded_in).to(self.packed.device)
+        return unpack_int4(self.packed)
+
+    def _dequantize(self, u: torch.Tensor) -> torch.Tensor:
+        sz = self.scales_and_zeros.float()  # (groups, out, 2)
+        w = (u.float() - 8).view(self.out_features, -1, self.group_size)
+        w = w * sz[..., 0].t()[..., None] + sz[..., 1].t()[..., None]
+        return w.view(self.out_features, -1)[:, : self.in_features]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._dequantize(self.values())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features).to(KERNEL_DTYPE)
+        if self.fallback is None and x.device.type == "cpu":
+            if self.padded_in != self.in_features:
+                x2 = F.pad(x2, (0, self.padded_in - self.in_features))
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), self.packed, self.group_size,
+                                                            self.scales_and_zeros)
+        else:  # the kernel's arithmetic: bf16 inputs, fp32 products and sums, a bf16 result
+            y = F.linear(x2.float(), self.weight).to(KERNEL_DTYPE)
+        y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def quantized_bytes(self) -> int:
+        return self.packed.nbytes + self.scales_and_zeros.nbytes + (self.bias.nbytes if self.bias is not None else 0)
+
+
 # method -> the class that replaces each block nn.Linear (None: the model as it is)
 QUANTIZATIONS = {
     "none": None,
     "int8_dynamic": Int8DynamicLinear,
     "int8_weight": Int8WeightLinear,
     "int4_weight": Int4WeightLinear,
+    "w8a16": Int8KernelLinear,
+    "w4a16": Int4KernelLinear,
 }
-QUANTIZED = (Int8DynamicLinear, Int8WeightLinear, Int4WeightLinear)
+QUANTIZED = (Int8DynamicLinear, Int8WeightLinear, Int4WeightLinear, Int8KernelLinear, Int4KernelLinear)
 
 
 def _separate_qkv(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,20 +412,27 @@ def _targets(model: nn.Module):
                     yield f"{name}.{attr}", parent, attr, child
 
 
-def quantize(model: nn.Module, method: str, *, group_size: int = 32, symmetric: bool = False) -> nn.Module:
+def quantize(model: nn.Module, method: str, *, group_size: int = 32, symmetric: bool = False,
+             head: bool | None = None) -> nn.Module:
     """A deep copy of ``model`` in eval mode whose block linears are quantised by ``method``
     (a key of ``QUANTIZATIONS``); ``model`` itself is left as it was. ``group_size`` and
-    ``symmetric`` apply to "int4_weight" (int8 is always symmetric per channel)."""
+    ``symmetric`` apply to the int4 methods (int8 is always symmetric per channel). ``head``:
+    quantise a decoder's LM head too (default: the method's ``quantizes_head``, True for the
+    kernel methods "w8a16" and "w4a16"); a tied head is then untied, the embedding staying fp32
+    for its lookups."""
     if method not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {method!r}; choose from {list(QUANTIZATIONS)}")
     cls = QUANTIZATIONS[method]
-    if cls is Int4WeightLinear:
+    if cls is not None and cls.bits == 4:
         check_group_size(group_size)
     q = copy.deepcopy(model).eval()
     if cls is None:
         return q
     for _, parent, attr, linear in list(_targets(q)):
         setattr(parent, attr, cls.from_linear(linear, group_size=group_size, symmetric=symmetric))
+    if (getattr(cls, "quantizes_head", False) if head is None else head) and isinstance(
+            getattr(q, "lm_head", None), nn.Linear):
+        q.lm_head = cls.from_linear(q.lm_head, group_size=group_size, symmetric=symmetric)
     for module in q.modules():
         if hasattr(module, "project_qkv") and isinstance(getattr(module, "q_proj", None), QUANTIZED):
             module.project_qkv = types.MethodType(_separate_qkv, module)
@@ -356,7 +552,7 @@ def quantization_table(model: nn.Module, val_tokens: torch.Tensor, *, methods=tu
         rows[method] = {
             "method": method,
             "bits": fp_bits if method == "none" else QUANTIZATIONS[method].bits,
-            "group_size": group_size if method == "int4_weight" else None,
+            "group_size": group_size if QUANTIZATIONS[method] is not None and QUANTIZATIONS[method].bits == 4 else None,
             "weight_bytes": nbytes,
             "weight_bytes_ratio": round(nbytes / ref_bytes, 4),
             "perplexity": round(ppl[method], 4),
