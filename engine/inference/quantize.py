@@ -253,6 +253,14 @@ def _kernel_nibble_sources(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return low, high
 
 
+def _bf16_at_least(value: torch.Tensor) -> torch.Tensor:
+    """``value`` rounded to the nearest bfloat16 that is not smaller: a scale the largest weight
+    of its row or group does not overflow (it would clip by up to 2^-9 of the range otherwise)."""
+    rounded = value.to(KERNEL_DTYPE)
+    up = torch.nextafter(rounded, torch.full_like(rounded, math.inf))
+    return torch.where(rounded.float() < value, up, rounded)
+
+
 def pack_int4_for_kernel(u: torch.Tensor) -> torch.Tensor:
     """Values 0..15 (n, k) -> the CPU int4 kernel's packed uint8 (n, k / 2)."""
     return torch.ops.aten._convert_weight_to_int4pack_for_cpu(u.to(torch.int32).contiguous(), 2)
@@ -285,9 +293,9 @@ class Int8KernelLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, group_size: int = 32, symmetric: bool = True):
         w = linear.weight.detach().float()
-        # the scale is rounded to bf16 first and the weights quantised against that rounded scale,
-        # so q * scale is exactly the weight the kernel multiplies by
-        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).to(KERNEL_DTYPE)
+        # the scale is rounded (up) to bf16 first and the weights quantised against that rounded
+        # scale, so q * scale is exactly the weight the kernel multiplies by
+        scale = _bf16_at_least((w.abs().amax(dim=1) / 127).clamp(min=1e-12))
         q = torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
         fallback = int8_kernel_problem(*w.shape, w.device)
         return cls(q, scale, linear.bias, fallback)
@@ -334,12 +342,12 @@ class Int4KernelLinear(nn.Module):
         # the kernel computes w = (u - 8) * scale + offset per group, scale and offset in bf16; both
         # are rounded first and the values chosen against the rounded scale
         if symmetric:
-            scale = (w.abs().amax(dim=-1) / 7).clamp(min=1e-6).to(KERNEL_DTYPE)
+            scale = _bf16_at_least((w.abs().amax(dim=-1) / 7).clamp(min=1e-6))
             u = torch.round(w / scale.float()[..., None]).clamp(-8, 7) + 8
             offset = torch.zeros_like(scale)
         else:
             lo, hi = w.amin(dim=-1).clamp(max=0), w.amax(dim=-1).clamp(min=0)  # the range holds 0
-            scale = ((hi - lo) / 15).clamp(min=1e-6).to(KERNEL_DTYPE)
+            scale = _bf16_at_least(((hi - lo) / 15).clamp(min=1e-6))
             zero = torch.round(-lo / scale.float()).clamp(0, 15)
             u = (torch.round(w / scale.float()[..., None]) + zero[..., None]).clamp(0, 15)
             offset = ((8 - zero) * scale.float()).to(KERNEL_DTYPE)
