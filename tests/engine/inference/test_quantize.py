@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+import engine.inference.quantize as quantize_module
 from engine import build_model, parse_spec, train
 from engine.data.datasets import load_data, read_stdlib
-import engine.inference.quantize as quantize_module
 from engine.inference.quantize import (
     QUANTIZATIONS,
     Int4KernelLinear,
