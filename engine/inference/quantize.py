@@ -346,11 +346,14 @@ class Int4KernelLinear(nn.Module):
             u = torch.round(w / scale.float()[..., None]).clamp(-8, 7) + 8
             offset = torch.zeros_like(scale)
         else:
-            lo, hi = w.amin(dim=-1).clamp(max=0), w.amax(dim=-1).clamp(min=0)  # the range holds 0
+            # min-max groups, the offset a float (as llama.cpp's Q4_1 and torchao's float zero point):
+            # the 16 levels span exactly the group's range, which need not hold 0 (int4_weight's
+            # integer zero point needs it to, and spends levels on it)
+            lo, hi = w.amin(dim=-1), w.amax(dim=-1)
             scale = _bf16_at_least(((hi - lo) / 15).clamp(min=1e-6))
-            zero = torch.round(-lo / scale.float()).clamp(0, 15)
-            u = (torch.round(w / scale.float()[..., None]) + zero[..., None]).clamp(0, 15)
-            offset = ((8 - zero) * scale.float()).to(KERNEL_DTYPE)
+            offset = (lo + 8 * scale.float()).to(KERNEL_DTYPE)  # w = (u - 8) * scale + offset
+            # the values are chosen against the rounded offset, so its rounding is not added to theirs
+            u = (torch.round((w - offset.float()[..., None]) / scale.float()[..., None]) + 8).clamp(0, 15)
         u = u.reshape(out, n_pad).to(torch.uint8)
         sz = torch.stack((scale, offset), dim=-1).transpose(0, 1).contiguous()  # (groups, out, 2)
         fallback = int4_kernel_problem(out, n_in, group_size, linear.weight.device)
@@ -421,26 +424,32 @@ def _targets(model: nn.Module):
 
 
 def quantize(model: nn.Module, method: str, *, group_size: int = 32, symmetric: bool = False,
-             head: bool | None = None) -> nn.Module:
+             head: bool | str | None = None) -> nn.Module:
     """A deep copy of ``model`` in eval mode whose block linears are quantised by ``method``
     (a key of ``QUANTIZATIONS``); ``model`` itself is left as it was. ``group_size`` and
     ``symmetric`` apply to the int4 methods (int8 is always symmetric per channel). ``head``:
     quantise a decoder's LM head too (default: the method's ``quantizes_head``, True for the
-    kernel methods "w8a16" and "w4a16"); a tied head is then untied, the embedding staying fp32
-    for its lookups."""
+    kernel methods "w8a16" and "w4a16"), or the name of another method for it ("w4a16" with
+    ``head="w8a16"``: int4 blocks, an int8 head); a tied head is then untied, the embedding
+    staying fp32 for its lookups."""
     if method not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {method!r}; choose from {list(QUANTIZATIONS)}")
     cls = QUANTIZATIONS[method]
-    if cls is not None and cls.bits == 4:
+    if isinstance(head, str):
+        if QUANTIZATIONS.get(head) is None:
+            raise ValueError(f"unknown head quantization {head!r}; choose from {list(QUANTIZATIONS)[1:]}")
+        head_cls = QUANTIZATIONS[head]
+    else:
+        head_cls = cls if (getattr(cls, "quantizes_head", False) if head is None else head) else None
+    if any(c is not None and c.bits == 4 for c in (cls, head_cls)):
         check_group_size(group_size)
     q = copy.deepcopy(model).eval()
     if cls is None:
         return q
     for _, parent, attr, linear in list(_targets(q)):
         setattr(parent, attr, cls.from_linear(linear, group_size=group_size, symmetric=symmetric))
-    if (getattr(cls, "quantizes_head", False) if head is None else head) and isinstance(
-            getattr(q, "lm_head", None), nn.Linear):
-        q.lm_head = cls.from_linear(q.lm_head, group_size=group_size, symmetric=symmetric)
+    if head_cls is not None and isinstance(getattr(q, "lm_head", None), nn.Linear):
+        q.lm_head = head_cls.from_linear(q.lm_head, group_size=group_size, symmetric=symmetric)
     for module in q.modules():
         if hasattr(module, "project_qkv") and isinstance(getattr(module, "q_proj", None), QUANTIZED):
             module.project_qkv = types.MethodType(_separate_qkv, module)
@@ -466,6 +475,25 @@ def weight_bytes(model: nn.Module) -> int:
         if isinstance(m, QUANTIZED):
             total += m.quantized_bytes() - (m.bias.nbytes if isinstance(m.bias, nn.Parameter) else 0)
     return total
+
+
+def decode_read_bytes(model: nn.Module, positions: int = 0, batch: int = 1) -> int:
+    """Bytes one KV-cached decoding step of a decoder reads at least, the memory traffic that
+    bounds its speed at small batch: every weight as stored (``weight_bytes``) except the token
+    and position tables, of which it reads ``batch`` rows (a tied LM head still reads the whole
+    token table: it is the head's matrix), plus the keys and values of ``positions`` cached
+    positions per sequence (as fp32). Activations, being small and in cache, are left out."""
+    cfg = model.config
+    tables = [model.wte.weight]
+    if type(model.wpe).__name__ == "LearnedPosition":
+        tables.append(model.wpe.weight)
+    head = getattr(getattr(model, "lm_head", None), "weight", None)
+    total = weight_bytes(model)
+    for t in tables:
+        if not (isinstance(head, torch.Tensor) and head.data_ptr() == t.data_ptr()):
+            total -= t.nbytes - batch * t[0].nbytes
+    kv = 2 * cfg.n_layer * (cfg.n_kv_head or cfg.n_head) * cfg.head_size * positions * batch * 4
+    return total + kv
 
 
 def eval_windows(tokens: torch.Tensor, *, block_size: int, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:

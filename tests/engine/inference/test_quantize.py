@@ -17,6 +17,7 @@ from engine.inference.quantize import (
     Int4WeightLinear,
     Int8KernelLinear,
     Int8WeightLinear,
+    decode_read_bytes,
     eval_windows,
     format_table,
     int4_kernel_problem,
@@ -314,6 +315,10 @@ def test_kernel_methods_quantise_the_head_unless_told_not_to(tiny_config):
     kept = quantize(model, "w8a16", head=False)
     assert kept.lm_head.weight is kept.wte.weight  # tied and fp32, as the other methods leave it
     assert isinstance(quantize(model, "int8_weight", head=True).lm_head, Int8WeightLinear)
+    mixed = quantize(model, "w4a16", head="w8a16")  # int4 blocks, an int8 head
+    assert isinstance(mixed.lm_head, Int8KernelLinear) and isinstance(mixed.h[0].mlp.up_proj, Int4KernelLinear)
+    with pytest.raises(ValueError, match="unknown head quantization 'int2'"):
+        quantize(model, "w4a16", head="int2")
     block = [m for m in model.h.modules() if isinstance(m, nn.Linear)]
     # int8 values and a bf16 scale per row; int4: half a byte per value, a bf16 scale and offset per group
     expect8 = sum(m.weight.numel() + 2 * m.out_features for m in block)
@@ -321,3 +326,15 @@ def test_kernel_methods_quantise_the_head_unless_told_not_to(tiny_config):
     q4 = quantize(model, "w4a16", head=False)
     expect4 = sum(m.weight.numel() // 2 + 4 * m.weight.numel() // 32 for m in block)
     assert weight_bytes(q4) == weight_bytes(model) - sum(4 * m.weight.numel() for m in block) + expect4
+
+
+def test_decode_read_bytes_count_what_a_step_reads(tiny_config):
+    model = build_model(dataclasses.replace(tiny_config, position="rope", n_kv_head=2))  # tied head
+    cfg = model.config
+    row = model.wte.weight[0].nbytes
+    # tied: the head reads the whole table, so nothing is taken off; the KV cache adds 2 * layers * kv width
+    kv = 2 * cfg.n_layer * 2 * cfg.head_size * 4
+    assert decode_read_bytes(model) == weight_bytes(model)
+    assert decode_read_bytes(model, positions=10, batch=3) == weight_bytes(model) + 30 * kv
+    q = quantize(model, "w8a16")  # untied: the table is read one row per sequence
+    assert decode_read_bytes(q, batch=2) == weight_bytes(q) - model.wte.weight.nbytes + 2 * row
