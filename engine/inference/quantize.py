@@ -18,16 +18,33 @@ each class has ``from_linear(linear, *, group_size, symmetric)`` and the ``nn.Li
   each group with its own fp16 scale (and, asymmetric by default, a uint8 zero point), two
   4-bit values packed per uint8 byte (the GPTQ/AWQ storage format, here with plain
   round-to-nearest instead of their error-correcting search); a width that ``group_size`` does
-  not divide gets a zero-padded last group.
+  not divide gets a zero-padded last group;
+- "w8a16": int8 weights per output channel (a bf16 scale per row) and bf16 activations through
+  torch's CPU weight-only kernel ``aten._weight_int8pack_mm``; the LM head quantised too;
+- "w4a16": int4 weights in min-max groups of ``group_size`` (a bf16 scale and float offset per
+  group: w = (u - 8) * scale + offset, the kernel's form) and bf16 activations through
+  ``aten._weight_int4pack_mm_for_cpu``, the values packed in that kernel's layout
+  (``pack_int4_for_kernel``; the layout depends on the CPU's vector width, so
+  ``unpack_int4_from_kernel`` reads it off the op); the LM head quantised too
+  (``quantize(..., head="w8a16")`` gives it int8 instead, ``head=False`` leaves it fp32).
 
-Left in full precision, on purpose: the token and position embeddings (a lookup costs no
-matmul; quantising them only saves memory), the LM head (its weight is the embedding when tied,
-and the logits are where quantisation error hurts most; GPTQ and AWQ keep it too), norms,
-biases, and MoE routers (a small change there sends tokens to other experts).
+The kernel methods compute each quantised matmul from bf16-rounded inputs with fp32 sums and a
+bf16 result (fp32 activations would take the kernels' scalar path, 5-20 times slower); the
+residual stream, norms and attention stay fp32. Where a kernel cannot run a layer (not on the
+CPU, a width it does not take, a torch without it) the layer says why in ``fallback``
+(``int8_kernel_problem``, ``int4_kernel_problem``) and computes the same arithmetic eagerly.
 
-Weight-only kernels here are eager PyTorch (dequantise, then an fp32 matmul), so on a CPU they
-save memory but not time; fused int4/int8 GPU kernels are what make them faster. The table
-reports what this code measures, not what such kernels would do.
+Left in full precision, on purpose, by the other methods: the token and position embeddings (a
+lookup costs no matmul; quantising them only saves memory), the LM head (its weight is the
+embedding when tied, and the logits are where quantisation error hurts most; GPTQ and AWQ keep
+it too), norms, biases, and MoE routers (a small change there sends tokens to other experts).
+The kernel methods quantise the head because at batch 1 decoding reads every weight once per
+token, and SmolLM2-135M's tied 49,152 × 576 head is a fifth of its weights; the embedding table
+stays fp32 for its lookups.
+
+"int8_weight" and "int4_weight" are eager PyTorch (dequantise, then an fp32 matmul): on a CPU
+they save memory, not time. "w8a16" and "w4a16" run fused kernels and decode faster than fp32
+at batch 1 (``bench/quantization_smollm2.py``).
 """
 
 from __future__ import annotations
