@@ -69,7 +69,8 @@ Inference and quantisation
     stop=, seed=, compare_cache=)`` -> completions with per-token probabilities and alternatives,
     time to first token, tokens/s and peak memory (``engine.inference.run``); encoders return
     embedding similarities. ``quantize(model, method)`` over ``QUANTIZATIONS`` (int8 dynamic,
-    int8 weight-only, int4 group-wise) and ``quantization_table(model, val_tokens)`` -> perplexity,
+    int8 weight-only, int4 group-wise, and w8a16/w4a16 through torch's CPU weight-only kernels,
+    the ones that decode faster than fp32) and ``quantization_table(model, val_tokens)`` -> perplexity,
     size and speed per method (``engine.inference.quantize``).
 
 Interop

@@ -18,16 +18,33 @@ each class has ``from_linear(linear, *, group_size, symmetric)`` and the ``nn.Li
   each group with its own fp16 scale (and, asymmetric by default, a uint8 zero point), two
   4-bit values packed per uint8 byte (the GPTQ/AWQ storage format, here with plain
   round-to-nearest instead of their error-correcting search); a width that ``group_size`` does
-  not divide gets a zero-padded last group.
+  not divide gets a zero-padded last group;
+- "w8a16": int8 weights per output channel (a bf16 scale per row) and bf16 activations through
+  torch's CPU weight-only kernel ``aten._weight_int8pack_mm``; the LM head quantised too;
+- "w4a16": int4 weights in min-max groups of ``group_size`` (a bf16 scale and float offset per
+  group: w = (u - 8) * scale + offset, the kernel's form) and bf16 activations through
+  ``aten._weight_int4pack_mm_for_cpu``, the values packed in that kernel's layout
+  (``pack_int4_for_kernel``; the layout depends on the CPU's vector width, so
+  ``unpack_int4_from_kernel`` reads it off the op); the LM head quantised too
+  (``quantize(..., head="w8a16")`` gives it int8 instead, ``head=False`` leaves it fp32).
 
-Left in full precision, on purpose: the token and position embeddings (a lookup costs no
-matmul; quantising them only saves memory), the LM head (its weight is the embedding when tied,
-and the logits are where quantisation error hurts most; GPTQ and AWQ keep it too), norms,
-biases, and MoE routers (a small change there sends tokens to other experts).
+The kernel methods compute each quantised matmul from bf16-rounded inputs with fp32 sums and a
+bf16 result (fp32 activations would take the kernels' scalar path, 5-20 times slower); the
+residual stream, norms and attention stay fp32. Where a kernel cannot run a layer (not on the
+CPU, a width it does not take, a torch without it) the layer says why in ``fallback``
+(``int8_kernel_problem``, ``int4_kernel_problem``) and computes the same arithmetic eagerly.
 
-Weight-only kernels here are eager PyTorch (dequantise, then an fp32 matmul), so on a CPU they
-save memory but not time; fused int4/int8 GPU kernels are what make them faster. The table
-reports what this code measures, not what such kernels would do.
+Left in full precision, on purpose, by the other methods: the token and position embeddings (a
+lookup costs no matmul; quantising them only saves memory), the LM head (its weight is the
+embedding when tied, and the logits are where quantisation error hurts most; GPTQ and AWQ keep
+it too), norms, biases, and MoE routers (a small change there sends tokens to other experts).
+The kernel methods quantise the head because at batch 1 decoding reads every weight once per
+token, and SmolLM2-135M's tied 49,152 × 576 head is a fifth of its weights; the embedding table
+stays fp32 for its lookups.
+
+"int8_weight" and "int4_weight" are eager PyTorch (dequantise, then an fp32 matmul): on a CPU
+they save memory, not time. "w8a16" and "w4a16" run fused kernels and decode faster than fp32
+at batch 1 (``bench/quantization_smollm2.py``).
 """
 
 from __future__ import annotations
@@ -194,14 +211,214 @@ class Int4WeightLinear(nn.Module):
         return self.packed.nbytes + self.scale.nbytes + zero + (self.bias.nbytes if self.bias is not None else 0)
 
 
+# ---- weight-only kernels: int8/int4 weights, bf16 activations, torch's CPU kernels ----------------
+
+INT4_KERNEL_GROUPS = (32, 64, 128, 256)  # the group sizes aten._weight_int4pack_mm_for_cpu takes
+KERNEL_DTYPE = torch.bfloat16  # the activations the kernels read (fp32 ones take a scalar path: 5-20x slower)
+
+
+def _aten_op(name: str):
+    try:
+        return getattr(torch.ops.aten, name)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def int8_kernel_problem(out_features: int, in_features: int, device: torch.device | str = "cpu") -> str | None:
+    """Why ``aten._weight_int8pack_mm`` cannot run an (out, in) int8 layer on ``device``, or
+    None when it can. Widths that are not a multiple of 16 are refused: torch 2.13's kernel
+    reads 16 inputs at a time and returns wrong numbers or crashes on the others (measured)."""
+    if _aten_op("_weight_int8pack_mm") is None:
+        return f"torch {torch.__version__} has no aten._weight_int8pack_mm"
+    if torch.device(device).type != "cpu":
+        return f"the layer is on {torch.device(device)}; the int8 weight-only kernel used here is torch's CPU one"
+    if in_features % 16:
+        return f"in_features ({in_features}) is not a multiple of 16, which the CPU int8 kernel needs"
+    return None
+
+
+def int4_kernel_problem(out_features: int, in_features: int, group_size: int,
+                        device: torch.device | str = "cpu") -> str | None:
+    """Why ``aten._weight_int4pack_mm_for_cpu`` cannot run an (out, in) int4 layer with groups
+    of ``group_size`` on ``device``, or None when it can (an input width that the group size
+    does not divide is zero-padded, as ``Int4WeightLinear`` pads it)."""
+    for op in ("_weight_int4pack_mm_for_cpu", "_convert_weight_to_int4pack_for_cpu"):
+        if _aten_op(op) is None:
+            return f"torch {torch.__version__} has no aten.{op}"
+    if torch.device(device).type != "cpu":
+        return f"the layer is on {torch.device(device)}; the int4 weight-only kernel used here is torch's CPU one"
+    if group_size not in INT4_KERNEL_GROUPS:
+        return f"group_size {group_size}: the CPU int4 kernel takes {', '.join(map(str, INT4_KERNEL_GROUPS))}"
+    if out_features % 16:
+        return f"out_features ({out_features}) is not a multiple of 16, which the CPU int4 kernel needs"
+    return None
+
+
+def _kernel_nibble_sources(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``aten._convert_weight_to_int4pack_for_cpu`` of an (n, k) tensor: the flat source index
+    of the value in each packed byte's low and high nibble. The layout depends on the CPU's
+    vector width (blocks of 64 rows with AVX-512, 32 with AVX2), so it is read off the op itself:
+    each run packs one hex digit of every element's index."""
+    index = torch.arange(n * k, dtype=torch.int64)
+    low = torch.zeros(n * k // 2, dtype=torch.int64)
+    high = torch.zeros_like(low)
+    for shift in range(0, max(1, (n * k - 1).bit_length()), 4):
+        digits = ((index >> shift) & 15).view(n, k).to(torch.int32)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(digits, 2).flatten().long()
+        low |= (packed & 15) << shift
+        high |= (packed >> 4) << shift
+    return low, high
+
+
+def _bf16_at_least(value: torch.Tensor) -> torch.Tensor:
+    """``value`` rounded to the nearest bfloat16 that is not smaller: a scale the largest weight
+    of its row or group does not overflow (it would clip by up to 2^-9 of the range otherwise)."""
+    rounded = value.to(KERNEL_DTYPE)
+    up = torch.nextafter(rounded, torch.full_like(rounded, math.inf))
+    return torch.where(rounded.float() < value, up, rounded)
+
+
+def pack_int4_for_kernel(u: torch.Tensor) -> torch.Tensor:
+    """Values 0..15 (n, k) -> the CPU int4 kernel's packed uint8 (n, k / 2)."""
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(u.to(torch.int32).contiguous(), 2)
+
+
+def unpack_int4_from_kernel(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """The inverse of ``pack_int4_for_kernel``: uint8 (n, k / 2) -> values 0..15 as uint8 (n, k)."""
+    n = packed.size(0)
+    low, high = _kernel_nibble_sources(n, k)
+    flat = packed.flatten()
+    u = torch.empty(n * k, dtype=torch.uint8)
+    u[low], u[high] = flat & 15, flat >> 4
+    return u.view(n, k)
+
+
+class Int8KernelLinear(nn.Module):
+    """int8 weights per output channel, bf16 activations, torch's CPU kernel (w8a16)."""
+
+    bits = 8
+    quantizes_head = True  # the LM head too: at batch 1 its 49,152 × 576 matrix is a fifth of SmolLM2's reads
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, fallback: str | None):
+        super().__init__()
+        self.out_features, self.in_features = qweight.shape
+        self.register_buffer("qweight", qweight)  # (out, in) int8
+        self.register_buffer("scale", scale)  # (out,) bfloat16: what the kernel multiplies by
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.fallback = fallback  # None: the kernel runs; else why not (the same arithmetic runs in eager fp32)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, group_size: int = 32, symmetric: bool = True):
+        w = linear.weight.detach().float()
+        # the scale is rounded (up) to bf16 first and the weights quantised against that rounded
+        # scale, so q * scale is exactly the weight the kernel multiplies by
+        scale = _bf16_at_least((w.abs().amax(dim=1) / 127).clamp(min=1e-12))
+        q = torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
+        fallback = int8_kernel_problem(*w.shape, w.device)
+        return cls(q, scale, linear.bias, fallback)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.qweight.float() * self.scale.float()[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features).to(KERNEL_DTYPE)
+        if self.fallback is None and x.device.type == "cpu":
+            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scale)
+        else:  # the kernel's arithmetic: bf16 inputs, fp32 products and sums, a bf16 result
+            y = F.linear(x2.float(), self.weight).to(KERNEL_DTYPE)
+        y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def quantized_bytes(self) -> int:
+        return self.qweight.nbytes + self.scale.nbytes + (self.bias.nbytes if self.bias is not None else 0)
+
+
+class Int4KernelLinear(nn.Module):
+    """Group-wise int4 weights, bf16 activations, torch's CPU kernel (w4a16)."""
+
+    bits = 4
+    quantizes_head = True
+
+    def __init__(self, packed, scales_and_zeros, bias, group_size: int, in_features: int, fallback: str | None):
+        super().__init__()
+        self.out_features, self.in_features = packed.size(0), in_features
+        self.group_size = group_size
+        self.padded_in = 2 * packed.size(1)
+        self.register_buffer("packed", packed)  # (out, padded_in / 2) uint8: the kernel's layout, or pack_int4's
+        self.register_buffer("scales_and_zeros", scales_and_zeros)  # (groups, out, 2) bfloat16
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.fallback = fallback  # None: ``packed`` is in the kernel's layout and it runs; else why not
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, group_size: int = 32, symmetric: bool = False):
+        check_group_size(group_size)
+        out, n_in = linear.weight.shape
+        n_pad = -(-n_in // group_size) * group_size
+        w = F.pad(linear.weight.detach().float(), (0, n_pad - n_in)).reshape(out, n_pad // group_size, group_size)
+        # the kernel computes w = (u - 8) * scale + offset per group, scale and offset in bf16; both
+        # are rounded first and the values chosen against the rounded scale
+        if symmetric:
+            scale = _bf16_at_least((w.abs().amax(dim=-1) / 7).clamp(min=1e-6))
+            u = torch.round(w / scale.float()[..., None]).clamp(-8, 7) + 8
+            offset = torch.zeros_like(scale)
+        else:
+            # min-max groups, the offset a float (as llama.cpp's Q4_1 and torchao's float zero point):
+            # the 16 levels span exactly the group's range, which need not hold 0 (int4_weight's
+            # integer zero point needs it to, and spends levels on it)
+            lo, hi = w.amin(dim=-1), w.amax(dim=-1)
+            scale = _bf16_at_least(((hi - lo) / 15).clamp(min=1e-6))
+            offset = (lo + 8 * scale.float()).to(KERNEL_DTYPE)  # w = (u - 8) * scale + offset
+            # the values are chosen against the rounded offset, so its rounding is not added to theirs
+            u = (torch.round((w - offset.float()[..., None]) / scale.float()[..., None]) + 8).clamp(0, 15)
+        u = u.reshape(out, n_pad).to(torch.uint8)
+        sz = torch.stack((scale, offset), dim=-1).transpose(0, 1).contiguous()  # (groups, out, 2)
+        fallback = int4_kernel_problem(out, n_in, group_size, linear.weight.device)
+        packed = pack_int4_for_kernel(u) if fallback is None else pack_int4(u)
+        return cls(packed, sz, linear.bias, group_size, n_in, fallback)
+
+    def values(self) -> torch.Tensor:
+        """The stored 4-bit values 0..15 (out, padded_in) as uint8, whichever layout holds them."""
+        if self.fallback is None:
+            return unpack_int4_from_kernel(self.packed.cpu(), self.padded_in).to(self.packed.device)
+        return unpack_int4(self.packed)
+
+    def _dequantize(self, u: torch.Tensor) -> torch.Tensor:
+        sz = self.scales_and_zeros.float()  # (groups, out, 2)
+        w = (u.float() - 8).view(self.out_features, -1, self.group_size)
+        w = w * sz[..., 0].t()[..., None] + sz[..., 1].t()[..., None]
+        return w.view(self.out_features, -1)[:, : self.in_features]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._dequantize(self.values())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features).to(KERNEL_DTYPE)
+        if self.fallback is None and x.device.type == "cpu":
+            if self.padded_in != self.in_features:
+                x2 = F.pad(x2, (0, self.padded_in - self.in_features))
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), self.packed, self.group_size,
+                                                            self.scales_and_zeros)
+        else:  # the kernel's arithmetic: bf16 inputs, fp32 products and sums, a bf16 result
+            y = F.linear(x2.float(), self.weight).to(KERNEL_DTYPE)
+        y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def quantized_bytes(self) -> int:
+        return self.packed.nbytes + self.scales_and_zeros.nbytes + (self.bias.nbytes if self.bias is not None else 0)
+
+
 # method -> the class that replaces each block nn.Linear (None: the model as it is)
 QUANTIZATIONS = {
     "none": None,
     "int8_dynamic": Int8DynamicLinear,
     "int8_weight": Int8WeightLinear,
     "int4_weight": Int4WeightLinear,
+    "w8a16": Int8KernelLinear,
+    "w4a16": Int4KernelLinear,
 }
-QUANTIZED = (Int8DynamicLinear, Int8WeightLinear, Int4WeightLinear)
+QUANTIZED = (Int8DynamicLinear, Int8WeightLinear, Int4WeightLinear, Int8KernelLinear, Int4KernelLinear)
 
 
 def _separate_qkv(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,20 +440,33 @@ def _targets(model: nn.Module):
                     yield f"{name}.{attr}", parent, attr, child
 
 
-def quantize(model: nn.Module, method: str, *, group_size: int = 32, symmetric: bool = False) -> nn.Module:
+def quantize(model: nn.Module, method: str, *, group_size: int = 32, symmetric: bool = False,
+             head: bool | str | None = None) -> nn.Module:
     """A deep copy of ``model`` in eval mode whose block linears are quantised by ``method``
     (a key of ``QUANTIZATIONS``); ``model`` itself is left as it was. ``group_size`` and
-    ``symmetric`` apply to "int4_weight" (int8 is always symmetric per channel)."""
+    ``symmetric`` apply to the int4 methods (int8 is always symmetric per channel). ``head``:
+    quantise a decoder's LM head too (default: the method's ``quantizes_head``, True for the
+    kernel methods "w8a16" and "w4a16"), or the name of another method for it ("w4a16" with
+    ``head="w8a16"``: int4 blocks, an int8 head); a tied head is then untied, the embedding
+    staying fp32 for its lookups."""
     if method not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {method!r}; choose from {list(QUANTIZATIONS)}")
     cls = QUANTIZATIONS[method]
-    if cls is Int4WeightLinear:
+    if isinstance(head, str):
+        if QUANTIZATIONS.get(head) is None:
+            raise ValueError(f"unknown head quantization {head!r}; choose from {list(QUANTIZATIONS)[1:]}")
+        head_cls = QUANTIZATIONS[head]
+    else:
+        head_cls = cls if (getattr(cls, "quantizes_head", False) if head is None else head) else None
+    if any(c is not None and c.bits == 4 for c in (cls, head_cls)):
         check_group_size(group_size)
     q = copy.deepcopy(model).eval()
     if cls is None:
         return q
     for _, parent, attr, linear in list(_targets(q)):
         setattr(parent, attr, cls.from_linear(linear, group_size=group_size, symmetric=symmetric))
+    if head_cls is not None and isinstance(getattr(q, "lm_head", None), nn.Linear):
+        q.lm_head = head_cls.from_linear(q.lm_head, group_size=group_size, symmetric=symmetric)
     for module in q.modules():
         if hasattr(module, "project_qkv") and isinstance(getattr(module, "q_proj", None), QUANTIZED):
             module.project_qkv = types.MethodType(_separate_qkv, module)
@@ -262,6 +492,25 @@ def weight_bytes(model: nn.Module) -> int:
         if isinstance(m, QUANTIZED):
             total += m.quantized_bytes() - (m.bias.nbytes if isinstance(m.bias, nn.Parameter) else 0)
     return total
+
+
+def decode_read_bytes(model: nn.Module, positions: int = 0, batch: int = 1) -> int:
+    """Bytes one KV-cached decoding step of a decoder reads at least, the memory traffic that
+    bounds its speed at small batch: every weight as stored (``weight_bytes``) except the token
+    and position tables, of which it reads ``batch`` rows (a tied LM head still reads the whole
+    token table: it is the head's matrix), plus the keys and values of ``positions`` cached
+    positions per sequence (as fp32). Activations, being small and in cache, are left out."""
+    cfg = model.config
+    tables = [model.wte.weight]
+    if type(model.wpe).__name__ == "LearnedPosition":
+        tables.append(model.wpe.weight)
+    head = getattr(getattr(model, "lm_head", None), "weight", None)
+    total = weight_bytes(model)
+    for t in tables:
+        if not (isinstance(head, torch.Tensor) and head.data_ptr() == t.data_ptr()):
+            total -= t.nbytes - batch * t[0].nbytes
+    kv = 2 * cfg.n_layer * (cfg.n_kv_head or cfg.n_head) * cfg.head_size * positions * batch * 4
+    return total + kv
 
 
 def eval_windows(tokens: torch.Tensor, *, block_size: int, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -356,7 +605,7 @@ def quantization_table(model: nn.Module, val_tokens: torch.Tensor, *, methods=tu
         rows[method] = {
             "method": method,
             "bits": fp_bits if method == "none" else QUANTIZATIONS[method].bits,
-            "group_size": group_size if method == "int4_weight" else None,
+            "group_size": group_size if QUANTIZATIONS[method] is not None and QUANTIZATIONS[method].bits == 4 else None,
             "weight_bytes": nbytes,
             "weight_bytes_ratio": round(nbytes / ref_bytes, 4),
             "perplexity": round(ppl[method], 4),

