@@ -1,5 +1,5 @@
 """Chat with SmolLM2-135M-Instruct through the real stack (ASGI server, Celery worker, Redis) in
-headless Chromium: the nav's Chat link; a message longer than the model's context refused at the
+headless Chromium: the nav's Chat link (in its "Real LLMs" menu); a message longer than the model's context refused at the
 composer with the numbers; a greedy question answered "Paris", its tokens arriving one by one over
 the job's websocket while the page first shows the answer's place in line behind another user's
 chat; a token's alternatives on hover; a second turn that reads the first (multi-turn context);
@@ -56,6 +56,7 @@ def test_chat_answers_paris_streamed_over_the_websocket(smollm2_models_dir, stac
     page.on("websocket", on_websocket)
     page.set_viewport_size({"width": 1400, "height": 900})
     log_in(page, stack, "cleo")
+    page.click("nav >> text=Real LLMs")  # the menu of the real model's pages
     page.click("nav >> text=Chat")
     page.wait_for_url(re.compile(r"/chat/$"))
     page.wait_for_function("() => document.body.dataset.chatReady === 'yes'")

@@ -28,6 +28,7 @@ def test_a_lora_fine_tune_from_the_form_to_its_answers(smollm2_models_dir, stack
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.set_viewport_size({"width": 1400, "height": 900})
     log_in(page, stack, "fay")
+    page.click("nav >> text=Real LLMs")  # the menu of the real model's pages
     page.click("nav >> text=Fine-tune")
     page.wait_for_url(re.compile(r"/finetune/$"))
     assert "2,442,240 trainable" in page.locator("#trainable-note").inner_text()

@@ -25,6 +25,7 @@ def test_a_team_uploads_models_and_runs_one(web, page, shots, tmp_path):
 
     page.set_viewport_size({"width": 1400, "height": 900})
     log_in(page, web, "uma")
+    page.click("nav >> text=Real LLMs")  # the menu of the real model's pages
     page.click("nav >> text=Models")
     page.wait_for_url(re.compile(r"/models/$"))
     assert page.locator("text=No models yet").is_visible()
