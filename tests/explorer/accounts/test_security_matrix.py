@@ -33,6 +33,7 @@ from explorer.inference.models import Conversation
 from explorer.jobs import services
 from explorer.jobs.models import Job
 from explorer.jobs.routing import websocket_urlpatterns
+from explorer.pretrained.models import UploadedModel
 from explorer.scheduling.models import Worker
 from explorer.tokenizers import lab
 from explorer.tokenizers.models import Tokenizer
@@ -52,7 +53,9 @@ PATH_PARAMS = {
     "tokenizer_id": ("tokenizer", True),
     "token_id": ("token", True),
     "team_id": ("team", True),
-    "conversation_id": ("conversation", True),  # a user's own: also a 404 to their teammates (test_chat.py)
+    "conversation_id": ("conversation", True),
+    "model_id": ("model", True),  # a team's uploaded model
+    "finetune/{what}": ("download", False),  # which download of a fine-tuning job  # a user's own: also a 404 to their teammates (test_chat.py)
     "step": ("step", False),
     "presets/{name}": ("preset", False),
     "workers/{name}": ("worker", False),
@@ -94,6 +97,10 @@ API_ROLES = {
     ("DELETE", "/api/v1/tokenizers/{tokenizer_id}"): ("member", None),  # the issue names no rule: any member
     ("POST", "/api/v1/tokenizers/{tokenizer_id}/merges"): ("member", None),
     ("POST", "/api/v1/inference"): ("member", None),
+    ("POST", "/api/v1/attention"): ("member", None),
+    ("POST", "/api/v1/finetune"): ("member", None),
+    ("POST", "/api/v1/models"): ("member", None),
+    ("DELETE", "/api/v1/models/{model_id}"): ("maintainer", None),  # its uploader (the admin here) or a maintainer
     ("POST", "/api/v1/chat/messages"): ("member", None),  # into the user's own conversation, or a new one
     ("DELETE", "/api/v1/chat/conversations/{conversation_id}"): ("member", None),  # the user's own only
     ("POST", "/api/v1/workers/{name}/drain"): ("maintainer", None),  # of a shared team, or staff
@@ -133,6 +140,10 @@ PAGES = {
     "inference": Page(query="job={job}"),
     "chat": Page(),
     "chat_conversation": Page(),
+    "attention": Page(),
+    "finetune": Page(),
+    "models": Page(),
+    "model_delete": Page(method="POST", role="owner-or-maintainer"),  # its uploader (the admin) or a maintainer
     "account": Page(),
     "token_revoke": Page(method="POST", role="self"),
     "switch_team": Page(method="POST", data={"team": "{team}"}),
@@ -250,6 +261,8 @@ class World:
     token: ApiToken  # the admin's
     worker: Worker  # busy with the admin's job
     conversation: object = None  # the plain member's (their own: the calls below by the member reach it)
+    model: object = None  # an uploaded model of team A (the admin's)
+    download: str = "adapter"
     step: int = 1
     preset: str = ""
 
@@ -257,6 +270,7 @@ class World:
         return {"conversation": self.conversation.pk,"job": self.job.pk, "member_job": self.member_job.pk, "ended_job": self.ended_job.pk,
                 "dataset": self.dataset.pk, "tokenizer": self.tokenizer.pk, "team": self.team.pk,
                 "member_id": self.member.pk, "token": self.token.pk, "step": self.step, "preset": self.preset,
+                "model": self.model.pk, "download": self.download,
                 "worker": self.worker.name}
 
     def fill(self, text, missing=False):
@@ -288,6 +302,10 @@ def world(db, bob, tiny_spec):
         tokenizer=tokenizer, token=ApiToken.issue(admin, "zebra-token")[0],
         preset=training_jobs.list_presets()[0]["name"],
         conversation=Conversation.objects.create(owner=member, title="zebra-chat"),
+        model=UploadedModel.objects.create(team=team, owner=admin, name="zebra-model", directory="zebra-model",
+                                           source_format="transformers", file_name="zebra.zip", size_bytes=1,
+                                           model_type="llama", parameters=1, context=64, config={},
+                                           logits_check={}),
     )
 
 
@@ -300,7 +318,8 @@ def client_for(user=None):
 
 def snapshot(team=None):
     """Everything a refused change must leave as it was (of ``team`` only, when given)."""
-    models = {Job: "team", Membership: "team", Team: "pk", Tokenizer: "team", Dataset: "team", ApiToken: "user__teams"}
+    models = {Job: "team", Membership: "team", Team: "pk", Tokenizer: "team", Dataset: "team", ApiToken: "user__teams",
+              UploadedModel: "team"}
     out = {}
     for model, owner in models.items():
         rows = model.objects.order_by("pk")
