@@ -7,6 +7,7 @@
 import { api, ApiError, getJSON, LiveSocket, postJSON, csrfToken } from "./api.js";
 import { KIND } from "./events.js";
 import * as fmt from "./format.js";
+import { el, visible } from "./components/token_text.js";
 
 const $ = (id) => document.getElementById(id);
 const data = JSON.parse($("chat-data").textContent);
@@ -18,24 +19,6 @@ const state = {
   conversation: data.conversation, // {id, title, messages, pending} or null (a new one)
   live: null, // {message, job, socket, lastSeq, poll}
 };
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v;
-    else if (k === "text") node.textContent = v;
-    else if (k === "style") node.style.cssText = v;
-    else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children) if (c !== null && c !== undefined) node.append(c);
-  return node;
-}
-
-/** A token's text with its whitespace made visible (in the pop-up). */
-function visible(text) {
-  if (text === "") return "∅";
-  return text.replace(/ /g, "␣").replace(/\n/g, "↵").replace(/\t/g, "⇥");
-}
 
 /** The token's shade: the accent colour, deeper as the probability rises (lighter than the inference page's chips, for reading). */
 function shade(p) {

@@ -5,6 +5,7 @@
 import { api, ApiError, LiveSocket } from "./api.js";
 import { KIND } from "./events.js";
 import * as fmt from "./format.js";
+import { el, visible } from "./components/token_text.js";
 import { CONFIG, THEME } from "./charts/theme.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
@@ -12,24 +13,6 @@ const $ = (id) => document.getElementById(id);
 let job = JSON.parse($("job-data").textContent);
 const settings = JSON.parse($("inference-data").textContent);
 const state = { lastSeq: 0, fraction: (job.step || 0) / 100, eta: null, detail: "", generation: null, quantization: null };
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v;
-    else if (k === "text") node.textContent = v;
-    else if (k === "style") node.style.cssText = v;
-    else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children) if (c !== null && c !== undefined) node.append(c);
-  return node;
-}
-
-/** A token's text with its whitespace made visible. */
-function visible(text) {
-  if (text === "") return "∅";
-  return text.replace(/ /g, "␣").replace(/\n/g, "↵").replace(/\t/g, "⇥");
-}
 
 /** The chip's shade: the accent colour, deeper as the probability rises. */
 function shade(p) {
