@@ -257,8 +257,8 @@ class EventRecorder:
             with self.lock:
                 self.unsaved.extend(rows)
             if self.next_seq is not None:  # numbered: out to the watchers now, saved later
+                self._mark_sent(rows[-1][0])  # first: a worker killed between the two has its mark
                 self._send([_message(row) for row in rows], team=False)
-                self._mark_sent(rows[-1][0])
             if self.next_seq is None or any(kind in SAVED_AT_ONCE for kind, _ in taken):
                 self.save_wake.set()  # the first batch, the start, a checkpoint, the end: saved at once
 
@@ -357,6 +357,7 @@ class EventRecorder:
                 # progress at most every team_interval
                 resend = rows + later if (moved or not numbered) else []
                 if resend:
+                    self._mark_sent(resend[-1][0])
                     self._send([_message(row) for row in resend], team=False)
             self._send([], team=True)  # (reads the job's brief: outside the lock the sender takes)
 
