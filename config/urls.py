@@ -10,6 +10,7 @@ from explorer.inference import views as inference
 from explorer.jobs import views as jobs
 from explorer.pretrained import views as pretrained
 from explorer.scheduling import views as scheduling
+from explorer.serving import openai_api
 from explorer.tokenizers import views as tokenizers
 from explorer.training import views as training
 
@@ -40,5 +41,10 @@ urlpatterns = [
     path("teams/switch/", accounts.switch_team, name="switch_team"),
     path("team/", scheduling.team, name="team"),
     path("api/v1/", api.urls),
+    # the OpenAI-compatible endpoint: OpenAI(base_url="http://host/v1", api_key=<an API token>)
+    path("v1/chat/completions", openai_api.chat_completions, name="openai_chat"),
+    path("v1/completions", openai_api.completions, name="openai_completions"),
+    path("v1/models", openai_api.models, name="openai_models"),
+    path("v1/models/<str:model_id>", openai_api.model, name="openai_model"),
     path("admin/", admin.site.urls),
 ]

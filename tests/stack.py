@@ -54,6 +54,29 @@ class Stack:
                                                 start_new_session=True)
         self._wait(lambda: b"ready." in path.read_bytes()[offset:], "worker", 60)
 
+    def start_serving(self, model, **env):
+        """``manage.py serve <model>``, a serving process, with ``env`` (``EXPLORER_SERVING_*``
+        settings) on top; ready once its heartbeat is in Redis."""
+        from explorer.serving import bus
+
+        path = self.tmp / "serving.log"
+        offset = path.stat().st_size if path.exists() else 0
+        log = open(path, "ab")
+        self.procs["serving"] = subprocess.Popen([sys.executable, "manage.py", "serve", model], cwd=ROOT,
+                                                 env={**self.env, **{k: str(v) for k, v in env.items()}},
+                                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        client = bus.sync_client()
+        self._wait(lambda: client.exists(bus.alive(model)) and b"serving" in path.read_bytes()[offset:],
+                   "serving", 120)
+
+    def stop_one(self, name, sig=None):
+        """Stop one process (SIGTERM, or ``sig``) and wait for it."""
+        import signal
+
+        proc = self.procs[name]
+        os.killpg(proc.pid, sig or signal.SIGTERM)
+        proc.wait(30)
+
     def start_web(self, workers=1):
         """One uvicorn process; with ``workers`` > 1 the production command instead (gunicorn
         supervising that many uvicorn worker processes, as README and docker-compose.yml run it)."""

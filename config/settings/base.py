@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "explorer.inference",
     "explorer.tokenizers",
     "explorer.pretrained",
+    "explorer.serving",
 ]
 
 MIDDLEWARE = [
@@ -199,6 +200,18 @@ WORKER_MEMORY_BUDGET_MB = {
     "cpu": env_int("EXPLORER_CPU_MEMORY_BUDGET_MB", 4096),
     "gpu": env_int("EXPLORER_GPU_MEMORY_BUDGET_MB", 40960),
 }
+# Serving (explorer/serving, `manage.py serve <model>`): the serving process's batch and KV-cache
+# memory; the web's bounded queue (requests in flight beyond the batch), tokens waiting to start,
+# each team's tokens per minute (0: no limit) and a request's time limit.
+SERVING_MAX_BATCH = env_int("EXPLORER_SERVING_MAX_BATCH", 16)
+SERVING_KV_BYTES = env_int("EXPLORER_SERVING_KV_MB", 512) * 2**20
+SERVING_BLOCK_SIZE = env_int("EXPLORER_SERVING_BLOCK_SIZE", 16)
+SERVING_PREFILL_CHUNK = env_int("EXPLORER_SERVING_PREFILL_CHUNK", 256)
+SERVING_MAX_QUEUED = env_int("EXPLORER_SERVING_MAX_QUEUED", 64)
+SERVING_MAX_WAITING_TOKENS = env_int("EXPLORER_SERVING_MAX_WAITING_TOKENS", 65536)
+SERVING_TEAM_TPM = env_int("EXPLORER_SERVING_TEAM_TPM", 200_000)
+SERVING_REQUEST_TIMEOUT_S = env_int("EXPLORER_SERVING_REQUEST_TIMEOUT_S", 300)
+
 UPLOAD_MAX_BYTES = env_int("EXPLORER_UPLOAD_MAX_BYTES", 20 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024

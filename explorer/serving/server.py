@@ -1,0 +1,369 @@
+"""The serving process: one model, its continuous-batching engine, and the Redis lists the web
+hands requests over (``explorer.serving.bus``).
+
+One loop, one thread for the model: take the requests that came (blocking briefly only when
+there is nothing to compute), drop the aborted ones, run one engine step (every running
+sequence gets its next token; waiting ones are admitted and prefilled in chunks), and push each
+step's tokens to their requests' reply lists in one round trip. Text is decoded here, with the
+stop strings, so the web needs neither the tokenizer nor torch. Every second at least, the
+process beats: its live figures under ``bus.alive(model)`` (what the Serving page and
+``GET /v1/models`` read) and its ``Worker`` row (the Workers page), like a Celery worker's.
+"""
+import collections
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from explorer.serving import bus
+
+log = logging.getLogger(__name__)
+
+HISTORY = 500  # finished requests kept for the latency histograms
+RATE_WINDOW_S = 5.0  # tokens/s over this window
+
+
+def _setting(name, default):
+    return getattr(settings, name, default)
+
+
+@dataclass
+class Choice:
+    """One sampled answer of a request (``n`` of them share its prompt)."""
+
+    index: int
+    ids: list = field(default_factory=list)
+    sent: str = ""  # text already pushed to the client
+    done: bool = False
+    first_at: float | None = None
+
+
+@dataclass
+class Request:
+    id: str
+    reply: str
+    kind: str  # "chat" or "completion"
+    prompt_ids: list
+    stop: list
+    deadline: float
+    sent_at: float
+    team: int | None
+    choices: list
+    params_max_tokens: int = 0
+    logprobs: bool = False
+
+    def engine_id(self, index):
+        return f"{self.id}/{index}"
+
+
+class Server:
+    def __init__(self, model_id, model, tokenizer, *, max_batch=None, kv_bytes=None, block_size=None,
+                 prefill_chunk=None, max_waiting=None, policy="continuous"):
+        from engine.serving import ServingEngine
+
+        self.model_id, self.model, self.tokenizer = model_id, model, tokenizer
+        self.engine = ServingEngine(
+            model, max_batch=max_batch or _setting("SERVING_MAX_BATCH", 16),
+            kv_bytes=kv_bytes or _setting("SERVING_KV_BYTES", 512 * 2**20),
+            block_size=block_size or _setting("SERVING_BLOCK_SIZE", 16),
+            prefill_chunk=prefill_chunk or _setting("SERVING_PREFILL_CHUNK", 256), policy=policy)
+        self.max_waiting = max_waiting or _setting("SERVING_MAX_QUEUED", 64)
+        self.context = model.config.block_size
+        self.stop_ids = tuple(i for i in [getattr(tokenizer, "eos_token_id", None)] if i is not None)
+        self.redis = bus.sync_client()
+        self.live: dict[str, Request] = {}
+        self.by_engine_id: dict[str, tuple[Request, Choice]] = {}
+        self.finished = collections.deque(maxlen=HISTORY)  # (ttft_s, tpot_s or None, tokens, e2e_s)
+        self.token_times = collections.deque()  # (time, tokens) per step, over RATE_WINDOW_S
+        self.totals = {"requests": 0, "tokens": 0, "errors": 0, "aborted": 0, "timed_out": 0}
+        self.started_at = time.time()
+        self.last_beat = 0.0
+        self.stopping = threading.Event()
+
+    # ------------------------------------------------------------------ the loop
+    def run(self):
+        self.redis.delete(bus.requests(self.model_id), bus.aborts(self.model_id))  # left by a dead predecessor:
+        self.beat(force=True)  # their clients were told it stopped
+        log.info("serving %s: %d KV blocks of %d positions (%s), batch up to %d", self.model_id,
+                 self.engine.stats()["blocks_total"], self.engine.stats()["block_size"],
+                 _mib(self.engine.stats()["blocks_total"] * self._bytes_per_block()), self.engine.max_batch)
+        while not self.stopping.is_set():
+            self.take(block=not self.engine.has_work())
+            self.take_aborts()
+            self.expire()
+            if self.engine.has_work():
+                outputs = self.engine.step()
+                self.deliver(outputs)
+            self.beat()
+        self.shutdown()
+
+    def take(self, block):
+        key = bus.requests(self.model_id)
+        raws = []
+        if block:
+            got = self.redis.blpop([key], timeout=0.5)
+            if got:
+                raws.append(got[1])
+        with self.redis.pipeline() as pipe:  # everything else waiting, atomically
+            pipe.lrange(key, 0, -1).delete(key)
+            raws.extend(pipe.execute()[0])
+        for raw in raws:
+            msg = None
+            try:
+                msg = bus.unpack(raw)
+                self.admit(msg)
+            except Exception as exc:  # noqa: BLE001 - one bad request must not stop the server
+                log.exception("serving %s: a request could not be served", self.model_id)
+                self.totals["errors"] += 1
+                if isinstance(msg, dict) and msg.get("reply"):
+                    self.push({msg["reply"]: [{"type": "error", "status": 500, "code": "server_error",
+                                               "message": f"the server could not serve it: {exc}"}]})
+
+    def admit(self, msg):
+        from engine.serving import SamplingParams
+
+        reply = msg["reply"]
+        if time.time() > msg["deadline"]:
+            self.totals["timed_out"] += 1
+            return self.push({reply: [{"type": "error", "status": 504, "code": "timeout",
+                                       "message": "the request timed out while it waited"}]})
+        try:
+            prompt_ids = self.encode(msg)
+        except ValueError as exc:
+            return self.push({reply: [{"type": "error", "status": 400, "message": str(exc), "param": "messages"
+                                       if msg["kind"] == "chat" else "prompt"}]})
+        n, max_tokens = msg.get("n", 1), msg.get("max_tokens")
+        room = self.context - len(prompt_ids)
+        if max_tokens is None:
+            max_tokens = room
+        if room < 1 or max_tokens > room:
+            return self.push({reply: [{"type": "error", "status": 400, "param": "max_tokens", "code": "context_length_exceeded",
+                                       "message": f"This model's maximum context length is {self.context} tokens. "
+                                                  f"However, you requested {len(prompt_ids) + max_tokens} tokens "
+                                                  f"({len(prompt_ids)} in the messages, {max_tokens} in the completion). "
+                                                  "Please reduce the length of the messages or completion."}]})
+        if self.engine.stats()["waiting"] + n > self.max_waiting + self.engine.max_batch:
+            return self.push({reply: [{"type": "error", "status": 429, "code": "queue_full",
+                                       "message": f"the server's queue is full ({self.max_waiting} waiting); try again"}]})
+        seed = msg.get("seed")
+        request = Request(id=msg["id"], reply=reply, kind=msg["kind"], prompt_ids=prompt_ids,
+                          stop=[s for s in msg.get("stop") or [] if s], deadline=msg["deadline"],
+                          sent_at=msg.get("sent_at", time.time()), team=msg.get("team"),
+                          choices=[Choice(i) for i in range(n)], params_max_tokens=max_tokens,
+                          logprobs=bool(msg.get("logprobs")))
+        added = []
+        for choice in request.choices:
+            params = SamplingParams(max_tokens=max_tokens, temperature=msg.get("temperature", 1.0),
+                                    top_p=msg.get("top_p"), stop_token_ids=self.stop_ids,
+                                    seed=None if seed is None else seed + choice.index,
+                                    logprobs=msg.get("top_logprobs") or 0)
+            try:
+                self.engine.add(request.engine_id(choice.index), prompt_ids, params)
+            except ValueError as exc:  # e.g. more KV blocks than the whole pool
+                for engine_id in added:
+                    self.engine.abort(engine_id)
+                    self.by_engine_id.pop(engine_id, None)
+                return self.push({reply: [{"type": "error", "status": 400, "message": str(exc)}]})
+            added.append(request.engine_id(choice.index))
+            self.by_engine_id[request.engine_id(choice.index)] = (request, choice)
+        self.live[request.id] = request
+        self.totals["requests"] += 1
+        self.push({reply: [{"type": "accepted", "prompt_tokens": len(prompt_ids), "max_tokens": max_tokens}]})
+
+    def encode(self, msg):
+        if msg["kind"] == "chat":
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ValueError(f"{self.model_id} has no chat template: use /v1/completions")
+            return self.tokenizer.encode_chat(msg["messages"], add_generation_prompt=True)
+        ids = self.tokenizer.encode(msg["prompt"])
+        if not ids:
+            raise ValueError("the prompt is empty")
+        return ids
+
+    def take_aborts(self):
+        key = bus.aborts(self.model_id)
+        with self.redis.pipeline() as pipe:
+            pipe.lrange(key, 0, -1).delete(key)
+            ids = pipe.execute()[0]
+        for raw in ids:
+            request = self.live.pop(raw.decode(), None)
+            if request is not None:
+                self.totals["aborted"] += 1
+                self.drop(request)
+
+    def expire(self):
+        now = time.time()
+        for request in [r for r in self.live.values() if now > r.deadline]:
+            self.totals["timed_out"] += 1
+            del self.live[request.id]
+            self.drop(request)
+            self.push({request.reply: [{"type": "error", "status": 504, "code": "timeout",
+                                        "message": "the request timed out"}]})
+
+    def drop(self, request):
+        for choice in request.choices:
+            self.engine.abort(request.engine_id(choice.index))
+            self.by_engine_id.pop(request.engine_id(choice.index), None)
+
+    # ------------------------------------------------------------------ tokens out
+    def deliver(self, outputs):
+        now = time.time()
+        messages = collections.defaultdict(list)
+        for out in outputs:
+            found = self.by_engine_id.get(out.request_id)
+            if found is None:
+                continue
+            request, choice = found
+            if choice.first_at is None:
+                choice.first_at = now
+            choice.ids.append(out.token)
+            stopped_by_token = out.finish_reason == "stop"
+            text = self.tokenizer.decode([t for t in choice.ids if t not in self.stop_ids])
+            finish = out.finish_reason
+            cut = _first_stop(text, request.stop, len(choice.sent))
+            if cut is not None:
+                text, finish = text[:cut], "stop"
+            elif not out.finished and text.endswith("\ufffd"):
+                text = choice.sent  # half a character: wait for the rest of its bytes
+            delta, choice.sent = text[len(choice.sent):], text
+            message = {"type": "token", "index": choice.index, "text": delta}
+            if request.logprobs and not stopped_by_token:
+                message["logprob"] = {"token": self.tokenizer.decode([out.token], skip_special_tokens=False),
+                                      "logprob": out.logprob,
+                                      "top": [[self.tokenizer.decode([i], skip_special_tokens=False), lp]
+                                              for i, lp in out.top]}
+            if delta or "logprob" in message:
+                messages[request.reply].append(message)
+            if finish is not None:
+                if not out.finished:
+                    self.engine.abort(out.request_id)
+                choice.done = True
+                self.by_engine_id.pop(out.request_id, None)
+                messages[request.reply].append({"type": "done", "index": choice.index, "finish_reason": finish,
+                                                "completion_tokens": len(choice.ids)})
+                n = len(choice.ids)
+                self.finished.append((choice.first_at - request.sent_at,
+                                      (now - choice.first_at) / (n - 1) if n > 1 else None, n, now - request.sent_at))
+                if all(c.done for c in request.choices):
+                    self.live.pop(request.id, None)
+        self.token_times.append((now, len(outputs)))
+        self.totals["tokens"] += len(outputs)
+        self.push(messages)
+
+    def push(self, messages):
+        if not messages:
+            return
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key, items in messages.items():
+                pipe.rpush(key, *[bus.pack(m) for m in items]).expire(key, bus.REPLY_TTL_S)
+            pipe.execute()
+
+    # ------------------------------------------------------------------ the heartbeat
+    def _bytes_per_block(self):
+        s = self.engine.stats()
+        return s["kv_bytes_reserved"] / s["blocks_used"] if s["blocks_used"] else _block_bytes(self.model, s["block_size"])
+
+    def figures(self):
+        now = time.time()
+        while self.token_times and self.token_times[0][0] < now - RATE_WINDOW_S:
+            self.token_times.popleft()
+        window = min(RATE_WINDOW_S, now - self.started_at) or 1.0
+        stats = self.engine.stats()
+        ttft = [f[0] for f in self.finished]
+        tpot = [f[1] for f in self.finished if f[1] is not None]
+        return {
+            "model": self.model_id, "host": socket.gethostname(), "pid": os.getpid(), "at": now,
+            "started_at": self.started_at, "context": self.context, "max_batch": self.engine.max_batch,
+            "max_queued": self.max_waiting, "policy": self.engine.policy, **stats,
+            "block_bytes": _block_bytes(self.model, stats["block_size"]),
+            "tokens_per_s": round(sum(n for _, n in self.token_times) / window, 2),
+            "live_requests": len(self.live), "totals": dict(self.totals),
+            "waiting_tokens": sum(len(r.prompt_ids) + r.params_max_tokens for r in self.live.values()
+                                  if all(c.first_at is None for c in r.choices)),
+            "ttft_s": [round(x, 4) for x in ttft], "tpot_s": [round(x, 5) for x in tpot],
+            "ttft_p50_s": _percentile(ttft, 50), "ttft_p99_s": _percentile(ttft, 99),
+            "tpot_p50_s": _percentile(tpot, 50), "tpot_p99_s": _percentile(tpot, 99),
+        }
+
+    def beat(self, force=False):
+        now = time.monotonic()
+        if not force and now - self.last_beat < 0.5:
+            return
+        self.last_beat = now
+        try:
+            self.redis.set(bus.alive(self.model_id), bus.pack(self.figures()), px=int(bus.ALIVE_TTL_S * 1000))
+        except Exception:  # noqa: BLE001 - Redis back later: the next beat tries again
+            log.warning("serving %s: heartbeat failed", self.model_id, exc_info=True)
+
+    def shutdown(self):
+        """Tell every waiting client, free everything, stop beating (the web then refuses at once)."""
+        messages = {r.reply: [{"type": "error", "status": 503, "code": "server_stopped",
+                               "message": f"the serving process of {self.model_id} stopped"}] for r in self.live.values()}
+        for request in list(self.live.values()):
+            self.drop(request)
+        self.live.clear()
+        try:
+            self.push(messages)
+            self.redis.delete(bus.alive(self.model_id))
+        except Exception:  # noqa: BLE001
+            log.warning("serving %s: could not say goodbye", self.model_id, exc_info=True)
+
+
+def _first_stop(text, stops, sent):
+    """Where the first stop string begins in ``text`` (searched from just before what was sent,
+    as a stop string may straddle two steps' text), or None."""
+    found = [i for s in stops if (i := text.find(s, max(0, sent - len(s) + 1))) >= 0]
+    return min(found) if found else None
+
+
+def _block_bytes(model, block_size):
+    c = model.config
+    head = getattr(c, "head_dim", None) or c.n_embd // c.n_head
+    n_kv = getattr(c, "n_kv_head", None) or c.n_head
+    itemsize = next(model.parameters()).element_size()
+    return 2 * c.n_layer * n_kv * head * block_size * itemsize
+
+
+def _percentile(values, q):
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))], 4)
+
+
+def _mib(n):
+    return f"{n / 2**20:.0f} MiB"
+
+
+def serve(model_id, *, name=None, **kw):
+    """Load ``model_id`` (a pretrained registry name), register as a worker, serve until SIGTERM
+    or SIGINT."""
+    from engine.interop import pretrained as engine_pretrained
+    from explorer.scheduling import workers
+
+    if model_id not in engine_pretrained.PRETRAINED or engine_pretrained.PRETRAINED[model_id].family != "decoder":
+        choices = [n for n, p in engine_pretrained.PRETRAINED.items() if p.family == "decoder"]
+        raise SystemExit(f"cannot serve {model_id!r}: choose a decoder from {choices}")
+    why = engine_pretrained.available(model_id)
+    if why:
+        raise SystemExit(f"cannot serve {model_id}: {why}")
+    t0 = time.monotonic()
+    model, tokenizer = engine_pretrained.load_pretrained(model_id)
+    model.eval()
+    log.info("serving %s: loaded in %.1f s", model_id, time.monotonic() - t0)
+    server = Server(model_id, model, tokenizer, **kw)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: server.stopping.set())
+    name = name or f"serve-{model_id}@{socket.gethostname()}"
+    workers._state.update(name=name, queues=[f"serve:{model_id}"], device=workers.probe_device(["cpu"]), tiers=[])
+    workers.register(name)
+    try:
+        server.run()
+    finally:
+        workers.unregister(name)
