@@ -3,7 +3,8 @@
 Every name below is imported on first use (module ``__getattr__``): ``import engine`` loads no
 torch. The code lives in layers, each importing only from those before it (docs/engine.md,
 "Layers"): ``config`` -> ``nn`` -> ``models`` -> ``data``, ``tokenlab`` -> ``inference``,
-``analysis``, ``introspect`` -> ``training`` -> ``interop``.
+``analysis``, ``introspect`` -> ``serving`` -> ``training`` -> ``interop``. ``engine.serving``: many
+requests decoded together (``ServingEngine``, a paged KV cache, continuous batching).
 
 Config in, events out::
 

@@ -119,12 +119,14 @@ _KEPT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("kept_weight
 
 
 @contextlib.contextmanager
-def keep_weights():
+def keep_weights(store: dict | None = None):
     """Within it (``generate`` uses it), ``joint_linear`` makes its concatenated, transposed
     weights once and reuses them, rather than once per decoding step. Only for a span in which
     the weights cannot change: an optimizer step need not tell a tensor's version that it
-    changed it (fused AdamW does not), so nothing outside can be trusted to invalidate them."""
-    token = _KEPT.set({})
+    changed it (fused AdamW does not), so nothing outside can be trusted to invalidate them.
+    ``store`` (a dict the caller keeps) carries the kept weights from one span to the next: the
+    serving engine enters a span per step and should not concatenate them again each time."""
+    token = _KEPT.set({} if store is None else store)
     try:
         yield
     finally:
