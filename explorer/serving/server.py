@@ -84,24 +84,32 @@ class Server:
         self.totals = {"requests": 0, "tokens": 0, "errors": 0, "aborted": 0, "timed_out": 0}
         self.started_at = time.time()
         self.last_beat = 0.0
+        self.snapshot = {}
         self.stopping = threading.Event()
 
     # ------------------------------------------------------------------ the loop
     def run(self):
         self.redis.delete(bus.requests(self.model_id), bus.aborts(self.model_id))  # left by a dead predecessor:
         self.beat(force=True)  # their clients were told it stopped
+        self.redis.set(bus.alive(self.model_id), bus.pack(self.snapshot), px=int(bus.ALIVE_TTL_S * 1000))
+        beat = Beat(self)
+        beat.start()
         log.info("serving %s: %d KV blocks of %d positions (%s), batch up to %d", self.model_id,
                  self.engine.stats()["blocks_total"], self.engine.stats()["block_size"],
                  _mib(self.engine.stats()["blocks_total"] * self._bytes_per_block()), self.engine.max_batch)
-        while not self.stopping.is_set():
-            self.take(block=not self.engine.has_work())
-            self.take_aborts()
-            self.expire()
-            if self.engine.has_work():
-                outputs = self.engine.step()
-                self.deliver(outputs)
-            self.beat()
-        self.shutdown()
+        try:
+            while not self.stopping.is_set():
+                self.take(block=not self.engine.has_work())
+                self.take_aborts()
+                self.expire()
+                if self.engine.has_work():
+                    outputs = self.engine.step()
+                    self.deliver(outputs)
+                self.beat()
+        finally:  # stopped, or a failure: either way its clients hear of it at once
+            self.stopping.set()
+            beat.join()
+            self.shutdown()
 
     def take(self, block):
         key = bus.requests(self.model_id)
@@ -292,14 +300,12 @@ class Server:
         }
 
     def beat(self, force=False):
+        """The loop's figures, at most every half second (``Beat`` publishes them)."""
         now = time.monotonic()
-        if not force and now - self.last_beat < 0.5:
-            return
-        self.last_beat = now
-        try:
-            self.redis.set(bus.alive(self.model_id), bus.pack(self.figures()), px=int(bus.ALIVE_TTL_S * 1000))
-        except Exception:  # noqa: BLE001 - Redis back later: the next beat tries again
-            log.warning("serving %s: heartbeat failed", self.model_id, exc_info=True)
+        if force or now - self.last_beat >= 0.5:
+            self.last_beat = now
+            self.snapshot = self.figures()
+
 
     def shutdown(self):
         """Tell every waiting client, free everything, stop beating (the web then refuses at once)."""
@@ -313,6 +319,25 @@ class Server:
             self.redis.delete(bus.alive(self.model_id))
         except Exception:  # noqa: BLE001
             log.warning("serving %s: could not say goodbye", self.model_id, exc_info=True)
+
+
+class Beat(threading.Thread):
+    """Publishes the server's latest figures every ``interval`` s from a thread of its own, so
+    that a slow step (a long prefill, a machine busy with other work) never lets the key expire
+    while the process lives; when the process dies, the key expires ``bus.ALIVE_TTL_S`` later."""
+
+    def __init__(self, server, interval=0.5):
+        super().__init__(daemon=True, name=f"serving-beat-{server.model_id}")
+        self.server, self.interval = server, interval
+        self.redis = bus.sync_client()
+
+    def run(self):
+        key, server = bus.alive(self.server.model_id), self.server
+        while not server.stopping.wait(self.interval):
+            try:
+                self.redis.set(key, bus.pack({**server.snapshot, "at": time.time()}), px=int(bus.ALIVE_TTL_S * 1000))
+            except Exception:  # noqa: BLE001 - Redis back later: the next beat tries again
+                log.warning("serving %s: heartbeat failed", server.model_id, exc_info=True)
 
 
 def _first_stop(text, stops, sent):
