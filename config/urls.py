@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from config.api import api
 from explorer.accounts import ratelimit
@@ -42,9 +42,6 @@ urlpatterns = [
     path("team/", scheduling.team, name="team"),
     path("api/v1/", api.urls),
     # the OpenAI-compatible endpoint: OpenAI(base_url="http://host/v1", api_key=<an API token>)
-    path("v1/chat/completions", openai_api.chat_completions, name="openai_chat"),
-    path("v1/completions", openai_api.completions, name="openai_completions"),
-    path("v1/models", openai_api.models, name="openai_models"),
-    path("v1/models/<str:model_id>", openai_api.model, name="openai_model"),
+    path("v1/", include((openai_api.urlpatterns, "openai"))),
     path("admin/", admin.site.urls),
 ]

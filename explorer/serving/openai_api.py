@@ -22,6 +22,7 @@ import uuid
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import JsonResponse, StreamingHttpResponse
+from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
 from explorer.accounts.models import ApiToken
@@ -500,3 +501,11 @@ async def model(request, model_id):
             return JsonResponse(_model_out(figures))
     raise ApiError(404, f"The model `{model_id}` does not exist or is not being served.", param="model",
                    code="model_not_found")
+
+
+urlpatterns = [
+    path("chat/completions", chat_completions, name="chat"),
+    path("completions", completions, name="completions"),
+    path("models", models, name="models"),
+    path("models/<str:model_id>", model, name="model"),
+]

@@ -240,3 +240,12 @@ def test_a_full_queue_answers_429_and_a_dead_server_an_error_then_it_serves_agai
     reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
                                            temperature=0, max_tokens=24)
     assert reply.choices[0].message.content == greedy(smollm2, [{"role": "user", "content": QUESTION}], 24)[0]
+
+
+def test_a_browser_session_is_not_enough(alice_client):
+    """Only an API token opens the endpoint: a logged-in session (whose cookie a hostile page could
+    make a browser send) gets 401, so CSRF has nothing to guard."""
+    response = alice_client.post("/v1/chat/completions", data={"model": MODEL, "messages": [{"role": "user",
+                                 "content": "hi"}]}, content_type="application/json")
+    assert response.status_code == 401 and response.json()["error"]["code"] == "missing_api_key"
+    assert alice_client.get("/v1/models").status_code == 401
