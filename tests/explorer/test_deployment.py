@@ -13,8 +13,9 @@ def test_docker_compose_file_is_valid():
     result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"], env=env,
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
-    for service in ("web:", "worker-cpu:", "worker-gpu:", "beat:", "redis:", "postgres:"):
+    for service in ("web:", "worker-cpu:", "worker-gpu:", "serving:", "beat:", "redis:", "postgres:"):
         assert service in result.stdout
+    assert "python manage.py serve smollm2-135m-instruct" in result.stdout
     assert "driver: nvidia" in result.stdout and "REDIS_URL: redis://redis:6379/0" in result.stdout
     # the web: gunicorn supervising WEB_CONCURRENCY uvicorn worker processes, not one interpreter
     web = result.stdout.split("\n  web:", 1)[1].split("\n  worker-", 1)[0]

@@ -49,6 +49,13 @@ def test_make_run_serves_the_app_with_embedded_redis_and_a_worker(tmp_path):
                 time.sleep(0.5)
             assert job["status"] == "succeeded", job["error"]
             assert job["worker"].startswith("cpu@") and job["step"] == 20
+            if "Serving: smollm2-135m-instruct" in out:  # (the wheel installed: make test installs it)
+                while b"KV blocks of" not in (tmp_path / "run.log").read_bytes():
+                    assert time.monotonic() < deadline + 120, (tmp_path / "run.log").read_text()[-3000:]
+                    time.sleep(0.5)
+                workers = http.get("/api/v1/workers").json()["workers"]
+                assert any(w["name"].startswith("serve-smollm2-135m-instruct@") and w["status"] == "online"
+                           for w in workers), workers
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(30)
