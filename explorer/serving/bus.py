@@ -9,6 +9,8 @@
   reads it a moment late; it expires when nobody reads it.
 - ``aborts(model)``: request ids whose clients went away or timed out; their sequences end at the
   next step and their KV blocks are freed.
+- ``control(model)``: changes to apply while it runs, such as the batching policy a load test
+  compares (``{"policy": "static"}`` or ``"continuous"``).
 - ``alive(model)``: the serving process's heartbeat, with its live figures (batch, KV blocks,
   queue, tokens/s, latency histograms) as JSON; it expires ``ALIVE_TTL_S`` after the last beat,
   which is how the web tells that the process died (its waiting clients then get an error,
@@ -35,6 +37,11 @@ def requests(model):
 
 def aborts(model):
     return f"{_prefix()}:{model}:aborts"
+
+
+def control(model):
+    """Settings changed while it runs (JSON: ``{"policy": "static"}``), read at the next step."""
+    return f"{_prefix()}:{model}:control"
 
 
 def alive(model):

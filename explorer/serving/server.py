@@ -101,6 +101,7 @@ class Server:
             while not self.stopping.is_set():
                 self.take(block=not self.engine.has_work())
                 self.take_aborts()
+                self.take_control()
                 self.expire()
                 if self.engine.has_work():
                     outputs = self.engine.step()
@@ -204,6 +205,26 @@ class Server:
             if request is not None:
                 self.totals["aborted"] += 1
                 self.drop(request)
+
+    def take_control(self):
+        from engine.serving.engine import ADMISSIONS
+
+        key = bus.control(self.model_id)
+        if not self.redis.exists(key):
+            return
+        with self.redis.pipeline() as pipe:
+            pipe.lrange(key, 0, -1).delete(key)
+            changes = pipe.execute()[0]
+        for raw in changes:
+            try:
+                change = bus.unpack(raw)
+            except ValueError:
+                log.warning("serving %s: unreadable control message %r", self.model_id, raw)
+                continue
+            policy = change.get("policy")
+            if policy in ADMISSIONS and policy != self.engine.policy:
+                self.engine.set_policy(policy)  # (between steps: the next admits by the new rule)
+                log.info("serving %s: batching policy now %s", self.model_id, policy)
 
     def expire(self):
         now = time.time()
