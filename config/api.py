@@ -13,6 +13,7 @@ from explorer.jobs import services
 from explorer.jobs.submission import RateLimited
 from explorer.pretrained import api as pretrained_api
 from explorer.scheduling import api as scheduling_api
+from explorer.serving import api as serving_api
 from explorer.tokenizers import api as tokenizers_api
 from explorer.training import api as training_api
 
@@ -70,4 +71,5 @@ api.add_router("/models", pretrained_api.models_router)
 api.add_router("/", tokenizers_api.tokenizer_lab)
 api.add_router("/", inference_api.inference)
 api.add_router("/workers", scheduling_api.workers_router)
+api.add_router("/", serving_api.serving)
 api.add_router("/events", jobs_api.events_router)

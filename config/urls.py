@@ -11,6 +11,7 @@ from explorer.jobs import views as jobs
 from explorer.pretrained import views as pretrained
 from explorer.scheduling import views as scheduling
 from explorer.serving import openai_api
+from explorer.serving import views as serving
 from explorer.tokenizers import views as tokenizers
 from explorer.training import views as training
 
@@ -36,6 +37,7 @@ urlpatterns = [
     path("models/", pretrained.models_page, name="models"),
     path("models/<int:model_id>/delete/", pretrained.model_delete, name="model_delete"),
     path("finetune/", training.finetune, name="finetune"),
+    path("serving/", serving.serving_page, name="serving"),
     path("account/", accounts.account, name="account"),
     path("account/tokens/<int:token_id>/revoke/", accounts.token_revoke, name="token_revoke"),
     path("teams/switch/", accounts.switch_team, name="switch_team"),

