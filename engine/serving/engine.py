@@ -290,7 +290,7 @@ class ServingEngine:
         x = embed(model, batch.ids)  # (1, N, C)
         if self._added_positions is not None:
             x = x + self._added_positions[batch.positions]
-        rope = model.wpe.rotary(0, int(batch.positions.max()) + 1, self.device)
+        rope = model.wpe.rotary(0, batch.max_position + 1, self.device)
         if rope is not None:
             rope = (rope[0][batch.positions], rope[1][batch.positions])  # (N, hs) each: every token at its position
         n = batch.positions.numel()
@@ -353,6 +353,7 @@ class _Batch:
                 last.append(len(ids) - 1)
         self.ids = torch.tensor(ids, device=device)[None]
         self.positions = torch.tensor(pos, device=device)
+        self.max_position = max(pos)
         self.slots = torch.cat(slots).to(device)
         self.last = last
         decodes = [r for r, n in plan if n == 1]
