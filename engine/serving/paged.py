@@ -14,9 +14,10 @@ import torch
 
 
 class PagedKVCache:
-    """Per layer one pool of keys and one of values, each (num_blocks, n_kv_head, block_size,
-    head_dim) (``k[layer]``, ``v[layer]``: views of one (n_layer, ...) tensor each), a free list of
-    block ids, and per sequence its block table and cached length.
+    """Per layer one pool of keys and one of values, each (num_blocks + 1, n_kv_head, block_size,
+    head_dim), the last block being ``pad_block`` (``k[layer]``, ``v[layer]``: views of one
+    (n_layer, ...) tensor each), a free list of block ids, and per sequence its block table and
+    cached length.
 
     The pools are allocated empty, so memory the operating system has not handed out yet is
     committed only as blocks come into use (the default pool holds ``max_batch`` whole contexts,
@@ -36,7 +37,8 @@ class PagedKVCache:
         self.pad_block = num_blocks
         self.k[:, self.pad_block] = 0
         self.v[:, self.pad_block] = 0
-        # a stack: the block freed last is reused first, while its lines may still be in a cache
+        # a stack: the block freed last is reused first, so the blocks ever touched (the memory
+        # committed) stay as few as the peak in use
         self.free: list[int] = list(range(num_blocks - 1, -1, -1))
         self.tables: dict[str, list[int]] = {}
         self.lengths: dict[str, int] = {}  # positions written per sequence
