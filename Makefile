@@ -64,6 +64,7 @@ bench: $(STAMP)
 	$(PY) bench/smollm2_load.py
 	$(PY) bench/tokenizer_speed.py
 	$(PY) bench/finetune_lora.py
+	$(PY) bench/serving_engine.py
 
 # The app's live path: a Redis at 127.0.0.1:6379 (the benches use databases 12 and 13 of it; when
 # none answers there, one is started for the run and stopped after) and Chromium for

@@ -20,6 +20,7 @@ and the tokens it has produced so far (vLLM's recompute preemption)."""
 from __future__ import annotations
 
 import collections
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -87,7 +88,10 @@ class ServingEngine:
     ``kv_bytes`` hold, else enough for ``max_batch`` sequences of the full context. At most
     ``max_batch`` requests run at once and ``prefill_chunk`` prompt tokens are read per step.
     ``policy`` "continuous" admits waiting requests at every step, "static" only when the batch
-    is empty. The model is put in eval mode; its weights must not change while the engine serves."""
+    is empty. The model is put in eval mode; its weights must not change while the engine serves.
+
+    One thread drives ``step``; others may ``add``, ``abort`` and read ``stats`` meanwhile (a lock
+    makes each call whole: an abort during a step takes effect when the step ends)."""
 
     def __init__(self, model, *, block_size: int = 16, num_blocks: int | None = None, kv_bytes: int | None = None,
                  max_batch: int = 32, prefill_chunk: int = 256, policy: str = "continuous"):
@@ -121,6 +125,7 @@ class ServingEngine:
         self.running: list[_Request] = []  # in admission order: the last is the first preempted
         self._kept: dict = {}  # the concatenated projection weights, kept across steps (``keep_weights``)
         self._tokens_generated = self._steps = self._preemptions = 0
+        self._lock = threading.Lock()
         with torch.inference_mode():
             # what an additive position scheme (learned, sinusoidal) adds at each position, as a table
             # indexed per token; None for the schemes that add nothing (RoPE, none)
@@ -131,6 +136,10 @@ class ServingEngine:
 
     def add(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
         """Queue a request; it joins the batch at the first step with room for it."""
+        with self._lock:
+            self._add(request_id, prompt, params)
+
+    def _add(self, request_id: str, prompt: list[int], params: SamplingParams) -> None:
         if any(r.id == request_id for r in self._requests()):
             raise ValueError(f"request id {request_id!r} is already in use")
         if not prompt:
@@ -154,14 +163,20 @@ class ServingEngine:
 
     def abort(self, request_id: str) -> None:
         """Drop a request, waiting or running, and free its blocks now; an unknown id is ignored."""
-        self.waiting = collections.deque(r for r in self.waiting if r.id != request_id)
-        self.running = [r for r in self.running if r.id != request_id]
-        self.cache.release(request_id)
+        with self._lock:
+            self.waiting = collections.deque(r for r in self.waiting if r.id != request_id)
+            self.running = [r for r in self.running if r.id != request_id]
+            self.cache.release(request_id)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        with self._lock:
+            return bool(self.waiting or self.running)
 
     def stats(self) -> dict:
+        with self._lock:
+            return self._stats()
+
+    def _stats(self) -> dict:
         c = self.cache
         return {
             "running": len(self.running),
@@ -186,6 +201,10 @@ class ServingEngine:
     def step(self) -> list[StepOutput]:
         """One iteration: admit, schedule (every decode, prompt chunks within the budget), take
         blocks (preempting when the pool is full), run the forward, sample, retire the finished."""
+        with self._lock:
+            return self._step()
+
+    def _step(self) -> list[StepOutput]:
         self._steps += 1
         self._admit()
         plan = sorted(self._allocate(self._schedule()), key=lambda rn: rn[1] > 1)  # one-token rows first
@@ -271,7 +290,7 @@ class ServingEngine:
         x = embed(model, batch.ids)  # (1, N, C)
         if self._added_positions is not None:
             x = x + self._added_positions[batch.positions]
-        rope = model.wpe.rotary(0, int(batch.positions.max()) + 1, self.device)
+        rope = model.wpe.rotary(0, batch.max_position + 1, self.device)
         if rope is not None:
             rope = (rope[0][batch.positions], rope[1][batch.positions])  # (N, hs) each: every token at its position
         n = batch.positions.numel()
@@ -284,14 +303,16 @@ class ServingEngine:
                 qk = apply_rotary(qk, *rope)
             q, k = qk.split((nh, n_kv), dim=1)
             self.cache.write(a.layer_idx, batch.slots, k[0].transpose(0, 1), v[0].transpose(0, 1))  # (N, n_kv, hs)
-            x = x + a.o_proj.forward(self._attend(a, q, batch)[None])
+            x = x + a.o_proj.forward(self._attend(a, q, k, v, batch)[None])
             x = x + block.mlp.forward(block.ln_2.forward(x))
         h = x[0, batch.last]  # (R, C): only the rows that produce a token need the head
         return model.lm_head.forward(model.ln_f.forward(h))
 
-    def _attend(self, a, q: torch.Tensor, batch: _Batch) -> torch.Tensor:
+    def _attend(self, a, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, batch: _Batch) -> torch.Tensor:
         """Attention output (N, nh·hs) of layer ``a`` for queries ``q`` (1, nh, N, hs), each row
-        over its own request's keys, read from the pool through its block table."""
+        over its own request's keys, read from the pool through its block table; a request's
+        first chunk has no earlier keys, so it takes its new ones ``k_new``, ``v_new`` (1, n_kv,
+        N, hs) as they are rather than reading them back."""
         nh, n_kv, hs, d = a.n_head, a.n_kv_head, a.head_dim, batch.n_decode
         ys = []
         if d:
@@ -303,7 +324,10 @@ class ServingEngine:
             ys.append(y.reshape(d, nh * hs))
         start = d
         for tables, seen, n, mask in batch.chunks:
-            k, v = self.cache.gather(a.layer_idx, tables, seen + n)  # (1, n_kv, seen + n, hs)
+            if seen:
+                k, v = self.cache.gather(a.layer_idx, tables, seen + n)  # (1, n_kv, seen + n, hs)
+            else:
+                k, v = k_new[:, :, start : start + n], v_new[:, :, start : start + n]
             y = sdpa_attention(q[:, :, start : start + n], k, v, mask=mask, scale=a.pattern.scale)  # (1, nh, n, hs)
             ys.append(y[0].transpose(0, 1).reshape(n, nh * hs))
             start += n
@@ -329,6 +353,7 @@ class _Batch:
                 last.append(len(ids) - 1)
         self.ids = torch.tensor(ids, device=device)[None]
         self.positions = torch.tensor(pos, device=device)
+        self.max_position = max(pos)
         self.slots = torch.cat(slots).to(device)
         self.last = last
         decodes = [r for r, n in plan if n == 1]

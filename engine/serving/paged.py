@@ -14,26 +14,35 @@ import torch
 
 
 class PagedKVCache:
-    """Per layer one pool of keys and one of values, each (num_blocks, n_kv_head, block_size,
-    head_dim), a free list of block ids, and per sequence its block table and cached length.
+    """Per layer one pool of keys and one of values, each (num_blocks + 1, n_kv_head, block_size,
+    head_dim), the last block being ``pad_block`` (``k[layer]``, ``v[layer]``: views of one
+    (n_layer, ...) tensor each), a free list of block ids, and per sequence its block table and
+    cached length.
 
-    The pools start zeroed and a freed block keeps its old keys: attention reads a padded stretch
-    of blocks and masks the positions past a sequence's length, and a mask hides only finite
-    values (a NaN in an unwritten slot would still reach the output as 0·NaN)."""
+    The pools are allocated empty, so memory the operating system has not handed out yet is
+    committed only as blocks come into use (the default pool holds ``max_batch`` whole contexts,
+    rarely all in use). Attention reads a padded stretch of blocks and masks the positions past a
+    sequence's length, but a mask hides only finite values (0·NaN is NaN): so a block is zeroed
+    when it is taken, and tables are padded with one extra block, ``pad_block``, kept at zero
+    (vLLM's null block)."""
 
     def __init__(self, *, n_layer: int, n_kv_head: int, head_dim: int, block_size: int, num_blocks: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
         if block_size < 1 or num_blocks < 1:
             raise ValueError(f"block_size ({block_size}) and num_blocks ({num_blocks}) must be at least 1")
         self.block_size, self.num_blocks = block_size, num_blocks
-        shape = (num_blocks, n_kv_head, block_size, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
-        # a stack: the block freed last is reused first, while its lines may still be in a cache
+        shape = (n_layer, num_blocks + 1, n_kv_head, block_size, head_dim)
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.pad_block = num_blocks
+        self.k[:, self.pad_block] = 0
+        self.v[:, self.pad_block] = 0
+        # a stack: the block freed last is reused first, so the blocks ever touched (the memory
+        # committed) stay as few as the peak in use
         self.free: list[int] = list(range(num_blocks - 1, -1, -1))
         self.tables: dict[str, list[int]] = {}
         self.lengths: dict[str, int] = {}  # positions written per sequence
-        self.bytes_per_token = 2 * n_layer * n_kv_head * head_dim * self.k[0].element_size()  # K and V, all layers
+        self.bytes_per_token = 2 * n_layer * n_kv_head * head_dim * self.k.element_size()  # K and V, all layers
         self.bytes_per_block = self.bytes_per_token * block_size
 
     @staticmethod
@@ -70,10 +79,12 @@ class PagedKVCache:
         missing = self.blocks_missing(seq_id, n_tokens)
         if missing > len(self.free):
             return False
-        table = self.tables.setdefault(seq_id, [])
         self.lengths.setdefault(seq_id, 0)
-        for _ in range(missing):
-            table.append(self.free.pop())
+        taken = [self.free.pop() for _ in range(missing)]
+        self.tables.setdefault(seq_id, []).extend(taken)
+        if taken:
+            self.k[:, taken] = 0
+            self.v[:, taken] = 0
         return True
 
     def release(self, seq_id: str) -> None:
@@ -99,10 +110,10 @@ class PagedKVCache:
 
     def table_tensor(self, seq_ids: list[str], device) -> torch.Tensor:
         """The block tables of ``seq_ids`` as one (S, max_blocks) long tensor, short ones padded
-        with block 0 (whose positions the caller's mask hides)."""
+        with ``pad_block`` (whose positions the caller's mask hides)."""
         tables = [self.tables[s] for s in seq_ids]
         width = max(len(t) for t in tables)
-        return torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long, device=device)
+        return torch.tensor([t + [self.pad_block] * (width - len(t)) for t in tables], dtype=torch.long, device=device)
 
     def gather(self, layer: int, tables: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the first ``length`` positions through block ``tables`` (S, max_blocks):

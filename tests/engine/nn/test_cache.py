@@ -74,3 +74,21 @@ def test_generation_after_a_fused_adamw_step_sees_the_new_weights(tiny_config):
         logits, _ = model(cached[:, :-1])
     assert torch.equal(logits[0, 5:].argmax(-1), cached[0, 6:])  # each new token is the fresh argmax
     assert before.shape == (1, 11)
+
+
+def test_a_kept_weights_store_outlives_its_span():
+    """``keep_weights(store)`` fills the caller's dict, and a later span given the same dict reuses
+    its concatenated weights instead of making them again (the serving engine's steps)."""
+    from engine.nn.cache import Linear, joint_linear, keep_weights
+
+    a, b = Linear(4, 3), Linear(4, 2)
+    x = torch.randn(5, 4)
+    store = {}
+    with torch.no_grad(), keep_weights(store):
+        first = joint_linear(x, a, "ab", (a, b))
+    assert len(store) == 1
+    kept = next(iter(store.values()))[0]
+    with torch.no_grad(), keep_weights(store):
+        again = joint_linear(x, a, "ab", (a, b))
+    assert next(iter(store.values()))[0] is kept and torch.equal(first, again)
+    torch.testing.assert_close(first, torch.cat([a(x), b(x)], dim=-1))

@@ -91,6 +91,18 @@ def test_staggered_ragged_batch_with_chunked_prefill_equals_generate(model):
     assert engine.stats()["preemptions"] == 0 and engine.stats()["blocks_used"] == 0
 
 
+def test_uninitialised_pool_memory_never_reaches_the_output(rope_model):
+    """The pool is allocated empty; were its memory NaN, the masked padding of ragged decode rows
+    must still contribute nothing."""
+    ps = prompts(3, 13, 6)
+    engine = ServingEngine(rope_model, block_size=4, max_batch=4, prefill_chunk=8)
+    engine.cache.k[:, : engine.cache.num_blocks] = float("nan")
+    engine.cache.v[:, : engine.cache.num_blocks] = float("nan")
+    out = run(engine, {0: [(f"r{i}", p, GREEDY) for i, p in enumerate(ps)]})
+    for i, p in enumerate(ps):
+        assert tokens(out[f"r{i}"]) == reference(rope_model, p, GREEDY.max_tokens), f"request r{i}"
+
+
 def test_preempted_requests_resume_with_the_same_tokens(model):
     """A pool too small for all four requests to grow: the newest are preempted, read again from
     prompt + produced tokens, and still end as generate does."""

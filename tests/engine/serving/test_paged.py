@@ -61,7 +61,22 @@ def test_interleaved_writes_read_back_in_position_order():
     for row, seq in enumerate(["a", "b"]):
         expected = torch.cat(written[seq]).transpose(0, 1)  # (n_kv, 9, hs)
         assert torch.equal(k[row], expected) and torch.equal(v[row], -expected)
-    assert not cache.k[0].any()  # layer 0 was never written
+    k0, _ = cache.gather(0, tables, 9)
+    assert not k0.any()  # layer 0 was never written: its blocks were zeroed when taken
+
+
+def test_taken_blocks_and_the_padding_block_are_zero_whatever_the_memory_held():
+    """The pools start uninitialised: a block is zeroed as it is taken, and the padding block
+    stays zero, so masked reads past a sequence's end meet no NaN."""
+    cache = make_cache(num_blocks=4)
+    cache.k[:, : cache.num_blocks] = float("nan")
+    cache.v[:, : cache.num_blocks] = float("nan")
+    cache.reserve("a", 5)
+    k, v = cache.gather(1, cache.table_tensor(["a"], "cpu"), 8)
+    assert not k.isnan().any() and not v.isnan().any()
+    assert cache.reserve("b", 1)
+    assert cache.table_tensor(["a", "b"], "cpu")[1].tolist() == [cache.tables["b"][0], cache.pad_block]
+    assert not cache.k[:, cache.pad_block].any()
 
 
 def test_slots_follow_the_block_table():
