@@ -172,6 +172,14 @@ class ServingEngine:
         with self._lock:
             return bool(self.waiting or self.running)
 
+    def set_policy(self, policy: str) -> None:
+        """Admit by ``policy`` from the next step on (a serving process switches it for a load
+        test's comparison); the sequences running now go on as they are."""
+        if policy not in ADMISSIONS:
+            raise ValueError(f"unknown policy {policy!r}; choose from {list(ADMISSIONS)}")
+        with self._lock:
+            self.policy, self._may_admit = policy, ADMISSIONS[policy]
+
     def stats(self) -> dict:
         with self._lock:
             return self._stats()

@@ -233,6 +233,21 @@ def test_static_policy_admits_nothing_while_a_batch_runs(rope_model):
     assert static.stats()["running"] == 1 and static.stats()["waiting"] == 0
 
 
+def test_the_policy_can_be_switched_between_steps(rope_model):
+    ps = prompts(4, 6)
+    engine = ServingEngine(rope_model, policy="continuous")
+    engine.set_policy("static")
+    engine.add("a", ps[0], SamplingParams(max_tokens=4, temperature=0))
+    engine.step()
+    engine.add("b", ps[1], GREEDY)
+    assert [o.request_id for o in engine.step()] == ["a"]  # static now: b waits for the batch
+    engine.set_policy("continuous")
+    assert sorted(o.request_id for o in engine.step()) == ["a", "b"]  # continuous again: b joins
+    with pytest.raises(ValueError, match="unknown policy"):
+        engine.set_policy("greedy")
+    assert engine.policy == "continuous"
+
+
 def test_logprobs_are_the_forward_log_softmax(rope_model):
     (prompt,) = prompts(7)
     params = SamplingParams(max_tokens=6, temperature=0.8, seed=5, logprobs=3)
