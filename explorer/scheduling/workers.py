@@ -300,7 +300,7 @@ def save_row():
     worker, _ = Worker.objects.update_or_create(name=_state["name"], defaults={
         **_state["device"], "queues": _state["queues"], "tiers": _state["tiers"], "status": Worker.Status.ONLINE,
         "current_job": None, "started_at": _state["started_at"], "heartbeat_at": timezone.now(), "pid": os.getpid(),
-        "version": f"celery {celery.__version__} · python {platform.python_version()}",
+        "version": _state.get("version") or f"celery {celery.__version__} · python {platform.python_version()}",
     })
     return worker
 

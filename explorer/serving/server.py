@@ -390,6 +390,10 @@ def _mib(n):
 def serve(model_id, *, name=None, **kw):
     """Load ``model_id`` (a pretrained registry name), register as a worker, serve until SIGTERM
     or SIGINT."""
+    import platform
+
+    import torch
+
     from engine.interop import pretrained as engine_pretrained
     from explorer.scheduling import workers
 
@@ -407,7 +411,8 @@ def serve(model_id, *, name=None, **kw):
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stopping.set())
     name = name or f"serve-{model_id}@{socket.gethostname()}"
-    workers._state.update(name=name, queues=[f"serve:{model_id}"], device=workers.probe_device(["cpu"]), tiers=[])
+    workers._state.update(name=name, queues=[f"serve:{model_id}"], device=workers.probe_device(["cpu"]), tiers=[],
+                          version=f"serving process · torch {torch.__version__} · python {platform.python_version()}")
     workers.register(name)
     try:
         server.run()

@@ -46,24 +46,25 @@ function histogram(el, values, unit, color) {
   const trace = { type: "histogram", x: data, marker: { color }, nbinsx: 30, hovertemplate: `%{x} ${unit}: %{y}<extra></extra>` };
   Plotly.react(el, [trace], layout({
     bargap: 0.06,
-    xaxis: { ...AXIS, title: { text: unit, font: { size: 11 } }, rangemode: "tozero" },
-    yaxis: { ...AXIS, title: { text: "requests", font: { size: 11 } } },
+    xaxis: { ...AXIS, title: { text: unit, font: { size: 11 } } },
+    yaxis: { ...AXIS, title: { text: "requests", font: { size: 11 } }, rangemode: "tozero", ...(data.length <= 12 ? { dtick: 1 } : {}) },
     annotations: data.length ? [] : [{ text: "No finished request yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { color: "#8a93a3" } }],
   }), CONFIG);
 }
 
 function timeline(el, h, maxBatch) {
   if (!window.Plotly) return;
+  // new arrays each time: Plotly.react redraws only data it sees change by reference
   const traces = [
-    { x: h.t, y: h.tps, name: "tokens/s", type: "scatter", mode: "lines", line: { color: COLORS.teal, width: 1.6 }, fill: "tozeroy", fillcolor: "rgba(13,148,136,0.08)", hovertemplate: "%{y:.1f} tokens/s<extra></extra>" },
-    { x: h.t, y: h.running, name: "in the batch", type: "scatter", mode: "lines", yaxis: "y2", line: { color: COLORS.accent, width: 1.4, shape: "hv" }, hovertemplate: "%{y} in the batch<extra></extra>" },
+    { x: [...h.t], y: [...h.tps], name: "tokens/s", type: "scatter", mode: "lines", line: { color: COLORS.teal, width: 1.6 }, fill: "tozeroy", fillcolor: "rgba(13,148,136,0.08)", hovertemplate: "%{y:.1f} tokens/s<extra></extra>" },
+    { x: [...h.t], y: [...h.running], name: "in the batch", type: "scatter", mode: "lines", yaxis: "y2", line: { color: COLORS.accent, width: 1.4, shape: "hv" }, hovertemplate: "%{y} in the batch<extra></extra>" },
   ];
   Plotly.react(el, traces, layout({
     showlegend: true, legend: { orientation: "h", x: 0, y: 1.12, font: { size: 11 } }, margin: { l: 44, r: 44, t: 22, b: 34 },
     hovermode: "x unified",
     xaxis: { ...AXIS, type: "date", tickformat: "%H:%M:%S" },
     yaxis: { ...AXIS, title: { text: "tokens/s", font: { size: 11 } }, rangemode: "tozero" },
-    yaxis2: { ...AXIS, overlaying: "y", side: "right", range: [0, Math.max(1, maxBatch)], title: { text: "sequences", font: { size: 11 } }, showgrid: false },
+    yaxis2: { ...AXIS, overlaying: "y", side: "right", range: [0, Math.max(1, maxBatch)], dtick: Math.max(1, Math.ceil(maxBatch / 4)), title: { text: "sequences", font: { size: 11 } }, showgrid: false },
   }), CONFIG);
 }
 

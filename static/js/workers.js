@@ -21,6 +21,7 @@ function el(tag, className, text) {
 // ------------------------------------------------------------------ cells
 function describeDevice(w) {
   const d = w.device;
+  if (w.queues.some((q) => q.startsWith("serve:"))) return [`${d.cpu_count} CPU cores · ${fmt.bytes(d.memory_bytes)} RAM`, d.name || "CPU"];
   if (d.kind === "cuda") {
     return [`${d.name || "GPU"} · ${fmt.bytes(d.memory_bytes)}`, `${d.cpu_count} CPU cores · ${fmt.bytes(d.usable_bytes)} usable per job`];
   }
@@ -30,6 +31,16 @@ function describeDevice(w) {
 
 function queueCell(td, w) {
   const list = el("div", "queue-list");
+  const served = w.queues.filter((q) => q.startsWith("serve:"));
+  if (served.length) { // a serving process (manage.py serve): the model it serves, no job queue
+    for (const q of served) {
+      const a = el("a", "badge queue-tag serving", `serves ${q.slice("serve:".length)}`);
+      a.href = "/serving/";
+      list.append(a);
+    }
+    td.replaceChildren(list);
+    return;
+  }
   for (const q of w.queues) list.append(el("span", "badge queue-tag plain", q));
   // tiers are "<queue>.<n>g", consumed for every n up to the worker's usable memory
   const gib = w.tiers.map((t) => parseInt(t.split(".").pop(), 10));

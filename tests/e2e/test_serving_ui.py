@@ -81,4 +81,9 @@ def test_serving_page_shows_the_batch_under_load(smollm2_models_dir, web, page, 
     assert max(timeline) >= 3  # the batch chart saw them decode together
     tpot = page.evaluate(f"() => document.querySelector('{card} [data-role=tpot]').data[0].x.length")
     assert tpot >= 2 * len(prompts)
+    # the serving process is on the Workers page too, registered and beating like a worker
+    page.goto(web.url + "/workers/")
+    page.wait_for_selector("#workers-body .queue-tag.serving")
+    assert f"serves {SMOLLM2_NAME}" in page.inner_text("#workers-body").lower()
+    page.screenshot(path=str(tmp_path / "workers_with_serving.png"), full_page=True)
     assert errors == []
