@@ -54,15 +54,17 @@ class Stack:
                                                 start_new_session=True)
         self._wait(lambda: b"ready." in path.read_bytes()[offset:], "worker", 60)
 
-    def start_serving(self, model, **env):
-        """``manage.py serve <model>``, a serving process, with ``env`` (``EXPLORER_SERVING_*``
-        settings) on top; ready once its heartbeat is in Redis."""
+    def start_serving(self, model, *args, **env):
+        """``manage.py serve <model> *args``, a serving process, with ``env`` (``EXPLORER_SERVING_*``
+        settings) on top; ready once its heartbeat is in Redis. A "job-<id>" model is served with
+        ``--job <id>`` in ``args``."""
         from explorer.serving import bus
 
         path = self.tmp / "serving.log"
         offset = path.stat().st_size if path.exists() else 0
         log = open(path, "ab")
-        self.procs["serving"] = subprocess.Popen([sys.executable, "manage.py", "serve", model], cwd=ROOT,
+        command = [sys.executable, "manage.py", "serve", *([model] if not model.startswith("job-") else []), *args]
+        self.procs["serving"] = subprocess.Popen(command, cwd=ROOT,
                                                  env={**self.env, **{k: str(v) for k, v in env.items()}},
                                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         client = bus.sync_client()

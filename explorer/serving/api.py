@@ -10,4 +10,4 @@ serving = Router(tags=["serving"])
 def serving_status(request):
     """One entry per model a serving process is up for (its last heartbeat, under a second old);
     ``endpoint``: where the OpenAI-compatible API answers."""
-    return {"endpoint": request.build_absolute_uri("/v1"), "models": live.served_models()}
+    return {"endpoint": request.build_absolute_uri("/v1"), "models": live.served_models(request.user)}

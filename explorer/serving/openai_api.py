@@ -90,13 +90,16 @@ async def authenticate(request):
     if user is None:
         raise ApiError(401, "Incorrect API key provided (unknown or revoked). Make a new one on the Account page.",
                        code="invalid_api_key")
-    team = getattr(user, "token_team_id", None)
-    if team is None:
-        from explorer.accounts.teams import user_teams
+    from explorer.accounts.teams import user_teams
 
-        teams = await sync_to_async(lambda: [t.pk for t in user_teams(user)])()
-        team = teams[0] if teams else None
-    return user, team
+    teams = await sync_to_async(lambda: [t.pk for t in user_teams(user)])()  # (a token's team only)
+    team = getattr(user, "token_team_id", None) or (teams[0] if teams else None)
+    return team, set(teams)
+
+
+def visible(figures, teams):
+    """A pretrained model is everyone's; a team's checkpoint only its members'."""
+    return figures.get("team") is None or figures["team"] in teams
 
 
 # ---------------------------------------------------------------------- reading the body
@@ -324,11 +327,11 @@ def _usage(prompt_tokens, completion_tokens):
 
 
 async def _complete(request, kind):
-    _, team = await authenticate(request)
+    team, teams = await authenticate(request)
     req = parse(_body(request), kind)
     redis = bus.async_client()
     figures = await served(redis, req["model"])
-    if figures is None:
+    if figures is None or not visible(figures, teams):  # another team's: as if it did not exist
         await redis.aclose()
         raise ApiError(404, f"The model `{req['model']}` does not exist or is not being served; GET /v1/models "
                             "lists the served ones.", param="model", code="model_not_found")
@@ -487,17 +490,17 @@ def _model_out(figures):
 @openai_view("GET")
 async def models(request):
     """OpenAI's ``GET /v1/models``: the models a serving process serves now."""
-    await authenticate(request)
-    return JsonResponse({"object": "list", "data": sorted((_model_out(f) for f in await _served_models()),
-                                                          key=lambda m: m["id"])})
+    _, teams = await authenticate(request)
+    return JsonResponse({"object": "list", "data": sorted((_model_out(f) for f in await _served_models()
+                                                           if visible(f, teams)), key=lambda m: m["id"])})
 
 
 @openai_view("GET")
 async def model(request, model_id):
     """OpenAI's ``GET /v1/models/<id>``."""
-    await authenticate(request)
+    _, teams = await authenticate(request)
     for figures in await _served_models():
-        if figures["model"] == model_id:
+        if figures["model"] == model_id and visible(figures, teams):
             return JsonResponse(_model_out(figures))
     raise ApiError(404, f"The model `{model_id}` does not exist or is not being served.", param="model",
                    code="model_not_found")

@@ -64,10 +64,11 @@ class Request:
 
 class Server:
     def __init__(self, model_id, model, tokenizer, *, max_batch=None, kv_bytes=None, block_size=None,
-                 prefill_chunk=None, max_waiting=None, policy="continuous"):
+                 prefill_chunk=None, max_waiting=None, policy="continuous", team=None, title=None):
         from engine.serving import ServingEngine
 
         self.model_id, self.model, self.tokenizer = model_id, model, tokenizer
+        self.team, self.title = team, title or model_id  # a team's checkpoint: only its members see it
         self.engine = ServingEngine(
             model, max_batch=max_batch or _setting("SERVING_MAX_BATCH", 16),
             kv_bytes=kv_bytes or _setting("SERVING_KV_BYTES", 512 * 2**20),
@@ -253,7 +254,7 @@ class Server:
                 choice.first_at = now
             choice.ids.append(out.token)
             stopped_by_token = out.finish_reason == "stop"
-            text = self.tokenizer.decode([t for t in choice.ids if t not in self.stop_ids])
+            text = _decode(self.tokenizer, [t for t in choice.ids if t not in self.stop_ids])
             finish = out.finish_reason
             cut = _first_stop(text, request.stop, len(choice.sent))
             if cut is not None:
@@ -263,9 +264,9 @@ class Server:
             delta, choice.sent = text[len(choice.sent):], text
             message = {"type": "token", "index": choice.index, "text": delta}
             if request.logprobs and not stopped_by_token:
-                message["logprob"] = {"token": self.tokenizer.decode([out.token], skip_special_tokens=False),
+                message["logprob"] = {"token": _decode(self.tokenizer, [out.token], special=True),
                                       "logprob": out.logprob,
-                                      "top": [[self.tokenizer.decode([i], skip_special_tokens=False), lp]
+                                      "top": [[_decode(self.tokenizer, [i], special=True), lp]
                                               for i, lp in out.top]}
             if delta or "logprob" in message:
                 messages[request.reply].append(message)
@@ -307,7 +308,7 @@ class Server:
         ttft = [f[0] for f in self.finished]
         tpot = [f[1] for f in self.finished if f[1] is not None]
         return {
-            "model": self.model_id, "host": socket.gethostname(), "pid": os.getpid(), "at": now,
+            "model": self.model_id, "title": self.title, "team": self.team, "host": socket.gethostname(), "pid": os.getpid(), "at": now,
             "started_at": self.started_at, "context": self.context, "max_batch": self.engine.max_batch,
             "max_queued": self.max_waiting, "policy": self.engine.policy, **stats,
             "block_bytes": _block_bytes(self.model, stats["block_size"]),
@@ -361,6 +362,15 @@ class Beat(threading.Thread):
                 log.warning("serving %s: heartbeat failed", server.model_id, exc_info=True)
 
 
+def _decode(tokenizer, ids, special=False):
+    """Text of ``ids``; special tokens shown only with ``special`` (a chat tokenizer hides them
+    by default; the engine's own tokenizers have none and take no such argument)."""
+    try:
+        return tokenizer.decode(ids, skip_special_tokens=not special)
+    except TypeError:
+        return tokenizer.decode(ids)
+
+
 def _first_stop(text, stops, sent):
     """Where the first stop string begins in ``text`` (searched from just before what was sent,
     as a stop string may straddle two steps' text), or None."""
@@ -387,27 +397,57 @@ def _mib(n):
     return f"{n / 2**20:.0f} MiB"
 
 
-def serve(model_id, *, name=None, **kw):
-    """Load ``model_id`` (a pretrained registry name), register as a worker, serve until SIGTERM
-    or SIGINT."""
+def load_served(model_id=None, job=None, step=None):
+    """(model id, model, tokenizer, team or None, title) of a pretrained registry name or of a
+    training job's checkpoint (``job``, at ``step`` or its latest); ``SystemExit`` saying why not."""
+    if job is not None:
+        from engine.training import checkpoint as engine_checkpoint
+        from explorer.jobs.models import Job
+        from explorer.training.checkpoints import NoCheckpoint, checkpoint_path
+
+        row = Job.objects.filter(pk=job).select_related("team").first()
+        if row is None:
+            raise SystemExit(f"cannot serve job {job}: there is no such job")
+        try:
+            path = checkpoint_path(row, step)
+        except NoCheckpoint as exc:
+            raise SystemExit(f"cannot serve job {job}: {exc}") from None
+        model, tokenizer, config = engine_checkpoint.load_model(path)
+        if config.family != "decoder":
+            raise SystemExit(f"cannot serve job {job}: a {config.family} does not generate text token by token; "
+                             "serve a decoder")
+        step = engine_checkpoint.read_checkpoint(path).step if step is None else step
+        return (f"job-{row.pk}", model, tokenizer, row.team_id,
+                f"{row.display_name} (job #{row.pk}, step {step}, team {row.team.name})")
+    from engine.interop import pretrained as engine_pretrained
+
+    if model_id not in engine_pretrained.PRETRAINED or engine_pretrained.PRETRAINED[model_id].family != "decoder":
+        choices = [n for n, p in engine_pretrained.PRETRAINED.items() if p.family == "decoder"]
+        raise SystemExit(f"cannot serve {model_id!r}: choose a decoder from {choices}, or a job's checkpoint (--job)")
+    why = engine_pretrained.available(model_id)
+    if why:
+        raise SystemExit(f"cannot serve {model_id}: {why}")
+    model, tokenizer = engine_pretrained.load_pretrained(model_id)
+    return model_id, model, tokenizer, None, engine_pretrained.PRETRAINED[model_id].title
+
+
+def serve(model_id=None, *, job=None, step=None, name=None, **kw):
+    """Load ``model_id`` (a pretrained registry name) or ``job``'s checkpoint, register as a
+    worker, serve until SIGTERM or SIGINT."""
     import platform
 
     import torch
 
-    from engine.interop import pretrained as engine_pretrained
     from explorer.scheduling import workers
 
-    if model_id not in engine_pretrained.PRETRAINED or engine_pretrained.PRETRAINED[model_id].family != "decoder":
-        choices = [n for n, p in engine_pretrained.PRETRAINED.items() if p.family == "decoder"]
-        raise SystemExit(f"cannot serve {model_id!r}: choose a decoder from {choices}")
-    why = engine_pretrained.available(model_id)
-    if why:
-        raise SystemExit(f"cannot serve {model_id}: {why}")
     t0 = time.monotonic()
-    model, tokenizer = engine_pretrained.load_pretrained(model_id)
+    model_id, model, tokenizer, team, title = load_served(model_id, job, step)
     model.eval()
     log.info("serving %s: loaded in %.1f s", model_id, time.monotonic() - t0)
-    server = Server(model_id, model, tokenizer, **kw)
+    try:
+        server = Server(model_id, model, tokenizer, team=team, title=title, **kw)
+    except ValueError as exc:  # a model the engine cannot batch (e.g. mixture of experts)
+        raise SystemExit(f"cannot serve {model_id}: {exc}") from None
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stopping.set())
     name = name or f"serve-{model_id}@{socket.gethostname()}"

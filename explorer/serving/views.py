@@ -8,5 +8,5 @@ from explorer.serving import live
 def serving_page(request):
     """The serving processes, live (static/js/serving.js polls /api/v1/serving every second)."""
     return render(request, "explorer/serving.html", {
-        "nav": "serving", "initial": {"endpoint": request.build_absolute_uri("/v1"), "models": live.served_models()},
+        "nav": "serving", "initial": {"endpoint": request.build_absolute_uri("/v1"), "models": live.served_models(request.user)},
     })

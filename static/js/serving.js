@@ -71,7 +71,7 @@ function timeline(el, h, maxBatch) {
 function render(m) {
   const { node, history } = card(m.model);
   role(node, "name").textContent = m.model;
-  role(node, "where").textContent = `${m.host} · pid ${m.pid} · up ${fmt.duration(m.at - m.started_at)} · context ${fmt.int(m.context)} tokens · ${fmt.int(m.totals.requests)} requests, ${fmt.int(m.totals.tokens)} tokens served`;
+  role(node, "where").textContent = `${m.title && m.title !== m.model ? `${m.title} · ` : ""}${m.host} · pid ${m.pid} · up ${fmt.duration(m.at - m.started_at)} · context ${fmt.int(m.context)} tokens · ${fmt.int(m.totals.requests)} requests, ${fmt.int(m.totals.tokens)} tokens served`;
   const policy = role(node, "policy");
   policy.textContent = m.policy === "static" ? "static batching" : "continuous batching";
   policy.className = `badge ${m.policy === "static" ? "policy-static" : "policy-continuous"}`;

@@ -1,6 +1,6 @@
 import logging
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 
 class Command(BaseCommand):
@@ -8,7 +8,10 @@ class Command(BaseCommand):
             "(/v1/chat/completions, /v1/completions, /v1/models), with continuous batching and a paged KV cache")
 
     def add_arguments(self, parser):
-        parser.add_argument("model", help="a pretrained registry name")
+        parser.add_argument("model", nargs="?", help="a pretrained registry name (e.g. smollm2-135m-instruct)")
+        parser.add_argument("--job", type=int, help="serve this training job's checkpoint instead, as model 'job-<id>' "
+                                                    "(only its team's members see it)")
+        parser.add_argument("--step", type=int, help="with --job: the checkpoint's step (default: the latest)")
         parser.add_argument("--max-batch", type=int, help="sequences decoded together (SERVING_MAX_BATCH)")
         parser.add_argument("--kv-mib", type=int, help="memory for the KV cache's blocks (SERVING_KV_MB)")
         parser.add_argument("--policy", choices=["continuous", "static"], default="continuous",
@@ -19,5 +22,7 @@ class Command(BaseCommand):
         from explorer.serving.server import serve
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        serve(options["model"], name=options["name"], max_batch=options["max_batch"],
+        if bool(options["model"]) == bool(options["job"]):
+            raise CommandError("name a pretrained model or --job <id>, one of the two")
+        serve(options["model"], job=options["job"], step=options["step"], name=options["name"], max_batch=options["max_batch"],
               kv_bytes=options["kv_mib"] * 2**20 if options["kv_mib"] else None, policy=options["policy"])
