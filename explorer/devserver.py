@@ -62,6 +62,8 @@ def main(argv=None):
     var_dir = Path(os.environ.get("EXPLORER_VAR_DIR", BASE_DIR / "var"))
     var_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="config.settings.local", PYTHONUNBUFFERED="1")
+    # the serving load test's worker reaches this server's OpenAI-compatible endpoint
+    env.setdefault("EXPLORER_SERVING_ENDPOINT", f"http://{args.host}:{args.port}/v1")
     redis = None
     if not env.get("REDIS_URL"):
         from explorer.embedded_redis import EmbeddedRedis

@@ -353,6 +353,17 @@ class AdapterEvent(TypedDict):
     total: Annotated[int, "parameters of the model with its adapters"]
 
 
+class LoadPointEvent(TypedDict):
+    """A serving load test's measurement at one arrival rate under one batching policy
+    (``explorer.serving.loadtest``'s summary of what its clients saw)."""
+    kind: Literal["load_point"]
+    policy: Annotated[Literal["continuous", "static"], "the serving process's batching policy during it"]
+    rate: Annotated[float, "offered requests per second (Poisson arrivals)"]
+    index: Annotated[int, "the point's place in the run, from 0"]
+    summary: Annotated[dict[str, Any], "output_tokens_per_s, requests/completed/refused/errors, refused_share, "
+                                       "ttft_s/tpot_s/itl_s/e2e_s as {p50, p99, mean}, output_tokens, duration_s"]
+
+
 class StatusEvent(TypedDict):
     """The app moved the job to a status (written by the web, the worker and the reaper)."""
     kind: Literal["status"]
@@ -383,14 +394,14 @@ class LostEvent(TypedDict):
 Event = (StartEvent | StepEvent | HealthEvent | MoeEvent | EvalEvent | AttentionEvent | RoutingEvent
          | NonfiniteEvent | CheckpointEvent | EndEvent | ProgressEvent | GenerationEvent | QuantizationEvent
          | TokenEvent | ReplyEvent | AttentionTokensEvent | AttentionHeadsEvent | AnswersEvent | AdapterEvent
-         | StatusEvent | QueueEvent | LostEvent)
+         | LoadPointEvent | StatusEvent | QueueEvent | LostEvent)
 
 
 @dataclass(frozen=True)
 class EventKind:
     """A kind's definition and what the app does with it."""
     type: type  # its TypedDict
-    emitted_by: tuple[str, ...]  # "train", "finetune", "inference", "tokenizer", "chat", "attention" (the job's work) or "app"
+    emitted_by: tuple[str, ...]  # "train", "finetune", "inference", "tokenizer", "chat", "attention", "serving-load" (the job's work) or "app"
     saved_at_once: bool = False  # a milestone: the log must hold everything up to it at once
     summary: tuple[str, ...] = ()  # keys the job row's summary keeps the latest value of
 
@@ -400,7 +411,8 @@ class EventKind:
 
 
 EVENTS: dict[str, EventKind] = {
-    "start": EventKind(StartEvent, ("train", "finetune", "inference", "tokenizer", "chat", "attention"), saved_at_once=True,
+    "start": EventKind(StartEvent, ("train", "finetune", "inference", "tokenizer", "chat", "attention", "serving-load"),
+                       saved_at_once=True,
                        summary=("params", "vocab_size", "tokens_per_step")),
     "step": EventKind(StepEvent, ("train", "finetune"),
                       summary=("loss", "lr", "grad_norm", "tokens_per_s", "elapsed", "eta", "aux_loss", "mfu")),
@@ -411,8 +423,9 @@ EVENTS: dict[str, EventKind] = {
     "routing": EventKind(RoutingEvent, ("train",)),
     "nonfinite": EventKind(NonfiniteEvent, ("train",)),
     "checkpoint": EventKind(CheckpointEvent, ("train",), saved_at_once=True),
-    "end": EventKind(EndEvent, ("train", "finetune", "inference", "tokenizer", "chat", "attention"), saved_at_once=True),
-    "progress": EventKind(ProgressEvent, ("inference", "tokenizer", "attention")),
+    "end": EventKind(EndEvent, ("train", "finetune", "inference", "tokenizer", "chat", "attention", "serving-load"),
+                     saved_at_once=True),
+    "progress": EventKind(ProgressEvent, ("inference", "tokenizer", "attention", "serving-load")),
     "generation": EventKind(GenerationEvent, ("inference",)),
     "quantization": EventKind(QuantizationEvent, ("inference",)),
     "token": EventKind(TokenEvent, ("chat",)),
@@ -421,6 +434,7 @@ EVENTS: dict[str, EventKind] = {
     "attention_heads": EventKind(AttentionHeadsEvent, ("attention",)),
     "answers": EventKind(AnswersEvent, ("finetune",), saved_at_once=True),
     "adapter": EventKind(AdapterEvent, ("finetune",), saved_at_once=True),
+    "load_point": EventKind(LoadPointEvent, ("serving-load",), saved_at_once=True),
     "status": EventKind(StatusEvent, ("app",)),
     "queue": EventKind(QueueEvent, ("app",)),
     "lost": EventKind(LostEvent, ("app",)),

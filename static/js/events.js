@@ -27,6 +27,8 @@ export const KIND = Object.freeze({
   // fine-tuning jobs (engine.finetune): answers before and after, the saved adapter
   answers: "answers",
   adapter: "adapter",
+  // serving load tests: one point per arrival rate and batching policy
+  load_point: "load_point",
   // the app: status changes, queue changes, numbers lost with a dead worker
   status: "status",
   queue: "queue",

@@ -2,7 +2,7 @@
 // second (a serving process publishes them twice a second): batch occupancy, KV blocks, queue,
 // tokens/s and 429s as tiles; throughput and batch over the last two minutes; TTFT and TPOT
 // histograms of its last finished requests.
-import { getJSON } from "./api.js";
+import { ApiError, getJSON, postJSON } from "./api.js";
 import { AXIS, COLORS, CONFIG, THEME } from "./charts/theme.js";
 import * as fmt from "./format.js";
 
@@ -26,11 +26,37 @@ function card(model) {
   if (!entry) {
     const node = template.content.firstElementChild.cloneNode(true);
     node.dataset.model = model;
+    wireLoadTest(role(node, "loadtest"), model);
     root.append(node);
     entry = { node, history: { t: [], tps: [], running: [] } };
     cards.set(model, entry);
   }
   return entry;
+}
+
+// The load-test form: a job (POST /api/v1/serving/loadtest) whose page charts each point.
+function wireLoadTest(form, model) {
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    for (const el of form.querySelectorAll("[data-error]")) el.textContent = "";
+    const button = role(form, "loadtest-submit");
+    button.disabled = true;
+    const data = new FormData(form);
+    try {
+      const job = await postJSON("/api/v1/serving/loadtest", {
+        model, rates: data.get("rates"), requests: Number(data.get("requests")),
+        max_tokens: Number(data.get("max_tokens")), policies: data.getAll("policies"),
+      });
+      window.location.href = job.url;
+    } catch (err) {
+      button.disabled = false;
+      const errors = (err instanceof ApiError && err.body?.errors) || { other: err.message };
+      for (const [field, message] of Object.entries(errors)) {
+        const slot = form.querySelector(`[data-error="${field}"]`) || form.querySelector('[data-error="other"]');
+        slot.textContent = message;
+      }
+    }
+  });
 }
 
 function setBar(span, frac) {

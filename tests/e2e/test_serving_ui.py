@@ -2,7 +2,9 @@
 SmolLM2: reached from the nav's "Real LLMs" menu; the empty state while nothing serves; the
 model's card appearing once a serving process starts; under a burst of concurrent streaming
 requests from the official ``openai`` client, the batch tile and the throughput chart move, and
-once they finish the TTFT and TPOT histograms hold them. Screenshot: docs/screenshots/serving.png
+once they finish the TTFT and TPOT histograms hold them; the load-test form refuses a bad rate at
+its field and launches a job whose page charts continuous against static batching; the serving
+process on the Workers page. Screenshots: docs/screenshots/serving.png and serving_load_job.png
 (under ``make screenshots``, else var/screenshots/); the empty page goes to the test's tmp_path."""
 import importlib.util
 import threading
@@ -65,7 +67,9 @@ def test_serving_page_shows_the_batch_under_load(smollm2_models_dir, web, page, 
     page.wait_for_function(
         f"() => parseInt(document.querySelector('{card} [data-role=batch]').textContent) >= 3"
         f" && parseFloat(document.querySelector('{card} [data-role=tps]').textContent) > 0"
-        f" && document.querySelector('{card} [data-role=timeline]').data[0].x.length >= 8", timeout=90_000)
+        f" && document.querySelector('{card} [data-role=timeline]').data[0].x.length >= 8"
+        f" && document.querySelector('{card} [data-role=ttft]').data[0].x.length >= {len(prompts)}",  # the 2nd burst
+        timeout=90_000)
     page.screenshot(path=str(shots / "serving.png"), full_page=True)  # under load
     for t in threads:
         t.join()
@@ -81,6 +85,28 @@ def test_serving_page_shows_the_batch_under_load(smollm2_models_dir, web, page, 
     assert max(timeline) >= 3  # the batch chart saw them decode together
     tpot = page.evaluate(f"() => document.querySelector('{card} [data-role=tpot]').data[0].x.length")
     assert tpot >= 2 * len(prompts)
+    # the load-test form: a bad rate is refused at its field; a good one is a job a worker runs
+    web.env["EXPLORER_SERVING_ENDPOINT"] = web.url + "/v1"
+    web.start_worker()
+    form = f"{card} form[data-role=loadtest]"
+    page.fill(f"{form} input[name=rates]", "fast")
+    page.click(f"{form} [data-role=loadtest-submit]")
+    page.wait_for_function(f"() => document.querySelector('{form} [data-error=rates]').textContent.length > 0")
+    assert "arrival rates" in page.inner_text(f"{form} [data-error=rates]")
+    page.fill(f"{form} input[name=rates]", "1, 4")
+    page.fill(f"{form} input[name=requests]", "3")
+    page.fill(f"{form} input[name=max_tokens]", "16")
+    page.click(f"{form} [data-role=loadtest-submit]")
+    page.wait_for_url("**/jobs/*/")
+    page.wait_for_selector("#job-status[data-status=succeeded]", timeout=300_000)
+    page.wait_for_function("() => document.querySelectorAll('#points-body tr').length === 4")
+    policies = page.eval_on_selector_all("#points-body tr", "rows => rows.map(r => r.dataset.policy)")
+    assert policies == ["continuous", "continuous", "static", "static"]
+    traces = page.evaluate("() => document.getElementById('chart-throughput').data.map(t => [t.name, t.x.length])")
+    assert traces == [["continuous", 2], ["static", 2]]  # both policies on one chart, a point per rate
+    page.wait_for_function("() => window.chartsIdle ? window.chartsIdle() : true")
+    page.screenshot(path=str(shots / "serving_load_job.png"), full_page=True)
+
     # the serving process is on the Workers page too, registered and beating like a worker
     page.goto(web.url + "/workers/")
     page.wait_for_selector("#workers-body .queue-tag.serving")

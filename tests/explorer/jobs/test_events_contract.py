@@ -20,7 +20,7 @@ from explorer.training import jobs as training_jobs
 from explorer.training.checkpoints import retry_job
 
 ROOT = Path(__file__).resolve().parents[3]
-PAGES = ("job.js", "inference_job.js", "tokenizer_job.js", "chat.js")
+PAGES = ("job.js", "inference_job.js", "tokenizer_job.js", "chat.js", "serving_load_job.js")
 
 
 @pytest.mark.django_db

@@ -98,6 +98,8 @@ def test_every_kind_meets_the_quota_the_rate_limit_and_the_fit_gate(kind, alice,
 
 
 def test_every_kind_is_a_choice_of_job_kind():
-    assert {name for name, _ in Job._meta.get_field("kind").choices} == {"train", "inference", "tokenizer", "chat",
-                                                                         "attention", "model-import", "finetune"}
-    assert set(kinds.KINDS) == {"train", "inference", "tokenizer", "chat", "attention", "model-import", "finetune"}
+    """(The serving load test meets the same gates in tests/explorer/serving/test_loadjob.py, where a
+    serving process runs for it to test.)"""
+    every = {"train", "inference", "tokenizer", "chat", "attention", "model-import", "finetune", "serving-load"}
+    assert {name for name, _ in Job._meta.get_field("kind").choices} == every
+    assert set(kinds.KINDS) == every
