@@ -103,6 +103,7 @@ API_ROLES = {
     ("DELETE", "/api/v1/models/{model_id}"): ("maintainer", None),  # its uploader (the admin here) or a maintainer
     ("POST", "/api/v1/chat/messages"): ("member", None),  # into the user's own conversation, or a new one
     ("DELETE", "/api/v1/chat/conversations/{conversation_id}"): ("member", None),  # the user's own only
+    ("POST", "/api/v1/serving/loadtest"): ("member", None),
     ("POST", "/api/v1/workers/{name}/drain"): ("maintainer", None),  # of a shared team, or staff
     ("POST", "/api/v1/workers/{name}/undrain"): ("maintainer", None),
 }

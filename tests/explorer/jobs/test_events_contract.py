@@ -36,7 +36,8 @@ def test_the_schema_is_served_to_signed_in_users_and_documented(alice_client):
 def test_the_recorder_takes_its_kinds_and_keys_from_the_contract():
     # a fine-tune's answers and its saved adapter are milestones too: the page's before/after table
     # and its downloads appear with everything before them in the log
-    assert recorder.SAVED_AT_ONCE is events.SAVED_AT_ONCE == {"start", "checkpoint", "end", "answers", "adapter"}
+    assert recorder.SAVED_AT_ONCE is events.SAVED_AT_ONCE == {"start", "checkpoint", "end", "answers", "adapter",
+                                                              "load_point"}
     assert recorder.SUMMARY_KEYS is events.SUMMARY_KEYS
     assert set(recorder.SUMMARY_KEYS) <= set(events.KINDS)
 
