@@ -2,20 +2,18 @@
 // under one batching policy) as it comes over the job's websocket: output tokens/s, TTFT and TPOT
 // (p50 solid, p99 dashed) against the offered rate, continuous and static batching on the same
 // charts, and a table of every point. The log is replayed from the start on each connect.
-import { api, ApiError, LiveSocket } from "./api.js";
 import { AXIS, COLORS, CONFIG, THEME } from "./charts/theme.js";
+import { followJob, renderHead, wireCancel } from "./components/job_page.js";
 import { KIND } from "./events.js";
 import * as fmt from "./format.js";
 
-const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const POLICY_COLOR = { continuous: COLORS.accent, static: COLORS.amber };
 const $ = (id) => document.getElementById(id);
 let job = JSON.parse($("job-data").textContent);
-let lastSeq = 0;
 let fraction = (job.step || 0) / 100;
 let eta = null;
 let detail = null;
-let logEnded = false; // the final status event has come (live or replayed)
+let redraw = false; // a point came since the charts were drawn
 const points = []; // load_point events' data, in order
 
 const ms = (s) => (s == null ? "–" : s < 1 ? `${(s * 1000).toFixed(s < 0.1 ? 1 : 0)} ms` : `${s.toFixed(2)} s`);
@@ -92,19 +90,18 @@ function drawTable() {
 
 function render() {
   const status = job.status;
-  const badge = $("job-status");
-  badge.className = `badge status-${status}`;
-  badge.dataset.status = status;
-  badge.textContent = status;
+  renderHead(job);
+  if (redraw) {
+    redraw = false;
+    drawCharts();
+    drawTable();
+  }
   $("prog-bar").className = `progress lg status-${status}`;
   const shown = status === "succeeded" ? 1 : fraction;
   $("prog-bar").firstElementChild.style.width = `${shown * 100}%`;
   $("prog-pct").textContent = fmt.percent(shown);
   $("prog-eta").textContent = status === "running" ? (eta != null ? `ETA ${fmt.duration(eta)}` : "starting…") : status;
   if (detail && status === "running") $("prog-detail").textContent = `Measuring ${detail}`;
-  $("cancel-form").hidden = TERMINAL.has(status);
-  $("error-box").hidden = status !== "failed";
-  if (job.error) $("error-text").textContent = job.error;
 }
 
 function apply(e) {
@@ -115,56 +112,18 @@ function apply(e) {
     detail = d.detail || detail;
   } else if (e.kind === KIND.load_point) {
     points.push(d);
-    return true;
+    redraw = true;
   } else if (e.kind === KIND.status) {
     job.status = d.status;
     if (d.error) job.error = d.error;
-    if (TERMINAL.has(d.status)) logEnded = true; // the log's last event: everything before it is in
   }
-  return false;
 }
 
-$("cancel-form").addEventListener("submit", async (e) => {
-  e.preventDefault();
-  $("cancel-btn").disabled = true;
-  $("cancel-btn").textContent = "Cancelling…";
-  try {
-    job = { ...job, ...(await api.cancel(job.id)) };
-    render();
-  } catch (err) {
-    if (!(err instanceof ApiError && err.status === 409)) alert(`Could not cancel: ${err.message}`);
-  }
-});
-
 function start() {
-  const live = $("live");
-  const socket = new LiveSocket({
-    url: () => `/ws/jobs/${job.id}/?after=${lastSeq}`,
-    onMessage(msg) {
-      if (msg.type === "job" && msg.job) job = { ...job, ...msg.job };
-      let changed = false;
-      if (msg.type === "events") {
-        for (const e of msg.events) {
-          if (e.seq <= lastSeq) continue;
-          changed = apply(e) || changed;
-          lastSeq = e.seq;
-        }
-      }
-      if (changed) {
-        drawCharts();
-        drawTable();
-      }
-      render();
-      if (logEnded) socket.stop();
-    },
-    onState(state) {
-      live.dataset.state = state;
-      live.textContent = { open: "live", connecting: "connecting…", closed: "disconnected", done: "" }[state] ?? "";
-      live.hidden = state === "done";
-    },
-  }).start();
-  drawCharts();
-  drawTable();
+  const update = (fields) => { job = { ...job, ...fields }; render(); };
+  wireCancel(job.id, update);
+  followJob(job.id, { onEvent: apply, onJob: update, onBatch: render });
+  redraw = true;
   render();
 }
 
