@@ -141,9 +141,9 @@ function draw(data) {
 async function poll() {
   try {
     draw(await getJSON("/api/v1/serving"));
-    live.dataset.state = "live";
+    live.dataset.state = "open";
   } catch (err) {
-    live.dataset.state = "error";
+    live.dataset.state = "closed";
     console.error(err);
   }
   setTimeout(poll, POLL_MS);
