@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+MAX_SERVING_RESTARTS = 5
 
 
 def wait_for_port(host, port, procs, timeout=120):
@@ -96,7 +97,7 @@ def main(argv=None):
             commands[f"serving-{model}"] = [py, "manage.py", "serve", model]
         for name, cmd in commands.items():
             procs[name] = subprocess.Popen(cmd, cwd=BASE_DIR, env=env, start_new_session=True)
-        wait_for_port(args.host, args.port, procs)
+        wait_for_port(args.host, args.port, {n: p for n, p in procs.items() if not n.startswith("serving-")})
         url = f"http://{args.host}:{args.port}"
         print(f"\n  LLM Architecture Explorer is running at {url}\n  {login}\n"
               f"  Workers: cpu{' + gpu' if has_gpu else ''}.  Serving: {', '.join(served) or 'nothing'}"
@@ -105,7 +106,17 @@ def main(argv=None):
         stopping = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stopping.append(True))
+        restarts = {}
         while not stopping:
+            for name in [n for n, p in procs.items() if n.startswith("serving-") and p.poll() is not None]:
+                # a serving process is restarted (a few times), not a reason to stop the app
+                restarts[name] = restarts.get(name, 0) + 1
+                if restarts[name] > MAX_SERVING_RESTARTS:
+                    print(f"• {name} exited (code {procs[name].returncode}) again; not restarting it", flush=True)
+                    del procs[name]
+                    continue
+                print(f"• {name} exited (code {procs[name].returncode}); restarting it", flush=True)
+                procs[name] = subprocess.Popen(commands[name], cwd=BASE_DIR, env=env, start_new_session=True)
             dead = [n for n, p in procs.items() if p.poll() is not None]
             if dead:
                 print(f"• {', '.join(dead)} exited (code {procs[dead[0]].returncode}); stopping the rest", flush=True)

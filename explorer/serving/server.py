@@ -98,16 +98,23 @@ class Server:
         log.info("serving %s: %d KV blocks of %d positions (%s), batch up to %d", self.model_id,
                  self.engine.stats()["blocks_total"], self.engine.stats()["block_size"],
                  _mib(self.engine.stats()["blocks_total"] * self._bytes_per_block()), self.engine.max_batch)
+        import redis
+
         try:
             while not self.stopping.is_set():
-                self.take(block=not self.engine.has_work())
-                self.take_aborts()
-                self.take_control()
-                self.expire()
-                if self.engine.has_work():
-                    outputs = self.engine.step()
-                    self.deliver(outputs)
-                self.beat()
+                try:
+                    self.take(block=not self.engine.has_work())
+                    self.take_aborts()
+                    self.take_control()
+                    self.expire()
+                    if self.engine.has_work():
+                        outputs = self.engine.step()
+                        self.deliver(outputs)
+                    self.beat()
+                except redis.exceptions.RedisError:  # Redis restarting: its clients time out or retry
+                    log.warning("serving %s: Redis did not answer; trying again in a second", self.model_id,
+                                exc_info=True)
+                    self.stopping.wait(1.0)
         finally:  # stopped, or a failure: either way its clients hear of it at once
             self.stopping.set()
             beat.join()
