@@ -54,15 +54,15 @@ class Stack:
                                                 start_new_session=True)
         self._wait(lambda: b"ready." in path.read_bytes()[offset:], "worker", 60)
 
-    def start_serving(self, model, **env):
-        """``manage.py serve <model>``, a serving process, with ``env`` (``EXPLORER_SERVING_*``
-        settings) on top; ready once its heartbeat is in Redis."""
+    def start_serving(self, model, *args, **env):
+        """``manage.py serve <model> [args]`` (e.g. ``"--policy", "static"``), a serving process,
+        with ``env`` (``EXPLORER_SERVING_*`` settings) on top; ready once its heartbeat is in Redis."""
         from explorer.serving import bus
 
         path = self.tmp / "serving.log"
         offset = path.stat().st_size if path.exists() else 0
         log = open(path, "ab")
-        self.procs["serving"] = subprocess.Popen([sys.executable, "manage.py", "serve", model], cwd=ROOT,
+        self.procs["serving"] = subprocess.Popen([sys.executable, "manage.py", "serve", model, *args], cwd=ROOT,
                                                  env={**self.env, **{k: str(v) for k, v in env.items()}},
                                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         client = bus.sync_client()
