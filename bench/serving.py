@@ -77,8 +77,9 @@ class KvSampler(threading.Thread):
         self.join()
 
 
-def serve(stack, policy: str, max_queued: int | None = None) -> None:
-    env = {"EXPLORER_LOG_LEVEL": "INFO"}  # Stack waits for its "serving ..." line (setup_django quiets the rest)
+def serve(stack, policy: str, threads: int, max_queued: int | None = None) -> None:
+    env = {"EXPLORER_LOG_LEVEL": "INFO",  # Stack waits for its "serving ..." line (setup_django quiets the rest)
+           "OMP_NUM_THREADS": threads}  # torch's threads in the serving process
     if max_queued is not None:
         env["EXPLORER_SERVING_MAX_QUEUED"] = max_queued
     if "serving" in stack.procs and stack.procs["serving"].poll() is None:
@@ -121,12 +122,15 @@ def warm_up(stack, token: str) -> None:
                                                                       max_tokens=8), progress=False)
 
 
-def transformers_baseline(items) -> dict:
+def transformers_baseline(items, threads: int) -> dict:
     """Each request's greedy continuation, one after another, through ``transformers``' generate
-    on SmolLM2's weights (exactly ``max_tokens`` new tokens each)."""
+    on SmolLM2's weights (exactly ``max_tokens`` new tokens each), on as many threads as the
+    serving process gets."""
     import torch
 
     from engine.interop import pretrained, to_transformers
+
+    torch.set_num_threads(threads)
 
     model, tokenizer = pretrained.load_pretrained(MODEL)
     hf = to_transformers(model).eval()
@@ -195,6 +199,9 @@ def main() -> int:
     p.add_argument("--max-queued", type=int, default=4, help="the bounded queue's EXPLORER_SERVING_MAX_QUEUED")
     p.add_argument("--baseline-requests", type=int, help="requests through transformers generate (6; quick: 2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the serving process and of the transformers baseline: with 1 on 2 cores, "
+                        "the web and the clients have the other core, where 2 would make all three contend")
     p.add_argument("--wait-quiet", type=float, default=120.0,
                    help="wait up to this many seconds for the machine's 1-minute load to fall below 1 first")
     p.add_argument("--redis-db", type=int, default=12)
@@ -202,7 +209,7 @@ def main() -> int:
     args = p.parse_args()
     quick = args.quick
     args.rates = args.rates or ([1.0] if quick else [0.2, 0.45])
-    args.seconds = args.seconds or (12.0 if quick else 40.0)
+    args.seconds = args.seconds or (12.0 if quick else 30.0)
     args.max_tokens = args.max_tokens or (48 if quick else 256)
     args.baseline_requests = args.baseline_requests or (2 if quick else 6)
 
@@ -247,11 +254,11 @@ def main() -> int:
         print("transformers generate, one request at a time")
         items = loadtest.plan(loadtest.Workload(rate=saturating, requests=args.baseline_requests,
                                                 min_tokens=args.min_tokens, max_tokens=args.max_tokens, seed=args.seed))
-        report["transformers_sequential"] = transformers_baseline(items)
+        report["transformers_sequential"] = transformers_baseline(items, args.threads)
         print(f"  {report['transformers_sequential']['output_tokens_per_s']} tok/s")
         stack.start_web()
         for policy in ("continuous", "static"):
-            serve(stack, policy)
+            serve(stack, policy, args.threads)
             warm_up(stack, token)
             print(f"{policy} batching")
             for rate in args.rates:
@@ -264,7 +271,7 @@ def main() -> int:
         overload = {}
         print(f"at 2x the saturating rate ({2 * saturating:g} req/s)")
         for label, queued in (("bounded", args.max_queued), ("unbounded", UNBOUNDED)):
-            serve(stack, "continuous", queued)
+            serve(stack, "continuous", args.threads, queued)
             warm_up(stack, token)
             overload[label] = {"max_queued": queued, **load(stack, token, 2 * saturating, args)}
         report["overload"] = overload
