@@ -1,7 +1,7 @@
 """Serving SmolLM2-135M-Instruct behind the OpenAI-compatible endpoint under Poisson load;
 written to bench/results/serving.json.
 
-    python bench/serving.py [--quick] [--rates 0.15 0.3 0.45] [--seconds 40] [--max-queued 4]
+    python bench/serving.py [--quick] [--rates 0.3 1.0] [--seconds 30] [--max-queued 4] [--threads 1]
 
 A real web server (uvicorn) and serving process (``manage.py serve``), as tests/stack.py starts
 them, on a temporary SQLite database and Redis database ``--redis-db``; the clients are
@@ -12,7 +12,10 @@ cores, so every ratio below is between runs of this one invocation. Measured:
 - continuous against static batching (``manage.py serve --policy static``: a new batch only once
   the last has finished) at each of ``--rates``, the last chosen at or past saturation: output
   tokens/s and p50/p99 TTFT, TPOT and end-to-end latency. Goal: continuous >= 2x static's output
-  tokens/s at the saturating rate, with an equal or lower p99 e2e latency.
+  tokens/s at the saturating rate, with an equal or lower p99 TTFT and e2e latency. The goals'
+  tokens/s are those delivered while requests still arrive (``output_tokens_per_s_arriving``):
+  afterwards the backlog drains at a thinning batch, its length set by the last long request;
+  the whole run's figure (``output_tokens_per_s``) is beside it.
 - one request at a time through ``transformers``' ``generate`` (SmolLM2's weights in a
   ``LlamaForCausalLM`` through ``engine.interop.to_transformers``, greedy, the same lengths):
   goal continuous >= 4x its output tokens/s.
@@ -107,7 +110,8 @@ def load(stack, token: str, rate: float, args, *, sample_kv: bool = False) -> di
     if sample_kv:
         summary["kv_samples"] = sampler.samples
     line = (f"  {rate:>5g} req/s: {summary['completed']}/{summary['requests']} ok, {summary['refused']} refused, "
-            f"{summary['output_tokens_per_s']:6.1f} tok/s, TTFT p50/p99 {summary['ttft_s']['p50']}/"
+            f"{summary['output_tokens_per_s_arriving']:6.1f} tok/s while arriving "
+            f"({summary['output_tokens_per_s']:.1f} to the end), TTFT p50/p99 {summary['ttft_s']['p50']}/"
             f"{summary['ttft_s']['p99']} s, TPOT p50/p99 {summary['tpot_s']['p50']}/{summary['tpot_s']['p99']} s, "
             f"e2e p99 {summary['e2e_s']['p99']} s, peak in flight {summary['peak_in_flight']}")
     print(line)
@@ -208,7 +212,7 @@ def main() -> int:
     p.add_argument("--no-write", action="store_true", help="print the figures, leave bench/results alone")
     args = p.parse_args()
     quick = args.quick
-    args.rates = args.rates or ([1.0] if quick else [0.2, 0.45])
+    args.rates = args.rates or ([1.0] if quick else [0.3, 1.0])
     args.seconds = args.seconds or (12.0 if quick else 30.0)
     args.max_tokens = args.max_tokens or (48 if quick else 256)
     args.baseline_requests = args.baseline_requests or (2 if quick else 6)
@@ -298,22 +302,23 @@ def goals(report, saturating: str) -> dict:
     hf = report["transformers_sequential"]["output_tokens_per_s"]
     over = report["overload"]
     # the most the continuous server delivered: at or past saturation, whichever run it was
-    best_label, best = max([(f"{r} req/s", s["output_tokens_per_s"]) for r, s in report["batching"]["continuous"].items()]
-                           + [(f"{2 * float(saturating):g} req/s, {k} queue", o["output_tokens_per_s"])
+    best_label, best = max([(f"{r} req/s", s["output_tokens_per_s_arriving"])
+                            for r, s in report["batching"]["continuous"].items()]
+                           + [(f"{2 * float(saturating):g} req/s, {k} queue", o["output_tokens_per_s_arriving"])
                               for k, o in over.items()], key=lambda x: x[1])
     kv = report["kv_memory"]
-    vs_static = cont["output_tokens_per_s"] / static["output_tokens_per_s"]
+    vs_static = cont["output_tokens_per_s_arriving"] / static["output_tokens_per_s_arriving"]
     bounded_ttft = over["bounded"]["ttft_s"]["p99"] / cont["ttft_s"]["p99"]
     unbounded_ttft = over["unbounded"]["ttft_s"]["p99"] / cont["ttft_s"]["p99"]
     return {
         "continuous_vs_static": goal(round(vs_static, 3), ">= 2 at equal or lower p99 TTFT and e2e",
                                      vs_static >= 2 and cont["e2e_s"]["p99"] <= static["e2e_s"]["p99"]
                                      and cont["ttft_s"]["p99"] <= static["ttft_s"]["p99"],
-                                     f"output tokens/s at the saturating rate, continuous over static (p99 TTFT "
+                                     f"output tokens/s while requests arrive at the saturating rate, continuous over static (p99 TTFT "
                                      f"{cont['ttft_s']['p99']} s vs {static['ttft_s']['p99']} s, p99 e2e "
                                      f"{cont['e2e_s']['p99']} s vs {static['e2e_s']['p99']} s)"),
         "continuous_vs_transformers": goal(round(best / hf, 3), ">= 4", best >= 4 * hf,
-                                           f"output tokens/s, continuous at its best ({best} at {best_label}) over "
+                                           f"output tokens/s while requests arrive, continuous at its best ({best} at {best_label}) over "
                                            f"transformers generate one request at a time ({hf})"),
         "paged_kv_reserved_over_used": goal(kv.get("reserved_over_used_mean"), "<= 1.1",
                                             kv and kv["reserved_over_used_mean"] <= 1.1,
