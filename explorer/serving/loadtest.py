@@ -139,11 +139,17 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def summarize(outcomes: list[Outcome], *, offered_rate: float, started: float, ended: float) -> dict:
     """The run's figures: counts by outcome, output tokens/s over the whole run (first send to
-    last answer), and p50/p99 of TTFT, TPOT, ITL and e2e over the completed requests (seconds)."""
+    last answer) and while requests were still arriving (first to last send: once a saturated
+    server's backlog drains, its batch thins out, which says more about the workload's end than
+    about the server), and p50/p99 of TTFT, TPOT, ITL and e2e over the completed requests (s)."""
     ok = [o for o in outcomes if o.status == "ok"]
     refused = sum(o.status == "refused" for o in outcomes)
     tokens = sum(o.output_tokens for o in ok)
     span = ended - started
+    last_sent = max((o.sent_at for o in outcomes), default=started)
+    # a chunk is a token, bar the rare step whose text waits for the rest of a character's bytes
+    arriving = sum(sum(started <= t <= last_sent for t in o.chunk_times) * o.output_tokens / len(o.chunk_times)
+                   for o in ok if o.chunk_times)
 
     def stats(values):
         return {"p50": _round(percentile(values, 50)), "p99": _round(percentile(values, 99)),
@@ -156,6 +162,7 @@ def summarize(outcomes: list[Outcome], *, offered_rate: float, started: float, e
         "ended_early": sum(o.output_tokens < o.max_tokens for o in ok),
         "output_tokens": tokens, "duration_s": round(span, 3),
         "output_tokens_per_s": round(tokens / span, 2) if span > 0 else 0.0,
+        "output_tokens_per_s_arriving": round(arriving / (last_sent - started), 2) if last_sent > started else None,
         "ttft_s": stats([o.ttft for o in ok if o.ttft is not None]),
         "tpot_s": stats([o.tpot for o in ok if o.tpot is not None]),
         "itl_s": stats([gap for o in ok for gap in o.itls]),

@@ -64,6 +64,8 @@ def test_summary_of_hand_made_timings():
     assert (s["requests"], s["completed"], s["refused"], s["errors"]) == (5, 3, 1, 1)
     assert s["refused_share"] == 0.2 and s["ended_early"] == 1  # short: 1 of 5 tokens
     assert s["output_tokens"] == 8 and s["output_tokens_per_s"] == 2.0
+    # sends from 0 to 2.5 s: fast's 4 chunks and short's 1 arrived by then, slow's came later
+    assert s["output_tokens_per_s_arriving"] == 2.0
     assert s["ttft_s"]["p50"] == 0.5 and s["ttft_s"]["p99"] == 2.0  # 0.5, 0.5, 2.0
     assert s["tpot_s"]["p50"] == 0.1 and s["tpot_s"]["p99"] == 0.5  # 0.1 and 1.0/2
     assert s["itl_s"]["p50"] == 0.1 and s["itl_s"]["p99"] == 0.5  # 0.1 x3, 0.5 x2
