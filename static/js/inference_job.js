@@ -2,13 +2,12 @@
 // their probability (hover or click: the likeliest alternatives), the KV-cache measurements side
 // by side, the quantisation table and, for encoders, the similarity heatmap. Everything comes from
 // the job's events over its websocket, replayed from the start on each connect.
-import { api, ApiError, LiveSocket } from "./api.js";
+import { followJob, renderHead, wireCancel } from "./components/job_page.js";
 import { KIND } from "./events.js";
 import * as fmt from "./format.js";
 import { el, visible } from "./components/token_text.js";
 import { CONFIG, THEME } from "./charts/theme.js";
 
-const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const $ = (id) => document.getElementById(id);
 let job = JSON.parse($("job-data").textContent);
 const settings = JSON.parse($("inference-data").textContent);
@@ -24,10 +23,7 @@ const ms = (s) => (Number.isFinite(s) ? `${(1000 * s).toFixed(s < 0.01 ? 2 : 1)}
 // ---------------------------------------------------------------------------- progress
 function renderStatus() {
   const status = job.status;
-  const badge = $("job-status");
-  badge.className = `badge status-${status}`;
-  badge.dataset.status = status;
-  badge.textContent = status;
+  renderHead(job);
   $("prog-bar").className = `progress lg status-${status}`;
   const shown = status === "succeeded" ? 1 : state.fraction;
   $("prog-bar").firstElementChild.style.width = `${shown * 100}%`;
@@ -35,9 +31,6 @@ function renderStatus() {
   $("prog-detail").textContent = status === "running" ? state.detail : "";
   $("prog-eta").textContent = status === "running" ? (state.eta != null ? `ETA ${fmt.duration(state.eta)}` : "starting…") : status;
   $("progress-card").hidden = status === "succeeded";
-  $("cancel-form").hidden = TERMINAL.has(status);
-  $("error-box").hidden = status !== "failed";
-  if (job.error) $("error-text").textContent = job.error;
   document.querySelectorAll("[data-count]").forEach((n) => { n.textContent = fmt.count(Number(job.params || n.dataset.count)); });
 }
 
@@ -317,40 +310,19 @@ function apply(e) {
   }
 }
 
-$("cancel-form").addEventListener("submit", async (e) => {
-  e.preventDefault();
-  $("cancel-btn").disabled = true;
-  $("cancel-btn").textContent = "Cancelling…";
-  try {
-    job = { ...job, ...(await api.cancel(job.id)) };
-    renderStatus();
-  } catch (err) {
-    if (!(err instanceof ApiError && err.status === 409)) alert(`Could not cancel: ${err.message}`);
-  }
-});
-
-const live = $("live");
-const socket = new LiveSocket({
-  url: () => `/ws/jobs/${job.id}/?after=${state.lastSeq}`,
-  onMessage(msg) {
-    if (msg.type === "job" && msg.job) job = { ...job, ...msg.job };
-    if (msg.type === "events") {
-      for (const e of msg.events) {
-        if (e.seq <= state.lastSeq) continue;
-        apply(e);
-        state.lastSeq = e.seq;
-      }
-    }
+const update = (fields) => { job = { ...job, ...fields }; renderStatus(); };
+wireCancel(job.id, update);
+followJob(job.id, {
+  onEvent(e) {
+    apply(e);
+    state.lastSeq = e.seq;
+  },
+  onJob(fields) { job = { ...job, ...fields }; },
+  onBatch() {
     renderStatus();
     document.body.dataset.loaded = state.lastSeq >= (job.last_seq || 0) ? "yes" : "no";
-    if (TERMINAL.has(job.status)) socket.stop();
   },
-  onState(s) {
-    live.dataset.state = s;
-    live.textContent = { open: "live", connecting: "connecting…", closed: "disconnected", done: "" }[s] ?? "";
-    live.hidden = s === "done";
-  },
-}).start();
+});
 
 document.querySelectorAll("code.stop-str").forEach((n) => { n.textContent = visible(n.textContent); });
 window.inferenceJob = { state, settings };
