@@ -3,14 +3,13 @@
 // statistic), the statistics by layer, and for the chosen head its whole map at full resolution,
 // fetched as raw bytes (/api/v1/jobs/{id}/attention/head), drawn on a canvas (charts/headmap.js)
 // with the head view beside it following the map's zoom (charts/headview.js).
-import { api, ApiError, LiveSocket } from "./api.js";
+import { followJob, renderHead, wireCancel } from "./components/job_page.js";
 import { KIND } from "./events.js";
 import * as fmt from "./format.js";
 import { CONFIG, THEME } from "./charts/theme.js";
 import { HeadMap, maxOf, palette, ramp } from "./charts/headmap.js";
 import { HeadView } from "./charts/headview.js";
 
-const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const $ = (id) => document.getElementById(id);
 let job = JSON.parse($("job-data").textContent);
 const settings = JSON.parse($("attention-data").textContent);
@@ -29,10 +28,7 @@ const CHARTS = ["first_token", "entropy_norm", "distance"];
 // ---------------------------------------------------------------------------- progress
 function renderStatus() {
   const status = job.status;
-  const badge = $("job-status");
-  badge.className = `badge status-${status}`;
-  badge.dataset.status = status;
-  badge.textContent = status;
+  renderHead(job);
   $("prog-bar").className = `progress lg status-${status}`;
   const shown = status === "succeeded" ? 1 : state.fraction;
   $("prog-bar").firstElementChild.style.width = `${shown * 100}%`;
@@ -40,9 +36,6 @@ function renderStatus() {
   $("prog-detail").textContent = status === "running" ? state.detail : "";
   $("prog-eta").textContent = status === "running" ? (state.eta != null ? `ETA ${fmt.duration(state.eta)}` : "starting…") : status;
   $("progress-card").hidden = status === "succeeded";
-  $("cancel-form").hidden = TERMINAL.has(status);
-  $("error-box").hidden = status !== "failed";
-  if (job.error) $("error-text").textContent = job.error;
 }
 
 // ---------------------------------------------------------------------------- the grid
@@ -332,42 +325,19 @@ $("zoom-in").addEventListener("click", () => map?.zoomBy(0.5));
 $("zoom-out").addEventListener("click", () => map?.zoomBy(2));
 $("zoom-reset").addEventListener("click", () => map?.reset());
 
-$("cancel-form").addEventListener("submit", async (e) => {
-  e.preventDefault();
-  $("cancel-btn").disabled = true;
-  $("cancel-btn").textContent = "Cancelling…";
-  try {
-    job = { ...job, ...(await api.cancel(job.id)) };
+const update = (fields) => { job = { ...job, ...fields }; renderStatus(); };
+wireCancel(job.id, update);
+followJob(job.id, {
+  onEvent(e) {
+    apply(e);
+    state.lastSeq = e.seq;
+  },
+  onJob(fields) { job = { ...job, ...fields }; },
+  onBatch() {
     renderStatus();
-  } catch (err) {
-    if (!(err instanceof ApiError && err.status === 409)) alert(`Could not cancel: ${err.message}`);
-  }
+    document.body.dataset.loaded = state.lastSeq >= (job.last_seq || 0) ? "yes" : "no";
+  },
 });
-
-const live = $("live");
-const socket = new LiveSocket({
-  url: () => `/ws/jobs/${job.id}/?after=${state.lastSeq}`,
-  onMessage(msg) {
-    if (msg.type === "job" && msg.job) job = { ...job, ...msg.job };
-    if (msg.type === "events") {
-      for (const e of msg.events) {
-        if (e.seq <= state.lastSeq) continue;
-        apply(e);
-        state.lastSeq = e.seq;
-      }
-    }
-    renderStatus();
-    const loaded = state.lastSeq >= (job.last_seq || 0);
-    document.body.dataset.loaded = loaded ? "yes" : "no";
-    // a finished job: stop once its log is in (the first message, the job's brief, comes before the replay)
-    if (TERMINAL.has(job.status) && loaded) socket.stop();
-  },
-  onState(s) {
-    live.dataset.state = s;
-    live.textContent = { open: "live", connecting: "connecting…", closed: "disconnected", done: "" }[s] ?? "";
-    live.hidden = s === "done";
-  },
-}).start();
 
 window.attentionJob = { state, settings, choose, get map() { return map; }, headView, maxOf };
 renderStatus();
