@@ -11,7 +11,6 @@ process beats: its live figures under ``bus.alive(model)`` (what the Serving pag
 """
 import collections
 import logging
-import math
 import os
 import signal
 import socket
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from explorer.serving import bus
+from explorer.serving import bus, loadtest
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +94,17 @@ class Server:
         self.redis.set(bus.alive(self.model_id), bus.pack(self.snapshot), px=int(bus.ALIVE_TTL_S * 1000))
         beat = Beat(self)
         beat.start()
-        log.info("serving %s: %d KV blocks of %d positions (%s), batch up to %d", self.model_id,
-                 self.engine.stats()["blocks_total"], self.engine.stats()["block_size"],
-                 _mib(self.engine.stats()["blocks_total"] * self._bytes_per_block()), self.engine.max_batch)
+        cache = self.engine.cache
+        log.info("serving %s: %d KV blocks of %d positions (%.0f MiB), batch up to %d", self.model_id,
+                 cache.num_blocks, cache.block_size, cache.num_blocks * cache.bytes_per_block / 2**20,
+                 self.engine.max_batch)
         import redis
 
         try:
             while not self.stopping.is_set():
                 try:
                     self.take(block=not self.engine.has_work())
-                    self.take_aborts()
-                    self.take_control()
+                    self.take_aborts_and_control()
                     self.expire()
                     if self.engine.has_work():
                         outputs = self.engine.step()
@@ -203,26 +202,19 @@ class Server:
             raise ValueError("the prompt is empty")
         return ids
 
-    def take_aborts(self):
-        key = bus.aborts(self.model_id)
+    def take_aborts_and_control(self):
+        """Drop the aborted requests and apply the control messages, both read in one round trip."""
+        from engine.serving.engine import ADMISSIONS
+
+        aborts, control = bus.aborts(self.model_id), bus.control(self.model_id)
         with self.redis.pipeline() as pipe:
-            pipe.lrange(key, 0, -1).delete(key)
-            ids = pipe.execute()[0]
+            pipe.lrange(aborts, 0, -1).lrange(control, 0, -1).delete(aborts, control)
+            ids, changes, _ = pipe.execute()
         for raw in ids:
             request = self.live.pop(raw.decode(), None)
             if request is not None:
                 self.totals["aborted"] += 1
                 self.drop(request)
-
-    def take_control(self):
-        from engine.serving.engine import ADMISSIONS
-
-        key = bus.control(self.model_id)
-        if not self.redis.exists(key):
-            return
-        with self.redis.pipeline() as pipe:
-            pipe.lrange(key, 0, -1).delete(key)
-            changes = pipe.execute()[0]
         for raw in changes:
             try:
                 change = bus.unpack(raw)
@@ -302,10 +294,6 @@ class Server:
             pipe.execute()
 
     # ------------------------------------------------------------------ the heartbeat
-    def _bytes_per_block(self):
-        s = self.engine.stats()
-        return s["kv_bytes_reserved"] / s["blocks_used"] if s["blocks_used"] else _block_bytes(self.model, s["block_size"])
-
     def figures(self):
         now = time.time()
         while self.token_times and self.token_times[0][0] < now - RATE_WINDOW_S:
@@ -318,14 +306,14 @@ class Server:
             "model": self.model_id, "title": self.title, "team": self.team, "host": socket.gethostname(), "pid": os.getpid(), "at": now,
             "started_at": self.started_at, "context": self.context, "max_batch": self.engine.max_batch,
             "max_queued": self.max_waiting, "policy": self.engine.policy, **stats,
-            "block_bytes": _block_bytes(self.model, stats["block_size"]),
+            "block_bytes": self.engine.cache.bytes_per_block,
             "tokens_per_s": round(sum(n for _, n in self.token_times) / window, 2),
             "live_requests": len(self.live), "totals": dict(self.totals),
             "waiting_tokens": sum(len(r.prompt_ids) + r.params_max_tokens for r in self.live.values()
                                   if all(c.first_at is None for c in r.choices)),
             "ttft_s": [round(x, 4) for x in ttft], "tpot_s": [round(x, 5) for x in tpot],
-            "ttft_p50_s": _percentile(ttft, 50), "ttft_p99_s": _percentile(ttft, 99),
-            "tpot_p50_s": _percentile(tpot, 50), "tpot_p99_s": _percentile(tpot, 99),
+            "ttft_p50_s": _p(ttft, 50), "ttft_p99_s": _p(ttft, 99),
+            "tpot_p50_s": _p(tpot, 50), "tpot_p99_s": _p(tpot, 99),
         }
 
     def beat(self, force=False):
@@ -385,23 +373,11 @@ def _first_stop(text, stops, sent):
     return min(found) if found else None
 
 
-def _block_bytes(model, block_size):
-    c = model.config
-    head = getattr(c, "head_dim", None) or c.n_embd // c.n_head
-    n_kv = getattr(c, "n_kv_head", None) or c.n_head
-    itemsize = next(model.parameters()).element_size()
-    return 2 * c.n_layer * n_kv * head * block_size * itemsize
+def _p(values, q):
+    """``loadtest.percentile`` (nearest rank), rounded for the heartbeat."""
+    value = loadtest.percentile(values, q)
+    return None if value is None else round(value, 4)
 
-
-def _percentile(values, q):
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))], 4)
-
-
-def _mib(n):
-    return f"{n / 2**20:.0f} MiB"
 
 
 def load_served(model_id=None, job=None, step=None):

@@ -13,7 +13,7 @@ import { HeadView } from "./charts/headview.js";
 const $ = (id) => document.getElementById(id);
 let job = JSON.parse($("job-data").textContent);
 const settings = JSON.parse($("attention-data").textContent);
-const state = { lastSeq: 0, fraction: (job.step || 0) / 100, eta: null, detail: "", maps: null, heads: null, layer: 0,
+const state = { fraction: (job.step || 0) / 100, eta: null, detail: "", maps: null, heads: null, layer: 0,
                 head: 0, colour: "pattern", request: null };
 
 const STAT_INFO = {
@@ -327,17 +327,7 @@ $("zoom-reset").addEventListener("click", () => map?.reset());
 
 const update = (fields) => { job = { ...job, ...fields }; renderStatus(); };
 wireCancel(job.id, update);
-followJob(job.id, {
-  onEvent(e) {
-    apply(e);
-    state.lastSeq = e.seq;
-  },
-  onJob(fields) { job = { ...job, ...fields }; },
-  onBatch() {
-    renderStatus();
-    document.body.dataset.loaded = state.lastSeq >= (job.last_seq || 0) ? "yes" : "no";
-  },
-});
+followJob(job.id, { onEvent: apply, onJob: (fields) => { job = { ...job, ...fields }; }, onBatch: renderStatus });
 
 window.attentionJob = { state, settings, choose, get map() { return map; }, headView, maxOf };
 renderStatus();

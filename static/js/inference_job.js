@@ -11,7 +11,7 @@ import { CONFIG, THEME } from "./charts/theme.js";
 const $ = (id) => document.getElementById(id);
 let job = JSON.parse($("job-data").textContent);
 const settings = JSON.parse($("inference-data").textContent);
-const state = { lastSeq: 0, fraction: (job.step || 0) / 100, eta: null, detail: "", generation: null, quantization: null };
+const state = { fraction: (job.step || 0) / 100, eta: null, detail: "", generation: null, quantization: null };
 
 /** The chip's shade: the accent colour, deeper as the probability rises. */
 function shade(p) {
@@ -312,17 +312,7 @@ function apply(e) {
 
 const update = (fields) => { job = { ...job, ...fields }; renderStatus(); };
 wireCancel(job.id, update);
-followJob(job.id, {
-  onEvent(e) {
-    apply(e);
-    state.lastSeq = e.seq;
-  },
-  onJob(fields) { job = { ...job, ...fields }; },
-  onBatch() {
-    renderStatus();
-    document.body.dataset.loaded = state.lastSeq >= (job.last_seq || 0) ? "yes" : "no";
-  },
-});
+followJob(job.id, { onEvent: apply, onJob: (fields) => { job = { ...job, ...fields }; }, onBatch: renderStatus });
 
 document.querySelectorAll("code.stop-str").forEach((n) => { n.textContent = visible(n.textContent); });
 window.inferenceJob = { state, settings };

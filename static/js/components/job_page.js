@@ -37,16 +37,21 @@ export function wireCancel(jobId, onJob) {
 /**
  * Follow job ``jobId``'s events: ``onEvent(e)`` once per event in order (status events included),
  * ``onJob(fields)`` with the job's brief when it comes, ``onBatch()`` after each message. The
- * page's live dot (#live) shows the connection. Returns the LiveSocket.
+ * page's live dot (#live) shows the connection; ``body[data-loaded]`` says whether the log has come
+ * as far as the job's brief knew it. Returns the LiveSocket.
  */
 export function followJob(jobId, { onEvent, onJob = () => {}, onBatch = () => {} }) {
   let lastSeq = 0;
+  let known = 0; // the log's last event when the brief was read
   let ended = false; // the final status event is in: nothing follows it
   const live = $("live");
   const socket = new LiveSocket({
     url: () => `/ws/jobs/${jobId}/?after=${lastSeq}`,
     onMessage(msg) {
-      if (msg.type === "job" && msg.job) onJob(msg.job);
+      if (msg.type === "job" && msg.job) {
+        known = Math.max(known, msg.job.last_seq || 0);
+        onJob(msg.job);
+      }
       if (msg.type === "events") {
         for (const e of msg.events) {
           if (e.seq <= lastSeq) continue;
@@ -56,6 +61,7 @@ export function followJob(jobId, { onEvent, onJob = () => {}, onBatch = () => {}
         }
       }
       onBatch();
+      document.body.dataset.loaded = lastSeq >= known ? "yes" : "no"; // the log as far as the brief knew it
       if (ended) socket.stop();
     },
     onState(state) {
